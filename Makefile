@@ -1,0 +1,40 @@
+# NimsForest developer entry points. On a fresh machine:
+#   make run    create .venv if needed, install, start a standalone node with the demo forest
+#   make test   create .venv if needed, install, run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DATA   ?= .nimsforest/standalone
+PYTEST_ARGS ?=
+
+.PHONY: run test install bench clean help
+
+help:
+	@echo "make run    - start a standalone node with the demo forest (data in $(DATA))"
+	@echo "make test   - run the whole test suite"
+	@echo "make bench  - print the startup, pipeline and cluster benchmarks"
+	@echo "make clean  - remove .venv and local data"
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "NimsForest needs Python 3.11 or newer"'
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/nimsforest standalone --demo --data-dir $(DATA)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/nimsforest bench all
+
+clean:
+	rm -rf $(VENV) .nimsforest

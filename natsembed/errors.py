@@ -1,0 +1,40 @@
+"""Errors raised by natsembed.
+
+    NatsEmbedError
+    ├── NatsBinaryNotFound     no usable nats-server executable
+    ├── ConfigInvalid          a rendered config was refused by `nats-server -t`
+    ├── StartFailed            nats-server exited or never became ready while starting
+    ├── ReloadRejected         nats-server kept its old config after SIGHUP
+    ├── NotReady               an operation needs a ready server (reload before ready, ...)
+    └── SystemRequestFailed    a $JS.API / $SYS request returned an error
+"""
+
+from __future__ import annotations
+
+
+class NatsEmbedError(Exception):
+    """Base class of every natsembed error; the message is one plain sentence."""
+
+
+class NatsBinaryNotFound(NatsEmbedError):
+    pass
+
+
+class ConfigInvalid(NatsEmbedError):
+    pass
+
+
+class StartFailed(NatsEmbedError):
+    pass
+
+
+class ReloadRejected(NatsEmbedError):
+    pass
+
+
+class NotReady(NatsEmbedError):
+    pass
+
+
+class SystemRequestFailed(NatsEmbedError):
+    pass

@@ -1,0 +1,3 @@
+"""NimsForest: event-driven business logic on a self-forming NATS JetStream cluster."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from nimsforest.cli import main
+
+main()

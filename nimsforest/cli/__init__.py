@@ -1,0 +1,69 @@
+"""The `nimsforest` / `forest` command line.
+
+Sub-commands are loaded lazily (each lives in its own module and is imported only when
+it runs), so `nimsforest status` does not pay for the daemon's imports and the daemon
+starts nats-server before it imports its web stack.
+
+A bare invocation with flags only (`nimsforest --registry-url URL`) or with no
+arguments at all runs the production daemon, as the design card asks: it is the same
+as `nimsforest run ...`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import click
+
+from nimsforest import __version__
+
+# name -> "module:attribute". One line per command; the module owns the command.
+_COMMANDS: dict[str, str] = {
+    "run": "nimsforest.cli.node:run",
+    "standalone": "nimsforest.cli.node:standalone",
+    "bench": "nimsforest.cli.bench:bench",
+}
+_ALIASES: dict[str, str] = {"start": "run"}
+_DEFAULT_COMMAND = "run"
+
+
+class _ForestGroup(click.Group):
+    """A click group whose commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        cmd_name = _ALIASES.get(cmd_name, cmd_name)
+        target = _COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # `nimsforest --registry-url URL` and plain `nimsforest` mean `nimsforest run ...`.
+        if not args or (args[0].startswith("-") and args[0] not in ("--help", "-h", "--version")):
+            args = [_DEFAULT_COMMAND, *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_ForestGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nimsforest")
+def main() -> None:
+    """NimsForest: event-driven business logic on a self-forming NATS cluster.
+
+    \b
+    Daemon:
+      nimsforest --registry-url URL    run a cluster node (same as `nimsforest run`)
+      nimsforest standalone            run a single node on this machine
+
+    Every command has its own --help.
+    """
+
+
+def register(name: str, target: str) -> None:
+    """Register a lazily imported sub-command (used by tests and plugins)."""
+    _COMMANDS[name] = target
+
+
+__all__ = ["main", "register"]

@@ -1,0 +1,166 @@
+"""The JetStream streams and KV buckets NimsForest owns, and how they are created.
+
+Every stream NimsForest creates goes through `ensure_stream`, which:
+- marks it as ours (stream metadata `nimsforest.owner`), so the cluster manager can find
+  and re-scale every owned stream, including ones the forest adds later;
+- places it on node servers only (placement tag `role:node`), never on a witness;
+- creates KV buckets as their `KV_<bucket>` stream directly, because nats-py's
+  `create_key_value` drops the placement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from nats.js.api import (
+    DiscardPolicy,
+    Placement,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamInfo,
+)
+from nats.js.errors import NotFoundError
+
+if TYPE_CHECKING:
+    from nats.js import JetStreamContext
+
+OWNER_KEY = "nimsforest.owner"
+OWNER_VALUE = "nimsforest"
+NODE_TAG = "role:node"
+WITNESS_TAG = "role:witness"
+DAY = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What a NimsForest stream looks like, apart from its replica count."""
+
+    name: str
+    subjects: tuple[str, ...]
+    description: str = ""
+    retention: RetentionPolicy = RetentionPolicy.LIMITS
+    max_age: float = 0.0  # seconds, 0 = forever
+    max_msgs: int = -1
+    max_bytes: int = -1
+    max_msgs_per_subject: int = -1
+    discard: DiscardPolicy = DiscardPolicy.OLD
+    duplicate_window: float = 120.0
+    kv_bucket: str | None = None  # set for the stream behind a KV bucket
+    extra_metadata: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    def config(self, replicas: int, placement_tags: tuple[str, ...] | None) -> StreamConfig:
+        metadata = {OWNER_KEY: OWNER_VALUE, **dict(self.extra_metadata)}
+        placement = Placement(tags=list(placement_tags)) if placement_tags else None
+        kv = self.kv_bucket is not None
+        return StreamConfig(
+            name=self.name,
+            description=self.description or None,
+            subjects=list(self.subjects),
+            retention=self.retention,
+            max_age=self.max_age or None,
+            max_msgs=self.max_msgs,
+            max_bytes=self.max_bytes,
+            max_msgs_per_subject=self.max_msgs_per_subject,
+            discard=self.discard,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=self.duplicate_window,
+            placement=placement,
+            metadata=metadata,
+            allow_rollup_hdrs=True if kv else None,
+            deny_delete=True if kv else None,
+            allow_direct=True if kv else None,
+            max_consumers=-1 if kv else None,
+        )
+
+
+def kv_spec(bucket: str, *, history: int = 1, description: str = "", ttl: float = 0.0) -> StreamSpec:
+    """The stream behind KV bucket `bucket`, shaped as nats-py's create_key_value does."""
+    return StreamSpec(
+        name=f"KV_{bucket}",
+        subjects=(f"$KV.{bucket}.>",),
+        description=description,
+        max_msgs_per_subject=history,
+        max_age=ttl,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=min(120.0, ttl) if ttl else 120.0,
+        kv_bucket=bucket,
+    )
+
+
+RIVER = StreamSpec(
+    name="RIVER",
+    subjects=("river.>",),
+    description="NimsForest raw input",
+    max_age=DAY,
+    max_msgs=1_000_000,
+)
+HUMUS = StreamSpec(
+    name="HUMUS",
+    subjects=("humus.>",),
+    description="NimsForest state change log",
+    max_age=7 * DAY,
+    max_msgs=1_000_000,
+)
+SOIL = kv_spec("SOIL", history=10, description="NimsForest current state storage")
+
+# The streams a node creates at start, in order.
+CORE_STREAMS: tuple[StreamSpec, ...] = (RIVER, HUMUS, SOIL)
+
+
+def replication_factor(cluster_size: int) -> int:
+    """min(cluster size, 3), and at least 1."""
+    return max(1, min(cluster_size, 3))
+
+
+def is_owned(info: StreamInfo) -> bool:
+    return bool(info.config.metadata and info.config.metadata.get(OWNER_KEY) == OWNER_VALUE)
+
+
+async def ensure_stream(
+    js: JetStreamContext,
+    spec: StreamSpec,
+    replicas: int,
+    placement_tags: tuple[str, ...] | None = (NODE_TAG,),
+) -> StreamInfo:
+    """Create `spec` at `replicas`, or bring an existing stream to that replica count.
+
+    An existing stream keeps its other settings (limits a user tuned stay tuned); only
+    the replica count, placement and owner mark are brought in line.
+    """
+    try:
+        info = await js.stream_info(spec.name)
+    except NotFoundError:
+        return await js.add_stream(spec.config(replicas, placement_tags))
+    cfg = info.config
+    wanted_placement = list(placement_tags) if placement_tags else None
+    have_placement = cfg.placement.tags if cfg.placement else None
+    if cfg.num_replicas == replicas and have_placement == wanted_placement and is_owned(info):
+        return info
+    metadata = dict(cfg.metadata or {})
+    metadata[OWNER_KEY] = OWNER_VALUE
+    new_cfg = replace(
+        cfg,
+        num_replicas=replicas,
+        placement=Placement(tags=wanted_placement) if wanted_placement else cfg.placement,
+        metadata=metadata,
+    )
+    return await js.update_stream(new_cfg)
+
+
+__all__ = [
+    "StreamSpec",
+    "kv_spec",
+    "RIVER",
+    "HUMUS",
+    "SOIL",
+    "CORE_STREAMS",
+    "NODE_TAG",
+    "WITNESS_TAG",
+    "OWNER_KEY",
+    "replication_factor",
+    "is_owned",
+    "ensure_stream",
+]

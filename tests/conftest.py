@@ -1,0 +1,95 @@
+"""Shared fixtures: real nats-server processes on free ports. NATS is never mocked."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+
+from natsembed._binary import find_nats_server
+from tests.support import free_port
+
+
+@pytest.fixture(scope="session")
+def nats_server_bin() -> Path:
+    return find_nats_server()
+
+
+class PlainNats:
+    """A plain single nats-server with JetStream (not clustered), for component tests."""
+
+    def __init__(self, binary: Path, store: Path) -> None:
+        self.binary = binary
+        self.store = store
+        self.port = free_port()
+        self.monitor_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [str(self.binary), "-js", "-a", "127.0.0.1", "-p", str(self.port),
+             "-m", str(self.monitor_port), "-sd", str(self.store)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.monitor_port}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError("plain nats-server did not become healthy")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def plain_nats(tmp_path: Path, nats_server_bin: Path) -> Iterator[PlainNats]:
+    server = PlainNats(nats_server_bin, tmp_path / "js")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def nc(plain_nats: PlainNats) -> AsyncIterator[nats.NATS]:
+    conn = await nats.connect(plain_nats.url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # httpx honours proxy variables; tests talk to loopback only.
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "*")
+
+
