@@ -1,0 +1,45 @@
+"""Prometheus metrics for a node, in one registry served at GET /metrics.
+
+Owners: the connection manager sets the nats_* gauges and counters; the cluster manager
+sets the cluster gauges; every forest component reports through `component_*`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+nats_connection_status = Gauge(
+    "nats_connection_status", "1 when the node's NATS connection is up, else 0", registry=REGISTRY
+)
+nats_reconnect_total = Counter(
+    "nats_reconnect", "Reconnects of the node's NATS connection", registry=REGISTRY
+)
+nats_cluster_peers = Gauge(
+    "nats_cluster_peers", "Other JetStream servers in this node's cluster", registry=REGISTRY
+)
+replication_factor = Gauge(
+    "nimsforest_replication_factor", "Replica count the node keeps for its streams", registry=REGISTRY
+)
+cluster_size = Gauge(
+    "nimsforest_cluster_size", "JetStream cluster size seen by this node", registry=REGISTRY
+)
+
+_LABELS = ("kind", "name")
+component_events_in = Counter(
+    "nimsforest_component_events_in", "Events received by a forest component", _LABELS, registry=REGISTRY
+)
+component_events_out = Counter(
+    "nimsforest_component_events_out", "Events emitted by a forest component", _LABELS, registry=REGISTRY
+)
+component_errors = Counter(
+    "nimsforest_component_errors", "Errors raised while a component handled an event", _LABELS, registry=REGISTRY
+)
+component_latency = Histogram(
+    "nimsforest_component_latency_seconds",
+    "Time a forest component spent on one event",
+    _LABELS,
+    registry=REGISTRY,
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
