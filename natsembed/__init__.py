@@ -1,0 +1,79 @@
+"""natsembed: render nats.conf and supervise nats-server as a managed child.
+
+Public API:
+
+    EmbeddedNats(EmbeddedConfig)   a node's clustered nats-server plus its local witness
+    ServerProcess                  one supervised nats-server child
+    ServerConfig, render_config, check_config, write_config
+    MonitorClient (+ Varz, Jsz, Routez models)
+    SystemClient                   $JS.API system requests (server remove, stepdown, rescue)
+    find_nats_server()
+    errors: NatsEmbedError and its subclasses
+"""
+
+from natsembed._binary import find_nats_server
+from natsembed._config import (
+    ClusterConfig,
+    JetStreamConfig,
+    ServerConfig,
+    TLSConfig,
+    check_config,
+    hostport,
+    render_config,
+    write_config,
+)
+from natsembed._credentials import Credentials, load_or_create
+from natsembed._monitor import Jsz, MetaCluster, MonitorClient, Routez, StreamDetail, Varz
+from natsembed._net import detect_address, free_port
+from natsembed._process import ProcessSnapshot, ProcessState, RestartPolicy, ServerProcess, Timeouts
+from natsembed._supervisor import NODE_TAG, WITNESS_TAG, EmbeddedConfig, EmbeddedNats, EmbeddedSnapshot
+from natsembed._system import SystemClient
+from natsembed.errors import (
+    ConfigInvalid,
+    NatsBinaryNotFound,
+    NatsEmbedError,
+    NotReady,
+    ReloadRejected,
+    StartFailed,
+    SystemRequestFailed,
+)
+
+__all__ = [
+    "ClusterConfig",
+    "ConfigInvalid",
+    "Credentials",
+    "EmbeddedConfig",
+    "EmbeddedNats",
+    "EmbeddedSnapshot",
+    "JetStreamConfig",
+    "Jsz",
+    "MetaCluster",
+    "MonitorClient",
+    "NODE_TAG",
+    "NatsBinaryNotFound",
+    "NatsEmbedError",
+    "NotReady",
+    "ProcessSnapshot",
+    "ProcessState",
+    "ReloadRejected",
+    "RestartPolicy",
+    "Routez",
+    "ServerConfig",
+    "ServerProcess",
+    "StartFailed",
+    "StreamDetail",
+    "SystemClient",
+    "SystemRequestFailed",
+    "TLSConfig",
+    "Timeouts",
+    "Varz",
+    "WITNESS_TAG",
+    "check_config",
+    "detect_address",
+    "find_nats_server",
+    "free_port",
+    "hostport",
+    "load_or_create",
+    "render_config",
+    "write_config",
+]

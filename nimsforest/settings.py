@@ -309,8 +309,13 @@ FLAG_NAMES: dict[str, str] = {
 }
 
 
-def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
+def load_settings(
+    config_file: Path | None = None, *, defaults: dict[str, Any] | None = None, **flags: Any
+) -> Settings:
     """Build Settings from flags (None values are ignored), env, the config file, defaults.
+
+    `defaults` replaces built-in defaults for this command only (standalone binds
+    127.0.0.1); any flag, variable or file entry still wins over them.
 
     Raises SettingsError with one plain sentence when anything is wrong.
     """
@@ -333,6 +338,9 @@ def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
         raise SettingsError(f"Invalid setting {label}: {msg}{shown}.") from None
     finally:
         _ConfigFileSource.path = None
+    unset = {k: v for k, v in (defaults or {}).items() if k not in settings.model_fields_set}
+    if unset:
+        settings = settings.model_copy(update=unset)
     if settings.monitor_port and settings.monitor_port in (settings.client_port, settings.cluster_port):
         raise SettingsError("NATS_CLIENT_PORT, NATS_CLUSTER_PORT and NATS_MONITOR_PORT must differ.")
     if settings.client_port == settings.cluster_port:

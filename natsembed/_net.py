@@ -1,0 +1,45 @@
+"""Addresses and ports."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+import psutil
+
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def local_host(bind: str) -> str:
+    """How a process on this machine reaches a listener bound to `bind`."""
+    if bind in WILDCARDS:
+        return "::1" if bind == "::" else "127.0.0.1"
+    return bind
+
+
+def detect_address() -> str:
+    """This machine's primary address: the source of the default route, else the first
+    non-loopback interface address, else 127.0.0.1."""
+    for family, probe in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect((probe, 9))  # no packet is sent for UDP connect
+                addr = s.getsockname()[0]
+                if not ipaddress.ip_address(addr).is_loopback:
+                    return str(addr)
+        except OSError:
+            continue
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family in (socket.AF_INET, socket.AF_INET6):
+                ip = ipaddress.ip_address(a.address.split("%")[0])
+                if not ip.is_loopback and not ip.is_link_local:
+                    return str(ip)
+    return "127.0.0.1"

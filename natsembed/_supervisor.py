@@ -1,0 +1,410 @@
+"""EmbeddedNats: a node's nats-server, clustered from its first boot, plus a local witness.
+
+A clustered JetStream server cannot serve alone (it needs routes and a meta group of at
+least two). A node that is alone therefore runs a *witness* beside it: a second, small
+nats-server on loopback, in the same cluster, tagged `role:witness`. The meta group
+{node, witness} elects a leader at once, so streams can be created right after start.
+Every NimsForest stream is placed with the tag `role:node`, so nothing ever lands on the
+witness. When a real peer joins, the witness is retired (stepped down if it leads, removed
+from the meta group, stopped, its data deleted); when a node is left alone again after a
+quorum rescue, a new witness is started.
+
+Data directory layout:
+
+    <data_dir>/nats.conf          the node's config (0600)
+    <data_dir>/credentials.json   generated users (0600)
+    <data_dir>/store/             the node's JetStream store
+    <data_dir>/witness/           the witness' name, config and store, while it exists
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from natsembed._config import (
+    ClusterConfig,
+    JetStreamConfig,
+    ServerConfig,
+    TLSConfig,
+    hostport,
+    render_config,
+    write_config,
+)
+from natsembed._credentials import Credentials, load_or_create, write_private
+from natsembed._monitor import MonitorClient
+from natsembed._net import WILDCARDS, detect_address, free_port, local_host
+from natsembed._process import ProcessSnapshot, ProcessState, RestartPolicy, ServerProcess, Timeouts
+from natsembed._system import SystemClient
+from natsembed.errors import NatsEmbedError, StartFailed
+
+log = logging.getLogger("natsembed")
+
+NODE_TAG = "role:node"
+WITNESS_TAG = "role:witness"
+
+
+class EmbeddedConfig(BaseModel):
+    """How to run a node's nats-server. Immutable; routes change through set_routes()."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    name: str
+    data_dir: Path
+    binary: Path
+    cluster_name: str = "nimsforest"
+    bind: str = "127.0.0.1"
+    advertise: str | None = None
+    client_port: int = 4222
+    cluster_port: int = 6222
+    monitor_port: int = 8222  # 0: no public monitoring; a private loopback port is used
+    routes: tuple[str, ...] = ()  # peers' cluster addresses (host:port)
+    witness: bool = True  # run a witness (a node that founds a cluster or is alone)
+    extra_tags: tuple[str, ...] = ()
+    jetstream_max_mem: str = "256MB"
+    jetstream_max_file: str = "10GB"
+    cluster_secret: str | None = None
+    tls: TLSConfig | None = None
+    policy: RestartPolicy = RestartPolicy()
+    timeouts: Timeouts = Timeouts()
+
+
+@dataclass(frozen=True)
+class EmbeddedSnapshot:
+    node: ProcessSnapshot
+    witness: ProcessSnapshot | None
+    witness_name: str | None
+    routes: tuple[str, ...]
+    client_address: str
+    cluster_address: str
+    monitor_url: str
+
+
+class _Witness:
+    """The witness' identity and process (an implementation detail of EmbeddedNats)."""
+
+    def __init__(self, owner: EmbeddedNats, name: str) -> None:
+        self.dir = owner.config.data_dir / "witness"
+        self.name = name
+        self.cluster_port = free_port("127.0.0.1")
+        self.monitor_port = free_port("127.0.0.1")
+        self.monitor = MonitorClient(f"http://127.0.0.1:{self.monitor_port}")
+        cfg = owner.config
+        self.process = ServerProcess(
+            name=name,
+            binary=cfg.binary,
+            config_path=self.dir / "witness.conf",
+            monitor=self.monitor,
+            pid_file=self.dir / "witness.pid",
+            policy=cfg.policy,
+            timeouts=cfg.timeouts,
+        )
+
+    @property
+    def cluster_address(self) -> str:
+        return hostport("127.0.0.1", self.cluster_port)
+
+    def server_config(self, owner: EmbeddedNats) -> ServerConfig:
+        cfg = owner.config
+        return ServerConfig(
+            server_name=self.name,
+            client_listen="127.0.0.1:-1",
+            monitor_listen=hostport("127.0.0.1", self.monitor_port),
+            tags=(WITNESS_TAG,),
+            jetstream=JetStreamConfig(store_dir=self.dir / "store", max_mem="64MB", max_file="256MB"),
+            cluster=ClusterConfig(
+                name=cfg.cluster_name,
+                listen=self.cluster_address,
+                advertise=self.cluster_address,
+                routes=(hostport(local_host(cfg.bind), cfg.cluster_port),),
+            ),
+            credentials=owner.credentials,
+        )
+
+
+class EmbeddedNats:
+    """Supervises the node's nats-server and, while the node is alone, its witness."""
+
+    def __init__(self, config: EmbeddedConfig) -> None:
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.credentials: Credentials = load_or_create(config.data_dir).with_cluster_secret(
+            config.cluster_secret
+        )
+        self._routes: tuple[str, ...] = tuple(dict.fromkeys(config.routes))
+        self._advertise_host = config.advertise or (
+            config.bind if config.bind not in WILDCARDS else detect_address()
+        )
+        self._local_host = local_host(config.bind)
+        monitor_port = config.monitor_port or free_port("127.0.0.1")
+        monitor_host = config.bind if config.monitor_port else "127.0.0.1"
+        self._monitor_listen = hostport(monitor_host, monitor_port)
+        self.monitor_url = f"http://{hostport(local_host(monitor_host), monitor_port)}"
+        self.monitor = MonitorClient(self.monitor_url)
+        self.node = ServerProcess(
+            name=config.name,
+            binary=config.binary,
+            config_path=config.data_dir / "nats.conf",
+            monitor=self.monitor,
+            pid_file=config.data_dir / "nats-server.pid",
+            policy=config.policy,
+            timeouts=config.timeouts,
+        )
+        self._witness: _Witness | None = None
+        self._lock = asyncio.Lock()
+
+    # --- addresses ---------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def cluster_address(self) -> str:
+        """The address peers dial for routes (what the registry advertises)."""
+        return hostport(self._advertise_host, self.config.cluster_port)
+
+    @property
+    def client_address(self) -> str:
+        return hostport(self._advertise_host, self.config.client_port)
+
+    @property
+    def client_url(self) -> str:
+        """nats:// URL for local clients of the application account (with credentials)."""
+        c = self.credentials
+        return f"nats://{c.app_user}:{c.app_password}@{hostport(self._local_host, self.config.client_port)}"
+
+    @property
+    def system_url(self) -> str:
+        return f"nats://{hostport(self._local_host, self.config.client_port)}"
+
+    @property
+    def routes(self) -> tuple[str, ...]:
+        return self._routes
+
+    @property
+    def witness_name(self) -> str | None:
+        return self._witness.name if self._witness else None
+
+    @property
+    def store_dir(self) -> Path:
+        return self.config.data_dir / "store"
+
+    def has_meta_state(self) -> bool:
+        """True when this node has been part of a JetStream cluster before (it has a log)."""
+        return (self.store_dir / "jetstream" / "$SYS" / "_js_" / "_meta_").is_dir()
+
+    def _saved_witness_name(self) -> str | None:
+        path = self.config.data_dir / "witness" / "name"
+        return path.read_text().strip() or None if path.exists() else None
+
+    # --- config ------------------------------------------------------------------------------
+    def server_config(self) -> ServerConfig:
+        cfg = self.config
+        routes = list(self._routes)
+        if self._witness is not None:
+            routes.append(self._witness.cluster_address)
+        return ServerConfig(
+            server_name=cfg.name,
+            client_listen=hostport(cfg.bind, cfg.client_port),
+            client_advertise=self.client_address if cfg.bind in WILDCARDS else None,
+            monitor_listen=self._monitor_listen,
+            tags=(NODE_TAG, f"node:{cfg.name}", *cfg.extra_tags),
+            jetstream=JetStreamConfig(
+                store_dir=self.store_dir, max_mem=cfg.jetstream_max_mem, max_file=cfg.jetstream_max_file
+            ),
+            cluster=ClusterConfig(
+                name=cfg.cluster_name,
+                listen=hostport(cfg.bind, cfg.cluster_port),
+                advertise=self.cluster_address,
+                routes=tuple(routes),
+            ),
+            credentials=self.credentials,
+            tls=cfg.tls,
+        )
+
+    def render(self) -> str:
+        return render_config(self.server_config(), generator=f"node {self.config.name}")
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def start(self, *, wait_jetstream: bool = True) -> None:
+        """Start the node's nats-server (and a witness when configured or left over).
+
+        With `wait_jetstream`, also wait until the JetStream meta group has a leader,
+        i.e. streams can be created. Raises StartFailed with one sentence on failure;
+        nothing is left running then.
+        """
+        async with self._lock:
+            witness_name = self._saved_witness_name()
+            if witness_name is None and self.config.witness:
+                witness_name = f"{self.config.name}-witness-{secrets.token_hex(3)}"
+            if witness_name is not None:
+                self._witness = _Witness(self, witness_name)
+                self._witness.dir.mkdir(parents=True, exist_ok=True)
+                write_private(self._witness.dir / "name", witness_name + "\n")
+            elif not self._routes and not self.has_meta_state():
+                raise StartFailed(
+                    f"Node {self.name} has no peers and no witness: a clustered JetStream "
+                    "server cannot start alone."
+                )
+            writes = [write_config(self.config.binary, self.node.config_path, self.render())]
+            if self._witness is not None:
+                w = self._witness
+                writes.append(
+                    write_config(
+                        self.config.binary,
+                        w.process.config_path,
+                        render_config(w.server_config(self), generator=f"witness of {self.name}"),
+                    )
+                )
+            await asyncio.gather(*writes)
+            # The witness first: the node's route to it then connects on the first try
+            # (nats-server retries a failed route only after a second).
+            try:
+                if self._witness is not None:
+                    await self._witness.process.start()
+                await self.node.start()
+            except BaseException:
+                await self._stop_all()
+                raise
+        if wait_jetstream:
+            if not await self.wait_jetstream(self.config.timeouts.start):
+                await self.stop()
+                raise StartFailed(
+                    f"JetStream on node {self.name} found no meta leader within "
+                    f"{self.config.timeouts.start:g}s (are its peers reachable?)"
+                )
+
+    async def wait_jetstream(self, timeout: float) -> bool:
+        """Wait until this server's JetStream meta group has a leader; False on timeout."""
+        deadline = time.monotonic() + timeout
+        pause = 0.005
+        while time.monotonic() < deadline:
+            if await self.monitor.healthz(js_meta_only=True):
+                return True
+            if self.node.state is ProcessState.FAILED:
+                return False
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.2)
+        return False
+
+    async def set_routes(self, routes: Sequence[str]) -> bool:
+        """Route to exactly `routes` (peers' cluster addresses, deduplicated).
+
+        Rewrite + SIGHUP, confirmed by nats-server; returns False when nothing changed.
+        Raises ReloadRejected (old routes keep running) or NotReady.
+        """
+        async with self._lock:
+            wanted = tuple(dict.fromkeys(r for r in routes if r != self.cluster_address))
+            if wanted == self._routes:
+                return False
+            previous, self._routes = self._routes, wanted
+            try:
+                return await self.node.reload(self.render())
+            except Exception:
+                self._routes = previous
+                raise
+
+    async def retire_witness(self) -> bool:
+        """Remove the witness from the cluster for good (a real peer has joined).
+
+        Refuses (NatsEmbedError) if the witness holds any stream. Steps it down first if
+        it is the meta leader, removes it from the meta group, stops it, drops its route
+        and deletes its data. Returns False when there is no witness.
+        """
+        async with self._lock:
+            w = self._witness
+            if w is None:
+                return False
+            if w.process.state is ProcessState.READY:
+                held = (await w.monitor.jsz()).streams
+                if held:
+                    raise NatsEmbedError(
+                        f"Witness {w.name} holds {held} stream(s); it is kept until they move."
+                    )
+            async with self.system_client() as sysc:
+                for _ in range(50):
+                    meta = (await self.monitor.jsz()).meta_cluster
+                    if meta is None or meta.leader not in (w.name, None):
+                        break
+                    if meta.leader == w.name:
+                        try:
+                            await sysc.meta_stepdown(preferred=self.name)
+                        except NatsEmbedError as exc:
+                            log.debug("Meta stepdown of witness %s: %s", w.name, exc)
+                    await asyncio.sleep(0.2)
+                await sysc.server_remove(w.name)
+            await w.process.stop()
+            await w.monitor.close()
+            self._witness = None
+            await self.node.reload(self.render())
+            shutil.rmtree(w.dir, ignore_errors=True)
+            log.info("Witness %s retired from cluster %s", w.name, self.config.cluster_name)
+            return True
+
+    async def start_witness(self) -> str:
+        """Start a new witness beside a node that is alone (after a quorum rescue)."""
+        async with self._lock:
+            if self._witness is not None:
+                return self._witness.name
+            name = f"{self.config.name}-witness-{secrets.token_hex(3)}"
+            w = _Witness(self, name)
+            w.dir.mkdir(parents=True, exist_ok=True)
+            write_private(w.dir / "name", name + "\n")
+            await write_config(
+                self.config.binary,
+                w.process.config_path,
+                render_config(w.server_config(self), generator=f"witness of {self.name}"),
+            )
+            await w.process.start()
+            self._witness = w
+            try:
+                await self.node.reload(self.render())
+            except Exception:
+                self._witness = None
+                await w.process.stop()
+                shutil.rmtree(w.dir, ignore_errors=True)
+                raise
+            log.info("Witness %s started beside node %s", name, self.name)
+            return name
+
+    def system_client(self, timeout: float = 5.0) -> SystemClient:
+        c = self.credentials
+        return SystemClient(self.system_url, c.sys_user, c.sys_password, timeout)
+
+    async def stop(self) -> None:
+        """Stop in order: the node (lame duck, SIGINT, SIGKILL), then the witness."""
+        async with self._lock:
+            await self._stop_all()
+
+    async def _stop_all(self) -> None:
+        # Both in order (lame duck, SIGINT, SIGKILL) and at the same time: the witness only
+        # matters while the node runs, so there is nothing to hand over between them.
+        stops = [self.node.stop()]
+        if self._witness is not None:
+            stops.append(self._witness.process.stop())
+        await asyncio.gather(*stops)
+        if self._witness is not None:
+            await self._witness.monitor.close()
+
+    async def close(self) -> None:
+        await self.monitor.close()
+
+    def snapshot(self) -> EmbeddedSnapshot:
+        w = self._witness
+        return EmbeddedSnapshot(
+            node=self.node.snapshot(),
+            witness=w.process.snapshot() if w else None,
+            witness_name=w.name if w else None,
+            routes=self._routes,
+            client_address=self.client_address,
+            cluster_address=self.cluster_address,
+            monitor_url=self.monitor_url,
+        )

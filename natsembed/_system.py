@@ -1,0 +1,76 @@
+"""JetStream system requests ($JS.API.SERVER.REMOVE, META.LEADER.STEPDOWN, META.RESCUE).
+
+They need a user of the system account; the rendered config has one (see credentials).
+"""
+
+from __future__ import annotations
+
+import json
+from types import TracebackType
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+
+from natsembed.errors import SystemRequestFailed
+
+
+class SystemClient:
+    """A short-lived system-account connection to one local server."""
+
+    def __init__(self, url: str, user: str, password: str, timeout: float = 5.0) -> None:
+        self._url = url
+        self._user = user
+        self._password = password
+        self._timeout = timeout
+        self._nc: Client | None = None
+
+    async def __aenter__(self) -> SystemClient:
+        self._nc = await nats.connect(
+            self._url,
+            user=self._user,
+            password=self._password,
+            name="nimsforest-system",
+            connect_timeout=self._timeout,
+            max_reconnect_attempts=0,
+            allow_reconnect=False,
+        )
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._nc is not None:
+            await self._nc.close()
+
+    async def request(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        assert self._nc is not None, "use SystemClient as an async context manager"
+        payload = json.dumps(body).encode() if body is not None else b""
+        try:
+            msg = await self._nc.request(subject, payload, timeout=self._timeout)
+        except (NatsTimeout, NoRespondersError) as exc:
+            raise SystemRequestFailed(f"{subject} got no answer ({type(exc).__name__}).") from None
+        try:
+            answer = json.loads(msg.data or b"{}")
+        except ValueError:
+            raise SystemRequestFailed(f"{subject} answered with something that is not JSON.") from None
+        err = answer.get("error")
+        if err:
+            raise SystemRequestFailed(
+                f"{subject} failed: {err.get('description', err)} (code {err.get('err_code', '?')})."
+            )
+        return answer
+
+    async def server_remove(self, peer_name: str) -> None:
+        """Remove a server from the JetStream meta group for good."""
+        await self.request("$JS.API.SERVER.REMOVE", {"peer": peer_name})
+
+    async def meta_stepdown(self, preferred: str | None = None) -> None:
+        """Ask the meta leader to step down, preferably in favour of `preferred`."""
+        body = {"placement": {"preferred": preferred}} if preferred else None
+        await self.request("$JS.API.META.LEADER.STEPDOWN", body)
+
+    async def meta_rescue(self, quorum_needed: int = 1) -> dict[str, Any]:
+        """Let a server that lost its meta quorum lead with `quorum_needed` votes."""
+        return await self.request("$JS.API.META.RESCUE", {"quorum_needed": quorum_needed})

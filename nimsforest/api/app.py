@@ -1,0 +1,41 @@
+"""The node's HTTP API (FastAPI): health, metrics, and the routers of the forest.
+
+Every handler answers from in-memory state; none waits on nats-server.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from nimsforest import __version__, metrics
+
+if TYPE_CHECKING:
+    from nimsforest.node import Node
+
+
+def create_app(node: Node) -> FastAPI:
+    app = FastAPI(
+        title="NimsForest node API",
+        version=__version__,
+        description="Health, metrics and management of one NimsForest node.",
+    )
+
+    @app.get("/health", tags=["health"], summary="Overall health (200 healthy, 503 not)")
+    def health() -> JSONResponse:
+        code, body = node.health()
+        return JSONResponse(body, status_code=code)
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    for router in node.routers():
+        app.include_router(router)
+    return app
+
+
+__all__ = ["create_app"]

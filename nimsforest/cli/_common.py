@@ -1,0 +1,40 @@
+"""Helpers shared by CLI commands: one-sentence errors, exit codes, the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from nimsforest.settings import Settings, SettingsError, load_settings
+
+T = TypeVar("T")
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    """Print `nimsforest: <message>` on stderr and exit with `code`."""
+    click.echo(f"nimsforest: {message}", err=True)
+    sys.exit(code)
+
+
+def settings_from(config: Path | None, defaults: dict[str, Any] | None = None, **flags: Any) -> Settings:
+    try:
+        return load_settings(config, defaults=defaults, **flags)
+    except SettingsError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` on uvloop when it is installed, else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)
+    return uvloop.run(coro)

@@ -1,0 +1,199 @@
+"""The node's NATS connection: initial retries, reconnects forever, visible state.
+
+`ConnectionManager` wraps one nats-py client. It retries the first connection
+(`NATS_RETRY_ATTEMPTS` x `NATS_RETRY_INTERVAL`), then lets nats-py reconnect
+(`NATS_RECONNECT_WAIT`, `NATS_MAX_RECONNECTS`, -1 = forever). Every change is one log
+line, a metric, and an event for subscribers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client
+
+from nimsforest import metrics
+
+log = logging.getLogger("nimsforest.connection")
+
+
+class ConnectionState(enum.Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    CLOSED = "closed"
+
+
+class ConnectionEvent(enum.Enum):
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    RECONNECTED = "reconnected"
+    CLOSED = "closed"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class ConnectionOptions:
+    retry_attempts: int = 10
+    retry_interval: float = 5.0
+    reconnect_wait: float = 2.0
+    max_reconnects: int = -1
+    connect_timeout: float = 2.0
+    name: str = "nimsforest"
+
+
+@dataclass(frozen=True)
+class ConnectionSnapshot:
+    state: ConnectionState
+    server: str | None
+    reconnects: int
+    last_error: str | None
+    since: float
+
+
+class NatsUnavailable(Exception):
+    """The first connection failed after every retry; the message says where and why."""
+
+
+class ConnectionManager:
+    def __init__(self, servers: list[str], options: ConnectionOptions = ConnectionOptions(),
+                 *, user: str | None = None, password: str | None = None) -> None:
+        self.servers = servers
+        self.options = options
+        self._user = user
+        self._password = password
+        self.nc: Client = Client()
+        self._state = ConnectionState.CONNECTING
+        self._since = time.time()
+        self._reconnects = 0
+        self._last_error: str | None = None
+        self._connected = asyncio.Event()
+        self._listeners: list[Callable[[ConnectionEvent], None]] = []
+        self._closing = False
+
+    # --- observing -------------------------------------------------------------------------
+    @property
+    def is_connected(self) -> bool:
+        return self.nc.is_connected
+
+    def on_event(self, callback: Callable[[ConnectionEvent], None]) -> None:
+        self._listeners.append(callback)
+
+    async def wait_for_connection(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def snapshot(self) -> ConnectionSnapshot:
+        server = None
+        if self.nc.is_connected and self.nc.connected_url is not None:
+            u = self.nc.connected_url
+            server = f"{u.hostname}:{u.port}"
+        return ConnectionSnapshot(self._state, server, self._reconnects, self._last_error, self._since)
+
+    def _emit(self, event: ConnectionEvent, state: ConnectionState | None = None) -> None:
+        if state is not None and state is not self._state:
+            self._state = state
+            self._since = time.time()
+        metrics.nats_connection_status.set(1 if self.nc.is_connected else 0)
+        if self.nc.is_connected:
+            self._connected.set()
+        else:
+            self._connected.clear()
+        for cb in list(self._listeners):
+            try:
+                cb(event)
+            except Exception:  # a listener bug must not break the connection
+                log.exception("Connection event listener failed")
+
+    # --- nats-py callbacks ----------------------------------------------------------------------
+    async def _disconnected(self) -> None:
+        if self._closing:
+            return
+        log.warning("NATS connection lost; reconnecting every %gs", self.options.reconnect_wait)
+        self._emit(ConnectionEvent.DISCONNECTED, ConnectionState.DISCONNECTED)
+
+    async def _reconnected(self) -> None:
+        self._reconnects += 1
+        metrics.nats_reconnect_total.inc()
+        log.info("NATS connection re-established to %s", self.snapshot().server)
+        self._emit(ConnectionEvent.RECONNECTED, ConnectionState.CONNECTED)
+
+    async def _closed(self) -> None:
+        log.debug("NATS connection closed")
+        self._emit(ConnectionEvent.CLOSED, ConnectionState.CLOSED)
+
+    async def _error(self, exc: Exception) -> None:
+        text = str(exc) or type(exc).__name__
+        if text != self._last_error:
+            log.debug("NATS connection error: %s", text)
+        self._last_error = text
+        self._emit(ConnectionEvent.ERROR)
+
+    # --- connecting -----------------------------------------------------------------------------
+    async def connect(self) -> Client:
+        """Connect, retrying `retry_attempts` times; raise NatsUnavailable when all fail."""
+        opts = self.options
+        attempts = max(1, opts.retry_attempts)
+        for attempt in range(1, attempts + 1):
+            try:
+                await self.nc.connect(
+                    servers=self.servers,
+                    user=self._user,
+                    password=self._password,
+                    name=opts.name,
+                    connect_timeout=opts.connect_timeout,
+                    reconnect_time_wait=opts.reconnect_wait,
+                    max_reconnect_attempts=opts.max_reconnects,
+                    allow_reconnect=True,
+                    disconnected_cb=self._disconnected,
+                    reconnected_cb=self._reconnected,
+                    closed_cb=self._closed,
+                    error_cb=self._error,
+                )
+                log.debug("NATS connection established to %s", self.snapshot().server)
+                self._emit(ConnectionEvent.CONNECTED, ConnectionState.CONNECTED)
+                return self.nc
+            except Exception as exc:  # noqa: BLE001 - every failure is retried, then reported
+                self._last_error = str(exc) or type(exc).__name__
+                if attempt == attempts:
+                    break
+                log.warning(
+                    "Cannot connect to NATS at %s (attempt %d of %d): %s; retrying in %gs",
+                    _redact(self.servers), attempt, attempts, self._last_error, opts.retry_interval,
+                )
+                self.nc = Client()
+                await asyncio.sleep(opts.retry_interval)
+        raise NatsUnavailable(
+            f"Cannot connect to NATS at {_redact(self.servers)} after {attempts} attempt(s): "
+            f"{self._last_error}."
+        )
+
+    async def close(self) -> None:
+        self._closing = True
+        if self.nc.is_connected:
+            try:
+                await asyncio.wait_for(self.nc.drain(), 5.0)
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+        if not self.nc.is_closed:
+            await self.nc.close()
+        self._emit(ConnectionEvent.CLOSED, ConnectionState.CLOSED)
+
+
+def _redact(servers: list[str]) -> str:
+    out = []
+    for s in servers:
+        if "@" in s:
+            scheme, _, rest = s.partition("://")
+            s = f"{scheme}://***@{rest.split('@', 1)[1]}"
+        out.append(s)
+    return ", ".join(out)

@@ -1,0 +1,185 @@
+"""Node health, answered from cached state.
+
+`NatsObserver` is a loop that looks at the local NATS every second (the supervisor's
+snapshot, the monitoring port's /jsz, the client connection) and stores a frozen
+`NatsView`. Endpoints compose the answer from that view and from the in-memory status of
+the other loops (cluster manager, registry client, forest), so a stuck nats-server can
+never make /health hang: the worst it can do is make the view stale, which is itself
+reported as unhealthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+
+from pydantic import BaseModel, ConfigDict
+
+from natsembed import EmbeddedNats, MonitorClient, ProcessState
+from nimsforest.connection import ConnectionManager, ConnectionState
+
+log = logging.getLogger("nimsforest.health")
+
+_F = ConfigDict(frozen=True)
+WITNESS_MARK = "-witness-"
+
+
+def is_witness(server_name: str) -> bool:
+    """Witness servers carry `-witness-` in their name; node names never do."""
+    return WITNESS_MARK in server_name
+
+
+class HealthStatus(enum.Enum):
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+class NodeMode(enum.Enum):
+    STANDALONE = "standalone"
+    CLUSTER = "cluster"
+    SIDECAR = "sidecar"
+
+
+class StreamView(BaseModel):
+    model_config = _F
+    name: str
+    replicas: int
+    leader: str | None
+    current: bool  # every replica is current
+    messages: int = 0
+    consumers: int = 0
+
+
+class NatsView(BaseModel):
+    """One observation of the local NATS server."""
+
+    model_config = _F
+    observed_at: float
+    process_state: str | None = None  # the supervised child's state (None in sidecar mode)
+    process_pid: int | None = None
+    restarts: int = 0
+    witness: str | None = None
+    connected: bool = False
+    meta_leader: str | None = None
+    members: tuple[str, ...] = ()  # JetStream servers in the meta group, witness excluded
+    streams: tuple[StreamView, ...] = ()
+    error: str | None = None
+
+    @property
+    def stream_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.streams if not s.name.startswith("KV_"))
+
+    @property
+    def kv_buckets(self) -> tuple[str, ...]:
+        return tuple(s.name[3:] for s in self.streams if s.name.startswith("KV_"))
+
+
+class NatsObserver:
+    """Observes the local NATS every `interval` seconds; keeps going through errors."""
+
+    def __init__(
+        self,
+        node_name: str,
+        conn: ConnectionManager,
+        *,
+        embedded: EmbeddedNats | None = None,
+        monitor: MonitorClient | None = None,
+        interval: float = 1.0,
+    ) -> None:
+        self.node_name = node_name
+        self.conn = conn
+        self.embedded = embedded
+        self.monitor = monitor or (embedded.monitor if embedded else None)
+        self.interval = interval
+        self.view = NatsView(observed_at=0.0)
+        self._last_error: str | None = None
+        self._changed = asyncio.Event()
+
+    async def observe_once(self) -> NatsView:
+        fields: dict[str, object] = {"observed_at": time.time(), "connected": self.conn.is_connected}
+        if self.embedded is not None:
+            snap = self.embedded.snapshot()
+            fields.update(
+                process_state=snap.node.state.value,
+                process_pid=snap.node.pid,
+                restarts=snap.node.restarts,
+                witness=snap.witness_name,
+            )
+        error = None
+        if self.monitor is not None:
+            try:
+                jsz = await self.monitor.jsz(streams=True)
+                meta = jsz.meta_cluster
+                if meta is not None:
+                    fields["meta_leader"] = meta.leader
+                    names = {jsz.server_name or self.node_name, *meta.members}
+                    fields["members"] = tuple(sorted(n for n in names if not is_witness(n)))
+                streams = []
+                for s in jsz.stream_details():
+                    replicas = s.cluster.replicas if s.cluster else ()
+                    streams.append(
+                        StreamView(
+                            name=s.name,
+                            replicas=int(s.config.get("num_replicas", 1)),
+                            leader=s.cluster.leader if s.cluster else None,
+                            current=all(r.current and not r.offline for r in replicas),
+                            messages=int(s.state.get("messages", 0)),
+                            consumers=int(s.state.get("consumer_count", 0)),
+                        )
+                    )
+                fields["streams"] = tuple(sorted(streams, key=lambda v: v.name))
+            except Exception as exc:  # noqa: BLE001 - reported in the view
+                error = f"monitoring port did not answer: {exc or type(exc).__name__}"
+        fields["error"] = error
+        if error != self._last_error:
+            if error:
+                log.warning("Health observer: %s", error)
+            elif self._last_error:
+                log.info("Health observer: monitoring port answers again")
+            self._last_error = error
+        self.view = NatsView.model_validate(fields)
+        return self.view
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.observe_once(), max(self.interval * 3, 3.0))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the loop lives on
+                if str(exc) != self._last_error:
+                    log.warning("Health observer failed: %s", exc or type(exc).__name__)
+                    self._last_error = str(exc)
+            await asyncio.sleep(self.interval)
+
+    def is_stale(self, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        return now - self.view.observed_at > max(5.0, self.interval * 5)
+
+
+def problems(view: NatsView, required_streams: tuple[str, ...], stale: bool) -> list[str]:
+    """Why the node is not healthy (empty when it is)."""
+    out: list[str] = []
+    if stale:
+        age = time.time() - view.observed_at
+        out.append(f"health state is stale: NATS was last observed {age:.0f}s ago")
+        return out
+    if view.process_state is not None and view.process_state != ProcessState.READY.value:
+        out.append(f"nats-server is {view.process_state}")
+    if not view.connected:
+        out.append("the node's NATS connection is down")
+    if view.error:
+        out.append(view.error)
+    elif view.process_state is not None and view.meta_leader is None:
+        out.append("JetStream has no meta leader")
+    have = {s.name for s in view.streams}
+    missing = [s for s in required_streams if s not in have]
+    if missing and not view.error and view.process_state is not None:
+        out.append("missing streams: " + ", ".join(missing))
+    return out
+
+
+Section = Callable[[], dict[str, object]]
