@@ -27,7 +27,6 @@ from natsembed._monitor import Jsz, MetaCluster, MonitorClient, Routez, StreamDe
 from natsembed._net import detect_address, free_port
 from natsembed._process import ProcessSnapshot, ProcessState, RestartPolicy, ServerProcess, Timeouts
 from natsembed._supervisor import NODE_TAG, WITNESS_TAG, EmbeddedConfig, EmbeddedNats, EmbeddedSnapshot
-from natsembed._system import SystemClient
 from natsembed.errors import (
     ConfigInvalid,
     NatsBinaryNotFound,
@@ -37,6 +36,17 @@ from natsembed.errors import (
     StartFailed,
     SystemRequestFailed,
 )
+
+
+
+def __getattr__(name: str) -> object:
+    # SystemClient needs nats-py; it is imported only by those who use it.
+    if name == "SystemClient":
+        from natsembed._system import SystemClient
+
+        return SystemClient
+    raise AttributeError(f"module 'natsembed' has no attribute {name!r}")
+
 
 __all__ = [
     "ClusterConfig",

@@ -5,12 +5,14 @@ Only the fields NimsForest uses are modelled; everything else is ignored.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-_M = ConfigDict(extra="ignore", frozen=True)
+if TYPE_CHECKING:
+    import httpx
+
+_M = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
 
 class MetaPeer(BaseModel):
@@ -125,10 +127,22 @@ class MonitorClient:
 
     def __init__(self, base_url: str, timeout: float = 2.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, trust_env=False)
+        self.timeout = timeout
+        self._http: httpx.AsyncClient | None = None
+
+    @property
+    def _client(self) -> httpx.AsyncClient:
+        # httpx is imported on first use, so a node can spawn nats-server before paying for it.
+        if self._http is None:
+            import httpx
+
+            self._http = httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout, trust_env=False)
+        return self._http
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
     async def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
         resp = await self._client.get(path, params=params)
@@ -142,6 +156,8 @@ class MonitorClient:
             params["js-meta-only"] = "true"
         if js_enabled_only:
             params["js-enabled-only"] = "true"
+        import httpx
+
         try:
             resp = await self._client.get("/healthz", params=params)
         except httpx.HTTPError:

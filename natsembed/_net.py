@@ -5,8 +5,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-import psutil
-
 WILDCARDS = ("0.0.0.0", "::", "")
 
 
@@ -36,6 +34,8 @@ def detect_address() -> str:
                     return str(addr)
         except OSError:
             continue
+    import psutil
+
     for addrs in psutil.net_if_addrs().values():
         for a in addrs:
             if a.family in (socket.AF_INET, socket.AF_INET6):

@@ -30,8 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from natsembed._config import write_config
 from natsembed._credentials import write_private
 from natsembed._monitor import MonitorClient
@@ -155,6 +153,7 @@ class ServerProcess:
         self._last_error: str | None = None
         self._output: deque[tuple[float, str, str]] = deque(maxlen=300)
         self._reload_lock = asyncio.Lock()
+        self.spawned = asyncio.Event()  # set once a child has been spawned
         self._child_log = logging.getLogger(f"nats-server.{name}")
 
     # --- state ---------------------------------------------------------------------------
@@ -214,6 +213,8 @@ class ServerProcess:
 
     def _stop_stale(self) -> None:
         """Stop a nats-server left running by a previous supervisor on our config."""
+        import psutil
+
         try:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
@@ -244,6 +245,7 @@ class ServerProcess:
             preexec_fn=_child_setup(os.getpid()),
         )
         self._started_at = time.time()
+        self.spawned.set()
         write_private(self.pid_file, f"{self._proc.pid}\n")
         self._drain_task = asyncio.create_task(self._drain(self._proc), name=f"drain-{self.name}")
 
@@ -286,7 +288,7 @@ class ServerProcess:
                     f"within {self.timeouts.start:g}s"
                 )
             await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.1)
+            pause = min(pause * 2, 0.02)
 
     async def _finish_drain(self) -> None:
         if self._drain_task:

@@ -27,6 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
@@ -43,8 +44,10 @@ from natsembed._credentials import Credentials, load_or_create, write_private
 from natsembed._monitor import MonitorClient
 from natsembed._net import WILDCARDS, detect_address, free_port, local_host
 from natsembed._process import ProcessSnapshot, ProcessState, RestartPolicy, ServerProcess, Timeouts
-from natsembed._system import SystemClient
 from natsembed.errors import NatsEmbedError, StartFailed
+
+if TYPE_CHECKING:
+    from natsembed._system import SystemClient
 
 log = logging.getLogger("natsembed")
 
@@ -71,7 +74,8 @@ class EmbeddedConfig(BaseModel):
     extra_tags: tuple[str, ...] = ()
     jetstream_max_mem: str = "256MB"
     jetstream_max_file: str = "10GB"
-    cluster_secret: str | None = None
+    cluster_secret: str | None = None  # forest-wide: route credentials derive from it
+    authorize_routes: bool = True  # False: accept routes without credentials
     tls: TLSConfig | None = None
     policy: RestartPolicy = RestartPolicy()
     timeouts: Timeouts = Timeouts()
@@ -125,9 +129,23 @@ class _Witness:
                 listen=self.cluster_address,
                 advertise=self.cluster_address,
                 routes=(hostport(local_host(cfg.bind), cfg.cluster_port),),
+                authorize=cfg.authorize_routes,
             ),
             credentials=owner.credentials,
         )
+
+
+async def _wait_listening(host: str, port: int, abort: asyncio.Future[None], timeout: float) -> None:
+    """Wait until (host, port) accepts TCP connections, or `abort` finishes, or timeout."""
+    deadline = time.monotonic() + timeout
+    while not abort.done() and time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(0.002)
+            continue
+        writer.close()
+        return
 
 
 class EmbeddedNats:
@@ -225,6 +243,7 @@ class EmbeddedNats:
                 listen=hostport(cfg.bind, cfg.cluster_port),
                 advertise=self.cluster_address,
                 routes=tuple(routes),
+                authorize=cfg.authorize_routes,
             ),
             credentials=self.credentials,
             tls=cfg.tls,
@@ -265,12 +284,20 @@ class EmbeddedNats:
                     )
                 )
             await asyncio.gather(*writes)
-            # The witness first: the node's route to it then connects on the first try
-            # (nats-server retries a failed route only after a second).
+            # The node starts once the witness listens for routes: its route to the witness
+            # then connects on the first try (nats-server retries a failed route after 1s).
             try:
-                if self._witness is not None:
-                    await self._witness.process.start()
-                await self.node.start()
+                if self._witness is None:
+                    await self.node.start()
+                else:
+                    w = self._witness
+                    witness_start = asyncio.ensure_future(w.process.start())
+                    try:
+                        await _wait_listening("127.0.0.1", w.cluster_port, witness_start,
+                                              self.config.timeouts.start)
+                        await self.node.start()
+                    finally:
+                        await witness_start
             except BaseException:
                 await self._stop_all()
                 raise
@@ -284,7 +311,8 @@ class EmbeddedNats:
 
     async def wait_jetstream(self, timeout: float) -> bool:
         """Wait until this server's JetStream meta group has a leader; False on timeout."""
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         pause = 0.005
         while time.monotonic() < deadline:
             if await self.monitor.healthz(js_meta_only=True):
@@ -292,7 +320,7 @@ class EmbeddedNats:
             if self.node.state is ProcessState.FAILED:
                 return False
             await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.2)
+            pause = min(pause * 2, 0.02 if time.monotonic() - started < 5 else 0.2)
         return False
 
     async def set_routes(self, routes: Sequence[str]) -> bool:
@@ -376,6 +404,8 @@ class EmbeddedNats:
             return name
 
     def system_client(self, timeout: float = 5.0) -> SystemClient:
+        from natsembed._system import SystemClient
+
         c = self.credentials
         return SystemClient(self.system_url, c.sys_user, c.sys_password, timeout)
 

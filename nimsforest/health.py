@@ -14,16 +14,18 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
 from natsembed import EmbeddedNats, MonitorClient, ProcessState
-from nimsforest.connection import ConnectionManager, ConnectionState
+
+if TYPE_CHECKING:
+    from nimsforest.connection import ConnectionManager
 
 log = logging.getLogger("nimsforest.health")
 
-_F = ConfigDict(frozen=True)
+_F = ConfigDict(frozen=True, defer_build=True)
 WITNESS_MARK = "-witness-"
 
 
@@ -180,6 +182,3 @@ def problems(view: NatsView, required_streams: tuple[str, ...], stale: bool) -> 
     if missing and not view.error and view.process_state is not None:
         out.append("missing streams: " + ", ".join(missing))
     return out
-
-
-Section = Callable[[], dict[str, object]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-_FORMAT = "%(asctime)s %(levelname)-5s %(message)s"
+_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-5s %(message)s"
 _QUIET = ("httpx", "httpcore", "uvicorn.access", "asyncio", "nats.aio.client")
 
 

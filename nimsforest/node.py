@@ -15,14 +15,17 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-from natsembed import EmbeddedConfig, EmbeddedNats, RestartPolicy, Timeouts, find_nats_server
+from natsembed import NODE_TAG, EmbeddedConfig, EmbeddedNats, RestartPolicy, Timeouts, find_nats_server
 from nimsforest import __version__
-from nimsforest.connection import ConnectionManager, ConnectionOptions
 from nimsforest.health import HealthStatus, NatsObserver, NodeMode, problems
 from nimsforest.settings import Settings
-from nimsforest.streams import CORE_STREAMS, NODE_TAG, StreamSpec, ensure_stream, replication_factor
+
+if TYPE_CHECKING:
+    from nimsforest.connection import ConnectionManager
+    from nimsforest.streams import StreamSpec
 
 log = logging.getLogger("nimsforest")
 
@@ -32,6 +35,13 @@ class NodeState(enum.Enum):
     READY = "ready"
     STOPPING = "stopping"
     STOPPED = "stopped"
+
+
+def _import_heavy() -> ModuleType:
+    """Modules a node needs only once NATS runs; imported in a thread meanwhile."""
+    for name in ("nats", "nats.js", "nimsforest.connection", "nimsforest.streams"):
+        importlib.import_module(name)
+    return importlib.import_module("nimsforest.api.app")
 
 
 def embedded_config(
@@ -68,6 +78,8 @@ async def ensure_streams(
     interval: float = 0.5,
 ) -> None:
     """Create or re-scale `specs`, retrying with backoff while JetStream is unavailable."""
+    from nimsforest.streams import ensure_stream
+
     delay = interval
     for attempt in range(1, attempts + 1):
         try:
@@ -119,6 +131,7 @@ class Node:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        self.preflight()
         try:
             await self.start()
             await self._stop.wait()
@@ -147,38 +160,59 @@ class Node:
         return task
 
     # --- start -----------------------------------------------------------------------------
+    def preflight(self) -> None:
+        """Checks that need nothing started: fail fast, before any process is spawned."""
+        from nimsforest.api.sockets import bind_socket
+
+        bind_socket(*self.settings.api_host_port).close()  # AddressInUse when taken
+        find_nats_server(self.settings.nats_server_bin)  # NatsBinaryNotFound
+
     async def start(self) -> None:
         s = self.settings
-        from nimsforest.api.server import ApiServer, bind_socket
+        from nimsforest.api.server import ApiServer
 
         host, port = s.api_host_port
-        sock = bind_socket(host, port)  # fail fast when the address is taken
-        sock.close()
         log.info("Starting NimsForest %s in %s mode as node %s", __version__, self.mode.value, s.node_name)
 
-        # The web stack is imported while nats-server starts.
-        app_module = asyncio.ensure_future(asyncio.to_thread(importlib.import_module, "nimsforest.api.app"))
-        await self._start_nats()
-        module = await app_module
-        self.api = ApiServer(module.create_app(self), host, port)
+        # nats-server boots while the rest of the node (nats-py, the web stack) is imported;
+        # the imports start only once it is spawned, so they do not delay the spawn.
+        self.embedded = EmbeddedNats(embedded_config(s, witness=True))
+        nats_start = asyncio.ensure_future(self._start_nats())
+        spawned = asyncio.ensure_future(self.embedded.node.spawned.wait())
+        await asyncio.wait([nats_start, spawned], return_when=asyncio.FIRST_COMPLETED)
+        spawned.cancel()
+        heavy = asyncio.ensure_future(asyncio.to_thread(_import_heavy))
+        try:
+            await nats_start
+        finally:
+            app_module = await heavy
+        await self._connect_and_create_streams()
+        self.api = ApiServer(app_module.create_app(self), host, port)
         await self.api.start()
         log.info("Management API at http://%s:%d", host, self.api.port)
         assert self.observer is not None
-        self._spawn(self.observer.run(), "nats-observer")
         await self.observer.observe_once()
+        self._spawn(self.observer.run(), "nats-observer")
         self.state = NodeState.READY
         self.ready_at = time.time()
         log.info("nimsforest is ready (%.2fs)", self.ready_at - self.started_at)
 
     async def _start_nats(self) -> None:
         s = self.settings
-        self.embedded = EmbeddedNats(embedded_config(s, witness=True))
+        assert self.embedded is not None
         await self.embedded.start()
         log.info(
             "NATS server %s ready: clients at nats://%s, cluster %s at %s (witness %s)",
             s.node_name, self.embedded.client_address, s.cluster_name,
             self.embedded.cluster_address, self.embedded.witness_name,
         )
+
+    async def _connect_and_create_streams(self) -> None:
+        from nimsforest.connection import ConnectionManager, ConnectionOptions
+        from nimsforest.streams import CORE_STREAMS, replication_factor
+
+        s = self.settings
+        assert self.embedded is not None
         c = self.embedded.credentials
         self.conn = ConnectionManager(
             [self.embedded.system_url],
@@ -238,6 +272,8 @@ class Node:
         if view is None or obs is None:
             reasons.append("NATS not observed yet")
         else:
+            from nimsforest.streams import CORE_STREAMS
+
             required = tuple(spec.name for spec in CORE_STREAMS)
             reasons += problems(view, required, obs.is_stale())
         members = view.members if view else ()

@@ -42,3 +42,98 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}" + (f": {last_exc!r}" if last_exc else ""))
         await asyncio.sleep(interval)
+
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import httpx  # noqa: E402
+
+
+class NodeProcess:
+    """A `nimsforest` daemon run as a separate process, as users run it."""
+
+    def __init__(self, command: str, data_dir: Path, *, host: str = "127.0.0.1",
+                 extra: list[str] | None = None, env: dict[str, str] | None = None,
+                 name: str = "n1") -> None:
+        self.name = name
+        self.host = host
+        self.data_dir = data_dir
+        self.client_port = free_port(host)
+        self.cluster_port = free_port(host)
+        self.monitor_port = free_port(host)
+        self.api_port = free_port(host)
+        self.args = [
+            sys.executable, "-m", "nimsforest", command,
+            "--node-name", name,
+            "--data-dir", str(data_dir),
+            "--client-port", str(self.client_port),
+            "--cluster-port", str(self.cluster_port),
+            "--monitor-port", str(self.monitor_port),
+            "--api", f"{host}:{self.api_port}",
+            *(extra or []),
+        ]
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"{name}.log"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.api_port}"
+
+    def start(self) -> NodeProcess:
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    def health(self, path: str = "/health") -> tuple[int, dict]:
+        r = httpx.get(self.api_url + path, timeout=3)
+        return r.status_code, r.json()
+
+    async def wait_healthy(self, timeout: float = 60) -> dict:
+        def check() -> dict | None:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"node {self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            code, body = self.health()
+            return body if code == 200 else None
+
+        return await eventually(check, timeout=timeout, what=f"node {self.name} healthy")
+
+    def credentials(self) -> dict:
+        return json.loads((self.data_dir / "credentials.json").read_text())
+
+    def client_url(self) -> str:
+        c = self.credentials()
+        return f"nats://{c['app_user']}:{c['app_password']}@{self.host}:{self.client_port}"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text()
+        except OSError:
+            return ""
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def stop(self, timeout: float = 30) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.wait(10)

@@ -5,30 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import Iterator
 
 import uvicorn
 
+from nimsforest.api.sockets import AddressInUse, bind_socket
+
+__all__ = ["AddressInUse", "ApiServer", "bind_socket"]
+
 log = logging.getLogger("nimsforest.api")
-
-
-class AddressInUse(Exception):
-    """The management address cannot be bound; the message is one sentence."""
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise AddressInUse(f"Cannot listen on {host}:{port}: {exc.strerror or exc}.") from None
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
 
 
 class _Server(uvicorn.Server):

@@ -12,8 +12,6 @@ import click
 
 _BENCHES: dict[str, str] = {
     "startup": "nimsforest.bench.startup:command",
-    "pipeline": "nimsforest.bench.pipeline:command",
-    "cluster": "nimsforest.bench.cluster:command",
 }
 
 

@@ -49,7 +49,7 @@ def _serve(
     settings = settings_from(config, defaults, **flags)
     setup_logging(settings.log_level)
     from natsembed import NatsEmbedError
-    from nimsforest.api.server import AddressInUse
+    from nimsforest.api.sockets import AddressInUse
     from nimsforest.connection import NatsUnavailable
     from nimsforest.node import Node
 

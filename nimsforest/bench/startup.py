@@ -1,0 +1,115 @@
+"""`nimsforest bench startup`: time to a serving node, next to bare nats-server.
+
+For each round, in the same run and on the same machine:
+- bare: `nats-server -js` spawned -> its /healthz answers 200;
+- nimsforest: `nimsforest standalone` spawned -> GET /health answers 200, which means
+  nats-server and its witness are up, JetStream has a meta leader and RIVER, HUMUS and
+  KV SOIL exist at R1.
+It prints both medians, the difference (target: at most 1.0 s), and the supervisor's
+resident memory once ready (target: at most 80 MB; nats-server's own memory is not ours).
+"""
+
+from __future__ import annotations
+
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import httpx
+import psutil
+
+from natsembed import find_nats_server, free_port
+
+TARGET_EXTRA_S = 1.0
+TARGET_RSS_MB = 80.0
+
+
+def _wait_200(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> float:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=1.0, trust_env=False) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise click.ClickException(f"{proc.args[0]} exited with code {proc.returncode}")
+            try:
+                if client.get(url).status_code == 200:
+                    return time.monotonic()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.005)
+    raise click.ClickException(f"{url} did not answer 200 within {timeout:g}s")
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def bare_round(binary: Path, workdir: Path) -> float:
+    port, mport = free_port(), free_port()
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [str(binary), "-js", "-a", "127.0.0.1", "-p", str(port), "-m", str(mport), "-sd", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        return _wait_200(f"http://127.0.0.1:{mport}/healthz", proc) - started
+    finally:
+        _stop(proc, signal.SIGINT)
+
+
+def node_round(workdir: Path) -> tuple[float, float]:
+    api = free_port()
+    args = [
+        sys.executable, "-m", "nimsforest", "standalone",
+        "--node-name", "bench", "--data-dir", str(workdir),
+        "--client-port", str(free_port()), "--cluster-port", str(free_port()),
+        "--monitor-port", str(free_port()), "--api", f"127.0.0.1:{api}", "--log-level", "warning",
+    ]
+    started = time.monotonic()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        elapsed = _wait_200(f"http://127.0.0.1:{api}/health", proc) - started
+        rss = psutil.Process(proc.pid).memory_info().rss / (1024 * 1024)
+        return elapsed, rss
+    finally:
+        _stop(proc)
+
+
+@click.command("startup")
+@click.option("--rounds", default=5, show_default=True, type=click.IntRange(1, 50),
+              help="Starts of each kind (medians are printed).")
+def command(rounds: int) -> None:
+    """Time from start to serving: `nimsforest standalone` vs bare `nats-server -js`."""
+    binary = find_nats_server()
+    bare: list[float] = []
+    node: list[float] = []
+    rss: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="nimsforest-bench-") as tmp:
+        for i in range(rounds):
+            bare.append(bare_round(binary, Path(tmp) / f"bare{i}"))
+            t, r = node_round(Path(tmp) / f"node{i}")
+            node.append(t)
+            rss.append(r)
+    b, n, r = statistics.median(bare), statistics.median(node), statistics.median(rss)
+    extra = n - b
+    click.echo(f"rounds: {rounds} (first boot, fresh data dir each time)")
+    click.echo(f"bare nats-server -js  -> /healthz 200: median {b:.3f}s  (all: {_fmt(bare)})")
+    click.echo(f"nimsforest standalone -> /health 200:  median {n:.3f}s  (all: {_fmt(node)})")
+    click.echo(f"added by NimsForest: {extra:.3f}s (target <= {TARGET_EXTRA_S:.1f}s: "
+               f"{'met' if extra <= TARGET_EXTRA_S else 'NOT met'})")
+    click.echo(f"supervisor RSS when ready: median {r:.1f} MB (target <= {TARGET_RSS_MB:.0f} MB: "
+               f"{'met' if r <= TARGET_RSS_MB else 'NOT met'})")
+
+
+def _fmt(values: list[float]) -> str:
+    return ", ".join(f"{v:.3f}" for v in values)

@@ -1,0 +1,252 @@
+"""natsembed against real nats-server processes: start, restart, reload, stop, witness."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import nats
+import psutil
+import pytest
+
+from natsembed import (
+    EmbeddedConfig,
+    EmbeddedNats,
+    NotReady,
+    ProcessState,
+    ReloadRejected,
+    RestartPolicy,
+    StartFailed,
+    Timeouts,
+    find_nats_server,
+)
+from nimsforest.streams import RIVER, ensure_stream
+from tests.support import eventually, free_port
+
+Factory = Callable[..., EmbeddedNats]
+
+
+@pytest.fixture
+async def embedded(tmp_path: Path) -> AsyncIterator[Factory]:
+    made: list[EmbeddedNats] = []
+
+    def make(name: str = "n1", **kw: object) -> EmbeddedNats:
+        params: dict[str, object] = {
+            "name": name,
+            "data_dir": tmp_path / name,
+            "binary": find_nats_server(),
+            "client_port": free_port(),
+            "cluster_port": free_port(),
+            "monitor_port": free_port(),
+            "timeouts": Timeouts(start=20, lame_duck=3, interrupt=5),
+            "cluster_secret": "s3cret",
+        }
+        params.update(kw)
+        cfg = EmbeddedConfig(**params)  # type: ignore[arg-type]
+        e = EmbeddedNats(cfg)
+        made.append(e)
+        return e
+
+    yield make
+    for e in made:
+        await e.stop()
+        await e.close()
+
+
+async def test_lone_node_serves_r1_streams_on_the_node_only(embedded: Factory) -> None:
+    node = embedded("n1")
+    await node.start()
+    snap = node.snapshot()
+    assert snap.node.state is ProcessState.READY
+    assert snap.witness is not None and snap.witness.state is ProcessState.READY
+    assert snap.witness_name and "-witness-" in snap.witness_name
+
+    nc = await nats.connect(node.client_url)
+    try:
+        info = await ensure_stream(nc.jetstream(), RIVER, 1)
+        assert info.cluster is not None and info.cluster.leader == "n1"
+        await nc.jetstream().publish("river.test", b"x")
+    finally:
+        await nc.close()
+    jsz = await node.monitor.jsz(streams=True)
+    assert [s.name for s in jsz.stream_details()] == ["RIVER"]
+
+
+async def test_generated_files_are_private(embedded: Factory) -> None:
+    node = embedded("n1")
+    await node.start()
+    for name in ("credentials.json", "nats.conf"):
+        mode = stat.S_IMODE((node.config.data_dir / name).stat().st_mode)
+        assert mode == 0o600, f"{name} has mode {oct(mode)}"
+
+
+async def test_killed_child_is_restarted(embedded: Factory) -> None:
+    node = embedded("n1")
+    await node.start()
+    old_pid = node.node.pid
+    assert old_pid is not None
+    os.kill(old_pid, signal.SIGKILL)
+    await eventually(
+        lambda: node.node.state is ProcessState.READY and node.node.pid not in (None, old_pid),
+        what="nats-server restarted",
+    )
+    assert node.node.snapshot().restarts == 1
+    assert await node.wait_jetstream(20)
+
+
+async def test_gives_up_after_too_many_restarts(embedded: Factory) -> None:
+    node = embedded("n1", policy=RestartPolicy(max_restarts=1, window=300, backoff_initial=0.05))
+    await node.start()
+    for _ in range(2):
+        await eventually(lambda: node.node.state is ProcessState.READY, what="ready")
+        pid = node.node.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await eventually(lambda: node.node.pid != pid, what="child gone")
+    await eventually(lambda: node.node.state is ProcessState.FAILED, what="gave up")
+    assert "exited with code" in (node.node.snapshot().last_error or "")
+
+
+async def test_joiner_and_confirmed_route_reload(embedded: Factory) -> None:
+    a = embedded("a")
+    await a.start()
+    b = embedded("b", witness=False, routes=(a.cluster_address,))
+    await b.start()  # joins a's cluster: its meta group gets a leader through a
+    assert b.witness_name is None
+
+    before = (await a.monitor.varz()).config_digest
+    assert await a.set_routes([b.cluster_address]) is True
+    after = (await a.monitor.varz()).config_digest
+    assert after != before
+    assert a.routes == (b.cluster_address,)
+    assert b.cluster_address in (node_conf := a.node.config_path.read_text()) and "nats-route://" in node_conf
+
+    async def routed() -> bool:
+        return "b" in (await a.monitor.routez()).remote_names
+
+    await eventually(routed, what="a routed to b")
+    assert await a.set_routes([b.cluster_address]) is False  # no change, no reload
+
+
+async def test_rejected_reload_keeps_old_config(embedded: Factory) -> None:
+    node = embedded("n1")
+    await node.start()
+    path = node.node.config_path
+    old_text = path.read_text()
+    digest = (await node.monitor.varz()).config_digest
+    bad = old_text.replace('server_name: "n1"', 'server_name: "renamed"')  # not reloadable
+    with pytest.raises(ReloadRejected, match="previous configuration keeps running"):
+        await node.node.reload(bad)
+    assert path.read_text() == old_text
+    assert node.node.state is ProcessState.READY
+    assert (await node.monitor.varz()).config_digest == digest
+    assert await node.monitor.healthz(js_meta_only=True)
+
+
+async def test_reload_needs_a_ready_server(embedded: Factory) -> None:
+    node = embedded("n1")
+    with pytest.raises(NotReady):
+        await node.node.reload("server_name: x\n")
+
+
+async def test_graceful_stop_goes_through_lame_duck(embedded: Factory) -> None:
+    node = embedded("n1")
+    await node.start()
+    pid = node.node.pid
+    await node.stop()
+    assert node.node.state is ProcessState.STOPPED
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert any("lame duck" in line for line in node.node.recent_output())
+    assert not (node.config.data_dir / "nats-server.pid").exists()
+
+
+async def test_start_failure_is_one_sentence(embedded: Factory) -> None:
+    node = embedded("n1")
+    busy = node.config.client_port
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", busy))
+        s.listen()
+        with pytest.raises(StartFailed) as err:
+            await node.start()
+    msg = str(err.value)
+    assert "exited during start" in msg and "address already in use" in msg
+    assert node.node.pid is None
+    assert node.snapshot().witness is None or node.snapshot().witness.pid is None  # type: ignore[union-attr]
+
+
+async def test_stale_server_from_a_previous_run_is_stopped(embedded: Factory) -> None:
+    first = embedded("n1")
+    await first.start()
+    await first.stop()
+    # Simulate a supervisor that vanished without stopping its child (no PDEATHSIG, as on
+    # other platforms): the child keeps running on our config, and its pid file stays.
+    conf = first.node.config_path
+    stale = subprocess.Popen([str(find_nats_server()), "-c", str(conf)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await eventually(lambda: first.monitor.healthz(js_enabled_only=True), what="stale server up")
+        (first.config.data_dir / "nats-server.pid").write_text(f"{stale.pid}\n")
+        second = EmbeddedNats(first.config)
+        try:
+            await second.start()
+            assert stale.poll() is not None, "the stale nats-server is still running"
+            assert second.node.pid not in (None, stale.pid)
+        finally:
+            await second.stop()
+            await second.close()
+    finally:
+        if stale.poll() is None:
+            stale.kill()
+            stale.wait()
+
+
+async def test_witness_is_retired_when_a_peer_joins(embedded: Factory) -> None:
+    a = embedded("a")
+    await a.start()
+    nc = await nats.connect(a.client_url)
+    try:
+        js = nc.jetstream()
+        await ensure_stream(js, RIVER, 1)
+        for i in range(20):
+            await js.publish("river.x", str(i).encode())
+    finally:
+        await nc.close()
+    b = embedded("b", witness=False, routes=(a.cluster_address,))
+    await b.start()
+    await a.set_routes([b.cluster_address])
+    witness_dir = a.config.data_dir / "witness"
+    assert witness_dir.exists()
+
+    assert await a.retire_witness() is True
+
+    async def meta_is_a_and_b() -> bool:
+        meta = (await a.monitor.jsz()).meta_cluster
+        return meta is not None and meta.leader in ("a", "b") and set(meta.members) | {"a"} == {"a", "b"}
+
+    await eventually(meta_is_a_and_b, what="meta group {a, b}")
+    assert a.witness_name is None and not witness_dir.exists()
+    assert "127.0.0.1:" + str(a.config.cluster_port) not in a.routes
+    nc = await nats.connect(a.client_url)
+    try:
+        info = await nc.jetstream().stream_info("RIVER")
+        assert info.state.messages == 20
+    finally:
+        await nc.close()
+
+
+async def test_routes_need_the_shared_secret(embedded: Factory) -> None:
+    a = embedded("a")
+    await a.start()
+    b = embedded(
+        "b", witness=False, routes=(a.cluster_address,), cluster_secret="other",
+        timeouts=Timeouts(start=3, lame_duck=1, interrupt=5),
+    )
+    with pytest.raises(StartFailed, match="no meta leader"):
+        await b.start()
+    assert "b" not in (await a.monitor.routez()).remote_names
