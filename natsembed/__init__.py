@@ -24,9 +24,16 @@ from natsembed._config import (
 )
 from natsembed._credentials import Credentials, load_or_create
 from natsembed._monitor import Jsz, MetaCluster, MonitorClient, Routez, StreamDetail, Varz
-from natsembed._net import detect_address, free_port
+from natsembed._net import advertise_host, detect_address, free_port
 from natsembed._process import ProcessSnapshot, ProcessState, RestartPolicy, ServerProcess, Timeouts
-from natsembed._supervisor import NODE_TAG, WITNESS_TAG, EmbeddedConfig, EmbeddedNats, EmbeddedSnapshot
+from natsembed._supervisor import (
+    NODE_TAG,
+    WITNESS_TAG,
+    EmbeddedConfig,
+    EmbeddedNats,
+    EmbeddedSnapshot,
+    has_meta_state,
+)
 from natsembed.errors import (
     ConfigInvalid,
     NatsBinaryNotFound,
@@ -78,7 +85,9 @@ __all__ = [
     "Timeouts",
     "Varz",
     "WITNESS_TAG",
+    "advertise_host",
     "check_config",
+    "has_meta_state",
     "detect_address",
     "find_nats_server",
     "free_port",

@@ -32,11 +32,23 @@ class Credentials:
         return f"Credentials(app_user={self.app_user!r}, sys_user={self.sys_user!r}, route_user={self.route_user!r})"
 
     def with_cluster_secret(self, secret: str | None) -> Credentials:
-        """Route credentials derived from a forest-wide secret, so every node agrees on them."""
+        """Credentials derived from a forest-wide secret, so every node agrees on them.
+
+        Routes must authenticate across nodes, and a client that fails over from one node
+        to another must find the same application user there: with a secret, the route,
+        application and system passwords are all derived from it (HMAC-SHA256 per purpose).
+        Without one, the node keeps its own random passwords (fine for a single node).
+        """
         if not secret:
             return self
-        derived = hmac.new(secret.encode(), b"nimsforest/route", hashlib.sha256).hexdigest()[:40]
-        return Credentials(**{**asdict(self), "route_password": derived})
+
+        def derive(purpose: str) -> str:
+            return hmac.new(secret.encode(), f"nimsforest/{purpose}".encode(), hashlib.sha256).hexdigest()[:40]
+
+        return Credentials(
+            **{**asdict(self), "route_password": derive("route"), "app_password": derive("app"),
+               "sys_password": derive("sys")}
+        )
 
 
 def _token() -> str:

@@ -172,6 +172,7 @@ class MonitorClient:
         if streams or consumers:
             params["accounts"] = "true"
             params["streams"] = "true"
+            params["config"] = "true"
         if consumers:
             params["consumers"] = "true"
         return Jsz.model_validate(await self._get("/jsz", params))

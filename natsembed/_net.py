@@ -43,3 +43,10 @@ def detect_address() -> str:
                 if not ip.is_loopback and not ip.is_link_local:
                     return str(ip)
     return "127.0.0.1"
+
+
+def advertise_host(bind: str, advertise: str | None) -> str:
+    """The host peers and clients should dial: explicit, else the bind address, else detected."""
+    if advertise:
+        return advertise
+    return bind if bind not in WILDCARDS else detect_address()

@@ -42,7 +42,7 @@ from natsembed._config import (
 )
 from natsembed._credentials import Credentials, load_or_create, write_private
 from natsembed._monitor import MonitorClient
-from natsembed._net import WILDCARDS, detect_address, free_port, local_host
+from natsembed._net import WILDCARDS, advertise_host, free_port, local_host
 from natsembed._process import ProcessSnapshot, ProcessState, RestartPolicy, ServerProcess, Timeouts
 from natsembed.errors import NatsEmbedError, StartFailed
 
@@ -135,6 +135,11 @@ class _Witness:
         )
 
 
+def has_meta_state(data_dir: Path) -> bool:
+    """True when the node in `data_dir` has JetStream cluster state (a meta log)."""
+    return (data_dir / "store" / "jetstream" / "$SYS" / "_js_" / "_meta_").is_dir()
+
+
 async def _wait_listening(host: str, port: int, abort: asyncio.Future[None], timeout: float) -> None:
     """Wait until (host, port) accepts TCP connections, or `abort` finishes, or timeout."""
     deadline = time.monotonic() + timeout
@@ -158,9 +163,7 @@ class EmbeddedNats:
             config.cluster_secret
         )
         self._routes: tuple[str, ...] = tuple(dict.fromkeys(config.routes))
-        self._advertise_host = config.advertise or (
-            config.bind if config.bind not in WILDCARDS else detect_address()
-        )
+        self._advertise_host = advertise_host(config.bind, config.advertise)
         self._local_host = local_host(config.bind)
         monitor_port = config.monitor_port or free_port("127.0.0.1")
         monitor_host = config.bind if config.monitor_port else "127.0.0.1"
@@ -213,11 +216,11 @@ class EmbeddedNats:
 
     @property
     def store_dir(self) -> Path:
-        return self.config.data_dir / "store"
+        return self.config.data_dir / "store"  # has_meta_state() knows this layout
 
     def has_meta_state(self) -> bool:
         """True when this node has been part of a JetStream cluster before (it has a log)."""
-        return (self.store_dir / "jetstream" / "$SYS" / "_js_" / "_meta_").is_dir()
+        return has_meta_state(self.config.data_dir)
 
     def _saved_witness_name(self) -> str | None:
         path = self.config.data_dir / "witness" / "name"

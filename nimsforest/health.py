@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict
 
 from natsembed import EmbeddedNats, MonitorClient, ProcessState
+from nimsforest.marks import OWNER_KEY, OWNER_VALUE, is_witness
 
 if TYPE_CHECKING:
     from nimsforest.connection import ConnectionManager
@@ -26,14 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("nimsforest.health")
 
 _F = ConfigDict(frozen=True, defer_build=True)
-WITNESS_MARK = "-witness-"
-
-
-def is_witness(server_name: str) -> bool:
-    """Witness servers carry `-witness-` in their name; node names never do."""
-    return WITNESS_MARK in server_name
-
-
 class HealthStatus(enum.Enum):
     HEALTHY = "healthy"
     UNHEALTHY = "unhealthy"
@@ -53,6 +46,8 @@ class StreamView(BaseModel):
     current: bool  # every replica is current
     messages: int = 0
     consumers: int = 0
+    owned: bool = True
+    lagging: tuple[str, ...] = ()
 
 
 class NatsView(BaseModel):
@@ -77,6 +72,29 @@ class NatsView(BaseModel):
     @property
     def kv_buckets(self) -> tuple[str, ...]:
         return tuple(s.name[3:] for s in self.streams if s.name.startswith("KV_"))
+
+
+async def cluster_streams(conn: ConnectionManager, timeout: float = 2.0) -> tuple[StreamView, ...]:
+    """Every stream of the application account, cluster-wide, via the JetStream API."""
+    js = conn.nc.jetstream(timeout=timeout)
+    infos = await asyncio.wait_for(js.streams_info(), timeout)
+    out = []
+    for info in infos:
+        cluster = info.cluster
+        replicas = (cluster.replicas or []) if cluster else []
+        out.append(
+            StreamView(
+                name=info.config.name or "?",
+                replicas=info.config.num_replicas or 1,
+                leader=cluster.leader if cluster else None,
+                current=all(bool(r.current) and not r.offline for r in replicas),
+                messages=info.state.messages,
+                consumers=info.state.consumer_count,
+                owned=bool(info.config.metadata and info.config.metadata.get(OWNER_KEY) == OWNER_VALUE),
+                lagging=tuple(r.name for r in replicas if not r.current or r.offline),
+            )
+        )
+    return tuple(sorted(out, key=lambda v: v.name))
 
 
 class NatsObserver:
@@ -110,37 +128,29 @@ class NatsObserver:
                 restarts=snap.node.restarts,
                 witness=snap.witness_name,
             )
-        error = None
+        errors: list[str] = []
         if self.monitor is not None:
             try:
-                jsz = await self.monitor.jsz(streams=True)
+                jsz = await self.monitor.jsz()
                 meta = jsz.meta_cluster
                 if meta is not None:
                     fields["meta_leader"] = meta.leader
                     names = {jsz.server_name or self.node_name, *meta.members}
                     fields["members"] = tuple(sorted(n for n in names if not is_witness(n)))
-                streams = []
-                for s in jsz.stream_details():
-                    replicas = s.cluster.replicas if s.cluster else ()
-                    streams.append(
-                        StreamView(
-                            name=s.name,
-                            replicas=int(s.config.get("num_replicas", 1)),
-                            leader=s.cluster.leader if s.cluster else None,
-                            current=all(r.current and not r.offline for r in replicas),
-                            messages=int(s.state.get("messages", 0)),
-                            consumers=int(s.state.get("consumer_count", 0)),
-                        )
-                    )
-                fields["streams"] = tuple(sorted(streams, key=lambda v: v.name))
             except Exception as exc:  # noqa: BLE001 - reported in the view
-                error = f"monitoring port did not answer: {exc or type(exc).__name__}"
+                errors.append(f"monitoring port did not answer: {exc or type(exc).__name__}")
+        if self.conn.is_connected and (self.monitor is None or fields.get("meta_leader")):
+            try:
+                fields["streams"] = await cluster_streams(self.conn, timeout=max(1.0, self.interval * 2))
+            except Exception as exc:  # noqa: BLE001 - reported in the view
+                errors.append(f"JetStream did not list its streams: {exc or type(exc).__name__}")
+        error = "; ".join(errors) or None
         fields["error"] = error
         if error != self._last_error:
             if error:
                 log.warning("Health observer: %s", error)
             elif self._last_error:
-                log.info("Health observer: monitoring port answers again")
+                log.info("Health observer: NATS answers again")
             self._last_error = error
         self.view = NatsView.model_validate(fields)
         return self.view

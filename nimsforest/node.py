@@ -1,8 +1,11 @@
-"""A NimsForest node: its NATS, its streams, its forest and its HTTP API, in order.
+"""A NimsForest node: its NATS, its registry record, its streams, its forest, its API.
 
-Start: bind the management address (fail fast), start NATS (the web stack is imported
-meanwhile), connect, create the streams, start the forest, serve, ready.
-Stop (SIGINT/SIGTERM): the reverse, with NATS stopped in order (lame duck first).
+Start (seed 001): [cluster mode: register, read peers, decide founder/joiner/member]
+-> start NATS (the rest of the node is imported meanwhile) -> connect -> wait for the
+JetStream meta leader -> create the streams at min(cluster size, 3) -> start the forest
+-> serve the API -> start the loops (observer, registry heartbeat and watch, reconcile)
+-> ready.
+Stop (SIGINT/SIGTERM): loops, forest, deregister, connection, NATS (lame duck first), API.
 """
 
 from __future__ import annotations
@@ -18,14 +21,26 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from natsembed import NODE_TAG, EmbeddedConfig, EmbeddedNats, RestartPolicy, Timeouts, find_nats_server
+from natsembed import (
+    NODE_TAG,
+    EmbeddedConfig,
+    EmbeddedNats,
+    RestartPolicy,
+    Timeouts,
+    advertise_host,
+    find_nats_server,
+    has_meta_state,
+    hostport,
+)
 from nimsforest import __version__
-from nimsforest.health import HealthStatus, NatsObserver, NodeMode, problems
+from nimsforest.health import NatsObserver, NodeMode
 from nimsforest.settings import Settings
 
 if TYPE_CHECKING:
+    from cluster import ClusterManager, Startup
     from nimsforest.connection import ConnectionManager
     from nimsforest.streams import StreamSpec
+    from registry import NodeInfo, Registry
 
 log = logging.getLogger("nimsforest")
 
@@ -45,7 +60,7 @@ def _import_heavy() -> ModuleType:
 
 
 def embedded_config(
-    settings: Settings, *, witness: bool, routes: tuple[str, ...] = ()
+    settings: Settings, *, witness: bool, routes: tuple[str, ...] = (), authorize_routes: bool = True
 ) -> EmbeddedConfig:
     return EmbeddedConfig(
         name=settings.node_name,
@@ -63,6 +78,7 @@ def embedded_config(
         jetstream_max_mem=settings.jetstream_max_mem,
         jetstream_max_file=settings.jetstream_max_file,
         cluster_secret=settings.cluster_secret.get_secret_value() if settings.cluster_secret else None,
+        authorize_routes=authorize_routes,
         policy=RestartPolicy(max_restarts=settings.nats_max_restarts, window=settings.nats_restart_window),
         timeouts=Timeouts(start=settings.nats_start_timeout, interrupt=settings.nats_stop_timeout),
     )
@@ -117,6 +133,9 @@ class Node:
         self.embedded: EmbeddedNats | None = None
         self.conn: ConnectionManager | None = None
         self.observer: NatsObserver | None = None
+        self.registry: Registry | None = None
+        self.manager: ClusterManager | None = None
+        self.startup: Startup | None = None
         self.replicas = 1
         self.api: Any = None
         self._stop = asyncio.Event()
@@ -133,8 +152,16 @@ class Node:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         self.preflight()
         try:
-            await self.start()
-            await self._stop.wait()
+            start = asyncio.ensure_future(self.start())
+            stop = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait([start, stop], return_when=asyncio.FIRST_COMPLETED)
+            if not start.done():  # stopped while starting (a joiner waiting, for instance)
+                start.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await start
+            else:
+                start.result()
+                await stop
         finally:
             await self.stop()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -166,17 +193,36 @@ class Node:
 
         bind_socket(*self.settings.api_host_port).close()  # AddressInUse when taken
         find_nats_server(self.settings.nats_server_bin)  # NatsBinaryNotFound
+        if self.mode is NodeMode.CLUSTER and not self.settings.registry_url:
+            raise RuntimeError(
+                "A cluster node needs a registry: set --registry-url or REGISTRY_URL "
+                "(or run `nimsforest standalone` for a single node)."
+            )
 
     async def start(self) -> None:
         s = self.settings
         from nimsforest.api.server import ApiServer
 
         host, port = s.api_host_port
-        log.info("Starting NimsForest %s in %s mode as node %s", __version__, self.mode.value, s.node_name)
+        if self.mode is NodeMode.CLUSTER:
+            log.info("Starting as cluster node %s (NimsForest %s)", s.node_name, __version__)
+            self.startup = await self._join_forest()
+            witness, routes = self.startup.role.value == "founder", self.startup.routes
+            authorize = s.cluster_secret is not None
+            if not authorize:
+                log.warning(
+                    "NATS_CLUSTER_SECRET is not set: cluster routes are not authenticated; "
+                    "set the same secret on every node"
+                )
+        else:
+            log.info("Starting NimsForest %s in %s mode as node %s", __version__, self.mode.value, s.node_name)
+            witness, routes, authorize = True, (), True
 
         # nats-server boots while the rest of the node (nats-py, the web stack) is imported;
         # the imports start only once it is spawned, so they do not delay the spawn.
-        self.embedded = EmbeddedNats(embedded_config(s, witness=True))
+        self.embedded = EmbeddedNats(
+            embedded_config(s, witness=witness, routes=routes, authorize_routes=authorize)
+        )
         nats_start = asyncio.ensure_future(self._start_nats())
         spawned = asyncio.ensure_future(self.embedded.node.spawned.wait())
         await asyncio.wait([nats_start, spawned], return_when=asyncio.FIRST_COMPLETED)
@@ -193,22 +239,63 @@ class Node:
         assert self.observer is not None
         await self.observer.observe_once()
         self._spawn(self.observer.run(), "nats-observer")
+        if self.mode is NodeMode.CLUSTER:
+            self._start_cluster_loops()
         self.state = NodeState.READY
         self.ready_at = time.time()
         log.info("nimsforest is ready (%.2fs)", self.ready_at - self.started_at)
+
+    def self_info(self) -> NodeInfo:
+        from registry import NodeInfo, ensure_node_id
+
+        s = self.settings
+        host = advertise_host(s.bind_address, s.advertise_address)
+        api_host, api_port = s.api_host_port
+        return NodeInfo(
+            name=s.node_name,
+            cluster_address=hostport(host, s.cluster_port),
+            client_address=hostport(host, s.client_port),
+            monitor_url=f"http://{hostport(host, s.monitor_port)}" if s.monitor_port else None,
+            api_url=f"http://{hostport(host if api_host in ('0.0.0.0', '::') else api_host, api_port)}",
+            node_id=ensure_node_id(s.data_dir / "node_id"),
+            metadata={"version": __version__, "cluster": s.cluster_name},
+        )
+
+    async def _join_forest(self) -> Startup:
+        from cluster import decide_role
+        from registry import open_registry
+
+        s = self.settings
+        assert s.registry_url is not None
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        self.registry = open_registry(
+            s.registry_url,
+            service=s.registry_service,
+            token=s.registry_token,
+            heartbeat_interval=s.registry_heartbeat_interval,
+            cache_path=s.data_dir / "peers.json",
+        )
+        startup = await decide_role(self.registry, self.self_info(), has_state=has_meta_state(s.data_dir))
+        if startup.record is not None:
+            log.info("Registered in registry at %s", self.registry.url)
+        for peer in startup.peers:
+            log.info("Discovered peer %s at %s", peer.name, peer.cluster_address)
+        log.info("%s", startup.reason)
+        return startup
 
     async def _start_nats(self) -> None:
         s = self.settings
         assert self.embedded is not None
         await self.embedded.start()
+        extra = f" (witness {self.embedded.witness_name})" if self.embedded.witness_name else ""
         log.info(
-            "NATS server %s ready: clients at nats://%s, cluster %s at %s (witness %s)",
-            s.node_name, self.embedded.client_address, s.cluster_name,
-            self.embedded.cluster_address, self.embedded.witness_name,
+            "NATS server %s ready: clients at nats://%s, cluster %s at %s%s",
+            s.node_name, self.embedded.client_address, s.cluster_name, self.embedded.cluster_address, extra,
         )
 
     async def _connect_and_create_streams(self) -> None:
         from nimsforest.connection import ConnectionManager, ConnectionOptions
+        from nimsforest.marks import is_witness
         from nimsforest.streams import CORE_STREAMS, replication_factor
 
         s = self.settings
@@ -227,13 +314,45 @@ class Node:
             password=c.app_password,
         )
         await self.conn.connect()
-        self.replicas = replication_factor(1)
+        meta = (await self.embedded.monitor.jsz()).meta_cluster
+        others = [m for m in (meta.members if meta else ()) if m != s.node_name and not is_witness(m)]
+        size = 1 + len(others)
+        self.replicas = replication_factor(size)
+        log.info("Cluster size: %d, replication factor: %d", size, self.replicas)
         await ensure_streams(self.conn.nc.jetstream(), CORE_STREAMS, self.replicas, (NODE_TAG,))
         log.info(
             "JetStream initialized with replication factor %d: %s",
             self.replicas, describe_streams(CORE_STREAMS),
         )
         self.observer = NatsObserver(s.node_name, self.conn, embedded=self.embedded)
+
+    def _start_cluster_loops(self) -> None:
+        from cluster import ClusterManager, Tuning
+
+        s = self.settings
+        assert self.embedded is not None and self.conn is not None and self.registry is not None
+
+        def on_replication(rf: int) -> None:
+            self.replicas = rf
+
+        self.manager = ClusterManager(
+            embedded=self.embedded,
+            conn=self.conn,
+            registry=self.registry,
+            tuning=Tuning(grace=s.peer_grace_period),
+            interval=s.reconcile_interval,
+            on_replication=on_replication,
+        )
+        self.manager.seed_known(self.startup.peers if self.startup else ())
+        self._spawn(self.registry.run_heartbeat(), "registry-heartbeat")
+        self._spawn(self._watch_registry(), "registry-watch")
+        self._spawn(self.manager.run(), "cluster-reconcile")
+
+    async def _watch_registry(self) -> None:
+        assert self.registry is not None and self.manager is not None
+        known = self.startup.peers if self.startup else ()
+        async for _event in self.registry.watch_peers(known=known):
+            self.manager.wake()
 
     # --- stop ------------------------------------------------------------------------------
     async def stop(self) -> None:
@@ -247,6 +366,13 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self.registry is not None:
+            try:
+                await asyncio.wait_for(self.registry.deregister(), 5.0)
+                log.info("Deregistered from registry at %s", self.registry.url)
+            except Exception as exc:  # noqa: BLE001 - the record expires after its TTL anyway
+                log.warning("Could not deregister (%s); the record expires after its TTL", exc or type(exc).__name__)
+            await self.registry.close()
         if self.conn is not None:
             await self.conn.close()
         if self.embedded is not None:
@@ -257,50 +383,22 @@ class Node:
         self.state = NodeState.STOPPED
         log.info("Node %s stopped", self.settings.node_name)
 
+    # --- API -------------------------------------------------------------------------------
     def routers(self) -> list[Any]:
         """FastAPI routers the node's components add to the API."""
         return []
 
-    # --- health ----------------------------------------------------------------------------
     def health(self) -> tuple[int, dict[str, Any]]:
-        """(HTTP status, body) of GET /health, from cached state only."""
-        obs = self.observer
-        view = obs.view if obs else None
-        reasons: list[str] = []
-        if self.state != NodeState.READY:
-            reasons.append(f"node is {self.state.value}")
-        if view is None or obs is None:
-            reasons.append("NATS not observed yet")
-        else:
-            from nimsforest.streams import CORE_STREAMS
+        from nimsforest.health_docs import node_health
 
-            required = tuple(spec.name for spec in CORE_STREAMS)
-            reasons += problems(view, required, obs.is_stale())
-        members = view.members if view else ()
-        size = max(1, len(members))
-        body: dict[str, Any] = {
-            "status": (HealthStatus.UNHEALTHY if reasons else HealthStatus.HEALTHY).value,
-            "node": self.settings.node_name,
-            "mode": self.mode.value,
-            "cluster": {
-                "name": self.settings.cluster_name,
-                "size": size,
-                "peers": [m for m in members if m != self.settings.node_name],
-                "replication_factor": self.replicas,
-            },
-            "jetstream": {
-                "streams": list(view.stream_names) if view else [],
-                "kv_buckets": list(view.kv_buckets) if view else [],
-                "meta_leader": view.meta_leader if view else None,
-            },
-            "nats": {
-                "state": view.process_state if view else None,
-                "pid": view.process_pid if view else None,
-                "restarts": view.restarts if view else 0,
-                "witness": view.witness if view else None,
-                "connected": view.connected if view else False,
-            },
-        }
-        if reasons:
-            body["reasons"] = reasons
-        return (503 if reasons else 200), body
+        return node_health(self)
+
+    def cluster_health(self) -> tuple[int, dict[str, Any]]:
+        from nimsforest.health_docs import cluster_health
+
+        return cluster_health(self)
+
+    def registry_health(self) -> tuple[int, dict[str, Any]]:
+        from nimsforest.health_docs import registry_health
+
+        return registry_health(self)

@@ -60,6 +60,8 @@ def _check_size(value: str) -> str:
 
 
 def _check_name(value: str) -> str:
+    if "-witness-" in value:
+        raise ValueError(f"'{value}' contains '-witness-', which marks witness servers")
     if not NAME_RE.match(value):
         raise ValueError(
             f"'{value}' is not a valid name (letters, digits, '.', '_' and '-', "

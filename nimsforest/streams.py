@@ -23,11 +23,11 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
+from nimsforest.marks import OWNER_KEY, OWNER_VALUE
+
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
-OWNER_KEY = "nimsforest.owner"
-OWNER_VALUE = "nimsforest"
 NODE_TAG = "role:node"
 WITNESS_TAG = "role:witness"
 DAY = 24 * 3600.0

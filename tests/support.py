@@ -80,12 +80,17 @@ class NodeProcess:
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{name}.log"
+        self.cluster_secret: str | None = None
+        if "--cluster-secret" in self.args:
+            self.cluster_secret = self.args[self.args.index("--cluster-secret") + 1]
 
     @property
     def api_url(self) -> str:
         return f"http://{self.host}:{self.api_port}"
 
     def start(self) -> NodeProcess:
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError(f"node {self.name} is already running")
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
         self.proc = subprocess.Popen(self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
@@ -94,6 +99,15 @@ class NodeProcess:
     def health(self, path: str = "/health") -> tuple[int, dict]:
         r = httpx.get(self.api_url + path, timeout=3)
         return r.status_code, r.json()
+
+    def cluster(self) -> dict:
+        return self.health("/health/cluster")[1]
+
+    def kill(self) -> None:
+        """SIGKILL the node (its nats-server children die with it: PDEATHSIG)."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.wait(10)
 
     async def wait_healthy(self, timeout: float = 60) -> dict:
         def check() -> dict | None:
@@ -104,8 +118,12 @@ class NodeProcess:
 
         return await eventually(check, timeout=timeout, what=f"node {self.name} healthy")
 
-    def credentials(self) -> dict:
-        return json.loads((self.data_dir / "credentials.json").read_text())
+    def credentials(self, cluster_secret: str | None = None) -> dict:
+        from natsembed import load_or_create
+
+        creds = load_or_create(self.data_dir).with_cluster_secret(cluster_secret or self.cluster_secret)
+        return {"app_user": creds.app_user, "app_password": creds.app_password,
+                "sys_user": creds.sys_user, "sys_password": creds.sys_password}
 
     def client_url(self) -> str:
         c = self.credentials()
@@ -137,3 +155,55 @@ class NodeProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.wait(10)
+
+
+class RegistryProcess:
+    """`nimsforest registry serve` as a separate process."""
+
+    def __init__(self, data: Path, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = free_port(host)
+        self.data = data
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data.parent / "registry.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> RegistryProcess:
+        self.data.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nimsforest", "registry", "serve", "--host", self.host,
+             "--port", str(self.port), "--data", str(self.data)],
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        return self
+
+    async def wait_ready(self, timeout: float = 30) -> None:
+        def ok() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.log_path.read_text()
+            try:
+                return httpx.get(self.url + "/v1/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await eventually(ok, timeout=timeout, what="registry ready")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if hasattr(self, "_log"):
+            self._log.close()

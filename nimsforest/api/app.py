@@ -29,6 +29,16 @@ def create_app(node: Node) -> FastAPI:
         code, body = node.health()
         return JSONResponse(body, status_code=code)
 
+    @app.get("/health/cluster", tags=["health"], summary="Cluster state (200 whole, 503 degraded)")
+    def health_cluster() -> JSONResponse:
+        code, body = node.cluster_health()
+        return JSONResponse(body, status_code=code)
+
+    @app.get("/health/registry", tags=["health"], summary="Registry connection (200 up, 503 down)")
+    def health_registry() -> JSONResponse:
+        code, body = node.registry_health()
+        return JSONResponse(body, status_code=code)
+
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
     def prometheus() -> Response:
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -56,10 +56,14 @@ def _serve(
     node = Node(settings, NodeMode(mode_name), demo=demo)
     try:
         run_async(node.run())
-    except (NatsEmbedError, AddressInUse, NatsUnavailable) as exc:
+    except (NatsEmbedError, AddressInUse, NatsUnavailable, RuntimeError) as exc:
         fail(str(exc), EXIT_FAILURE)
-    except RuntimeError as exc:
-        fail(str(exc), EXIT_FAILURE)
+    except Exception as exc:
+        from registry import RegistryError
+
+        if isinstance(exc, RegistryError):  # a conflict or a registry that refuses us
+            fail(str(exc), EXIT_FAILURE)
+        raise
 
 
 @click.command()

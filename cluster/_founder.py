@@ -1,0 +1,138 @@
+"""The founder rule: who bootstraps the cluster, decided before nats-server starts.
+
+A node registers first, then reads the live nodes. Every registration gets a
+`create_index` from the registry, strictly increasing. So:
+
+- a node with JetStream state of its own is a MEMBER: it rejoins (it never founds again);
+- a fresh node that sees no live node older than itself is the FOUNDER: it starts with a
+  witness and with no route but the witness' (so its first meta group has two members
+  and elects at once; routes to younger nodes are added by the reconcile loop later);
+- any other fresh node is a JOINER: it waits until an older node's JetStream has a meta
+  leader, then starts with routes to the ready older nodes. It hears that leader long
+  before it could run an election of its own, so nodes started at the same moment never
+  form two clusters.
+
+Two fresh nodes cannot both be founders: the second to register necessarily sees the
+first, whose create_index is lower, because it reads after its own registration.
+
+When the registry cannot be reached: a node with cached peers or state of its own starts
+with what it knows; a fresh node without either knows nothing and waits for the
+registry, since founding blind could fork the forest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from registry import NodeInfo, Registry
+
+log = logging.getLogger("cluster")
+
+Probe = Callable[["NodeInfo"], Awaitable[bool]]
+
+
+class Role(enum.Enum):
+    FOUNDER = "founder"
+    JOINER = "joiner"
+    MEMBER = "member"
+
+
+@dataclass(frozen=True)
+class Startup:
+    role: Role
+    peers: tuple[NodeInfo, ...]  # every other live node we know of
+    routes: tuple[str, ...]  # cluster addresses to route to at start
+    record: NodeInfo | None  # our registration; None when the registry did not answer
+    from_cache: bool
+    reason: str  # one sentence for the log
+
+
+async def probe_ready(node: NodeInfo, timeout: float = 2.0) -> bool:
+    """True when `node`'s JetStream has a meta leader (or, without a monitoring URL,
+    when its cluster port accepts connections)."""
+    if node.monitor_url:
+        import httpx
+
+        try:
+            async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
+                r = await client.get(node.monitor_url.rstrip("/") + "/healthz", params={"js-meta-only": "true"})
+            return r.status_code == 200
+        except httpx.HTTPError:
+            return False
+    host, _, port = node.cluster_address.rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), timeout)
+    except (OSError, asyncio.TimeoutError, ValueError):
+        return False
+    writer.close()
+    return True
+
+
+async def decide_role(
+    registry: Registry,
+    info: NodeInfo,
+    *,
+    has_state: bool,
+    probe: Probe = probe_ready,
+    retry_interval: float = 2.0,
+) -> Startup:
+    """Register `info`, then decide this node's role from the live nodes.
+
+    Raises RegistryConflict when the name is held by another live node. Waits (retrying
+    every `retry_interval`) while the registry is unreachable for a fresh node without
+    cached peers, or while no older node is ready yet.
+    """
+    from registry import RegistryUnreachable
+
+    said: set[str] = set()
+
+    def once(key: str, message: str, *args: object) -> None:
+        if key not in said:
+            said.add(key)
+            log.info(message, *args)
+
+    while True:
+        try:
+            record = await registry.register(info)
+            nodes = await registry.list_nodes()
+        except RegistryUnreachable as exc:
+            cached = tuple(registry.cached_peers())
+            if cached:
+                routes = tuple(p.cluster_address for p in cached)
+                return Startup(
+                    Role.MEMBER if has_state else Role.JOINER, cached, routes, None, True,
+                    f"Registry unreachable ({exc}); starting with {len(cached)} cached peer(s)",
+                )
+            if has_state:
+                return Startup(
+                    Role.MEMBER, (), (), None, False,
+                    f"Registry unreachable ({exc}); restarting on this node's own JetStream state",
+                )
+            once("unreachable", "Registry unreachable (%s); a new node waits for it before joining or founding", exc)
+            await asyncio.sleep(retry_interval)
+            continue
+        peers = tuple(n for n in nodes if n.name != info.name)
+        if has_state:
+            routes = tuple(p.cluster_address for p in peers)
+            return Startup(Role.MEMBER, peers, routes, record, False,
+                           f"Rejoining with {len(peers)} known peer(s)")
+        mine = record.create_index if record.create_index is not None else 0
+        older = [n for n in peers if n.create_index is not None and n.create_index < mine]
+        if not older:
+            return Startup(Role.FOUNDER, peers, (), record, False,
+                           "No existing peers found - starting as cluster of 1" if not peers
+                           else f"Oldest live node - founding the cluster ({len(peers)} younger peer(s) will join)")
+        checks = await asyncio.gather(*(probe(n) for n in older))
+        ready = [n for n, ok in zip(older, checks, strict=True) if ok]
+        if ready:
+            return Startup(Role.JOINER, peers, tuple(n.cluster_address for n in ready), record, False,
+                           f"Joining the cluster of {', '.join(n.name for n in ready)}")
+        once("waiting", "Waiting for the cluster of %s to be ready before joining it",
+             ", ".join(n.name for n in older))
+        await asyncio.sleep(retry_interval)

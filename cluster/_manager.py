@@ -1,0 +1,295 @@
+"""The reconcile loop: observe (registry, /jsz, /routez, streams), plan, act, report.
+
+Each cycle works on one frozen Observation, asks the pure planner (cluster._plan) what
+to do, does it, and ends in one sentence that is logged when it changes and shown in
+/health/cluster. The loop keeps going through every error; an error becomes the
+sentence of that cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from cluster._model import (
+    Action,
+    ClusterStatus,
+    MetaMember,
+    Observation,
+    PeerState,
+    PeerStatus,
+    RegistryPeer,
+    RemovePeer,
+    Rescue,
+    RetireWitness,
+    ScaleStreams,
+    SetRoutes,
+    StreamState,
+)
+from cluster._plan import Memory, Tuning, gone, plan, replication_factor, unreachable
+from cluster._replication import scale_streams
+
+if TYPE_CHECKING:
+    from natsembed import EmbeddedNats
+    from nimsforest.connection import ConnectionManager
+    from registry import Registry
+
+log = logging.getLogger("cluster")
+
+
+class ClusterManager:
+    """Keeps this node's routes, the meta group and stream replication in line."""
+
+    def __init__(
+        self,
+        *,
+        embedded: EmbeddedNats,
+        conn: ConnectionManager,
+        registry: Registry | None,
+        tuning: Tuning = Tuning(),
+        interval: float = 2.0,
+        on_replication: Callable[[int], None] | None = None,
+    ) -> None:
+        self.embedded = embedded
+        self.conn = conn
+        self.registry = registry
+        self.tuning = tuning
+        self.interval = interval
+        self._on_replication = on_replication
+        self.node = embedded.name
+        self._wake = asyncio.Event()
+        self._gone_since: dict[str, float] = {}
+        self._leaderless_since: float | None = None
+        self._known_registry: dict[str, str] = {}
+        self._known_members: set[str] | None = None
+        self._rf: int | None = None
+        self._sentence = "starting"
+        self._cycles = 0
+        self._status: ClusterStatus | None = None
+
+    def seed_known(self, peers: object) -> None:
+        """Peers already announced at start ("Discovered peer ..." is not logged twice)."""
+        for p in peers:  # type: ignore[attr-defined]
+            self._known_registry[p.name] = p.cluster_address
+
+    # --- the loop --------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Run the next cycle now (a registry change, for instance)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.cycle()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the loop lives on; the error is the sentence
+                self._say(f"cycle failed: {exc or type(exc).__name__}", error=True)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+
+    async def cycle(self) -> str:
+        obs = await self.observe()
+        self._remember(obs)
+        self._log_membership(obs)
+        decision = plan(obs, Memory(dict(self._gone_since), self._leaderless_since), self.tuning)
+        outcomes = []
+        for action in decision.actions:
+            outcomes.append(await self._act(action, obs))
+        sentence = "; ".join(outcomes) if outcomes else decision.sentence
+        rf = replication_factor(obs.size)
+        if rf != self._rf:
+            if self._rf is not None:
+                log.info("Replication factor adjusted to %d", rf)
+            self._rf = rf
+            if self._on_replication:
+                self._on_replication(rf)
+        self._cycles += 1
+        self._status = self._make_status(obs, sentence, rf)
+        self._say(sentence)
+        return sentence
+
+    def _say(self, sentence: str, error: bool = False) -> None:
+        if sentence != self._sentence:
+            (log.warning if error else log.info)("Cluster: %s", sentence)
+            self._sentence = sentence
+
+    # --- observing -------------------------------------------------------------------------
+    async def observe(self) -> Observation:
+        from nimsforest.health import cluster_streams
+
+        registry_peers: tuple[RegistryPeer, ...] | None = None
+        if self.registry is not None:
+            try:
+                peers = await self.registry.list_peers()
+                registry_peers = tuple(RegistryPeer(p.name, p.cluster_address) for p in peers)
+            except Exception as exc:  # noqa: BLE001 - unreachable: keep running on what we have
+                log.debug("Registry did not answer: %s", exc)
+        nats_ok = True
+        meta_leader = None
+        members: tuple[MetaMember, ...] = ()
+        routed: frozenset[str] = frozenset()
+        streams: tuple[StreamState, ...] = ()
+        try:
+            jsz, routez = await asyncio.gather(self.embedded.monitor.jsz(), self.embedded.monitor.routez())
+            routed = frozenset(routez.remote_names)
+            meta = jsz.meta_cluster
+            if meta is not None:
+                meta_leader = meta.leader
+                members = tuple(
+                    MetaMember(p.name, p.current, p.offline) for p in meta.replicas if p.name != self.node
+                )
+        except Exception as exc:  # noqa: BLE001 - the planner waits for the monitor
+            log.debug("Monitoring port did not answer: %s", exc)
+            nats_ok = False
+        if nats_ok and meta_leader and self.conn.is_connected:
+            try:
+                views = await cluster_streams(self.conn, timeout=2.0)
+                streams = tuple(
+                    StreamState(v.name, v.replicas, v.leader, v.current, v.lagging) for v in views if v.owned
+                )
+            except Exception as exc:  # noqa: BLE001 - no stream actions this cycle
+                log.debug("Stream list failed: %s", exc)
+        return Observation(
+            at=time.monotonic(),
+            node=self.node,
+            nats_ok=nats_ok,
+            registry_peers=registry_peers,
+            routes=self.embedded.routes,
+            routed=routed,
+            meta_leader=meta_leader,
+            meta_members=members,
+            witness=self.embedded.witness_name,
+            streams=streams,
+        )
+
+    def _remember(self, obs: Observation) -> None:
+        for member in obs.nodes:
+            if gone(obs, member.name):
+                self._gone_since.setdefault(member.name, obs.at)
+            else:
+                self._gone_since.pop(member.name, None)
+        for name in list(self._gone_since):
+            if name not in {m.name for m in obs.nodes}:
+                del self._gone_since[name]
+        if obs.nats_ok and obs.meta_leader is None:
+            if self._leaderless_since is None:
+                self._leaderless_since = obs.at
+        else:
+            self._leaderless_since = None
+
+    def _log_membership(self, obs: Observation) -> None:
+        for peer in obs.registry_peers or ():
+            if self._known_registry.get(peer.name) != peer.cluster_address:
+                log.info("Discovered peer %s at %s", peer.name, peer.cluster_address)
+                self._known_registry[peer.name] = peer.cluster_address
+        if obs.registry_peers is not None:
+            for name in set(self._known_registry) - obs.registry_names:
+                del self._known_registry[name]
+        if not obs.nats_ok or obs.meta_leader is None:
+            return
+        members = {m.name for m in obs.nodes}
+        if self._known_members is not None:
+            for name in sorted(members - self._known_members):
+                log.info("Peer %s joined cluster (size now %d)", name, obs.size)
+            for name in sorted(self._known_members - members):
+                log.info("Peer %s left cluster (size now %d)", name, obs.size)
+        self._known_members = members
+
+    # --- acting ----------------------------------------------------------------------------
+    async def _act(self, action: Action, obs: Observation) -> str:
+        from cluster._plan import describe
+
+        try:
+            if isinstance(action, SetRoutes):
+                await self.embedded.set_routes(action.routes)
+            elif isinstance(action, RetireWitness):
+                name = self.embedded.witness_name
+                await self.embedded.retire_witness()
+                return f"witness {name} retired"
+            elif isinstance(action, RemovePeer):
+                async with self.embedded.system_client() as sysc:
+                    await sysc.server_remove(action.name)
+                self._gone_since.pop(action.name, None)
+            elif isinstance(action, Rescue):
+                await self._rescue(action)
+            elif isinstance(action, ScaleStreams):
+                await scale_streams(self.conn, action.streams, action.replicas)
+            return describe(action)
+        except Exception as exc:  # noqa: BLE001 - reported as this cycle's sentence
+            return f"{describe(action)} failed: {exc or type(exc).__name__}"
+
+    async def _rescue(self, action: Rescue) -> None:
+        log.warning(
+            "Cluster: %s gone for good and no quorum left; rescuing the meta group on %s",
+            ", ".join(action.lost), self.node,
+        )
+        async with self.embedded.system_client() as sysc:
+            await sysc.meta_rescue(1)
+        if not await self.embedded.wait_jetstream(30):
+            raise RuntimeError("no meta leader after the quorum rescue")
+        await self.embedded.start_witness()
+        async with self.embedded.system_client() as sysc:
+            for name in action.lost:
+                await sysc.server_remove(name)
+                self._gone_since.pop(name, None)
+
+    # --- status ----------------------------------------------------------------------------
+    @property
+    def sentence(self) -> str:
+        return self._sentence
+
+    @property
+    def replication_factor(self) -> int:
+        return self._rf or 1
+
+    def status(self) -> ClusterStatus | None:
+        return self._status
+
+    def _make_status(self, obs: Observation, sentence: str, rf: int) -> ClusterStatus:
+        registry_addr = {p.name: p.cluster_address for p in obs.registry_peers or ()}
+        if obs.registry_peers is None:
+            registry_addr = dict(self._known_registry)
+        peers: list[PeerStatus] = []
+        for member in obs.nodes:
+            since = self._gone_since.get(member.name)
+            if since is not None:
+                state = PeerState.LEAVING
+            elif unreachable(obs, member.name):
+                state = PeerState.OFFLINE
+            elif member.current:
+                state = PeerState.CURRENT
+            else:
+                state = PeerState.CATCHING_UP
+            peers.append(
+                PeerStatus(
+                    name=member.name,
+                    state=state,
+                    address=registry_addr.get(member.name),
+                    in_registry=member.name in registry_addr,
+                    routed=member.name in obs.routed,
+                    gone_for=(obs.at - since) if since is not None else None,
+                )
+            )
+        in_meta = {m.name for m in obs.nodes}
+        for name, addr in sorted(registry_addr.items()):
+            if name not in in_meta:
+                peers.append(PeerStatus(name, PeerState.REGISTERED, addr, True, name in obs.routed))
+        return ClusterStatus(
+            node=self.node,
+            size=obs.size,
+            replication_factor=rf,
+            meta_leader=obs.meta_leader,
+            witness=obs.witness,
+            peers=tuple(sorted(peers, key=lambda p: p.name)),
+            streams=obs.streams,
+            sentence=sentence,
+            registry_ok=obs.registry_ok,
+            cycle_at=time.time(),
+            cycles=self._cycles,
+        )

@@ -1,0 +1,155 @@
+"""Typed values of the cluster manager: one observation per cycle, actions, status."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from nimsforest.marks import is_witness
+
+
+@dataclass(frozen=True)
+class RegistryPeer:
+    name: str
+    cluster_address: str
+
+
+@dataclass(frozen=True)
+class MetaMember:
+    name: str
+    current: bool
+    offline: bool
+
+
+@dataclass(frozen=True)
+class StreamState:
+    name: str
+    replicas: int
+    leader: str | None
+    current: bool  # every replica current and online
+    lagging: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything one reconcile cycle knows, read once at its start."""
+
+    at: float  # time.monotonic() of the observation
+    node: str
+    nats_ok: bool  # the local monitoring port answered
+    registry_peers: tuple[RegistryPeer, ...] | None  # None: the registry did not answer
+    routes: tuple[str, ...]  # peer routes in our config (the witness' is not listed)
+    routed: frozenset[str]  # servers we have live routes to (/routez)
+    meta_leader: str | None
+    meta_members: tuple[MetaMember, ...]  # other servers of the meta group, witness included
+    witness: str | None  # our own witness, if it runs
+    streams: tuple[StreamState, ...]  # streams NimsForest owns
+
+    @property
+    def registry_ok(self) -> bool:
+        return self.registry_peers is not None
+
+    @property
+    def registry_names(self) -> frozenset[str]:
+        return frozenset(p.name for p in self.registry_peers or ())
+
+    @property
+    def nodes(self) -> tuple[MetaMember, ...]:
+        """Other non-witness members of the meta group."""
+        return tuple(m for m in self.meta_members if not is_witness(m.name))
+
+    @property
+    def size(self) -> int:
+        """JetStream cluster size: this node plus every other non-witness meta member."""
+        return 1 + len(self.nodes)
+
+
+# --- actions the planner asks for ---------------------------------------------------------
+@dataclass(frozen=True)
+class SetRoutes:
+    routes: tuple[str, ...]
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RetireWitness:
+    pass
+
+
+@dataclass(frozen=True)
+class RemovePeer:
+    name: str
+
+
+@dataclass(frozen=True)
+class Rescue:
+    lost: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ScaleStreams:
+    replicas: int
+    streams: tuple[str, ...]
+
+
+Action = SetRoutes | RetireWitness | RemovePeer | Rescue | ScaleStreams
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...]
+    sentence: str  # what this cycle decided, for logs and /health/cluster
+    waiting: tuple[str, ...] = field(default_factory=tuple)
+
+
+class PeerState(enum.Enum):
+    CURRENT = "current"  # in the meta group and up to date
+    CATCHING_UP = "catching_up"  # in the meta group, online, not current yet
+    OFFLINE = "offline"  # in the meta group, not heard from
+    LEAVING = "leaving"  # offline and gone from the registry: removed after the grace period
+    REGISTERED = "registered"  # in the registry, not (yet) in the meta group
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    name: str
+    state: PeerState
+    address: str | None
+    in_registry: bool
+    routed: bool
+    gone_for: float | None = None  # seconds since it went offline and left the registry
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    """What /health/cluster shows: the last cycle's observation and decision."""
+
+    node: str
+    size: int
+    replication_factor: int
+    meta_leader: str | None
+    witness: str | None
+    peers: tuple[PeerStatus, ...]
+    streams: tuple[StreamState, ...]
+    sentence: str
+    registry_ok: bool
+    cycle_at: float  # epoch seconds of the last completed cycle
+    cycles: int
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        out: list[str] = []
+        if self.meta_leader is None:
+            out.append("JetStream has no meta leader")
+        for p in self.peers:
+            if p.state in (PeerState.OFFLINE, PeerState.LEAVING):
+                out.append(f"peer {p.name} is {p.state.value}")
+        for s in self.streams:
+            if s.leader is None:
+                out.append(f"stream {s.name} has no leader")
+            elif not s.current:
+                out.append(f"stream {s.name} has replicas that are not current")
+            if s.replicas != self.replication_factor:
+                out.append(f"stream {s.name} has {s.replicas} replicas, not {self.replication_factor}")
+        return tuple(out)

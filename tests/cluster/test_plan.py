@@ -1,0 +1,155 @@
+"""The reconcile decision on frozen observations (no processes needed)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from cluster import (
+    Memory,
+    MetaMember,
+    Observation,
+    RegistryPeer,
+    RemovePeer,
+    Rescue,
+    RetireWitness,
+    ScaleStreams,
+    SetRoutes,
+    StreamState,
+    Tuning,
+    plan,
+)
+
+NOW = 1000.0
+STREAMS_R1 = (StreamState("HUMUS", 1, "n1", True), StreamState("KV_SOIL", 1, "n1", True),
+              StreamState("RIVER", 1, "n1", True))
+
+
+def obs(**kw: object) -> Observation:
+    base = dict(
+        at=NOW, node="n1", nats_ok=True, registry_peers=(), routes=(), routed=frozenset(),
+        meta_leader="n1", meta_members=(), witness=None, streams=STREAMS_R1,
+    )
+    base.update(kw)
+    return Observation(**base)  # type: ignore[arg-type]
+
+
+FRESH = Memory(gone_since={}, leaderless_since=None)
+
+
+def test_lone_node_does_nothing_and_says_so() -> None:
+    p = plan(obs(witness="n1-witness-a", meta_members=(MetaMember("n1-witness-a", True, False),)), FRESH)
+    assert p.actions == ()
+    assert p.sentence.startswith("no action: n1 is in a cluster of 1")
+    assert "replication 1" in p.sentence and "all replicas current" in p.sentence
+
+
+def test_new_registry_peer_gets_a_route() -> None:
+    p = plan(obs(registry_peers=(RegistryPeer("n2", "10.0.0.2:6222"), RegistryPeer("n2", "10.0.0.2:6222"))), FRESH)
+    assert p.actions == (SetRoutes(("10.0.0.2:6222",), added=("10.0.0.2:6222",)),)
+    assert "route to 10.0.0.2:6222 added" in p.sentence
+
+
+def test_registry_down_changes_no_route() -> None:
+    p = plan(obs(registry_peers=None, routes=("10.0.0.2:6222",)), FRESH)
+    assert not any(isinstance(a, SetRoutes) for a in p.actions)
+    assert "registry unreachable" in p.sentence
+
+
+def test_peer_gone_from_registry_loses_its_route() -> None:
+    p = plan(obs(registry_peers=(), routes=("10.0.0.2:6222",)), FRESH)
+    assert SetRoutes((), removed=("10.0.0.2:6222",)) in p.actions
+
+
+def test_witness_retired_once_a_peer_is_current() -> None:
+    members = (MetaMember("n1-witness-a", True, False), MetaMember("n2", False, False))
+    base = obs(witness="n1-witness-a", meta_members=members, routed=frozenset({"n2"}),
+               registry_peers=(RegistryPeer("n2", "h2:6222"),), routes=("h2:6222",))
+    assert not any(isinstance(a, RetireWitness) for a in plan(base, FRESH).actions)
+    members = (MetaMember("n1-witness-a", True, False), MetaMember("n2", True, False))
+    assert RetireWitness() in plan(replace(base, meta_members=members), FRESH).actions
+
+
+def test_second_node_scales_streams_to_r2_without_counting_the_witness() -> None:
+    members = (MetaMember("n1-witness-a", True, False), MetaMember("n2", True, False))
+    p = plan(obs(witness="n1-witness-a", meta_members=members, routed=frozenset({"n2"}),
+                 registry_peers=(RegistryPeer("n2", "h2:6222"),), routes=("h2:6222",)), FRESH)
+    assert ScaleStreams(2, ("HUMUS", "KV_SOIL", "RIVER")) in p.actions
+
+
+def test_only_the_acting_node_scales() -> None:
+    members = (MetaMember("n2", True, False),)
+    p = plan(obs(meta_leader="n2", meta_members=members, routed=frozenset({"n2"}),
+                 registry_peers=(RegistryPeer("n2", "h2:6222"),), routes=("h2:6222",)), FRESH)
+    assert p.actions == ()
+
+
+def test_r3_at_most() -> None:
+    members = tuple(MetaMember(f"n{i}", True, False) for i in range(2, 6))
+    peers = tuple(RegistryPeer(f"n{i}", f"h{i}:6222") for i in range(2, 6))
+    p = plan(obs(meta_members=members, routed=frozenset(m.name for m in members), registry_peers=peers,
+                 routes=tuple(sorted(x.cluster_address for x in peers))), FRESH)
+    assert p.actions == (ScaleStreams(3, ("HUMUS", "KV_SOIL", "RIVER")),)
+
+
+def test_offline_peer_still_registered_is_waited_for() -> None:
+    members = (MetaMember("n2", False, True), MetaMember("n3", True, False))
+    streams = tuple(replace(s, replicas=3) for s in STREAMS_R1)
+    peers = (RegistryPeer("n2", "h2:6222"), RegistryPeer("n3", "h3:6222"))
+    p = plan(obs(meta_members=members, routed=frozenset({"n3"}), registry_peers=peers,
+                 routes=("h2:6222", "h3:6222"), streams=streams), FRESH)
+    assert p.actions == ()
+
+
+def test_gone_peer_removed_after_the_grace_period_only() -> None:
+    members = (MetaMember("n2", False, True), MetaMember("n3", True, False))
+    streams = tuple(replace(s, replicas=3) for s in STREAMS_R1)
+    o = obs(meta_members=members, routed=frozenset({"n3"}), registry_peers=(RegistryPeer("n3", "h3:6222"),),
+            routes=("h3:6222",), streams=streams)
+    early = plan(o, Memory({"n2": NOW - 10}, None), Tuning(grace=60))
+    assert early.actions == ()
+    assert "peer n2 gone for 10s of the 60s grace period" in early.sentence
+    late = plan(o, Memory({"n2": NOW - 61}, None), Tuning(grace=60))
+    assert late.actions == (RemovePeer("n2"),)
+
+
+def test_without_the_registry_nobody_is_removed() -> None:
+    members = (MetaMember("n2", False, True), MetaMember("n3", True, False))
+    o = obs(meta_members=members, routed=frozenset({"n3"}), registry_peers=None, routes=("h3:6222",))
+    assert not any(isinstance(a, RemovePeer) for a in plan(o, Memory({"n2": 0.0}, None), Tuning(grace=1)).actions)
+
+
+def test_after_removal_size_2_scales_down_to_r2() -> None:
+    members = (MetaMember("n3", True, False),)
+    streams = tuple(replace(s, replicas=3) for s in STREAMS_R1)
+    p = plan(obs(meta_members=members, routed=frozenset({"n3"}), registry_peers=(RegistryPeer("n3", "h3:6222"),),
+                 routes=("h3:6222",), streams=streams), FRESH)
+    assert p.actions == (ScaleStreams(2, ("HUMUS", "KV_SOIL", "RIVER")),)
+
+
+def test_rescue_only_for_a_group_of_two_after_grace_and_leaderless_time() -> None:
+    lost = obs(meta_leader=None, meta_members=(MetaMember("n2", False, True),), registry_peers=(),
+               streams=())
+    tuning = Tuning(grace=60, rescue_after=10)
+    assert plan(lost, Memory({"n2": NOW - 61}, NOW - 11), tuning).actions == (Rescue(("n2",)),)
+    # not long enough without a leader, or not past the grace period: wait
+    assert plan(lost, Memory({"n2": NOW - 61}, NOW - 5), tuning).actions == ()
+    assert plan(lost, Memory({"n2": NOW - 30}, NOW - 30), tuning).actions == ()
+    # still registered: a partition, not a departure
+    registered = replace(lost, registry_peers=(RegistryPeer("n2", "h2:6222"),), routes=("h2:6222",))
+    assert not any(isinstance(a, Rescue) for a in plan(registered, Memory({}, NOW - 100), tuning).actions)
+    # registry unreachable: never
+    blind = replace(lost, registry_peers=None)
+    assert plan(blind, Memory({"n2": NOW - 100}, NOW - 100), tuning).actions == ()
+
+
+def test_no_rescue_when_two_of_three_are_lost() -> None:
+    members = (MetaMember("n2", False, True), MetaMember("n3", False, True))
+    o = obs(meta_leader=None, meta_members=members, registry_peers=(), streams=())
+    p = plan(o, Memory({"n2": 0.0, "n3": 0.0}, 0.0), Tuning(grace=1, rescue_after=1))
+    assert p.actions == ()
+    assert "no meta leader" in p.sentence
+
+
+def test_monitor_down_means_waiting() -> None:
+    p = plan(obs(nats_ok=False), FRESH)
+    assert p.actions == () and "monitoring port" in p.sentence

@@ -1,0 +1,62 @@
+"""A real registry server and real node processes on 127.0.0.1, 127.0.0.2, 127.0.0.3."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import NodeProcess, RegistryProcess
+
+SECRET = "e2e-forest-secret"
+GRACE = "6s"
+
+
+@pytest.fixture
+async def registry(tmp_path: Path) -> AsyncIterator[RegistryProcess]:
+    reg = RegistryProcess(tmp_path / "registry" / "data").start()
+    try:
+        await reg.wait_ready()
+        yield reg
+    finally:
+        reg.stop()
+
+
+class Forest:
+    """Starts cluster nodes against one registry; stops them all at the end."""
+
+    def __init__(self, root: Path, registry: RegistryProcess) -> None:
+        self.root = root
+        self.registry = registry
+        self.nodes: dict[str, NodeProcess] = {}
+
+    def node(self, name: str, host: str, *, start: bool = True, extra: list[str] | None = None) -> NodeProcess:
+        if name in self.nodes:
+            n = self.nodes[name]
+        else:
+            n = NodeProcess(
+                "run", self.root / name / "data", host=host, name=name,
+                extra=[
+                    "--registry-url", self.registry.url, "--cluster-secret", SECRET,
+                    "--peer-grace-period", GRACE, "--bind", host, *(extra or []),
+                ],
+                env={"REGISTRY_HEARTBEAT_INTERVAL": "1s", "CLUSTER_RECONCILE_INTERVAL": "1s"},
+            )
+            self.nodes[name] = n
+        if start:
+            n.start()
+        return n
+
+    def stop_all(self) -> None:
+        for n in self.nodes.values():
+            n.stop(20)
+
+
+@pytest.fixture
+def forest(tmp_path: Path, registry: RegistryProcess) -> Iterator[Forest]:
+    f = Forest(tmp_path, registry)
+    try:
+        yield f
+    finally:
+        f.stop_all()

@@ -1,0 +1,215 @@
+"""A forest that grows, loses nodes and heals: real registry, real nodes, real NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+
+import nats
+import pytest
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from tests.e2e.conftest import Forest
+from tests.support import NodeProcess, eventually
+
+pytestmark = pytest.mark.e2e
+CORE = ("HUMUS", "KV_SOIL", "RIVER")
+
+
+def cluster_at(node: NodeProcess, size: int, rf: int) -> dict | None:
+    code, body = node.health("/health/cluster")
+    streams = {s["name"]: s for s in body["streams"]}
+    ok = (
+        body["size"] == size
+        and body["replication_factor"] == rf
+        and all(n in streams and streams[n]["replicas"] == rf and streams[n]["current"] for n in CORE)
+    )
+    return body if ok else None
+
+
+async def wait_cluster(node: NodeProcess, size: int, rf: int, timeout: float = 90) -> dict:
+    return await eventually(lambda: cluster_at(node, size, rf), timeout=timeout,
+                            what=f"{node.name} sees size {size} at R{rf}")
+
+
+async def publish(node: NodeProcess, count: int, subject: str = "river.e2e") -> None:
+    nc = await nats.connect(node.client_url())
+    try:
+        js = nc.jetstream()
+        for i in range(count):
+            await js.publish(subject, str(i).encode())
+    finally:
+        await nc.close()
+
+
+async def stored(node: NodeProcess, subject: str = "river.e2e") -> list[int]:
+    """Every payload on `subject`, read back through `node`."""
+    nc = await nats.connect(node.client_url())
+    try:
+        js = nc.jetstream()
+        sub = await js.pull_subscribe(subject, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+        out: list[int] = []
+        while True:
+            try:
+                msgs = await sub.fetch(500, timeout=2)
+            except nats.errors.TimeoutError:
+                return out
+            out += [int(m.data) for m in msgs]
+    finally:
+        await nc.close()
+
+
+async def test_one_node_serves_alone(forest: Forest) -> None:
+    n1 = forest.node("n1", "127.0.0.1")
+    body = await n1.wait_healthy()
+    assert body["mode"] == "cluster" and body["registry"]["connected"] is True
+    cluster = await wait_cluster(n1, 1, 1)
+    assert cluster["witness"] and cluster["peers"] == []
+    await publish(n1, 5)
+    assert await stored(n1) == [0, 1, 2, 3, 4]
+    log = n1.log()
+    for line in ("Starting as cluster node n1", "Registered in registry at",
+                 "No existing peers found - starting as cluster of 1", "nimsforest is ready"):
+        assert line in log, line
+
+
+async def test_grows_to_r2_then_r3_keeping_data(forest: Forest) -> None:
+    n1 = forest.node("n1", "127.0.0.1")
+    await n1.wait_healthy()
+    await publish(n1, 100)
+
+    n2 = forest.node("n2", "127.0.0.2")
+    await n2.wait_healthy()
+    body = await wait_cluster(n1, 2, 2)
+    assert body["witness"] is None  # retired once n2 was current
+    assert "Peer n2 joined cluster (size now 2)" in n1.log() or "Peer n2 joined cluster" in n1.log()
+
+    n3 = forest.node("n3", "127.0.0.3")
+    await n3.wait_healthy()
+    for node in (n1, n2, n3):
+        await wait_cluster(node, 3, 3)
+    assert "Replication factor adjusted to 3" in n1.log()
+    for node in (n1, n2, n3):
+        assert await stored(node) == list(range(100))
+
+
+async def test_three_nodes_started_at_once_form_one_cluster(forest: Forest) -> None:
+    nodes = [forest.node(f"n{i}", f"127.0.0.{i}") for i in (1, 2, 3)]
+    for n in nodes:
+        await n.wait_healthy(120)
+    bodies = [await wait_cluster(n, 3, 3, timeout=120) for n in nodes]
+    leaders = {b["meta_leader"] for b in bodies}
+    assert len(leaders) == 1 and leaders <= {"n1", "n2", "n3"}
+    founders = [n.name for n in nodes if "starting as cluster of 1" in n.log() or "founding the cluster" in n.log()]
+    assert len(founders) == 1, founders
+    await publish(nodes[2], 10)
+    assert await stored(nodes[0]) == list(range(10))
+
+
+async def test_kill9_while_writes_flow_loses_nothing_acknowledged(forest: Forest) -> None:
+    nodes = [forest.node(f"n{i}", f"127.0.0.{i}") for i in (1, 2, 3)]
+    for n in nodes:
+        await n.wait_healthy(120)
+    body = await wait_cluster(nodes[0], 3, 3, timeout=120)
+    river = next(s for s in body["streams"] if s["name"] == "RIVER")
+    victim = next(n for n in nodes if n.name == river["leader"])
+    writer_node = next(n for n in nodes if n is not victim)
+
+    acked: list[int] = []
+    failures = 0
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        nonlocal failures
+        nc = await nats.connect(writer_node.client_url())
+        js = nc.jetstream()
+        i = 0
+        try:
+            while not stop.is_set():
+                try:
+                    await js.publish("river.e2e", str(i).encode(), timeout=1)
+                    acked.append(i)
+                except Exception:  # noqa: BLE001 - counted; the stream is electing a leader
+                    failures += 1
+                    await asyncio.sleep(0.05)
+                i += 1
+        finally:
+            await nc.close()
+
+    task = asyncio.create_task(writer())
+    await eventually(lambda: len(acked) >= 50, what="writes flowing")
+    victim.kill()
+    at_kill = len(acked)
+    await eventually(lambda: len(acked) >= at_kill + 100, timeout=60, what="writes resumed on the survivors")
+    stop.set()
+    await task
+    got = set(await stored(writer_node))
+    missing = [i for i in acked if i not in got]
+    assert not missing, f"{len(missing)} acknowledged messages lost"
+
+
+async def test_node_that_leaves_for_good_is_removed_after_grace(forest: Forest) -> None:
+    nodes = [forest.node(f"n{i}", f"127.0.0.{i}") for i in (1, 2, 3)]
+    for n in nodes:
+        await n.wait_healthy(120)
+    await wait_cluster(nodes[0], 3, 3, timeout=120)
+    n3 = nodes[2]
+    assert n3.stop() == 0  # SIGTERM: deregisters, stops in order
+    body = await wait_cluster(nodes[0], 2, 2, timeout=90)
+    assert [p["name"] for p in body["peers"]] == ["n2"]
+    assert "Peer n3 left cluster (size now 2)" in nodes[0].log() + nodes[1].log()
+    await publish(nodes[1], 3)
+    assert await stored(nodes[0]) == [0, 1, 2]
+
+
+async def test_registry_killed_cluster_keeps_serving(forest: Forest) -> None:
+    n1 = forest.node("n1", "127.0.0.1")
+    await n1.wait_healthy()
+    n2 = forest.node("n2", "127.0.0.2")
+    await n2.wait_healthy()
+    await wait_cluster(n1, 2, 2)
+    forest.registry.kill()
+
+    def registry_down() -> bool:
+        code, body = n1.health("/health/registry")
+        return code == 503 and body["connected"] is False
+
+    await eventually(registry_down, what="/health/registry 503")
+    code, _ = n1.health()
+    assert code == 200
+    await publish(n2, 20)
+    assert await stored(n1) == list(range(20))
+    body = await wait_cluster(n1, 2, 2)
+    assert body["registry_ok"] is False
+
+
+async def test_node_restarted_with_same_name_and_data_rejoins(forest: Forest) -> None:
+    nodes = [forest.node(f"n{i}", f"127.0.0.{i}") for i in (1, 2, 3)]
+    for n in nodes:
+        await n.wait_healthy(120)
+    await wait_cluster(nodes[0], 3, 3, timeout=120)
+    n2 = nodes[1]
+    n2.kill()
+    await publish(nodes[0], 10)
+    forest.node("n2", "127.0.0.2")  # same name, same data dir, same ports
+    await n2.wait_healthy(120)
+    await wait_cluster(nodes[0], 3, 3, timeout=120)
+    assert await stored(n2) == list(range(10))
+    assert "Rejoining with" in n2.log()
+
+
+async def test_a_second_node_with_a_taken_name_refuses_to_start(forest: Forest) -> None:
+    n1 = forest.node("n1", "127.0.0.1")
+    await n1.wait_healthy()
+    twin = NodeProcess(
+        "run", forest.root / "twin" / "data", host="127.0.0.2", name="n1",
+        extra=["--registry-url", forest.registry.url, "--bind", "127.0.0.2"],
+    )
+    with contextlib.ExitStack():
+        result = subprocess.run(twin.args, capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert result.returncode == 1
+    assert "already registered" in result.stderr
