@@ -11,10 +11,10 @@ from typing import Any
 
 import click
 
-from nimsforest.settings import default_data_dir, parse_duration
-
 
 def _default_data() -> Path:
+    from nimsforest.settings import default_data_dir
+
     return default_data_dir() / "registry"
 
 
@@ -90,6 +90,7 @@ def serve(host: str, port: int, data: Path | None, token: str | None, log_level:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def nodes(registry_url: str, registry_service: str, token: str | None, timeout: str, as_json: bool) -> None:
     """List the live nodes of a service, oldest (lowest create index) first."""
+    from nimsforest.settings import parse_duration
     from registry import RegistryError, open_registry
 
     try:

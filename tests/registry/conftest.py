@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -117,3 +120,87 @@ def own_server(tmp_path: Path) -> Iterator[RegistryProcess]:
 @pytest.fixture
 def service() -> str:
     return f"svc-{uuid.uuid4().hex[:12]}"
+
+
+class FakeHttp:
+    """A tiny HTTP server whose answers a test chooses: garbage, hangs, index-less lists.
+
+    `handler(method, target, body)` returns the raw bytes to send (the connection is
+    closed after each answer) or None to hang until the client gives up.
+    """
+
+    def __init__(self, handler: Any) -> None:
+        self.handler = handler
+        self.requests: list[tuple[str, str]] = []
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for task in list(self._tasks):
+                task.cancel()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            line = await reader.readline()
+            if not line:
+                return
+            method, target, _ = line.decode("latin-1").split(" ", 2)
+            length = 0
+            while (header := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                name, _, value = header.decode("latin-1").partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value.strip())
+            body = await reader.readexactly(length) if length else b""
+            self.requests.append((method, target))
+            answer = self.handler(method, target, body)
+            if answer is None:
+                await asyncio.sleep(3600)
+                return
+            writer.write(answer)
+            await writer.drain()
+        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+
+
+def http_answer(status: int, body: bytes | str | Any, headers: dict[str, str] | None = None) -> bytes:
+    """Raw HTTP/1.1 response bytes; a non-bytes, non-str body is sent as JSON."""
+    if not isinstance(body, (bytes, str)):
+        body = json.dumps(body)
+        headers = {"Content-Type": "application/json", **(headers or {})}
+    data = body.encode() if isinstance(body, str) else body
+    lines = [f"HTTP/1.1 {status} X", f"Content-Length: {len(data)}", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+
+
+@pytest.fixture
+async def fake_http() -> Any:
+    """Start FakeHttp servers with `await fake_http(handler)`; all stopped afterwards."""
+    started: list[FakeHttp] = []
+
+    async def make(handler: Any) -> FakeHttp:
+        server = FakeHttp(handler)
+        await server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        await server.stop()
