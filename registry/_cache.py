@@ -45,7 +45,7 @@ class PeerCache:
         self._save_failed = False
 
     def save(self, nodes: Sequence[NodeInfo], *, url: str, service: str) -> None:
-        key = tuple(n.identity() + (n.client_address, n.monitor_url, n.api_url) for n in nodes)
+        key = tuple(n.identity() + (n.create_index, n.client_address, n.monitor_url, n.api_url) for n in nodes)
         if key == self._last_saved:
             return  # unchanged: skip the write
         body = {

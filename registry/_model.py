@@ -156,8 +156,12 @@ class NodeInfo(BaseModel):
         return split_hostport(self.cluster_address)[1]
 
     def identity(self) -> tuple[Any, ...]:
-        """What makes two records "the same peer" for watch events (metadata excluded)."""
-        return (self.name, self.node_id, self.cluster_address, self.create_index)
+        """What makes two records "the same peer" for watch events.
+
+        Name, node id and cluster address: a change of any of them is REMOVED + ADDED.
+        Other fields (metadata, URLs, create_index, registered_at) are not peer changes.
+        """
+        return (self.name, self.node_id, self.cluster_address)
 
 
 class PeerEventType(StrEnum):
