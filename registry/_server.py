@@ -148,6 +148,7 @@ def create_app(
         if index is not None:
             await store.wait(service, index, min(wait if wait is not None else max_wait, max_wait))
         listed = store.nodes(service)
+        await saver.save()  # expiries found while listing are on disk before anyone acts on them
         return answer([_record(info, ttl) for info, ttl in listed])
 
     @app.get("/v1/services/{service}/nodes/{name}")
@@ -165,6 +166,7 @@ def create_app(
         _name(name, "node name")
         await _read_json(request, max_body, optional=True)
         info, ttl = _change(lambda: store.heartbeat(service, name, request.query_params.get("node_id")))
+        await saver.save()
         return answer(_record(info, ttl))
 
     @app.delete("/v1/services/{service}/nodes/{name}")

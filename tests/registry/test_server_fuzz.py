@@ -20,7 +20,7 @@ FIELDS = ["name", "cluster_address", "address", "port", "client_address", "monit
 registrations = st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(payload=st.one_of(json_values, registrations))
 def test_random_registrations_get_2xx_or_4xx_with_a_message(
     registry_server: RegistryProcess, service: str, payload: object
@@ -34,7 +34,7 @@ def test_random_registrations_get_2xx_or_4xx_with_a_message(
         assert resp.json()["create_index"] >= 1
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(index=st.text(max_size=8), wait=st.text(max_size=8), name=st.text(min_size=1, max_size=20))
 def test_random_query_parameters_and_names_never_fail_the_server(
     registry_server: RegistryProcess, service: str, index: str, wait: str, name: str
