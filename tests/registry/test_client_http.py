@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 from collections.abc import AsyncIterator
@@ -273,5 +274,22 @@ async def test_watch_falls_back_to_polling_without_blocking_support(
     await eventually(lambda: watch.seen(PeerEventType.ADDED, "b"), what="ADDED b by polling")
     names.remove("a")
     await eventually(lambda: watch.seen(PeerEventType.REMOVED, "a"), what="REMOVED a by polling")
+    assert any("index=" in target for _, target in server.requests)  # it did try blocking first
     watch.task.cancel()
+
+
+async def test_retries_5xx_within_the_interval_but_never_4xx(fake_http: Any, service: str, clients: Any) -> None:
+    def flaky(method: str, target: str, body: bytes) -> bytes:
+        if len(flaky_server.requests) <= 2:
+            return http_answer(503, {"error": "busy."})
+        return http_answer(201, {**json.loads(body), "create_index": 7})
+
+    flaky_server = await fake_http(flaky)
+    rec = await clients(flaky_server.url, service, heartbeat_interval=2.0).register(node("r"))
+    assert rec.create_index == 7 and len(flaky_server.requests) == 3
+
+    refusing = await fake_http(lambda m, t, b: http_answer(422, {"error": "Invalid registration: name: no."}))
+    with pytest.raises(RegistryRejected, match="Invalid registration: name: no."):
+        await clients(refusing.url, service, heartbeat_interval=2.0).register(node("r"))
+    assert len(refusing.requests) == 1
 

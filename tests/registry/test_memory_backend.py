@@ -125,7 +125,9 @@ async def test_forgotten_node_registers_again(url: str, opened: Any, caplog: pyt
     assert f"Registry at {url} had forgotten node n; registered it again" in caplog.text
 
 
-async def test_deregister_stops_the_loop_from_registering_again(url: str, opened: Any) -> None:
+async def test_deregister_stops_the_loop_from_registering_again(
+    url: str, opened: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     reg = opened(url)
     await reg.register(node("n"))
     loop = asyncio.create_task(reg.run_heartbeat())
@@ -133,6 +135,7 @@ async def test_deregister_stops_the_loop_from_registering_again(url: str, opened
     await asyncio.sleep(0.3)  # three intervals: a loop that ignored deregister would be back
     assert await opened(url).list_nodes() == []
     assert reg.status().state is RegistryState.NOT_REGISTERED
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # quietly idle, no "bug"
     loop.cancel()
 
 

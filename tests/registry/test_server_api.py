@@ -279,9 +279,10 @@ async def test_state_survives_restart_and_sigkill_with_a_fresh_ttl(own_server: R
     assert c["create_index"] > b["create_index"]  # indexes continue after a restart
     await eventually(lambda: "short" not in [n["name"] for n in httpx.get(url).json()],
                      what="the restored short-lived node to expire")
-    own_server.kill()  # no chance to flush anything: every answered change is on disk
+    assert httpx.post(url, json=body("d", node_id="D", ttl_seconds=3600)).status_code == 201
+    own_server.kill()  # at once, no chance to flush: every answered change is already on disk
     own_server.start()
-    assert [n["name"] for n in httpx.get(url).json()] == ["a", "b", "c"]
+    assert [n["name"] for n in httpx.get(url).json()] == ["a", "b", "c", "d"]
     clash = httpx.post(url, json=body("a", node_id="not-A"))
     assert clash.status_code == 409  # restored records still hold their names
 
