@@ -60,7 +60,9 @@ def open_registry(
     """
     scheme = urlsplit(url).scheme.lower() if isinstance(url, str) else ""
     if scheme not in SCHEMES:
-        raise ValueError(f"Registry URL '{url}' must start with http://, https://, file:// or memory://.")
+        raise ValueError(
+            f"Registry URL '{url}' must start with http://, https://, file:// or memory://."
+        )
     timing = plan_timing(heartbeat_interval, request_timeout)
     if hasattr(token, "get_secret_value"):
         token = token.get_secret_value()

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Coroutine, Iterable
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
@@ -15,8 +14,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 from registry._cache import CachedNodes, PeerCache
 from registry._errors import RegistryConflict, RegistryError, RegistryRejected, RegistryUnreachable
-from registry._model import NodeInfo, PeerEvent, PeerEventType, RegistryState, RegistryStatus, check_name
+from registry._model import (
+    NodeInfo,
+    PeerEvent,
+    RegistryState,
+    RegistryStatus,
+    check_name,
+)
 from registry._timing import Timing
+from registry._watch import watch
 
 log = logging.getLogger("registry")
 T = TypeVar("T")
@@ -115,7 +121,9 @@ class Registry(abc.ABC):
     async def _deregister(self, info: NodeInfo) -> None: ...
 
     @abc.abstractmethod
-    async def _list(self, index: int | None, wait: float | None) -> tuple[int | None, list[NodeInfo]]:
+    async def _list(
+        self, index: int | None, wait: float | None
+    ) -> tuple[int | None, list[NodeInfo]]:
         """(index or None when the backend has no blocking queries, live nodes)."""
 
     async def _aclose(self) -> None:
@@ -145,7 +153,9 @@ class Registry(abc.ABC):
                 record = await self._do_register()
                 log.info(
                     "Registry at %s had forgotten node %s; registered it again (create index %s).",
-                    self.url, record.name, record.create_index,
+                    self.url,
+                    record.name,
+                    record.create_index,
                 )
                 return record
             self._registered(record)
@@ -173,49 +183,17 @@ class Registry(abc.ABC):
         return [n for n in await self.list_nodes() if not self._is_self(n)]
 
     def cached_peers(self) -> list[NodeInfo]:
-        nodes = self._last_nodes if self._last_nodes is not None else (
-            self._cached.nodes if self._cached is not None else ()
+        nodes = (
+            self._last_nodes
+            if self._last_nodes is not None
+            else (self._cached.nodes if self._cached is not None else ())
         )
         return [n for n in nodes if not self._is_self(n)]
 
-    async def watch_peers(
+    def watch_peers(
         self, known: Iterable[NodeInfo] = (), *, wait: float = 30.0
     ) -> AsyncIterator[PeerEvent]:
-        current = {n.identity(): n for n in known if not self._is_self(n)}
-        index: int | None = None
-        blocking = True
-        first = True
-        while not self._closed.is_set():
-            started = time.monotonic()
-            try:
-                if index is not None and blocking:
-                    answer = await self._unless_closed(self._fetch(index, wait))
-                    if answer is None:
-                        return
-                    new_index, nodes = answer
-                else:
-                    if not first and await self._sleep(self.timing.interval):
-                        return
-                    new_index, nodes = await self._fetch(None, None)
-            except RegistryError:
-                index, first = None, False  # fall back to polling until a plain list works
-                continue
-            first = False
-            if new_index is None:
-                blocking = False  # this backend or server has no blocking queries
-            fresh = {n.identity(): n for n in nodes if not self._is_self(n)}
-            for key in [k for k in current if k not in fresh]:
-                yield PeerEvent(type=PeerEventType.REMOVED, node=current.pop(key))
-            for key, node in fresh.items():
-                if key not in current:
-                    current[key] = node
-                    yield PeerEvent(type=PeerEventType.ADDED, node=node)
-            unchanged = index is not None and new_index == index
-            index = new_index
-            if unchanged and time.monotonic() - started < wait / 2:
-                # an early return without a change: do not let a server spin us
-                if await self._sleep(min(self.timing.interval, 1.0)):
-                    return
+        return watch(self, known, wait)
 
     async def run_heartbeat(self) -> None:
         if self._self is None:
@@ -237,7 +215,9 @@ class Registry(abc.ABC):
                 pass  # state and its one log line are handled by _failed()
             except Exception as exc:  # noqa: BLE001 - a bug: log it once, keep the loop alive
                 if repr(exc) != reported:
-                    log.exception("Unexpected error in the registry heartbeat loop (a bug): %r", exc)
+                    log.exception(
+                        "Unexpected error in the registry heartbeat loop (a bug): %r", exc
+                    )
                     reported = repr(exc)
 
     def status(self) -> RegistryStatus:
@@ -278,10 +258,17 @@ class Registry(abc.ABC):
             self._failed(exc)
             raise
         self._registered(record)
-        log.debug("Registered node %s at %s (create index %s).", record.name, self.url, record.create_index)
+        log.debug(
+            "Registered node %s at %s (create index %s).",
+            record.name,
+            self.url,
+            record.create_index,
+        )
         return record
 
-    async def _fetch(self, index: int | None, wait: float | None) -> tuple[int | None, list[NodeInfo]]:
+    async def _fetch(
+        self, index: int | None, wait: float | None
+    ) -> tuple[int | None, list[NodeInfo]]:
         try:
             new_index, nodes = await self._list(index, wait)
         except RegistryError as exc:
@@ -290,7 +277,9 @@ class Registry(abc.ABC):
         nodes = sorted(nodes, key=lambda n: (n.create_index or 0, n.name))
         self._connected = True
         if self._state is RegistryState.UNREACHABLE:
-            self._set_state(RegistryState.REGISTERED if self._record else RegistryState.NOT_REGISTERED)
+            self._set_state(
+                RegistryState.REGISTERED if self._record else RegistryState.NOT_REGISTERED
+            )
         self._last_nodes = tuple(nodes)
         if self._cache is not None:
             self._cache.save(nodes, url=self.url, service=self.service)
@@ -325,7 +314,11 @@ class Registry(abc.ABC):
         elif old is RegistryState.UNREACHABLE:
             log.info("Registry reachable again at %s.", self.url)
         elif old in _TROUBLE:
-            log.info("Registry at %s accepts node %s again.", self.url, self._self.name if self._self else "?")
+            log.info(
+                "Registry at %s accepts node %s again.",
+                self.url,
+                self._self.name if self._self else "?",
+            )
 
     def _is_self(self, node: NodeInfo) -> bool:
         return self._self is not None and node.name == self._self.name

@@ -45,7 +45,10 @@ class PeerCache:
         self._save_failed = False
 
     def save(self, nodes: Sequence[NodeInfo], *, url: str, service: str) -> None:
-        key = tuple(n.identity() + (n.create_index, n.client_address, n.monitor_url, n.api_url) for n in nodes)
+        key = tuple(
+            n.identity() + (n.create_index, n.client_address, n.monitor_url, n.api_url)
+            for n in nodes
+        )
         if key == self._last_saved:
             return  # unchanged: skip the write
         body = {
@@ -78,7 +81,9 @@ class PeerCache:
             data = json.loads(raw)
             nodes = tuple(NodeInfo.model_validate(n) for n in data["nodes"])
             saved_at = datetime.fromisoformat(data["saved_at"])
-            return CachedNodes(nodes, saved_at, str(data.get("url", "")), str(data.get("service", "")))
+            return CachedNodes(
+                nodes, saved_at, str(data.get("url", "")), str(data.get("service", ""))
+            )
         except (ValueError, KeyError, TypeError, ValidationError):
             log.warning("Ignoring the peer cache %s: it is not a peer cache file.", self.path)
             return None
@@ -100,7 +105,9 @@ def ensure_node_id(path: str | os.PathLike[str]) -> str:
         write_atomic(path, (value + "\n").encode())
         return value
     if not NODE_ID_RE.match(value):
-        raise ValueError(f"The node id file {path} does not hold a node id; remove it to make a new one.")
+        raise ValueError(
+            f"The node id file {path} does not hold a node id; remove it to make a new one."
+        )
     return value
 
 

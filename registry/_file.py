@@ -86,7 +86,9 @@ class FileRegistry(Registry):
     async def _deregister(self, info: NodeInfo) -> None:
         await asyncio.to_thread(self._locked, lambda data: self._remove(data, info))
 
-    async def _list(self, index: int | None, wait: float | None) -> tuple[int | None, list[NodeInfo]]:
+    async def _list(
+        self, index: int | None, wait: float | None
+    ) -> tuple[int | None, list[NodeInfo]]:
         data = await asyncio.to_thread(self._read)
         return None, self._nodes(self._entries(data), datetime.now(UTC))
 
@@ -121,8 +123,13 @@ class FileRegistry(Registry):
     def _remove(self, data: dict[str, Any], info: NodeInfo) -> tuple[None, bool]:
         entries = self._entries(data)
         keep = [
-            e for e in entries
-            if not (isinstance(e, dict) and e.get("id") == info.name and e.get("node_id") == info.node_id)
+            e
+            for e in entries
+            if not (
+                isinstance(e, dict)
+                and e.get("id") == info.name
+                and e.get("node_id") == info.node_id
+            )
         ]
         if len(keep) == len(entries):
             return None, False
@@ -165,11 +172,20 @@ class FileRegistry(Registry):
             return None
         address = entry.get("cluster_address")
         if not isinstance(address, str):
-            host = next((h for h in (entry.get(k) for k in ("ipv6", "ipv4", "ip")) if isinstance(h, str) and h), None)
+            host = next(
+                (
+                    h
+                    for h in (entry.get(k) for k in ("ipv6", "ipv4", "ip"))
+                    if isinstance(h, str) and h
+                ),
+                None,
+            )
             if host is None:
                 return None
             port = entry.get("cluster_port")
-            port = port if isinstance(port, int) and not isinstance(port, bool) else self.cluster_port
+            port = (
+                port if isinstance(port, int) and not isinstance(port, bool) else self.cluster_port
+            )
             address = format_hostport(host.strip("[]"), port)
         metadata = entry.get("metadata")
         try:
@@ -183,7 +199,8 @@ class FileRegistry(Registry):
                 registered_at=_when(entry.get("registered_at")) or _when(entry.get("created_at")),
                 create_index=pos,
                 metadata={k: v for k, v in metadata.items() if isinstance(v, str)}
-                if isinstance(metadata, dict) else {},
+                if isinstance(metadata, dict)
+                else {},
             )
         except ValidationError:
             return None
@@ -224,8 +241,10 @@ class FileRegistry(Registry):
             raw = self.path.read_bytes()
         except FileNotFoundError:
             if not self.path.parent.is_dir():
-                raise self._down(f"the directory {self.path.parent} does not exist "
-                                 "(is the shared storage mounted?)") from None
+                raise self._down(
+                    f"the directory {self.path.parent} does not exist "
+                    "(is the shared storage mounted?)"
+                ) from None
             return {"nodes": {}}
         except OSError as exc:
             raise self._down(f"cannot read {self.path}: {exc.strerror or exc}") from None
@@ -246,7 +265,9 @@ class FileRegistry(Registry):
         try:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise self._down(f"cannot open the lock file {self.lock_path}: {exc.strerror or exc}") from None
+            raise self._down(
+                f"cannot open the lock file {self.lock_path}: {exc.strerror or exc}"
+            ) from None
         try:
             while True:
                 try:
@@ -254,7 +275,9 @@ class FileRegistry(Registry):
                     break
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
-                        raise self._down(f"the lock file {self.lock_path} is held by another process") from None
+                        raise self._down(
+                            f"the lock file {self.lock_path} is held by another process"
+                        ) from None
                     time.sleep(0.02)
             data = self._read()
             result, changed = change(data)

@@ -52,7 +52,9 @@ class HttpRegistry(Registry):
 
     # --- backend primitives ----------------------------------------------------------------
     async def _register(self, info: NodeInfo) -> NodeInfo:
-        body = info.model_dump(mode="json", exclude={"registered_at", "create_index"}, exclude_none=True)
+        body = info.model_dump(
+            mode="json", exclude={"registered_at", "create_index"}, exclude_none=True
+        )
         body["ttl_seconds"] = self.timing.ttl
         resp = await self._call("POST", self._nodes, json=body)
         if resp.status_code not in (200, 201):
@@ -60,8 +62,9 @@ class HttpRegistry(Registry):
         return self._node(resp, info.name)
 
     async def _heartbeat(self, record: NodeInfo) -> NodeInfo | None:
-        resp = await self._call("PUT", f"{self._nodes}/{quote(record.name)}/heartbeat",
-                                params=_node_id(record))
+        resp = await self._call(
+            "PUT", f"{self._nodes}/{quote(record.name)}/heartbeat", params=_node_id(record)
+        )
         if resp.status_code == 404:
             return None
         if resp.status_code != 200:
@@ -69,18 +72,24 @@ class HttpRegistry(Registry):
         return self._node(resp, record.name)
 
     async def _deregister(self, info: NodeInfo) -> None:
-        resp = await self._call("DELETE", f"{self._nodes}/{quote(info.name)}", params=_node_id(info))
+        resp = await self._call(
+            "DELETE", f"{self._nodes}/{quote(info.name)}", params=_node_id(info)
+        )
         if resp.status_code == 409:
             log.debug("Not deregistering %s: the name now belongs to another node.", info.name)
         elif resp.status_code not in (200, 204, 404):
             self._refuse(resp, "the deregistration", info.name)
 
-    async def _list(self, index: int | None, wait: float | None) -> tuple[int | None, list[NodeInfo]]:
+    async def _list(
+        self, index: int | None, wait: float | None
+    ) -> tuple[int | None, list[NodeInfo]]:
         if index is not None and wait:
             params: dict[str, str] = {"index": str(index), "wait": f"{wait:g}s"}
             # one attempt; its timeout covers the server's wait (a failure means: poll instead)
             timeout = wait + wait / 16 + self.timing.request_timeout
-            resp = await self._call("GET", self._nodes, params=params, timeout=timeout, retries=False)
+            resp = await self._call(
+                "GET", self._nodes, params=params, timeout=timeout, retries=False
+            )
         else:
             resp = await self._call("GET", self._nodes)
         if resp.status_code != 200:
@@ -114,7 +123,9 @@ class HttpRegistry(Registry):
             remaining = deadline - loop.time()
             limit = min(timeout or self.timing.request_timeout, max(remaining, 0.01))
             try:
-                resp = await self._client.request(method, path, json=json, params=params, timeout=limit)
+                resp = await self._client.request(
+                    method, path, json=json, params=params, timeout=limit
+                )
             except httpx.TimeoutException:
                 reason = f"no answer within {limit:.1f} s"
             except httpx.RequestError as exc:
@@ -149,8 +160,10 @@ class HttpRegistry(Registry):
             raise RegistryConflict(name, holder if isinstance(holder, str) else None)
         if code in (400, 413, 422) and message:
             raise RegistryRejected(f"Registry at {self.url} refused {what}: {message}", code)
-        raise self._malformed(f"HTTP {code} for {resp.request.method} {resp.request.url.path}"
-                              " (is this a NimsForest registry?)")
+        raise self._malformed(
+            f"HTTP {code} for {resp.request.method} {resp.request.url.path}"
+            " (is this a NimsForest registry?)"
+        )
 
     def _json(self, resp: httpx.Response) -> Any:
         try:
@@ -162,7 +175,9 @@ class HttpRegistry(Registry):
         try:
             node = NodeInfo.model_validate(self._json(resp))
         except ValidationError as exc:
-            raise self._malformed(f"a node record of the wrong shape ({_first_error(exc)})") from None
+            raise self._malformed(
+                f"a node record of the wrong shape ({_first_error(exc)})"
+            ) from None
         if node.name != name:
             raise self._malformed(f"the record of node '{node.name}' instead of '{name}'")
         return node

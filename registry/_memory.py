@@ -80,7 +80,9 @@ class MemoryRegistry(Registry):
         except (NotRegistered, RegistryConflict):
             pass  # gone already, or the name now belongs to another node: leave it
 
-    async def _list(self, index: int | None, wait: float | None) -> tuple[int | None, list[NodeInfo]]:
+    async def _list(
+        self, index: int | None, wait: float | None
+    ) -> tuple[int | None, list[NodeInfo]]:
         self._check()
         if index is not None and wait:
             await self.store.wait(self.service, index, wait)

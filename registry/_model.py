@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
-NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 63 characters"
+NAME_RULE = (
+    "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 63 characters"
+)
 
 
 def check_name(value: str, what: str = "node name") -> str:
@@ -51,7 +53,9 @@ def split_hostport(value: str) -> tuple[str, int]:
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise ValueError(f"'{value}' does not hold an IPv6 address inside the brackets") from None
+            raise ValueError(
+                f"'{value}' does not hold an IPv6 address inside the brackets"
+            ) from None
     else:
         host, sep, port_s = text.rpartition(":")
         if not sep or not host:

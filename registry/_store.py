@@ -84,7 +84,9 @@ class Store:
             return self.default_ttl
         return min(max(float(ttl), self.min_ttl), self.max_ttl)
 
-    def register(self, service: str, info: NodeInfo, ttl: float | None = None) -> tuple[NodeInfo, bool]:
+    def register(
+        self, service: str, info: NodeInfo, ttl: float | None = None
+    ) -> tuple[NodeInfo, bool]:
         """Store `info`; return (the stored record, True if it is a new record)."""
         self.expire()
         svc = self._services.setdefault(service, _Service())
@@ -100,7 +102,9 @@ class Store:
         svc.nodes[info.name] = _Record(stored, ttl, self._clock() + ttl)
         return stored, old is None
 
-    def heartbeat(self, service: str, name: str, node_id: str | None = None) -> tuple[NodeInfo, float]:
+    def heartbeat(
+        self, service: str, name: str, node_id: str | None = None
+    ) -> tuple[NodeInfo, float]:
         """Renew the record's TTL; return (record, ttl). Raises NotRegistered / RegistryConflict."""
         self.expire()
         rec = self._live(service, name, node_id)
@@ -189,7 +193,10 @@ class Store:
         services = {
             name: {
                 "index": svc.index,
-                "nodes": [dict(r.info.model_dump(mode="json"), ttl_seconds=r.ttl) for r in svc.nodes.values()],
+                "nodes": [
+                    dict(r.info.model_dump(mode="json"), ttl_seconds=r.ttl)
+                    for r in svc.nodes.values()
+                ],
             }
             for name, svc in self._services.items()
             if svc.nodes or svc.index
@@ -229,7 +236,9 @@ class Store:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise StateFileError(f"Registry state file {path} cannot be read: {exc.strerror or exc}.") from None
+            raise StateFileError(
+                f"Registry state file {path} cannot be read: {exc.strerror or exc}."
+            ) from None
         self.restore(raw, str(path))
         return True
 

@@ -63,8 +63,14 @@ class Timing:
 
 def plan_timing(interval: float, request_timeout: float | None = None) -> Timing:
     """Apply the rule above to `interval` (seconds); see the module docstring."""
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not math.isfinite(interval):
-        raise ValueError(f"The registry heartbeat interval must be a number of seconds, not {interval!r}.")
+    if (
+        isinstance(interval, bool)
+        or not isinstance(interval, (int, float))
+        or not math.isfinite(interval)
+    ):
+        raise ValueError(
+            f"The registry heartbeat interval must be a number of seconds, not {interval!r}."
+        )
     if interval < MIN_INTERVAL:
         raise ValueError(
             f"The registry heartbeat interval must be at least {MIN_INTERVAL} s; got {interval} s."
@@ -73,18 +79,26 @@ def plan_timing(interval: float, request_timeout: float | None = None) -> Timing
     if interval > MAX_INTERVAL:
         log.warning(
             "Registry heartbeat interval %.0f s is longer than the %.0f s maximum; using %.0f s.",
-            interval, MAX_INTERVAL, MAX_INTERVAL,
+            interval,
+            MAX_INTERVAL,
+            MAX_INTERVAL,
         )
         interval = MAX_INTERVAL
     limit = min(interval / 2, MAX_REQUEST_TIMEOUT)
     if request_timeout is None:
         timeout = limit
     elif not math.isfinite(request_timeout) or request_timeout <= 0:
-        raise ValueError(f"The registry request timeout must be a positive number of seconds; got {request_timeout}.")
+        raise ValueError(
+            "The registry request timeout must be a positive number of seconds; "
+            f"got {request_timeout}."
+        )
     elif request_timeout > limit:
         log.warning(
             "Registry request timeout %.2f s breaks the timing rule (at most half the heartbeat "
-            "interval and at most %.0f s); using %.2f s.", request_timeout, MAX_REQUEST_TIMEOUT, limit,
+            "interval and at most %.0f s); using %.2f s.",
+            request_timeout,
+            MAX_REQUEST_TIMEOUT,
+            limit,
         )
         timeout = limit
     else:
@@ -92,4 +106,11 @@ def plan_timing(interval: float, request_timeout: float | None = None) -> Timing
     return Timing(interval=interval, ttl=round(TTL_FACTOR * interval, 6), request_timeout=timeout)
 
 
-__all__ = ["Timing", "plan_timing", "MIN_INTERVAL", "MAX_INTERVAL", "TTL_FACTOR", "MAX_REQUEST_TIMEOUT"]
+__all__ = [
+    "Timing",
+    "plan_timing",
+    "MIN_INTERVAL",
+    "MAX_INTERVAL",
+    "TTL_FACTOR",
+    "MAX_REQUEST_TIMEOUT",
+]

@@ -27,18 +27,44 @@ def registry() -> None:
 
 
 @registry.command("serve")
-@click.option("--host", default="0.0.0.0", show_default=True, envvar="REGISTRY_HOST",
-              help="Address to listen on (env REGISTRY_HOST).")
-@click.option("--port", default=8500, show_default=True, type=click.IntRange(1, 65535),
-              envvar="REGISTRY_PORT", help="TCP port to listen on (env REGISTRY_PORT).")
-@click.option("--data", "data", type=click.Path(file_okay=False, path_type=Path), envvar="REGISTRY_DATA",
-              default=None, help="Directory for the registry's state (state.json), so registrations "
-              "survive a restart (env REGISTRY_DATA; default: <data dir>/registry).")
-@click.option("--token", envvar="REGISTRY_TOKEN", default=None,
-              help="Require 'Authorization: Bearer TOKEN' on every request (env REGISTRY_TOKEN; "
-              "prefer the env variable: flags show up in ps).")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity.")
+@click.option(
+    "--host",
+    default="0.0.0.0",
+    show_default=True,
+    envvar="REGISTRY_HOST",
+    help="Address to listen on (env REGISTRY_HOST).",
+)
+@click.option(
+    "--port",
+    default=8500,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    envvar="REGISTRY_PORT",
+    help="TCP port to listen on (env REGISTRY_PORT).",
+)
+@click.option(
+    "--data",
+    "data",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="REGISTRY_DATA",
+    default=None,
+    help="Directory for the registry's state (state.json), so registrations "
+    "survive a restart (env REGISTRY_DATA; default: <data dir>/registry).",
+)
+@click.option(
+    "--token",
+    envvar="REGISTRY_TOKEN",
+    default=None,
+    help="Require 'Authorization: Bearer TOKEN' on every request (env REGISTRY_TOKEN; "
+    "prefer the env variable: flags show up in ps).",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Log verbosity.",
+)
 def serve(host: str, port: int, data: Path | None, token: str | None, log_level: str) -> None:
     """Serve the registry HTTP API (register, list, heartbeat, deregister, blocking watch).
 
@@ -51,8 +77,9 @@ def serve(host: str, port: int, data: Path | None, token: str | None, log_level:
     from registry import create_app
     from registry._store import StateFileError
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
     log = logging.getLogger("registry")
     data_dir = data if data is not None else _default_data()
     try:
@@ -60,7 +87,9 @@ def serve(host: str, port: int, data: Path | None, token: str | None, log_level:
     except StateFileError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(f"Cannot use {data_dir} for the registry's state: {exc.strerror or exc}.") from None
+        raise click.ClickException(
+            f"Cannot use {data_dir} for the registry's state: {exc.strerror or exc}."
+        ) from None
 
     store = app.state.store
 
@@ -69,34 +98,67 @@ def serve(host: str, port: int, data: Path | None, token: str | None, log_level:
             store.close()  # blocking queries answer at once instead of holding the shutdown
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            lifespan="on", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
     shown = f"[{host}]" if ":" in host else host
-    log.info("Registry serving on http://%s:%d (state in %s, %s).", shown, port, data_dir,
-             "bearer token required" if token else "no token: anyone who can reach it can register")
+    log.info(
+        "Registry serving on http://%s:%d (state in %s, %s).",
+        shown,
+        port,
+        data_dir,
+        "bearer token required" if token else "no token: anyone who can reach it can register",
+    )
     server = _Server(config)
     server.run()
     if not server.started:
-        raise click.ClickException(f"The registry could not listen on {shown}:{port}; see the log above.")
+        raise click.ClickException(
+            f"The registry could not listen on {shown}:{port}; see the log above."
+        )
 
 
 @registry.command("nodes")
-@click.option("--registry-url", envvar="REGISTRY_URL", required=True,
-              help="Registry URL: http(s)://..., file:///...registry.json?forest=ID (env REGISTRY_URL).")
-@click.option("--registry-service", envvar="REGISTRY_SERVICE_NAME", default="nimsforest", show_default=True,
-              help="Service name (env REGISTRY_SERVICE_NAME).")
-@click.option("--token", envvar="REGISTRY_TOKEN", default=None, help="Bearer token (env REGISTRY_TOKEN).")
-@click.option("--timeout", default="10s", show_default=True, help="Give up after this long (e.g. 5s).")
+@click.option(
+    "--registry-url",
+    envvar="REGISTRY_URL",
+    required=True,
+    help="Registry URL: http(s)://..., file:///...registry.json?forest=ID (env REGISTRY_URL).",
+)
+@click.option(
+    "--registry-service",
+    envvar="REGISTRY_SERVICE_NAME",
+    default="nimsforest",
+    show_default=True,
+    help="Service name (env REGISTRY_SERVICE_NAME).",
+)
+@click.option(
+    "--token", envvar="REGISTRY_TOKEN", default=None, help="Bearer token (env REGISTRY_TOKEN)."
+)
+@click.option(
+    "--timeout", default="10s", show_default=True, help="Give up after this long (e.g. 5s)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def nodes(registry_url: str, registry_service: str, token: str | None, timeout: str, as_json: bool) -> None:
+def nodes(
+    registry_url: str, registry_service: str, token: str | None, timeout: str, as_json: bool
+) -> None:
     """List the live nodes of a service, oldest (lowest create index) first."""
     from nimsforest.settings import parse_duration
     from registry import RegistryError, open_registry
 
     try:
         seconds = parse_duration(timeout)
-        reg = open_registry(registry_url, service=registry_service, token=token,
-                            heartbeat_interval=max(seconds, 0.1))
+        reg = open_registry(
+            registry_url,
+            service=registry_service,
+            token=token,
+            heartbeat_interval=max(seconds, 0.1),
+        )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -117,5 +179,7 @@ def nodes(registry_url: str, registry_service: str, token: str | None, timeout: 
     click.echo(f"{'INDEX':>6}  {'NAME':<24} {'CLUSTER ADDRESS':<28} REGISTERED")
     for n in listed:
         when = n.registered_at.strftime("%Y-%m-%d %H:%M:%S") if n.registered_at else "-"
-        click.echo(f"{n.create_index if n.create_index is not None else '-':>6}  {n.name:<24} "
-                   f"{n.cluster_address:<28} {when}")
+        click.echo(
+            f"{n.create_index if n.create_index is not None else '-':>6}  {n.name:<24} "
+            f"{n.cluster_address:<28} {when}"
+        )

@@ -23,7 +23,9 @@ from tests.support import free_port
 class RegistryProcess:
     """`python -m nimsforest registry serve` on 127.0.0.1, output kept in a log file."""
 
-    def __init__(self, data: Path, log: Path, token: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, data: Path, log: Path, token: str | None = None, port: int | None = None
+    ) -> None:
         self.data, self.log_path, self.token = data, log, token
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -41,19 +43,34 @@ class RegistryProcess:
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-        cmd = [sys.executable, "-m", "nimsforest", "registry", "serve", "--host", "127.0.0.1",
-               "--port", str(self.port), "--data", str(self.data)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "nimsforest",
+            "registry",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data",
+            str(self.data),
+        ]
         if self.token:
             env["REGISTRY_TOKEN"] = self.token  # the env fallback, not a flag
         with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"registry exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/v1/health", headers=self.headers, timeout=1).status_code == 200:
+                if (
+                    httpx.get(f"{self.url}/v1/health", headers=self.headers, timeout=1).status_code
+                    == 200
+                ):
                     return
             except httpx.HTTPError:
                 pass
@@ -179,7 +196,9 @@ class FakeHttp:
             writer.close()
 
 
-def http_answer(status: int, body: bytes | str | Any, headers: dict[str, str] | None = None) -> bytes:
+def http_answer(
+    status: int, body: bytes | str | Any, headers: dict[str, str] | None = None
+) -> bytes:
     """Raw HTTP/1.1 response bytes; a non-bytes, non-str body is sent as JSON."""
     if not isinstance(body, (bytes, str)):
         body = json.dumps(body)

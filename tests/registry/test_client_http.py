@@ -65,7 +65,9 @@ class Collector:
         return any(e.type is kind and e.node.name == name for e in self.events)
 
 
-async def test_register_list_heartbeat_deregister(registry_server: RegistryProcess, service: str, clients: Any) -> None:
+async def test_register_list_heartbeat_deregister(
+    registry_server: RegistryProcess, service: str, clients: Any
+) -> None:
     a, b = clients(registry_server.url, service), clients(registry_server.url, service)
     rec_a = await a.register(node("a"))
     rec_b = await b.register(node("b", port=7222))
@@ -82,14 +84,18 @@ async def test_register_list_heartbeat_deregister(registry_server: RegistryProce
     assert b.status().state is RegistryState.NOT_REGISTERED
 
 
-async def test_client_sends_ttl_of_three_intervals(registry_server: RegistryProcess, service: str, clients: Any) -> None:
+async def test_client_sends_ttl_of_three_intervals(
+    registry_server: RegistryProcess, service: str, clients: Any
+) -> None:
     reg = clients(registry_server.url, service, heartbeat_interval=2.0)
     await reg.register(node("ttl"))
     raw = httpx.get(f"{registry_server.url}/v1/services/{service}/nodes/ttl").json()
     assert raw["ttl_seconds"] == 6.0 and reg.status().ttl_seconds == 6.0
 
 
-async def test_conflict_and_takeover(registry_server: RegistryProcess, service: str, clients: Any) -> None:
+async def test_conflict_and_takeover(
+    registry_server: RegistryProcess, service: str, clients: Any
+) -> None:
     first = await clients(registry_server.url, service).register(node("n1", node_id="aaa"))
     intruder = clients(registry_server.url, service)
     with pytest.raises(RegistryConflict) as err:
@@ -104,7 +110,9 @@ async def test_conflict_and_takeover(registry_server: RegistryProcess, service: 
     assert again.create_index == first.create_index
 
 
-async def test_watch_yields_added_and_removed(registry_server: RegistryProcess, service: str, clients: Any) -> None:
+async def test_watch_yields_added_and_removed(
+    registry_server: RegistryProcess, service: str, clients: Any
+) -> None:
     me = clients(registry_server.url, service)
     await me.register(node("me"))
     watch = Collector(me)
@@ -113,9 +121,13 @@ async def test_watch_yields_added_and_removed(registry_server: RegistryProcess, 
     await eventually(lambda: watch.seen(PeerEventType.ADDED, "other"), what="ADDED other")
     await other.deregister()
     await eventually(lambda: watch.seen(PeerEventType.REMOVED, "other"), what="REMOVED other")
-    silent = clients(registry_server.url, service, heartbeat_interval=0.1)  # TTL: the server's 1 s floor
+    silent = clients(
+        registry_server.url, service, heartbeat_interval=0.1
+    )  # TTL: the server's 1 s floor
     await silent.register(node("silent"))
-    await eventually(lambda: watch.seen(PeerEventType.REMOVED, "silent"), what="the silent node to expire")
+    await eventually(
+        lambda: watch.seen(PeerEventType.REMOVED, "silent"), what="the silent node to expire"
+    )
     assert not any(e.node.name == "me" for e in watch.events)  # never about self
     watch.task.cancel()
 
@@ -149,13 +161,21 @@ async def test_heartbeat_loop_survives_restart_and_data_loss(
     assert not reg.status().connected
     assert reg.status().last_error.startswith(f"Registry unreachable at {own_server.url}")
     await asyncio.to_thread(own_server.start)  # state kept: same record
-    await eventually(lambda: reg.status().state is RegistryState.REGISTERED, what="REGISTERED again")
+    await eventually(
+        lambda: reg.status().state is RegistryState.REGISTERED, what="REGISTERED again"
+    )
     assert reg.status().create_index == first.create_index
     await asyncio.to_thread(own_server.stop)
     shutil.rmtree(own_server.data)  # the registry loses everything
-    await eventually(lambda: reg.status().state is RegistryState.UNREACHABLE, what="UNREACHABLE again")
+    await eventually(
+        lambda: reg.status().state is RegistryState.UNREACHABLE, what="UNREACHABLE again"
+    )
     await asyncio.to_thread(own_server.start)
-    listed = lambda: [n["name"] for n in httpx.get(f"{own_server.url}/v1/services/{service}/nodes").json()]  # noqa: E731
+
+    def listed() -> list[str]:
+        answer = httpx.get(f"{own_server.url}/v1/services/{service}/nodes")
+        return [n["name"] for n in answer.json()]
+
     await eventually(lambda: listed() == ["hb"], what="the node to register again after data loss")
     assert any("had forgotten node hb" in r.message for r in caplog.records)
     messages = [r.getMessage() for r in caplog.records]
@@ -166,7 +186,11 @@ async def test_heartbeat_loop_survives_restart_and_data_loss(
 
 
 async def test_registry_down_at_start_then_up(
-    registry_server: RegistryProcess, own_server: RegistryProcess, service: str, clients: Any, tmp_path: Path
+    registry_server: RegistryProcess,
+    own_server: RegistryProcess,
+    service: str,
+    clients: Any,
+    tmp_path: Path,
 ) -> None:
     cache = tmp_path / "peers.json"
     peer = clients(registry_server.url, service, heartbeat_interval=30.0)
@@ -187,7 +211,9 @@ async def test_registry_down_at_start_then_up(
     await asyncio.sleep(INTERVAL * 1.5)  # failed attempts meanwhile: the loop must live on
     assert not loop.done() and reg.status().state is RegistryState.UNREACHABLE
     await asyncio.to_thread(own_server.start)
-    await eventually(lambda: reg.status().state is RegistryState.REGISTERED, what="registered once up")
+    await eventually(
+        lambda: reg.status().state is RegistryState.REGISTERED, what="registered once up"
+    )
     assert [n.name for n in await reg.list_nodes()] == ["me"]
     loop.cancel()
 
@@ -196,7 +222,10 @@ async def test_frozen_registry_is_unreachable_and_watch_invents_no_removals(
     own_server: RegistryProcess, service: str, clients: Any
 ) -> None:
     own_server.start()
-    me, peer = clients(own_server.url, service), clients(own_server.url, service, heartbeat_interval=30.0)
+    me, peer = (
+        clients(own_server.url, service),
+        clients(own_server.url, service, heartbeat_interval=30.0),
+    )
     await peer.register(node("peer"))
     await me.register(node("me"))
     watch = Collector(me, known=await me.list_peers(), wait=1.0)
@@ -207,7 +236,9 @@ async def test_frozen_registry_is_unreachable_and_watch_invents_no_removals(
         await asyncio.sleep(1.5)  # watch rounds fail meanwhile
     finally:
         own_server.resume()
-    await eventually(lambda: me.status().state is RegistryState.REGISTERED, what="REGISTERED after SIGCONT")
+    await eventually(
+        lambda: me.status().state is RegistryState.REGISTERED, what="REGISTERED after SIGCONT"
+    )
     assert not any(e.type is PeerEventType.REMOVED for e in watch.events)
     loop.cancel()
     watch.task.cancel()
@@ -240,7 +271,9 @@ GARBAGE = {
 
 
 @pytest.mark.parametrize("kind", list(GARBAGE))
-async def test_malformed_answers_are_unreachable(kind: str, fake_http: Any, service: str, clients: Any) -> None:
+async def test_malformed_answers_are_unreachable(
+    kind: str, fake_http: Any, service: str, clients: Any
+) -> None:
     server = await fake_http(GARBAGE[kind])
     reg = clients(server.url, service, heartbeat_interval=0.1)
     for call in (lambda: reg.register(node("g")), reg.list_nodes, reg.list_peers, reg.heartbeat):
@@ -249,7 +282,9 @@ async def test_malformed_answers_are_unreachable(kind: str, fake_http: Any, serv
         assert str(err.value).startswith(f"Registry unreachable at {server.url}: ")
     before = len(server.requests)
     loop = asyncio.create_task(reg.run_heartbeat())
-    await eventually(lambda: len(server.requests) >= before + 3, what="the heartbeat loop to keep trying")
+    await eventually(
+        lambda: len(server.requests) >= before + 3, what="the heartbeat loop to keep trying"
+    )
     assert not loop.done() and reg.status().state is RegistryState.UNREACHABLE
     loop.cancel()
 
@@ -262,8 +297,10 @@ async def test_watch_falls_back_to_polling_without_blocking_support(
     def answer(method: str, target: str, body: bytes) -> bytes:
         if "index=" in target:
             return http_answer(503, {"error": "no blocking here."})
-        nodes = [{"name": n, "cluster_address": f"10.0.0.{i + 1}:6222", "create_index": i + 1}
-                 for i, n in enumerate(names)]
+        nodes = [
+            {"name": n, "cluster_address": f"10.0.0.{i + 1}:6222", "create_index": i + 1}
+            for i, n in enumerate(names)
+        ]
         return http_answer(200, nodes, {"X-Registry-Index": str(len(names))})
 
     server = await fake_http(answer)
@@ -278,7 +315,9 @@ async def test_watch_falls_back_to_polling_without_blocking_support(
     watch.task.cancel()
 
 
-async def test_retries_5xx_within_the_interval_but_never_4xx(fake_http: Any, service: str, clients: Any) -> None:
+async def test_retries_5xx_within_the_interval_but_never_4xx(
+    fake_http: Any, service: str, clients: Any
+) -> None:
     def flaky(method: str, target: str, body: bytes) -> bytes:
         if len(flaky_server.requests) <= 2:
             return http_answer(503, {"error": "busy."})
@@ -288,8 +327,9 @@ async def test_retries_5xx_within_the_interval_but_never_4xx(fake_http: Any, ser
     rec = await clients(flaky_server.url, service, heartbeat_interval=2.0).register(node("r"))
     assert rec.create_index == 7 and len(flaky_server.requests) == 3
 
-    refusing = await fake_http(lambda m, t, b: http_answer(422, {"error": "Invalid registration: name: no."}))
+    refusing = await fake_http(
+        lambda m, t, b: http_answer(422, {"error": "Invalid registration: name: no."})
+    )
     with pytest.raises(RegistryRejected, match="Invalid registration: name: no."):
         await clients(refusing.url, service, heartbeat_interval=2.0).register(node("r"))
     assert len(refusing.requests) == 1
-

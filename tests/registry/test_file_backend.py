@@ -29,14 +29,32 @@ from tests.support import eventually
 MORPHEUS = {
     "version": 1,
     "updated_at": "2026-02-10T10:00:00Z",
-    "forests": {"forest-1": {"id": "forest-1", "provider": "hetzner", "node_count": 3, "status": "active"}},
+    "forests": {
+        "forest-1": {"id": "forest-1", "provider": "hetzner", "node_count": 3, "status": "active"}
+    },
     "nodes": {
         "forest-1": [
-            {"id": "forest-1-node-1", "ip": "2a01:4f8::1", "forest_id": "forest-1", "location": "fsn1",
-             "status": "active", "metadata": {"managed-by": "morpheus"}},
-            {"id": "forest-1-node-2", "ip": "2a01:4f8::2", "ipv6": "2a01:4f8::22", "ipv4": "192.0.2.2",
-             "forest_id": "forest-1"},
-            {"id": "forest-1-node-3", "ip": "192.0.2.3", "forest_id": "forest-1", "cluster_port": 7222},
+            {
+                "id": "forest-1-node-1",
+                "ip": "2a01:4f8::1",
+                "forest_id": "forest-1",
+                "location": "fsn1",
+                "status": "active",
+                "metadata": {"managed-by": "morpheus"},
+            },
+            {
+                "id": "forest-1-node-2",
+                "ip": "2a01:4f8::2",
+                "ipv6": "2a01:4f8::22",
+                "ipv4": "192.0.2.2",
+                "forest_id": "forest-1",
+            },
+            {
+                "id": "forest-1-node-3",
+                "ip": "192.0.2.3",
+                "forest_id": "forest-1",
+                "cluster_port": 7222,
+            },
         ],
         "forest-2": [{"id": "forest-2-node-1", "ip": "198.51.100.1", "forest_id": "forest-2"}],
     },
@@ -68,8 +86,13 @@ async def opened() -> AsyncIterator[Any]:
 
 
 def me(name: str = "forest-1-node-1", node_id: str = "me-1", host: str = "2a01:4f8::1") -> NodeInfo:
-    return NodeInfo(name=name, cluster_address=f"[{host}]:6222" if ":" in host else f"{host}:6222",
-                    client_address="127.0.0.1:4222", node_id=node_id, metadata={"role": "nimsforest"})
+    return NodeInfo(
+        name=name,
+        cluster_address=f"[{host}]:6222" if ":" in host else f"{host}:6222",
+        client_address="127.0.0.1:4222",
+        node_id=node_id,
+        metadata={"role": "nimsforest"},
+    )
 
 
 def entries(path: Path, forest: str = "forest-1") -> list[dict[str, Any]]:
@@ -80,7 +103,9 @@ def ago(seconds: float) -> str:
     return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat()
 
 
-async def test_reads_a_forest_with_the_go_address_preference(registry_file: Path, opened: Any) -> None:
+async def test_reads_a_forest_with_the_go_address_preference(
+    registry_file: Path, opened: Any
+) -> None:
     nodes = await opened(registry_file).list_nodes()
     assert [(n.name, n.cluster_address, n.create_index) for n in nodes] == [
         ("forest-1-node-1", "[2a01:4f8::1]:6222", 1),
@@ -90,7 +115,9 @@ async def test_reads_a_forest_with_the_go_address_preference(registry_file: Path
     assert nodes[0].metadata == {"managed-by": "morpheus"}
 
 
-async def test_forest_defaults_to_service_name_and_port_can_be_set(registry_file: Path, opened: Any) -> None:
+async def test_forest_defaults_to_service_name_and_port_can_be_set(
+    registry_file: Path, opened: Any
+) -> None:
     reg = open_registry(f"file://{registry_file}?cluster_port=16222", service="forest-2")
     try:
         [only] = await reg.list_nodes()
@@ -99,7 +126,9 @@ async def test_forest_defaults_to_service_name_and_port_can_be_set(registry_file
     assert (only.name, only.cluster_address) == ("forest-2-node-1", "198.51.100.1:16222")
 
 
-async def test_register_takes_over_morpheus_entry_and_keeps_the_rest(registry_file: Path, opened: Any) -> None:
+async def test_register_takes_over_morpheus_entry_and_keeps_the_rest(
+    registry_file: Path, opened: Any
+) -> None:
     reg = opened(registry_file)
     rec = await reg.register(me())
     assert rec.create_index == 1 and rec.node_id == "me-1"
@@ -117,11 +146,17 @@ async def test_register_takes_over_morpheus_entry_and_keeps_the_rest(registry_fi
     assert [n.name for n in await reg.list_peers()] == ["forest-1-node-2", "forest-1-node-3"]
 
 
-async def test_register_new_name_appends_a_go_readable_entry(registry_file: Path, opened: Any) -> None:
+async def test_register_new_name_appends_a_go_readable_entry(
+    registry_file: Path, opened: Any
+) -> None:
     rec = await opened(registry_file).register(me("forest-1-node-9", host="192.0.2.9"))
     assert rec.create_index == 4
     last = entries(registry_file)[-1]
-    assert (last["id"], last["ip"], last["forest_id"]) == ("forest-1-node-9", "192.0.2.9", "forest-1")
+    assert (last["id"], last["ip"], last["forest_id"]) == (
+        "forest-1-node-9",
+        "192.0.2.9",
+        "forest-1",
+    )
 
 
 async def test_advertised_address_wins_over_morpheus_ip(registry_file: Path, opened: Any) -> None:
@@ -156,7 +191,9 @@ async def test_last_seen_older_than_ttl_means_gone(registry_file: Path, opened: 
     assert names == ["forest-1-node-1", "forest-1-node-3"]  # node-1 has no last_seen: live
 
 
-async def test_heartbeat_keeps_our_entry_alive_and_silence_expires_it(registry_file: Path, opened: Any) -> None:
+async def test_heartbeat_keeps_our_entry_alive_and_silence_expires_it(
+    registry_file: Path, opened: Any
+) -> None:
     reg = opened(registry_file, heartbeat_interval=0.1)  # TTL 0.3 s
     await reg.register(me("short-lived"))
     reader = opened(registry_file)
@@ -166,7 +203,9 @@ async def test_heartbeat_keeps_our_entry_alive_and_silence_expires_it(registry_f
         return "short-lived" in [n.name for n in await reader.list_nodes()]
 
     first_seen = entries(registry_file)[-1]["last_seen"]
-    await eventually(lambda: entries(registry_file)[-1]["last_seen"] > first_seen, what="a heartbeat")
+    await eventually(
+        lambda: entries(registry_file)[-1]["last_seen"] > first_seen, what="a heartbeat"
+    )
     assert await listed()
     loop.cancel()
     await eventually(lambda: _not(listed()), what="the silent entry to expire")
@@ -185,7 +224,9 @@ async def test_deregister_removes_only_our_entry(registry_file: Path, opened: An
     assert reg.status().state is RegistryState.NOT_REGISTERED
 
 
-async def test_heartbeat_registers_again_when_the_file_was_rewritten(registry_file: Path, opened: Any) -> None:
+async def test_heartbeat_registers_again_when_the_file_was_rewritten(
+    registry_file: Path, opened: Any
+) -> None:
     reg = opened(registry_file)
     await reg.register(me("n-x"))
     registry_file.write_text(json.dumps(MORPHEUS))  # cloud-init overwrote the file without us
@@ -193,7 +234,9 @@ async def test_heartbeat_registers_again_when_the_file_was_rewritten(registry_fi
     assert rec.name == "n-x" and entries(registry_file)[-1]["id"] == "n-x"
 
 
-async def test_a_held_lock_makes_writes_wait_then_fail_unreachable(registry_file: Path, opened: Any) -> None:
+async def test_a_held_lock_makes_writes_wait_then_fail_unreachable(
+    registry_file: Path, opened: Any
+) -> None:
     before = registry_file.read_text()
     reg = opened(registry_file, heartbeat_interval=0.2)
     fd = os.open(f"{registry_file}.lock", os.O_RDWR | os.O_CREAT)
@@ -217,7 +260,9 @@ async def test_concurrent_writers_lose_no_entry(registry_file: Path, opened: Any
     assert entries(registry_file, "forest-2") == MORPHEUS["nodes"]["forest-2"]
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"nodes": []}', '{"nodes": {"forest-1": {}}}', "[1]"])
+@pytest.mark.parametrize(
+    "content", ["{not json", '{"nodes": []}', '{"nodes": {"forest-1": {}}}', "[1]"]
+)
 async def test_unreadable_file_is_unreachable_and_never_overwritten(
     registry_file: Path, opened: Any, content: str
 ) -> None:
@@ -229,7 +274,9 @@ async def test_unreadable_file_is_unreachable_and_never_overwritten(
     assert registry_file.read_text() == content
 
 
-async def test_missing_file_is_created_missing_directory_is_unreachable(tmp_path: Path, opened: Any) -> None:
+async def test_missing_file_is_created_missing_directory_is_unreachable(
+    tmp_path: Path, opened: Any
+) -> None:
     path = tmp_path / "registry.json"
     rec = await opened(path).register(me("first"))
     assert rec.create_index == 1
@@ -240,8 +287,12 @@ async def test_missing_file_is_created_missing_directory_is_unreachable(tmp_path
 
 async def test_odd_entries_are_skipped(registry_file: Path, opened: Any) -> None:
     data = json.loads(registry_file.read_text())
-    data["nodes"]["forest-1"] += ["junk", {"id": "bad id!", "ip": "1.2.3.4"}, {"id": "no-ip"},
-                                  {"id": "forest-1-node-2", "ip": "10.0.0.99"}]
+    data["nodes"]["forest-1"] += [
+        "junk",
+        {"id": "bad id!", "ip": "1.2.3.4"},
+        {"id": "no-ip"},
+        {"id": "forest-1-node-2", "ip": "10.0.0.99"},
+    ]
     registry_file.write_text(json.dumps(data))
     names = [n.name for n in await opened(registry_file).list_nodes()]
     assert names == ["forest-1-node-1", "forest-1-node-2", "forest-1-node-3"]
@@ -259,10 +310,22 @@ async def test_watch_sees_other_writers(registry_file: Path, opened: Any) -> Non
 
     task = asyncio.create_task(watch())
     data = json.loads(registry_file.read_text())
-    data["nodes"]["forest-1"].append({"id": "forest-1-node-4", "ip": "192.0.2.4", "forest_id": "forest-1"})
+    data["nodes"]["forest-1"].append(
+        {"id": "forest-1-node-4", "ip": "192.0.2.4", "forest_id": "forest-1"}
+    )
     del data["nodes"]["forest-1"][1]
     registry_file.write_text(json.dumps(data))
-    await eventually(lambda: {(e.type, e.node.name) for e in events} >= {
-        (PeerEventType.ADDED, "forest-1-node-4"), (PeerEventType.REMOVED, "forest-1-node-2")}, what="file events")
-    assert not any(e.node.name == "forest-1-node-3" for e in events)  # its position moved, not the peer
+    await eventually(
+        lambda: (
+            {(e.type, e.node.name) for e in events}
+            >= {
+                (PeerEventType.ADDED, "forest-1-node-4"),
+                (PeerEventType.REMOVED, "forest-1-node-2"),
+            }
+        ),
+        what="file events",
+    )
+    assert not any(
+        e.node.name == "forest-1-node-3" for e in events
+    )  # its position moved, not the peer
     task.cancel()

@@ -65,8 +65,10 @@ async def test_same_rules_as_the_server(url: str, opened: Any) -> None:
     with pytest.raises(RegistryConflict):
         await opened(url).register(node("n", "B"))
     assert (await opened(url).register(node("n", "A"))).create_index == first.create_index
-    await eventually(lambda: memory_store(url.removeprefix("memory://")).nodes("nimsforest") == [],
-                     what="both silent records to expire")
+    await eventually(
+        lambda: memory_store(url.removeprefix("memory://")).nodes("nimsforest") == [],
+        what="both silent records to expire",
+    )
     taken = await opened(url).register(node("n", "B"))  # expired: no conflict, a new index
     assert taken.create_index > second.create_index
 
@@ -84,9 +86,13 @@ async def test_watch_blocks_and_reports_join_leave_and_expiry(url: str, opened: 
     task = asyncio.create_task(watch())
     other = opened(url)
     await other.register(node("other"))
-    await eventually(lambda: [(e.type, e.node.name) for e in events] == [(PeerEventType.ADDED, "other")])
-    await eventually(lambda: (PeerEventType.REMOVED, "other") in [(e.type, e.node.name) for e in events],
-                     what="the silent peer to expire")
+    await eventually(
+        lambda: [(e.type, e.node.name) for e in events] == [(PeerEventType.ADDED, "other")]
+    )
+    await eventually(
+        lambda: (PeerEventType.REMOVED, "other") in [(e.type, e.node.name) for e in events],
+        what="the silent peer to expire",
+    )
     assert me.status().state is RegistryState.REGISTERED  # its own heartbeats kept it
     await me.close()
     await asyncio.wait_for(task, 10)
@@ -109,17 +115,26 @@ async def test_outage_logs_one_line_each_way_and_loop_lives_on(
     store.reachable = True
     await eventually(lambda: reg.status().state is RegistryState.REGISTERED)
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
-    assert lines[:2] == [f"Registry unreachable at {url}: it is switched off.", f"Registry reachable again at {url}."]
-    assert all("had forgotten node n" in line for line in lines[2:])  # if the outage outlived the TTL
+    assert lines[:2] == [
+        f"Registry unreachable at {url}: it is switched off.",
+        f"Registry reachable again at {url}.",
+    ]
+    assert all(
+        "had forgotten node n" in line for line in lines[2:]
+    )  # if the outage outlived the TTL
     assert not loop.done()
     loop.cancel()
 
 
-async def test_forgotten_node_registers_again(url: str, opened: Any, caplog: pytest.LogCaptureFixture) -> None:
+async def test_forgotten_node_registers_again(
+    url: str, opened: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="registry")
     reg = opened(url, heartbeat_interval=30.0)
     first = await reg.register(node("n"))
-    memory_store(url.removeprefix("memory://")).deregister("nimsforest", "n")  # the registry forgets
+    memory_store(url.removeprefix("memory://")).deregister(
+        "nimsforest", "n"
+    )  # the registry forgets
     again = await reg.heartbeat()
     assert again.create_index > first.create_index
     assert f"Registry at {url} had forgotten node n; registered it again" in caplog.text
@@ -161,7 +176,9 @@ class _BuggyRegistry(MemoryRegistry):
         raise ZeroDivisionError("bug")
 
 
-async def test_a_bug_is_logged_once_and_the_loop_lives_on(url: str, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_bug_is_logged_once_and_the_loop_lives_on(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     reg = _BuggyRegistry(url, service="nimsforest", timing=plan_timing(0.1))
     await reg.register(node("n"))
     loop = asyncio.create_task(reg.run_heartbeat())

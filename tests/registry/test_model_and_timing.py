@@ -30,7 +30,9 @@ def test_cluster_address_forms(given: str, stored: str) -> None:
     assert NodeInfo(name="n", cluster_address=given).cluster_address == stored
 
 
-@pytest.mark.parametrize("bad", ["10.0.0.1", "::1:6222", "[nope]:6222", "10.0.0.1:0", "10.0.0.1:x", ":6222", "a b:1"])
+@pytest.mark.parametrize(
+    "bad", ["10.0.0.1", "::1:6222", "[nope]:6222", "10.0.0.1:0", "10.0.0.1:x", ":6222", "a b:1"]
+)
 def test_bad_cluster_addresses(bad: str) -> None:
     with pytest.raises(ValidationError):
         NodeInfo(name="n", cluster_address=bad)
@@ -43,7 +45,12 @@ def test_bad_names(bad: str) -> None:
 
 
 def test_seed_shape_address_and_port() -> None:
-    assert NodeInfo.model_validate({"name": "n", "address": "192.168.1.10", "port": 6222}).cluster_address == "192.168.1.10:6222"
+    assert (
+        NodeInfo.model_validate(
+            {"name": "n", "address": "192.168.1.10", "port": 6222}
+        ).cluster_address
+        == "192.168.1.10:6222"
+    )
     v6 = NodeInfo.model_validate({"name": "n", "address": "2001:db8::5", "port": 6222})
     assert (v6.cluster_address, v6.host, v6.port) == ("[2001:db8::5]:6222", "2001:db8::5", 6222)
     with pytest.raises(ValidationError, match="port"):
@@ -98,8 +105,12 @@ def test_open_registry_refuses_bad_setup(url: str, kw: dict, needle: str) -> Non
 
 
 async def test_open_registry_picks_backend_and_accepts_secret_token() -> None:
-    for url, backend in [("http://r:8500", "http"), ("https://r", "http"), ("file:///tmp/r.json", "file"),
-                         ("memory://x", "memory")]:
+    for url, backend in [
+        ("http://r:8500", "http"),
+        ("https://r", "http"),
+        ("file:///tmp/r.json", "file"),
+        ("memory://x", "memory"),
+    ]:
         reg = open_registry(url, token=SecretStr("t"))
         assert reg.status().backend == backend
         await reg.close()
@@ -108,7 +119,9 @@ async def test_open_registry_picks_backend_and_accepts_secret_token() -> None:
     await shown.close()
 
 
-def test_peer_cache_round_trip_and_garbage(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_peer_cache_round_trip_and_garbage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     cache = PeerCache(tmp_path / "sub" / "peers.json")
     assert cache.load() is None
     nodes = [NodeInfo(name="a", cluster_address="10.0.0.1:6222", create_index=1)]
@@ -120,7 +133,9 @@ def test_peer_cache_round_trip_and_garbage(tmp_path: Path, caplog: pytest.LogCap
     assert "not a peer cache file" in caplog.text
 
 
-def test_peer_cache_write_failure_is_logged_not_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_peer_cache_write_failure_is_logged_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     (tmp_path / "file").write_text("")
     cache = PeerCache(tmp_path / "file" / "peers.json")  # parent is a file: cannot write
     cache.save([NodeInfo(name="a", cluster_address="10.0.0.1:6222")], url="u", service="s")
@@ -138,7 +153,13 @@ def test_node_id_is_created_once_and_kept(tmp_path: Path) -> None:
 
 def test_cache_file_is_json_with_every_node(tmp_path: Path) -> None:
     cache = PeerCache(tmp_path / "peers.json")
-    cache.save([NodeInfo(name="a", cluster_address="10.0.0.1:6222"), NodeInfo(name="b", cluster_address="10.0.0.2:6222")],
-               url="u", service="s")
+    cache.save(
+        [
+            NodeInfo(name="a", cluster_address="10.0.0.1:6222"),
+            NodeInfo(name="b", cluster_address="10.0.0.2:6222"),
+        ],
+        url="u",
+        service="s",
+    )
     data = json.loads((tmp_path / "peers.json").read_text())
     assert [n["name"] for n in data["nodes"]] == ["a", "b"] and data["service"] == "s"

@@ -37,7 +37,9 @@ async def names(http: httpx.AsyncClient, service: str) -> list[str]:
 
 
 async def test_register_seed_minimal_shape_and_list(http: httpx.AsyncClient, service: str) -> None:
-    resp = await http.post(nodes_path(service), json={"name": "node-1", "address": "192.168.1.10", "port": 6222})
+    resp = await http.post(
+        nodes_path(service), json={"name": "node-1", "address": "192.168.1.10", "port": 6222}
+    )
     assert resp.status_code == 201, resp.text
     rec = resp.json()
     assert rec["cluster_address"] == "192.168.1.10:6222"
@@ -51,9 +53,14 @@ async def test_register_seed_minimal_shape_and_list(http: httpx.AsyncClient, ser
 
 async def test_full_record_with_ipv6_round_trips(http: httpx.AsyncClient, service: str) -> None:
     sent = {
-        "name": "n6", "cluster_address": "[2001:DB8::1]:6222", "client_address": "[2001:db8::1]:4222",
-        "monitor_url": "http://[2001:db8::1]:8222", "api_url": "http://10.0.0.6:8080",
-        "node_id": "abc-123", "metadata": {"zone": "fsn1"}, "ttl_seconds": 30,
+        "name": "n6",
+        "cluster_address": "[2001:DB8::1]:6222",
+        "client_address": "[2001:db8::1]:4222",
+        "monitor_url": "http://[2001:db8::1]:8222",
+        "api_url": "http://10.0.0.6:8080",
+        "node_id": "abc-123",
+        "metadata": {"zone": "fsn1"},
+        "ttl_seconds": 30,
     }
     rec = (await http.post(nodes_path(service), json=sent)).json()
     assert rec["cluster_address"] == "[2001:db8::1]:6222"
@@ -63,25 +70,35 @@ async def test_full_record_with_ipv6_round_trips(http: httpx.AsyncClient, servic
     assert got["address"] == "2001:db8::1" and got["ttl_seconds"] == 30
 
 
-async def test_create_index_increases_and_list_is_sorted_by_it(http: httpx.AsyncClient, service: str) -> None:
+async def test_create_index_increases_and_list_is_sorted_by_it(
+    http: httpx.AsyncClient, service: str
+) -> None:
     indexes = []
     for name in ("c", "a", "b"):
-        indexes.append((await http.post(nodes_path(service), json=body(name))).json()["create_index"])
+        indexes.append(
+            (await http.post(nodes_path(service), json=body(name))).json()["create_index"]
+        )
     assert indexes == sorted(indexes) and len(set(indexes)) == 3
     assert await names(http, service) == ["c", "a", "b"]
 
 
-async def test_heartbeat_renews_and_unknown_node_is_404(http: httpx.AsyncClient, service: str) -> None:
+async def test_heartbeat_renews_and_unknown_node_is_404(
+    http: httpx.AsyncClient, service: str
+) -> None:
     await http.post(nodes_path(service), json=body("hb", node_id="id-1"))
     ok = await http.put(f"{nodes_path(service)}/hb/heartbeat", params={"node_id": "id-1"})
     assert ok.status_code == 200 and ok.json()["name"] == "hb"
     missing = await http.put(f"{nodes_path(service)}/nobody/heartbeat")
     assert missing.status_code == 404 and "not registered" in missing.json()["error"]
-    other = await http.put(f"{nodes_path(service)}/hb/heartbeat", params={"node_id": "someone-else"})
+    other = await http.put(
+        f"{nodes_path(service)}/hb/heartbeat", params={"node_id": "someone-else"}
+    )
     assert other.status_code == 409
 
 
-async def test_deregister_removes_only_with_matching_node_id(http: httpx.AsyncClient, service: str) -> None:
+async def test_deregister_removes_only_with_matching_node_id(
+    http: httpx.AsyncClient, service: str
+) -> None:
     await http.post(nodes_path(service), json=body("d1", node_id="mine"))
     wrong = await http.delete(f"{nodes_path(service)}/d1", params={"node_id": "not-mine"})
     assert wrong.status_code == 409
@@ -100,14 +117,18 @@ async def test_name_held_by_live_node_is_conflict_same_node_id_takes_over(
     clash = await http.post(nodes_path(service), json=body("n1", host="10.0.0.2", node_id="bbb"))
     assert clash.status_code == 409
     assert clash.json()["node_id"] == "aaa"
-    assert "Node name 'n1' is already registered by a live node (node id aaa)" in clash.json()["error"]
+    assert (
+        "Node name 'n1' is already registered by a live node (node id aaa)" in clash.json()["error"]
+    )
     again = await http.post(nodes_path(service), json=body("n1", host="10.0.0.3", node_id="aaa"))
     assert again.status_code == 200
     assert again.json()["create_index"] == first["create_index"]
     assert again.json()["cluster_address"] == "10.0.0.3:6222"
 
 
-async def test_ttl_expiry_removes_silent_node_and_frees_its_name(http: httpx.AsyncClient, service: str) -> None:
+async def test_ttl_expiry_removes_silent_node_and_frees_its_name(
+    http: httpx.AsyncClient, service: str
+) -> None:
     await http.post(nodes_path(service), json=body("silent", node_id="s1", ttl_seconds=1))
     await http.post(nodes_path(service), json=body("chatty", node_id="c1", ttl_seconds=1))
 
@@ -131,7 +152,9 @@ async def test_ttl_is_bounded_by_the_server(http: httpx.AsyncClient, service: st
 async def test_blocking_query_returns_on_change(http: httpx.AsyncClient, service: str) -> None:
     await http.post(nodes_path(service), json=body("w1"))
     index = int((await http.get(nodes_path(service))).headers[INDEX])
-    waiting = asyncio.create_task(http.get(nodes_path(service), params={"index": index, "wait": "120s"}))
+    waiting = asyncio.create_task(
+        http.get(nodes_path(service), params={"index": index, "wait": "120s"})
+    )
     await asyncio.sleep(0.3)
     assert not waiting.done(), "the blocking query answered without a change"
     await http.post(nodes_path(service), json=body("w2"))
@@ -140,7 +163,9 @@ async def test_blocking_query_returns_on_change(http: httpx.AsyncClient, service
     assert [n["name"] for n in resp.json()] == ["w1", "w2"]
 
 
-async def test_blocking_query_times_out_without_change(http: httpx.AsyncClient, service: str) -> None:
+async def test_blocking_query_times_out_without_change(
+    http: httpx.AsyncClient, service: str
+) -> None:
     await http.post(nodes_path(service), json=body("t1"))
     before = await http.get(nodes_path(service))
     index = int(before.headers[INDEX])
@@ -169,7 +194,9 @@ async def test_expiry_wakes_a_blocking_query(http: httpx.AsyncClient, service: s
 
 
 async def test_watch_true_blocks_until_next_change(http: httpx.AsyncClient, service: str) -> None:
-    waiting = asyncio.create_task(http.get(nodes_path(service), params={"watch": "true", "wait": "120s"}))
+    waiting = asyncio.create_task(
+        http.get(nodes_path(service), params={"watch": "true", "wait": "120s"})
+    )
     await asyncio.sleep(0.3)
     assert not waiting.done()
     await http.post(nodes_path(service), json=body("x"))
@@ -181,7 +208,10 @@ async def test_concurrent_registrations_get_distinct_create_indexes(
     http: httpx.AsyncClient, service: str
 ) -> None:
     resps = await asyncio.gather(
-        *(http.post(nodes_path(service), json=body(f"n{i:02d}", port=7000 + i, node_id=f"id{i}")) for i in range(20))
+        *(
+            http.post(nodes_path(service), json=body(f"n{i:02d}", port=7000 + i, node_id=f"id{i}"))
+            for i in range(20)
+        )
     )
     assert [r.status_code for r in resps] == [201] * 20
     indexes = [r.json()["create_index"] for r in resps]
@@ -194,7 +224,9 @@ async def test_concurrent_registrations_get_distinct_create_indexes(
 async def test_services_and_health(http: httpx.AsyncClient, service: str) -> None:
     await http.post(nodes_path(service), json=body("h1"))
     services = (await http.get("/v1/services")).json()
-    assert {"name": service, "nodes": 1} == {k: v for k, v in next(s for s in services if s["name"] == service).items() if k != "index"}
+    assert {"name": service, "nodes": 1} == {
+        k: v for k, v in next(s for s in services if s["name"] == service).items() if k != "index"
+    }
     health = (await http.get("/v1/health")).json()
     assert health["status"] == "ok" and health["persistent"] is True and health["nodes"] >= 1
 
@@ -205,15 +237,45 @@ BAD_INPUT = [
     ("POST", "nodes", b"[1, 2]", 422, "JSON object"),
     ("POST", "nodes", b'{"name": "ok"}', 422, "cluster_address"),
     ("POST", "nodes", b'{"name": 5, "cluster_address": "10.0.0.1:6222"}', 422, "name"),
-    ("POST", "nodes", b'{"name": "bad name!", "cluster_address": "10.0.0.1:6222"}', 422, "not a valid node name"),
+    (
+        "POST",
+        "nodes",
+        b'{"name": "bad name!", "cluster_address": "10.0.0.1:6222"}',
+        422,
+        "not a valid node name",
+    ),
     ("POST", "nodes", b'{"name": "ok", "cluster_address": "10.0.0.1"}', 422, "host:port"),
     ("POST", "nodes", b'{"name": "ok", "cluster_address": "::1:6222"}', 422, "brackets"),
     ("POST", "nodes", b'{"name": "ok", "cluster_address": "10.0.0.1:99999"}', 422, "port"),
     ("POST", "nodes", b'{"name": "ok", "address": "10.0.0.1", "port": "x"}', 422, "port"),
-    ("POST", "nodes", b'{"name": "ok", "cluster_address": "10.0.0.1:1", "metadata": {"a": 1}}', 422, "metadata"),
-    ("POST", "nodes", b'{"name": "ok", "cluster_address": "10.0.0.1:1", "ttl_seconds": "long"}', 422, "ttl_seconds"),
-    ("POST", "nodes", b'{"name": "ok", "cluster_address": "10.0.0.1:1", "monitor_url": "ftp://x"}', 422, "monitor_url"),
-    ("POST", "nodes", b'{"name": "ok", "cluster_address": "10.0.0.1:1"}' + b" " * (65 * 1024), 413, "larger than 64 KiB"),
+    (
+        "POST",
+        "nodes",
+        b'{"name": "ok", "cluster_address": "10.0.0.1:1", "metadata": {"a": 1}}',
+        422,
+        "metadata",
+    ),
+    (
+        "POST",
+        "nodes",
+        b'{"name": "ok", "cluster_address": "10.0.0.1:1", "ttl_seconds": "long"}',
+        422,
+        "ttl_seconds",
+    ),
+    (
+        "POST",
+        "nodes",
+        b'{"name": "ok", "cluster_address": "10.0.0.1:1", "monitor_url": "ftp://x"}',
+        422,
+        "monitor_url",
+    ),
+    (
+        "POST",
+        "nodes",
+        b'{"name": "ok", "cluster_address": "10.0.0.1:1"}' + b" " * (65 * 1024),
+        413,
+        "larger than 64 KiB",
+    ),
     ("GET", "nodes?index=-1", None, 400, "index"),
     ("GET", "nodes?index=1&wait=forever", None, 400, "wait"),
     ("PUT", "nodes/bad%20name/heartbeat", None, 400, "not a valid node name"),
@@ -222,16 +284,29 @@ BAD_INPUT = [
 ]
 
 
-@pytest.mark.parametrize(("method", "where", "content", "status", "needle"), BAD_INPUT,
-                         ids=[f"{m}-{s}-{n}" for m, _, _, s, n in BAD_INPUT])
+@pytest.mark.parametrize(
+    ("method", "where", "content", "status", "needle"),
+    BAD_INPUT,
+    ids=[f"{m}-{s}-{n}" for m, _, _, s, n in BAD_INPUT],
+)
 async def test_bad_input_is_4xx_with_a_clear_message(
-    http: httpx.AsyncClient, service: str, method: str, where: str, content: bytes | None, status: int, needle: str
+    http: httpx.AsyncClient,
+    service: str,
+    method: str,
+    where: str,
+    content: bytes | None,
+    status: int,
+    needle: str,
 ) -> None:
     url = f"/v1/services/{service}/{where}"
     if where.startswith("../"):
         url = f"/v1/services/{where[3:]}"
-    resp = await http.request(method, url, content=content,
-                              headers={"Content-Type": "application/json"} if content is not None else None)
+    resp = await http.request(
+        method,
+        url,
+        content=content,
+        headers={"Content-Type": "application/json"} if content is not None else None,
+    )
     assert resp.status_code == status, resp.text
     message = resp.json()["error"]
     assert needle in message and message.endswith(".") and "\n" not in message
@@ -241,16 +316,28 @@ async def test_chunked_oversized_body_is_413(http: httpx.AsyncClient, service: s
     async def chunks() -> Any:
         for _ in range(80):
             yield b" " * 1024
+
     resp = await http.post(nodes_path(service), content=chunks())
     assert resp.status_code == 413
 
 
-async def test_token_is_required_on_every_endpoint(token_server: RegistryProcess, service: str) -> None:
+async def test_token_is_required_on_every_endpoint(
+    token_server: RegistryProcess, service: str
+) -> None:
     async with httpx.AsyncClient(base_url=token_server.url, timeout=10) as http:
-        for method, path in [("GET", "/v1/health"), ("GET", "/v1/services"), ("GET", nodes_path(service)),
-                             ("POST", nodes_path(service)), ("PUT", f"{nodes_path(service)}/x/heartbeat"),
-                             ("DELETE", f"{nodes_path(service)}/x")]:
-            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-token"}):
+        for method, path in [
+            ("GET", "/v1/health"),
+            ("GET", "/v1/services"),
+            ("GET", nodes_path(service)),
+            ("POST", nodes_path(service)),
+            ("PUT", f"{nodes_path(service)}/x/heartbeat"),
+            ("DELETE", f"{nodes_path(service)}/x"),
+        ]:
+            for headers in (
+                {},
+                {"Authorization": "Bearer wrong"},
+                {"Authorization": "Basic s3cret-token"},
+            ):
                 resp = await http.request(method, path, headers=headers, json=body("x"))
                 assert resp.status_code == 401, (method, path, headers)
                 assert "bearer token" in resp.json()["error"]
@@ -260,7 +347,9 @@ async def test_token_is_required_on_every_endpoint(token_server: RegistryProcess
         assert [n["name"] for n in listed.json()] == ["x"]
 
 
-async def test_state_survives_restart_and_sigkill_with_a_fresh_ttl(own_server: RegistryProcess, service: str) -> None:
+async def test_state_survives_restart_and_sigkill_with_a_fresh_ttl(
+    own_server: RegistryProcess, service: str
+) -> None:
     own_server.start()
     url = f"{own_server.url}{nodes_path(service)}"
     a = httpx.post(url, json=body("a", node_id="A", ttl_seconds=3600)).json()
@@ -272,13 +361,17 @@ async def test_state_survives_restart_and_sigkill_with_a_fresh_ttl(own_server: R
     own_server.start()
     listed = httpx.get(url)
     assert [(n["name"], n["create_index"]) for n in listed.json()][:2] == [
-        ("a", a["create_index"]), ("b", b["create_index"])]
+        ("a", a["create_index"]),
+        ("b", b["create_index"]),
+    ]
     assert "short" in [n["name"] for n in listed.json()]  # a fresh TTL on load, not the old clock
     assert int(listed.headers[INDEX]) >= b["create_index"]
     c = httpx.post(url, json=body("c", node_id="C", ttl_seconds=3600)).json()
     assert c["create_index"] > b["create_index"]  # indexes continue after a restart
-    await eventually(lambda: "short" not in [n["name"] for n in httpx.get(url).json()],
-                     what="the restored short-lived node to expire")
+    await eventually(
+        lambda: "short" not in [n["name"] for n in httpx.get(url).json()],
+        what="the restored short-lived node to expire",
+    )
     assert httpx.post(url, json=body("d", node_id="D", ttl_seconds=3600)).status_code == 201
     own_server.kill()  # at once, no chance to flush: every answered change is already on disk
     own_server.start()
@@ -295,8 +388,22 @@ def test_corrupt_state_file_refuses_to_start_with_a_sentence(own_server: Registr
     assert "state file" in str(err.value) and "fix or move it away" in str(err.value)
 
 
-def test_registered_record_json_is_what_the_docs_promise(registry_server: RegistryProcess, service: str) -> None:
+def test_registered_record_json_is_what_the_docs_promise(
+    registry_server: RegistryProcess, service: str
+) -> None:
     rec = httpx.post(f"{registry_server.url}{nodes_path(service)}", json=body("doc")).json()
-    assert set(rec) == {"name", "cluster_address", "client_address", "monitor_url", "api_url", "node_id",
-                        "registered_at", "create_index", "metadata", "address", "port", "ttl_seconds"}
+    assert set(rec) == {
+        "name",
+        "cluster_address",
+        "client_address",
+        "monitor_url",
+        "api_url",
+        "node_id",
+        "registered_at",
+        "create_index",
+        "metadata",
+        "address",
+        "port",
+        "ttl_seconds",
+    }
     json.dumps(rec)
