@@ -1,0 +1,110 @@
+"""Where NimsForest nodes find each other: a registry client, its backends, and a server.
+
+    reg = open_registry("http://registry:8500", service="nimsforest",
+                        heartbeat_interval=10.0, cache_path=data_dir / "peers.json")
+    record = await reg.register(NodeInfo(name="n1", cluster_address="10.0.0.1:6222",
+                                         node_id=ensure_node_id(data_dir / "node_id")))
+    peers = await reg.list_peers()            # or reg.cached_peers() when unreachable
+    asyncio.create_task(reg.run_heartbeat())
+    async for event in reg.watch_peers(known=peers): ...
+
+Backends by URL scheme: `http(s)://` (the server, `nimsforest registry serve`),
+`file:///path/registry.json?forest=ID` (Morpheus' shared file), `memory://NAME` (tests).
+The contracts are in `Registry`'s docstring, the errors in `registry._errors`, the
+timing rule in `registry._timing`, the HTTP API in docs/REGISTRY.md.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from registry._base import Registry
+from registry._cache import CachedNodes, PeerCache, ensure_node_id
+from registry._errors import RegistryConflict, RegistryError, RegistryRejected, RegistryUnreachable
+from registry._memory import MemoryStore, memory_store
+from registry._model import (
+    NAME_RE,
+    NodeInfo,
+    PeerEvent,
+    PeerEventType,
+    RegistryState,
+    RegistryStatus,
+)
+from registry._timing import Timing, plan_timing
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+SCHEMES = ("http", "https", "file", "memory")
+
+
+def open_registry(
+    url: str,
+    *,
+    service: str = "nimsforest",
+    token: Any = None,
+    heartbeat_interval: float = 10.0,
+    request_timeout: float | None = None,
+    cache_path: str | os.PathLike[str] | None = None,
+) -> Registry:
+    """A Registry for `url`, the backend chosen by its scheme. No I/O besides the cache.
+
+    `token` (a str or a pydantic SecretStr) is sent as a bearer token (http(s) only).
+    `heartbeat_interval` and `request_timeout` follow the timing rule (registry._timing):
+    an interval below 0.1 s is a ValueError, a timeout that breaks the rule is clamped
+    with a warning. With `cache_path`, every successful node list is saved there and
+    `cached_peers()` can answer from it when the registry is down (even after a restart).
+    Raises ValueError (one sentence) for a bad URL, service name or interval.
+    """
+    scheme = urlsplit(url).scheme.lower() if isinstance(url, str) else ""
+    if scheme not in SCHEMES:
+        raise ValueError(
+            f"Registry URL '{url}' must start with http://, https://, file:// or memory://."
+        )
+    timing = plan_timing(heartbeat_interval, request_timeout)
+    if hasattr(token, "get_secret_value"):
+        token = token.get_secret_value()
+    if scheme in ("http", "https"):
+        from registry._http import HttpRegistry
+
+        return HttpRegistry(url, service=service, timing=timing, token=token, cache_path=cache_path)
+    if scheme == "file":
+        from registry._file import FileRegistry
+
+        return FileRegistry(url, service=service, timing=timing, cache_path=cache_path)
+    from registry._memory import MemoryRegistry
+
+    return MemoryRegistry(url, service=service, timing=timing, cache_path=cache_path)
+
+
+def create_app(**kwargs: Any) -> FastAPI:
+    """The registry server's FastAPI app; see `registry._server.create_app` for options."""
+    from registry._server import create_app as _create_app
+
+    return _create_app(**kwargs)
+
+
+__all__ = [
+    "open_registry",
+    "create_app",
+    "Registry",
+    "NodeInfo",
+    "PeerEvent",
+    "PeerEventType",
+    "RegistryState",
+    "RegistryStatus",
+    "RegistryError",
+    "RegistryUnreachable",
+    "RegistryConflict",
+    "RegistryRejected",
+    "PeerCache",
+    "CachedNodes",
+    "ensure_node_id",
+    "memory_store",
+    "MemoryStore",
+    "Timing",
+    "plan_timing",
+    "NAME_RE",
+]

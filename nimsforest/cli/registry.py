@@ -1,0 +1,185 @@
+"""`nimsforest registry`: run a registry server, or look at one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _default_data() -> Path:
+    from nimsforest.settings import default_data_dir
+
+    return default_data_dir() / "registry"
+
+
+@click.group("registry", context_settings={"help_option_names": ["-h", "--help"]})
+def registry() -> None:
+    """Run a NimsForest registry server, or list the nodes a registry knows.
+
+    The HTTP API, the backends and the timing rule are described in docs/REGISTRY.md.
+    """
+
+
+@registry.command("serve")
+@click.option(
+    "--host",
+    default="0.0.0.0",
+    show_default=True,
+    envvar="REGISTRY_HOST",
+    help="Address to listen on (env REGISTRY_HOST).",
+)
+@click.option(
+    "--port",
+    default=8500,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    envvar="REGISTRY_PORT",
+    help="TCP port to listen on (env REGISTRY_PORT).",
+)
+@click.option(
+    "--data",
+    "data",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="REGISTRY_DATA",
+    default=None,
+    help="Directory for the registry's state (state.json), so registrations "
+    "survive a restart (env REGISTRY_DATA; default: <data dir>/registry).",
+)
+@click.option(
+    "--token",
+    envvar="REGISTRY_TOKEN",
+    default=None,
+    help="Require 'Authorization: Bearer TOKEN' on every request (env REGISTRY_TOKEN; "
+    "prefer the env variable: flags show up in ps).",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Log verbosity.",
+)
+def serve(host: str, port: int, data: Path | None, token: str | None, log_level: str) -> None:
+    """Serve the registry HTTP API (register, list, heartbeat, deregister, blocking watch).
+
+    \b
+    Example:
+      nimsforest registry serve --port 8500 --data /var/lib/nimsforest-registry
+    """
+    import uvicorn
+
+    from registry import create_app
+    from registry._store import StateFileError
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    log = logging.getLogger("registry")
+    data_dir = data if data is not None else _default_data()
+    try:
+        app = create_app(data_dir=data_dir, token=token)
+    except StateFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(
+            f"Cannot use {data_dir} for the registry's state: {exc.strerror or exc}."
+        ) from None
+
+    store = app.state.store
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            store.close()  # blocking queries answer at once instead of holding the shutdown
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    shown = f"[{host}]" if ":" in host else host
+    log.info(
+        "Registry serving on http://%s:%d (state in %s, %s).",
+        shown,
+        port,
+        data_dir,
+        "bearer token required" if token else "no token: anyone who can reach it can register",
+    )
+    server = _Server(config)
+    server.run()
+    if not server.started:
+        raise click.ClickException(
+            f"The registry could not listen on {shown}:{port}; see the log above."
+        )
+
+
+@registry.command("nodes")
+@click.option(
+    "--registry-url",
+    envvar="REGISTRY_URL",
+    required=True,
+    help="Registry URL: http(s)://..., file:///...registry.json?forest=ID (env REGISTRY_URL).",
+)
+@click.option(
+    "--registry-service",
+    envvar="REGISTRY_SERVICE_NAME",
+    default="nimsforest",
+    show_default=True,
+    help="Service name (env REGISTRY_SERVICE_NAME).",
+)
+@click.option(
+    "--token", envvar="REGISTRY_TOKEN", default=None, help="Bearer token (env REGISTRY_TOKEN)."
+)
+@click.option(
+    "--timeout", default="10s", show_default=True, help="Give up after this long (e.g. 5s)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def nodes(
+    registry_url: str, registry_service: str, token: str | None, timeout: str, as_json: bool
+) -> None:
+    """List the live nodes of a service, oldest (lowest create index) first."""
+    from nimsforest.settings import parse_duration
+    from registry import RegistryError, open_registry
+
+    try:
+        seconds = parse_duration(timeout)
+        reg = open_registry(
+            registry_url,
+            service=registry_service,
+            token=token,
+            heartbeat_interval=max(seconds, 0.1),
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def fetch() -> list[Any]:
+        async with reg:
+            return await reg.list_nodes()
+
+    try:
+        listed = asyncio.run(fetch())
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps([n.model_dump(mode="json") for n in listed], indent=2))
+        return
+    if not listed:
+        click.echo(f"No live nodes in service {registry_service}.")
+        return
+    click.echo(f"{'INDEX':>6}  {'NAME':<24} {'CLUSTER ADDRESS':<28} REGISTERED")
+    for n in listed:
+        when = n.registered_at.strftime("%Y-%m-%d %H:%M:%S") if n.registered_at else "-"
+        click.echo(
+            f"{n.create_index if n.create_index is not None else '-':>6}  {n.name:<24} "
+            f"{n.cluster_address:<28} {when}"
+        )
