@@ -262,6 +262,8 @@ class ClusterManager:
                 state = PeerState.LEAVING
             elif unreachable(obs, member.name):
                 state = PeerState.OFFLINE
+            elif obs.meta_leader != self.node:
+                state = PeerState.CURRENT if member.name == obs.meta_leader else PeerState.ONLINE
             elif member.current:
                 state = PeerState.CURRENT
             else:

@@ -104,8 +104,9 @@ class Plan:
 
 
 class PeerState(enum.Enum):
-    CURRENT = "current"  # in the meta group and up to date
-    CATCHING_UP = "catching_up"  # in the meta group, online, not current yet
+    CURRENT = "current"  # in the meta group and up to date (as the meta leader sees it)
+    ONLINE = "online"  # in the meta group and reachable (a follower cannot see currency)
+    CATCHING_UP = "catching_up"  # in the meta group, reachable, behind (leader's view)
     OFFLINE = "offline"  # in the meta group, not heard from
     LEAVING = "leaving"  # offline and gone from the registry: removed after the grace period
     REGISTERED = "registered"  # in the registry, not (yet) in the meta group

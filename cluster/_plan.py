@@ -4,7 +4,9 @@ Rules, in order (each one is local to this node or cluster-wide):
 
 1. Routes (local). With the registry answering, route to exactly its peers; with the
    registry down, change nothing (the cluster keeps running on the routes it has).
-2. Witness (local). Retire our witness once another node is a current meta member.
+2. Witness (local). Retire our witness once another node is a meta member (the leader
+   admitted it) that is online and routed to us. (A meta follower cannot tell whether
+   a member is current: /jsz reports `current` only from the leader's point of view.)
 3. Departures (cluster-wide, by the acting node). A meta member that is unreachable AND
    absent from the registry for the grace period is removed from the meta group
    (JetStream peer-remove). Without the registry's word nobody is removed.
@@ -87,7 +89,7 @@ def plan(obs: Observation, memory: Memory, tuning: Tuning = Tuning()) -> Plan:
             actions.append(SetRoutes(wanted, added, removed))
 
     # 2. witness
-    if obs.witness and obs.meta_leader and any(m.current and not m.offline for m in obs.nodes):
+    if obs.witness and obs.meta_leader and any(not unreachable(obs, m.name) for m in obs.nodes):
         actions.append(RetireWitness())
 
     # 3. departures

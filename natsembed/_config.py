@@ -15,6 +15,8 @@ from natsembed._credentials import Credentials, write_private
 from natsembed.errors import ConfigInvalid
 
 _FROZEN = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+SYSTEM_ACCOUNT = "SYS"  # also the name of the system account's directory in the store
+APP_ACCOUNT = "APP"
 
 
 def hostport(host: str, port: int) -> str:
@@ -97,7 +99,9 @@ _env.filters["q"] = _quote
 
 def render_config(config: ServerConfig, generator: str = "natsembed") -> str:
     """The nats.conf text for `config`."""
-    return _env.get_template("nats.conf.j2").render(c=config, generator=generator)
+    return _env.get_template("nats.conf.j2").render(
+        c=config, generator=generator, system_account=SYSTEM_ACCOUNT, app_account=APP_ACCOUNT
+    )
 
 
 async def check_config(binary: Path, text: str, workdir: Path) -> None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict
 
 from natsembed._config import (
+    SYSTEM_ACCOUNT,
     ClusterConfig,
     JetStreamConfig,
     ServerConfig,
@@ -137,7 +138,7 @@ class _Witness:
 
 def has_meta_state(data_dir: Path) -> bool:
     """True when the node in `data_dir` has JetStream cluster state (a meta log)."""
-    return (data_dir / "store" / "jetstream" / "$SYS" / "_js_" / "_meta_").is_dir()
+    return (data_dir / "store" / "jetstream" / SYSTEM_ACCOUNT / "_js_" / "_meta_").is_dir()
 
 
 async def _wait_listening(host: str, port: int, abort: asyncio.Future[None], timeout: float) -> None:

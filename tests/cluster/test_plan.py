@@ -60,13 +60,16 @@ def test_peer_gone_from_registry_loses_its_route() -> None:
     assert SetRoutes((), removed=("10.0.0.2:6222",)) in p.actions
 
 
-def test_witness_retired_once_a_peer_is_current() -> None:
+def test_witness_retired_once_a_peer_is_an_online_member() -> None:
     members = (MetaMember("n1-witness-a", True, False), MetaMember("n2", False, False))
-    base = obs(witness="n1-witness-a", meta_members=members, routed=frozenset({"n2"}),
+    base = obs(witness="n1-witness-a", meta_members=members, routed=frozenset(),
                registry_peers=(RegistryPeer("n2", "h2:6222"),), routes=("h2:6222",))
-    assert not any(isinstance(a, RetireWitness) for a in plan(base, FRESH).actions)
-    members = (MetaMember("n1-witness-a", True, False), MetaMember("n2", True, False))
-    assert RetireWitness() in plan(replace(base, meta_members=members), FRESH).actions
+    assert not any(isinstance(a, RetireWitness) for a in plan(base, FRESH).actions)  # not routed yet
+    offline = (MetaMember("n1-witness-a", True, False), MetaMember("n2", False, True))
+    routed = replace(base, routed=frozenset({"n2"}))
+    assert not any(isinstance(a, RetireWitness) for a in plan(replace(routed, meta_members=offline), FRESH).actions)
+    assert RetireWitness() in plan(routed, FRESH).actions
+    assert not any(isinstance(a, RetireWitness) for a in plan(replace(routed, meta_leader=None), FRESH).actions)
 
 
 def test_second_node_scales_streams_to_r2_without_counting_the_witness() -> None:

@@ -36,11 +36,17 @@ async def wait_cluster(node: NodeProcess, size: int, rf: int, timeout: float = 9
 
 
 async def publish(node: NodeProcess, count: int, subject: str = "river.e2e") -> None:
+    """Publish 0..count-1, each retried until JetStream acknowledges it (a stream may be
+    electing a leader right after a node died)."""
     nc = await nats.connect(node.client_url())
     try:
         js = nc.jetstream()
         for i in range(count):
-            await js.publish(subject, str(i).encode())
+            async def acked(i: int = i) -> bool:
+                await js.publish(subject, str(i).encode(), timeout=2)
+                return True
+
+            await eventually(acked, timeout=30, what=f"message {i} acknowledged")
     finally:
         await nc.close()
 

@@ -250,3 +250,13 @@ async def test_routes_need_the_shared_secret(embedded: Factory) -> None:
     with pytest.raises(StartFailed, match="no meta leader"):
         await b.start()
     assert "b" not in (await a.monitor.routez()).remote_names
+
+
+async def test_meta_state_is_detected_after_a_first_boot(embedded: Factory) -> None:
+    from natsembed import has_meta_state
+
+    node = embedded("n1")
+    assert not has_meta_state(node.config.data_dir)
+    await node.start()
+    await node.stop()
+    assert has_meta_state(node.config.data_dir)
