@@ -59,16 +59,18 @@ class NodeProcess:
 
     def __init__(self, command: str, data_dir: Path, *, host: str = "127.0.0.1",
                  extra: list[str] | None = None, env: dict[str, str] | None = None,
-                 name: str = "n1") -> None:
+                 name: str = "n1", wrapper: list[str] | None = None,
+                 ports: tuple[int, int, int, int] | None = None) -> None:
         self.name = name
         self.host = host
         self.data_dir = data_dir
-        self.client_port = free_port(host)
-        self.cluster_port = free_port(host)
-        self.monitor_port = free_port(host)
-        self.api_port = free_port(host)
+        # `wrapper` runs the node elsewhere (e.g. `ip netns exec NS`), where the default
+        # ports can be given explicitly because that network stack is the node's own.
+        self.client_port, self.cluster_port, self.monitor_port, self.api_port = ports or (
+            free_port(host), free_port(host), free_port(host), free_port(host)
+        )
         self.args = [
-            sys.executable, "-m", "nimsforest", command,
+            *(wrapper or []), sys.executable, "-m", "nimsforest", command,
             "--node-name", name,
             "--data-dir", str(data_dir),
             "--client-port", str(self.client_port),
