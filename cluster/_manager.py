@@ -65,6 +65,7 @@ class ClusterManager:
         self._gone_since: dict[str, float] = {}
         self._leaderless_since: float | None = None
         self._known_registry: dict[str, str] = {}
+        self._monitor_urls: dict[str, str] = {}
         self._known_members: set[str] | None = None
         self._rf: int | None = None
         self._sentence = "starting"
@@ -75,6 +76,8 @@ class ClusterManager:
         """Peers already announced at start ("Discovered peer ..." is not logged twice)."""
         for p in peers:  # type: ignore[attr-defined]
             self._known_registry[p.name] = p.cluster_address
+            if p.monitor_url:
+                self._monitor_urls[p.name] = p.monitor_url
 
     # --- the loop --------------------------------------------------------------------------
     def wake(self) -> None:
@@ -127,7 +130,7 @@ class ClusterManager:
         if self.registry is not None:
             try:
                 peers = await self.registry.list_peers()
-                registry_peers = tuple(RegistryPeer(p.name, p.cluster_address) for p in peers)
+                registry_peers = tuple(RegistryPeer(p.name, p.cluster_address, p.monitor_url) for p in peers)
             except Exception as exc:  # noqa: BLE001 - unreachable: keep running on what we have
                 log.debug("Registry did not answer: %s", exc)
         nats_ok = True
@@ -151,7 +154,9 @@ class ClusterManager:
             try:
                 views = await cluster_streams(self.conn, timeout=2.0)
                 streams = tuple(
-                    StreamState(v.name, v.replicas, v.leader, v.current, v.lagging) for v in views if v.owned
+                    StreamState(v.name, v.replicas, v.leader, v.current, v.lagging, v.messages, v.consumers)
+                    for v in views
+                    if v.owned
                 )
             except Exception as exc:  # noqa: BLE001 - no stream actions this cycle
                 log.debug("Stream list failed: %s", exc)
@@ -255,6 +260,8 @@ class ClusterManager:
         registry_addr = {p.name: p.cluster_address for p in obs.registry_peers or ()}
         if obs.registry_peers is None:
             registry_addr = dict(self._known_registry)
+        else:
+            self._monitor_urls.update({p.name: p.monitor_url for p in obs.registry_peers if p.monitor_url})
         peers: list[PeerStatus] = []
         for member in obs.nodes:
             since = self._gone_since.get(member.name)
@@ -276,12 +283,14 @@ class ClusterManager:
                     in_registry=member.name in registry_addr,
                     routed=member.name in obs.routed,
                     gone_for=(obs.at - since) if since is not None else None,
+                    monitor_url=self._monitor_urls.get(member.name),
                 )
             )
         in_meta = {m.name for m in obs.nodes}
         for name, addr in sorted(registry_addr.items()):
             if name not in in_meta:
-                peers.append(PeerStatus(name, PeerState.REGISTERED, addr, True, name in obs.routed))
+                peers.append(PeerStatus(name, PeerState.REGISTERED, addr, True, name in obs.routed,
+                                        monitor_url=self._monitor_urls.get(name)))
         return ClusterStatus(
             node=self.node,
             size=obs.size,

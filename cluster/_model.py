@@ -12,6 +12,7 @@ from nimsforest.marks import is_witness
 class RegistryPeer:
     name: str
     cluster_address: str
+    monitor_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class StreamState:
     leader: str | None
     current: bool  # every replica current and online
     lagging: tuple[str, ...] = ()
+    messages: int = 0
+    consumers: int = 0
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,7 @@ class PeerStatus:
     in_registry: bool
     routed: bool
     gone_for: float | None = None  # seconds since it went offline and left the registry
+    monitor_url: str | None = None
 
 
 @dataclass(frozen=True)

@@ -94,11 +94,8 @@ def cluster_health(node: Node) -> tuple[int, dict[str, Any]]:
         "peers": [
             {**asdict(p), "state": p.state.value} for p in status.peers
         ],
-        "streams": [
-            {"name": s.name, "replicas": s.replicas, "leader": s.leader, "current": s.current,
-             "lagging": list(s.lagging)}
-            for s in status.streams
-        ],
+        "streams": [_stream_doc(s) for s in status.streams],
+        "monitor_url": _self_monitor_url(node),
         "registry_ok": status.registry_ok,
         "last_sentence": status.sentence,
         "last_cycle_at": _iso(status.cycle_at),
@@ -107,6 +104,15 @@ def cluster_health(node: Node) -> tuple[int, dict[str, Any]]:
     if problems_:
         body["problems"] = problems_
     return (503 if problems_ else 200), body
+
+
+def _stream_doc(s: Any) -> dict[str, Any]:
+    return {"name": s.name, "replicas": s.replicas, "leader": s.leader, "current": s.current,
+            "lagging": list(s.lagging), "messages": s.messages, "consumers": s.consumers}
+
+
+def _self_monitor_url(node: Node) -> str | None:
+    return node.embedded.monitor_url if node.embedded is not None else None
 
 
 def _standalone_cluster(node: Node) -> tuple[int, dict[str, Any]]:
@@ -126,11 +132,8 @@ def _standalone_cluster(node: Node) -> tuple[int, dict[str, Any]]:
         "meta_leader": view.meta_leader if view else None,
         "witness": view.witness if view else None,
         "peers": [],
-        "streams": [
-            {"name": s.name, "replicas": s.replicas, "leader": s.leader, "current": s.current,
-             "lagging": list(s.lagging)}
-            for s in streams if s.owned
-        ],
+        "streams": [_stream_doc(s) for s in streams if s.owned],
+        "monitor_url": _self_monitor_url(node),
         "registry_ok": None,
         "last_sentence": f"{node.mode.value}: no registry, no peers to manage",
         "last_cycle_at": _iso(view.observed_at) if view else None,

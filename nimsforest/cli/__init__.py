@@ -21,6 +21,7 @@ _COMMANDS: dict[str, str] = {
     "run": "nimsforest.cli.node:run",
     "standalone": "nimsforest.cli.node:standalone",
     "bench": "nimsforest.cli.bench:bench",
+    "cluster": "nimsforest.cli.cluster:cluster",
     "registry": "nimsforest.cli.registry:registry",
 }
 _ALIASES: dict[str, str] = {"start": "run"}

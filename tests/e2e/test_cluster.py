@@ -52,20 +52,25 @@ async def publish(node: NodeProcess, count: int, subject: str = "river.e2e") -> 
 
 
 async def stored(node: NodeProcess, subject: str = "river.e2e") -> list[int]:
-    """Every payload on `subject`, read back through `node`."""
-    nc = await nats.connect(node.client_url())
-    try:
-        js = nc.jetstream()
-        sub = await js.pull_subscribe(subject, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
-        out: list[int] = []
-        while True:
-            try:
-                msgs = await sub.fetch(500, timeout=2)
-            except nats.errors.TimeoutError:
-                return out
-            out += [int(m.data) for m in msgs]
-    finally:
-        await nc.close()
+    """Every payload on `subject`, read back through `node` (retried while a stream or
+    its consumer is changing leader)."""
+
+    async def read() -> tuple[list[int]]:
+        nc = await nats.connect(node.client_url())
+        try:
+            js = nc.jetstream()
+            sub = await js.pull_subscribe(subject, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+            out: list[int] = []
+            while True:
+                try:
+                    msgs = await sub.fetch(500, timeout=2)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    return (out,)
+                out += [int(m.data) for m in msgs]
+        finally:
+            await nc.close()
+
+    return (await eventually(read, timeout=30, what=f"read back {subject} through {node.name}"))[0]
 
 
 async def test_one_node_serves_alone(forest: Forest) -> None:
@@ -100,6 +105,25 @@ async def test_grows_to_r2_then_r3_keeping_data(forest: Forest) -> None:
     assert "Replication factor adjusted to 3" in n1.log()
     for node in (n1, n2, n3):
         assert await stored(node) == list(range(100))
+    check_cluster_status_cli(n1)
+
+
+def check_cluster_status_cli(node: NodeProcess) -> None:
+    import json
+
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "nimsforest", "cluster", "status", "--api", f"{node.host}:{node.api_port}", *a],
+        capture_output=True, text=True, timeout=60,
+    )
+    table = run()
+    assert table.returncode == 0, table.stderr
+    for word in ("MEMBERS", "STREAMS", "n1", "n2", "n3", "RIVER", "KV_SOIL", "current"):
+        assert word in table.stdout, word
+    doc = json.loads(run("--json").stdout)
+    assert doc["cluster"]["size"] == 3
+    assert {n["name"] for n in doc["nodes"]} == {"n1", "n2", "n3"}
+    assert all(n.get("jetstream_ok") for n in doc["nodes"]), doc["nodes"]
+    assert {s["name"]: s["replicas"] for s in doc["cluster"]["streams"]} == {"HUMUS": 3, "KV_SOIL": 3, "RIVER": 3}
 
 
 async def test_three_nodes_started_at_once_form_one_cluster(forest: Forest) -> None:

@@ -1,0 +1,63 @@
+"""How client commands reach the running daemon: its management API at NIMSFOREST_API."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import httpx
+
+from nimsforest.cli._common import EXIT_FAILURE, fail
+from nimsforest.settings import parse_hostport
+
+
+def daemon_url(api: str | None = None) -> str:
+    """The daemon's base URL from --api, else NIMSFOREST_API, else 127.0.0.1:8080."""
+    value = api or os.environ.get("NIMSFOREST_API") or "127.0.0.1:8080"
+    try:
+        host, port = parse_hostport(value)
+    except ValueError as exc:
+        fail(f"Invalid NIMSFOREST_API / --api: {exc}.", 2)
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class DaemonClient:
+    """A short-lived async client of one daemon's management API."""
+
+    def __init__(self, api: str | None = None, timeout: float = 10.0) -> None:
+        self.base = daemon_url(api)
+        token = os.environ.get("NIMSFOREST_API_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.AsyncClient(base_url=self.base, timeout=timeout, headers=headers, trust_env=False)
+
+    async def __aenter__(self) -> DaemonClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.aclose()
+
+    async def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            return await self._client.request(method, path, **kw)
+        except httpx.ConnectError:
+            fail(f"No NimsForest daemon is running at {self.base} (set NIMSFOREST_API or --api).", EXIT_FAILURE)
+        except httpx.TimeoutException:
+            fail(f"The NimsForest daemon at {self.base} did not answer in time.", EXIT_FAILURE)
+        except httpx.HTTPError as exc:
+            fail(f"Cannot talk to the NimsForest daemon at {self.base}: {exc}.", EXIT_FAILURE)
+
+    async def get_json(self, path: str, *, ok: tuple[int, ...] = (200,)) -> Any:
+        resp = await self.request("GET", path)
+        return self.json_or_fail(resp, ok)
+
+    def json_or_fail(self, resp: httpx.Response, ok: tuple[int, ...]) -> Any:
+        try:
+            body = resp.json()
+        except ValueError:
+            fail(f"The daemon at {self.base} answered {resp.status_code} with something that is not JSON.")
+        if resp.status_code not in ok:
+            message = body.get("error") if isinstance(body, dict) else None
+            fail(message or f"The daemon at {self.base} answered {resp.status_code}.")
+        return body
