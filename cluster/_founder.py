@@ -81,12 +81,15 @@ async def decide_role(
     has_state: bool,
     probe: Probe = probe_ready,
     retry_interval: float = 2.0,
+    after_first_attempt: Callable[[], None] | None = None,
 ) -> Startup:
     """Register `info`, then decide this node's role from the live nodes.
 
     Raises RegistryConflict when the name is held by another live node. Waits (retrying
     every `retry_interval`) while the registry is unreachable for a fresh node without
-    cached peers, or while no older node is ready yet.
+    cached peers, or while no older node is ready yet. `after_first_attempt` is called
+    once after the first registration attempt, whatever its outcome: the caller starts
+    the heartbeat loop there, so the record does not expire while this node waits.
     """
     from registry import RegistryUnreachable
 
@@ -97,9 +100,15 @@ async def decide_role(
             said.add(key)
             log.info(message, *args)
 
+    first = True
     while True:
         try:
-            record = await registry.register(info)
+            try:
+                record = await registry.register(info)
+            finally:
+                if first and after_first_attempt is not None:
+                    after_first_attempt()
+                first = False
             nodes = await registry.list_nodes()
         except RegistryUnreachable as exc:
             cached = tuple(registry.cached_peers())

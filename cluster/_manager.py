@@ -32,6 +32,7 @@ from cluster._model import (
 )
 from cluster._plan import Memory, Tuning, gone, plan, replication_factor, unreachable
 from cluster._replication import scale_streams
+from natsembed.errors import reason
 
 if TYPE_CHECKING:
     from natsembed import EmbeddedNats
@@ -91,7 +92,7 @@ class ClusterManager:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the loop lives on; the error is the sentence
-                self._say(f"cycle failed: {exc or type(exc).__name__}", error=True)
+                self._say(f"cycle failed: {reason(exc)}", error=True)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             self._wake.clear()
@@ -152,7 +153,7 @@ class ClusterManager:
             nats_ok = False
         if nats_ok and meta_leader and self.conn.is_connected:
             try:
-                views = await cluster_streams(self.conn, timeout=2.0)
+                views = await cluster_streams(self.conn)
                 streams = tuple(
                     StreamState(v.name, v.replicas, v.leader, v.current, v.lagging, v.messages, v.consumers)
                     for v in views
@@ -227,7 +228,7 @@ class ClusterManager:
                 await scale_streams(self.conn, action.streams, action.replicas)
             return describe(action)
         except Exception as exc:  # noqa: BLE001 - reported as this cycle's sentence
-            return f"{describe(action)} failed: {exc or type(exc).__name__}"
+            return f"{describe(action)} failed: {reason(exc)}"
 
     async def _rescue(self, action: Rescue) -> None:
         log.warning(

@@ -7,6 +7,8 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from natsembed.errors import reason
+
 if TYPE_CHECKING:
     from nimsforest.connection import ConnectionManager
 
@@ -29,6 +31,6 @@ async def scale_streams(conn: ConnectionManager, names: Sequence[str], replicas:
             await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
             log.debug("Stream %s now has %d replicas", name, replicas)
         except Exception as exc:  # noqa: BLE001 - collected and reported together
-            failed.append(f"{name} ({exc or type(exc).__name__})")
+            failed.append(f"{name} ({reason(exc)})")
     if failed:
         raise RuntimeError("could not scale " + ", ".join(failed))

@@ -45,7 +45,6 @@ from natsembed.errors import (
 )
 
 
-
 def __getattr__(name: str) -> object:
     # SystemClient needs nats-py; it is imported only by those who use it.
     if name == "SystemClient":

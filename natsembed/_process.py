@@ -53,7 +53,8 @@ _LEVELS = {
 _BENIGN_RE = re.compile(
     r"Healthcheck failed|Waiting for routing|not established contact with a meta leader|"
     r"Metalayer blocking snapshot|JetStream cluster no metadata leader|Plaintext passwords|"
-    r"Error trying to connect to route|connect: connection refused"
+    r"Error trying to connect to route|connect: connection refused|detected stream remapping|"
+    r"is not current with the meta leader"
 )
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
 from natsembed.errors import SystemRequestFailed
 

@@ -38,3 +38,8 @@ class NotReady(NatsEmbedError):
 
 class SystemRequestFailed(NatsEmbedError):
     pass
+
+
+def reason(exc: BaseException) -> str:
+    """An exception as text for a log line: its message, or its type when it has none."""
+    return str(exc) or type(exc).__name__

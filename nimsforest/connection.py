@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import nats
 from nats.aio.client import Client
 
 from nimsforest import metrics

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict
 
 from natsembed import EmbeddedNats, MonitorClient, ProcessState
+from natsembed.errors import reason
 from nimsforest.marks import OWNER_KEY, OWNER_VALUE, is_witness
 
 if TYPE_CHECKING:
@@ -74,7 +75,12 @@ class NatsView(BaseModel):
         return tuple(s.name[3:] for s in self.streams if s.name.startswith("KV_"))
 
 
-async def cluster_streams(conn: ConnectionManager, timeout: float = 2.0) -> tuple[StreamView, ...]:
+# The meta leader answers a stream list only after asking every stream leader, which can
+# take seconds while streams move (a node joined, a replica count changed).
+STREAM_LIST_TIMEOUT = 5.0
+
+
+async def cluster_streams(conn: ConnectionManager, timeout: float = STREAM_LIST_TIMEOUT) -> tuple[StreamView, ...]:
     """Every stream of the application account, cluster-wide, via the JetStream API."""
     js = conn.nc.jetstream(timeout=timeout)
     infos = await asyncio.wait_for(js.streams_info(), timeout)
@@ -138,12 +144,12 @@ class NatsObserver:
                     names = {jsz.server_name or self.node_name, *meta.members}
                     fields["members"] = tuple(sorted(n for n in names if not is_witness(n)))
             except Exception as exc:  # noqa: BLE001 - reported in the view
-                errors.append(f"monitoring port did not answer: {exc or type(exc).__name__}")
+                errors.append(f"monitoring port did not answer: {reason(exc)}")
         if self.conn.is_connected and (self.monitor is None or fields.get("meta_leader")):
             try:
-                fields["streams"] = await cluster_streams(self.conn, timeout=max(1.0, self.interval * 2))
+                fields["streams"] = await cluster_streams(self.conn, timeout=STREAM_LIST_TIMEOUT)
             except Exception as exc:  # noqa: BLE001 - reported in the view
-                errors.append(f"JetStream did not list its streams: {exc or type(exc).__name__}")
+                errors.append(f"JetStream did not list its streams: {reason(exc)}")
         error = "; ".join(errors) or None
         fields["error"] = error
         if error != self._last_error:
@@ -158,18 +164,18 @@ class NatsObserver:
     async def run(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self.observe_once(), max(self.interval * 3, 3.0))
+                await asyncio.wait_for(self.observe_once(), STREAM_LIST_TIMEOUT + 3.0)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the loop lives on
                 if str(exc) != self._last_error:
-                    log.warning("Health observer failed: %s", exc or type(exc).__name__)
+                    log.warning("Health observer failed: %s", reason(exc))
                     self._last_error = str(exc)
             await asyncio.sleep(self.interval)
 
     def is_stale(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
-        return now - self.view.observed_at > max(5.0, self.interval * 5)
+        return now - self.view.observed_at > STREAM_LIST_TIMEOUT + 5.0 + self.interval * 2
 
 
 def problems(view: NatsView, required_streams: tuple[str, ...], stale: bool) -> list[str]:

@@ -32,6 +32,7 @@ from natsembed import (
     has_meta_state,
     hostport,
 )
+from natsembed.errors import reason
 from nimsforest import __version__
 from nimsforest.health import NatsObserver, NodeMode
 from nimsforest.settings import Settings
@@ -106,9 +107,9 @@ async def ensure_streams(
             if attempt == attempts:
                 raise RuntimeError(
                     f"JetStream did not accept the streams after {attempts} attempts: "
-                    f"{exc or type(exc).__name__}"
+                    f"{reason(exc)}"
                 ) from None
-            log.warning("JetStream not ready for streams (%s); retrying in %.1fs", exc or type(exc).__name__, delay)
+            log.warning("JetStream not ready for streams (%s); retrying in %.1fs", reason(exc), delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
@@ -237,8 +238,7 @@ class Node:
         await self.api.start()
         log.info("Management API at http://%s:%d", host, self.api.port)
         assert self.observer is not None
-        await self.observer.observe_once()
-        self._spawn(self.observer.run(), "nats-observer")
+        self._spawn(self.observer.run(), "nats-observer")  # /health answers from its first look
         if self.mode is NodeMode.CLUSTER:
             self._start_cluster_loops()
         self.state = NodeState.READY
@@ -275,7 +275,11 @@ class Node:
             heartbeat_interval=s.registry_heartbeat_interval,
             cache_path=s.data_dir / "peers.json",
         )
-        startup = await decide_role(self.registry, self.self_info(), has_state=has_meta_state(s.data_dir))
+        registry = self.registry
+        startup = await decide_role(
+            registry, self.self_info(), has_state=has_meta_state(s.data_dir),
+            after_first_attempt=lambda: self._spawn(registry.run_heartbeat(), "registry-heartbeat"),
+        )
         if startup.record is not None:
             log.info("Registered in registry at %s", self.registry.url)
         for peer in startup.peers:
@@ -344,7 +348,6 @@ class Node:
             on_replication=on_replication,
         )
         self.manager.seed_known(self.startup.peers if self.startup else ())
-        self._spawn(self.registry.run_heartbeat(), "registry-heartbeat")
         self._spawn(self._watch_registry(), "registry-watch")
         self._spawn(self.manager.run(), "cluster-reconcile")
 
@@ -371,7 +374,7 @@ class Node:
                 await asyncio.wait_for(self.registry.deregister(), 5.0)
                 log.info("Deregistered from registry at %s", self.registry.url)
             except Exception as exc:  # noqa: BLE001 - the record expires after its TTL anyway
-                log.warning("Could not deregister (%s); the record expires after its TTL", exc or type(exc).__name__)
+                log.warning("Could not deregister (%s); the record expires after its TTL", reason(exc))
             await self.registry.close()
         if self.conn is not None:
             await self.conn.close()

@@ -44,7 +44,6 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
-import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402

@@ -12,6 +12,7 @@ as `nimsforest run ...`.
 from __future__ import annotations
 
 import importlib
+
 import click
 
 from nimsforest import __version__

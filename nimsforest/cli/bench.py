@@ -12,6 +12,7 @@ import click
 
 _BENCHES: dict[str, str] = {
     "startup": "nimsforest.bench.startup:command",
+    "cluster": "nimsforest.bench.cluster:command",
 }
 
 

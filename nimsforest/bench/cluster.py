@@ -1,0 +1,294 @@
+"""`nimsforest bench cluster`: peer join latency and failover, next to bare nats-server.
+
+All in one run on this machine (nodes on 127.0.0.1-3, a real registry):
+
+join     NimsForest: a node's start -> the first node sees the cluster at the new size and
+         every owned stream at the new replication factor, all replicas current. Measured
+         for 1->2 (target: within 3 s) and 2->3.
+         Bare: a third nats-server started beside a two-server cluster -> the meta group
+         has 3 members and a script has scaled the stream to R3 with every replica current.
+         (Bare nats-server cannot run a lone clustered JetStream server, so there is no
+         bare 1->2 step.)
+failover kill -9 of the node leading RIVER while a client on a survivor publishes ->
+         the first acknowledged publish after the kill (target: bare + 1 s), then every
+         acknowledged message is read back (target: none lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import httpx
+import nats
+from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
+
+from natsembed import (
+    ClusterConfig,
+    JetStreamConfig,
+    ServerConfig,
+    find_nats_server,
+    free_port,
+    load_or_create,
+    render_config,
+)
+
+SECRET = "bench-secret"
+HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+
+
+# --- processes ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class Proc:
+    name: str
+    host: str
+    client_port: int
+    monitor_port: int
+    popen: subprocess.Popen[bytes]
+    url: str  # client URL with credentials
+    api: str | None = None
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM if self.api else signal.SIGINT)
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def start_registry(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    p = subprocess.Popen([sys.executable, "-m", "nimsforest", "registry", "serve", "--host", "127.0.0.1",
+                          "--port", str(port), "--data", str(root / "registry")],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    _wait(lambda: _get(url + "/v1/health") is not None, 30, "registry")
+    return p, url
+
+
+def start_node(root: Path, name: str, host: str, registry: str) -> Proc:
+    ports = [free_port(host) for _ in range(4)]
+    data = root / name
+    args = [sys.executable, "-m", "nimsforest", "run", "--node-name", name, "--data-dir", str(data),
+            "--client-port", str(ports[0]), "--cluster-port", str(ports[1]), "--monitor-port", str(ports[2]),
+            "--api", f"{host}:{ports[3]}", "--bind", host, "--registry-url", registry,
+            "--cluster-secret", SECRET, "--log-level", "warning"]
+    env = {**os.environ, "REGISTRY_HEARTBEAT_INTERVAL": "1s", "CLUSTER_RECONCILE_INTERVAL": "0.5s"}
+    popen = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return Proc(name, host, ports[0], ports[2], popen, "", api=f"http://{host}:{ports[3]}")
+
+
+def node_url(root: Path, proc: Proc) -> str:
+    c = load_or_create(root / proc.name).with_cluster_secret(SECRET)
+    return f"nats://{c.app_user}:{c.app_password}@{proc.host}:{proc.client_port}"
+
+
+def start_bare(root: Path, binary: Path, names: list[str], cluster_ports: dict[str, int]) -> list[Proc]:
+    """Bare nats-servers in one cluster, every route configured (no supervisor, no witness)."""
+    procs = []
+    for name in names:
+        host = HOSTS[int(name[-1]) - 1]
+        creds = load_or_create(root / f"bare-{name}").with_cluster_secret(SECRET)
+        client, monitor = free_port(host), free_port(host)
+        routes = tuple(f"{HOSTS[int(n[-1]) - 1]}:{p}" for n, p in cluster_ports.items() if n != name)
+        cfg = ServerConfig(
+            server_name=name, client_listen=f"{host}:{client}", monitor_listen=f"{host}:{monitor}",
+            jetstream=JetStreamConfig(store_dir=root / f"bare-{name}" / "store"),
+            cluster=ClusterConfig(name="bare", listen=f"{host}:{cluster_ports[name]}",
+                                  advertise=f"{host}:{cluster_ports[name]}", routes=routes),
+            credentials=creds,
+        )
+        conf = root / f"bare-{name}.conf"
+        conf.write_text(render_config(cfg))
+        popen = subprocess.Popen([str(binary), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        procs.append(Proc(name, host, client, monitor, popen,
+                          f"nats://{creds.app_user}:{creds.app_password}@{host}:{client}"))
+    return procs
+
+
+# --- polling -------------------------------------------------------------------------------
+def _get(url: str) -> dict | None:
+    try:
+        r = httpx.get(url, timeout=2, trust_env=False)
+        return r.json() if r.status_code in (200, 503) else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def _wait(check, timeout: float, what: str, pause: float = 0.02) -> float:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return time.monotonic()
+        time.sleep(pause)
+    raise click.ClickException(f"timed out waiting for {what}")
+
+
+def cluster_ready(api: str, size: int) -> bool:
+    doc = _get(api + "/health/cluster")
+    if not doc or doc.get("size") != size:
+        return False
+    rf = min(size, 3)
+    streams = doc.get("streams", [])
+    return bool(streams) and all(s["replicas"] == rf and s["current"] for s in streams)
+
+
+async def bare_scaled(url: str, monitor: str, size: int) -> bool:
+    jsz = _get(monitor + "/jsz")
+    meta = (jsz or {}).get("meta_cluster") or {}
+    if meta.get("cluster_size", 0) < size or len(meta.get("replicas") or []) + 1 < size:
+        return False
+    nc = await nats.connect(url, connect_timeout=2)
+    try:
+        js = nc.jetstream(timeout=2)
+        info = await js.stream_info("RIVER")
+        if info.config.num_replicas != size:
+            await js.update_stream(dataclasses.replace(info.config, num_replicas=size))
+            return False
+        reps = (info.cluster.replicas or []) if info.cluster else []
+        return len(reps) == size - 1 and all(r.current for r in reps)
+    except Exception:  # noqa: BLE001 - not ready yet
+        return False
+    finally:
+        await nc.close()
+
+
+# --- failover ------------------------------------------------------------------------------
+async def failover(writer_url: str, victim: Proc, reader_url: str) -> tuple[float, int, int]:
+    """Publish from a survivor, kill -9 the victim; (seconds to the next ack, acked, lost)."""
+    nc = await nats.connect(writer_url)
+    js = nc.jetstream()
+    acked: list[int] = []
+    killed_at = 0.0
+    first_after = 0.0
+    i = 0
+    while True:
+        if len(acked) == 200 and not killed_at:
+            victim.kill()
+            killed_at = time.monotonic()
+        try:
+            await js.publish("river.bench", str(i).encode(), timeout=0.5)
+            acked.append(i)
+            if killed_at and not first_after:
+                first_after = time.monotonic()
+        except Exception:  # noqa: BLE001 - the stream is electing a leader
+            await asyncio.sleep(0.01)
+        i += 1
+        if first_after and len(acked) >= 400:
+            break
+        if killed_at and time.monotonic() - killed_at > 60:
+            raise click.ClickException("no publish succeeded within 60s of the kill")
+    await nc.close()
+    got: set[int] = set()
+    rc = await nats.connect(reader_url)
+    try:
+        sub = await rc.jetstream().pull_subscribe("river.bench",
+                                                  config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+        while True:
+            try:
+                msgs = await sub.fetch(1000, timeout=2)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                break
+            got.update(int(m.data) for m in msgs)
+    finally:
+        await rc.close()
+    return first_after - killed_at, len(acked), len([a for a in acked if a not in got])
+
+
+def river_leader(api_or_url: str) -> str:
+    doc = _get(api_or_url + "/health/cluster") or {}
+    return next(s["leader"] for s in doc.get("streams", []) if s["name"] == "RIVER")
+
+
+# --- the benchmark -------------------------------------------------------------------------
+def run_nimsforest(root: Path) -> dict[str, float]:
+    reg, reg_url = start_registry(root)
+    nodes: list[Proc] = []
+    try:
+        nodes.append(start_node(root, "n1", HOSTS[0], reg_url))
+        _wait(lambda: cluster_ready(nodes[0].api, 1), 60, "n1 ready")  # type: ignore[arg-type]
+        t0 = time.monotonic()
+        nodes.append(start_node(root, "n2", HOSTS[1], reg_url))
+        join2 = _wait(lambda: cluster_ready(nodes[0].api, 2), 60, "size 2 at R2") - t0  # type: ignore[arg-type]
+        t0 = time.monotonic()
+        nodes.append(start_node(root, "n3", HOSTS[2], reg_url))
+        join3 = _wait(lambda: cluster_ready(nodes[0].api, 3), 60, "size 3 at R3") - t0  # type: ignore[arg-type]
+        leader = river_leader(nodes[0].api)  # type: ignore[arg-type]
+        victim = next(n for n in nodes if n.name == leader)
+        survivor = next(n for n in nodes if n is not victim)
+        fo, acked, lost = asyncio.run(failover(node_url(root, survivor), victim, node_url(root, survivor)))
+        return {"join_1_2": join2, "join_2_3": join3, "failover": fo, "acked": acked, "lost": lost}
+    finally:
+        for n in nodes:
+            n.stop()
+        reg.terminate()
+        reg.wait()
+
+
+def run_bare(root: Path) -> dict[str, float]:
+    binary = find_nats_server()
+    cports = {f"b{i}": free_port(HOSTS[i - 1]) for i in (1, 2, 3)}
+    procs = start_bare(root, binary, ["b1", "b2"], cports)
+    try:
+        mon = lambda p: f"http://{p.host}:{p.monitor_port}"  # noqa: E731
+        _wait(lambda: _get(mon(procs[0]) + "/healthz?js-meta-only=true") == {"status": "ok"}, 60, "bare meta leader")
+
+        async def create() -> None:
+            nc = await nats.connect(procs[0].url)
+            await nc.jetstream().add_stream(StreamConfig(name="RIVER", subjects=["river.>"], num_replicas=2))
+            await nc.close()
+
+        asyncio.run(create())
+        t0 = time.monotonic()
+        procs += start_bare(root, binary, ["b3"], cports)
+        join3 = _wait(lambda: asyncio.run(bare_scaled(procs[0].url, mon(procs[0]), 3)), 60, "bare R3",
+                      pause=0.05) - t0
+
+        async def leader_name() -> str:
+            nc = await nats.connect(procs[0].url)
+            info = await nc.jetstream().stream_info("RIVER")
+            await nc.close()
+            return info.cluster.leader if info.cluster else "b1"
+
+        leader = asyncio.run(leader_name())
+        victim = next(p for p in procs if p.name == leader)
+        survivor = next(p for p in procs if p is not victim)
+        fo, acked, lost = asyncio.run(failover(survivor.url, victim, survivor.url))
+        return {"join_2_3": join3, "failover": fo, "acked": acked, "lost": lost}
+    finally:
+        for p in procs:
+            p.stop()
+
+
+@click.command("cluster")
+def command() -> None:
+    """Peer join latency and failover after kill -9, with bare nats-server figures."""
+    with tempfile.TemporaryDirectory(prefix="nimsforest-bench-cluster-") as tmp:
+        root = Path(tmp)
+        bare = run_bare(root / "bare")
+        nf = run_nimsforest(root / "nf")
+    click.echo("step                                   nimsforest      bare nats-server")
+    click.echo(f"join 1->2 (start -> size 2 at R2)      {nf['join_1_2']:8.2f}s      n/a (a lone clustered server cannot serve)")
+    click.echo(f"join 2->3 (start -> size 3 at R3)      {nf['join_2_3']:8.2f}s      {bare['join_2_3']:8.2f}s")
+    click.echo(f"failover after kill -9 of the leader   {nf['failover']:8.2f}s      {bare['failover']:8.2f}s")
+    click.echo(f"acknowledged messages lost             {nf['lost']:5d} of {nf['acked']:<5d}  {bare['lost']:5d} of {bare['acked']}")
+    click.echo(f"targets: join 1->2 <= 3s: {'met' if nf['join_1_2'] <= 3 else 'NOT met'}; "
+               f"failover <= bare + 1s: {'met' if nf['failover'] <= bare['failover'] + 1 else 'NOT met'}; "
+               f"nothing lost: {'met' if nf['lost'] == 0 else 'NOT met'}")
+    click.echo(json.dumps({"nimsforest": nf, "bare": bare}))
