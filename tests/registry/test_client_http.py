@@ -225,10 +225,8 @@ async def test_frozen_registry_is_unreachable_and_watch_invents_no_removals(
     own_server: RegistryProcess, service: str, clients: Any
 ) -> None:
     own_server.start()
-    me, peer = (
-        clients(own_server.url, service),
-        clients(own_server.url, service, heartbeat_interval=30.0),
-    )
+    me = clients(own_server.url, service, heartbeat_interval=INTERVAL)
+    peer = clients(own_server.url, service, heartbeat_interval=30.0)
     await peer.register(node("peer"))
     await me.register(node("me"))
     watch = Collector(me, known=await me.list_peers(), wait=1.0)
