@@ -79,11 +79,36 @@ def open_registry(
     return MemoryRegistry(url, service=service, timing=timing, cache_path=cache_path)
 
 
-def create_app(**kwargs: Any) -> FastAPI:
-    """The registry server's FastAPI app; see `registry._server.create_app` for options."""
+def create_app(
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    token: str | None = None,
+    min_ttl: float = 1.0,
+    max_ttl: float = 3600.0,
+    default_ttl: float = 30.0,
+    max_wait: float = 300.0,
+    max_body: int = 64 * 1024,
+) -> FastAPI:
+    """The registry server's FastAPI app (serve it with uvicorn; see docs/REGISTRY.md).
+
+    With `data_dir`, state is kept in `<data_dir>/state.json` and survives restarts;
+    without it, state lives in memory only. `token` makes every endpoint require
+    `Authorization: Bearer <token>`. TTLs asked by nodes are bounded to
+    [min_ttl, max_ttl] (default_ttl when none is given), blocking queries wait at most
+    `max_wait` seconds, request bodies are limited to `max_body` bytes. Imported lazily
+    so that clients do not load the web stack.
+    """
     from registry._server import create_app as _create_app
 
-    return _create_app(**kwargs)
+    return _create_app(
+        data_dir=data_dir,
+        token=token,
+        min_ttl=min_ttl,
+        max_ttl=max_ttl,
+        default_ttl=default_ttl,
+        max_wait=max_wait,
+        max_body=max_body,
+    )
 
 
 __all__ = [

@@ -92,7 +92,10 @@ class Registry(abc.ABC):
         timing: Timing,
         cache_path: str | os.PathLike[str] | None = None,
     ) -> None:
-        check_name(service, "service name")
+        try:
+            check_name(service, "service name")
+        except ValueError as exc:
+            raise ValueError(f"{exc}.") from None
         self.url = display_url(url)
         self.service = service
         self.timing = timing

@@ -27,7 +27,7 @@ from registry import (
 from tests.registry.conftest import RegistryProcess, http_answer
 from tests.support import eventually
 
-INTERVAL = 0.5  # request timeout 0.25 s, TTL 1.5 s
+INTERVAL = 0.5  # for heartbeat-loop tests: request timeout 0.25 s, TTL 1.5 s
 
 
 def node(name: str, node_id: str | None = None, port: int = 6222) -> NodeInfo:
@@ -40,7 +40,7 @@ async def clients() -> AsyncIterator[Any]:
     made: list[Registry] = []
 
     def make(url: str, service: str, **kw: Any) -> Registry:
-        kw.setdefault("heartbeat_interval", INTERVAL)
+        kw.setdefault("heartbeat_interval", 5.0)  # TTL 15 s: nothing expires by accident
         reg = open_registry(url, service=service, **kw)
         made.append(reg)
         return reg
@@ -153,7 +153,7 @@ async def test_heartbeat_loop_survives_restart_and_data_loss(
 ) -> None:
     caplog.set_level(logging.INFO, logger="registry")
     own_server.start()
-    reg = clients(own_server.url, service)
+    reg = clients(own_server.url, service, heartbeat_interval=INTERVAL)
     first = await reg.register(node("hb"))
     loop = asyncio.create_task(reg.run_heartbeat())
     await asyncio.to_thread(own_server.stop)
@@ -177,7 +177,10 @@ async def test_heartbeat_loop_survives_restart_and_data_loss(
         return [n["name"] for n in answer.json()]
 
     await eventually(lambda: listed() == ["hb"], what="the node to register again after data loss")
-    assert any("had forgotten node hb" in r.message for r in caplog.records)
+    await eventually(
+        lambda: any("had forgotten node hb" in r.getMessage() for r in caplog.records),
+        what="the log line about registering again",
+    )
     messages = [r.getMessage() for r in caplog.records]
     assert sum(m.startswith("Registry unreachable at") for m in messages) == 2  # one per outage
     assert sum(m.startswith("Registry reachable again") for m in messages) == 2
@@ -200,7 +203,7 @@ async def test_registry_down_at_start_then_up(
     await before.close()
 
     # a node restarting while its registry (own_server, not started yet) is down
-    reg = clients(own_server.url, service, cache_path=cache)
+    reg = clients(own_server.url, service, cache_path=cache, heartbeat_interval=INTERVAL)
     with pytest.raises(RegistryUnreachable):
         await reg.register(node("me"))
     with pytest.raises(RegistryUnreachable):
@@ -222,10 +225,8 @@ async def test_frozen_registry_is_unreachable_and_watch_invents_no_removals(
     own_server: RegistryProcess, service: str, clients: Any
 ) -> None:
     own_server.start()
-    me, peer = (
-        clients(own_server.url, service),
-        clients(own_server.url, service, heartbeat_interval=30.0),
-    )
+    me = clients(own_server.url, service, heartbeat_interval=INTERVAL)
+    peer = clients(own_server.url, service, heartbeat_interval=30.0)
     await peer.register(node("peer"))
     await me.register(node("me"))
     watch = Collector(me, known=await me.list_peers(), wait=1.0)

@@ -74,7 +74,7 @@ async def opened() -> AsyncIterator[Any]:
     made: list[Registry] = []
 
     def make(path: Path, forest: str | None = "forest-1", **kw: Any) -> Registry:
-        kw.setdefault("heartbeat_interval", 0.5)
+        kw.setdefault("heartbeat_interval", 5.0)  # TTL 15 s: nothing expires by accident
         url = f"file://{path}" + (f"?forest={forest}" if forest else "")
         reg = open_registry(url, **kw)
         made.append(reg)

@@ -130,7 +130,7 @@ async def test_ttl_expiry_removes_silent_node_and_frees_its_name(
     http: httpx.AsyncClient, service: str
 ) -> None:
     await http.post(nodes_path(service), json=body("silent", node_id="s1", ttl_seconds=1))
-    await http.post(nodes_path(service), json=body("chatty", node_id="c1", ttl_seconds=1))
+    await http.post(nodes_path(service), json=body("chatty", node_id="c1", ttl_seconds=3))
 
     async def silent_gone() -> bool:
         await http.put(f"{nodes_path(service)}/chatty/heartbeat", params={"node_id": "c1"})
@@ -354,10 +354,10 @@ async def test_state_survives_restart_and_sigkill_with_a_fresh_ttl(
     url = f"{own_server.url}{nodes_path(service)}"
     a = httpx.post(url, json=body("a", node_id="A", ttl_seconds=3600)).json()
     b = httpx.post(url, json=body("b", node_id="B", ttl_seconds=3600)).json()
-    httpx.post(url, json=body("short", node_id="S", ttl_seconds=1))
+    httpx.post(url, json=body("short", node_id="S", ttl_seconds=2))
     registered = time.monotonic()
     own_server.stop()
-    time.sleep(max(0.0, 1.2 - (time.monotonic() - registered)))  # past short's TTL while down
+    time.sleep(max(0.0, 2.2 - (time.monotonic() - registered)))  # past short's TTL while down
     own_server.start()
     listed = httpx.get(url)
     assert [(n["name"], n["create_index"]) for n in listed.json()][:2] == [
