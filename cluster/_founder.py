@@ -7,10 +7,16 @@ A node registers first, then reads the live nodes. Every registration gets a
 - a fresh node that sees no live node older than itself is the FOUNDER: it starts with a
   witness and with no route but the witness' (so its first meta group has two members
   and elects at once; routes to younger nodes are added by the reconcile loop later);
-- any other fresh node is a JOINER: it waits until an older node's JetStream has a meta
-  leader, then starts with routes to the ready older nodes. It hears that leader long
-  before it could run an election of its own, so nodes started at the same moment never
-  form two clusters.
+- any other fresh node is a JOINER: it waits until EVERY older live node's JetStream has
+  a meta leader, then starts with routes to them. Fresh servers thus join one at a time.
+  This matters: a fresh JetStream server campaigns for meta leadership at once, needing
+  the votes of (routes + 1) / 2 + 1 servers; servers with a meta log refuse a candidate
+  with an empty one, but another fresh server would vote for it, and two fresh joiners
+  starting together can elect one of themselves and split the meta group (seen in
+  testing). With every older node ready, a new server meets only servers whose log is
+  ahead of its own, so it cannot win and follows the existing leader. An older node that
+  stays unready for `patience` seconds (a broken node still heartbeating) no longer
+  blocks joins: the joiner then goes ahead with the ready ones and says so.
 
 Two fresh nodes cannot both be founders: the second to register necessarily sees the
 first, whose create_index is lower, because it reads after its own registration.
@@ -82,6 +88,7 @@ async def decide_role(
     probe: Probe = probe_ready,
     retry_interval: float = 2.0,
     after_first_attempt: Callable[[], None] | None = None,
+    patience: float = 120.0,
 ) -> Startup:
     """Register `info`, then decide this node's role from the live nodes.
 
@@ -101,6 +108,8 @@ async def decide_role(
             log.info(message, *args)
 
     first = True
+    waiting_since: float | None = None
+    loop = asyncio.get_running_loop()
     while True:
         try:
             try:
@@ -139,9 +148,14 @@ async def decide_role(
                            else f"Oldest live node - founding the cluster ({len(peers)} younger peer(s) will join)")
         checks = await asyncio.gather(*(probe(n) for n in older))
         ready = [n for n, ok in zip(older, checks, strict=True) if ok]
-        if ready:
+        unready = [n.name for n, ok in zip(older, checks, strict=True) if not ok]
+        waiting_since = loop.time() if waiting_since is None else waiting_since
+        impatient = loop.time() - waiting_since >= patience and older[0] in ready
+        if ready and (not unready or impatient):
+            if unready:
+                log.warning("Joining although %s is still not ready after %.0fs", ", ".join(unready), patience)
             return Startup(Role.JOINER, peers, tuple(n.cluster_address for n in ready), record, False,
                            f"Joining the cluster of {', '.join(n.name for n in ready)}")
-        once("waiting", "Waiting for the cluster of %s to be ready before joining it",
-             ", ".join(n.name for n in older))
+        once("waiting:" + ",".join(unready), "Waiting for %s to be ready before joining the cluster",
+             ", ".join(unready))
         await asyncio.sleep(retry_interval)

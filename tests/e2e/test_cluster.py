@@ -133,6 +133,9 @@ async def test_three_nodes_started_at_once_form_one_cluster(forest: Forest) -> N
     bodies = [await wait_cluster(n, 3, 3, timeout=120) for n in nodes]
     leaders = {b["meta_leader"] for b in bodies}
     assert len(leaders) == 1 and leaders <= {"n1", "n2", "n3"}
+    for n, b in zip(nodes, bodies, strict=True):  # one meta group: everyone sees the other two
+        assert sorted(p["name"] for p in b["peers"]) == sorted(m.name for m in nodes if m is not n)
+        assert b["witness"] is None
     founders = [n.name for n in nodes if "starting as cluster of 1" in n.log() or "founding the cluster" in n.log()]
     assert len(founders) == 1, founders
     await publish(nodes[2], 10)
