@@ -123,6 +123,20 @@ def describe_streams(specs: tuple[StreamSpec, ...]) -> str:
     return " and ".join(parts)
 
 
+def machine_metadata(cluster_name: str) -> dict[str, str]:
+    """What a node tells the registry about itself and its machine (used by `grow`)."""
+    import os
+
+    import psutil
+
+    return {
+        "version": __version__,
+        "cluster": cluster_name,
+        "ram_bytes": str(psutil.virtual_memory().total),
+        "cpus": str(os.cpu_count() or 1),
+    }
+
+
 class Node:
     """One NimsForest node. `await node.run()` serves until SIGINT or SIGTERM."""
 
@@ -258,7 +272,7 @@ class Node:
             monitor_url=f"http://{hostport(host, s.monitor_port)}" if s.monitor_port else None,
             api_url=f"http://{hostport(host if api_host in ('0.0.0.0', '::') else api_host, api_port)}",
             node_id=ensure_node_id(s.data_dir / "node_id"),
-            metadata={"version": __version__, "cluster": s.cluster_name},
+            metadata=machine_metadata(s.cluster_name),
         )
 
     async def _join_forest(self) -> Startup:
