@@ -9,6 +9,7 @@ line, a metric, and an event for subscribers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client
 
+from natsembed.errors import reason
 from nimsforest import metrics
 
 log = logging.getLogger("nimsforest.connection")
@@ -75,6 +77,8 @@ class ConnectionManager:
         self._connected = asyncio.Event()
         self._listeners: list[Callable[[ConnectionEvent], None]] = []
         self._closing = False
+        self._connecting = False
+        self._ever_connected = False
 
     # --- observing -------------------------------------------------------------------------
     @property
@@ -115,7 +119,7 @@ class ConnectionManager:
 
     # --- nats-py callbacks ----------------------------------------------------------------------
     async def _disconnected(self) -> None:
-        if self._closing:
+        if self._closing or self._connecting:
             return
         log.warning("NATS connection lost; reconnecting every %gs", self.options.reconnect_wait)
         self._emit(ConnectionEvent.DISCONNECTED, ConnectionState.DISCONNECTED)
@@ -127,6 +131,8 @@ class ConnectionManager:
         self._emit(ConnectionEvent.RECONNECTED, ConnectionState.CONNECTED)
 
     async def _closed(self) -> None:
+        if self._connecting:
+            return
         log.debug("NATS connection closed")
         self._emit(ConnectionEvent.CLOSED, ConnectionState.CLOSED)
 
@@ -139,38 +145,56 @@ class ConnectionManager:
 
     # --- connecting -----------------------------------------------------------------------------
     async def connect(self) -> Client:
-        """Connect, retrying `retry_attempts` times; raise NatsUnavailable when all fail."""
+        """Connect, retrying `retry_attempts` times; raise NatsUnavailable when all fail.
+
+        nats-py's own connect keeps cycling through unreachable servers when reconnects
+        are unlimited, so each first attempt is bounded here; once connected, nats-py
+        reconnects on its own (forever with NATS_MAX_RECONNECTS=-1).
+        """
         opts = self.options
         attempts = max(1, opts.retry_attempts)
+        bound = opts.connect_timeout * max(1, len(self.servers)) + 0.5
         for attempt in range(1, attempts + 1):
+            nc = Client()
+            self._connecting = True
             try:
-                await self.nc.connect(
-                    servers=self.servers,
-                    user=self._user,
-                    password=self._password,
-                    name=opts.name,
-                    connect_timeout=opts.connect_timeout,
-                    reconnect_time_wait=opts.reconnect_wait,
-                    max_reconnect_attempts=opts.max_reconnects,
-                    allow_reconnect=True,
-                    disconnected_cb=self._disconnected,
-                    reconnected_cb=self._reconnected,
-                    closed_cb=self._closed,
-                    error_cb=self._error,
+                await asyncio.wait_for(
+                    nc.connect(
+                        servers=self.servers,
+                        user=self._user,
+                        password=self._password,
+                        name=opts.name,
+                        connect_timeout=opts.connect_timeout,
+                        reconnect_time_wait=opts.reconnect_wait,
+                        max_reconnect_attempts=opts.max_reconnects,
+                        allow_reconnect=True,
+                        disconnected_cb=self._disconnected,
+                        reconnected_cb=self._reconnected,
+                        closed_cb=self._closed,
+                        error_cb=self._error,
+                    ),
+                    bound,
                 )
-                log.debug("NATS connection established to %s", self.snapshot().server)
-                self._emit(ConnectionEvent.CONNECTED, ConnectionState.CONNECTED)
-                return self.nc
             except Exception as exc:  # noqa: BLE001 - every failure is retried, then reported
-                self._last_error = str(exc) or type(exc).__name__
+                self._last_error = self._last_error or reason(exc)
+                with contextlib.suppress(Exception):
+                    await nc.close()
                 if attempt == attempts:
                     break
                 log.warning(
                     "Cannot connect to NATS at %s (attempt %d of %d): %s; retrying in %gs",
                     _redact(self.servers), attempt, attempts, self._last_error, opts.retry_interval,
                 )
-                self.nc = Client()
+                self._last_error = None
                 await asyncio.sleep(opts.retry_interval)
+                continue
+            finally:
+                self._connecting = False
+            self.nc = nc
+            self._ever_connected = True
+            log.debug("NATS connection established to %s", self.snapshot().server)
+            self._emit(ConnectionEvent.CONNECTED, ConnectionState.CONNECTED)
+            return nc
         raise NatsUnavailable(
             f"Cannot connect to NATS at {_redact(self.servers)} after {attempts} attempt(s): "
             f"{self._last_error}."
@@ -178,21 +202,27 @@ class ConnectionManager:
 
     async def close(self) -> None:
         self._closing = True
+        if not self._ever_connected:
+            return
         if self.nc.is_connected:
-            try:
+            with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.drain(), 5.0)
-            except Exception:  # noqa: BLE001 - closing anyway
-                pass
         if not self.nc.is_closed:
             await self.nc.close()
         self._emit(ConnectionEvent.CLOSED, ConnectionState.CLOSED)
 
 
-def _redact(servers: list[str]) -> str:
+def redact(url: str) -> str:
+    """NATS URL(s) without user:password parts, for logs."""
     out = []
-    for s in servers:
+    for s in url.split(","):
+        s = s.strip()
         if "@" in s:
             scheme, _, rest = s.partition("://")
             s = f"{scheme}://***@{rest.split('@', 1)[1]}"
         out.append(s)
     return ", ".join(out)
+
+
+def _redact(servers: list[str]) -> str:
+    return redact(",".join(servers))

@@ -159,6 +159,11 @@ class NatsObserver:
                 log.info("Health observer: NATS answers again")
             self._last_error = error
         self.view = NatsView.model_validate(fields)
+        if self.view.members:
+            from nimsforest import metrics
+
+            metrics.cluster_size.set(len(self.view.members))
+            metrics.nats_cluster_peers.set(len(self.view.members) - 1)
         return self.view
 
     async def run(self) -> None:

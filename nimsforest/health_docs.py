@@ -66,6 +66,12 @@ def node_health(node: Node) -> tuple[int, dict[str, Any]]:
             "connected": view.connected if view else False,
         },
     }
+    if node.mode.value == "sidecar" and node.settings.nats_url:
+        from nimsforest.connection import redact
+
+        body["nats"]["url"] = redact(node.settings.nats_url)
+        body["cluster"]["size"] = None  # the sidecar NATS owns its cluster
+        body["cluster"]["peers"] = None
     if node.registry is not None:
         st = node.registry.status()
         body["registry"] = {"connected": st.connected, "url": st.url}
@@ -135,7 +141,10 @@ def _standalone_cluster(node: Node) -> tuple[int, dict[str, Any]]:
         "streams": [_stream_doc(s) for s in streams if s.owned],
         "monitor_url": _self_monitor_url(node),
         "registry_ok": None,
-        "last_sentence": f"{node.mode.value}: no registry, no peers to manage",
+        "last_sentence": (
+            "sidecar: clustering belongs to the NATS the node uses"
+            if node.mode.value == "sidecar" else "standalone: no registry, no peers to manage"
+        ),
         "last_cycle_at": _iso(view.observed_at) if view else None,
     }
     if problems_:

@@ -35,6 +35,7 @@ from natsembed import (
 from natsembed.errors import reason
 from nimsforest import __version__
 from nimsforest.health import NatsObserver, NodeMode
+from nimsforest.sdnotify import notify
 from nimsforest.settings import Settings
 
 if TYPE_CHECKING:
@@ -114,6 +115,23 @@ async def ensure_streams(
             delay = min(delay * 2, 10.0)
 
 
+async def choose_replicas(js: Any, probe: StreamSpec) -> int:
+    """The highest replica count (3, 2, 1) the JetStream behind `js` accepts for `probe`."""
+    from nats.js.errors import APIError
+
+    from nimsforest.streams import ensure_stream
+
+    for rf in (3, 2):
+        try:
+            await ensure_stream(js, probe, rf, None)
+            return rf
+        except APIError as exc:
+            # 10074: replicas > 1 not supported in non-clustered mode; 10005: insufficient resources
+            if exc.err_code not in (10074, 10005):
+                raise
+    return 1
+
+
 def describe_streams(specs: tuple[StreamSpec, ...]) -> str:
     streams = [s.name for s in specs if s.kv_bucket is None]
     buckets = [s.kv_bucket for s in specs if s.kv_bucket is not None]
@@ -151,13 +169,25 @@ class Node:
         self.registry: Registry | None = None
         self.manager: ClusterManager | None = None
         self.startup: Startup | None = None
-        self.replicas = 1
+        self._replicas = 1
         self.api: Any = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self.started_at = time.time()
         self.ready_at: float | None = None
         self._reload_hooks: list[Callable[[], Any]] = []
+
+    @property
+    def replicas(self) -> int:
+        """The replication factor this node keeps its streams at."""
+        return self._replicas
+
+    @replicas.setter
+    def replicas(self, value: int) -> None:
+        from nimsforest import metrics  # not before nats-server is spawned: see start()
+
+        self._replicas = value
+        metrics.replication_factor.set(value)
 
     # --- running ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -207,7 +237,8 @@ class Node:
         from nimsforest.api.sockets import bind_socket
 
         bind_socket(*self.settings.api_host_port).close()  # AddressInUse when taken
-        find_nats_server(self.settings.nats_server_bin)  # NatsBinaryNotFound
+        if self.mode is not NodeMode.SIDECAR:
+            find_nats_server(self.settings.nats_server_bin)  # NatsBinaryNotFound
         if self.mode is NodeMode.CLUSTER and not self.settings.registry_url:
             raise RuntimeError(
                 "A cluster node needs a registry: set --registry-url or REGISTRY_URL "
@@ -219,6 +250,32 @@ class Node:
         from nimsforest.api.server import ApiServer
 
         host, port = s.api_host_port
+        if self.mode is NodeMode.SIDECAR:
+            from nimsforest.connection import redact
+
+            log.info("Starting NimsForest %s in sidecar mode as node %s, with NATS at %s",
+                     __version__, s.node_name, redact(s.nats_url or ""))
+            app_module = _import_heavy()
+            await self._connect_sidecar()
+        else:
+            app_module = await self._start_embedded()
+            await self._connect_and_create_streams()
+        self.api = ApiServer(app_module.create_app(self), host, port)
+        await self.api.start()
+        log.info("Management API at http://%s:%d", host, self.api.port)
+        assert self.observer is not None
+        self._spawn(self.observer.run(), "nats-observer")  # /health answers from its first look
+        if self.mode is NodeMode.CLUSTER:
+            self._start_cluster_loops()
+        self.state = NodeState.READY
+        self.ready_at = time.time()
+        log.info("nimsforest is ready (%.2fs)", self.ready_at - self.started_at)
+        notify("READY=1", f"STATUS=node {s.node_name} ready in {self.mode.value} mode")
+
+    async def _start_embedded(self) -> ModuleType:
+        """Start the node's own nats-server (after the founder rule in cluster mode);
+        returns the web app module, imported while nats-server boots."""
+        s = self.settings
         if self.mode is NodeMode.CLUSTER:
             log.info("Starting as cluster node %s (NimsForest %s)", s.node_name, __version__)
             self.startup = await self._join_forest()
@@ -247,17 +304,37 @@ class Node:
             await nats_start
         finally:
             app_module = await heavy
-        await self._connect_and_create_streams()
-        self.api = ApiServer(app_module.create_app(self), host, port)
-        await self.api.start()
-        log.info("Management API at http://%s:%d", host, self.api.port)
-        assert self.observer is not None
-        self._spawn(self.observer.run(), "nats-observer")  # /health answers from its first look
-        if self.mode is NodeMode.CLUSTER:
-            self._start_cluster_loops()
-        self.state = NodeState.READY
-        self.ready_at = time.time()
-        log.info("nimsforest is ready (%.2fs)", self.ready_at - self.started_at)
+        return app_module
+
+    async def _connect_sidecar(self) -> None:
+        """Sidecar mode: connect to an existing NATS (retrying), create the streams at the
+        highest replica count its JetStream accepts (3, 2 or 1)."""
+        from nimsforest.connection import ConnectionManager
+        from nimsforest.streams import CORE_STREAMS
+
+        s = self.settings
+        assert s.nats_url is not None
+        self.conn = ConnectionManager(s.nats_url.split(","), self._connection_options())
+        await self.conn.connect()
+        log.info("Connected to NATS at %s", self.conn.snapshot().server)
+        js = self.conn.nc.jetstream()
+        self.replicas = await choose_replicas(js, CORE_STREAMS[0])
+        await ensure_streams(js, CORE_STREAMS, self.replicas, None)
+        log.info("JetStream initialized with replication factor %d: %s",
+                 self.replicas, describe_streams(CORE_STREAMS))
+        self.observer = NatsObserver(s.node_name, self.conn)
+
+    def _connection_options(self) -> Any:
+        from nimsforest.connection import ConnectionOptions
+
+        s = self.settings
+        return ConnectionOptions(
+            retry_attempts=s.nats_retry_attempts,
+            retry_interval=s.nats_retry_interval,
+            reconnect_wait=s.nats_reconnect_wait,
+            max_reconnects=s.nats_max_reconnects,
+            name=f"nimsforest-{s.node_name}",
+        )
 
     def self_info(self) -> NodeInfo:
         from registry import NodeInfo, ensure_node_id
@@ -312,7 +389,7 @@ class Node:
         )
 
     async def _connect_and_create_streams(self) -> None:
-        from nimsforest.connection import ConnectionManager, ConnectionOptions
+        from nimsforest.connection import ConnectionManager
         from nimsforest.marks import is_witness
         from nimsforest.streams import CORE_STREAMS, replication_factor
 
@@ -320,16 +397,7 @@ class Node:
         assert self.embedded is not None
         c = self.embedded.credentials
         self.conn = ConnectionManager(
-            [self.embedded.system_url],
-            ConnectionOptions(
-                retry_attempts=s.nats_retry_attempts,
-                retry_interval=s.nats_retry_interval,
-                reconnect_wait=s.nats_reconnect_wait,
-                max_reconnects=s.nats_max_reconnects,
-                name=f"nimsforest-{s.node_name}",
-            ),
-            user=c.app_user,
-            password=c.app_password,
+            [self.embedded.system_url], self._connection_options(), user=c.app_user, password=c.app_password
         )
         await self.conn.connect()
         meta = (await self.embedded.monitor.jsz()).meta_cluster
@@ -376,6 +444,7 @@ class Node:
         if self.state == NodeState.STOPPED:
             return
         self.state = NodeState.STOPPING
+        notify("STOPPING=1")
         log.info("Stopping node %s", self.settings.node_name)
         for task in self._tasks:
             task.cancel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,14 @@ def _serve(
     from nimsforest.connection import NatsUnavailable
     from nimsforest.node import Node
 
-    node = Node(settings, NodeMode(mode_name), demo=demo)
+    mode = NodeMode(mode_name)
+    if mode is NodeMode.CLUSTER and settings.nats_url:
+        mode = NodeMode.SIDECAR  # an existing NATS: clustering belongs to it
+        if settings.registry_url:
+            logging.getLogger("nimsforest").warning(
+                "NATS_URL is set: running in sidecar mode, the registry is not used"
+            )
+    node = Node(settings, mode, demo=demo)
     try:
         run_async(node.run())
     except (NatsEmbedError, AddressInUse, NatsUnavailable, RuntimeError) as exc:
@@ -90,6 +98,8 @@ def standalone(config: Path | None, demo: bool, **flags: Any) -> None:
 def run(config: Path | None, **flags: Any) -> None:
     """Run a cluster node: register, find peers, join or found the forest, serve.
 
-    `nimsforest --registry-url URL` is the same command.
+    `nimsforest --registry-url URL` is the same command. With --nats-url (NATS_URL) the
+    node runs no nats-server of its own: it uses that NATS (sidecar mode), whose own
+    cluster then provides the replication.
     """
     _serve("cluster", config, False, None, **flags)
