@@ -246,6 +246,7 @@ class ServerProcess:
             preexec_fn=_child_setup(os.getpid()),
         )
         self._started_at = time.time()
+        log.debug("Spawned nats-server %s (pid %d)", self.name, self._proc.pid)
         self.spawned.set()
         write_private(self.pid_file, f"{self._proc.pid}\n")
         self._drain_task = asyncio.create_task(self._drain(self._proc), name=f"drain-{self.name}")

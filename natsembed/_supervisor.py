@@ -287,7 +287,9 @@ class EmbeddedNats:
                         render_config(w.server_config(self), generator=f"witness of {self.name}"),
                     )
                 )
+            log.debug("Rendered the configuration of %s; checking it with nats-server -t", self.name)
             await asyncio.gather(*writes)
+            log.debug("Configuration checked and written; spawning nats-server")
             # The node starts once the witness listens for routes: its route to the witness
             # then connects on the first try (nats-server retries a failed route after 1s).
             try:

@@ -101,8 +101,7 @@ async def ensure_streams(
     delay = interval
     for attempt in range(1, attempts + 1):
         try:
-            for spec in specs:
-                await ensure_stream(js, spec, replicas, placement_tags)
+            await asyncio.gather(*(ensure_stream(js, spec, replicas, placement_tags) for spec in specs))
             return
         except Exception as exc:  # noqa: BLE001 - retried, then reported in one sentence
             if attempt == attempts:
