@@ -1,0 +1,196 @@
+"""What each component does with one event (the runner does delivery; see consumer.py).
+
+    Tree        RIVER message -> Lua process(input) -> a leaf on `publishes`, or nothing
+    TreeHouse   leaf -> Lua process(leaf.data) -> a leaf on `publishes`, or nothing
+    Nim         leaf -> prompt -> brain -> a leaf on `publishes` (placeholders filled from
+                the output) and a state change into Humus
+    Decomposer  Humus entry -> Soil, exactly once per entry
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from nimsforest.forest.brains import Brain
+from nimsforest.forest.config import HumusSpec
+from nimsforest.forest.consumer import Delivery, Output, Stats
+from nimsforest.forest.errors import BadEvent
+from nimsforest.forest.leaf import Compost, CompostAction, Leaf, soil_key, utc_now
+from nimsforest.forest.prompt import Prompt, context_for, fill_subject
+from nimsforest.forest.sandbox import LuaSandbox
+from nimsforest.forest.soil import Soil, SoilConflict, SoilEntry
+from nimsforest.forest.subjects import humus_subject, wind_subject
+
+SOURCE_HEADER = "Nimsforest-Source"
+
+
+class TreeHandler:
+    """River data -> leaf. The script's input is the River JSON; an object gets `_subject`
+    (the River subject) and `_source` (who flowed it) added, anything else arrives as
+    {value = ..., _subject = ..., _source = ...}."""
+
+    is_async = False
+
+    def __init__(self, name: str, durable: str, publishes: str, sandbox: LuaSandbox, stats: Stats) -> None:
+        self._source = f"tree:{name}"
+        self._durable, self._publishes, self._wind = durable, publishes, wind_subject(publishes)
+        self._lua, self._stats = sandbox, stats
+
+    def handle_sync(self, d: Delivery) -> Sequence[Output]:
+        try:
+            value = json.loads(d.data)
+        except (ValueError, UnicodeDecodeError):
+            raise BadEvent(f"River message {d.subject} #{d.stream_seq} is not JSON") from None
+        meta = {"_subject": d.subject, "_source": d.headers.get(SOURCE_HEADER, "river")}
+        value = {**meta, **value} if isinstance(value, dict) else {**meta, "value": value}
+        result = self._lua.call(value)
+        if result is None:
+            self._stats.dropped += 1
+            return ()
+        leaf = Leaf.new(self._publishes, result, self._source)
+        return (Output(self._wind, leaf.to_json(), f"{self._durable}:{d.stream_seq}"),)
+
+    handle_async = None  # type: ignore[assignment]
+
+
+class TreeHouseHandler:
+    """Leaf -> leaf. The script's input is the leaf's data."""
+
+    is_async = False
+
+    def __init__(self, name: str, durable: str, publishes: str, sandbox: LuaSandbox, stats: Stats) -> None:
+        self._source = f"treehouse:{name}"
+        self._durable, self._publishes, self._wind = durable, publishes, wind_subject(publishes)
+        self._lua, self._stats = sandbox, stats
+
+    def handle_sync(self, d: Delivery) -> Sequence[Output]:
+        leaf = Leaf.from_json(d.data)
+        result = self._lua.call(leaf.data)
+        if result is None:
+            self._stats.dropped += 1
+            return ()
+        out = Leaf.new(self._publishes, result, self._source)
+        return (Output(self._wind, out.to_json(), f"{self._durable}:{d.stream_seq}"),)
+
+    handle_async = None  # type: ignore[assignment]
+
+
+class NimHandler:
+    is_async = True
+
+    def __init__(
+        self, name: str, durable: str, publishes: str, prompt: Prompt, brain: Brain, humus: HumusSpec, stats: Stats
+    ) -> None:
+        self._name, self._source = name, f"nim:{name}"
+        self._durable, self._publishes = durable, publishes
+        self._prompt, self._brain, self._humus, self._stats = prompt, brain, humus, stats
+        self._sem = asyncio.Semaphore(brain.concurrency)
+
+    async def handle_async(self, d: Delivery) -> Sequence[Output]:
+        leaf = Leaf.from_json(d.data)
+        ctx = context_for(leaf)
+        prompt = self._prompt.render(ctx)
+        async with self._sem:
+            output = await self._brain.think(prompt, ctx)
+        if output is None:
+            self._stats.dropped += 1
+            return ()
+        subject = fill_subject(self._publishes, output)
+        out = Leaf.new(subject, output, self._source)
+        outputs = [Output(wind_subject(subject), out.to_json(), f"{self._durable}:{d.stream_seq}")]
+        entity = self._entity(leaf.data, output)
+        if self._humus.enabled and entity:
+            action = CompostAction(self._humus.action)
+            compost = Compost(
+                entity=entity, action=action, data=None if action is CompostAction.DELETE else output,
+                nim=self._name, ts=utc_now(),
+            )
+            outputs.append(
+                Output(humus_subject(self._name, action.value), compost.to_json(), f"{self._durable}:{d.stream_seq}:humus")
+            )
+        return outputs
+
+    def _entity(self, data: Any, output: dict[str, Any]) -> str | None:
+        for source in (data, output):
+            if isinstance(source, dict):
+                for f in self._humus.entity_fields:
+                    v = source.get(f)
+                    if isinstance(v, (str, int)) and not isinstance(v, bool) and str(v):
+                        return str(v)
+        return None
+
+    handle_sync = None  # type: ignore[assignment]
+
+
+class DecomposerHandler:
+    """Applies Humus to Soil exactly once per entry, even when redelivered or applied by
+    several nodes at once: a key records the last HUMUS sequence applied to it, and every
+    write is a compare-and-set on the key's revision (see soil.py).
+
+    create  writes the data when the key is missing or deleted; an existing key is left
+            alone (reported as a dropped entry)
+    update  writes the data (creating the key when missing)
+    delete  deletes the key; a missing key is left alone
+    An entry older than the key's last applied one is skipped, so Soil converges on the
+    newest entry per key even when entries are handled out of order.
+    """
+
+    is_async = True
+
+    def __init__(self, soil: Soil, stats: Stats, cache_size: int = 10_000) -> None:
+        self._soil, self._stats = soil, stats
+        self._cache: OrderedDict[str, SoilEntry] = OrderedDict()
+        self._cache_size = cache_size
+        self._log = logging.getLogger("nimsforest.forest.decomposer")
+
+    async def handle_async(self, d: Delivery) -> Sequence[Output]:
+        entry = Compost.from_json(d.data)
+        seq, key = d.stream_seq, soil_key(entry.entity)
+        delete = entry.action is CompostAction.DELETE
+        # Start from what this node last saw (a never-seen key is guessed missing). A stale
+        # guess is harmless: writes are compare-and-set, and skips are checked first.
+        cur = self._cache.get(key) or SoilEntry(key=key, value=None, revision=0, humus_seq=0)
+        fresh = False
+        for _ in range(16):
+            if cur.humus_seq >= seq:
+                return ()  # applied already (a redelivery), or a newer entry won
+            exists = cur.revision > 0 and not cur.deleted
+            if (entry.action is CompostAction.CREATE and exists) or (delete and not exists):
+                if not fresh:
+                    cur, fresh = await self._dig(entry.entity), True
+                    continue
+                if not delete:
+                    self._stats.dropped += 1
+                    self._log.info("humus #%d: create of %s skipped, the key already exists", seq, key)
+                return ()
+            try:
+                rev = await self._soil.bury(
+                    entry.entity, entry.data, expected_revision=cur.revision, humus_seq=seq, delete=delete
+                )
+            except SoilConflict:
+                cur, fresh = await self._dig(entry.entity), True
+                continue
+            self._remember(SoilEntry(key=key, value=None, revision=rev, humus_seq=seq, deleted=delete))
+            return ()
+        raise SoilConflict(f"soil key {key} kept changing; the entry will be retried")
+
+    async def _dig(self, entity: str) -> SoilEntry:
+        entry = await self._soil.dig(entity)
+        self._remember(entry)
+        return entry
+
+    def _remember(self, e: SoilEntry) -> None:
+        self._cache[e.key] = e
+        self._cache.move_to_end(e.key)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    handle_sync = None  # type: ignore[assignment]
+
+
+__all__ = ["TreeHandler", "TreeHouseHandler", "NimHandler", "DecomposerHandler", "SOURCE_HEADER"]
