@@ -21,6 +21,7 @@ _COMMANDS: dict[str, str] = {
     "run": "nimsforest.cli.node:run",
     "standalone": "nimsforest.cli.node:standalone",
     "bench": "nimsforest.cli.bench:bench",
+    "flow": "nimsforest.cli.flow:flow",
 }
 _ALIASES: dict[str, str] = {"start": "run"}
 _DEFAULT_COMMAND = "run"

@@ -4,6 +4,8 @@ naming the file, the component and the field (and nothing is half applied)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -36,6 +38,28 @@ from nimsforest.streams import HUMUS, RIVER, WIND
 DECOMPOSER_DURABLE = "decomposer"
 
 
+def fingerprint(spec: Any, text: str | None) -> str:
+    """What a component runs: its spec, the text of its script or prompt, and (for nims)
+    the brain environment. Editing a file therefore counts as a change on reload."""
+    h = hashlib.sha256(spec.model_dump_json().encode())
+    if text is not None:
+        h.update(text.encode())
+    if isinstance(spec, NimSpec):
+        h.update(json.dumps(sorted((k, v) for k, v in os.environ.items() if k.startswith(("OPENAI_", "ANTHROPIC_")))).encode())
+    return h.hexdigest()
+
+
+def spec_fingerprint(cfg: ForestConfig, spec: Any) -> str:
+    path = getattr(spec, "script", None) or getattr(spec, "prompt", None)
+    text = None
+    if path is not None:
+        try:
+            text = cfg.resolve(path).read_text()
+        except (OSError, UnicodeDecodeError):
+            text = "<unreadable>"
+    return fingerprint(spec, text)
+
+
 def durable_name(kind: ComponentKind, name: str) -> str:
     """The one durable consumer every node binds for this component."""
     return f"{kind.value}-{name}"
@@ -51,7 +75,9 @@ def _read(cfg: ForestConfig, path: Path, label: str, field: str) -> str:
         raise ForestConfigError(f"file {full} cannot be read: {exc}", file=cfg.label, component=label, field=field) from None
 
 
-def _sandbox(cfg: ForestConfig, kind: ComponentKind, name: str, spec: TreeSpec | TreeHouseSpec) -> LuaSandbox:
+def _sandbox(
+    cfg: ForestConfig, kind: ComponentKind, name: str, spec: TreeSpec | TreeHouseSpec
+) -> tuple[LuaSandbox, str | None]:
     label = component_label(kind, name)
     field = "script" if spec.script is not None else "code"
     if spec.script is not None:
@@ -61,7 +87,8 @@ def _sandbox(cfg: ForestConfig, kind: ComponentKind, name: str, spec: TreeSpec |
     limits = LuaLimits(instructions=spec.limits.instructions, seconds=spec.limits.time, memory=spec.limits.memory)
     lua_log = logging.getLogger(f"nimsforest.forest.lua.{name}")
     try:
-        return LuaSandbox(source, chunk, limits, lambda text: lua_log.info("%s: %s", label, text))
+        sandbox = LuaSandbox(source, chunk, limits, lambda text: lua_log.info("%s: %s", label, text))
+        return sandbox, (source if spec.script is not None else None)
     except ScriptLoadError as exc:
         raise ForestConfigError(str(exc), file=cfg.label, component=label, field=field) from None
 
@@ -76,17 +103,21 @@ def build_component(
     durable = durable_name(kind, name)
     stats = Stats()
     if isinstance(spec, SourceSpec):
-        return Component(kind, name, spec, stats=stats, publishes=spec.publishes)
+        return Component(kind, name, spec, stats=stats, publishes=spec.publishes, fingerprint=fingerprint(spec, None))
     if isinstance(spec, TreeSpec):
         cons = ConsumerSpec(RIVER.name, durable, spec.watches, spec.ack_wait, spec.max_deliver, spec.max_inflight,
                             description=f"NimsForest {label}")
-        handler: Any = TreeHandler(name, durable, spec.publishes, _sandbox(cfg, kind, name, spec), stats)
-        return Component(kind, name, spec, consumer=cons, handler=handler, stats=stats, publishes=spec.publishes)
+        lua, text = _sandbox(cfg, kind, name, spec)
+        handler: Any = TreeHandler(name, durable, spec.publishes, lua, stats)
+        return Component(kind, name, spec, consumer=cons, handler=handler, stats=stats, publishes=spec.publishes,
+                         fingerprint=fingerprint(spec, text))
     if isinstance(spec, TreeHouseSpec):
         cons = ConsumerSpec(WIND.name, durable, wind_subject(spec.subscribes, pattern=True), spec.ack_wait,
                             spec.max_deliver, spec.max_inflight, description=f"NimsForest {label}")
-        handler = TreeHouseHandler(name, durable, spec.publishes, _sandbox(cfg, kind, name, spec), stats)
-        return Component(kind, name, spec, consumer=cons, handler=handler, stats=stats, publishes=spec.publishes)
+        lua, text = _sandbox(cfg, kind, name, spec)
+        handler = TreeHouseHandler(name, durable, spec.publishes, lua, stats)
+        return Component(kind, name, spec, consumer=cons, handler=handler, stats=stats, publishes=spec.publishes,
+                         fingerprint=fingerprint(spec, text))
     assert isinstance(spec, NimSpec)
     field = "prompt" if spec.prompt is not None else "template"
     text = _read(cfg, spec.prompt, label, field) if spec.prompt is not None else (spec.template or "")
@@ -102,7 +133,7 @@ def build_component(
                         spec.max_deliver, spec.max_inflight, description=f"NimsForest {label}")
     handler = NimHandler(name, durable, spec.publishes, prompt, brain, spec.humus, stats)
     return Component(kind, name, spec, consumer=cons, handler=handler, stats=stats, publishes=spec.publishes,
-                     closers=(brain.aclose,))
+                     closers=(brain.aclose,), fingerprint=fingerprint(spec, text if spec.prompt is not None else None))
 
 
 def build_decomposer(cfg: ForestConfig, soil: Soil) -> Component:
@@ -128,4 +159,5 @@ def check_config(cfg: ForestConfig, env: Mapping[str, str] | None = None) -> Non
             build_component(cfg, kind, name, spec, env)
 
 
-__all__ = ["build_component", "build_decomposer", "check_config", "durable_name", "DECOMPOSER_DURABLE"]
+__all__ = ["build_component", "build_decomposer", "check_config", "durable_name", "fingerprint", "spec_fingerprint",
+           "DECOMPOSER_DURABLE"]

@@ -30,11 +30,13 @@ class Component:
         stats: Stats | None = None,
         publishes: str | None = None,
         closers: tuple[Callable[[], Awaitable[None]], ...] = (),
+        fingerprint: str | None = None,
     ) -> None:
         self.kind, self.name, self.spec = kind, name, spec
         self.consumer, self.handler = consumer, handler
         self.stats = stats or Stats()
         self.publishes = publishes
+        self.fingerprint = fingerprint  # what it runs (spec + file text), for reload diffs
         self.state = ComponentState.STOPPED
         self._closers = closers
         self._runner: ConsumerRunner | None = None

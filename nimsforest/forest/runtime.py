@@ -9,10 +9,8 @@ anything, so a bad spec changes nothing.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
-import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +18,9 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError, NoStreamResponseError
 
 from nimsforest import metrics
-from nimsforest.forest.build import build_component, build_decomposer
+from nimsforest.forest.build import build_component, build_decomposer, spec_fingerprint
 from nimsforest.forest.component import Component
-from nimsforest.forest.config import ForestConfig, NimSpec, SourceSpec, component_label
+from nimsforest.forest.config import ForestConfig, SourceSpec, component_label
 from nimsforest.forest.errors import ComponentExists, ComponentNotFound, FlowError, ForestConfigError, ForestError
 from nimsforest.forest.handlers import SOURCE_HEADER
 from nimsforest.forest.model import (
@@ -187,9 +185,11 @@ class Forest:
                 for name, spec in new_specs.items():
                     ref = ComponentRef(kind=kind, name=name)
                     current = self._components.get((kind, name))
-                    if name in old_specs and fingerprint(self._config, kind, old_specs[name]) == fingerprint(
-                        new_config, kind, spec
-                    ) and (current is None or current.state is not ComponentState.FAILED):
+                    was = current.fingerprint if current else (
+                        spec_fingerprint(self._config, old_specs[name]) if name in old_specs else None)
+                    if name in old_specs and was == spec_fingerprint(new_config, spec) and (
+                        current is None or current.state is not ComponentState.FAILED
+                    ):
                         unchanged.append(ref)
                         continue
                     builds[(kind, name)] = build_component(new_config, kind, name, spec, self._env)
@@ -355,23 +355,6 @@ class Forest:
             await self._start_quietly(self._decomposer)
 
 
-def fingerprint(cfg: ForestConfig, kind: ComponentKind, spec: Any) -> str:
-    """Identifies what a component would run: its spec plus the text of its script or
-    prompt file, so editing a file counts as a change on reload."""
-    h = hashlib.sha256(spec.model_dump_json().encode())
-    path = getattr(spec, "script", None) or getattr(spec, "prompt", None)
-    if path is not None:
-        full = cfg.resolve(path)
-        h.update(str(full).encode())
-        try:
-            h.update(full.read_bytes())
-        except OSError:
-            h.update(b"<unreadable>")
-    if isinstance(spec, NimSpec):  # brains read the environment when built
-        h.update(json.dumps(sorted((k, v) for k, v in os.environ.items() if k.startswith(("OPENAI_", "ANTHROPIC_")))).encode())
-    return h.hexdigest()
-
-
 def _user_kind(kind: ComponentKind | str) -> ComponentKind:
     try:
         k = ComponentKind(kind)
@@ -386,4 +369,4 @@ def _publishes(spec: Any) -> str | None:
     return getattr(spec, "publishes", None) if not isinstance(spec, dict) else spec.get("publishes")
 
 
-__all__ = ["Forest", "fingerprint"]
+__all__ = ["Forest"]

@@ -223,7 +223,7 @@ class LuaSandbox:
 
         compiled = api.compile(source, chunkname)
         if isinstance(compiled, tuple):  # (nil, message)
-            raise ScriptLoadError(_syntax_sentence(str(compiled[1])))
+            raise ScriptLoadError(_syntax_sentence(str(compiled[1]), chunkname))
         chunk = compiled
         try:
             self._call_raw(chunk)
@@ -310,12 +310,12 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _syntax_sentence(err: str) -> str:
+def _syntax_sentence(err: str, chunkname: str) -> str:
     # "scoring.lua:3: '=' expected near 'x'" -> "scoring.lua line 3: '=' expected near 'x'"
-    head, sep, rest = err.partition(":")
-    line, sep2, msg = rest.partition(":")
-    if sep and sep2 and line.strip().isdigit():
-        return f"{head} line {line.strip()}: {msg.strip()}"
+    rest = err.removeprefix(chunkname + ":")
+    line, sep, msg = rest.partition(":")
+    if rest != err and sep and line.strip().isdigit():
+        return f"{chunkname} line {line.strip()}: {msg.strip()}"
     return err
 
 
