@@ -25,7 +25,7 @@ from nimsforest.forest.config import (
     component_label,
     parse_spec,
 )
-from nimsforest.forest.consumer import ConsumerSpec, Stats
+from nimsforest.forest.delivery import ConsumerSpec, Stats
 from nimsforest.forest.errors import ForestConfigError
 from nimsforest.forest.handlers import DecomposerHandler, NimHandler, TreeHandler, TreeHouseHandler
 from nimsforest.forest.model import ComponentKind
@@ -130,7 +130,7 @@ def build_component(
     except BrainConfigError as exc:
         raise ForestConfigError(str(exc), file=cfg.label, component=label, field=exc.field) from None
     cons = ConsumerSpec(WIND.name, durable, wind_subject(spec.subscribes, pattern=True), spec.ack_wait,
-                        spec.max_deliver, spec.max_inflight, description=f"NimsForest {label}")
+                        spec.max_deliver, spec.inflight, description=f"NimsForest {label}")
     handler = NimHandler(name, durable, spec.publishes, prompt, brain, spec.humus, stats)
     return Component(kind, name, spec, consumer=cons, handler=handler, stats=stats, publishes=spec.publishes,
                      closers=(brain.aclose,), fingerprint=fingerprint(spec, text if spec.prompt is not None else None))

@@ -6,7 +6,8 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from nimsforest.forest.consumer import ConsumerRunner, ConsumerSpec, Handler, Stats
+from nimsforest.forest.consumer import ConsumerRunner
+from nimsforest.forest.delivery import ConsumerSpec, Handler, Stats
 from nimsforest.forest.model import ComponentKind, ComponentRef, ComponentState, ComponentStatus
 
 if TYPE_CHECKING:
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
 
     from nats.aio.client import Client
     from nats.js import JetStreamContext
+
+    from nimsforest.forest.publisher import Publisher
 
 
 class Component:
@@ -50,13 +53,13 @@ class Component:
     def label(self) -> str:
         return f"{self.kind.value} '{self.name}'"
 
-    async def start(self, nc: Client, js: JetStreamContext) -> None:
+    async def start(self, nc: Client, js: JetStreamContext, publisher: Publisher) -> None:
         """Bind the shared durable consumer and start handling. On failure the component is
         FAILED (with the reason as its last error) and the error is raised."""
         try:
             if self.consumer is not None and self.handler is not None:
                 self._runner = ConsumerRunner(
-                    nc, js, self.consumer, self.handler, self.stats,
+                    nc, js, publisher, self.consumer, self.handler, self.stats,
                     label=self.label, kind=self.kind.value, name=self.name,
                 )
                 await self._runner.start()

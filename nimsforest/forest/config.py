@@ -204,7 +204,15 @@ class NimSpec(_Consuming):
     humus: HumusSpec = HumusSpec()
     ack_wait: Duration = Field(60.0, gt=0)
     max_deliver: int = Field(10, ge=1)
-    max_inflight: int = Field(64, ge=1, le=10_000)
+    # default: 256 for the rules brain, twice the brain's concurrency for LLM brains (so
+    # a node does not hoard leaves other nodes could take)
+    max_inflight: int | None = Field(None, ge=1, le=10_000)
+
+    @property
+    def inflight(self) -> int:
+        if self.max_inflight is not None:
+            return self.max_inflight
+        return 256 if isinstance(self.brain, RulesBrainSpec) else 2 * self.brain.concurrency
 
     @field_validator("subscribes")
     @classmethod

@@ -14,9 +14,10 @@ Delivery contract (the same for trees, treehouses, nims and the decomposer):
   `max_deliver` attempts, or at once for a malformed message, it is terminated and
   reported as dead (status, log line, metric) instead of being redelivered forever.
 
-Pulling is continuous: the runner keeps pull requests outstanding for up to
-`max_inflight` messages, re-requests as messages complete, and watches server
-heartbeats so a lost request (reconnect, server restart) is replaced.
+Pulling is continuous: pull requests stay outstanding for up to `max_inflight` messages
+and are renewed as messages complete; server heartbeats are watched so a lost request
+(reconnect, server restart) is replaced. Publish acks are awaited, in order, by one
+completer task per consumer (no task per message on the synchronous path).
 """
 
 from __future__ import annotations
@@ -25,16 +26,15 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
 
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
 
 from nimsforest import metrics
+from nimsforest.forest.delivery import ConsumerSpec, Delivery, Handler, NeedsAsync, Stats
 from nimsforest.forest.errors import BadEvent, EventError
+from nimsforest.forest.publisher import Publisher
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -46,81 +46,13 @@ HEARTBEAT = 5.0
 PUBLISH_TIMEOUT = 10.0
 
 
-@dataclass(frozen=True)
-class ConsumerSpec:
-    stream: str
-    durable: str
-    filter_subject: str
-    ack_wait: float
-    max_deliver: int
-    max_inflight: int
-    deliver_policy: DeliverPolicy = DeliverPolicy.NEW
-    description: str = ""
+class _Job:
+    __slots__ = ("d", "t0", "touched", "futures", "published_at")
 
-    def config(self) -> ConsumerConfig:
-        return ConsumerConfig(
-            name=self.durable,
-            durable_name=self.durable,
-            description=self.description or None,
-            filter_subject=self.filter_subject,
-            deliver_policy=self.deliver_policy,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self.ack_wait,
-            max_deliver=self.max_deliver,
-            max_ack_pending=max(10_000, self.max_inflight * 8),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Output:
-    subject: str
-    payload: bytes
-    msg_id: str | None = None
-
-
-class Delivery:
-    """One delivered message, with its stream position parsed once."""
-
-    __slots__ = ("msg", "data", "subject", "stream_seq", "num_delivered", "headers")
-
-    def __init__(self, msg: Msg) -> None:
-        self.msg = msg
-        self.data: bytes = msg.data
-        self.subject: str = msg.subject
-        self.headers: dict[str, str] = msg.headers or {}
-        md = msg.metadata
-        self.stream_seq: int = md.sequence.stream
-        self.num_delivered: int = md.num_delivered
-
-
-@dataclass
-class Stats:
-    events_in: int = 0
-    events_out: int = 0
-    dropped: int = 0
-    errors: int = 0
-    dead: int = 0
-    last_error: str | None = None
-    last_error_at: datetime | None = None
-    started_at: datetime | None = None
-
-    def error(self, text: str) -> None:
-        self.errors += 1
-        self.last_error = text
-        self.last_error_at = datetime.now(UTC)
-
-
-class Handler(Protocol):
-    """What a component gives the runner. Exactly one of the two is used: `handle_sync`
-    when `is_async` is False (Lua: runs in the subscription callback, in order), else
-    `handle_async` (brains, Soil writes: one task per message). Both return the outputs
-    to store before the message is acked; an empty list acks with nothing to emit."""
-
-    is_async: bool
-
-    def handle_sync(self, d: Delivery) -> Sequence[Output]: ...
-
-    def handle_async(self, d: Delivery) -> Awaitable[Sequence[Output]]: ...
+    def __init__(self, d: Delivery, t0: float) -> None:
+        self.d, self.t0, self.touched = d, t0, time.monotonic()
+        self.futures: list[asyncio.Future[Any]] = []
+        self.published_at = 0.0
 
 
 class _RateLimitedLog:
@@ -143,18 +75,10 @@ class _RateLimitedLog:
 
 class ConsumerRunner:
     def __init__(
-        self,
-        nc: Client,
-        js: JetStreamContext,
-        spec: ConsumerSpec,
-        handler: Handler,
-        stats: Stats,
-        *,
-        label: str,
-        kind: str,
-        name: str,
+        self, nc: Client, js: JetStreamContext, publisher: Publisher, spec: ConsumerSpec, handler: Handler,
+        stats: Stats, *, label: str, kind: str, name: str,
     ) -> None:
-        self._nc, self._js, self.spec, self._handler, self.stats = nc, js, spec, handler, stats
+        self._nc, self._js, self._pub, self.spec, self._handler, self.stats = nc, js, publisher, spec, handler, stats
         self._label = label
         self._log = logging.getLogger(f"nimsforest.forest.{kind}")
         self._rl = _RateLimitedLog(self._log)
@@ -162,16 +86,19 @@ class ConsumerRunner:
         self._m_out = metrics.component_events_out.labels(kind, name)
         self._m_err = metrics.component_errors.labels(kind, name)
         self._m_lat = metrics.component_latency.labels(kind, name)
+        self._stored = getattr(handler, "stored", None)
+        self._retry_async = getattr(handler, "retry_async", None)
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"
         self._inbox = ""
-        self._sub: Any = None
-        self._adv_sub: Any = None
+        self._subs: list[Any] = []
         self._credits = 0
-        self._inflight: dict[int, tuple[Msg, float]] = {}  # id(msg) -> (msg, last ack-timer reset)
+        self._inflight: dict[int, _Job] = {}  # id(msg) -> job
+        self._queue: asyncio.Queue[tuple[_Job, BaseException | None]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._watch_task: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
         self._last_seen = time.monotonic()
         self._stopping = False
+        self._exported = (stats.events_in, stats.events_out)  # already added to the Prometheus counters
 
     # lifecycle ------------------------------------------------------------------------
     async def ensure_consumer(self) -> None:
@@ -190,37 +117,40 @@ class ConsumerRunner:
         await self.ensure_consumer()
         self._stopping = False
         self._inbox = self._nc.new_inbox()
-        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
-        self._adv_sub = await self._nc.subscribe(
-            f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.spec.stream}.{self.spec.durable}",
-            cb=self._on_max_deliveries,
-        )
+        self._subs = [
+            await self._nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1),
+            await self._nc.subscribe(
+                f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.spec.stream}.{self.spec.durable}",
+                cb=self._on_max_deliveries,
+            ),
+        ]
         self._last_seen = time.monotonic()
+        self._background = [
+            asyncio.create_task(self._complete_loop(), name=f"complete-{self.spec.durable}"),
+            asyncio.create_task(self._watch(), name=f"watch-{self.spec.durable}"),
+        ]
         self._request_more()
-        self._watch_task = asyncio.create_task(self._watch(), name=f"watch-{self.spec.durable}")
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop pulling; let in-flight events finish for up to `grace` seconds; nak the rest
         so another node (or the next start) gets them at once."""
         self._stopping = True
-        if self._watch_task:
-            self._watch_task.cancel()
-            await asyncio.gather(self._watch_task, return_exceptions=True)
-        for sub in (self._adv_sub, self._sub):
-            if sub is not None:
-                try:
-                    await sub.drain()  # no more pull interest; queued messages get nak'd
-                except Exception:  # noqa: BLE001 - connection may be gone already
-                    pass
-        self._sub = self._adv_sub = None
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        for msg, _ in list(self._inflight.values()):
-            await self._quietly(msg.nak())
+        for sub in self._subs:
+            try:  # no more pull interest; already-queued messages get nak'd
+                await asyncio.wait_for(sub.drain(), max(grace, 0.5))
+            except Exception:  # noqa: BLE001 - connection may be gone already
+                pass
+        self._subs = []
+        deadline = time.monotonic() + grace
+        while (self._tasks or self._inflight) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for task in [*self._tasks, *self._background]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        for job in list(self._inflight.values()):
+            await self._quietly(job.d.msg.nak())
         self._inflight.clear()
+        self._export()
 
     @property
     def inflight(self) -> int:
@@ -228,7 +158,7 @@ class ConsumerRunner:
 
     # pulling --------------------------------------------------------------------------
     def _request_more(self) -> None:
-        if self._stopping or self._sub is None:
+        if self._stopping or not self._subs:
             return
         free = self.spec.max_inflight - len(self._inflight) - self._credits
         if free <= 0 or (self._credits > 0 and free < max(1, self.spec.max_inflight // 2)):
@@ -246,14 +176,13 @@ class ConsumerRunner:
     def _on_status(self, msg: Msg, status: str) -> None:
         if status == "100":
             return
-        pending = (msg.headers or {}).get("Nats-Pending-Messages")
+        headers = msg.headers or {}
+        pending = headers.get("Nats-Pending-Messages")
         if pending is not None and pending.isdigit():
             self._credits = max(0, self._credits - int(pending))
         elif status != "404":
             self._credits = 0
-        desc = str((msg.headers or {}).get("Description", "")) or next(
-            (str(v) for k, v in (msg.headers or {}).items() if str(k).lower().endswith("description")), ""
-        )
+        desc = next((str(v) for k, v in headers.items() if str(k).lower().endswith("description")), "")
         if status == "409" and "deleted" in desc.lower():
             self._log.warning("%s: its consumer %s was deleted; recreating it", self._label, self.spec.durable)
             self._spawn(self._recreate())
@@ -271,6 +200,7 @@ class ConsumerRunner:
         self._request_more()
 
     async def _watch(self) -> None:
+        """Lost pull requests, slow handlers (in-progress acks) and publish timeouts."""
         period = max(0.05, min(HEARTBEAT, self.spec.ack_wait / 3))
         while True:
             await asyncio.sleep(period)
@@ -281,16 +211,20 @@ class ConsumerRunner:
                 await self._recreate()
             elif self._credits == 0:
                 self._request_more()
-            for key, (msg, since) in list(self._inflight.items()):
-                if now - since > self.spec.ack_wait / 3:
-                    self._inflight[key] = (msg, now)
-                    self._spawn(self._quietly(msg.in_progress()))
+            for job in list(self._inflight.values()):
+                if job.published_at and now - job.published_at > PUBLISH_TIMEOUT:
+                    for f in job.futures:
+                        if not f.done():
+                            f.set_exception(TimeoutError("JetStream did not confirm the outputs in time"))
+                elif now - job.touched > self.spec.ack_wait / 3:
+                    job.touched = now
+                    self._spawn(self._quietly(job.d.msg.in_progress()))
 
     # handling -------------------------------------------------------------------------
     async def _on_msg(self, msg: Msg) -> None:
         self._last_seen = time.monotonic()
-        status = msg.headers.get("Status") if msg.headers else None
-        if status:
+        headers = msg.headers
+        if headers and (status := headers.get("Status")):
             self._on_status(msg, status)
             return
         if not msg.reply:
@@ -299,73 +233,86 @@ class ConsumerRunner:
         if self._stopping:
             await self._quietly(msg.nak())
             return
-        t0 = time.perf_counter()
-        self._inflight[id(msg)] = (msg, time.monotonic())
+        try:
+            job = _Job(Delivery(msg), time.perf_counter())
+        except (ValueError, IndexError):  # not a JetStream delivery
+            return
+        self._inflight[id(msg)] = job
         self.stats.events_in += 1
-        self._m_in.inc()
-        try:
-            d = Delivery(msg)
-        except Exception:  # noqa: BLE001 - not a JetStream delivery
-            self._done(msg)
-            return
         if self._handler.is_async:
-            self._spawn(self._run_async(d, t0))
+            self._spawn(self._run_async(job))
             return
         try:
-            outputs = self._handler.handle_sync(d)
+            outputs = self._handler.handle_sync(job.d)
+            await self._publish(job, outputs)
+        except NeedsAsync:
+            self._spawn(self._run_async(job))
+            return
         except Exception as exc:  # noqa: BLE001 - reported per event
-            self._spawn(self._failed(d, exc))
+            self._queue.put_nowait((job, exc))
             return
-        if not outputs:
-            await self._ack(d, t0, 0)
-            return
-        try:
-            futures = [await self._publish(o) for o in outputs]
-        except Exception as exc:  # noqa: BLE001
-            self._spawn(self._failed(d, exc))
-            return
-        self._spawn(self._complete(d, futures, t0))
+        self._queue.put_nowait((job, None))
 
-    async def _publish(self, o: Output) -> asyncio.Future[Any]:
-        headers = {"Nats-Msg-Id": o.msg_id} if o.msg_id else None
-        return await self._js.publish_async(o.subject, o.payload, headers=headers)
+    async def _publish(self, job: _Job, outputs: Any) -> None:
+        publish = self._pub.publish
+        for o in outputs:
+            headers = o.headers
+            if o.msg_id:
+                headers = {**(headers or {}), "Nats-Msg-Id": o.msg_id}
+            job.futures.append(await publish(o.subject, o.payload, headers))
+        job.published_at = time.monotonic()
 
-    async def _run_async(self, d: Delivery, t0: float) -> None:
+    async def _run_async(self, job: _Job) -> None:
         try:
-            outputs = await self._handler.handle_async(d)
-            futures = [await self._publish(o) for o in outputs]
+            await self._publish(job, await self._handler.handle_async(job.d))
         except asyncio.CancelledError:
-            await self._quietly(d.msg.nak())
-            self._done(d.msg)
             raise
         except Exception as exc:  # noqa: BLE001 - reported per event
-            await self._failed(d, exc)
+            self._queue.put_nowait((job, exc))
             return
-        await self._complete(d, futures, t0)
+        self._queue.put_nowait((job, None))
 
-    async def _complete(self, d: Delivery, futures: list[asyncio.Future[Any]], t0: float) -> None:
-        if futures:
-            try:
-                await asyncio.wait_for(asyncio.gather(*futures), PUBLISH_TIMEOUT)
-            except asyncio.CancelledError:
-                await self._quietly(d.msg.nak())
-                self._done(d.msg)
-                raise
-            except Exception as exc:  # noqa: BLE001 - not stored: retry the event
-                for f in futures:
-                    if not f.done():
-                        f.cancel()
-                await self._failed(d, exc if str(exc) else TimeoutError("JetStream did not confirm the outputs"))
-                return
-        await self._ack(d, t0, len(futures))
+    async def _complete_loop(self) -> None:
+        """Ack each job once JetStream stored its outputs; fail it otherwise."""
+        while True:
+            if self._queue.empty():
+                self._export()
+            job, exc = await self._queue.get()
+            if exc is None:
+                for f in job.futures:
+                    try:
+                        await f
+                    except asyncio.CancelledError:
+                        if not f.cancelled():
+                            raise  # this task is being cancelled
+                        exc = TimeoutError("the connection closed before JetStream confirmed the outputs")
+                        break
+                    except Exception as e:  # noqa: BLE001 - not stored: retry the event
+                        exc = e
+                        break
+            if exc is None:
+                if self._stored is not None and job.futures:
+                    self._stored(job.d, [f.result() for f in job.futures])
+                await self._quietly(job.d.msg.ack())
+                self.stats.events_out += len(job.futures)
+                self._m_lat.observe(time.perf_counter() - job.t0)
+            elif self._retry_async is not None and self._retry_async(job.d, exc):
+                job.futures, job.published_at = [], 0.0
+                self._spawn(self._run_async(job))
+                continue
+            else:
+                await self._failed(job.d, exc)
+            self._inflight.pop(id(job.d.msg), None)
+            self._request_more()
 
-    async def _ack(self, d: Delivery, t0: float, n_out: int) -> None:
-        await self._quietly(d.msg.ack())
-        if n_out:
-            self.stats.events_out += n_out
-            self._m_out.inc(n_out)
-        self._m_lat.observe(time.perf_counter() - t0)
-        self._done(d.msg)
+    def _export(self) -> None:
+        """Bring the Prometheus counters up to date (batched: they take a lock each)."""
+        done_in, done_out = self._exported
+        if self.stats.events_in > done_in:
+            self._m_in.inc(self.stats.events_in - done_in)
+        if self.stats.events_out > done_out:
+            self._m_out.inc(self.stats.events_out - done_out)
+        self._exported = (self.stats.events_in, self.stats.events_out)
 
     async def _failed(self, d: Delivery, exc: BaseException) -> None:
         text = str(exc) or type(exc).__name__
@@ -387,7 +334,6 @@ class ConsumerRunner:
             )
         if not isinstance(exc, EventError):
             self._log.debug("%s: %s", self._label, text, exc_info=exc)
-        self._done(d.msg)
 
     async def _on_max_deliveries(self, msg: Msg) -> None:
         """JetStream itself gave up (the last attempt's node died before it could answer)."""
@@ -396,14 +342,8 @@ class ConsumerRunner:
         except ValueError:
             seq = "?"
         self.stats.dead += 1
-        self._log.warning(
-            "%s: JetStream gave up on %s #%s after %d deliveries",
-            self._label, self.spec.stream, seq, self.spec.max_deliver,
-        )
-
-    def _done(self, msg: Msg) -> None:
-        self._inflight.pop(id(msg), None)
-        self._request_more()
+        self._log.warning("%s: JetStream gave up on %s #%s after %d deliveries",
+                          self._label, self.spec.stream, seq, self.spec.max_deliver)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -418,4 +358,4 @@ class ConsumerRunner:
             pass
 
 
-__all__ = ["ConsumerRunner", "ConsumerSpec", "Output", "Delivery", "Stats", "Handler"]
+__all__ = ["ConsumerRunner", "PUBLISH_TIMEOUT"]

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -18,13 +17,23 @@ from typing import Any
 
 from nimsforest.forest.brains import Brain
 from nimsforest.forest.config import HumusSpec
-from nimsforest.forest.consumer import Delivery, Output, Stats
+from nats.js.errors import APIError
+
+from nimsforest.forest.delivery import Delivery, NeedsAsync, Output, Stats
 from nimsforest.forest.errors import BadEvent
-from nimsforest.forest.leaf import Compost, CompostAction, Leaf, soil_key, utc_now
-from nimsforest.forest.prompt import Prompt, context_for, fill_subject
+from nimsforest.forest.leaf import Compost, CompostAction, Leaf, dumps, loads, soil_key
+from nimsforest.forest.prompt import Prompt, context_for, fill_subject, placeholders
 from nimsforest.forest.sandbox import LuaSandbox
-from nimsforest.forest.soil import Soil, SoilConflict, SoilEntry
-from nimsforest.forest.subjects import humus_subject, wind_subject
+from nimsforest.forest.soil import (
+    EXPECTED_LAST,
+    SEQ_HEADER,
+    SOIL_PREFIX,
+    WRONG_LAST_SEQUENCE,
+    Soil,
+    SoilConflict,
+    SoilEntry,
+)
+from nimsforest.forest.subjects import WIND_PREFIX, humus_subject, wind_subject
 
 SOURCE_HEADER = "Nimsforest-Source"
 
@@ -43,8 +52,8 @@ class TreeHandler:
 
     def handle_sync(self, d: Delivery) -> Sequence[Output]:
         try:
-            value = json.loads(d.data)
-        except (ValueError, UnicodeDecodeError):
+            value = loads(d.data)
+        except ValueError:
             raise BadEvent(f"River message {d.subject} #{d.stream_seq} is not JSON") from None
         meta = {"_subject": d.subject, "_source": d.headers.get(SOURCE_HEADER, "river")}
         value = {**meta, **value} if isinstance(value, dict) else {**meta, "value": value}
@@ -52,7 +61,7 @@ class TreeHandler:
         if result is None:
             self._stats.dropped += 1
             return ()
-        leaf = Leaf.new(self._publishes, result, self._source)
+        leaf = Leaf.new(self._publishes, result, self._source, trusted=True)
         return (Output(self._wind, leaf.to_json(), f"{self._durable}:{d.stream_seq}"),)
 
     handle_async = None  # type: ignore[assignment]
@@ -74,22 +83,31 @@ class TreeHouseHandler:
         if result is None:
             self._stats.dropped += 1
             return ()
-        out = Leaf.new(self._publishes, result, self._source)
+        out = Leaf.new(self._publishes, result, self._source, trusted=True)
         return (Output(self._wind, out.to_json(), f"{self._durable}:{d.stream_seq}"),)
 
     handle_async = None  # type: ignore[assignment]
 
 
 class NimHandler:
-    is_async = True
+    """Leaf -> prompt -> brain -> leaf (+ Humus entry). With a brain that needs no prompt
+    (rules) the whole nim runs synchronously, in order, like a treehouse; otherwise each
+    event is a task and the brain's concurrency limit applies."""
 
     def __init__(
         self, name: str, durable: str, publishes: str, prompt: Prompt, brain: Brain, humus: HumusSpec, stats: Stats
     ) -> None:
         self._name, self._source = name, f"nim:{name}"
         self._durable, self._publishes = durable, publishes
+        self._static_subject = None if placeholders(publishes) else publishes
         self._prompt, self._brain, self._humus, self._stats = prompt, brain, humus, stats
         self._sem = asyncio.Semaphore(brain.concurrency)
+        self.is_async = getattr(brain, "needs_prompt", True)
+        self._decide = getattr(brain, "decide", None)
+
+    def handle_sync(self, d: Delivery) -> Sequence[Output]:
+        leaf = Leaf.from_json(d.data)
+        return self._outputs(d, leaf, self._decide(context_for(leaf)))  # type: ignore[misc]
 
     async def handle_async(self, d: Delivery) -> Sequence[Output]:
         leaf = Leaf.from_json(d.data)
@@ -97,18 +115,21 @@ class NimHandler:
         prompt = self._prompt.render(ctx)
         async with self._sem:
             output = await self._brain.think(prompt, ctx)
+        return self._outputs(d, leaf, output)
+
+    def _outputs(self, d: Delivery, leaf: Leaf, output: dict[str, Any] | None) -> Sequence[Output]:
         if output is None:
             self._stats.dropped += 1
             return ()
-        subject = fill_subject(self._publishes, output)
-        out = Leaf.new(subject, output, self._source)
-        outputs = [Output(wind_subject(subject), out.to_json(), f"{self._durable}:{d.stream_seq}")]
-        entity = self._entity(leaf.data, output)
-        if self._humus.enabled and entity:
+        subject = self._static_subject or fill_subject(self._publishes, output)
+        out = Leaf.new(subject, output, self._source, trusted=True)
+        outputs = [Output(WIND_PREFIX + subject, out.to_json(), f"{self._durable}:{d.stream_seq}")]
+        entity = self._entity(leaf.data, output) if self._humus.enabled else None
+        if entity:
             action = CompostAction(self._humus.action)
             compost = Compost(
                 entity=entity, action=action, data=None if action is CompostAction.DELETE else output,
-                nim=self._name, ts=utc_now(),
+                nim=self._name, ts=out.ts,
             )
             outputs.append(
                 Output(humus_subject(self._name, action.value), compost.to_json(), f"{self._durable}:{d.stream_seq}:humus")
@@ -124,8 +145,6 @@ class NimHandler:
                         return str(v)
         return None
 
-    handle_sync = None  # type: ignore[assignment]
-
 
 class DecomposerHandler:
     """Applies Humus to Soil exactly once per entry, even when redelivered or applied by
@@ -138,9 +157,13 @@ class DecomposerHandler:
     delete  deletes the key; a missing key is left alone
     An entry older than the key's last applied one is skipped, so Soil converges on the
     newest entry per key even when entries are handled out of order.
+
+    Fast path (synchronous, pipelined like any output): write from what this node last saw
+    of the key (a never-seen key is guessed missing). A lost compare-and-set, a retry, or a
+    skip that needs confirming takes the slow path: read the key, decide, write, repeat.
     """
 
-    is_async = True
+    is_async = False
 
     def __init__(self, soil: Soil, stats: Stats, cache_size: int = 10_000) -> None:
         self._soil, self._stats = soil, stats
@@ -148,49 +171,68 @@ class DecomposerHandler:
         self._cache_size = cache_size
         self._log = logging.getLogger("nimsforest.forest.decomposer")
 
+    def handle_sync(self, d: Delivery) -> Sequence[Output]:
+        entry = Compost.from_json(d.data)
+        if d.num_delivered > 1:
+            raise NeedsAsync  # a retry: decide from a fresh read
+        key = soil_key(entry.entity)
+        cur = self._cache.get(key) or SoilEntry(key=key, value=None, revision=0, humus_seq=0)
+        if cur.humus_seq >= d.stream_seq:
+            return ()  # applied already
+        if self._skip(entry, cur):
+            raise NeedsAsync  # confirm against the stored key before skipping
+        return (self._write(entry, key, cur.revision, d.stream_seq),)
+
+    def stored(self, d: Delivery, acks: Sequence[Any]) -> None:
+        entry = Compost.from_json(d.data)
+        self._remember(SoilEntry(key=soil_key(entry.entity), value=None, revision=int(acks[0].seq),
+                                 humus_seq=d.stream_seq, deleted=entry.action is CompostAction.DELETE))
+
+    def retry_async(self, d: Delivery, exc: BaseException) -> bool:
+        """A lost compare-and-set goes to the slow path at once (no nak, no delay)."""
+        return isinstance(exc, APIError) and exc.err_code == WRONG_LAST_SEQUENCE
+
     async def handle_async(self, d: Delivery) -> Sequence[Output]:
         entry = Compost.from_json(d.data)
-        seq, key = d.stream_seq, soil_key(entry.entity)
-        delete = entry.action is CompostAction.DELETE
-        # Start from what this node last saw (a never-seen key is guessed missing). A stale
-        # guess is harmless: writes are compare-and-set, and skips are checked first.
-        cur = self._cache.get(key) or SoilEntry(key=key, value=None, revision=0, humus_seq=0)
-        fresh = False
+        seq = d.stream_seq
         for _ in range(16):
+            cur = await self._soil.dig(entry.entity)
+            self._remember(cur)
             if cur.humus_seq >= seq:
-                return ()  # applied already (a redelivery), or a newer entry won
-            exists = cur.revision > 0 and not cur.deleted
-            if (entry.action is CompostAction.CREATE and exists) or (delete and not exists):
-                if not fresh:
-                    cur, fresh = await self._dig(entry.entity), True
-                    continue
-                if not delete:
+                return ()
+            if self._skip(entry, cur):
+                if entry.action is CompostAction.CREATE:
                     self._stats.dropped += 1
-                    self._log.info("humus #%d: create of %s skipped, the key already exists", seq, key)
+                    self._log.info("humus #%d: create of %s skipped, the key already exists", seq, cur.key)
                 return ()
             try:
-                rev = await self._soil.bury(
-                    entry.entity, entry.data, expected_revision=cur.revision, humus_seq=seq, delete=delete
-                )
+                rev = await self._soil.bury(entry.entity, entry.data, expected_revision=cur.revision, humus_seq=seq,
+                                            delete=entry.action is CompostAction.DELETE)
             except SoilConflict:
-                cur, fresh = await self._dig(entry.entity), True
                 continue
-            self._remember(SoilEntry(key=key, value=None, revision=rev, humus_seq=seq, deleted=delete))
+            self._remember(SoilEntry(key=cur.key, value=None, revision=rev, humus_seq=seq,
+                                     deleted=entry.action is CompostAction.DELETE))
             return ()
-        raise SoilConflict(f"soil key {key} kept changing; the entry will be retried")
+        raise SoilConflict(f"soil key {soil_key(entry.entity)} kept changing; the entry will be retried")
 
-    async def _dig(self, entity: str) -> SoilEntry:
-        entry = await self._soil.dig(entity)
-        self._remember(entry)
-        return entry
+    @staticmethod
+    def _skip(entry: Compost, cur: SoilEntry) -> bool:
+        exists = cur.revision > 0 and not cur.deleted
+        return (entry.action is CompostAction.CREATE and exists) or (entry.action is CompostAction.DELETE and not exists)
+
+    @staticmethod
+    def _write(entry: Compost, key: str, revision: int, seq: int) -> Output:
+        headers = {EXPECTED_LAST: str(revision), SEQ_HEADER: str(seq)}
+        if entry.action is CompostAction.DELETE:
+            headers["KV-Operation"] = "DEL"
+            return Output(f"{SOIL_PREFIX}{key}", b"", headers=headers)
+        return Output(f"{SOIL_PREFIX}{key}", dumps(entry.data), headers=headers)
 
     def _remember(self, e: SoilEntry) -> None:
         self._cache[e.key] = e
         self._cache.move_to_end(e.key)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-
-    handle_sync = None  # type: ignore[assignment]
 
 
 __all__ = ["TreeHandler", "TreeHouseHandler", "NimHandler", "DecomposerHandler", "SOURCE_HEADER"]

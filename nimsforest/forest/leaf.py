@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -21,8 +22,30 @@ from nimsforest.forest.errors import BadEvent
 from nimsforest.forest.subjects import check_subject
 
 
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_decode = json.JSONDecoder().decode
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON bytes (NaN refused); one shared encoder, built once."""
+    return _encode(value).encode()
+
+
+def loads(raw: bytes) -> Any:
+    """JSON bytes (UTF-8) -> value; raises ValueError (UnicodeDecodeError is one)."""
+    return _decode(raw.decode())
+
+
+_second: list[Any] = [-1, ""]  # the last whole second formatted, and its text
+
+
 def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """RFC 3339 UTC with microseconds, e.g. 2026-01-15T09:30:00.123456Z."""
+    ns = time.time_ns()
+    sec = ns // 1_000_000_000
+    if sec != _second[0]:
+        _second[0], _second[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return f"{_second[1]}.{ns // 1000 % 1_000_000:06d}Z"
 
 
 def _check_ts(ts: Any) -> str:
@@ -43,9 +66,14 @@ class Leaf:
     ts: str
 
     @classmethod
-    def new(cls, subject: str, data: Any, source: str) -> Leaf:
+    def new(cls, subject: str, data: Any, source: str, *, trusted: bool = False) -> Leaf:
+        """A new leaf stamped now. `trusted`: subject and source were validated already
+        (component config), so only the data is checked."""
         leaf = cls(subject=subject, data=data, source=source, ts=utc_now())
-        leaf.validate()
+        if not trusted:
+            leaf.validate()
+        elif not isinstance(data, (dict, list)):
+            raise ValueError("leaf data must be a JSON object or array")
         return leaf
 
     def validate(self) -> None:
@@ -60,19 +88,14 @@ class Leaf:
         _check_ts(self.ts)
 
     def to_json(self) -> bytes:
-        return json.dumps(
-            {"subject": self.subject, "data": self.data, "source": self.source, "ts": self.ts},
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=False,
-        ).encode()
+        return dumps({"subject": self.subject, "data": self.data, "source": self.source, "ts": self.ts})
 
     @classmethod
     def from_json(cls, raw: bytes) -> Leaf:
         """Parse and validate; raises BadEvent (one sentence) for anything else."""
         try:
-            obj = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+            obj = loads(raw)
+        except ValueError:
             raise BadEvent("the message is not JSON, so it is not a leaf") from None
         if not isinstance(obj, dict) or set(obj) - {"subject", "data", "source", "ts"}:
             raise BadEvent("the message is not a leaf envelope {subject, data, source, ts}")
@@ -122,17 +145,13 @@ class Compost:
         _check_ts(self.ts)
 
     def to_json(self) -> bytes:
-        return json.dumps(
-            {"entity": self.entity, "action": self.action.value, "data": self.data, "nim": self.nim, "ts": self.ts},
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=False,
-        ).encode()
+        return dumps({"entity": self.entity, "action": self.action.value, "data": self.data, "nim": self.nim,
+                      "ts": self.ts})
 
     @classmethod
     def from_json(cls, raw: bytes) -> Compost:
         try:
-            obj = json.loads(raw)
+            obj = loads(raw)
             if not isinstance(obj, dict):
                 raise ValueError("not an object")
             entry = cls(
@@ -148,4 +167,4 @@ class Compost:
         return entry
 
 
-__all__ = ["Leaf", "Compost", "CompostAction", "soil_key", "utc_now"]
+__all__ = ["Leaf", "Compost", "CompostAction", "soil_key", "utc_now", "dumps", "loads"]

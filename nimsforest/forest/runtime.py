@@ -33,6 +33,7 @@ from nimsforest.forest.model import (
     ForestStatus,
     ReloadDiff,
 )
+from nimsforest.forest.publisher import Publisher
 from nimsforest.forest.soil import Soil
 from nimsforest.forest.subjects import river_subject
 from nimsforest.forest.webhooks import WebhookRejected, delivery_id, parse_json_body, river_payload, verify
@@ -58,6 +59,7 @@ class Forest:
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
+        self._publisher = Publisher(nc)
         self._config = config
         self._replicas, self._placement = replicas, placement_tags
         self._env = env
@@ -110,6 +112,8 @@ class Forest:
                 await self._decomposer.stop(self._grace)
             self._components.clear()
             self._decomposer = None
+            await self._publisher.close()
+            self._publisher = Publisher(self._nc)
             log.info("forest stopped")
 
     # one component at a time ------------------------------------------------------------
@@ -124,7 +128,7 @@ class Forest:
             self._check_source_path(comp)
             if self._running:
                 try:
-                    await comp.start(self._nc, self._js)
+                    await comp.start(self._nc, self._js, self._publisher)
                 except Exception as exc:
                     await comp.stop(0)
                     raise ForestError(f"{comp.label} cannot start: {exc}") from None
@@ -160,7 +164,7 @@ class Forest:
                 if old is not None:
                     await old.stop(self._grace)
                 try:
-                    await new.start(self._nc, self._js)
+                    await new.start(self._nc, self._js, self._publisher)
                 except Exception as exc:
                     await new.stop(0)
                     if old is not None:
@@ -341,7 +345,7 @@ class Forest:
 
     async def _start_quietly(self, comp: Component) -> bool:
         try:
-            await comp.start(self._nc, self._js)
+            await comp.start(self._nc, self._js, self._publisher)
             return True
         except Exception:  # noqa: BLE001 - the component is FAILED with the reason
             return False

@@ -13,13 +13,12 @@ JSON, readable with any KV client (`nats kv get SOIL <key>`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nats.js.errors import APIError, NotFoundError
 
-from nimsforest.forest.leaf import soil_key
+from nimsforest.forest.leaf import dumps, loads, soil_key
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -27,6 +26,8 @@ if TYPE_CHECKING:
 BUCKET = "SOIL"
 STREAM = f"KV_{BUCKET}"
 SEQ_HEADER = "Nimsforest-Humus-Seq"
+EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+SOIL_PREFIX = f"$KV.{BUCKET}."
 WRONG_LAST_SEQUENCE = 10071
 
 
@@ -58,7 +59,7 @@ class Soil:
         op = headers.get("KV-Operation")
         deleted = op in ("DEL", "PURGE")
         seq = headers.get(SEQ_HEADER, "0")
-        value = None if deleted or not raw.data else json.loads(raw.data)
+        value = None if deleted or not raw.data else loads(raw.data)
         return SoilEntry(
             key=key, value=value, revision=int(raw.seq or 0), humus_seq=int(seq) if seq.isdigit() else 0,
             deleted=deleted,
@@ -70,14 +71,14 @@ class Soil:
         """Write (or delete) the entity if its revision is still `expected_revision`; return
         the new revision. Raises SoilConflict when another write got there first."""
         key = soil_key(entity)
-        headers = {"Nats-Expected-Last-Subject-Sequence": str(expected_revision)}
+        headers = {EXPECTED_LAST: str(expected_revision)}
         if humus_seq:
             headers[SEQ_HEADER] = str(humus_seq)
         if delete:
             headers["KV-Operation"] = "DEL"
             payload = b""
         else:
-            payload = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+            payload = dumps(value)
         try:
             ack = await self._js.publish(f"$KV.{BUCKET}.{key}", payload, headers=headers)
         except APIError as exc:
@@ -87,4 +88,5 @@ class Soil:
         return int(ack.seq)
 
 
-__all__ = ["Soil", "SoilEntry", "SoilConflict", "BUCKET", "SEQ_HEADER", "soil_key"]
+__all__ = ["Soil", "SoilEntry", "SoilConflict", "BUCKET", "SEQ_HEADER", "EXPECTED_LAST", "SOIL_PREFIX",
+           "WRONG_LAST_SEQUENCE", "soil_key"]

@@ -18,8 +18,20 @@ HUMUS_PREFIX = "humus."
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-:@$+=~]+$")
 
 
+_VALID: set[str] = set()  # subjects already found valid (not patterns), bounded
+
+
 def check_subject(subject: str, *, pattern: bool = False) -> str:
     """Return `subject` if it is a valid NATS subject (or pattern); raise ValueError."""
+    if subject in _VALID:
+        return subject
+    _check(subject, pattern)
+    if not pattern and len(_VALID) < 4096:
+        _VALID.add(subject)
+    return subject
+
+
+def _check(subject: str, pattern: bool) -> None:
     if not isinstance(subject, str) or not subject:
         raise ValueError("a subject cannot be empty")
     tokens = subject.split(".")
@@ -34,7 +46,6 @@ def check_subject(subject: str, *, pattern: bool = False) -> str:
             raise ValueError(f"'{subject}' has an empty token")
         if not _TOKEN.match(tok):
             raise ValueError(f"'{subject}' has an invalid token '{tok}' (letters, digits and _-:@$+=~ only)")
-    return subject
 
 
 def river_subject(subject: str, *, pattern: bool = False) -> str:

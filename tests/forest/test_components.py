@@ -117,11 +117,75 @@ async def test_endless_loop_is_stopped_and_only_its_component_suffers(forest_fac
     assert forest.get("treehouse", "scoring").errors == 0
 
 
-def _delivery(seq: int, entry: Compost) -> Delivery:
+def _delivery(seq: int, entry: Compost, delivered: int = 1) -> Delivery:
     d = Delivery.__new__(Delivery)
     d.msg, d.data, d.subject, d.headers = None, entry.to_json(), f"humus.n.{entry.action.value}", {}
-    d.stream_seq, d.num_delivered = seq, 1
+    d.stream_seq, d.num_delivered = seq, delivered
     return d
+
+
+def test_decomposer_fast_path_decisions() -> None:
+    from types import SimpleNamespace
+
+    import pytest
+    from nats.js.errors import APIError
+
+    from nimsforest.forest.delivery import NeedsAsync
+
+    h = DecomposerHandler(None, Stats())  # type: ignore[arg-type]  # the fast path never touches Soil
+
+    def entry(action: str, data: Any = None) -> Compost:
+        return Compost(entity="k", action=CompostAction(action), data=data, nim="n", ts=utc_now())
+
+    (out,) = h.handle_sync(_delivery(5, entry("update", {"v": 1})))
+    assert out.subject == "$KV.SOIL.k" and out.headers == {
+        "Nats-Expected-Last-Subject-Sequence": "0", "Nimsforest-Humus-Seq": "5"}
+    h.stored(_delivery(5, entry("update", {"v": 1})), [SimpleNamespace(seq=17)])
+    (out,) = h.handle_sync(_delivery(6, entry("delete")))
+    assert out.headers["Nats-Expected-Last-Subject-Sequence"] == "17" and out.headers["KV-Operation"] == "DEL"
+    assert h.handle_sync(_delivery(5, entry("update", {"v": 1}))) == ()  # known to be applied
+    with pytest.raises(NeedsAsync):
+        h.handle_sync(_delivery(7, entry("create", {"v": 2})))  # would skip: confirm first
+    with pytest.raises(NeedsAsync):
+        h.handle_sync(_delivery(8, entry("update", {"v": 3}), delivered=2))  # retries read first
+    conflict = APIError(code=400, err_code=10071, description="wrong last sequence")
+    assert h.retry_async(_delivery(8, entry("update")), conflict)
+    assert not h.retry_async(_delivery(8, entry("update")), TimeoutError())
+
+
+async def test_two_decomposers_converge_on_the_newest_entry_per_key(plain_nats, forest_factory, nc) -> None:  # type: ignore[no-untyped-def]
+    import nats as nats_mod
+
+    from nimsforest.forest import Forest
+
+    node_a = await forest_factory({"decomposer": {"max_inflight": 8}})
+    nc_b = await nats_mod.connect(plain_nats.url)
+    node_b = Forest(nc_b, node_a.config, stop_grace=1.0)
+    await node_b.start()
+    try:
+        js = nc.jetstream()
+        last: dict[str, int] = {}
+        for i in range(150):
+            key = f"hot-{i % 3}"
+            action = CompostAction.DELETE if i % 17 == 16 else CompostAction.UPDATE
+            entry = Compost(entity=key, action=action, data=None if action is CompostAction.DELETE else {"i": i},
+                            nim="n", ts=utc_now())
+            await js.publish(f"humus.n.{action.value}", entry.to_json())
+            last[key] = i if action is CompostAction.UPDATE else -1
+
+        async def converged() -> bool:
+            for key, i in last.items():
+                e = await node_a.soil.dig(key)
+                if (e.value if i >= 0 else None) != ({"i": i} if i >= 0 else None):
+                    return False
+            return True
+
+        await eventually(converged, what="Soil holds the newest entry per key")
+        handled = [f.get("decomposer", "decomposer").events_in for f in (node_a, node_b)]
+        assert sum(handled) >= 150 and all(handled), handled
+    finally:
+        await node_b.stop()
+        await nc_b.close()
 
 
 async def test_decomposer_applies_each_entry_exactly_once(nc) -> None:  # type: ignore[no-untyped-def]

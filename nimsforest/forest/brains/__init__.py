@@ -22,6 +22,7 @@ from nimsforest.forest.prompt import Prompt
 class Brain(Protocol):
     kind: str
     concurrency: int
+    needs_prompt: bool  # False: the brain decides from the input alone (rules)
 
     async def think(self, prompt: str, context: dict[str, Any]) -> dict[str, Any] | None: ...
 

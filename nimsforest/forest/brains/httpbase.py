@@ -38,6 +38,7 @@ def api_key(env: Mapping[str, str], spec: _HttpBrain, default_var: str, *, requi
 
 class HttpBrain:
     kind = "http"
+    needs_prompt = True
 
     def __init__(self, spec: _HttpBrain, label: str) -> None:
         self.spec = spec
