@@ -46,17 +46,34 @@ class Result:
         return self.events / self.seconds
 
     def pct(self, q: float) -> float:
-        return statistics.quantiles(self.latencies, n=100)[int(q) - 1] * 1000 if len(self.latencies) > 1 else 0.0
+        return (
+            statistics.quantiles(self.latencies, n=100)[int(q) - 1] * 1000
+            if len(self.latencies) > 1
+            else 0.0
+        )
 
 
 def _contact(n: int) -> bytes:
-    return json.dumps({"event": "contact.created", "contact": {
-        "id": f"b-{n}", "email": f"lead{n}@corp.io", "title": ("CTO", "VP Sales", "Engineer")[n % 3],
-        "company": {"name": "Corp", "size": (n * 37) % 1000, "industry": ("technology", "retail")[n % 2]}}}).encode()
+    return json.dumps(
+        {
+            "event": "contact.created",
+            "contact": {
+                "id": f"b-{n}",
+                "email": f"lead{n}@corp.io",
+                "title": ("CTO", "VP Sales", "Engineer")[n % 3],
+                "company": {
+                    "name": "Corp",
+                    "size": (n * 37) % 1000,
+                    "industry": ("technology", "retail")[n % 2],
+                },
+            },
+        }
+    ).encode()
 
 
-async def _drive(nc: Any, n_events: int, window: int, publish: Callable[[int], Awaitable[Any]],
-                 done_subject: str) -> Result:
+async def _drive(
+    nc: Any, n_events: int, window: int, publish: Callable[[int], Awaitable[Any]], done_subject: str
+) -> Result:
     """Publish `n_events` with at most `window` unfinished; time each to its completion
     (a message on `done_subject` whose last token is the event's key)."""
     started: dict[str, float] = {}
@@ -96,8 +113,13 @@ async def _pipeline(url: str, n_events: int, window: int) -> Result:
     await forest.start()
     js = nc.jetstream()
     try:
-        return await _drive(nc, n_events, window, lambda i: js.publish_async("river.contacts", _contact(i)),
-                            "$KV.SOIL.>")
+        return await _drive(
+            nc,
+            n_events,
+            window,
+            lambda i: js.publish_async("river.contacts", _contact(i)),
+            "$KV.SOIL.>",
+        )
     finally:
         await forest.stop()
         await nc.close()
@@ -107,7 +129,12 @@ async def _baseline(url: str, n_events: int, window: int) -> Result:
     """Four raw stages with the pipeline's hop shape; they forward bytes unchanged."""
     nc = await nats.connect(url)
     js = nc.jetstream()
-    for name, subj in (("BRIVER", "b.river.>"), ("BWIND", "b.wind.>"), ("BHUMUS", "b.humus.>"), ("BSOIL", "b.soil.>")):
+    for name, subj in (
+        ("BRIVER", "b.river.>"),
+        ("BWIND", "b.wind.>"),
+        ("BHUMUS", "b.humus.>"),
+        ("BSOIL", "b.soil.>"),
+    ):
         await ensure_stream(js, StreamSpec(name=name, subjects=(subj,)), 1, None)
     stages = [  # (stream, filter, outputs)
         ("BRIVER", "b.river.contacts", ["b.wind.contact.created"]),
@@ -122,13 +149,15 @@ async def _baseline(url: str, n_events: int, window: int) -> Result:
         while not stop.is_set():
             try:
                 msgs = await psub.fetch(*FETCH)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 continue
             futures = []
             for m in msgs:
                 key = m.headers.get("id", "") if m.headers else ""
                 for out in outputs:
-                    futures.append(await js.publish_async(out.replace("{id}", key), m.data, headers=m.headers))
+                    futures.append(
+                        await js.publish_async(out.replace("{id}", key), m.data, headers=m.headers)
+                    )
             await asyncio.gather(*futures)
             for m in msgs:
                 await m.ack()
@@ -136,9 +165,13 @@ async def _baseline(url: str, n_events: int, window: int) -> Result:
     tasks = [asyncio.create_task(stage(i, *st)) for i, st in enumerate(stages)]
     try:
         # the event's key travels in a header so the last stage can name its soil subject
-        return await _drive(nc, n_events, window,
-                            lambda i: js.publish_async("b.river.contacts", _contact(i), headers={"id": f"b-{i}"}),
-                            "b.soil.>")
+        return await _drive(
+            nc,
+            n_events,
+            window,
+            lambda i: js.publish_async("b.river.contacts", _contact(i), headers={"id": f"b-{i}"}),
+            "b.soil.>",
+        )
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -156,13 +189,30 @@ def _free_port() -> int:
 def _start_server(store: Path) -> tuple[subprocess.Popen[bytes], str]:
     port, monitor = _free_port(), _free_port()
     proc = subprocess.Popen(
-        [str(find_nats_server()), "-js", "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor), "-sd", str(store)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(find_nats_server()),
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-m",
+            str(monitor),
+            "-sd",
+            str(store),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{monitor}/healthz", timeout=1, trust_env=False).status_code == 200:
+            if (
+                httpx.get(
+                    f"http://127.0.0.1:{monitor}/healthz", timeout=1, trust_env=False
+                ).status_code
+                == 200
+            ):
                 return proc, f"nats://127.0.0.1:{port}"
         except httpx.HTTPError:
             pass
@@ -171,7 +221,9 @@ def _start_server(store: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise click.ClickException("nats-server did not become healthy for the benchmark.")
 
 
-async def _run(events: int, window: int, warmup: int, rounds: int) -> tuple[list[Result], list[Result]]:
+async def _run(
+    events: int, window: int, warmup: int, rounds: int
+) -> tuple[list[Result], list[Result]]:
     """`rounds` times, on a fresh nats-server each: a baseline run, then a pipeline run."""
     bases, pipes = [], []
     for _ in range(rounds):
@@ -207,17 +259,32 @@ def _runner(coro: Awaitable[Any]) -> Any:
 @click.command("pipeline")
 @click.option("--events", default=3000, show_default=True, help="Events per run.")
 @click.option("--window", default=256, show_default=True, help="Events in flight at once.")
-@click.option("--warmup", default=300, show_default=True, help="Baseline events run first and not counted.")
-@click.option("--rounds", default=3, show_default=True, help="Rounds (fresh nats-server each); medians are shown.")
+@click.option(
+    "--warmup", default=300, show_default=True, help="Baseline events run first and not counted."
+)
+@click.option(
+    "--rounds",
+    default=3,
+    show_default=True,
+    help="Rounds (fresh nats-server each); medians are shown.",
+)
 def command(events: int, window: int, warmup: int, rounds: int) -> None:
     """River -> Tree -> TreeHouse -> Nim (rules) -> Humus -> Soil on one node, next to a
     raw nats-py baseline with the same JetStream hops, from the same run."""
     bases, pipes = _runner(_run(events, window, warmup, rounds))
     base, pipe = _merge(bases), _merge(pipes)
-    click.echo(f"hops per event: {PUBLISHES} JetStream publishes + {CONSUMES} pull fetch/ack consumptions")
-    click.echo(f"events: {events} per run, in flight: {window}, rounds: {rounds} (median rate; p50/p99 over all rounds)")
+    click.echo(
+        f"hops per event: {PUBLISHES} JetStream publishes + {CONSUMES} pull fetch/ack consumptions"
+    )
+    click.echo(
+        f"events: {events} per run, in flight: {window}, rounds: {rounds} "
+        "(median rate; p50/p99 over all rounds)"
+    )
     for i, (b, p) in enumerate(zip(bases, pipes), 1):
-        click.echo(f"  round {i}: baseline {b.rate:6.0f}/s, pipeline {p.rate:6.0f}/s ({p.rate / b.rate:.0%})")
-    click.echo(f"baseline (raw nats-py): {base.rate:8.0f} events/s   p50 {base.pct(50):7.1f} ms   p99 {base.pct(99):7.1f} ms")
-    click.echo(f"pipeline (NimsForest):  {pipe.rate:8.0f} events/s   p50 {pipe.pct(50):7.1f} ms   p99 {pipe.pct(99):7.1f} ms")
+        ratio = p.rate / b.rate
+        click.echo(f"  round {i}: baseline {b.rate:6.0f}/s, pipeline {p.rate:6.0f}/s ({ratio:.0%})")
+    for label, r in (("baseline (raw nats-py):", base), ("pipeline (NimsForest): ", pipe)):
+        click.echo(
+            f"{label} {r.rate:8.0f} events/s   p50 {r.pct(50):7.1f} ms   p99 {r.pct(99):7.1f} ms"
+        )
     click.echo(f"ratio pipeline/baseline: {pipe.rate / base.rate:.0%} (target at least 70%)")

@@ -19,11 +19,18 @@ def _fail(ctx: click.Context, message: str, code: int) -> None:
 @click.command("flow")
 @click.argument("subject")
 @click.argument("payload", metavar="JSON")
-@click.option("--api", "api", default=None, metavar="HOST:PORT",
-              help="The daemon's API address (default: NIMSFOREST_API or 127.0.0.1:8080).")
+@click.option(
+    "--api",
+    "api",
+    default=None,
+    metavar="HOST:PORT",
+    help="The daemon's API address (default: NIMSFOREST_API or 127.0.0.1:8080).",
+)
 @click.option("--id", "msg_id", default=None, help="An idempotency key: the input is stored once.")
 @click.pass_context
-def flow(ctx: click.Context, subject: str, payload: str, api: str | None, msg_id: str | None) -> None:
+def flow(
+    ctx: click.Context, subject: str, payload: str, api: str | None, msg_id: str | None
+) -> None:
     """Put JSON into the River on SUBJECT (the `river.` prefix is optional).
 
     \b
@@ -33,7 +40,12 @@ def flow(ctx: click.Context, subject: str, payload: str, api: str | None, msg_id
     try:
         json.loads(payload)
     except ValueError as exc:
-        _fail(ctx, f"JSON is not valid JSON ({getattr(exc, 'msg', exc)} at character {getattr(exc, 'pos', 0) + 1}).", 2)
+        _fail(
+            ctx,
+            f"JSON is not valid JSON ({getattr(exc, 'msg', exc)} "
+            f"at character {getattr(exc, 'pos', 0) + 1}).",
+            2,
+        )
     try:
         if api:
             host, port = parse_hostport(api)
@@ -52,8 +64,13 @@ def flow(ctx: click.Context, subject: str, payload: str, api: str | None, msg_id
     if msg_id:
         headers["idempotency-key"] = msg_id
     try:
-        resp = httpx.post(f"{base}/api/v1/river/{subject}", content=payload.encode(), headers=headers,
-                          timeout=10.0, trust_env=False)
+        resp = httpx.post(
+            f"{base}/api/v1/river/{subject}",
+            content=payload.encode(),
+            headers=headers,
+            timeout=10.0,
+            trust_env=False,
+        )
     except httpx.ConnectError:
         _fail(ctx, f"No NimsForest daemon is running at {base}.", 1)
     except httpx.HTTPError as exc:
@@ -65,4 +82,5 @@ def flow(ctx: click.Context, subject: str, payload: str, api: str | None, msg_id
     if resp.status_code >= 400:
         _fail(ctx, str(answer.get("error") or f"The daemon answered HTTP {resp.status_code}."), 1)
     dup = " (already there: not stored twice)" if answer.get("duplicate") else ""
-    click.echo(f"Stored in the River on {answer.get('subject', subject)} as RIVER #{answer.get('seq', '?')}{dup}.")
+    where, seq = answer.get("subject", subject), answer.get("seq", "?")
+    click.echo(f"Stored in the River on {where} as RIVER #{seq}{dup}.")

@@ -45,7 +45,13 @@ def fingerprint(spec: Any, text: str | None) -> str:
     if text is not None:
         h.update(text.encode())
     if isinstance(spec, NimSpec):
-        h.update(json.dumps(sorted((k, v) for k, v in os.environ.items() if k.startswith(("OPENAI_", "ANTHROPIC_")))).encode())
+        h.update(
+            json.dumps(
+                sorted(
+                    (k, v) for k, v in os.environ.items() if k.startswith(("OPENAI_", "ANTHROPIC_"))
+                )
+            ).encode()
+        )
     return h.hexdigest()
 
 
@@ -70,9 +76,13 @@ def _read(cfg: ForestConfig, path: Path, label: str, field: str) -> str:
     try:
         return full.read_text()
     except FileNotFoundError:
-        raise ForestConfigError(f"file {full} does not exist", file=cfg.label, component=label, field=field) from None
+        raise ForestConfigError(
+            f"file {full} does not exist", file=cfg.label, component=label, field=field
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ForestConfigError(f"file {full} cannot be read: {exc}", file=cfg.label, component=label, field=field) from None
+        raise ForestConfigError(
+            f"file {full} cannot be read: {exc}", file=cfg.label, component=label, field=field
+        ) from None
 
 
 def _sandbox(
@@ -84,43 +94,92 @@ def _sandbox(
         source, chunk = _read(cfg, spec.script, label, field), str(spec.script)
     else:
         source, chunk = spec.code or "", f"{kind.value}:{name}"
-    limits = LuaLimits(instructions=spec.limits.instructions, seconds=spec.limits.time, memory=spec.limits.memory)
+    limits = LuaLimits(
+        instructions=spec.limits.instructions, seconds=spec.limits.time, memory=spec.limits.memory
+    )
     lua_log = logging.getLogger(f"nimsforest.forest.lua.{name}")
     try:
-        sandbox = LuaSandbox(source, chunk, limits, lambda text: lua_log.info("%s: %s", label, text))
+        sandbox = LuaSandbox(
+            source, chunk, limits, lambda text: lua_log.info("%s: %s", label, text)
+        )
         return sandbox, (source if spec.script is not None else None)
     except ScriptLoadError as exc:
         raise ForestConfigError(str(exc), file=cfg.label, component=label, field=field) from None
 
 
 def build_component(
-    cfg: ForestConfig, kind: ComponentKind, name: str, spec: Any, env: Mapping[str, str] | None = None
+    cfg: ForestConfig,
+    kind: ComponentKind,
+    name: str,
+    spec: Any,
+    env: Mapping[str, str] | None = None,
 ) -> Component:
     """Compile one component. `spec` may be a spec model or a plain mapping."""
-    if not isinstance(spec, (TreeSpec, TreeHouseSpec, NimSpec, SourceSpec)) or not _kind_matches(kind, spec):
+    if not isinstance(spec, (TreeSpec, TreeHouseSpec, NimSpec, SourceSpec)) or not _kind_matches(
+        kind, spec
+    ):
         spec = parse_spec(kind, name, spec, file=cfg.label)
     label = component_label(kind, name)
     durable = durable_name(kind, name)
     stats = Stats()
     if isinstance(spec, SourceSpec):
-        return Component(kind, name, spec, stats=stats, publishes=spec.publishes, fingerprint=fingerprint(spec, None))
+        return Component(
+            kind,
+            name,
+            spec,
+            stats=stats,
+            publishes=spec.publishes,
+            fingerprint=fingerprint(spec, None),
+        )
     if isinstance(spec, TreeSpec):
-        cons = ConsumerSpec(RIVER.name, durable, spec.watches, spec.ack_wait, spec.max_deliver, spec.max_inflight,
-                            description=f"NimsForest {label}")
+        cons = ConsumerSpec(
+            RIVER.name,
+            durable,
+            spec.watches,
+            spec.ack_wait,
+            spec.max_deliver,
+            spec.max_inflight,
+            description=f"NimsForest {label}",
+        )
         lua, text = _sandbox(cfg, kind, name, spec)
         handler: Any = TreeHandler(name, durable, spec.publishes, lua, stats)
-        return Component(kind, name, spec, consumer=cons, handler=handler, stats=stats, publishes=spec.publishes,
-                         fingerprint=fingerprint(spec, text))
+        return Component(
+            kind,
+            name,
+            spec,
+            consumer=cons,
+            handler=handler,
+            stats=stats,
+            publishes=spec.publishes,
+            fingerprint=fingerprint(spec, text),
+        )
     if isinstance(spec, TreeHouseSpec):
-        cons = ConsumerSpec(WIND.name, durable, wind_subject(spec.subscribes, pattern=True), spec.ack_wait,
-                            spec.max_deliver, spec.max_inflight, description=f"NimsForest {label}")
+        cons = ConsumerSpec(
+            WIND.name,
+            durable,
+            wind_subject(spec.subscribes, pattern=True),
+            spec.ack_wait,
+            spec.max_deliver,
+            spec.max_inflight,
+            description=f"NimsForest {label}",
+        )
         lua, text = _sandbox(cfg, kind, name, spec)
         handler = TreeHouseHandler(name, durable, spec.publishes, lua, stats)
-        return Component(kind, name, spec, consumer=cons, handler=handler, stats=stats, publishes=spec.publishes,
-                         fingerprint=fingerprint(spec, text))
+        return Component(
+            kind,
+            name,
+            spec,
+            consumer=cons,
+            handler=handler,
+            stats=stats,
+            publishes=spec.publishes,
+            fingerprint=fingerprint(spec, text),
+        )
     assert isinstance(spec, NimSpec)
     field = "prompt" if spec.prompt is not None else "template"
-    text = _read(cfg, spec.prompt, label, field) if spec.prompt is not None else (spec.template or "")
+    text = (
+        _read(cfg, spec.prompt, label, field) if spec.prompt is not None else (spec.template or "")
+    )
     try:
         prompt = Prompt(text, str(spec.prompt) if spec.prompt is not None else f"{label} template")
     except PromptError as exc:
@@ -128,36 +187,83 @@ def build_component(
     try:
         brain = build_brain(spec.brain, prompt, label=label, env=os.environ if env is None else env)
     except BrainConfigError as exc:
-        raise ForestConfigError(str(exc), file=cfg.label, component=label, field=exc.field) from None
-    cons = ConsumerSpec(WIND.name, durable, wind_subject(spec.subscribes, pattern=True), spec.ack_wait,
-                        spec.max_deliver, spec.inflight, description=f"NimsForest {label}")
+        raise ForestConfigError(
+            str(exc), file=cfg.label, component=label, field=exc.field
+        ) from None
+    cons = ConsumerSpec(
+        WIND.name,
+        durable,
+        wind_subject(spec.subscribes, pattern=True),
+        spec.ack_wait,
+        spec.max_deliver,
+        spec.inflight,
+        description=f"NimsForest {label}",
+    )
     handler = NimHandler(name, durable, spec.publishes, prompt, brain, spec.humus, stats)
-    return Component(kind, name, spec, consumer=cons, handler=handler, stats=stats, publishes=spec.publishes,
-                     closers=(brain.aclose,), fingerprint=fingerprint(spec, text if spec.prompt is not None else None))
+    return Component(
+        kind,
+        name,
+        spec,
+        consumer=cons,
+        handler=handler,
+        stats=stats,
+        publishes=spec.publishes,
+        closers=(brain.aclose,),
+        fingerprint=fingerprint(spec, text if spec.prompt is not None else None),
+    )
 
 
 def build_decomposer(cfg: ForestConfig, soil: Soil) -> Component:
     d = cfg.decomposer
     stats = Stats()
-    cons = ConsumerSpec(HUMUS.name, DECOMPOSER_DURABLE, "humus.>", d.ack_wait, d.max_deliver, d.max_inflight,
-                        deliver_policy=DeliverPolicy.ALL, description="NimsForest decomposer: Humus -> Soil")
-    return Component(ComponentKind.DECOMPOSER, DECOMPOSER_DURABLE, d, consumer=cons,
-                     handler=DecomposerHandler(soil, stats), stats=stats, publishes="$KV.SOIL.>")
+    cons = ConsumerSpec(
+        HUMUS.name,
+        DECOMPOSER_DURABLE,
+        "humus.>",
+        d.ack_wait,
+        d.max_deliver,
+        d.max_inflight,
+        deliver_policy=DeliverPolicy.ALL,
+        description="NimsForest decomposer: Humus -> Soil",
+    )
+    return Component(
+        ComponentKind.DECOMPOSER,
+        DECOMPOSER_DURABLE,
+        d,
+        consumer=cons,
+        handler=DecomposerHandler(soil, stats),
+        stats=stats,
+        publishes="$KV.SOIL.>",
+    )
 
 
 def _kind_matches(kind: ComponentKind, spec: Any) -> bool:
     return {
-        ComponentKind.SOURCE: SourceSpec, ComponentKind.TREE: TreeSpec,
-        ComponentKind.TREEHOUSE: TreeHouseSpec, ComponentKind.NIM: NimSpec,
+        ComponentKind.SOURCE: SourceSpec,
+        ComponentKind.TREE: TreeSpec,
+        ComponentKind.TREEHOUSE: TreeHouseSpec,
+        ComponentKind.NIM: NimSpec,
     }.get(kind) is type(spec)
 
 
 def check_config(cfg: ForestConfig, env: Mapping[str, str] | None = None) -> None:
     """Compile every component of `cfg`; raise the first ForestConfigError."""
-    for kind in (ComponentKind.SOURCE, ComponentKind.TREE, ComponentKind.TREEHOUSE, ComponentKind.NIM):
+    for kind in (
+        ComponentKind.SOURCE,
+        ComponentKind.TREE,
+        ComponentKind.TREEHOUSE,
+        ComponentKind.NIM,
+    ):
         for name, spec in cfg.specs(kind).items():
             build_component(cfg, kind, name, spec, env)
 
 
-__all__ = ["build_component", "build_decomposer", "check_config", "durable_name", "fingerprint", "spec_fingerprint",
-           "DECOMPOSER_DURABLE"]
+__all__ = [
+    "DECOMPOSER_DURABLE",
+    "build_component",
+    "build_decomposer",
+    "check_config",
+    "durable_name",
+    "fingerprint",
+    "spec_fingerprint",
+]

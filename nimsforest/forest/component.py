@@ -59,8 +59,15 @@ class Component:
         try:
             if self.consumer is not None and self.handler is not None:
                 self._runner = ConsumerRunner(
-                    nc, js, publisher, self.consumer, self.handler, self.stats,
-                    label=self.label, kind=self.kind.value, name=self.name,
+                    nc,
+                    js,
+                    publisher,
+                    self.consumer,
+                    self.handler,
+                    self.stats,
+                    label=self.label,
+                    kind=self.kind.value,
+                    name=self.name,
                 )
                 await self._runner.start()
         except Exception as exc:
@@ -69,7 +76,11 @@ class Component:
             raise
         self.state = ComponentState.RUNNING
         self.stats.started_at = datetime.now(UTC)
-        where = f" (consumer {self.consumer.durable} on {self.consumer.filter_subject})" if self.consumer else ""
+        where = (
+            f" (consumer {self.consumer.durable} on {self.consumer.filter_subject})"
+            if self.consumer
+            else ""
+        )
         self._log.info("%s running%s", self.label, where)
 
     def fail(self, reason: str) -> None:

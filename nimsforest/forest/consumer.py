@@ -47,12 +47,16 @@ PUBLISH_TIMEOUT = 10.0
 
 
 class _Job:
-    __slots__ = ("d", "t0", "touched", "futures", "published_at")
+    __slots__ = ("d", "futures", "published_at", "t0", "touched")
 
     def __init__(self, d: Delivery, t0: float) -> None:
         self.d, self.t0, self.touched = d, t0, time.monotonic()
         self.futures: list[asyncio.Future[Any]] = []
         self.published_at = 0.0
+
+
+class _Handed(Exception):
+    pass
 
 
 class _RateLimitedLog:
@@ -75,10 +79,26 @@ class _RateLimitedLog:
 
 class ConsumerRunner:
     def __init__(
-        self, nc: Client, js: JetStreamContext, publisher: Publisher, spec: ConsumerSpec, handler: Handler,
-        stats: Stats, *, label: str, kind: str, name: str,
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        publisher: Publisher,
+        spec: ConsumerSpec,
+        handler: Handler,
+        stats: Stats,
+        *,
+        label: str,
+        kind: str,
+        name: str,
     ) -> None:
-        self._nc, self._js, self._pub, self.spec, self._handler, self.stats = nc, js, publisher, spec, handler, stats
+        self._nc, self._js, self._pub, self.spec, self._handler, self.stats = (
+            nc,
+            js,
+            publisher,
+            spec,
+            handler,
+            stats,
+        )
         self._label = label
         self._log = logging.getLogger(f"nimsforest.forest.{kind}")
         self._rl = _RateLimitedLog(self._log)
@@ -98,7 +118,10 @@ class ConsumerRunner:
         self._background: list[asyncio.Task[None]] = []
         self._last_seen = time.monotonic()
         self._stopping = False
-        self._exported = (stats.events_in, stats.events_out)  # already added to the Prometheus counters
+        self._exported = (
+            stats.events_in,
+            stats.events_out,
+        )  # already added to the Prometheus counters
 
     # lifecycle ------------------------------------------------------------------------
     async def ensure_consumer(self) -> None:
@@ -118,7 +141,9 @@ class ConsumerRunner:
         self._stopping = False
         self._inbox = self._nc.new_inbox()
         self._subs = [
-            await self._nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1),
+            await self._nc.subscribe(
+                self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
+            ),
             await self._nc.subscribe(
                 f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.spec.stream}.{self.spec.durable}",
                 cb=self._on_max_deliveries,
@@ -138,7 +163,7 @@ class ConsumerRunner:
         for sub in self._subs:
             try:  # no more pull interest; already-queued messages get nak'd
                 await asyncio.wait_for(sub.drain(), max(grace, 0.5))
-            except Exception:  # noqa: BLE001 - connection may be gone already
+            except Exception:  # noqa: BLE001, S110 - connection may be gone already
                 pass
         self._subs = []
         deadline = time.monotonic() + grace
@@ -167,7 +192,11 @@ class ConsumerRunner:
         self._spawn(self._send_request(free))
 
     async def _send_request(self, batch: int) -> None:
-        req = {"batch": batch, "expires": int(EXPIRES * 1e9), "idle_heartbeat": int(HEARTBEAT * 1e9)}
+        req = {
+            "batch": batch,
+            "expires": int(EXPIRES * 1e9),
+            "idle_heartbeat": int(HEARTBEAT * 1e9),
+        }
         try:
             await self._nc.publish(self._next_subject, json.dumps(req).encode(), reply=self._inbox)
         except Exception:  # noqa: BLE001 - disconnected; the watchdog asks again
@@ -182,20 +211,27 @@ class ConsumerRunner:
             self._credits = max(0, self._credits - int(pending))
         elif status != "404":
             self._credits = 0
-        desc = next((str(v) for k, v in headers.items() if str(k).lower().endswith("description")), "")
+        desc = next(
+            (str(v) for k, v in headers.items() if str(k).lower().endswith("description")), ""
+        )
         if status == "409" and "deleted" in desc.lower():
-            self._log.warning("%s: its consumer %s was deleted; recreating it", self._label, self.spec.durable)
+            self._log.warning(
+                "%s: its consumer %s was deleted; recreating it", self._label, self.spec.durable
+            )
             self._spawn(self._recreate())
             return
-        if status not in ("404", "408"):
+        if status in ("404", "408"):
+            self._request_more()
+        else:  # e.g. 409 Exceeded MaxWaiting, Leadership Change: the watchdog asks again later
             self._log.debug("%s: pull status %s %s", self._label, status, desc)
-        self._request_more()
 
     async def _recreate(self) -> None:
         try:
             await self.ensure_consumer()
         except Exception as exc:  # noqa: BLE001 - the watchdog retries
-            self._log.warning("%s: cannot recreate consumer %s: %s", self._label, self.spec.durable, exc)
+            self._log.warning(
+                "%s: cannot recreate consumer %s: %s", self._label, self.spec.durable, exc
+            )
         self._credits = 0
         self._request_more()
 
@@ -206,7 +242,11 @@ class ConsumerRunner:
             await asyncio.sleep(period)
             now = time.monotonic()
             if self._credits > 0 and now - self._last_seen > 3 * HEARTBEAT:
-                self._log.info("%s: no word from JetStream for %.0fs; asking again", self._label, now - self._last_seen)
+                self._log.info(
+                    "%s: no word from JetStream for %.0fs; asking again",
+                    self._label,
+                    now - self._last_seen,
+                )
                 self._last_seen = now
                 await self._recreate()
             elif self._credits == 0:
@@ -215,7 +255,9 @@ class ConsumerRunner:
                 if job.published_at and now - job.published_at > PUBLISH_TIMEOUT:
                     for f in job.futures:
                         if not f.done():
-                            f.set_exception(TimeoutError("JetStream did not confirm the outputs in time"))
+                            f.set_exception(
+                                TimeoutError("JetStream did not confirm the outputs in time")
+                            )
                 elif now - job.touched > self.spec.ack_wait / 3:
                     job.touched = now
                     self._spawn(self._quietly(job.d.msg.in_progress()))
@@ -278,32 +320,52 @@ class ConsumerRunner:
             if self._queue.empty():
                 self._export()
             job, exc = await self._queue.get()
-            if exc is None:
-                for f in job.futures:
-                    try:
-                        await f
-                    except asyncio.CancelledError:
-                        if not f.cancelled():
-                            raise  # this task is being cancelled
-                        exc = TimeoutError("the connection closed before JetStream confirmed the outputs")
-                        break
-                    except Exception as e:  # noqa: BLE001 - not stored: retry the event
-                        exc = e
-                        break
-            if exc is None:
-                if self._stored is not None and job.futures:
-                    self._stored(job.d, [f.result() for f in job.futures])
-                await self._quietly(job.d.msg.ack())
-                self.stats.events_out += len(job.futures)
-                self._m_lat.observe(time.perf_counter() - job.t0)
-            elif self._retry_async is not None and self._retry_async(job.d, exc):
-                job.futures, job.published_at = [], 0.0
-                self._spawn(self._run_async(job))
-                continue
-            else:
-                await self._failed(job.d, exc)
+            try:
+                await self._complete(job, exc)
+            except _Handed:
+                continue  # handed to handle_async: still in flight
+            except asyncio.CancelledError:
+                raise
+            except Exception as bug:  # noqa: BLE001 - never let one job stop the loop
+                self._log.error(
+                    "%s: completing %s #%d failed: %s",
+                    self._label,
+                    self.spec.stream,
+                    job.d.stream_seq,
+                    bug,
+                    exc_info=bug,
+                )
+                await self._quietly(job.d.msg.nak(delay=1.0))
             self._inflight.pop(id(job.d.msg), None)
             self._request_more()
+
+    async def _complete(self, job: _Job, exc: BaseException | None) -> None:
+        if exc is None:
+            for f in job.futures:
+                try:
+                    await f
+                except asyncio.CancelledError:
+                    if not f.cancelled():
+                        raise  # this task is being cancelled
+                    exc = TimeoutError(
+                        "the connection closed before JetStream confirmed the outputs"
+                    )
+                    break
+                except Exception as e:  # noqa: BLE001 - not stored: retry the event
+                    exc = e
+                    break
+        if exc is None:
+            if self._stored is not None and job.futures:
+                self._stored(job.d, [f.result() for f in job.futures])
+            await self._quietly(job.d.msg.ack())
+            self.stats.events_out += len(job.futures)
+            self._m_lat.observe(time.perf_counter() - job.t0)
+        elif self._retry_async is not None and self._retry_async(job.d, exc):
+            job.futures, job.published_at = [], 0.0
+            self._spawn(self._run_async(job))
+            raise _Handed
+        else:
+            await self._failed(job.d, exc)
 
     def _export(self) -> None:
         """Bring the Prometheus counters up to date (batched: they take a lock each)."""
@@ -329,8 +391,8 @@ class ConsumerRunner:
             await self._quietly(d.msg.nak(delay=delay))
             self._rl.warning(
                 "fail",
-                f"{self._label}: {where} failed (attempt {d.num_delivered} of {self.spec.max_deliver}), "
-                f"retrying in {delay:g}s: {text}",
+                f"{self._label}: {where} failed (attempt {d.num_delivered} of "
+                f"{self.spec.max_deliver}), retrying in {delay:g}s: {text}",
             )
         if not isinstance(exc, EventError):
             self._log.debug("%s: %s", self._label, text, exc_info=exc)
@@ -342,8 +404,13 @@ class ConsumerRunner:
         except ValueError:
             seq = "?"
         self.stats.dead += 1
-        self._log.warning("%s: JetStream gave up on %s #%s after %d deliveries",
-                          self._label, self.spec.stream, seq, self.spec.max_deliver)
+        self._log.warning(
+            "%s: JetStream gave up on %s #%s after %d deliveries",
+            self._label,
+            self.spec.stream,
+            seq,
+            self.spec.max_deliver,
+        )
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -354,8 +421,8 @@ class ConsumerRunner:
     async def _quietly(aw: Awaitable[Any]) -> None:
         try:
             await aw
-        except Exception:  # noqa: BLE001 - acks are best effort; redelivery covers a loss
+        except Exception:  # noqa: BLE001, S110 - acks are best effort; redelivery covers a loss
             pass
 
 
-__all__ = ["ConsumerRunner", "PUBLISH_TIMEOUT"]
+__all__ = ["PUBLISH_TIMEOUT", "ConsumerRunner"]

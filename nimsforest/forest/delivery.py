@@ -48,7 +48,7 @@ class Output:
     headers: dict[str, str] | None = None
 
 
-class NeedsAsync(Exception):  # noqa: N818 - a signal, not an error
+class NeedsAsync(Exception):
     """Raised by `handle_sync` to hand this one message to `handle_async` instead."""
 
 
@@ -57,7 +57,7 @@ class Delivery:
     subject ($JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>,
     or the longer form with domain and account hash)."""
 
-    __slots__ = ("msg", "data", "subject", "stream_seq", "num_delivered", "headers")
+    __slots__ = ("data", "headers", "msg", "num_delivered", "stream_seq", "subject")
 
     def __init__(self, msg: Msg) -> None:
         self.msg = msg
@@ -102,4 +102,4 @@ class Handler(Protocol):
     def handle_async(self, d: Delivery) -> Awaitable[Sequence[Output]]: ...
 
 
-__all__ = ["ConsumerSpec", "Output", "Delivery", "Stats", "Handler", "NeedsAsync"]
+__all__ = ["ConsumerSpec", "Delivery", "Handler", "NeedsAsync", "Output", "Stats"]

@@ -69,11 +69,11 @@ class BadEvent(EventError):
 
 
 __all__ = [
-    "ForestError",
-    "ForestConfigError",
+    "BadEvent",
     "ComponentExists",
     "ComponentNotFound",
-    "FlowError",
     "EventError",
-    "BadEvent",
+    "FlowError",
+    "ForestConfigError",
+    "ForestError",
 ]

@@ -1,10 +1,10 @@
 """What each component does with one event (the runner does delivery; see consumer.py).
 
-    Tree        RIVER message -> Lua process(input) -> a leaf on `publishes`, or nothing
-    TreeHouse   leaf -> Lua process(leaf.data) -> a leaf on `publishes`, or nothing
-    Nim         leaf -> prompt -> brain -> a leaf on `publishes` (placeholders filled from
-                the output) and a state change into Humus
-    Decomposer  Humus entry -> Soil, exactly once per entry
+Tree        RIVER message -> Lua process(input) -> a leaf on `publishes`, or nothing
+TreeHouse   leaf -> Lua process(leaf.data) -> a leaf on `publishes`, or nothing
+Nim         leaf -> prompt -> brain -> a leaf on `publishes` (placeholders filled from
+            the output) and a state change into Humus
+Decomposer  Humus entry -> Soil, exactly once per entry
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from nimsforest.forest.brains import Brain
-from nimsforest.forest.config import HumusSpec
 from nats.js.errors import APIError
 
+from nimsforest.forest.brains import Brain
+from nimsforest.forest.config import HumusSpec
 from nimsforest.forest.delivery import Delivery, NeedsAsync, Output, Stats
 from nimsforest.forest.errors import BadEvent
 from nimsforest.forest.leaf import Compost, CompostAction, Leaf, dumps, loads, soil_key
@@ -45,7 +45,9 @@ class TreeHandler:
 
     is_async = False
 
-    def __init__(self, name: str, durable: str, publishes: str, sandbox: LuaSandbox, stats: Stats) -> None:
+    def __init__(
+        self, name: str, durable: str, publishes: str, sandbox: LuaSandbox, stats: Stats
+    ) -> None:
         self._source = f"tree:{name}"
         self._durable, self._publishes, self._wind = durable, publishes, wind_subject(publishes)
         self._lua, self._stats = sandbox, stats
@@ -72,7 +74,9 @@ class TreeHouseHandler:
 
     is_async = False
 
-    def __init__(self, name: str, durable: str, publishes: str, sandbox: LuaSandbox, stats: Stats) -> None:
+    def __init__(
+        self, name: str, durable: str, publishes: str, sandbox: LuaSandbox, stats: Stats
+    ) -> None:
         self._source = f"treehouse:{name}"
         self._durable, self._publishes, self._wind = durable, publishes, wind_subject(publishes)
         self._lua, self._stats = sandbox, stats
@@ -95,7 +99,14 @@ class NimHandler:
     event is a task and the brain's concurrency limit applies."""
 
     def __init__(
-        self, name: str, durable: str, publishes: str, prompt: Prompt, brain: Brain, humus: HumusSpec, stats: Stats
+        self,
+        name: str,
+        durable: str,
+        publishes: str,
+        prompt: Prompt,
+        brain: Brain,
+        humus: HumusSpec,
+        stats: Stats,
     ) -> None:
         self._name, self._source = name, f"nim:{name}"
         self._durable, self._publishes = durable, publishes
@@ -128,11 +139,18 @@ class NimHandler:
         if entity:
             action = CompostAction(self._humus.action)
             compost = Compost(
-                entity=entity, action=action, data=None if action is CompostAction.DELETE else output,
-                nim=self._name, ts=out.ts,
+                entity=entity,
+                action=action,
+                data=None if action is CompostAction.DELETE else output,
+                nim=self._name,
+                ts=out.ts,
             )
             outputs.append(
-                Output(humus_subject(self._name, action.value), compost.to_json(), f"{self._durable}:{d.stream_seq}:humus")
+                Output(
+                    humus_subject(self._name, action.value),
+                    compost.to_json(),
+                    f"{self._durable}:{d.stream_seq}:humus",
+                )
             )
         return outputs
 
@@ -185,8 +203,15 @@ class DecomposerHandler:
 
     def stored(self, d: Delivery, acks: Sequence[Any]) -> None:
         entry = Compost.from_json(d.data)
-        self._remember(SoilEntry(key=soil_key(entry.entity), value=None, revision=int(acks[0].seq),
-                                 humus_seq=d.stream_seq, deleted=entry.action is CompostAction.DELETE))
+        self._remember(
+            SoilEntry(
+                key=soil_key(entry.entity),
+                value=None,
+                revision=int(acks[0].seq),
+                humus_seq=d.stream_seq,
+                deleted=entry.action is CompostAction.DELETE,
+            )
+        )
 
     def retry_async(self, d: Delivery, exc: BaseException) -> bool:
         """A lost compare-and-set goes to the slow path at once (no nak, no delay)."""
@@ -203,22 +228,40 @@ class DecomposerHandler:
             if self._skip(entry, cur):
                 if entry.action is CompostAction.CREATE:
                     self._stats.dropped += 1
-                    self._log.info("humus #%d: create of %s skipped, the key already exists", seq, cur.key)
+                    self._log.info(
+                        "humus #%d: create of %s skipped, the key already exists", seq, cur.key
+                    )
                 return ()
             try:
-                rev = await self._soil.bury(entry.entity, entry.data, expected_revision=cur.revision, humus_seq=seq,
-                                            delete=entry.action is CompostAction.DELETE)
+                rev = await self._soil.bury(
+                    entry.entity,
+                    entry.data,
+                    expected_revision=cur.revision,
+                    humus_seq=seq,
+                    delete=entry.action is CompostAction.DELETE,
+                )
             except SoilConflict:
                 continue
-            self._remember(SoilEntry(key=cur.key, value=None, revision=rev, humus_seq=seq,
-                                     deleted=entry.action is CompostAction.DELETE))
+            self._remember(
+                SoilEntry(
+                    key=cur.key,
+                    value=None,
+                    revision=rev,
+                    humus_seq=seq,
+                    deleted=entry.action is CompostAction.DELETE,
+                )
+            )
             return ()
-        raise SoilConflict(f"soil key {soil_key(entry.entity)} kept changing; the entry will be retried")
+        raise SoilConflict(
+            f"soil key {soil_key(entry.entity)} kept changing; the entry will be retried"
+        )
 
     @staticmethod
     def _skip(entry: Compost, cur: SoilEntry) -> bool:
         exists = cur.revision > 0 and not cur.deleted
-        return (entry.action is CompostAction.CREATE and exists) or (entry.action is CompostAction.DELETE and not exists)
+        return (entry.action is CompostAction.CREATE and exists) or (
+            entry.action is CompostAction.DELETE and not exists
+        )
 
     @staticmethod
     def _write(entry: Compost, key: str, revision: int, seq: int) -> Output:
@@ -235,4 +278,4 @@ class DecomposerHandler:
             self._cache.popitem(last=False)
 
 
-__all__ = ["TreeHandler", "TreeHouseHandler", "NimHandler", "DecomposerHandler", "SOURCE_HEADER"]
+__all__ = ["SOURCE_HEADER", "DecomposerHandler", "NimHandler", "TreeHandler", "TreeHouseHandler"]

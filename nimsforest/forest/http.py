@@ -38,7 +38,9 @@ def make_router(forest: Forest) -> APIRouter:
             return _error("The request body is empty; a JSON body is required.", 400)
         key = request.headers.get("idempotency-key")
         try:
-            receipt = await forest.flow(subject, body, source="api", msg_id=f"api:{key}" if key else None)
+            receipt = await forest.flow(
+                subject, body, source="api", msg_id=f"api:{key}" if key else None
+            )
         except FlowError as exc:
             return _error(str(exc), exc.status)
         return JSONResponse(receipt.model_dump(), status_code=202)

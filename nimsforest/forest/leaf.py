@@ -21,7 +21,6 @@ from typing import Any
 from nimsforest.forest.errors import BadEvent
 from nimsforest.forest.subjects import check_subject
 
-
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _decode = json.JSONDecoder().decode
 
@@ -52,7 +51,7 @@ def _check_ts(ts: Any) -> str:
     if not isinstance(ts, str) or not ts:
         raise ValueError("ts must be an RFC 3339 timestamp")
     try:
-        datetime.fromisoformat(ts.replace("Z", "+00:00"))
+        datetime.fromisoformat(ts)
     except ValueError:
         raise ValueError(f"ts '{ts}' is not an RFC 3339 timestamp") from None
     return ts
@@ -82,13 +81,15 @@ class Leaf:
         except ValueError as exc:
             raise ValueError(f"leaf subject: {exc}") from None
         if not isinstance(self.data, (dict, list)):
-            raise ValueError("leaf data must be a JSON object or array")
+            raise ValueError("leaf data must be a JSON object or array")  # noqa: TRY004 - a bad value
         if not isinstance(self.source, str) or not self.source:
             raise ValueError("leaf source cannot be empty")
         _check_ts(self.ts)
 
     def to_json(self) -> bytes:
-        return dumps({"subject": self.subject, "data": self.data, "source": self.source, "ts": self.ts})
+        return dumps(
+            {"subject": self.subject, "data": self.data, "source": self.source, "ts": self.ts}
+        )
 
     @classmethod
     def from_json(cls, raw: bytes) -> Leaf:
@@ -100,7 +101,12 @@ class Leaf:
         if not isinstance(obj, dict) or set(obj) - {"subject", "data", "source", "ts"}:
             raise BadEvent("the message is not a leaf envelope {subject, data, source, ts}")
         try:
-            leaf = cls(subject=obj.get("subject"), data=obj.get("data"), source=obj.get("source"), ts=obj.get("ts"))
+            leaf = cls(
+                subject=obj.get("subject"),
+                data=obj.get("data"),
+                source=obj.get("source"),
+                ts=obj.get("ts"),
+            )
             leaf.validate()
         except (ValueError, TypeError) as exc:
             raise BadEvent(f"invalid leaf: {exc}") from None
@@ -121,7 +127,12 @@ _KEY_BAD_CHAR = re.compile(r"[^-/_.a-zA-Z0-9]")
 
 def soil_key(entity: str) -> str:
     """The Soil key for `entity`, e.g. 'jane@acme.io' -> 'jane=40acme.io'."""
-    if _KEY_OK.match(entity) and "=" not in entity and not entity.startswith(".") and not entity.endswith("."):
+    if (
+        _KEY_OK.match(entity)
+        and "=" not in entity
+        and not entity.startswith(".")
+        and not entity.endswith(".")
+    ):
         return entity
     key = _KEY_BAD_CHAR.sub(lambda m: "".join(f"={b:02X}" for b in m.group().encode()), entity)
     return key.strip(".") or "=2E"
@@ -145,15 +156,22 @@ class Compost:
         _check_ts(self.ts)
 
     def to_json(self) -> bytes:
-        return dumps({"entity": self.entity, "action": self.action.value, "data": self.data, "nim": self.nim,
-                      "ts": self.ts})
+        return dumps(
+            {
+                "entity": self.entity,
+                "action": self.action.value,
+                "data": self.data,
+                "nim": self.nim,
+                "ts": self.ts,
+            }
+        )
 
     @classmethod
     def from_json(cls, raw: bytes) -> Compost:
         try:
             obj = loads(raw)
             if not isinstance(obj, dict):
-                raise ValueError("not an object")
+                raise ValueError("not an object")  # noqa: TRY004 - reported as BadEvent
             entry = cls(
                 entity=obj.get("entity"),
                 action=CompostAction(obj.get("action")),
@@ -167,4 +185,4 @@ class Compost:
         return entry
 
 
-__all__ = ["Leaf", "Compost", "CompostAction", "soil_key", "utc_now", "dumps", "loads"]
+__all__ = ["Compost", "CompostAction", "Leaf", "dumps", "loads", "soil_key", "utc_now"]

@@ -50,14 +50,22 @@ class Converter:
         if isinstance(value, dict):
             if depth > MAX_DEPTH:
                 raise ConversionError("the input nests deeper than 64 levels")
-            t = self._table_from({k: self._to_lua(v, depth + 1) for k, v in value.items() if v is not None})
+            t = self._table_from(
+                {k: self._to_lua(v, depth + 1) for k, v in value.items() if v is not None}
+            )
             return self._mark(t, "object")
         if isinstance(value, list):
             if depth > MAX_DEPTH:
                 raise ConversionError("the input nests deeper than 64 levels")
-            t = self._table_from({i: self._to_lua(v, depth + 1) for i, v in enumerate(value, 1) if v is not None})
+            t = self._table_from(
+                {i: self._to_lua(v, depth + 1) for i, v in enumerate(value, 1) if v is not None}
+            )
             return self._mark(t, "array")
-        if isinstance(value, int) and not isinstance(value, bool) and not (-(2**63) <= value < 2**63):
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and not (-(2**63) <= value < 2**63)
+        ):
             return float(value)
         return value
 
@@ -71,7 +79,9 @@ class Converter:
             return value
         ltype = lupa.lua_type(value)
         if ltype != "table":
-            raise ConversionError(f"a Lua {ltype or type(value).__name__} cannot be encoded as JSON")
+            raise ConversionError(
+                f"a Lua {ltype or type(value).__name__} cannot be encoded as JSON"
+            )
         if depth > MAX_DEPTH:
             raise ConversionError("the table nests deeper than 64 levels (or refers to itself)")
         items = list(value.items())
@@ -80,7 +90,9 @@ class Converter:
         else:
             kind = self._kind_of(value)[0] or ("array" if self._is_sequence(items) else "object")
         if kind == "array":
-            length = max([k for k, _ in items if isinstance(k, int) and not isinstance(k, bool)] + [0])
+            length = max(
+                [k for k, _ in items if isinstance(k, int) and not isinstance(k, bool)] + [0]
+            )
             out: list[Any] = [None] * length
             for k, v in items:
                 if not isinstance(k, int) or isinstance(k, bool) or k < 1:
@@ -94,7 +106,9 @@ class Converter:
             elif isinstance(k, (int, float)) and not isinstance(k, bool):
                 key = str(k)
             else:
-                raise ConversionError(f"a table key of type {type(k).__name__} cannot be a JSON key")
+                raise ConversionError(
+                    f"a table key of type {type(k).__name__} cannot be a JSON key"
+                )
             obj[key] = self.from_lua(v, depth + 1)
         return obj
 
@@ -140,4 +154,4 @@ def _plain(value: Any, depth: int) -> bool:
     return True
 
 
-__all__ = ["Converter", "ConversionError", "MAX_DEPTH"]
+__all__ = ["MAX_DEPTH", "ConversionError", "Converter"]

@@ -113,12 +113,12 @@ class FlowReceipt(_Frozen):
 
 
 __all__ = [
-    "ComponentKind",
-    "ComponentState",
     "USER_KINDS",
+    "ComponentKind",
     "ComponentRef",
+    "ComponentState",
     "ComponentStatus",
+    "FlowReceipt",
     "ForestStatus",
     "ReloadDiff",
-    "FlowReceipt",
 ]

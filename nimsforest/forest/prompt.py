@@ -33,7 +33,9 @@ class PromptError(Exception):
 
 
 def environment() -> SandboxedEnvironment:
-    return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    return SandboxedEnvironment(
+        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+    )
 
 
 class Prompt:
@@ -54,7 +56,7 @@ class Prompt:
             if not isinstance(front, dict):
                 raise PromptError(f"{name}: the front matter must be a mapping")
             self.front = front
-            body = text[m.end():]
+            body = text[m.end() :]
             offset = text[: m.end()].count("\n")
         try:
             self._template = self.env.from_string(body)
@@ -87,7 +89,9 @@ def fill_subject(subject_template: str, output: dict[str, Any]) -> str:
     def sub(m: re.Match[str]) -> str:
         field = m.group(1)
         if field not in output or output[field] is None:
-            raise EventError(f"the output has no field '{field}' for the subject {subject_template}")
+            raise EventError(
+                f"the output has no field '{field}' for the subject {subject_template}"
+            )
         value = output[field]
         text = json.dumps(value) if isinstance(value, bool) else str(value)
         if not _TOKEN_OK.match(text):
@@ -105,7 +109,7 @@ def parse_json_object(text: str, who: str) -> dict[str, Any]:
     if fenced:
         candidates.insert(0, fenced.group(1).strip())
     if "{" in t and "}" in t:
-        candidates.append(t[t.index("{"): t.rindex("}") + 1])
+        candidates.append(t[t.index("{") : t.rindex("}") + 1])
     for c in candidates:
         try:
             value = json.loads(c)
@@ -117,4 +121,12 @@ def parse_json_object(text: str, who: str) -> dict[str, Any]:
     raise EventError(f"{who} did not answer with a JSON object: {shown!r}")
 
 
-__all__ = ["Prompt", "PromptError", "environment", "context_for", "fill_subject", "parse_json_object", "placeholders"]
+__all__ = [
+    "Prompt",
+    "PromptError",
+    "context_for",
+    "environment",
+    "fill_subject",
+    "parse_json_object",
+    "placeholders",
+]

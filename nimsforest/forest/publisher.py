@@ -43,7 +43,9 @@ class Publisher:
                     self._sub = await self._nc.subscribe(prefix + ".*", cb=self._on_reply)
                     self._prefix = prefix + "."
 
-    async def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> asyncio.Future[PubAck]:
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> asyncio.Future[PubAck]:
         """Send now; the returned future resolves when JetStream has stored the message."""
         if self._sub is None:
             await self._ensure()
@@ -62,7 +64,7 @@ class Publisher:
         return fut
 
     async def _on_reply(self, msg: Msg) -> None:
-        fut = self._pending.pop(msg.subject[len(self._prefix):], None)
+        fut = self._pending.pop(msg.subject[len(self._prefix) :], None)
         if fut is None or fut.done():
             return
         if not msg.data and msg.headers and msg.headers.get("Status") == "503":
@@ -72,8 +74,13 @@ class Publisher:
             resp = json.loads(msg.data)
             if "error" in resp:
                 err = resp["error"]
-                fut.set_exception(APIError(code=err.get("code"), err_code=err.get("err_code"),
-                                           description=err.get("description")))
+                fut.set_exception(
+                    APIError(
+                        code=err.get("code"),
+                        err_code=err.get("err_code"),
+                        description=err.get("description"),
+                    )
+                )
             else:
                 fut.set_result(PubAck.from_response(resp))
         except (ValueError, TypeError, KeyError) as exc:
@@ -83,7 +90,7 @@ class Publisher:
         if self._sub is not None:
             try:
                 await self._sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - connection may be closed
+            except Exception:  # noqa: BLE001, S110 - connection may be closed
                 pass
             self._sub = None
         for fut in list(self._pending.values()):

@@ -21,7 +21,13 @@ from nimsforest import metrics
 from nimsforest.forest.build import build_component, build_decomposer, spec_fingerprint
 from nimsforest.forest.component import Component
 from nimsforest.forest.config import ForestConfig, SourceSpec, component_label
-from nimsforest.forest.errors import ComponentExists, ComponentNotFound, FlowError, ForestConfigError, ForestError
+from nimsforest.forest.errors import (
+    ComponentExists,
+    ComponentNotFound,
+    FlowError,
+    ForestConfigError,
+    ForestError,
+)
 from nimsforest.forest.handlers import SOURCE_HEADER
 from nimsforest.forest.model import (
     USER_KINDS,
@@ -36,7 +42,13 @@ from nimsforest.forest.model import (
 from nimsforest.forest.publisher import Publisher
 from nimsforest.forest.soil import Soil
 from nimsforest.forest.subjects import river_subject
-from nimsforest.forest.webhooks import WebhookRejected, delivery_id, parse_json_body, river_payload, verify
+from nimsforest.forest.webhooks import (
+    WebhookRejected,
+    delivery_id,
+    parse_json_body,
+    river_payload,
+    verify,
+)
 from nimsforest.streams import CORE_STREAMS, ensure_stream
 
 if TYPE_CHECKING:
@@ -107,7 +119,9 @@ class Forest:
                 return
             self._running = False
             for kind in reversed(USER_KINDS):
-                await asyncio.gather(*(c.stop(self._grace) for (k, _), c in self._components.items() if k is kind))
+                await asyncio.gather(
+                    *(c.stop(self._grace) for (k, _), c in self._components.items() if k is kind)
+                )
             if self._decomposer is not None:
                 await self._decomposer.stop(self._grace)
             self._components.clear()
@@ -129,7 +143,7 @@ class Forest:
             if self._running:
                 try:
                     await comp.start(self._nc, self._js, self._publisher)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - reported as one ForestError
                     await comp.stop(0)
                     raise ForestError(f"{comp.label} cannot start: {exc}") from None
                 self._components[(kind, name)] = comp
@@ -165,11 +179,13 @@ class Forest:
                     await old.stop(self._grace)
                 try:
                     await new.start(self._nc, self._js, self._publisher)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - reported as one ForestError
                     await new.stop(0)
                     if old is not None:
                         await self._start_quietly(old)
-                    raise ForestError(f"{new.label} cannot start, the previous one is back: {exc}") from None
+                    raise ForestError(
+                        f"{new.label} cannot start, the previous one is back: {exc}"
+                    ) from None
                 self._components[(kind, name)] = new
             self._config = self._config.with_spec(kind, name, new.spec)
             return new.status()
@@ -189,10 +205,19 @@ class Forest:
                 for name, spec in new_specs.items():
                     ref = ComponentRef(kind=kind, name=name)
                     current = self._components.get((kind, name))
-                    was = current.fingerprint if current else (
-                        spec_fingerprint(self._config, old_specs[name]) if name in old_specs else None)
-                    if name in old_specs and was == spec_fingerprint(new_config, spec) and (
-                        current is None or current.state is not ComponentState.FAILED
+                    was = (
+                        current.fingerprint
+                        if current
+                        else (
+                            spec_fingerprint(self._config, old_specs[name])
+                            if name in old_specs
+                            else None
+                        )
+                    )
+                    if (
+                        name in old_specs
+                        and was == spec_fingerprint(new_config, spec)
+                        and (current is None or current.state is not ComponentState.FAILED)
                     ):
                         unchanged.append(ref)
                         continue
@@ -220,8 +245,11 @@ class Forest:
             else:
                 self._config = new_config
             diff = ReloadDiff(
-                added=tuple(added), removed=tuple(removed), changed=tuple(changed),
-                unchanged=tuple(unchanged), failed=tuple(failed),
+                added=tuple(added),
+                removed=tuple(removed),
+                changed=tuple(changed),
+                unchanged=tuple(unchanged),
+                failed=tuple(failed),
             )
             log.info("forest reloaded: %s", diff.summary())
             return diff
@@ -233,8 +261,12 @@ class Forest:
         if not self._running:  # configured but not running: show them as stopped
             for k in USER_KINDS:
                 if want is None or want is k:
-                    out += [ComponentStatus(kind=k, name=n, state=ComponentState.STOPPED, publishes=_publishes(s))
-                            for n, s in self._config.specs(k).items()]
+                    out += [
+                        ComponentStatus(
+                            kind=k, name=n, state=ComponentState.STOPPED, publishes=_publishes(s)
+                        )
+                        for n, s in self._config.specs(k).items()
+                    ]
         order = {k: i for i, k in enumerate((ComponentKind.DECOMPOSER, *USER_KINDS))}
         return tuple(sorted(out, key=lambda s: (order[s.kind], s.name)))
 
@@ -270,7 +302,9 @@ class Forest:
                 raise FlowError("The payload is not valid JSON.") from None
         else:
             try:
-                data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+                data = json.dumps(
+                    payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+                ).encode()
             except (TypeError, ValueError) as exc:
                 raise FlowError(f"The payload cannot be encoded as JSON: {exc}.") from None
         if len(data) > (self._nc.max_payload or 1_048_576) - 512:
@@ -281,16 +315,26 @@ class Forest:
         try:
             ack = await self._js.publish(subj, data, headers=headers, timeout=5.0)
         except NoStreamResponseError:
-            raise FlowError("The River is not available (no JetStream stream answers on river.>).", 503) from None
-        except (NatsTimeoutError, asyncio.TimeoutError):
-            raise FlowError("JetStream did not confirm the input in time; it may not be stored.", 503) from None
+            raise FlowError(
+                "The River is not available (no JetStream stream answers on river.>).", 503
+            ) from None
+        except (TimeoutError, NatsTimeoutError):
+            raise FlowError(
+                "JetStream did not confirm the input in time; it may not be stored.", 503
+            ) from None
         except APIError as exc:
-            raise FlowError(f"JetStream refused the input: {exc.description or exc}.", 503) from None
+            raise FlowError(
+                f"JetStream refused the input: {exc.description or exc}.", 503
+            ) from None
         except Exception as exc:  # noqa: BLE001 - connection closed and similar
             raise FlowError(f"NATS is not reachable: {exc or type(exc).__name__}.", 503) from None
-        return FlowReceipt(stream=ack.stream, subject=subj, seq=ack.seq, duplicate=bool(ack.duplicate))
+        return FlowReceipt(
+            stream=ack.stream, subject=subj, seq=ack.seq, duplicate=bool(ack.duplicate)
+        )
 
-    async def receive_webhook(self, path: str, headers: Mapping[str, str], body: bytes) -> FlowReceipt:
+    async def receive_webhook(
+        self, path: str, headers: Mapping[str, str], body: bytes
+    ) -> FlowReceipt:
         """Verify and store one webhook delivery for the source mounted at `path`."""
         comp = next((c for c in self._sources() if c.spec.path == path.rstrip("/")), None)
         if comp is None:
@@ -308,8 +352,10 @@ class Forest:
             metrics.component_errors.labels("source", comp.name).inc()
             raise FlowError(str(exc), exc.status) from None
         receipt = await self.flow(
-            spec.publishes, river_payload(comp.name, spec, headers, value),
-            source=f"source:{comp.name}", msg_id=delivery_id(comp.name, spec, headers, value),
+            spec.publishes,
+            river_payload(comp.name, spec, headers, value),
+            source=f"source:{comp.name}",
+            msg_id=delivery_id(comp.name, spec, headers, value),
         )
         comp.stats.events_out += 1
         metrics.component_events_out.labels("source", comp.name).inc()
@@ -340,7 +386,8 @@ class Forest:
             if name != replacing and spec.path == comp.spec.path:
                 raise ForestConfigError(
                     f"path {spec.path} is already used by source '{name}'",
-                    component=comp.label, field="path",
+                    component=comp.label,
+                    field="path",
                 )
 
     async def _start_quietly(self, comp: Component) -> bool:
@@ -363,9 +410,13 @@ def _user_kind(kind: ComponentKind | str) -> ComponentKind:
     try:
         k = ComponentKind(kind)
     except ValueError:
-        raise ForestError(f"'{kind}' is not a component kind (source, tree, treehouse, nim).") from None
+        raise ForestError(
+            f"'{kind}' is not a component kind (source, tree, treehouse, nim)."
+        ) from None
     if k is ComponentKind.DECOMPOSER:
-        raise ForestError("The decomposer is built in; configure it under `decomposer:` in forest.yaml.")
+        raise ForestError(
+            "The decomposer is built in; configure it under `decomposer:` in forest.yaml."
+        )
     return k
 
 

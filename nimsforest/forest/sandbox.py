@@ -38,7 +38,7 @@ try:  # prefer the newest Lua the installed lupa provides
 except ImportError:  # pragma: no cover - older lupa
     from lupa import lua54 as _lua  # type: ignore[no-redef]
 
-LUA_VERSION = "%d.%d" % _lua.LuaRuntime().lua_version
+LUA_VERSION = "{}.{}".format(*_lua.LuaRuntime().lua_version)
 PATTERN_WORK_LIMIT = 1e8
 
 log = logging.getLogger("nimsforest.forest.lua")
@@ -66,7 +66,8 @@ class LimitExceeded(ScriptError):
 _PRELUDE = r"""
 local G = ...
 local sethook, getmetatable_raw, clock = debug.sethook, debug.getmetatable, os.clock
-local rawsetmt, rawget, type, error, pcall, select = setmetatable, rawget, type, error, pcall, select
+local rawsetmt, rawget, type, error = setmetatable, rawget, type, error
+local pcall, select = pcall, select
 local pack, unpack = table.pack, table.unpack
 local STEP = 1000
 local budget, used, deadline, tripped = 0, 0, 0, nil
@@ -96,13 +97,16 @@ local WORK = G.__pattern_limit
 local function guard(name, f, plain_at)
   return function(s, p, ...)
     if type(s) == "number" then s = tostring(s) end
-    if type(s) == "string" and type(p) == "string" and not (plain_at and select(plain_at - 2, ...)) then
+    local plain = plain_at and select(plain_at - 2, ...)
+    if type(s) == "string" and type(p) == "string" and not plain then
       local stripped = ogsub(p, "%%.", "")
       local _, q = ogsub(stripped, "[%*%+%-]", "")
       if q > 0 then
-        local e = (stripped:sub(1, 1) == "^" and name ~= "gmatch" and name ~= "gsub") and q or q + 1
+        local anchored = stripped:sub(1, 1) == "^" and name ~= "gmatch" and name ~= "gsub"
+        local e = anchored and q or q + 1
         if (#s + 1) ^ e > WORK then
-          error("string." .. name .. ": pattern with " .. q .. " repetition(s) is too costly for a " ..
+          error("string." .. name .. ": pattern with " .. q ..
+                " repetition(s) is too costly for a " ..
                 #s .. "-byte subject", 2)
         end
       end
@@ -196,7 +200,9 @@ class LuaSandbox:
     """One script in its own sandboxed Lua runtime. Not thread-safe; calls are synchronous
     and bounded by `limits`."""
 
-    def __init__(self, source: str, chunkname: str, limits: LuaLimits, logger: Callable[[str], None]) -> None:
+    def __init__(
+        self, source: str, chunkname: str, limits: LuaLimits, logger: Callable[[str], None]
+    ) -> None:
         self.chunkname = chunkname
         self.limits = limits
         rt = _lua.LuaRuntime(
@@ -209,8 +215,12 @@ class LuaSandbox:
         self._rt = rt
         g = rt.globals()
         self._conv: Converter | None = None
-        g["__json_encode"] = lambda v: self._conv.json_encode(v) if self._conv else (None, "not ready")
-        g["__json_decode"] = lambda s: self._conv.json_decode(s) if self._conv else (None, "not ready")
+        g["__json_encode"] = lambda v: (
+            self._conv.json_encode(v) if self._conv else (None, "not ready")
+        )
+        g["__json_decode"] = lambda s: (
+            self._conv.json_decode(s) if self._conv else (None, "not ready")
+        )
         g["__log"] = lambda *parts: logger(" ".join(self._show(p) for p in parts))
         g["__plainfind"] = g.string.find
         g["__pattern_limit"] = PATTERN_WORK_LIMIT
@@ -244,7 +254,9 @@ class LuaSandbox:
             self._clear()  # a C function: safe to call while a tripped hook is set
         tripped = self._status()
         if tripped == "instruction limit":
-            raise LimitExceeded(f"{self.chunkname}: instruction limit of {lim.instructions:,} exceeded")
+            raise LimitExceeded(
+                f"{self.chunkname}: instruction limit of {lim.instructions:,} exceeded"
+            )
         if tripped == "time limit":
             raise LimitExceeded(f"{self.chunkname}: time limit of {lim.seconds:g}s exceeded")
         if isinstance(failure, _lua.LuaMemoryError):
@@ -260,7 +272,9 @@ class LuaSandbox:
         try:
             arg = self._conv.to_lua(value)  # type: ignore[union-attr]
         except _lua.LuaMemoryError:
-            raise LimitExceeded(f"{self.chunkname}: memory limit of {_mb(self.limits.memory)} exceeded") from None
+            raise LimitExceeded(
+                f"{self.chunkname}: memory limit of {_mb(self.limits.memory)} exceeded"
+            ) from None
         except ConversionError as exc:
             raise ScriptError(f"{self.chunkname}: input cannot be given to Lua: {exc}") from None
         result = self._call_raw(self._process, arg)
@@ -269,13 +283,20 @@ class LuaSandbox:
         if result is None:
             return None
         if lupa.lua_type(result) != "table":
-            raise ScriptError(f"{self.chunkname}: process must return a table or nil, not a {_lua_type_name(result)}")
+            raise ScriptError(
+                f"{self.chunkname}: process must return a table or nil, "
+                f"not a {_lua_type_name(result)}"
+            )
         try:
             return self._conv.from_lua(result)  # type: ignore[union-attr]
         except ConversionError as exc:
-            raise ScriptError(f"{self.chunkname}: the result cannot be encoded as JSON: {exc}") from None
+            raise ScriptError(
+                f"{self.chunkname}: the result cannot be encoded as JSON: {exc}"
+            ) from None
         except UnicodeDecodeError:
-            raise ScriptError(f"{self.chunkname}: the result has a string that is not UTF-8") from None
+            raise ScriptError(
+                f"{self.chunkname}: the result has a string that is not UTF-8"
+            ) from None
 
     def _show(self, part: Any) -> str:
         if isinstance(part, str):
@@ -323,4 +344,11 @@ def _mb(n: int) -> str:
     return f"{n / (1024 * 1024):g} MB"
 
 
-__all__ = ["LuaSandbox", "LuaLimits", "ScriptLoadError", "ScriptError", "LimitExceeded", "LUA_VERSION"]
+__all__ = [
+    "LUA_VERSION",
+    "LimitExceeded",
+    "LuaLimits",
+    "LuaSandbox",
+    "ScriptError",
+    "ScriptLoadError",
+]

@@ -52,7 +52,7 @@ class Soil:
         """The entity's current entry (revision 0 when it never existed)."""
         key = soil_key(entity)
         try:
-            raw = await self._js._jsm.get_msg(STREAM, subject=f"$KV.{BUCKET}.{key}", direct=True)  # noqa: SLF001
+            raw = await self._js._jsm.get_msg(STREAM, subject=f"$KV.{BUCKET}.{key}", direct=True)
         except NotFoundError:
             return SoilEntry(key=key, value=None, revision=0, humus_seq=0)
         headers = raw.headers or {}
@@ -61,12 +61,21 @@ class Soil:
         seq = headers.get(SEQ_HEADER, "0")
         value = None if deleted or not raw.data else loads(raw.data)
         return SoilEntry(
-            key=key, value=value, revision=int(raw.seq or 0), humus_seq=int(seq) if seq.isdigit() else 0,
+            key=key,
+            value=value,
+            revision=int(raw.seq or 0),
+            humus_seq=int(seq) if seq.isdigit() else 0,
             deleted=deleted,
         )
 
     async def bury(
-        self, entity: str, value: Any, *, expected_revision: int, humus_seq: int = 0, delete: bool = False
+        self,
+        entity: str,
+        value: Any,
+        *,
+        expected_revision: int,
+        humus_seq: int = 0,
+        delete: bool = False,
     ) -> int:
         """Write (or delete) the entity if its revision is still `expected_revision`; return
         the new revision. Raises SoilConflict when another write got there first."""
@@ -83,10 +92,21 @@ class Soil:
             ack = await self._js.publish(f"$KV.{BUCKET}.{key}", payload, headers=headers)
         except APIError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
-                raise SoilConflict(f"soil key {key} changed since revision {expected_revision}") from None
+                raise SoilConflict(
+                    f"soil key {key} changed since revision {expected_revision}"
+                ) from None
             raise
         return int(ack.seq)
 
 
-__all__ = ["Soil", "SoilEntry", "SoilConflict", "BUCKET", "SEQ_HEADER", "EXPECTED_LAST", "SOIL_PREFIX",
-           "WRONG_LAST_SEQUENCE", "soil_key"]
+__all__ = [
+    "BUCKET",
+    "EXPECTED_LAST",
+    "SEQ_HEADER",
+    "SOIL_PREFIX",
+    "WRONG_LAST_SEQUENCE",
+    "Soil",
+    "SoilConflict",
+    "SoilEntry",
+    "soil_key",
+]

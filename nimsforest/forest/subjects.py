@@ -38,14 +38,18 @@ def _check(subject: str, pattern: bool) -> None:
     for i, tok in enumerate(tokens):
         if tok in ("*", ">"):
             if not pattern:
-                raise ValueError(f"'{subject}' contains the wildcard '{tok}', which is only allowed in patterns")
+                raise ValueError(
+                    f"'{subject}' contains the wildcard '{tok}', which is only allowed in patterns"
+                )
             if tok == ">" and i != len(tokens) - 1:
                 raise ValueError(f"'{subject}' has '>' before its last token")
             continue
         if not tok:
             raise ValueError(f"'{subject}' has an empty token")
         if not _TOKEN.match(tok):
-            raise ValueError(f"'{subject}' has an invalid token '{tok}' (letters, digits and _-:@$+=~ only)")
+            raise ValueError(
+                f"'{subject}' has an invalid token '{tok}' (letters, digits and _-:@$+=~ only)"
+            )
 
 
 def river_subject(subject: str, *, pattern: bool = False) -> str:
@@ -67,11 +71,11 @@ def humus_subject(nim: str, action: str) -> str:
 
 
 __all__ = [
+    "HUMUS_PREFIX",
     "RIVER_PREFIX",
     "WIND_PREFIX",
-    "HUMUS_PREFIX",
     "check_subject",
+    "humus_subject",
     "river_subject",
     "wind_subject",
-    "humus_subject",
 ]

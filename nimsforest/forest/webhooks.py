@@ -38,7 +38,9 @@ def _same(expected: str, given: str) -> bool:
     return hmac.compare_digest(expected.encode(), given.strip().lower().encode())
 
 
-def verify(spec: SourceSpec, headers: Mapping[str, str], body: bytes, now: float | None = None) -> None:
+def verify(
+    spec: SourceSpec, headers: Mapping[str, str], body: bytes, now: float | None = None
+) -> None:
     """Raise WebhookRejected unless the request carries a valid signature."""
     kind = spec.signature
     if kind is SignatureKind.NONE:
@@ -80,10 +82,18 @@ def verify(spec: SourceSpec, headers: Mapping[str, str], body: bytes, now: float
         raise WebhookRejected("The Stripe-Signature signature does not match the body.")
 
 
-def river_payload(name: str, spec: SourceSpec, headers: Mapping[str, str], body: Any) -> dict[str, Any]:
+def river_payload(
+    name: str, spec: SourceSpec, headers: Mapping[str, str], body: Any
+) -> dict[str, Any]:
     h = {k.lower(): v for k, v in headers.items()}
     copied = {name_: h[name_.lower()] for name_ in spec.headers if name_.lower() in h}
-    return {"source": name, "path": spec.path, "headers": copied, "body": body, "received_at": utc_now()}
+    return {
+        "source": name,
+        "path": spec.path,
+        "headers": copied,
+        "body": body,
+        "received_at": utc_now(),
+    }
 
 
 def delivery_id(name: str, spec: SourceSpec, headers: Mapping[str, str], body: Any) -> str | None:
@@ -113,4 +123,12 @@ def parse_json_body(body: bytes) -> Any:
         raise WebhookRejected("The request body is not valid JSON.", 400) from None
 
 
-__all__ = ["verify", "river_payload", "delivery_id", "WebhookRejected", "sign_sha256", "sign_stripe", "parse_json_body"]
+__all__ = [
+    "WebhookRejected",
+    "delivery_id",
+    "parse_json_body",
+    "river_payload",
+    "sign_sha256",
+    "sign_stripe",
+    "verify",
+]

@@ -54,8 +54,14 @@ async def forest_factory(
 ) -> AsyncIterator[Callable[..., Awaitable[Forest]]]:
     made: list[Forest] = []
 
-    async def make(config: dict[str, Any], files: dict[str, str] | None = None, *, start: bool = True,
-                   subdir: str = "forest", **kw: Any) -> Forest:
+    async def make(
+        config: dict[str, Any],
+        files: dict[str, str] | None = None,
+        *,
+        start: bool = True,
+        subdir: str = "forest",
+        **kw: Any,
+    ) -> Forest:
         path = write_forest(tmp_path / subdir, config, files)
         forest = Forest(nc, load_forest_config(path), stop_grace=1.0, **kw)
         made.append(forest)
@@ -67,4 +73,6 @@ async def forest_factory(
     await asyncio.gather(*(f.stop() for f in made), return_exceptions=True)
 
 
-SCORING = (Path(__file__).resolve().parents[2] / "nimsforest" / "demo" / "treehouses" / "scoring.lua").read_text()
+SCORING = (
+    Path(__file__).resolve().parents[2] / "nimsforest" / "demo" / "treehouses" / "scoring.lua"
+).read_text()

@@ -59,7 +59,10 @@ class FakeLLM:
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.decode().split("\r\n")
             method, path, _ = lines[0].split(" ", 2)
-            headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
+            headers = {
+                k.strip().lower(): v.strip()
+                for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)
+            }
             raw = await reader.readexactly(int(headers.get("content-length", "0")))
             body = json.loads(raw) if raw else None
             self.seen.append(Seen(method, path, headers, body))
@@ -76,16 +79,38 @@ class FakeLLM:
             if status != 200:
                 payload = {"error": {"message": f"fake error {status}"}}
             elif self.protocol == "openai":
-                payload = {"id": "x", "object": "chat.completion",
-                           "choices": [{"index": 0, "message": {"role": "assistant", "content": self.reply(body)},
-                                        "finish_reason": "stop"}]}
+                payload = {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": self.reply(body)},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                }
             else:
-                payload = {"id": "msg_x", "type": "message", "role": "assistant",
-                           "content": [{"type": "text", "text": self.reply(body)}], "stop_reason": "end_turn"}
+                payload = {
+                    "id": "msg_x",
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [{"type": "text", "text": self.reply(body)}],
+                    "stop_reason": "end_turn",
+                }
             data = json.dumps(payload).encode()
-            hdrs = {"Content-Type": "application/json", "Content-Length": str(len(data)), "Connection": "close", **extra}
-            writer.write(f"HTTP/1.1 {status} X\r\n".encode() + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()).encode()
-                         + b"\r\n" + data)
+            hdrs = {
+                "Content-Type": "application/json",
+                "Content-Length": str(len(data)),
+                "Connection": "close",
+                **extra,
+            }
+            writer.write(
+                f"HTTP/1.1 {status} X\r\n".encode()
+                + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()).encode()
+                + b"\r\n"
+                + data
+            )
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass

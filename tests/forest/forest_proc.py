@@ -34,7 +34,7 @@ async def main(url: str, config: str, status_file: str) -> None:
         os.replace(tmp, out)
         try:
             await asyncio.wait_for(stop.wait(), 0.1)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     await forest.stop()
     await nc.close()

@@ -20,7 +20,9 @@ PROMPT = Prompt("Score {{ score }}", "p")
 
 @pytest.fixture
 async def openai_server():  # type: ignore[no-untyped-def]
-    server = await FakeLLM("openai", reply=lambda body: '```json\n{"pursue": true, "n": 1}\n```').start()
+    server = await FakeLLM(
+        "openai", reply=lambda body: '```json\n{"pursue": true, "n": 1}\n```'
+    ).start()
     yield server
     await server.stop()
 
@@ -38,8 +40,13 @@ def openai(server: FakeLLM, env: dict[str, str] | None = None, **kw: Any):  # ty
 
 
 async def test_openai_request_and_answer(openai_server: FakeLLM) -> None:
-    brain = openai(openai_server, {"OPENAI_API_KEY": "sk-test", "OPENAI_MODEL": "llama3"}, system="Be terse.",
-                   temperature=0.0, json_mode=True)
+    brain = openai(
+        openai_server,
+        {"OPENAI_API_KEY": "sk-test", "OPENAI_MODEL": "llama3"},
+        system="Be terse.",
+        temperature=0.0,
+        json_mode=True,
+    )
     try:
         assert await brain.think("Score 85", {}) == {"pursue": True, "n": 1}
     finally:
@@ -48,14 +55,21 @@ async def test_openai_request_and_answer(openai_server: FakeLLM) -> None:
     assert (req.method, req.path) == ("POST", "/v1/chat/completions")
     assert req.headers["authorization"] == "Bearer sk-test"
     assert req.body["model"] == "llama3"
-    assert req.body["messages"] == [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Score 85"}]
+    assert req.body["messages"] == [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "Score 85"},
+    ]
     assert req.body["temperature"] == 0.0 and req.body["response_format"] == {"type": "json_object"}
 
 
 async def test_openai_base_url_and_model_from_environment(openai_server: FakeLLM) -> None:
     spec = OpenAIBrainSpec(type="openai")
-    brain = build_brain(spec, PROMPT, label="nim 'q'",
-                        env={"OPENAI_BASE_URL": f"{openai_server.url}/v1/", "OPENAI_MODEL": "qwen"})
+    brain = build_brain(
+        spec,
+        PROMPT,
+        label="nim 'q'",
+        env={"OPENAI_BASE_URL": f"{openai_server.url}/v1/", "OPENAI_MODEL": "qwen"},
+    )
     try:
         await brain.think("hi", {})
     finally:
@@ -65,8 +79,13 @@ async def test_openai_base_url_and_model_from_environment(openai_server: FakeLLM
 
 
 async def test_anthropic_request_and_answer(anthropic_server: FakeLLM) -> None:
-    spec = AnthropicBrainSpec(type="anthropic", base_url=anthropic_server.url, model="claude-test", system="S",
-                              backoff=0.01)
+    spec = AnthropicBrainSpec(
+        type="anthropic",
+        base_url=anthropic_server.url,
+        model="claude-test",
+        system="S",
+        backoff=0.01,
+    )
     brain = build_brain(spec, PROMPT, label="nim 'q'", env={"ANTHROPIC_API_KEY": "ak-test"})
     try:
         assert await brain.think("Score 12", {}) == {"pursue": False}
@@ -74,9 +93,15 @@ async def test_anthropic_request_and_answer(anthropic_server: FakeLLM) -> None:
         await brain.aclose()
     req = anthropic_server.seen[0]
     assert req.path == "/v1/messages"
-    assert req.headers["x-api-key"] == "ak-test" and req.headers["anthropic-version"] == "2023-06-01"
-    assert req.body == {"model": "claude-test", "max_tokens": 1024, "system": "S",
-                        "messages": [{"role": "user", "content": "Score 12"}]}
+    assert (
+        req.headers["x-api-key"] == "ak-test" and req.headers["anthropic-version"] == "2023-06-01"
+    )
+    assert req.body == {
+        "model": "claude-test",
+        "max_tokens": 1024,
+        "system": "S",
+        "messages": [{"role": "user", "content": "Score 12"}],
+    }
 
 
 def test_anthropic_needs_a_key() -> None:
@@ -91,8 +116,12 @@ async def test_retries_with_backoff_on_429_and_5xx(protocol: str) -> None:
     if protocol == "openai":
         brain = openai(server, retries=3)
     else:
-        brain = build_brain(AnthropicBrainSpec(type="anthropic", base_url=server.url, backoff=0.01, retries=3),
-                            PROMPT, label="nim 'q'", env={"ANTHROPIC_API_KEY": "k"})
+        brain = build_brain(
+            AnthropicBrainSpec(type="anthropic", base_url=server.url, backoff=0.01, retries=3),
+            PROMPT,
+            label="nim 'q'",
+            env={"ANTHROPIC_API_KEY": "k"},
+        )
     try:
         assert await brain.think("x", {}) == {"ok": 1}
         assert len(server.seen) == 4
@@ -150,7 +179,7 @@ async def test_concurrency_limit_per_nim(openai_server: FakeLLM) -> None:
     handler = NimHandler("q", "nim-q", "out", PROMPT, brain, None, None)  # type: ignore[arg-type]
 
     async def one() -> None:
-        async with handler._sem:  # noqa: SLF001 - exercising the limit directly
+        async with handler._sem:
             await brain.think("x", {})
 
     await asyncio.gather(*(one() for _ in range(12)))
@@ -159,8 +188,11 @@ async def test_concurrency_limit_per_nim(openai_server: FakeLLM) -> None:
 
 
 async def test_rules_brain_first_match_and_templates() -> None:
-    prompt = Prompt("---\nrules:\n  - when: score >= 70\n    output: {pursue: true, why: 'score {{ score }}'}\n"
-                    "  - when: score >= 40\n    output: {pursue: false}\n---\nbody {{ score }}\n", "q.md.j2")
+    prompt = Prompt(
+        "---\nrules:\n  - when: score >= 70\n    output: {pursue: true, why: 'score {{ score }}'}\n"
+        "  - when: score >= 40\n    output: {pursue: false}\n---\nbody {{ score }}\n",
+        "q.md.j2",
+    )
     brain = build_brain(RulesBrainSpec(), prompt, label="nim 'q'")
     assert await brain.think("", {"score": 85}) == {"pursue": True, "why": "score 85"}
     assert await brain.think("", {"score": 50}) == {"pursue": False}

@@ -26,19 +26,45 @@ N_KILLED = 40
 
 
 def contact(n: int) -> bytes:
-    return json.dumps({"event": "contact.created", "contact": {
-        "id": f"c-{n}", "title": "VP Sales" if n % 2 else "Engineer",
-        "company": {"size": 50 * n, "industry": "technology"}}}).encode()
+    return json.dumps(
+        {
+            "event": "contact.created",
+            "contact": {
+                "id": f"c-{n}",
+                "title": "VP Sales" if n % 2 else "Engineer",
+                "company": {"size": 50 * n, "industry": "technology"},
+            },
+        }
+    ).encode()
 
 
 def pipeline(nim_brain: dict[str, Any], **delivery: Any) -> dict[str, Any]:
     return {
-        "trees": {"contacts": {"watches": "river.contacts", "publishes": "contact.created",
-                               "script": str(DEMO / "trees" / "contacts.lua"), **delivery}},
-        "treehouses": {"scoring": {"subscribes": "contact.created", "publishes": "lead.scored",
-                                   "script": str(DEMO / "treehouses" / "scoring.lua"), **delivery}},
-        "nims": {"qualify": {"subscribes": "lead.scored", "publishes": "lead.qualified",
-                             "prompt": str(DEMO / "nims" / "qualify.md.j2"), "brain": nim_brain, **delivery}},
+        "trees": {
+            "contacts": {
+                "watches": "river.contacts",
+                "publishes": "contact.created",
+                "script": str(DEMO / "trees" / "contacts.lua"),
+                **delivery,
+            }
+        },
+        "treehouses": {
+            "scoring": {
+                "subscribes": "contact.created",
+                "publishes": "lead.scored",
+                "script": str(DEMO / "treehouses" / "scoring.lua"),
+                **delivery,
+            }
+        },
+        "nims": {
+            "qualify": {
+                "subscribes": "lead.scored",
+                "publishes": "lead.qualified",
+                "prompt": str(DEMO / "nims" / "qualify.md.j2"),
+                "brain": nim_brain,
+                **delivery,
+            }
+        },
         "decomposer": {k: v for k, v in delivery.items() if k != "max_inflight"},
     }
 
@@ -52,10 +78,18 @@ class Node:
 
     async def start(self) -> Node:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.forest.forest_proc", self.url, str(self.config), str(self.status_file),
-            cwd=str(Path(__file__).resolve().parents[2]))
-        await eventually(lambda: self.status() and all(c["state"] == "running" for c in self.status()),
-                         what="node running")
+            sys.executable,
+            "-m",
+            "tests.forest.forest_proc",
+            self.url,
+            str(self.config),
+            str(self.status_file),
+            cwd=str(Path(__file__).resolve().parents[2]),
+        )
+        await eventually(
+            lambda: self.status() and all(c["state"] == "running" for c in self.status()),
+            what="node running",
+        )
         return self
 
     def status(self) -> list[dict[str, Any]]:
@@ -65,7 +99,9 @@ class Node:
             return []
 
     def handled(self, kind: str, name: str) -> int:
-        return next((c["events_in"] for c in self.status() if c["kind"] == kind and c["name"] == name), 0)
+        return next(
+            (c["events_in"] for c in self.status() if c["kind"] == kind and c["name"] == name), 0
+        )
 
     async def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.returncode is None:
@@ -85,7 +121,9 @@ async def soil_count(nc: nats.NATS, prefix: str = "c-") -> int:
     return len(info.state.subjects or {})
 
 
-async def test_two_nodes_share_work_without_duplicates(plain_nats, nc, nodes, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_two_nodes_share_work_without_duplicates(
+    plain_nats, nc, nodes, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     cfg = write_forest(tmp_path / "f", pipeline("rules", max_inflight=4))
     for name in ("a", "b"):
         nodes.append(await Node(plain_nats.url, cfg, tmp_path / f"{name}.json").start())
@@ -93,18 +131,31 @@ async def test_two_nodes_share_work_without_duplicates(plain_nats, nc, nodes, tm
     for n in range(N_SHARED):
         await js.publish("river.contacts", contact(n))
     await eventually(lambda: soil_count(nc), timeout=60, what="first Soil keys")
-    await eventually(lambda: _equals(soil_count(nc), N_SHARED), timeout=60, what=f"{N_SHARED} Soil keys")
+    await eventually(
+        lambda: _equals(soil_count(nc), N_SHARED), timeout=60, what=f"{N_SHARED} Soil keys"
+    )
     # Each event was handled exactly once per component across both nodes...
-    for kind, name in (("tree", "contacts"), ("treehouse", "scoring"), ("nim", "qualify"),
-                       ("decomposer", "decomposer")):
-        await eventually(lambda k=kind, n=name: sum(node.handled(k, n) for node in nodes) == N_SHARED,
-                         what=f"{kind} {name} totals")
+    for kind, name in (
+        ("tree", "contacts"),
+        ("treehouse", "scoring"),
+        ("nim", "qualify"),
+        ("decomposer", "decomposer"),
+    ):
+        await eventually(
+            lambda k=kind, n=name: sum(node.handled(k, n) for node in nodes) == N_SHARED,
+            what=f"{kind} {name} totals",
+        )
         per_node = [node.handled(kind, name) for node in nodes]
-        assert all(count > 0 for count in per_node), f"{kind} {name} work was not shared: {per_node}"
+        assert all(count > 0 for count in per_node), (
+            f"{kind} {name} work was not shared: {per_node}"
+        )
     # ...and every leaf is in the Wind exactly once.
     wind = await js.stream_info("WIND", subjects_filter="wind.>")
-    assert wind.state.subjects == {"wind.contact.created": N_SHARED, "wind.lead.scored": N_SHARED,
-                                   "wind.lead.qualified": N_SHARED}
+    assert wind.state.subjects == {
+        "wind.contact.created": N_SHARED,
+        "wind.lead.scored": N_SHARED,
+        "wind.lead.qualified": N_SHARED,
+    }
 
 
 async def _equals(aw: Any, expected: int) -> bool:
@@ -135,7 +186,9 @@ async def test_a_node_killed_mid_flow_loses_nothing(plain_nats, nc, nodes, tmp_p
         await survivor.start()
         llm.release()
         try:
-            await eventually(lambda: _equals(soil_count(nc), N_KILLED), timeout=60, what=f"{N_KILLED} Soil keys")
+            await eventually(
+                lambda: _equals(soil_count(nc), N_KILLED), timeout=60, what=f"{N_KILLED} Soil keys"
+            )
             for n in range(N_KILLED):
                 entry = await survivor.soil.dig(f"c-{n}")
                 assert entry.value == {"contact_id": f"c-{n}", "pursue": True, "by": "llm"}

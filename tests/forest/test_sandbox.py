@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from nimsforest.forest.sandbox import LimitExceeded, LuaLimits, LuaSandbox, ScriptError, ScriptLoadError
+from nimsforest.forest.sandbox import (
+    LimitExceeded,
+    LuaLimits,
+    LuaSandbox,
+    ScriptError,
+    ScriptLoadError,
+)
 
 LIMITS = LuaLimits(instructions=2_000_000, seconds=1.0, memory=8 * 1024 * 1024)
 
@@ -19,8 +25,20 @@ def run(body: str, value: object = None) -> object:
 
 @pytest.mark.parametrize(
     "name",
-    ["os", "io", "debug", "package", "require", "dofile", "loadfile", "load", "loadstring",
-     "collectgarbage", "python", "string.dump"],
+    [
+        "os",
+        "io",
+        "debug",
+        "package",
+        "require",
+        "dofile",
+        "loadfile",
+        "load",
+        "loadstring",
+        "collectgarbage",
+        "python",
+        "string.dump",
+    ],
 )
 def test_dangerous_globals_are_absent(name: str) -> None:
     assert run(f"return {{tostring({name})}}") == ["nil"]
@@ -51,10 +69,14 @@ def test_bytecode_cannot_be_loaded_or_dumped() -> None:
     "body",
     [
         "while true do end",
-        "while true do pcall(function() while true do end end) end",  # pcall cannot swallow the stop
+        # pcall cannot swallow the stop
+        "while true do pcall(function() while true do end end) end",
         "return xpcall(function() error('x') end, function() while true do end end)",
         "local c = coroutine.wrap(function() while true do end end) c()",
-        "local c = coroutine.create(function() while true do end end) coroutine.resume(c) while true do end",
+        (
+            "local c = coroutine.create(function() while true do end end) "
+            "coroutine.resume(c) while true do end"
+        ),
         "local function f() return f() end return f()",  # endless tail call
     ],
 )
@@ -84,7 +106,10 @@ def test_catastrophic_patterns_are_refused_but_normal_ones_work() -> None:
 
 
 def test_the_runtime_stays_usable_after_a_stop() -> None:
-    s = sandbox("n = 0\nfunction process(i) n = n + 1 if i.loop then while true do end end return {n = n} end")
+    s = sandbox(
+        "n = 0\nfunction process(i) n = n + 1\n"
+        "if i.loop then while true do end end return {n = n} end"
+    )
     with pytest.raises(LimitExceeded):
         s.call({"loop": True})
     assert s.call({}) == {"n": 2}
@@ -132,7 +157,10 @@ def test_arrays_and_objects_keep_their_kind() -> None:
 
 
 def test_numbers_round_trip() -> None:
-    out = run("return {i = input.i + 1, f = input.f * 2, big = input.big}", {"i": 41, "f": 1.25, "big": 2**53})
+    out = run(
+        "return {i = input.i + 1, f = input.f * 2, big = input.big}",
+        {"i": 41, "f": 1.25, "big": 2**53},
+    )
     assert out == {"i": 42, "f": 2.5, "big": 2**53}
     assert isinstance(out["i"], int)  # type: ignore[index]
 
@@ -154,10 +182,19 @@ def test_helpers() -> None:
         "  local d = json.decode('{\"k\": [1, 2]}')\n"
         "  local bad, err = json.decode('{')\n"
         "  return {enc = json.encode({b = {}}), k = d.k[2], bad = bad == nil, err = err ~= nil,\n"
-        "          yes = contains('Chief CTO', 'CTO'), no = contains('x', 'y'), nilsafe = contains(nil, 'x')}\n"
+        "          yes = contains('Chief CTO', 'CTO'), no = contains('x', 'y'),\n"
+        "          nilsafe = contains(nil, 'x')}\n"
         "end",
         logs,
     )
     out = s.call({"name": "jane"})
-    assert out == {"enc": '{"b":[]}', "k": 2, "bad": True, "err": True, "yes": True, "no": False, "nilsafe": False}
+    assert out == {
+        "enc": '{"b":[]}',
+        "k": 2,
+        "bad": True,
+        "err": True,
+        "yes": True,
+        "no": False,
+        "nilsafe": False,
+    }
     assert logs == ['seen jane {"a":1}']

@@ -11,20 +11,35 @@ import pytest
 from nimsforest.forest.config import SourceSpec
 from nimsforest.forest.errors import EventError
 from nimsforest.forest.prompt import Prompt, PromptError, fill_subject, parse_json_object
-from nimsforest.forest.webhooks import WebhookRejected, delivery_id, sign_sha256, sign_stripe, verify
+from nimsforest.forest.webhooks import (
+    WebhookRejected,
+    delivery_id,
+    sign_sha256,
+    sign_stripe,
+    verify,
+)
 
 BODY = b'{"event":"contact.created"}'
 
 
 def spec(signature: str, secret: str | None = "s3cret") -> SourceSpec:
-    return SourceSpec.model_validate({"type": "http_webhook", "path": "/webhooks/x", "publishes": "x",
-                                      "secret": secret, "signature": signature})
+    return SourceSpec.model_validate(
+        {
+            "type": "http_webhook",
+            "path": "/webhooks/x",
+            "publishes": "x",
+            "secret": secret,
+            "signature": signature,
+        }
+    )
 
 
 def test_generic_sha256() -> None:
     s = spec("sha256")
     verify(s, {"X-Signature-256": sign_sha256("s3cret", BODY)}, BODY)
-    verify(s, {"x-signature-256": hmac.new(b"s3cret", BODY, hashlib.sha256).hexdigest()}, BODY)  # bare hex
+    verify(
+        s, {"x-signature-256": hmac.new(b"s3cret", BODY, hashlib.sha256).hexdigest()}, BODY
+    )  # bare hex
     with pytest.raises(WebhookRejected, match="does not match"):
         verify(s, {"X-Signature-256": sign_sha256("wrong", BODY)}, BODY)
     with pytest.raises(WebhookRejected, match="no X-Signature-256"):
@@ -35,7 +50,9 @@ def test_github() -> None:
     s = spec("github")
     verify(s, {"X-Hub-Signature-256": sign_sha256("s3cret", BODY)}, BODY)
     with pytest.raises(WebhookRejected):
-        verify(s, {"X-Hub-Signature-256": hmac.new(b"s3cret", BODY, hashlib.sha256).hexdigest()}, BODY)  # no sha256=
+        verify(
+            s, {"X-Hub-Signature-256": hmac.new(b"s3cret", BODY, hashlib.sha256).hexdigest()}, BODY
+        )  # no sha256=
     with pytest.raises(WebhookRejected):
         verify(s, {"X-Hub-Signature-256": sign_sha256("s3cret", BODY + b" ")}, BODY)
 
@@ -66,7 +83,10 @@ def test_delivery_ids() -> None:
 
 
 def test_prompt_strict_undefined_and_line_numbers() -> None:
-    p = Prompt("---\nrules: []\n---\nHello {{ name }}{% if title is defined %}, {{ title }}{% endif %}\n", "q.md.j2")
+    p = Prompt(
+        "---\nrules: []\n---\nHello {{ name }}{% if title is defined %}, {{ title }}{% endif %}\n",
+        "q.md.j2",
+    )
     assert p.render({"name": "Jane"}) == "Hello Jane\n"
     with pytest.raises(EventError, match="'name' is undefined"):
         p.render({})

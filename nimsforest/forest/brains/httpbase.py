@@ -24,11 +24,15 @@ class BrainError(EventError):
     """The brain could not answer (after retries); the event is retried later."""
 
 
-def resolve(env: Mapping[str, str], explicit: str | None, var: str, default: str | None) -> str | None:
+def resolve(
+    env: Mapping[str, str], explicit: str | None, var: str, default: str | None
+) -> str | None:
     return explicit or env.get(var) or default
 
 
-def api_key(env: Mapping[str, str], spec: _HttpBrain, default_var: str, *, required: bool) -> str | None:
+def api_key(
+    env: Mapping[str, str], spec: _HttpBrain, default_var: str, *, required: bool
+) -> str | None:
     var = spec.api_key_env or default_var
     key = env.get(var)
     if not key and (required or spec.api_key_env):
@@ -71,7 +75,9 @@ class HttpBrain:
                     try:
                         return resp.json()
                     except ValueError:
-                        raise BrainError(f"{self._label}: {url} answered with something that is not JSON") from None
+                        raise BrainError(
+                            f"{self._label}: {url} answered with something that is not JSON"
+                        ) from None
                 snippet = resp.text[:200].strip()
                 last = f"{url} answered {resp.status_code}: {snippet}"
                 if resp.status_code != 429 and resp.status_code < 500:
@@ -80,7 +86,14 @@ class HttpBrain:
                 if retry_after.replace(".", "", 1).isdigit():
                     delay = min(MAX_DELAY, float(retry_after))
             if attempt < retries:
-                log.info("%s: %s; retry %d of %d in %.2fs", self._label, last, attempt + 1, retries, delay)
+                log.info(
+                    "%s: %s; retry %d of %d in %.2fs",
+                    self._label,
+                    last,
+                    attempt + 1,
+                    retries,
+                    delay,
+                )
                 await asyncio.sleep(delay)
         raise BrainError(f"{self._label}: {last} (after {retries + 1} attempts)")
 

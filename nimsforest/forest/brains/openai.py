@@ -42,5 +42,7 @@ class OpenAIBrain(HttpBrain):
         try:
             text = answer["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise BrainError(f"{self._label}: the chat completion has no choices[0].message.content") from None
+            raise BrainError(
+                f"{self._label}: the chat completion has no choices[0].message.content"
+            ) from None
         return parse_json_object(str(text), self._label)

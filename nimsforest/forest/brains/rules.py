@@ -35,7 +35,8 @@ class RulesBrain:
             field = f"rules (front matter of {prompt.name})"
             if not raw:
                 raise BrainConfigError(
-                    f"the rules brain needs rules: give brain.rules, or a rules: list in the front matter of {prompt.name}",
+                    "the rules brain needs rules: give brain.rules, or a rules: list in the "
+                    f"front matter of {prompt.name}",
                     "brain.rules",
                 )
             try:
@@ -60,7 +61,9 @@ class RulesBrain:
             else:
                 parts.append(("{% else %}" if parts else "{% if true %}") + body)
                 break  # rules after an unconditional one can never match
-        source = "".join(parts) + ("" if any(p.startswith("{% else %}") for p in parts) else "{% else %}null")
+        source = "".join(parts) + (
+            "" if any(p.startswith("{% else %}") for p in parts) else "{% else %}null"
+        )
         self._template = env.from_string(source + "{% endif %}")
 
     @classmethod
