@@ -14,10 +14,8 @@ Delivery contract (the same for trees, treehouses, nims and the decomposer):
   `max_deliver` attempts, or at once for a malformed message, it is terminated and
   reported as dead (status, log line, metric) instead of being redelivered forever.
 
-Pulling is continuous: pull requests stay outstanding for up to `max_inflight` messages
-and are renewed as messages complete; server heartbeats are watched so a lost request
-(reconnect, server restart) is replaced. Publish acks are awaited, in order, by one
-completer task per consumer (no task per message on the synchronous path).
+Pulling is in pull.py. Publish acks are awaited, in order, by one completer task per
+consumer (no task per message on the synchronous path).
 """
 
 from __future__ import annotations
@@ -29,20 +27,17 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from nats.js.errors import APIError
-
 from nimsforest import metrics
 from nimsforest.forest.delivery import ConsumerSpec, Delivery, Handler, NeedsAsync, Stats
 from nimsforest.forest.errors import BadEvent, EventError
 from nimsforest.forest.publisher import Publisher
+from nimsforest.forest.pull import HEARTBEAT, Puller
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
 
-EXPIRES = 30.0
-HEARTBEAT = 5.0
 PUBLISH_TIMEOUT = 10.0
 
 
@@ -108,15 +103,12 @@ class ConsumerRunner:
         self._m_lat = metrics.component_latency.labels(kind, name)
         self._stored = getattr(handler, "stored", None)
         self._retry_async = getattr(handler, "retry_async", None)
-        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"
-        self._inbox = ""
-        self._subs: list[Any] = []
-        self._credits = 0
+        self._pull = Puller(nc, js, spec, self._on_msg, self._spawn, self._log, label)
+        self._advisory: Any = None
         self._inflight: dict[int, _Job] = {}  # id(msg) -> job
         self._queue: asyncio.Queue[tuple[_Job, BaseException | None]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: list[asyncio.Task[None]] = []
-        self._last_seen = time.monotonic()
         self._stopping = False
         self._exported = (
             stats.events_in,
@@ -125,47 +117,34 @@ class ConsumerRunner:
 
     # lifecycle ------------------------------------------------------------------------
     async def ensure_consumer(self) -> None:
-        cfg = self.spec.config()
-        try:
-            await self._js.add_consumer(self.spec.stream, cfg)
-        except APIError:
-            # An immutable setting differs (e.g. deliver policy): keep the consumer's own.
-            info = await self._js.consumer_info(self.spec.stream, self.spec.durable)
-            cfg.deliver_policy = info.config.deliver_policy
-            cfg.opt_start_seq = info.config.opt_start_seq
-            cfg.opt_start_time = info.config.opt_start_time
-            await self._js.add_consumer(self.spec.stream, cfg)
+        await self._pull.ensure_consumer()
 
     async def start(self) -> None:
-        await self.ensure_consumer()
         self._stopping = False
-        self._inbox = self._nc.new_inbox()
-        self._subs = [
-            await self._nc.subscribe(
-                self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
-            ),
-            await self._nc.subscribe(
-                f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.spec.stream}.{self.spec.durable}",
-                cb=self._on_max_deliveries,
-            ),
-        ]
-        self._last_seen = time.monotonic()
+        await self._pull.start()
+        self._advisory = await self._nc.subscribe(
+            f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.spec.stream}.{self.spec.durable}",
+            cb=self._on_max_deliveries,
+        )
         self._background = [
             asyncio.create_task(self._complete_loop(), name=f"complete-{self.spec.durable}"),
             asyncio.create_task(self._watch(), name=f"watch-{self.spec.durable}"),
         ]
-        self._request_more()
+        self._pull.request(0)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop pulling; let in-flight events finish for up to `grace` seconds; nak the rest
         so another node (or the next start) gets them at once."""
         self._stopping = True
-        for sub in self._subs:
+        for sub in (self._pull.subscription, self._advisory):
+            if sub is None:
+                continue
             try:  # no more pull interest; already-queued messages get nak'd
                 await asyncio.wait_for(sub.drain(), max(grace, 0.5))
             except Exception:  # noqa: BLE001, S110 - connection may be gone already
                 pass
-        self._subs = []
+        self._pull.detach()
+        self._advisory = None
         deadline = time.monotonic() + grace
         while (self._tasks or self._inflight) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -181,76 +160,14 @@ class ConsumerRunner:
     def inflight(self) -> int:
         return len(self._inflight)
 
-    # pulling --------------------------------------------------------------------------
-    def _request_more(self) -> None:
-        if self._stopping or not self._subs:
-            return
-        free = self.spec.max_inflight - len(self._inflight) - self._credits
-        if free <= 0 or (self._credits > 0 and free < max(1, self.spec.max_inflight // 2)):
-            return
-        self._credits += free
-        self._spawn(self._send_request(free))
-
-    async def _send_request(self, batch: int) -> None:
-        req = {
-            "batch": batch,
-            "expires": int(EXPIRES * 1e9),
-            "idle_heartbeat": int(HEARTBEAT * 1e9),
-        }
-        try:
-            await self._nc.publish(self._next_subject, json.dumps(req).encode(), reply=self._inbox)
-        except Exception:  # noqa: BLE001 - disconnected; the watchdog asks again
-            self._credits = max(0, self._credits - batch)
-
-    def _on_status(self, msg: Msg, status: str) -> None:
-        if status == "100":
-            return
-        headers = msg.headers or {}
-        pending = headers.get("Nats-Pending-Messages")
-        if pending is not None and pending.isdigit():
-            self._credits = max(0, self._credits - int(pending))
-        elif status != "404":
-            self._credits = 0
-        desc = next(
-            (str(v) for k, v in headers.items() if str(k).lower().endswith("description")), ""
-        )
-        if status == "409" and "deleted" in desc.lower():
-            self._log.warning(
-                "%s: its consumer %s was deleted; recreating it", self._label, self.spec.durable
-            )
-            self._spawn(self._recreate())
-            return
-        if status in ("404", "408"):
-            self._request_more()
-        else:  # e.g. 409 Exceeded MaxWaiting, Leadership Change: the watchdog asks again later
-            self._log.debug("%s: pull status %s %s", self._label, status, desc)
-
-    async def _recreate(self) -> None:
-        try:
-            await self.ensure_consumer()
-        except Exception as exc:  # noqa: BLE001 - the watchdog retries
-            self._log.warning(
-                "%s: cannot recreate consumer %s: %s", self._label, self.spec.durable, exc
-            )
-        self._credits = 0
-        self._request_more()
-
     async def _watch(self) -> None:
         """Lost pull requests, slow handlers (in-progress acks) and publish timeouts."""
         period = max(0.05, min(HEARTBEAT, self.spec.ack_wait / 3))
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
-            if self._credits > 0 and now - self._last_seen > 3 * HEARTBEAT:
-                self._log.info(
-                    "%s: no word from JetStream for %.0fs; asking again",
-                    self._label,
-                    now - self._last_seen,
-                )
-                self._last_seen = now
-                await self._recreate()
-            elif self._credits == 0:
-                self._request_more()
+            await self._pull.check(now)
+            self._request_more()
             for job in list(self._inflight.values()):
                 if job.published_at and now - job.published_at > PUBLISH_TIMEOUT:
                     for f in job.futures:
@@ -264,14 +181,6 @@ class ConsumerRunner:
 
     # handling -------------------------------------------------------------------------
     async def _on_msg(self, msg: Msg) -> None:
-        self._last_seen = time.monotonic()
-        headers = msg.headers
-        if headers and (status := headers.get("Status")):
-            self._on_status(msg, status)
-            return
-        if not msg.reply:
-            return
-        self._credits = max(0, self._credits - 1)
         if self._stopping:
             await self._quietly(msg.nak())
             return
@@ -366,6 +275,10 @@ class ConsumerRunner:
             raise _Handed
         else:
             await self._failed(job.d, exc)
+
+    def _request_more(self) -> None:
+        if not self._stopping:
+            self._pull.request(len(self._inflight))
 
     def _export(self) -> None:
         """Bring the Prometheus counters up to date (batched: they take a lock each)."""

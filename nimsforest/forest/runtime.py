@@ -9,18 +9,14 @@ anything, so a bad spec changes nothing.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import APIError, NoStreamResponseError
-
-from nimsforest import metrics
+from nimsforest.forest import river
 from nimsforest.forest.build import build_component, build_decomposer, spec_fingerprint
 from nimsforest.forest.component import Component
-from nimsforest.forest.config import ForestConfig, SourceSpec, component_label
+from nimsforest.forest.config import ForestConfig, component_label
 from nimsforest.forest.errors import (
     ComponentExists,
     ComponentNotFound,
@@ -28,7 +24,6 @@ from nimsforest.forest.errors import (
     ForestConfigError,
     ForestError,
 )
-from nimsforest.forest.handlers import SOURCE_HEADER
 from nimsforest.forest.model import (
     USER_KINDS,
     ComponentKind,
@@ -41,14 +36,6 @@ from nimsforest.forest.model import (
 )
 from nimsforest.forest.publisher import Publisher
 from nimsforest.forest.soil import Soil
-from nimsforest.forest.subjects import river_subject
-from nimsforest.forest.webhooks import (
-    WebhookRejected,
-    delivery_id,
-    parse_json_body,
-    river_payload,
-    verify,
-)
 from nimsforest.streams import CORE_STREAMS, ensure_stream
 
 if TYPE_CHECKING:
@@ -290,47 +277,7 @@ class Forest:
     ) -> FlowReceipt:
         """Store one input in the River. `payload` is JSON bytes or a JSON-able value.
         Returns once JetStream has stored it; raises FlowError otherwise."""
-        try:
-            subj = river_subject(subject)
-        except ValueError as exc:
-            raise FlowError(f"Invalid River subject: {exc}.") from None
-        if isinstance(payload, (bytes, bytearray)):
-            data = bytes(payload)
-            try:
-                json.loads(data)
-            except (ValueError, UnicodeDecodeError):
-                raise FlowError("The payload is not valid JSON.") from None
-        else:
-            try:
-                data = json.dumps(
-                    payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-                ).encode()
-            except (TypeError, ValueError) as exc:
-                raise FlowError(f"The payload cannot be encoded as JSON: {exc}.") from None
-        if len(data) > (self._nc.max_payload or 1_048_576) - 512:
-            raise FlowError("The payload is larger than the NATS maximum payload.", 413)
-        headers = {SOURCE_HEADER: source}
-        if msg_id:
-            headers["Nats-Msg-Id"] = msg_id
-        try:
-            ack = await self._js.publish(subj, data, headers=headers, timeout=5.0)
-        except NoStreamResponseError:
-            raise FlowError(
-                "The River is not available (no JetStream stream answers on river.>).", 503
-            ) from None
-        except (TimeoutError, NatsTimeoutError):
-            raise FlowError(
-                "JetStream did not confirm the input in time; it may not be stored.", 503
-            ) from None
-        except APIError as exc:
-            raise FlowError(
-                f"JetStream refused the input: {exc.description or exc}.", 503
-            ) from None
-        except Exception as exc:  # noqa: BLE001 - connection closed and similar
-            raise FlowError(f"NATS is not reachable: {exc or type(exc).__name__}.", 503) from None
-        return FlowReceipt(
-            stream=ack.stream, subject=subj, seq=ack.seq, duplicate=bool(ack.duplicate)
-        )
+        return await river.flow(self._nc, self._js, subject, payload, source=source, msg_id=msg_id)
 
     async def receive_webhook(
         self, path: str, headers: Mapping[str, str], body: bytes
@@ -341,25 +288,7 @@ class Forest:
             raise FlowError(f"No webhook source is mounted at {path}.", 404)
         if comp.state is not ComponentState.RUNNING:
             raise FlowError(f"Source '{comp.name}' is not running.", 503)
-        spec: SourceSpec = comp.spec
-        comp.stats.events_in += 1
-        metrics.component_events_in.labels("source", comp.name).inc()
-        try:
-            verify(spec, headers, body)
-            value = parse_json_body(body)
-        except WebhookRejected as exc:
-            comp.stats.error(str(exc))
-            metrics.component_errors.labels("source", comp.name).inc()
-            raise FlowError(str(exc), exc.status) from None
-        receipt = await self.flow(
-            spec.publishes,
-            river_payload(comp.name, spec, headers, value),
-            source=f"source:{comp.name}",
-            msg_id=delivery_id(comp.name, spec, headers, value),
-        )
-        comp.stats.events_out += 1
-        metrics.component_events_out.labels("source", comp.name).inc()
-        return receipt
+        return await river.receive(comp, headers, body, self.flow)
 
     # internals ------------------------------------------------------------------------------
     def _all(self) -> list[Component]:
