@@ -74,6 +74,11 @@ class ForestConfig(_Spec):
     nims: dict[str, NimSpec] = Field(default_factory=dict)
     decomposer: DecomposerSpec = DecomposerSpec()
 
+    @classmethod
+    def empty(cls, base_dir: Path | None = None) -> ForestConfig:
+        """A forest with no components (the decomposer still runs)."""
+        return cls(base_dir=base_dir or Path.cwd())
+
     def specs(self, kind: ComponentKind) -> dict[str, Any]:
         return dict(getattr(self, kind.plural))
 

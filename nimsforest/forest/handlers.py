@@ -58,7 +58,7 @@ class TreeHandler:
         except ValueError:
             raise BadEvent(f"River message {d.subject} #{d.stream_seq} is not JSON") from None
         meta = {"_subject": d.subject, "_source": d.headers.get(SOURCE_HEADER, "river")}
-        value = {**meta, **value} if isinstance(value, dict) else {**meta, "value": value}
+        value = {**value, **meta} if isinstance(value, dict) else {**meta, "value": value}
         result = self._lua.call(value)
         if result is None:
             self._stats.dropped += 1
