@@ -90,10 +90,22 @@ def kv_spec(bucket: str, *, history: int = 1, description: str = "", ttl: float 
     )
 
 
+# RIVER keeps messages by limits (not WorkQueue), so several trees may watch overlapping
+# subjects, each through its own durable consumer.
 RIVER = StreamSpec(
     name="RIVER",
     subjects=("river.>",),
     description="NimsForest raw input",
+    max_age=DAY,
+    max_msgs=1_000_000,
+)
+# WIND carries leaves (`wind.<leaf subject>`), durable so that every treehouse and nim
+# consumes through one shared durable consumer: work is shared between nodes and a leaf
+# is redelivered when a node dies mid-way (the Go original used core NATS: at most once).
+WIND = StreamSpec(
+    name="WIND",
+    subjects=("wind.>",),
+    description="NimsForest leaves",
     max_age=DAY,
     max_msgs=1_000_000,
 )
@@ -107,7 +119,7 @@ HUMUS = StreamSpec(
 SOIL = kv_spec("SOIL", history=10, description="NimsForest current state storage")
 
 # The streams a node creates at start, in order.
-CORE_STREAMS: tuple[StreamSpec, ...] = (RIVER, HUMUS, SOIL)
+CORE_STREAMS: tuple[StreamSpec, ...] = (RIVER, WIND, HUMUS, SOIL)
 
 
 def replication_factor(cluster_size: int) -> int:
@@ -154,6 +166,7 @@ __all__ = [
     "StreamSpec",
     "kv_spec",
     "RIVER",
+    "WIND",
     "HUMUS",
     "SOIL",
     "CORE_STREAMS",

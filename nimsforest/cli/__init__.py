@@ -24,6 +24,7 @@ _COMMANDS: dict[str, str] = {
     "bench": "nimsforest.cli.bench:bench",
     "cluster": "nimsforest.cli.cluster:cluster",
     "registry": "nimsforest.cli.registry:registry",
+    "flow": "nimsforest.cli.flow:flow",
 }
 _ALIASES: dict[str, str] = {"start": "run"}
 _DEFAULT_COMMAND = "run"

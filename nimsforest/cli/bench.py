@@ -13,6 +13,7 @@ import click
 _BENCHES: dict[str, str] = {
     "startup": "nimsforest.bench.startup:command",
     "cluster": "nimsforest.bench.cluster:command",
+    "pipeline": "nimsforest.bench.pipeline:command",
 }
 
 

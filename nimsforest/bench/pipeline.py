@@ -1,0 +1,290 @@
+"""`nimsforest bench pipeline`: the demo pipeline end to end against raw nats-py.
+
+Per event, both runs make the same JetStream hops:
+    6 JetStream publishes  river, contact.created, lead.scored, lead.qualified, humus, soil
+    4 pull consumptions    (fetch + ack) by tree, treehouse, nim and decomposer
+The pipeline run is the Forest (Lua tree and treehouse, rules nim, decomposer into KV).
+The baseline moves the same bytes through four raw nats-py stages (publish_async + pull
+fetch/ack), doing no work of its own. Both runs share one nats-server started for the
+bench, one connection each, and the same driver: `--window` events in flight, an event
+is done when its Soil write (baseline: its last publish) is seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+import nats
+
+from natsembed._binary import find_nats_server
+from nimsforest.streams import StreamSpec, ensure_stream
+
+PUBLISHES, CONSUMES = 6, 4
+FETCH = (256, 0.01)  # baseline fetch batch and timeout (the best of those tried on this machine)
+
+
+@dataclass(frozen=True)
+class Result:
+    events: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+    def pct(self, q: float) -> float:
+        return (
+            statistics.quantiles(self.latencies, n=100)[int(q) - 1] * 1000
+            if len(self.latencies) > 1
+            else 0.0
+        )
+
+
+def _contact(n: int) -> bytes:
+    return json.dumps(
+        {
+            "event": "contact.created",
+            "contact": {
+                "id": f"b-{n}",
+                "email": f"lead{n}@corp.io",
+                "title": ("CTO", "VP Sales", "Engineer")[n % 3],
+                "company": {
+                    "name": "Corp",
+                    "size": (n * 37) % 1000,
+                    "industry": ("technology", "retail")[n % 2],
+                },
+            },
+        }
+    ).encode()
+
+
+async def _drive(
+    nc: Any, n_events: int, window: int, publish: Callable[[int], Awaitable[Any]], done_subject: str
+) -> Result:
+    """Publish `n_events` with at most `window` unfinished; time each to its completion
+    (a message on `done_subject` whose last token is the event's key)."""
+    started: dict[str, float] = {}
+    latencies: list[float] = []
+    slots = asyncio.Semaphore(window)
+    all_done = asyncio.Event()
+
+    async def on_done(msg: Any) -> None:
+        t0 = started.pop(msg.subject.rsplit(".", 1)[1], None)
+        if t0 is not None:
+            latencies.append(time.perf_counter() - t0)
+            slots.release()
+            if len(latencies) == n_events:
+                all_done.set()
+
+    sub = await nc.subscribe(done_subject, cb=on_done)
+    acks = []
+    t_start = time.perf_counter()
+    for i in range(n_events):
+        await slots.acquire()
+        started[f"b-{i}"] = time.perf_counter()
+        acks.append(await publish(i))
+    await asyncio.gather(*acks)
+    await asyncio.wait_for(all_done.wait(), timeout=max(60.0, n_events / 50))
+    seconds = time.perf_counter() - t_start
+    await sub.unsubscribe()
+    return Result(n_events, seconds, latencies)
+
+
+async def _pipeline(url: str, n_events: int, window: int) -> Result:
+    from nimsforest.forest import Forest, load_demo_config
+
+    nc = await nats.connect(url)
+    cfg = load_demo_config()
+    cfg = cfg.model_copy(update={"sources": {}})
+    forest = Forest(nc, cfg)
+    await forest.start()
+    js = nc.jetstream()
+    try:
+        return await _drive(
+            nc,
+            n_events,
+            window,
+            lambda i: js.publish_async("river.contacts", _contact(i)),
+            "$KV.SOIL.>",
+        )
+    finally:
+        await forest.stop()
+        await nc.close()
+
+
+async def _baseline(url: str, n_events: int, window: int) -> Result:
+    """Four raw stages with the pipeline's hop shape; they forward bytes unchanged."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    for name, subj in (
+        ("BRIVER", "b.river.>"),
+        ("BWIND", "b.wind.>"),
+        ("BHUMUS", "b.humus.>"),
+        ("BSOIL", "b.soil.>"),
+    ):
+        await ensure_stream(js, StreamSpec(name=name, subjects=(subj,)), 1, None)
+    stages = [  # (stream, filter, outputs)
+        ("BRIVER", "b.river.contacts", ["b.wind.contact.created"]),
+        ("BWIND", "b.wind.contact.created", ["b.wind.lead.scored"]),
+        ("BWIND", "b.wind.lead.scored", ["b.wind.lead.qualified", "b.humus.q.update"]),
+        ("BHUMUS", "b.humus.>", ["b.soil.{id}"]),
+    ]
+    stop = asyncio.Event()
+
+    async def stage(i: int, stream: str, filt: str, outputs: list[str]) -> None:
+        psub = await js.pull_subscribe(filt, durable=f"stage{i}", stream=stream)
+        while not stop.is_set():
+            try:
+                msgs = await psub.fetch(*FETCH)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            futures = []
+            for m in msgs:
+                key = m.headers.get("id", "") if m.headers else ""
+                for out in outputs:
+                    futures.append(
+                        await js.publish_async(out.replace("{id}", key), m.data, headers=m.headers)
+                    )
+            await asyncio.gather(*futures)
+            for m in msgs:
+                await m.ack()
+
+    tasks = [asyncio.create_task(stage(i, *st)) for i, st in enumerate(stages)]
+    try:
+        # the event's key travels in a header so the last stage can name its soil subject
+        return await _drive(
+            nc,
+            n_events,
+            window,
+            lambda i: js.publish_async("b.river.contacts", _contact(i), headers={"id": f"b-{i}"}),
+            "b.soil.>",
+        )
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await nc.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_server(store: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port, monitor = _free_port(), _free_port()
+    proc = subprocess.Popen(
+        [
+            str(find_nats_server()),
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-m",
+            str(monitor),
+            "-sd",
+            str(store),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            if (
+                httpx.get(
+                    f"http://127.0.0.1:{monitor}/healthz", timeout=1, trust_env=False
+                ).status_code
+                == 200
+            ):
+                return proc, f"nats://127.0.0.1:{port}"
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise click.ClickException("nats-server did not become healthy for the benchmark.")
+
+
+async def _run(
+    events: int, window: int, warmup: int, rounds: int
+) -> tuple[list[Result], list[Result]]:
+    """`rounds` times, on a fresh nats-server each: a baseline run, then a pipeline run."""
+    bases, pipes = [], []
+    for _ in range(rounds):
+        store = Path(tempfile.mkdtemp(prefix="nimsforest-bench-"))
+        proc, url = _start_server(store)
+        try:
+            if warmup:
+                await _baseline(url, warmup, window)
+            bases.append(await _baseline(url, events, window))
+            pipes.append(await _pipeline(url, events, window))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            shutil.rmtree(store, ignore_errors=True)
+    return bases, pipes
+
+
+def _merge(results: list[Result]) -> Result:
+    """Median rate; latencies of every round together."""
+    mid = sorted(results, key=lambda r: r.rate)[len(results) // 2]
+    return Result(mid.events, mid.seconds, [x for r in results for x in r.latencies])
+
+
+def _runner(coro: Awaitable[Any]) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+@click.command("pipeline")
+@click.option("--events", default=3000, show_default=True, help="Events per run.")
+@click.option("--window", default=256, show_default=True, help="Events in flight at once.")
+@click.option(
+    "--warmup", default=300, show_default=True, help="Baseline events run first and not counted."
+)
+@click.option(
+    "--rounds",
+    default=3,
+    show_default=True,
+    help="Rounds (fresh nats-server each); medians are shown.",
+)
+def command(events: int, window: int, warmup: int, rounds: int) -> None:
+    """River -> Tree -> TreeHouse -> Nim (rules) -> Humus -> Soil on one node, next to a
+    raw nats-py baseline with the same JetStream hops, from the same run."""
+    bases, pipes = _runner(_run(events, window, warmup, rounds))
+    base, pipe = _merge(bases), _merge(pipes)
+    click.echo(
+        f"hops per event: {PUBLISHES} JetStream publishes + {CONSUMES} pull fetch/ack consumptions"
+    )
+    click.echo(
+        f"events: {events} per run, in flight: {window}, rounds: {rounds} "
+        "(median rate; p50/p99 over all rounds)"
+    )
+    for i, (b, p) in enumerate(zip(bases, pipes), 1):
+        ratio = p.rate / b.rate
+        click.echo(f"  round {i}: baseline {b.rate:6.0f}/s, pipeline {p.rate:6.0f}/s ({ratio:.0%})")
+    for label, r in (("baseline (raw nats-py):", base), ("pipeline (NimsForest): ", pipe)):
+        click.echo(
+            f"{label} {r.rate:8.0f} events/s   p50 {r.pct(50):7.1f} ms   p99 {r.pct(99):7.1f} ms"
+        )
+    click.echo(f"ratio pipeline/baseline: {pipe.rate / base.rate:.0%} (target at least 70%)")

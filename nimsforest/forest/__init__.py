@@ -1,0 +1,65 @@
+"""The forest: River -> Tree -> Leaf on the Wind -> TreeHouse / Nim -> Humus ->
+Decomposer -> Soil, on NATS JetStream. See docs/FOREST.md for the model and the delivery
+guarantee of every hop.
+
+Public API:
+    Forest(nc, config, replicas=1, placement_tags=None)      the runtime (runtime.py)
+    ForestConfig, load_forest_config(path)                   forest.yaml (config.py)
+    ComponentKind, ComponentState, ComponentStatus, ForestStatus, ReloadDiff, FlowReceipt
+    ForestError, ForestConfigError, ComponentExists, ComponentNotFound, FlowError
+    demo_config_path(), load_demo_config()                   the demo forest
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nimsforest.forest.config import ForestConfig, load_forest_config, parse_forest_config
+from nimsforest.forest.errors import (
+    ComponentExists,
+    ComponentNotFound,
+    FlowError,
+    ForestConfigError,
+    ForestError,
+)
+from nimsforest.forest.model import (
+    ComponentKind,
+    ComponentRef,
+    ComponentState,
+    ComponentStatus,
+    FlowReceipt,
+    ForestStatus,
+    ReloadDiff,
+)
+from nimsforest.forest.runtime import Forest
+
+
+def demo_config_path() -> Path:
+    """forest.yaml of the demo forest shipped with the package (nimsforest/demo/)."""
+    return Path(__file__).resolve().parent.parent / "demo" / "forest.yaml"
+
+
+def load_demo_config() -> ForestConfig:
+    return load_forest_config(demo_config_path())
+
+
+__all__ = [
+    "ComponentExists",
+    "ComponentKind",
+    "ComponentNotFound",
+    "ComponentRef",
+    "ComponentState",
+    "ComponentStatus",
+    "FlowError",
+    "FlowReceipt",
+    "Forest",
+    "ForestConfig",
+    "ForestConfigError",
+    "ForestError",
+    "ForestStatus",
+    "ReloadDiff",
+    "demo_config_path",
+    "load_demo_config",
+    "load_forest_config",
+    "parse_forest_config",
+]

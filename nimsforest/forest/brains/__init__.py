@@ -1,0 +1,61 @@
+"""Brains turn a nim's rendered prompt (and its input) into a JSON object.
+
+    rules      deterministic and offline (the default): first matching rule's output
+    openai     OpenAI-compatible /v1/chat/completions (OpenAI, Ollama, vLLM, llama.cpp)
+    anthropic  Anthropic Messages API
+
+HTTP brains have a timeout per request, retry 429, 5xx, timeouts and connection errors
+with exponential backoff (honouring Retry-After), and a per-nim concurrency limit.
+A brain returns None to drop the event (the rules brain when no rule matches).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from nimsforest.forest.config import AnthropicBrainSpec, OpenAIBrainSpec, RulesBrainSpec
+from nimsforest.forest.prompt import Prompt
+
+
+class Brain(Protocol):
+    kind: str
+    concurrency: int
+    needs_prompt: bool  # False: the brain decides from the input alone (rules)
+
+    async def think(self, prompt: str, context: dict[str, Any]) -> dict[str, Any] | None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class BrainConfigError(ValueError):
+    """`field` is the brain setting at fault (e.g. 'brain.api_key_env')."""
+
+    def __init__(self, message: str, field: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+def build_brain(
+    spec: RulesBrainSpec | OpenAIBrainSpec | AnthropicBrainSpec,
+    prompt: Prompt,
+    *,
+    label: str,
+    env: Mapping[str, str] | None = None,
+) -> Brain:
+    env = os.environ if env is None else env
+    if isinstance(spec, RulesBrainSpec):
+        from nimsforest.forest.brains.rules import RulesBrain
+
+        return RulesBrain(spec, prompt)
+    if isinstance(spec, OpenAIBrainSpec):
+        from nimsforest.forest.brains.openai import OpenAIBrain
+
+        return OpenAIBrain(spec, env, label)
+    from nimsforest.forest.brains.anthropic import AnthropicBrain
+
+    return AnthropicBrain(spec, env, label)
+
+
+__all__ = ["Brain", "BrainConfigError", "build_brain"]

@@ -1,0 +1,103 @@
+"""Shared HTTP plumbing for LLM brains: one httpx client per nim, a concurrency limit,
+timeouts, and retries with exponential backoff for 429, 5xx, timeouts and connection
+errors (Retry-After is honoured, capped at 30 s). Other 4xx answers are not retried."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from nimsforest.forest.brains import BrainConfigError
+from nimsforest.forest.config import _HttpBrain
+from nimsforest.forest.errors import EventError
+
+log = logging.getLogger("nimsforest.forest.brain")
+MAX_DELAY = 30.0
+
+
+class BrainError(EventError):
+    """The brain could not answer (after retries); the event is retried later."""
+
+
+def resolve(
+    env: Mapping[str, str], explicit: str | None, var: str, default: str | None
+) -> str | None:
+    return explicit or env.get(var) or default
+
+
+def api_key(
+    env: Mapping[str, str], spec: _HttpBrain, default_var: str, *, required: bool
+) -> str | None:
+    var = spec.api_key_env or default_var
+    key = env.get(var)
+    if not key and (required or spec.api_key_env):
+        raise BrainConfigError(f"environment variable {var} is not set", "brain.api_key_env")
+    return key
+
+
+class HttpBrain:
+    kind = "http"
+    needs_prompt = True
+
+    def __init__(self, spec: _HttpBrain, label: str) -> None:
+        self.spec = spec
+        self.concurrency = spec.concurrency
+        self._label = label
+        self._client: httpx.AsyncClient | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.spec.timeout),
+                limits=httpx.Limits(max_connections=self.spec.concurrency),
+                trust_env=False,
+            )
+        return self._client
+
+    async def post(self, url: str, headers: dict[str, str], body: dict[str, Any]) -> Any:
+        retries, backoff = self.spec.retries, self.spec.backoff
+        last = ""
+        for attempt in range(retries + 1):
+            delay = min(MAX_DELAY, backoff * 2**attempt) * (0.8 + 0.4 * random.random())
+            try:
+                resp = await self._http().post(url, headers=headers, json=body)
+            except httpx.TimeoutException:
+                last = f"no answer from {url} within {self.spec.timeout:g}s"
+            except httpx.TransportError as exc:
+                last = f"cannot reach {url}: {exc.__class__.__name__}"
+            else:
+                if resp.status_code < 300:
+                    try:
+                        return resp.json()
+                    except ValueError:
+                        raise BrainError(
+                            f"{self._label}: {url} answered with something that is not JSON"
+                        ) from None
+                snippet = resp.text[:200].strip()
+                last = f"{url} answered {resp.status_code}: {snippet}"
+                if resp.status_code != 429 and resp.status_code < 500:
+                    raise BrainError(f"{self._label}: {last}")
+                retry_after = resp.headers.get("retry-after", "")
+                if retry_after.replace(".", "", 1).isdigit():
+                    delay = min(MAX_DELAY, float(retry_after))
+            if attempt < retries:
+                log.info(
+                    "%s: %s; retry %d of %d in %.2fs",
+                    self._label,
+                    last,
+                    attempt + 1,
+                    retries,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        raise BrainError(f"{self._label}: {last} (after {retries + 1} attempts)")
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None

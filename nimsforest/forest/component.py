@@ -1,0 +1,125 @@
+"""A component's life on this node: state, counters, start/stop, and its snapshot."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from nimsforest.forest.consumer import ConsumerRunner
+from nimsforest.forest.delivery import ConsumerSpec, Handler, Stats
+from nimsforest.forest.model import ComponentKind, ComponentRef, ComponentState, ComponentStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
+
+    from nimsforest.forest.publisher import Publisher
+
+
+class Component:
+    """Built (scripts compiled, brain configured) but not started until `start()`."""
+
+    def __init__(
+        self,
+        kind: ComponentKind,
+        name: str,
+        spec: Any,
+        *,
+        consumer: ConsumerSpec | None = None,
+        handler: Handler | None = None,
+        stats: Stats | None = None,
+        publishes: str | None = None,
+        closers: tuple[Callable[[], Awaitable[None]], ...] = (),
+        fingerprint: str | None = None,
+    ) -> None:
+        self.kind, self.name, self.spec = kind, name, spec
+        self.consumer, self.handler = consumer, handler
+        self.stats = stats or Stats()
+        self.publishes = publishes
+        self.fingerprint = fingerprint  # what it runs (spec + file text), for reload diffs
+        self.state = ComponentState.STOPPED
+        self._closers = closers
+        self._runner: ConsumerRunner | None = None
+        self._log = logging.getLogger(f"nimsforest.forest.{kind.value}")
+
+    @property
+    def ref(self) -> ComponentRef:
+        return ComponentRef(kind=self.kind, name=self.name)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind.value} '{self.name}'"
+
+    async def start(self, nc: Client, js: JetStreamContext, publisher: Publisher) -> None:
+        """Bind the shared durable consumer and start handling. On failure the component is
+        FAILED (with the reason as its last error) and the error is raised."""
+        try:
+            if self.consumer is not None and self.handler is not None:
+                self._runner = ConsumerRunner(
+                    nc,
+                    js,
+                    publisher,
+                    self.consumer,
+                    self.handler,
+                    self.stats,
+                    label=self.label,
+                    kind=self.kind.value,
+                    name=self.name,
+                )
+                await self._runner.start()
+        except Exception as exc:
+            self._runner = None
+            self.fail(f"cannot start: {exc or type(exc).__name__}")
+            raise
+        self.state = ComponentState.RUNNING
+        self.stats.started_at = datetime.now(UTC)
+        where = (
+            f" (consumer {self.consumer.durable} on {self.consumer.filter_subject})"
+            if self.consumer
+            else ""
+        )
+        self._log.info("%s running%s", self.label, where)
+
+    def fail(self, reason: str) -> None:
+        self.state = ComponentState.FAILED
+        self.stats.error(reason)
+        self._log.error("%s failed: %s", self.label, reason)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.stop(grace)
+        for close in self._closers:
+            try:
+                await close()
+            except Exception as exc:  # noqa: BLE001 - closing is best effort
+                self._log.debug("%s: closing: %s", self.label, exc)
+        if self.state is not ComponentState.STOPPED:
+            was_failed = self.state is ComponentState.FAILED
+            self.state = ComponentState.STOPPED
+            self._log.info("%s stopped%s", self.label, " (it had failed)" if was_failed else "")
+
+    def status(self) -> ComponentStatus:
+        s = self.stats
+        return ComponentStatus(
+            kind=self.kind,
+            name=self.name,
+            state=self.state,
+            consumes=self.consumer.filter_subject if self.consumer else None,
+            publishes=self.publishes,
+            consumer=self.consumer.durable if self.consumer else None,
+            events_in=s.events_in,
+            events_out=s.events_out,
+            dropped=s.dropped,
+            errors=s.errors,
+            dead=s.dead,
+            last_error=s.last_error,
+            last_error_at=s.last_error_at,
+            started_at=s.started_at,
+        )
+
+
+__all__ = ["Component"]

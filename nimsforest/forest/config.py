@@ -1,0 +1,275 @@
+"""forest.yaml: the typed configuration of a forest, and its loader.
+
+```yaml
+sources:                       # ways into the River besides `flow` and POST /api/v1/river
+  contacts:
+    type: http_webhook
+    path: /webhooks/contacts   # must start with /webhooks/
+    publishes: river.contacts  # the `river.` prefix may be left out
+    secret: ${CONTACTS_SECRET} # optional; ${VAR} is taken from the environment
+    signature: sha256          # sha256 (X-Signature-256) | github | stripe | none
+    headers: [X-Request-Id]    # request headers copied into the payload
+trees:
+  contacts: {watches: river.contacts, publishes: contact.created, script: trees/contacts.lua}
+treehouses:
+  scoring: {subscribes: contact.created, publishes: lead.scored, script: treehouses/scoring.lua}
+nims:
+  qualify:
+    subscribes: lead.scored
+    publishes: lead.qualified  # may hold {field} placeholders filled from the output
+    prompt: nims/qualify.md.j2
+    brain:                     # rules (default, offline) | openai | anthropic
+      type: rules
+      rules: [{when: "score >= 70", output: {pursue: true}}, {output: {pursue: false}}]
+```
+Paths are relative to the file. Every component also takes `ack_wait`, `max_deliver` and
+`max_inflight`; Lua components take `limits: {instructions, time, memory}`. Unknown keys
+are errors. A bad file raises ForestConfigError naming the file, the component and field.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from nimsforest.forest.errors import ForestConfigError
+from nimsforest.forest.model import ComponentKind
+from nimsforest.forest.specs import (  # noqa: F401 - re-exported: the config vocabulary
+    NAME_RE,
+    SPEC_TYPES,
+    AnthropicBrainSpec,
+    BrainSpec,
+    DecomposerSpec,
+    HumusSpec,
+    LimitsSpec,
+    NimSpec,
+    OpenAIBrainSpec,
+    Rule,
+    RulesBrainSpec,
+    SignatureKind,
+    SourceSpec,
+    Spec,
+    TreeHouseSpec,
+    TreeSpec,
+    _HttpBrain,
+    _Spec,
+)
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ForestConfig(_Spec):
+    """A whole forest. `base_dir` anchors relative script and prompt paths."""
+
+    base_dir: Path
+    path: Path | None = None
+    sources: dict[str, SourceSpec] = Field(default_factory=dict)
+    trees: dict[str, TreeSpec] = Field(default_factory=dict)
+    treehouses: dict[str, TreeHouseSpec] = Field(default_factory=dict)
+    nims: dict[str, NimSpec] = Field(default_factory=dict)
+    decomposer: DecomposerSpec = DecomposerSpec()
+
+    @classmethod
+    def empty(cls, base_dir: Path | None = None) -> ForestConfig:
+        """A forest with no components (the decomposer still runs)."""
+        return cls(base_dir=base_dir or Path.cwd())
+
+    def specs(self, kind: ComponentKind) -> dict[str, Any]:
+        return dict(getattr(self, kind.plural))
+
+    def with_spec(self, kind: ComponentKind, name: str, spec: Spec | None) -> ForestConfig:
+        """A copy with `name` set to `spec` (or removed when spec is None)."""
+        specs = self.specs(kind)
+        if spec is None:
+            specs.pop(name, None)
+        else:
+            specs[name] = spec
+        return self.model_copy(update={kind.plural: specs})
+
+    def resolve(self, path: Path) -> Path:
+        return path if path.is_absolute() else (self.base_dir / path)
+
+    @property
+    def label(self) -> str:
+        return str(self.path) if self.path else "forest config"
+
+
+def component_label(kind: ComponentKind, name: str) -> str:
+    return f"{kind.value} '{name}'"
+
+
+def check_name(kind: ComponentKind, name: Any, file: str | None = None) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ForestConfigError(
+            f"'{name}' is not a valid {kind.value} name (letters, digits, '_' and '-', at most 48)",
+            file=file,
+        )
+    return name
+
+
+def parse_spec(kind: ComponentKind, name: str, raw: Any, *, file: str | None = None) -> Spec:
+    """Validate one component's mapping; errors name the file, component and field."""
+    check_name(kind, name, file)
+    label = component_label(kind, name)
+    if isinstance(raw, BaseModel):
+        raw = raw.model_dump(exclude_unset=True)
+    if not isinstance(raw, dict):
+        raise ForestConfigError("must be a mapping of settings", file=file, component=label)
+    raw = dict(raw)
+    raw.pop("name", None)  # the name is the key, as in the Go original
+    try:
+        return SPEC_TYPES[kind].model_validate(_expand_env(raw, file, label))  # type: ignore[return-value]
+    except ValidationError as exc:
+        raise _config_error(exc, file, label) from None
+
+
+def _expand_env(raw: dict[str, Any], file: str | None, label: str) -> dict[str, Any]:
+    """Expand ${VAR} in `secret` and in brain `base_url`/`model`/`system`."""
+
+    def expand(value: Any, field: str) -> Any:
+        if not isinstance(value, str) or "${" not in value:
+            return value
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(1) not in os.environ:
+                raise ForestConfigError(
+                    f"environment variable {m.group(1)} is not set",
+                    file=file,
+                    component=label,
+                    field=field,
+                )
+            return os.environ[m.group(1)]
+
+        return _ENV_RE.sub(sub, value)
+
+    if "secret" in raw:
+        raw["secret"] = expand(raw["secret"], "secret")
+    brain = raw.get("brain")
+    if isinstance(brain, dict):
+        raw["brain"] = {
+            k: expand(v, f"brain.{k}") if k in ("base_url", "model", "system") else v
+            for k, v in brain.items()
+        }
+    return raw
+
+
+def _config_error(exc: ValidationError, file: str | None, label: str) -> ForestConfigError:
+    err = exc.errors()[0]
+    loc = [
+        str(p) for p in err.get("loc", ()) if not str(p).startswith(("function-", "tagged-union"))
+    ]
+    # drop union branch names pydantic adds for the brain (e.g. brain.rules.rules -> brain.rules)
+    if len(loc) >= 2 and loc[0] == "brain" and loc[1] in ("rules", "openai", "anthropic"):
+        loc = [loc[0], *loc[2:]]
+    field = ".".join(loc) or None
+    msg = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
+    if err.get("type") == "missing":
+        msg = "is required"
+    elif err.get("type") == "extra_forbidden":
+        msg = "is not a known setting"
+    elif err.get("type") == "union_tag_invalid":
+        msg = "brain type must be one of rules, openai, anthropic"
+    return ForestConfigError(msg, file=file, component=label, field=field)
+
+
+_TOP_KEYS = {"sources", "trees", "treehouses", "nims", "decomposer"}
+
+
+def parse_forest_config(data: Any, *, base_dir: Path, path: Path | None = None) -> ForestConfig:
+    """Build a ForestConfig from already-parsed YAML (no files are read)."""
+    file = str(path) if path else None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ForestConfigError(
+            "must be a mapping with trees, treehouses, nims and sources", file=file
+        )
+    unknown = sorted(set(map(str, data)) - _TOP_KEYS)
+    if unknown:
+        raise ForestConfigError(
+            f"'{unknown[0]}' is not a known section (expected {', '.join(sorted(_TOP_KEYS))})",
+            file=file,
+        )
+    sections: dict[str, Any] = {}
+    for kind in (
+        ComponentKind.SOURCE,
+        ComponentKind.TREE,
+        ComponentKind.TREEHOUSE,
+        ComponentKind.NIM,
+    ):
+        entries = data.get(kind.plural) or {}
+        if not isinstance(entries, dict):
+            raise ForestConfigError(
+                f"section '{kind.plural}' must be a mapping of name: settings", file=file
+            )
+        sections[kind.plural] = {
+            str(n): parse_spec(kind, str(n), raw, file=file) for n, raw in entries.items()
+        }
+    paths: dict[str, str] = {}
+    for name, src in sections["sources"].items():
+        if src.path in paths:
+            raise ForestConfigError(
+                f"path {src.path} is already used by source '{paths[src.path]}'",
+                file=file,
+                component=component_label(ComponentKind.SOURCE, name),
+                field="path",
+            )
+        paths[src.path] = name
+    try:
+        decomposer = DecomposerSpec.model_validate(data.get("decomposer") or {})
+    except ValidationError as exc:
+        raise _config_error(exc, file, "decomposer") from None
+    return ForestConfig(base_dir=base_dir, path=path, decomposer=decomposer, **sections)
+
+
+def load_forest_config(path: str | os.PathLike[str], *, check: bool = True) -> ForestConfig:
+    """Read and validate forest.yaml. With `check`, every script, prompt and brain is also
+    compiled, so a bad Lua file or template is reported here, naming file and component."""
+    p = Path(path).expanduser().resolve()
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ForestConfigError("does not exist", file=str(p)) from None
+    except OSError as exc:
+        raise ForestConfigError(f"cannot be read: {exc.strerror}", file=str(p)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ForestConfigError(f"is not valid YAML{where}: {problem}", file=str(p)) from None
+    cfg = parse_forest_config(data, base_dir=p.parent, path=p)
+    if check:
+        from nimsforest.forest.build import check_config
+
+        check_config(cfg)
+    return cfg
+
+
+__all__ = [
+    "SPEC_TYPES",
+    "AnthropicBrainSpec",
+    "DecomposerSpec",
+    "ForestConfig",
+    "HumusSpec",
+    "LimitsSpec",
+    "NimSpec",
+    "OpenAIBrainSpec",
+    "Rule",
+    "RulesBrainSpec",
+    "SignatureKind",
+    "SourceSpec",
+    "Spec",
+    "TreeHouseSpec",
+    "TreeSpec",
+    "component_label",
+    "load_forest_config",
+    "parse_forest_config",
+    "parse_spec",
+]

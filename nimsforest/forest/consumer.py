@@ -1,0 +1,341 @@
+"""One durable JetStream pull consumer shared by every node, driving one component.
+
+Delivery contract (the same for trees, treehouses, nims and the decomposer):
+- The consumer is durable and named after the component (`treehouse-scoring`); every node
+  binds the same one, so each message goes to one node at a time (work is shared, never
+  duplicated) and re-adding or restarting a component resumes where it stopped.
+- A message is acked only after every output it produced was stored by JetStream
+  (publish acks received). Outputs carry `Nats-Msg-Id = <consumer>:<stream seq>[:n]`,
+  so a redelivered message does not store its outputs twice within the stream's
+  duplicate window (2 minutes).
+- A node that dies mid-way never acks: JetStream redelivers after `ack_wait` to any node.
+  Slow handlers send in-progress acks so they are not redelivered while still working.
+- A failed attempt is nak'd with a growing delay (0.5 s, 1 s, 2 s ... 60 s); at
+  `max_deliver` attempts, or at once for a malformed message, it is terminated and
+  reported as dead (status, log line, metric) instead of being redelivered forever.
+
+Pulling is in pull.py. Publish acks are awaited, in order, by one completer task per
+consumer (no task per message on the synchronous path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from nimsforest import metrics
+from nimsforest.forest.delivery import ConsumerSpec, Delivery, Handler, NeedsAsync, Stats
+from nimsforest.forest.errors import BadEvent, EventError
+from nimsforest.forest.publisher import Publisher
+from nimsforest.forest.pull import HEARTBEAT, Puller
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.js import JetStreamContext
+
+PUBLISH_TIMEOUT = 10.0
+
+
+class _Job:
+    __slots__ = ("d", "futures", "published_at", "t0", "touched")
+
+    def __init__(self, d: Delivery, t0: float) -> None:
+        self.d, self.t0, self.touched = d, t0, time.monotonic()
+        self.futures: list[asyncio.Future[Any]] = []
+        self.published_at = 0.0
+
+
+class _Handed(Exception):
+    pass
+
+
+class _RateLimitedLog:
+    """At most one line per `every` seconds per key; counts what it held back."""
+
+    def __init__(self, logger: logging.Logger, every: float = 10.0) -> None:
+        self._log, self._every = logger, every
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, key: str, text: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) >= self._every:
+            held = self._held.pop(key, 0)
+            self._last[key] = now
+            self._log.warning(text + (f" ({held} similar lines held back)" if held else ""))
+        else:
+            self._held[key] = self._held.get(key, 0) + 1
+
+
+class ConsumerRunner:
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        publisher: Publisher,
+        spec: ConsumerSpec,
+        handler: Handler,
+        stats: Stats,
+        *,
+        label: str,
+        kind: str,
+        name: str,
+    ) -> None:
+        self._nc, self._js, self._pub, self.spec, self._handler, self.stats = (
+            nc,
+            js,
+            publisher,
+            spec,
+            handler,
+            stats,
+        )
+        self._label = label
+        self._log = logging.getLogger(f"nimsforest.forest.{kind}")
+        self._rl = _RateLimitedLog(self._log)
+        self._m_in = metrics.component_events_in.labels(kind, name)
+        self._m_out = metrics.component_events_out.labels(kind, name)
+        self._m_err = metrics.component_errors.labels(kind, name)
+        self._m_lat = metrics.component_latency.labels(kind, name)
+        self._stored = getattr(handler, "stored", None)
+        self._retry_async = getattr(handler, "retry_async", None)
+        self._pull = Puller(nc, js, spec, self._on_msg, self._spawn, self._log, label)
+        self._advisory: Any = None
+        self._inflight: dict[int, _Job] = {}  # id(msg) -> job
+        self._queue: asyncio.Queue[tuple[_Job, BaseException | None]] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._background: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._exported = (
+            stats.events_in,
+            stats.events_out,
+        )  # already added to the Prometheus counters
+
+    # lifecycle ------------------------------------------------------------------------
+    async def ensure_consumer(self) -> None:
+        await self._pull.ensure_consumer()
+
+    async def start(self) -> None:
+        self._stopping = False
+        await self._pull.start()
+        self._advisory = await self._nc.subscribe(
+            f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.spec.stream}.{self.spec.durable}",
+            cb=self._on_max_deliveries,
+        )
+        self._background = [
+            asyncio.create_task(self._complete_loop(), name=f"complete-{self.spec.durable}"),
+            asyncio.create_task(self._watch(), name=f"watch-{self.spec.durable}"),
+        ]
+        self._pull.request(0)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop pulling; let in-flight events finish for up to `grace` seconds; nak the rest
+        so another node (or the next start) gets them at once."""
+        self._stopping = True
+        for sub in (self._pull.subscription, self._advisory):
+            if sub is None:
+                continue
+            try:  # no more pull interest; already-queued messages get nak'd
+                await asyncio.wait_for(sub.drain(), max(grace, 0.5))
+            except Exception:  # noqa: BLE001, S110 - connection may be gone already
+                pass
+        self._pull.detach()
+        self._advisory = None
+        deadline = time.monotonic() + grace
+        while (self._tasks or self._inflight) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for task in [*self._tasks, *self._background]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        for job in list(self._inflight.values()):
+            await self._quietly(job.d.msg.nak())
+        self._inflight.clear()
+        self._export()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    async def _watch(self) -> None:
+        """Lost pull requests, slow handlers (in-progress acks) and publish timeouts."""
+        period = max(0.05, min(HEARTBEAT, self.spec.ack_wait / 3))
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            await self._pull.check(now)
+            self._request_more()
+            for job in list(self._inflight.values()):
+                if job.published_at and now - job.published_at > PUBLISH_TIMEOUT:
+                    for f in job.futures:
+                        if not f.done():
+                            f.set_exception(
+                                TimeoutError("JetStream did not confirm the outputs in time")
+                            )
+                elif now - job.touched > self.spec.ack_wait / 3:
+                    job.touched = now
+                    self._spawn(self._quietly(job.d.msg.in_progress()))
+
+    # handling -------------------------------------------------------------------------
+    async def _on_msg(self, msg: Msg) -> None:
+        if self._stopping:
+            await self._quietly(msg.nak())
+            return
+        try:
+            job = _Job(Delivery(msg), time.perf_counter())
+        except (ValueError, IndexError):  # not a JetStream delivery
+            return
+        self._inflight[id(msg)] = job
+        self.stats.events_in += 1
+        if self._handler.is_async:
+            self._spawn(self._run_async(job))
+            return
+        try:
+            outputs = self._handler.handle_sync(job.d)
+            await self._publish(job, outputs)
+        except NeedsAsync:
+            self._spawn(self._run_async(job))
+            return
+        except Exception as exc:  # noqa: BLE001 - reported per event
+            self._queue.put_nowait((job, exc))
+            return
+        self._queue.put_nowait((job, None))
+
+    async def _publish(self, job: _Job, outputs: Any) -> None:
+        publish = self._pub.publish
+        for o in outputs:
+            headers = o.headers
+            if o.msg_id:
+                headers = {**(headers or {}), "Nats-Msg-Id": o.msg_id}
+            job.futures.append(await publish(o.subject, o.payload, headers))
+        job.published_at = time.monotonic()
+
+    async def _run_async(self, job: _Job) -> None:
+        try:
+            await self._publish(job, await self._handler.handle_async(job.d))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported per event
+            self._queue.put_nowait((job, exc))
+            return
+        self._queue.put_nowait((job, None))
+
+    async def _complete_loop(self) -> None:
+        """Ack each job once JetStream stored its outputs; fail it otherwise."""
+        while True:
+            if self._queue.empty():
+                self._export()
+            job, exc = await self._queue.get()
+            try:
+                await self._complete(job, exc)
+            except _Handed:
+                continue  # handed to handle_async: still in flight
+            except asyncio.CancelledError:
+                raise
+            except Exception as bug:  # noqa: BLE001 - never let one job stop the loop
+                self._log.error(
+                    "%s: completing %s #%d failed: %s",
+                    self._label,
+                    self.spec.stream,
+                    job.d.stream_seq,
+                    bug,
+                    exc_info=bug,
+                )
+                await self._quietly(job.d.msg.nak(delay=1.0))
+            self._inflight.pop(id(job.d.msg), None)
+            self._request_more()
+
+    async def _complete(self, job: _Job, exc: BaseException | None) -> None:
+        if exc is None:
+            for f in job.futures:
+                try:
+                    await f
+                except asyncio.CancelledError:
+                    if not f.cancelled():
+                        raise  # this task is being cancelled
+                    exc = TimeoutError(
+                        "the connection closed before JetStream confirmed the outputs"
+                    )
+                    break
+                except Exception as e:  # noqa: BLE001 - not stored: retry the event
+                    exc = e
+                    break
+        if exc is None:
+            if self._stored is not None and job.futures:
+                self._stored(job.d, [f.result() for f in job.futures])
+            await self._quietly(job.d.msg.ack())
+            self.stats.events_out += len(job.futures)
+            self._m_lat.observe(time.perf_counter() - job.t0)
+        elif self._retry_async is not None and self._retry_async(job.d, exc):
+            job.futures, job.published_at = [], 0.0
+            self._spawn(self._run_async(job))
+            raise _Handed
+        else:
+            await self._failed(job.d, exc)
+
+    def _request_more(self) -> None:
+        if not self._stopping:
+            self._pull.request(len(self._inflight))
+
+    def _export(self) -> None:
+        """Bring the Prometheus counters up to date (batched: they take a lock each)."""
+        done_in, done_out = self._exported
+        if self.stats.events_in > done_in:
+            self._m_in.inc(self.stats.events_in - done_in)
+        if self.stats.events_out > done_out:
+            self._m_out.inc(self.stats.events_out - done_out)
+        self._exported = (self.stats.events_in, self.stats.events_out)
+
+    async def _failed(self, d: Delivery, exc: BaseException) -> None:
+        text = str(exc) or type(exc).__name__
+        self.stats.error(text)
+        self._m_err.inc()
+        where = f"{self.spec.stream} #{d.stream_seq}"
+        if isinstance(exc, BadEvent) or d.num_delivered >= self.spec.max_deliver:
+            await self._quietly(d.msg.term())
+            self.stats.dead += 1
+            why = "it is malformed" if isinstance(exc, BadEvent) else f"{d.num_delivered} attempts"
+            self._log.warning("%s gave up on %s after %s: %s", self._label, where, why, text)
+        else:
+            delay = min(60.0, 0.5 * 2 ** (d.num_delivered - 1))
+            await self._quietly(d.msg.nak(delay=delay))
+            self._rl.warning(
+                "fail",
+                f"{self._label}: {where} failed (attempt {d.num_delivered} of "
+                f"{self.spec.max_deliver}), retrying in {delay:g}s: {text}",
+            )
+        if not isinstance(exc, EventError):
+            self._log.debug("%s: %s", self._label, text, exc_info=exc)
+
+    async def _on_max_deliveries(self, msg: Msg) -> None:
+        """JetStream itself gave up (the last attempt's node died before it could answer)."""
+        try:
+            seq = json.loads(msg.data).get("stream_seq", "?")
+        except ValueError:
+            seq = "?"
+        self.stats.dead += 1
+        self._log.warning(
+            "%s: JetStream gave up on %s #%s after %d deliveries",
+            self._label,
+            self.spec.stream,
+            seq,
+            self.spec.max_deliver,
+        )
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _quietly(aw: Awaitable[Any]) -> None:
+        try:
+            await aw
+        except Exception:  # noqa: BLE001, S110 - acks are best effort; redelivery covers a loss
+            pass
+
+
+__all__ = ["PUBLISH_TIMEOUT", "ConsumerRunner"]

@@ -1,0 +1,105 @@
+"""The vocabulary shared by the consumer runner and the component handlers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol
+
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    stream: str
+    durable: str
+    filter_subject: str
+    ack_wait: float
+    max_deliver: int
+    max_inflight: int
+    deliver_policy: DeliverPolicy = DeliverPolicy.NEW
+    description: str = ""
+
+    def config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            name=self.durable,
+            durable_name=self.durable,
+            description=self.description or None,
+            filter_subject=self.filter_subject,
+            deliver_policy=self.deliver_policy,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            max_deliver=self.max_deliver,
+            max_ack_pending=max(10_000, self.max_inflight * 8),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A message to store (JetStream publish) before the input is acked."""
+
+    subject: str
+    payload: bytes
+    msg_id: str | None = None
+    headers: dict[str, str] | None = None
+
+
+class NeedsAsync(Exception):
+    """Raised by `handle_sync` to hand this one message to `handle_async` instead."""
+
+
+class Delivery:
+    """One delivered message, with its stream position parsed once from the reply
+    subject ($JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>,
+    or the longer form with domain and account hash)."""
+
+    __slots__ = ("data", "headers", "msg", "num_delivered", "stream_seq", "subject")
+
+    def __init__(self, msg: Msg) -> None:
+        self.msg = msg
+        self.data: bytes = msg.data
+        self.subject: str = msg.subject
+        self.headers: dict[str, str] = msg.headers or {}
+        tokens = msg.reply.split(".")
+        base = 2 if len(tokens) == 9 else 4
+        self.num_delivered = int(tokens[base + 2])
+        self.stream_seq = int(tokens[base + 3])
+
+
+@dataclass
+class Stats:
+    events_in: int = 0
+    events_out: int = 0
+    dropped: int = 0
+    errors: int = 0
+    dead: int = 0
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    started_at: datetime | None = None
+
+    def error(self, text: str) -> None:
+        self.errors += 1
+        self.last_error = text
+        self.last_error_at = datetime.now(UTC)
+
+
+class Handler(Protocol):
+    """What a component gives the runner. When `is_async` is False, `handle_sync` runs in
+    the subscription callback, in order (Lua, rules); it may raise NeedsAsync for one
+    message. Otherwise `handle_async` runs as one task per message (LLM brains). Both
+    return the outputs to store before the message is acked; an empty result acks with
+    nothing to emit. Optional hooks: `stored(d, pub_acks)` after the outputs are stored,
+    and `retry_async(d, exc) -> bool` to take a failed publish to `handle_async` at once."""
+
+    is_async: bool
+
+    def handle_sync(self, d: Delivery) -> Sequence[Output]: ...
+
+    def handle_async(self, d: Delivery) -> Awaitable[Sequence[Output]]: ...
+
+
+__all__ = ["ConsumerSpec", "Delivery", "Handler", "NeedsAsync", "Output", "Stats"]

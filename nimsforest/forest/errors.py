@@ -1,0 +1,79 @@
+"""The forest's errors, each carrying one sentence meant for a person.
+
+    ForestError                      anything the forest refuses or cannot do
+    ├── ForestConfigError            a bad forest.yaml, script, prompt or component spec
+    │                                (names the file, the component and the field)
+    ├── ComponentExists / ComponentNotFound   add/remove of a name that is / is not there
+    └── FlowError                    input the River refuses (bad subject, not JSON, too big)
+
+Errors raised while one event is handled are not ForestErrors; see `EventError` below.
+"""
+
+from __future__ import annotations
+
+
+class ForestError(Exception):
+    """Base class; str(err) is one plain sentence."""
+
+
+class ForestConfigError(ForestError):
+    """A configuration problem, located as precisely as we can."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        component: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.file = file
+        self.component = component
+        self.field = field
+        self.reason = message.rstrip(".")
+        where = []
+        if file:
+            where.append(str(file))
+        if component:
+            where.append(component)
+        if field:
+            where.append(f"field '{field}'")
+        prefix = ", ".join(where)
+        super().__init__(f"{prefix}: {self.reason}." if prefix else f"{self.reason}.")
+
+
+class ComponentExists(ForestError):
+    pass
+
+
+class ComponentNotFound(ForestError):
+    pass
+
+
+class FlowError(ForestError):
+    """The River refused an input; `status` is the HTTP status that fits."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class EventError(Exception):
+    """One event failed in one component. The event is retried (nak with backoff) until
+    the consumer's max_deliver, then terminated and reported as dead."""
+
+
+class BadEvent(EventError):
+    """The event itself is malformed (not a leaf, not JSON): retrying cannot help, so it is
+    terminated at once and reported as dead."""
+
+
+__all__ = [
+    "BadEvent",
+    "ComponentExists",
+    "ComponentNotFound",
+    "EventError",
+    "FlowError",
+    "ForestConfigError",
+    "ForestError",
+]

@@ -1,0 +1,148 @@
+"""Continuous pulling from one durable consumer: pull requests stay outstanding for up
+to `max_inflight` messages and are renewed as messages complete; server heartbeats are
+watched so that a lost request (reconnect, server restart) is replaced, and a consumer
+deleted under us is recreated."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from nats.js.errors import APIError
+
+from nimsforest.forest.delivery import ConsumerSpec
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.js import JetStreamContext
+
+EXPIRES = 30.0
+HEARTBEAT = 5.0
+
+
+class Puller:
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        spec: ConsumerSpec,
+        on_message: Callable[[Msg], Awaitable[None]],
+        spawn: Callable[[Awaitable[Any]], None],
+        log: logging.Logger,
+        label: str,
+    ) -> None:
+        self._nc, self._js, self.spec = nc, js, spec
+        self._on_message, self._spawn, self._log, self._label = on_message, spawn, log, label
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"
+        self._inbox = ""
+        self._sub: Any = None
+        self.credits = 0  # messages asked for and not yet received
+        self.last_seen = time.monotonic()
+
+    async def ensure_consumer(self) -> None:
+        cfg = self.spec.config()
+        try:
+            await self._js.add_consumer(self.spec.stream, cfg)
+        except APIError:
+            # An immutable setting differs (e.g. deliver policy): keep the consumer's own.
+            info = await self._js.consumer_info(self.spec.stream, self.spec.durable)
+            cfg.deliver_policy = info.config.deliver_policy
+            cfg.opt_start_seq = info.config.opt_start_seq
+            cfg.opt_start_time = info.config.opt_start_time
+            await self._js.add_consumer(self.spec.stream, cfg)
+
+    async def start(self) -> None:
+        await self.ensure_consumer()
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(
+            self._inbox, cb=self._on_raw, pending_msgs_limit=-1, pending_bytes_limit=-1
+        )
+        self.last_seen = time.monotonic()
+
+    @property
+    def subscription(self) -> Any:
+        return self._sub
+
+    def detach(self) -> None:
+        self._sub = None
+
+    def request(self, inflight: int) -> None:
+        """Ask for more when at least half the room is free (or nothing is asked for)."""
+        if self._sub is None:
+            return
+        room = self.spec.max_inflight
+        free = room - inflight - self.credits
+        if free <= 0 or (self.credits > 0 and free < max(1, room // 2)):
+            return
+        self.credits += free
+        self._spawn(self._send(free))
+
+    async def _send(self, batch: int) -> None:
+        req = {
+            "batch": batch,
+            "expires": int(EXPIRES * 1e9),
+            "idle_heartbeat": int(HEARTBEAT * 1e9),
+        }
+        try:
+            await self._nc.publish(self._next_subject, json.dumps(req).encode(), reply=self._inbox)
+        except Exception:  # noqa: BLE001 - disconnected; the watchdog asks again
+            self.credits = max(0, self.credits - batch)
+
+    async def _on_raw(self, msg: Msg) -> None:
+        self.last_seen = time.monotonic()
+        headers = msg.headers
+        if headers and (status := headers.get("Status")):
+            self._on_status(msg, status)
+            return
+        if msg.reply:
+            self.credits = max(0, self.credits - 1)
+            await self._on_message(msg)
+
+    def _on_status(self, msg: Msg, status: str) -> None:
+        if status == "100":  # idle heartbeat
+            return
+        headers = msg.headers or {}
+        pending = headers.get("Nats-Pending-Messages")
+        if pending is not None and pending.isdigit():
+            self.credits = max(0, self.credits - int(pending))
+        elif status != "404":
+            self.credits = 0
+        desc = next(
+            (str(v) for k, v in headers.items() if str(k).lower().endswith("description")), ""
+        )
+        if status == "409" and "deleted" in desc.lower():
+            self._log.warning(
+                "%s: its consumer %s was deleted; recreating it", self._label, self.spec.durable
+            )
+            self._spawn(self.recreate())
+        elif status not in ("404", "408"):  # e.g. 409 Exceeded MaxWaiting: the watchdog asks again
+            self._log.debug("%s: pull status %s %s", self._label, status, desc)
+
+    async def recreate(self) -> None:
+        try:
+            await self.ensure_consumer()
+        except Exception as exc:  # noqa: BLE001 - the watchdog retries
+            self._log.warning(
+                "%s: cannot recreate consumer %s: %s", self._label, self.spec.durable, exc
+            )
+        self.credits = 0
+
+    async def check(self, now: float) -> bool:
+        """Called by the watchdog; True when pulling had to be restarted."""
+        if self.credits > 0 and now - self.last_seen > 3 * HEARTBEAT:
+            self._log.info(
+                "%s: no word from JetStream for %.0fs; asking again",
+                self._label,
+                now - self.last_seen,
+            )
+            self.last_seen = now
+            await self.recreate()
+            return True
+        return False
+
+
+__all__ = ["EXPIRES", "HEARTBEAT", "Puller"]

@@ -1,0 +1,356 @@
+"""The Forest runtime on one node: its components, the River entrance and the decomposer.
+
+Every node runs the same forest. Components consume through durable consumers named
+after them, so nodes share the work. add/remove/replace/reload change this node only and
+are serialised; each validates (reads and compiles everything) before it touches
+anything, so a bad spec changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from nimsforest.forest import river
+from nimsforest.forest.build import build_component, build_decomposer, spec_fingerprint
+from nimsforest.forest.component import Component
+from nimsforest.forest.config import ForestConfig, component_label
+from nimsforest.forest.errors import (
+    ComponentExists,
+    ComponentNotFound,
+    FlowError,
+    ForestConfigError,
+    ForestError,
+)
+from nimsforest.forest.model import (
+    USER_KINDS,
+    ComponentKind,
+    ComponentRef,
+    ComponentState,
+    ComponentStatus,
+    FlowReceipt,
+    ForestStatus,
+    ReloadDiff,
+)
+from nimsforest.forest.publisher import Publisher
+from nimsforest.forest.soil import Soil
+from nimsforest.streams import CORE_STREAMS, ensure_stream
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+
+log = logging.getLogger("nimsforest.forest")
+_Key = tuple[ComponentKind, str]
+
+
+class Forest:
+    def __init__(
+        self,
+        nc: Client,
+        config: ForestConfig,
+        *,
+        replicas: int = 1,
+        placement_tags: tuple[str, ...] | None = None,
+        env: Mapping[str, str] | None = None,
+        stop_grace: float = 5.0,
+    ) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._publisher = Publisher(nc)
+        self._config = config
+        self._replicas, self._placement = replicas, placement_tags
+        self._env = env
+        self._grace = stop_grace
+        self._components: dict[_Key, Component] = {}
+        self._decomposer: Component | None = None
+        self._lock = asyncio.Lock()
+        self._running = False
+        self.soil = Soil(self._js)
+
+    # lifecycle ------------------------------------------------------------------------
+    @property
+    def config(self) -> ForestConfig:
+        """The configuration in force, including runtime adds and removes."""
+        return self._config
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    async def start(self) -> None:
+        """Ensure RIVER, WIND, HUMUS and SOIL, then start the decomposer and every component.
+        A component that cannot be built or started is FAILED; the others run."""
+        async with self._lock:
+            if self._running:
+                return
+            for spec in CORE_STREAMS:
+                await ensure_stream(self._js, spec, self._replicas, self._placement)
+            self._running = True
+            if self._config.decomposer.enabled:
+                self._decomposer = build_decomposer(self._config, self.soil)
+                await self._start_quietly(self._decomposer)
+            for kind in USER_KINDS:
+                for name, spec in self._config.specs(kind).items():
+                    comp = self._build_or_failed(kind, name, spec)
+                    if comp.state is not ComponentState.FAILED:
+                        await self._start_quietly(comp)
+                    self._components[(kind, name)] = comp
+            failed = sum(c.state is ComponentState.FAILED for c in self._all())
+            log.info("forest running: %d components, %d failed", len(self._all()), failed)
+
+    async def stop(self) -> None:
+        async with self._lock:
+            if not self._running:
+                return
+            self._running = False
+            for kind in reversed(USER_KINDS):
+                await asyncio.gather(
+                    *(c.stop(self._grace) for (k, _), c in self._components.items() if k is kind)
+                )
+            if self._decomposer is not None:
+                await self._decomposer.stop(self._grace)
+            self._components.clear()
+            self._decomposer = None
+            await self._publisher.close()
+            self._publisher = Publisher(self._nc)
+            log.info("forest stopped")
+
+    # one component at a time ------------------------------------------------------------
+    async def add(self, kind: ComponentKind | str, name: str, spec: Any) -> ComponentStatus:
+        """Build, start and register one component. Raises ComponentExists,
+        ForestConfigError (nothing changed) or ForestError when it cannot start."""
+        kind = _user_kind(kind)
+        async with self._lock:
+            if (kind, name) in self._components or name in self._config.specs(kind):
+                raise ComponentExists(f"{component_label(kind, name)} already exists.")
+            comp = self._build(kind, name, spec)
+            self._check_source_path(comp)
+            if self._running:
+                try:
+                    await comp.start(self._nc, self._js, self._publisher)
+                except Exception as exc:  # noqa: BLE001 - reported as one ForestError
+                    await comp.stop(0)
+                    raise ForestError(f"{comp.label} cannot start: {exc}") from None
+                self._components[(kind, name)] = comp
+            self._config = self._config.with_spec(kind, name, comp.spec)
+            return comp.status()
+
+    async def remove(self, kind: ComponentKind | str, name: str) -> ComponentStatus:
+        """Stop and forget one component. Its durable consumer is kept, so adding it again
+        resumes where it stopped (and other nodes running it keep going)."""
+        kind = _user_kind(kind)
+        async with self._lock:
+            comp = self._components.pop((kind, name), None)
+            if comp is None and name not in self._config.specs(kind):
+                raise ComponentNotFound(f"There is no {component_label(kind, name)}.")
+            self._config = self._config.with_spec(kind, name, None)
+            if comp is None:
+                return ComponentStatus(kind=kind, name=name, state=ComponentState.STOPPED)
+            await comp.stop(self._grace)
+            return comp.status()
+
+    async def replace(self, kind: ComponentKind | str, name: str, spec: Any) -> ComponentStatus:
+        """Swap one component for a new spec (same durable consumer). If the new one cannot
+        start, the old one is started again and ForestError is raised."""
+        kind = _user_kind(kind)
+        async with self._lock:
+            old = self._components.get((kind, name))
+            if old is None and name not in self._config.specs(kind):
+                raise ComponentNotFound(f"There is no {component_label(kind, name)}.")
+            new = self._build(kind, name, spec)
+            self._check_source_path(new, replacing=name)
+            if self._running:
+                if old is not None:
+                    await old.stop(self._grace)
+                try:
+                    await new.start(self._nc, self._js, self._publisher)
+                except Exception as exc:  # noqa: BLE001 - reported as one ForestError
+                    await new.stop(0)
+                    if old is not None:
+                        await self._start_quietly(old)
+                    raise ForestError(
+                        f"{new.label} cannot start, the previous one is back: {exc}"
+                    ) from None
+                self._components[(kind, name)] = new
+            self._config = self._config.with_spec(kind, name, new.spec)
+            return new.status()
+
+    async def reload(self, new_config: ForestConfig) -> ReloadDiff:
+        """Bring the forest to `new_config`. Everything added or changed (a changed spec, or
+        a changed script or prompt file) is built first; any error raises and changes
+        nothing. Then removed components stop, changed ones restart alone, added ones start.
+        FAILED components are retried as changed."""
+        async with self._lock:
+            added, removed, changed, unchanged = [], [], [], []
+            builds: dict[_Key, Component] = {}
+            for kind in USER_KINDS:
+                old_specs, new_specs = self._config.specs(kind), new_config.specs(kind)
+                for name in old_specs.keys() - new_specs.keys():
+                    removed.append(ComponentRef(kind=kind, name=name))
+                for name, spec in new_specs.items():
+                    ref = ComponentRef(kind=kind, name=name)
+                    current = self._components.get((kind, name))
+                    was = (
+                        current.fingerprint
+                        if current
+                        else (
+                            spec_fingerprint(self._config, old_specs[name])
+                            if name in old_specs
+                            else None
+                        )
+                    )
+                    if (
+                        name in old_specs
+                        and was == spec_fingerprint(new_config, spec)
+                        and (current is None or current.state is not ComponentState.FAILED)
+                    ):
+                        unchanged.append(ref)
+                        continue
+                    builds[(kind, name)] = build_component(new_config, kind, name, spec, self._env)
+                    (changed if name in old_specs else added).append(ref)
+            decomposer_changed = new_config.decomposer != self._config.decomposer
+            failed: list[ComponentRef] = []
+            if self._running:
+                for ref in removed:
+                    comp = self._components.pop((ref.kind, ref.name), None)
+                    if comp is not None:
+                        await comp.stop(self._grace)
+                for ref in changed:
+                    old = self._components.pop((ref.kind, ref.name), None)
+                    if old is not None:
+                        await old.stop(self._grace)
+                self._config = new_config
+                if decomposer_changed:
+                    await self._restart_decomposer()
+                for ref in [*changed, *added]:
+                    comp = builds[(ref.kind, ref.name)]
+                    if not await self._start_quietly(comp):
+                        failed.append(ref)
+                    self._components[(ref.kind, ref.name)] = comp
+            else:
+                self._config = new_config
+            diff = ReloadDiff(
+                added=tuple(added),
+                removed=tuple(removed),
+                changed=tuple(changed),
+                unchanged=tuple(unchanged),
+                failed=tuple(failed),
+            )
+            log.info("forest reloaded: %s", diff.summary())
+            return diff
+
+    # views ------------------------------------------------------------------------------
+    def list(self, kind: ComponentKind | str | None = None) -> tuple[ComponentStatus, ...]:
+        want = ComponentKind(kind) if kind is not None else None
+        out = [c.status() for c in self._all() if want is None or c.kind is want]
+        if not self._running:  # configured but not running: show them as stopped
+            for k in USER_KINDS:
+                if want is None or want is k:
+                    out += [
+                        ComponentStatus(
+                            kind=k, name=n, state=ComponentState.STOPPED, publishes=_publishes(s)
+                        )
+                        for n, s in self._config.specs(k).items()
+                    ]
+        order = {k: i for i, k in enumerate((ComponentKind.DECOMPOSER, *USER_KINDS))}
+        return tuple(sorted(out, key=lambda s: (order[s.kind], s.name)))
+
+    def get(self, kind: ComponentKind | str, name: str) -> ComponentStatus:
+        for s in self.list(kind):
+            if s.name == name:
+                return s
+        raise ComponentNotFound(f"There is no {component_label(ComponentKind(kind), name)}.")
+
+    def status(self) -> ForestStatus:
+        path = str(self._config.path) if self._config.path else None
+        return ForestStatus(running=self._running, config_path=path, components=self.list())
+
+    def webhook_paths(self) -> dict[str, str]:
+        """Mounted webhook path -> source name."""
+        return {c.spec.path: c.name for c in self._sources()}
+
+    # the River ------------------------------------------------------------------------------
+    async def flow(
+        self, subject: str, payload: Any, *, source: str = "api", msg_id: str | None = None
+    ) -> FlowReceipt:
+        """Store one input in the River. `payload` is JSON bytes or a JSON-able value.
+        Returns once JetStream has stored it; raises FlowError otherwise."""
+        return await river.flow(self._nc, self._js, subject, payload, source=source, msg_id=msg_id)
+
+    async def receive_webhook(
+        self, path: str, headers: Mapping[str, str], body: bytes
+    ) -> FlowReceipt:
+        """Verify and store one webhook delivery for the source mounted at `path`."""
+        comp = next((c for c in self._sources() if c.spec.path == path.rstrip("/")), None)
+        if comp is None:
+            raise FlowError(f"No webhook source is mounted at {path}.", 404)
+        if comp.state is not ComponentState.RUNNING:
+            raise FlowError(f"Source '{comp.name}' is not running.", 503)
+        return await river.receive(comp, headers, body, self.flow)
+
+    # internals ------------------------------------------------------------------------------
+    def _all(self) -> list[Component]:
+        return ([self._decomposer] if self._decomposer else []) + list(self._components.values())
+
+    def _sources(self) -> list[Component]:
+        return [c for (k, _), c in self._components.items() if k is ComponentKind.SOURCE]
+
+    def _build(self, kind: ComponentKind, name: str, spec: Any) -> Component:
+        return build_component(self._config, kind, name, spec, self._env)
+
+    def _build_or_failed(self, kind: ComponentKind, name: str, spec: Any) -> Component:
+        try:
+            return self._build(kind, name, spec)
+        except ForestConfigError as exc:
+            comp = Component(kind, name, spec, publishes=_publishes(spec))
+            comp.fail(str(exc))
+            return comp
+
+    def _check_source_path(self, comp: Component, replacing: str | None = None) -> None:
+        if comp.kind is not ComponentKind.SOURCE:
+            return
+        for name, spec in self._config.sources.items():
+            if name != replacing and spec.path == comp.spec.path:
+                raise ForestConfigError(
+                    f"path {spec.path} is already used by source '{name}'",
+                    component=comp.label,
+                    field="path",
+                )
+
+    async def _start_quietly(self, comp: Component) -> bool:
+        try:
+            await comp.start(self._nc, self._js, self._publisher)
+            return True
+        except Exception:  # noqa: BLE001 - the component is FAILED with the reason
+            return False
+
+    async def _restart_decomposer(self) -> None:
+        if self._decomposer is not None:
+            await self._decomposer.stop(self._grace)
+            self._decomposer = None
+        if self._config.decomposer.enabled:
+            self._decomposer = build_decomposer(self._config, self.soil)
+            await self._start_quietly(self._decomposer)
+
+
+def _user_kind(kind: ComponentKind | str) -> ComponentKind:
+    try:
+        k = ComponentKind(kind)
+    except ValueError:
+        raise ForestError(
+            f"'{kind}' is not a component kind (source, tree, treehouse, nim)."
+        ) from None
+    if k is ComponentKind.DECOMPOSER:
+        raise ForestError(
+            "The decomposer is built in; configure it under `decomposer:` in forest.yaml."
+        )
+    return k
+
+
+def _publishes(spec: Any) -> str | None:
+    return getattr(spec, "publishes", None) if not isinstance(spec, dict) else spec.get("publishes")
+
+
+__all__ = ["Forest"]

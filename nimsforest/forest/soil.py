@@ -1,0 +1,112 @@
+"""Soil: current state in the KV bucket SOIL, written with optimistic locking.
+
+Each Soil key holds the latest JSON value of one entity. Every write made by the
+Decomposer carries the header `Nimsforest-Humus-Seq` (the HUMUS sequence it applied) and
+`Nats-Expected-Last-Subject-Sequence` (the key's revision it read, 0 for a missing key),
+so two writers can never both succeed from the same revision, and an entry whose
+sequence is not newer than the key's recorded one is known to be applied already.
+
+Keys are written through `$KV.SOIL.<key>` directly (not nats-py's KV API) because the
+API cannot attach headers; reads use direct get, which returns them. Values stay plain
+JSON, readable with any KV client (`nats kv get SOIL <key>`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from nats.js.errors import APIError, NotFoundError
+
+from nimsforest.forest.leaf import dumps, loads, soil_key
+
+if TYPE_CHECKING:
+    from nats.js import JetStreamContext
+
+BUCKET = "SOIL"
+STREAM = f"KV_{BUCKET}"
+SEQ_HEADER = "Nimsforest-Humus-Seq"
+EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+SOIL_PREFIX = f"$KV.{BUCKET}."
+WRONG_LAST_SEQUENCE = 10071
+
+
+class SoilConflict(Exception):
+    """The key changed since it was read (optimistic lock lost)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SoilEntry:
+    key: str
+    value: Any  # None when deleted
+    revision: int  # 0 when the key never existed
+    humus_seq: int  # last HUMUS sequence applied to this key (0 if none)
+    deleted: bool = False
+
+
+class Soil:
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+
+    async def dig(self, entity: str) -> SoilEntry:
+        """The entity's current entry (revision 0 when it never existed)."""
+        key = soil_key(entity)
+        try:
+            raw = await self._js._jsm.get_msg(STREAM, subject=f"$KV.{BUCKET}.{key}", direct=True)
+        except NotFoundError:
+            return SoilEntry(key=key, value=None, revision=0, humus_seq=0)
+        headers = raw.headers or {}
+        op = headers.get("KV-Operation")
+        deleted = op in ("DEL", "PURGE")
+        seq = headers.get(SEQ_HEADER, "0")
+        value = None if deleted or not raw.data else loads(raw.data)
+        return SoilEntry(
+            key=key,
+            value=value,
+            revision=int(raw.seq or 0),
+            humus_seq=int(seq) if seq.isdigit() else 0,
+            deleted=deleted,
+        )
+
+    async def bury(
+        self,
+        entity: str,
+        value: Any,
+        *,
+        expected_revision: int,
+        humus_seq: int = 0,
+        delete: bool = False,
+    ) -> int:
+        """Write (or delete) the entity if its revision is still `expected_revision`; return
+        the new revision. Raises SoilConflict when another write got there first."""
+        key = soil_key(entity)
+        headers = {EXPECTED_LAST: str(expected_revision)}
+        if humus_seq:
+            headers[SEQ_HEADER] = str(humus_seq)
+        if delete:
+            headers["KV-Operation"] = "DEL"
+            payload = b""
+        else:
+            payload = dumps(value)
+        try:
+            ack = await self._js.publish(f"$KV.{BUCKET}.{key}", payload, headers=headers)
+        except APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise SoilConflict(
+                    f"soil key {key} changed since revision {expected_revision}"
+                ) from None
+            raise
+        return int(ack.seq)
+
+
+__all__ = [
+    "BUCKET",
+    "EXPECTED_LAST",
+    "SEQ_HEADER",
+    "SOIL_PREFIX",
+    "WRONG_LAST_SEQUENCE",
+    "Soil",
+    "SoilConflict",
+    "SoilEntry",
+    "soil_key",
+]

@@ -1,0 +1,186 @@
+"""The demo forest end to end through the HTTP router and the `flow` CLI, against real
+NATS and a real HTTP server (uvicorn)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from nimsforest.forest import Forest, demo_config_path, load_demo_config, load_forest_config
+from nimsforest.forest.http import make_router
+from nimsforest.forest.webhooks import sign_sha256
+from tests.forest.conftest import Wind, write_forest
+from tests.support import eventually, free_port
+
+PAYLOAD = json.loads((demo_config_path().parent / "payloads" / "contact_created.json").read_text())
+
+
+class Api:
+    def __init__(self, forest: Forest, port: int) -> None:
+        self.forest, self.port = forest, port
+        self.url = f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def demo_api(nc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("NF_TEST_GH_SECRET", "gh-secret")
+    demo = load_demo_config()
+    # the demo forest plus a signed GitHub-style source, to exercise verification over HTTP
+    path = write_forest(
+        tmp_path / "signed",
+        {
+            "sources": {
+                "gh": {
+                    "type": "http_webhook",
+                    "path": "/webhooks/github",
+                    "publishes": "river.github",
+                    "secret": "${NF_TEST_GH_SECRET}",
+                    "signature": "github",
+                }
+            }
+        },
+    )
+    cfg = demo.model_copy(update={"sources": {**demo.sources, **load_forest_config(path).sources}})
+    forest = Forest(nc, cfg, stop_grace=1.0)
+    await forest.start()
+    app = FastAPI()
+    app.include_router(make_router(forest))
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: server.started, what="uvicorn")
+    try:
+        yield Api(forest, port)
+    finally:
+        server.should_exit = True
+        await task
+        await forest.stop()
+
+
+async def soil_value(forest: Forest, entity: str) -> Any:
+    entry = await forest.soil.dig(entity)
+    return entry.value
+
+
+async def test_demo_webhook_to_soil(demo_api: Api, wind: Wind) -> None:
+    async with httpx.AsyncClient(base_url=demo_api.url) as http:
+        resp = await http.post("/webhooks/contacts", json=PAYLOAD, headers={"X-Request-Id": "r-1"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["status"] == "ok" and resp.json()["subject"] == "river.contacts"
+    await eventually(lambda: wind.on("lead.qualified"), what="lead.qualified")
+    (created,) = wind.on("contact.created")
+    assert created["data"]["id"] == "c-1001" and created["source"] == "tree:contacts"
+    (scored,) = wind.on("lead.scored")
+    assert scored["data"]["score"] == 85
+    (qualified,) = wind.on("lead.qualified")
+    assert qualified["data"]["pursue"] is True and qualified["data"]["priority"] == "medium"
+    value = await eventually(lambda: soil_value(demo_api.forest, "c-1001"), what="Soil c-1001")
+    assert value == qualified["data"]
+
+
+async def run_cli(*args: str, api: str) -> tuple[int, str]:
+    env = {**os.environ, "NIMSFOREST_API": api}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nimsforest",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode().strip()
+
+
+@pytest.mark.parametrize(
+    ("title", "size", "industry", "pursue", "priority"),
+    [
+        ("CTO", 800, "Technology", True, "high"),  # 50 + 40 + 15 = 105
+        ("VP Engineering", 200, "finance", True, "medium"),  # 30 + 40 + 15 = 85
+        ("Engineer", 10, "retail", False, "none"),
+    ],  # 0
+)
+async def test_flow_cli_qualifies_leads(
+    demo_api: Api, title: str, size: int, industry: str, pursue: bool, priority: str
+) -> None:
+    cid = f"cli-{size}"
+    payload = {
+        "event": "contact.created",
+        "contact": {"id": cid, "title": title, "company": {"size": size, "industry": industry}},
+    }
+    code, out = await run_cli(
+        "flow", "contacts", json.dumps(payload), api=f"127.0.0.1:{demo_api.port}"
+    )
+    assert code == 0 and out.startswith("Stored in the River on river.contacts as RIVER #"), out
+    value = await eventually(lambda: soil_value(demo_api.forest, cid), what=f"Soil {cid}")
+    assert (value["pursue"], value["priority"]) == (pursue, priority)
+
+
+async def test_flow_cli_errors() -> None:
+    code, out = await run_cli("flow", "contacts", '{"a": ', api=f"127.0.0.1:{free_port()}")
+    assert (
+        code == 2 and out.startswith("Error: JSON is not valid JSON") and len(out.splitlines()) == 1
+    )
+    port = free_port()
+    code, out = await run_cli("flow", "contacts", "{}", api=f"127.0.0.1:{port}")
+    assert (code, out) == (1, f"Error: No NimsForest daemon is running at http://127.0.0.1:{port}.")
+
+
+async def test_router_errors_are_json_sentences(demo_api: Api) -> None:
+    async with httpx.AsyncClient(base_url=demo_api.url) as http:
+        cases = [
+            (await http.post("/api/v1/river/contacts", content=b"{nope"), 400, "not valid JSON"),
+            (await http.post("/api/v1/river/contacts", content=b""), 400, "empty"),
+            (
+                await http.post("/api/v1/river/bad subject", content=b"{}"),
+                400,
+                "Invalid River subject",
+            ),
+            (await http.post("/webhooks/nothing-here", content=b"{}"), 404, "No webhook source"),
+            (await http.post("/webhooks/contacts", content=b"[1,"), 400, "not valid JSON"),
+            (await http.post("/webhooks/github", content=b"{}"), 401, "X-Hub-Signature-256"),
+            (
+                await http.post(
+                    "/webhooks/github",
+                    content=b"{}",
+                    headers={"X-Hub-Signature-256": sign_sha256("wrong", b"{}")},
+                ),
+                401,
+                "does not match",
+            ),
+        ]
+        for resp, status, text in cases:
+            assert resp.status_code == status, resp.text
+            assert set(resp.json()) == {"error"} and text in resp.json()["error"]
+        ok = await http.post(
+            "/api/v1/river/contacts", content=b'{"x": 1}', headers={"Idempotency-Key": "k1"}
+        )
+        again = await http.post(
+            "/api/v1/river/contacts", content=b'{"x": 1}', headers={"Idempotency-Key": "k1"}
+        )
+        assert ok.status_code == 202 and again.json()["duplicate"] is True
+        body = json.dumps({"zen": "Keep it logically awesome."}).encode()
+        signed = await http.post(
+            "/webhooks/github",
+            content=body,
+            headers={
+                "X-Hub-Signature-256": sign_sha256("gh-secret", body),
+                "X-GitHub-Delivery": "d-1",
+            },
+        )
+        assert signed.status_code == 200, signed.text
+    source = demo_api.forest.get("source", "gh")
+    assert (source.events_in, source.events_out, source.errors) == (3, 1, 2)
