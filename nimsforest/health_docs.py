@@ -77,6 +77,15 @@ def node_health(node: Node) -> tuple[int, dict[str, Any]]:
         body["registry"] = {"connected": st.connected, "url": st.url}
     if node.manager is not None:
         body["cluster"]["status"] = node.manager.sentence
+    if node.forest is not None:
+        st = node.forest.status()
+        user = [c for c in st.components if c.kind.value != "decomposer"]
+        body["forest"] = {
+            "running": st.running,
+            "components": len(user),
+            "failed": [f"{c.kind.value} {c.name}: {c.last_error}" for c in st.components
+                       if c.state.value == "failed"],
+        }
     if reasons:
         body["reasons"] = reasons
     return (503 if reasons else 200), body

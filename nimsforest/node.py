@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import importlib
 import logging
 import signal
 import time
@@ -23,10 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from natsembed import (
     NODE_TAG,
-    EmbeddedConfig,
     EmbeddedNats,
-    RestartPolicy,
-    Timeouts,
     advertise_host,
     find_nats_server,
     has_meta_state,
@@ -35,13 +31,16 @@ from natsembed import (
 from natsembed.errors import reason
 from nimsforest import __version__
 from nimsforest.health import NatsObserver, NodeMode
+from nimsforest.node_setup import embedded_config, import_heavy, machine_metadata
 from nimsforest.sdnotify import notify
 from nimsforest.settings import Settings
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from cluster import ClusterManager, Startup
     from nimsforest.connection import ConnectionManager
-    from nimsforest.streams import StreamSpec
+    from nimsforest.forest import Forest, ForestConfig, ReloadDiff
     from registry import NodeInfo, Registry
 
 log = logging.getLogger("nimsforest")
@@ -52,106 +51,6 @@ class NodeState(enum.Enum):
     READY = "ready"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-def _import_heavy() -> ModuleType:
-    """Modules a node needs only once NATS runs; imported in a thread meanwhile."""
-    for name in ("nats", "nats.js", "nimsforest.connection", "nimsforest.streams"):
-        importlib.import_module(name)
-    return importlib.import_module("nimsforest.api.app")
-
-
-def embedded_config(
-    settings: Settings, *, witness: bool, routes: tuple[str, ...] = (), authorize_routes: bool = True
-) -> EmbeddedConfig:
-    return EmbeddedConfig(
-        name=settings.node_name,
-        data_dir=settings.data_dir,
-        binary=find_nats_server(settings.nats_server_bin),
-        cluster_name=settings.cluster_name,
-        bind=settings.bind_address,
-        advertise=settings.advertise_address,
-        client_port=settings.client_port,
-        cluster_port=settings.cluster_port,
-        monitor_port=settings.monitor_port,
-        routes=routes,
-        witness=witness,
-        extra_tags=tuple(settings.server_tags),
-        jetstream_max_mem=settings.jetstream_max_mem,
-        jetstream_max_file=settings.jetstream_max_file,
-        cluster_secret=settings.cluster_secret.get_secret_value() if settings.cluster_secret else None,
-        authorize_routes=authorize_routes,
-        policy=RestartPolicy(max_restarts=settings.nats_max_restarts, window=settings.nats_restart_window),
-        timeouts=Timeouts(start=settings.nats_start_timeout, interrupt=settings.nats_stop_timeout),
-    )
-
-
-async def ensure_streams(
-    js: Any,
-    specs: tuple[StreamSpec, ...],
-    replicas: int,
-    placement_tags: tuple[str, ...] | None,
-    *,
-    attempts: int = 10,
-    interval: float = 0.5,
-) -> None:
-    """Create or re-scale `specs`, retrying with backoff while JetStream is unavailable."""
-    from nimsforest.streams import ensure_stream
-
-    delay = interval
-    for attempt in range(1, attempts + 1):
-        try:
-            await asyncio.gather(*(ensure_stream(js, spec, replicas, placement_tags) for spec in specs))
-            return
-        except Exception as exc:  # noqa: BLE001 - retried, then reported in one sentence
-            if attempt == attempts:
-                raise RuntimeError(
-                    f"JetStream did not accept the streams after {attempts} attempts: "
-                    f"{reason(exc)}"
-                ) from None
-            log.warning("JetStream not ready for streams (%s); retrying in %.1fs", reason(exc), delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
-
-
-async def choose_replicas(js: Any, probe: StreamSpec) -> int:
-    """The highest replica count (3, 2, 1) the JetStream behind `js` accepts for `probe`."""
-    from nats.js.errors import APIError
-
-    from nimsforest.streams import ensure_stream
-
-    for rf in (3, 2):
-        try:
-            await ensure_stream(js, probe, rf, None)
-            return rf
-        except APIError as exc:
-            # 10074: replicas > 1 not supported in non-clustered mode; 10005: insufficient resources
-            if exc.err_code not in (10074, 10005):
-                raise
-    return 1
-
-
-def describe_streams(specs: tuple[StreamSpec, ...]) -> str:
-    streams = [s.name for s in specs if s.kv_bucket is None]
-    buckets = [s.kv_bucket for s in specs if s.kv_bucket is not None]
-    parts = [f"streams {', '.join(streams)}"] if streams else []
-    if buckets:
-        parts.append(f"KV bucket{'s' if len(buckets) > 1 else ''} {', '.join(buckets)}")
-    return " and ".join(parts)
-
-
-def machine_metadata(cluster_name: str) -> dict[str, str]:
-    """What a node tells the registry about itself and its machine (used by `grow`)."""
-    import os
-
-    import psutil
-
-    return {
-        "version": __version__,
-        "cluster": cluster_name,
-        "ram_bytes": str(psutil.virtual_memory().total),
-        "cpus": str(os.cpu_count() or 1),
-    }
 
 
 class Node:
@@ -168,6 +67,9 @@ class Node:
         self.registry: Registry | None = None
         self.manager: ClusterManager | None = None
         self.startup: Startup | None = None
+        self.forest: Forest | None = None
+        self.forest_path: Path | None = None
+        self.forest_config: ForestConfig | None = None
         self._replicas = 1
         self.api: Any = None
         self._stop = asyncio.Event()
@@ -238,6 +140,7 @@ class Node:
         bind_socket(*self.settings.api_host_port).close()  # AddressInUse when taken
         if self.mode is not NodeMode.SIDECAR:
             find_nats_server(self.settings.nats_server_bin)  # NatsBinaryNotFound
+        self._load_forest_config()  # ForestConfigError: a bad forest.yaml is a usage error
         if self.mode is NodeMode.CLUSTER and not self.settings.registry_url:
             raise RuntimeError(
                 "A cluster node needs a registry: set --registry-url or REGISTRY_URL "
@@ -254,11 +157,12 @@ class Node:
 
             log.info("Starting NimsForest %s in sidecar mode as node %s, with NATS at %s",
                      __version__, s.node_name, redact(s.nats_url or ""))
-            app_module = _import_heavy()
+            app_module = import_heavy()
             await self._connect_sidecar()
         else:
             app_module = await self._start_embedded()
             await self._connect_and_create_streams()
+        await self._start_forest()
         self.api = ApiServer(app_module.create_app(self), host, port)
         await self.api.start()
         log.info("Management API at http://%s:%d", host, self.api.port)
@@ -298,7 +202,7 @@ class Node:
         spawned = asyncio.ensure_future(self.embedded.node.spawned.wait())
         await asyncio.wait([nats_start, spawned], return_when=asyncio.FIRST_COMPLETED)
         spawned.cancel()
-        heavy = asyncio.ensure_future(asyncio.to_thread(_import_heavy))
+        heavy = asyncio.ensure_future(asyncio.to_thread(import_heavy))
         try:
             await nats_start
         finally:
@@ -309,7 +213,12 @@ class Node:
         """Sidecar mode: connect to an existing NATS (retrying), create the streams at the
         highest replica count its JetStream accepts (3, 2 or 1)."""
         from nimsforest.connection import ConnectionManager
-        from nimsforest.streams import CORE_STREAMS
+        from nimsforest.streams import (
+            CORE_STREAMS,
+            choose_replicas,
+            describe_streams,
+            ensure_streams,
+        )
 
         s = self.settings
         assert s.nats_url is not None
@@ -334,6 +243,42 @@ class Node:
             max_reconnects=s.nats_max_reconnects,
             name=f"nimsforest-{s.node_name}",
         )
+
+    def _load_forest_config(self) -> None:
+        """The forest to run: the demo (--demo), FOREST_CONFIG / --forest-config, or none."""
+        if not self.demo and self.settings.forest_config is None:
+            return
+        from nimsforest.forest import demo_config_path, load_forest_config
+
+        self.forest_path = demo_config_path() if self.demo else self.settings.forest_config
+        assert self.forest_path is not None
+        self.forest_config = load_forest_config(self.forest_path)
+
+    async def _start_forest(self) -> None:
+        from nimsforest.forest import Forest, ForestConfig
+
+        assert self.conn is not None
+        tags = (NODE_TAG,) if self.embedded is not None else None
+        config = self.forest_config or ForestConfig.empty()
+        self.forest = Forest(self.conn.nc, config, replicas=self.replicas, placement_tags=tags)
+        await self.forest.start()
+        if self.forest_path:
+            log.info("Forest configuration: %s", self.forest_path)
+        self._reload_hooks.append(self.reload_forest)
+
+    async def reload_forest(self) -> ReloadDiff | None:
+        """Re-read the forest configuration file and apply the difference (SIGHUP)."""
+        from nimsforest.forest import ForestConfigError, load_forest_config
+
+        if self.forest is None or self.forest_path is None:
+            log.info("No forest configuration file to reload")
+            return None
+        try:
+            new = load_forest_config(self.forest_path)
+        except ForestConfigError as exc:
+            log.error("Forest reload refused, nothing changed: %s", exc)
+            return None
+        return await self.forest.reload(new)  # the forest logs what it added, removed, changed
 
     def self_info(self) -> NodeInfo:
         from registry import NodeInfo, ensure_node_id
@@ -390,7 +335,12 @@ class Node:
     async def _connect_and_create_streams(self) -> None:
         from nimsforest.connection import ConnectionManager
         from nimsforest.marks import is_witness
-        from nimsforest.streams import CORE_STREAMS, replication_factor
+        from nimsforest.streams import (
+            CORE_STREAMS,
+            describe_streams,
+            ensure_streams,
+            replication_factor,
+        )
 
         s = self.settings
         assert self.embedded is not None
@@ -451,6 +401,8 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self.forest is not None:
+            await self.forest.stop()
         if self.registry is not None:
             try:
                 await asyncio.wait_for(self.registry.deregister(), 5.0)
@@ -471,7 +423,11 @@ class Node:
     # --- API -------------------------------------------------------------------------------
     def routers(self) -> list[Any]:
         """FastAPI routers the node's components add to the API."""
-        return []
+        if self.forest is None:
+            return []
+        from nimsforest.forest.http import make_router
+
+        return [make_router(self.forest)]
 
     def health(self) -> tuple[int, dict[str, Any]]:
         from nimsforest.health_docs import node_health

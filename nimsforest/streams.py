@@ -10,8 +10,10 @@ Every stream NimsForest creates goes through `ensure_stream`, which:
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nats.js.api import (
     DiscardPolicy,
@@ -21,8 +23,9 @@ from nats.js.api import (
     StreamConfig,
     StreamInfo,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
+from natsembed.errors import reason
 from nimsforest.marks import OWNER_KEY, OWNER_VALUE
 
 if TYPE_CHECKING:
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 NODE_TAG = "role:node"
 WITNESS_TAG = "role:witness"
 DAY = 24 * 3600.0
+log = logging.getLogger("nimsforest")
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,56 @@ async def ensure_stream(
     return await js.update_stream(new_cfg)
 
 
+async def ensure_streams(
+    js: Any,
+    specs: tuple[StreamSpec, ...],
+    replicas: int,
+    placement_tags: tuple[str, ...] | None,
+    *,
+    attempts: int = 10,
+    interval: float = 0.5,
+) -> None:
+    """Create or re-scale `specs`, retrying with backoff while JetStream is unavailable."""
+    delay = interval
+    for attempt in range(1, attempts + 1):
+        try:
+            await asyncio.gather(*(ensure_stream(js, spec, replicas, placement_tags) for spec in specs))
+            return
+        except Exception as exc:  # noqa: BLE001 - retried, then reported in one sentence
+            if attempt == attempts:
+                raise RuntimeError(
+                    f"JetStream did not accept the streams after {attempts} attempts: "
+                    f"{reason(exc)}"
+                ) from None
+            log.warning("JetStream not ready for streams (%s); retrying in %.1fs", reason(exc), delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+async def choose_replicas(js: Any, probe: StreamSpec) -> int:
+    """The highest replica count (3, 2, 1) the JetStream behind `js` accepts for `probe`."""
+    for rf in (3, 2):
+        try:
+            await ensure_stream(js, probe, rf, None)
+            return rf
+        except APIError as exc:
+            # 10074: replicas > 1 not supported in non-clustered mode; 10005: insufficient resources
+            if exc.err_code not in (10074, 10005):
+                raise
+    return 1
+
+
+def describe_streams(specs: tuple[StreamSpec, ...]) -> str:
+    streams = [s.name for s in specs if s.kv_bucket is None]
+    buckets = [s.kv_bucket for s in specs if s.kv_bucket is not None]
+    parts = [f"streams {', '.join(streams)}"] if streams else []
+    if buckets:
+        parts.append(f"KV bucket{'s' if len(buckets) > 1 else ''} {', '.join(buckets)}")
+    return " and ".join(parts)
+
+
+
+
 __all__ = [
     "StreamSpec",
     "kv_spec",
@@ -176,4 +230,7 @@ __all__ = [
     "replication_factor",
     "is_owned",
     "ensure_stream",
+    "ensure_streams",
+    "choose_replicas",
+    "describe_streams",
 ]

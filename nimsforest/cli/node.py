@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from nimsforest.cli._common import EXIT_FAILURE, fail, run_async, settings_from
+from nimsforest.cli._common import EXIT_FAILURE, EXIT_USAGE, fail, run_async, settings_from
 
 
 def _node_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -52,6 +52,7 @@ def _serve(
     from natsembed import NatsEmbedError
     from nimsforest.api.sockets import AddressInUse
     from nimsforest.connection import NatsUnavailable
+    from nimsforest.forest.errors import ForestConfigError
     from nimsforest.node import Node
 
     mode = NodeMode(mode_name)
@@ -64,6 +65,8 @@ def _serve(
     node = Node(settings, mode, demo=demo)
     try:
         run_async(node.run())
+    except ForestConfigError as exc:  # a bad forest.yaml: nothing was started
+        fail(str(exc), EXIT_USAGE)
     except (NatsEmbedError, AddressInUse, NatsUnavailable, RuntimeError) as exc:
         fail(str(exc), EXIT_FAILURE)
     except Exception as exc:

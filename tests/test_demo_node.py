@@ -1,0 +1,64 @@
+"""What `make run` starts: `nimsforest standalone --demo`, used through HTTP and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import nats
+
+from nimsforest.forest import demo_config_path
+from tests.support import NodeProcess, eventually
+
+PAYLOAD = json.loads((demo_config_path().parent / "payloads" / "contact_created.json").read_text())
+
+
+async def soil(node: NodeProcess, key: str) -> dict | None:
+    nc = await nats.connect(node.client_url())
+    try:
+        kv = await nc.jetstream().key_value("SOIL")
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return json.loads(entry.value)
+    finally:
+        await nc.close()
+
+
+async def test_demo_node_turns_a_webhook_into_a_qualified_lead(tmp_path: Path) -> None:
+    node = NodeProcess("standalone", tmp_path / "data", extra=["--demo"]).start()
+    try:
+        body = await node.wait_healthy()
+        assert body["forest"] == {"running": True, "components": 4, "failed": []}
+        resp = httpx.post(node.api_url + "/webhooks/contacts", json=PAYLOAD, timeout=5)
+        assert resp.status_code == 200, resp.text
+        lead = await eventually(lambda: soil(node, "c-1001"), timeout=30, what="lead c-1001 in Soil")
+        assert lead["pursue"] is True and lead["priority"] == "medium"
+
+        contact = {"event": "contact.created",
+                   "contact": {"id": "c-2", "email": "sam@corp.io", "title": "Engineer",
+                               "company": {"name": "Corp", "size": 10, "industry": "retail"}}}
+        out = subprocess.run([sys.executable, "-m", "nimsforest", "flow", "contacts", json.dumps(contact)],
+                             capture_output=True, text=True, timeout=30,
+                             env={**os.environ, "NIMSFOREST_API": f"127.0.0.1:{node.api_port}"})
+        assert out.returncode == 0, out.stderr
+        lead = await eventually(lambda: soil(node, "c-2"), timeout=30, what="lead c-2 in Soil")
+        assert lead["pursue"] is False
+    finally:
+        node.stop()
+
+
+def test_bad_forest_config_is_a_usage_error(tmp_path: Path) -> None:
+    bad = tmp_path / "forest.yaml"
+    bad.write_text("treehouses:\n  scoring:\n    subscribes: contact.created\n")
+    out = subprocess.run([sys.executable, "-m", "nimsforest", "standalone", "--data-dir", str(tmp_path / "d"),
+                          "--forest-config", str(bad)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert str(bad) in out.stderr and "scoring" in out.stderr
+    assert out.stderr.strip().count("\n") == 0, out.stderr
+    assert not (tmp_path / "d" / "nats.conf").exists()  # nothing was started
