@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -170,7 +170,7 @@ async def bare_scaled(url: str, monitor: str, size: int) -> bool:
 
 
 # --- failover ------------------------------------------------------------------------------
-async def failover(writer_url: str, victim: Proc, reader_url: str) -> tuple[float, int, int]:
+async def failover(writer_url: str, victim: Proc, reader_url: str, subject: str) -> tuple[float, int, int]:
     """Publish from a survivor, kill -9 the victim; (seconds to the next ack, acked, lost)."""
     nc = await nats.connect(writer_url)
     js = nc.jetstream()
@@ -183,7 +183,7 @@ async def failover(writer_url: str, victim: Proc, reader_url: str) -> tuple[floa
             victim.kill()
             killed_at = time.monotonic()
         try:
-            await js.publish("river.bench", str(i).encode(), timeout=0.5)
+            await js.publish(subject, str(i).encode(), timeout=0.5)
             acked.append(i)
             if killed_at and not first_after:
                 first_after = time.monotonic()
@@ -198,7 +198,7 @@ async def failover(writer_url: str, victim: Proc, reader_url: str) -> tuple[floa
     got: set[int] = set()
     rc = await nats.connect(reader_url)
     try:
-        sub = await rc.jetstream().pull_subscribe("river.bench",
+        sub = await rc.jetstream().pull_subscribe(subject,
                                                   config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
         while True:
             try:
@@ -211,13 +211,24 @@ async def failover(writer_url: str, victim: Proc, reader_url: str) -> tuple[floa
     return first_after - killed_at, len(acked), len([a for a in acked if a not in got])
 
 
-def river_leader(api_or_url: str) -> str:
-    doc = _get(api_or_url + "/health/cluster") or {}
-    return next(s["leader"] for s in doc.get("streams", []) if s["name"] == "RIVER")
+def river_leader(nodes: list[Proc]) -> str:
+    """RIVER's leader, as the first node that knows it says."""
+    found: list[str] = []
+
+    def ask() -> bool:
+        for n in nodes:
+            doc = _get(f"{n.api}/health/cluster") or {}
+            found[:] = [s["leader"] for s in doc.get("streams", []) if s["name"] == "RIVER" and s["leader"]]
+            if found:
+                return True
+        return False
+
+    _wait(ask, 60, "a RIVER leader", pause=0.1)
+    return found[0]
 
 
 # --- the benchmark -------------------------------------------------------------------------
-def run_nimsforest(root: Path) -> dict[str, float]:
+def run_nimsforest(root: Path, rounds: int) -> dict[str, object]:
     reg, reg_url = start_registry(root)
     nodes: list[Proc] = []
     try:
@@ -229,11 +240,22 @@ def run_nimsforest(root: Path) -> dict[str, float]:
         t0 = time.monotonic()
         nodes.append(start_node(root, "n3", HOSTS[2], reg_url))
         join3 = _wait(lambda: cluster_ready(nodes[0].api, 3), 60, "size 3 at R3") - t0  # type: ignore[arg-type]
-        leader = river_leader(nodes[0].api)  # type: ignore[arg-type]
-        victim = next(n for n in nodes if n.name == leader)
-        survivor = next(n for n in nodes if n is not victim)
-        fo, acked, lost = asyncio.run(failover(node_url(root, survivor), victim, node_url(root, survivor)))
-        return {"join_1_2": join2, "join_2_3": join3, "failover": fo, "acked": acked, "lost": lost}
+        times, acked, lost = [], 0, 0
+        for r in range(rounds):
+            leader = river_leader(nodes)
+            victim = next(n for n in nodes if n.name == leader)
+            survivor = next(n for n in nodes if n is not victim)
+            t, a, lo = asyncio.run(failover(node_url(root, survivor), victim, node_url(root, survivor),
+                                            f"river.bench{r}"))
+            times.append(t)
+            acked += a
+            lost += lo
+            # the victim comes back with its data and rejoins; wait for a whole cluster again
+            i = nodes.index(victim)
+            nodes[i] = restart_node(root, victim, reg_url)
+            _wait(lambda: cluster_ready(survivor.api, 3), 120, "cluster whole again")  # type: ignore[arg-type]
+        return {"join_1_2": join2, "join_2_3": join3, "failover": statistics.median(times),
+                "failovers": times, "acked": acked, "lost": lost}
     finally:
         for n in nodes:
             n.stop()
@@ -241,12 +263,20 @@ def run_nimsforest(root: Path) -> dict[str, float]:
         reg.wait()
 
 
-def run_bare(root: Path) -> dict[str, float]:
+def restart_node(root: Path, old: Proc, registry: str) -> Proc:
+    """Start `old` again with the same name, data directory and ports."""
+    args = list(old.popen.args)  # type: ignore[arg-type]
+    env = {**os.environ, "REGISTRY_HEARTBEAT_INTERVAL": "1s", "CLUSTER_RECONCILE_INTERVAL": "0.5s"}
+    popen = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return dataclasses.replace(old, popen=popen)
+
+
+def run_bare(root: Path, rounds: int) -> dict[str, object]:
     binary = find_nats_server()
     cports = {f"b{i}": free_port(HOSTS[i - 1]) for i in (1, 2, 3)}
     procs = start_bare(root, binary, ["b1", "b2"], cports)
+    mon = lambda p: f"http://{p.host}:{p.monitor_port}"  # noqa: E731
     try:
-        mon = lambda p: f"http://{p.host}:{p.monitor_port}"  # noqa: E731
         _wait(lambda: _get(mon(procs[0]) + "/healthz?js-meta-only=true") == {"status": "ok"}, 60, "bare meta leader")
 
         async def create() -> None:
@@ -259,36 +289,52 @@ def run_bare(root: Path) -> dict[str, float]:
         procs += start_bare(root, binary, ["b3"], cports)
         join3 = _wait(lambda: asyncio.run(bare_scaled(procs[0].url, mon(procs[0]), 3)), 60, "bare R3",
                       pause=0.05) - t0
-
-        async def leader_name() -> str:
-            nc = await nats.connect(procs[0].url)
-            info = await nc.jetstream().stream_info("RIVER")
-            await nc.close()
-            return info.cluster.leader if info.cluster else "b1"
-
-        leader = asyncio.run(leader_name())
-        victim = next(p for p in procs if p.name == leader)
-        survivor = next(p for p in procs if p is not victim)
-        fo, acked, lost = asyncio.run(failover(survivor.url, victim, survivor.url))
-        return {"join_2_3": join3, "failover": fo, "acked": acked, "lost": lost}
+        times, acked, lost = [], 0, 0
+        for r in range(rounds):
+            leader = asyncio.run(bare_leader(procs[(r + 1) % 3].url))
+            victim = next(p for p in procs if p.name == leader)
+            survivor = next(p for p in procs if p is not victim)
+            t, a, lo = asyncio.run(failover(survivor.url, victim, survivor.url, f"river.bench{r}"))
+            times.append(t)
+            acked += a
+            lost += lo
+            i = procs.index(victim)
+            procs[i] = dataclasses.replace(victim, popen=subprocess.Popen(
+                list(victim.popen.args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # type: ignore[arg-type]
+            _wait(lambda: asyncio.run(bare_scaled(survivor.url, mon(survivor), 3)), 120, "bare whole again",
+                  pause=0.1)
+        return {"join_2_3": join3, "failover": statistics.median(times), "failovers": times,
+                "acked": acked, "lost": lost}
     finally:
         for p in procs:
             p.stop()
 
 
+async def bare_leader(url: str) -> str:
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().stream_info("RIVER")
+        return info.cluster.leader if info.cluster and info.cluster.leader else "b1"
+    finally:
+        await nc.close()
+
+
 @click.command("cluster")
-def command() -> None:
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1, 20),
+              help="Failovers of each kind (the killed node rejoins between rounds; medians printed).")
+def command(rounds: int) -> None:
     """Peer join latency and failover after kill -9, with bare nats-server figures."""
     with tempfile.TemporaryDirectory(prefix="nimsforest-bench-cluster-") as tmp:
         root = Path(tmp)
-        bare = run_bare(root / "bare")
-        nf = run_nimsforest(root / "nf")
+        bare = run_bare(root / "bare", rounds)
+        nf = run_nimsforest(root / "nf", rounds)
+    fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
     click.echo("step                                   nimsforest      bare nats-server")
     click.echo(f"join 1->2 (start -> size 2 at R2)      {nf['join_1_2']:8.2f}s      n/a (a lone clustered server cannot serve)")
     click.echo(f"join 2->3 (start -> size 3 at R3)      {nf['join_2_3']:8.2f}s      {bare['join_2_3']:8.2f}s")
-    click.echo(f"failover after kill -9 of the leader   {nf['failover']:8.2f}s      {bare['failover']:8.2f}s")
-    click.echo(f"acknowledged messages lost             {nf['lost']:5d} of {nf['acked']:<5d}  {bare['lost']:5d} of {bare['acked']}")
+    click.echo(f"failover after kill -9 (median)        {nf['failover']:8.2f}s      {bare['failover']:8.2f}s")
+    click.echo(f"  each round                           {fmt(nf['failovers'])}  |  {fmt(bare['failovers'])}")
+    click.echo(f"acknowledged messages lost             {nf['lost']} of {nf['acked']}      {bare['lost']} of {bare['acked']}")
     click.echo(f"targets: join 1->2 <= 3s: {'met' if nf['join_1_2'] <= 3 else 'NOT met'}; "
                f"failover <= bare + 1s: {'met' if nf['failover'] <= bare['failover'] + 1 else 'NOT met'}; "
                f"nothing lost: {'met' if nf['lost'] == 0 else 'NOT met'}")
-    click.echo(json.dumps({"nimsforest": nf, "bare": bare}))
