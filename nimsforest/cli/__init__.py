@@ -24,6 +24,8 @@ _COMMANDS: dict[str, str] = {
     "bench": "nimsforest.cli.bench:bench",
     "cluster": "nimsforest.cli.cluster:cluster",
     "registry": "nimsforest.cli.registry:registry",
+    "nats-config": "nimsforest.cli.nats_config:nats_config",
+    "systemd-unit": "nimsforest.cli.systemd_unit:systemd_unit",
 }
 _ALIASES: dict[str, str] = {"start": "run"}
 _DEFAULT_COMMAND = "run"
