@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,6 +180,13 @@ async def test_two_rendered_sidecars_form_a_jetstream_cluster(
     varz = httpx.get(f"http://{hosts[0]}:{ports[hosts[0]][2]}/varz", timeout=2).json()
     assert varz["cluster"].get("tls_required", False) is tls and varz["cluster"].get("tls_verify", False) is tls
 
+    # The setup script's verifier sees the routes (and, with no daemon here, says so).
+    monitor = f"{hosts[0]}:{ports[hosts[0]][2]}"
+    v3 = _verify("--mode", "sidecar", "--monitor", monitor, "--min-size", "3", "--api", f"127.0.0.1:{free_port()}")
+    assert v3.returncode == 1 and "routed to 1 other server(s), waiting for 2" in v3.stderr, v3.stderr
+    v2 = _verify("--mode", "sidecar", "--monitor", monitor, "--min-size", "2", "--api", f"127.0.0.1:{free_port()}")
+    assert v2.returncode == 1 and "no answer yet" in v2.stderr, v2.stderr
+
     creds = natsconf.credentials(SecretStr(SECRET["NATS_CLUSTER_SECRET"]))
     nc = await nats.connect(f"nats://{hosts[0]}:{ports[hosts[0]][0]}", user=creds.app_user,
                             password=creds.app_password)
@@ -197,3 +205,8 @@ async def test_two_rendered_sidecars_form_a_jetstream_cluster(
         assert info.config.num_replicas == 2 and info.state.messages == 1
     finally:
         await nc.close()
+
+
+def _verify(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nimsforest.deploy.verify", "--timeout", "0s", *args],
+                          capture_output=True, text=True, timeout=60, check=False)
