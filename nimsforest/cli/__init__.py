@@ -26,6 +26,8 @@ _COMMANDS: dict[str, str] = {
     "registry": "nimsforest.cli.registry:registry",
     "nats-config": "nimsforest.cli.nats_config:nats_config",
     "systemd-unit": "nimsforest.cli.systemd_unit:systemd_unit",
+    "cloud-init": "nimsforest.cli.cloud_init:cloud_init",
+    "grow": "nimsforest.cli.grow:grow",
 }
 _ALIASES: dict[str, str] = {"start": "run"}
 _DEFAULT_COMMAND = "run"
