@@ -96,6 +96,7 @@ def policy_for(options: GrowOptions, remembered: ForestState) -> Policy:
 
 
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
+_SERVER_ID = re.compile(r"^N[A-Z2-7]{55}$")  # a nats-server without server_name shows its id
 
 
 def next_node_name(existing: list[str]) -> str:
@@ -104,7 +105,7 @@ def next_node_name(existing: list[str]) -> str:
     groups: dict[str, int] = {}
     members: dict[str, int] = {}
     for name in existing:
-        m = _NUMBERED.match(name)
+        m = _NUMBERED.match(name) if not _SERVER_ID.match(name) else None
         if m:
             groups[m.group(1)] = max(groups.get(m.group(1), 0), int(m.group(2)))
             members[m.group(1)] = members.get(m.group(1), 0) + 1

@@ -103,6 +103,7 @@ def test_both_limits_are_reported() -> None:
         (["web", "db"], "node-3"),
         (["a1", "b1", "b2"], "b3"),
         ([], "node-1"),
+        (["NDRVDREMXXNIOKFO7CLEIRF5OABEIVOGDNS5RG5ZGIXOVLQGEHGB6LV6"], "node-2"),  # a server id, not a name
     ],
 )
 def test_next_node_name(names: list[str], expected: str) -> None:
