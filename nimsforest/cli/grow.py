@@ -146,7 +146,7 @@ def grow(registry_url: str | None, registry_service: str, nodes: str | None, thr
                     fail(str(exc), EXIT_USAGE)
                 base = dict(mode=mode, provisioner=plugin.name, node=assessment.new_node)
                 say(render_assessment(build_report(assessment, Action(status=ActionStatus.NONE, **base))))  # type: ignore[arg-type]
-                go = mode == "auto" or (mode == "interactive" and _confirm(as_json))
+                go = mode == "auto" or (mode == "interactive" and _confirm(as_json, decision.sentence))
                 if mode == "dry-run":
                     action = Action(status=ActionStatus.DRY_RUN, detail=f"Dry run: would add node "
                                     f"{assessment.new_node} with the {plugin.name} provisioner.", **base)  # type: ignore[arg-type]
@@ -179,7 +179,9 @@ def grow(registry_url: str | None, registry_service: str, nodes: str | None, thr
     sys.exit(EXIT_OK)
 
 
-def _confirm(as_json: bool) -> bool:
+def _confirm(as_json: bool, sentence: str = "") -> bool:
+    if as_json and sentence:  # stdout is kept for the JSON document: say why on stderr
+        click.echo(sentence, err=True)
     try:
         return click.confirm("Add 1 node to the forest?", default=False, err=as_json)
     except click.Abort:  # end of input: nobody to ask
