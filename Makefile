@@ -8,12 +8,13 @@ STAMP  := $(VENV)/.installed
 DATA   ?= .nimsforest/standalone
 PYTEST_ARGS ?=
 
-.PHONY: run test install bench clean help
+.PHONY: run test install bench units clean help
 
 help:
 	@echo "make run    - start a standalone node with the demo forest (data in $(DATA))"
 	@echo "make test   - run the whole test suite"
 	@echo "make bench  - print the startup, pipeline and cluster benchmarks"
+	@echo "make units  - render the systemd/ units again from their templates"
 	@echo "make clean  - remove .venv and local data"
 
 $(BIN)/python:
@@ -35,6 +36,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/nimsforest bench all
+
+units: $(STAMP)
+	for unit in $$($(BIN)/nimsforest systemd-unit --list); do \
+		$(BIN)/nimsforest systemd-unit $$unit --output systemd/$$unit; done
 
 clean:
 	rm -rf $(VENV) .nimsforest

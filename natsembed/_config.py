@@ -34,6 +34,13 @@ class JetStreamConfig(BaseModel):
     max_file: str = Field(default="10GB", pattern=_SIZE)
 
 
+class TLSConfig(BaseModel):
+    model_config = _FROZEN
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+
+
 class ClusterConfig(BaseModel):
     model_config = _FROZEN
     name: str
@@ -41,13 +48,7 @@ class ClusterConfig(BaseModel):
     advertise: str | None = None  # host:port other servers should dial
     routes: tuple[str, ...] = ()  # peers' cluster addresses, host:port
     authorize: bool = True  # require the route user on incoming routes
-
-
-class TLSConfig(BaseModel):
-    model_config = _FROZEN
-    cert_file: Path
-    key_file: Path
-    ca_file: Path | None = None
+    tls: TLSConfig | None = None  # TLS on routes (nats-server verifies peers' certificates)
 
 
 class ServerConfig(BaseModel):

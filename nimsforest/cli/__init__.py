@@ -25,6 +25,10 @@ _COMMANDS: dict[str, str] = {
     "cluster": "nimsforest.cli.cluster:cluster",
     "registry": "nimsforest.cli.registry:registry",
     "flow": "nimsforest.cli.flow:flow",
+    "nats-config": "nimsforest.cli.nats_config:nats_config",
+    "systemd-unit": "nimsforest.cli.systemd_unit:systemd_unit",
+    "cloud-init": "nimsforest.cli.cloud_init:cloud_init",
+    "grow": "nimsforest.cli.grow:grow",
 }
 _ALIASES: dict[str, str] = {"start": "run"}
 _DEFAULT_COMMAND = "run"
