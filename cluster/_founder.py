@@ -66,7 +66,8 @@ async def probe_ready(node: NodeInfo, timeout: float = 2.0) -> bool:
         import httpx
 
         try:
-            async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
+            tls = node.monitor_url.startswith("https:")  # nats-server monitoring is plain HTTP by default
+            async with httpx.AsyncClient(timeout=timeout, trust_env=False, verify=tls) as client:
                 r = await client.get(node.monitor_url.rstrip("/") + "/healthz", params={"js-meta-only": "true"})
             return r.status_code == 200
         except httpx.HTTPError:

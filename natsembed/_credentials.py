@@ -31,6 +31,13 @@ class Credentials:
     def __repr__(self) -> str:  # never print passwords
         return f"Credentials(app_user={self.app_user!r}, sys_user={self.sys_user!r}, route_user={self.route_user!r})"
 
+    @classmethod
+    def derived(cls, secret: str) -> Credentials:
+        """The users every server and client of a forest agree on, from its secret alone
+        (what a sidecar NATS rendered by `nimsforest nats-config` expects)."""
+        unset = "-"
+        return cls("app", unset, "sys", unset, "route", unset).with_cluster_secret(secret)
+
     def with_cluster_secret(self, secret: str | None) -> Credentials:
         """Credentials derived from a forest-wide secret, so every node agrees on them.
 

@@ -222,7 +222,15 @@ class Node:
 
         s = self.settings
         assert s.nats_url is not None
-        self.conn = ConnectionManager(s.nats_url.split(","), self._connection_options())
+        user = password = None
+        if "@" not in s.nats_url and s.cluster_secret is not None:
+            # A sidecar rendered by `nimsforest nats-config` has the forest's derived users.
+            from natsembed import Credentials
+
+            creds = Credentials.derived(s.cluster_secret.get_secret_value())
+            user, password = creds.app_user, creds.app_password
+        self.conn = ConnectionManager(s.nats_url.split(","), self._connection_options(),
+                                      user=user, password=password)
         await self.conn.connect()
         log.info("Connected to NATS at %s", self.conn.snapshot().server)
         js = self.conn.nc.jetstream()

@@ -195,20 +195,32 @@ async def failover(writer_url: str, victim: Proc, reader_url: str, subject: str)
         if killed_at and time.monotonic() - killed_at > 60:
             raise click.ClickException("no publish succeeded within 60s of the kill")
     await nc.close()
-    got: set[int] = set()
-    rc = await nats.connect(reader_url)
-    try:
-        sub = await rc.jetstream().pull_subscribe(subject,
-                                                  config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
-        while True:
-            try:
-                msgs = await sub.fetch(1000, timeout=2)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                break
-            got.update(int(m.data) for m in msgs)
-    finally:
-        await rc.close()
+    got = await read_all(reader_url, subject)
     return first_after - killed_at, len(acked), len([a for a in acked if a not in got])
+
+
+async def read_all(url: str, subject: str, timeout: float = 60.0) -> set[int]:
+    """Every payload on `subject`, retried while JetStream elects leaders after a kill."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got: set[int] = set()
+        try:
+            rc = await nats.connect(url)
+            try:
+                sub = await rc.jetstream(timeout=5).pull_subscribe(
+                    subject, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+                while True:
+                    try:
+                        msgs = await sub.fetch(1000, timeout=2)
+                    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                        return got
+                    got.update(int(m.data) for m in msgs)
+            finally:
+                await rc.close()
+        except Exception:  # noqa: BLE001 - a consumer cannot be made yet; try again
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
 
 
 def river_leader(nodes: list[Proc]) -> str:

@@ -152,9 +152,7 @@ def _flag(field: str) -> str:
 
 def credentials(secret: SecretStr) -> Credentials:
     """The users every server and client of the forest agree on, derived from `secret`."""
-    base = Credentials(app_user="app", app_password="-", sys_user="sys", sys_password="-",
-                       route_user="route", route_password="-")
-    return base.with_cluster_secret(secret.get_secret_value())
+    return Credentials.derived(secret.get_secret_value())
 
 
 def server_config(spec: SidecarSpec) -> ServerConfig:

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from natsembed import load_or_create
 from nimsforest.deploy import natsconf
 from tests.deploy.conftest import Cert, nimsforest, one_sentence
-from tests.support import eventually, free_port
+from tests.support import NodeProcess, eventually, free_port
 
 SECRET = {"NATS_CLUSTER_SECRET": "sidecar-test-secret"}
 
@@ -205,6 +205,17 @@ async def test_two_rendered_sidecars_form_a_jetstream_cluster(
         assert info.config.num_replicas == 2 and info.state.messages == 1
     finally:
         await nc.close()
+    if tls:
+        return
+    # A NimsForest node in sidecar mode needs only NATS_URL and the forest's secret: it
+    # connects as the derived `app` user and creates its streams at R2 on this pair.
+    node = NodeProcess("run", tmp_path / "node", extra=["--nats-url", f"nats://{hosts[0]}:{ports[hosts[0]][0]}"],
+                       env=SECRET).start()
+    try:
+        body = await node.wait_healthy()
+        assert body["mode"] == "sidecar" and body["cluster"]["replication_factor"] == 2
+    finally:
+        node.stop()
 
 
 def _verify(*args: str) -> subprocess.CompletedProcess[str]:
