@@ -7,6 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= .nimsforest/standalone
 PYTEST_ARGS ?=
+JOBS   ?= 2
 
 .PHONY: run test install bench units clean help
 
@@ -32,7 +33,7 @@ run: $(STAMP)
 	$(BIN)/nimsforest standalone --demo --data-dir $(DATA)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(JOBS) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/nimsforest bench all

@@ -49,8 +49,24 @@ async def test_demo_node_turns_a_webhook_into_a_qualified_lead(tmp_path: Path) -
         assert out.returncode == 0, out.stderr
         lead = await eventually(lambda: soil(node, "c-2"), timeout=30, what="lead c-2 in Soil")
         assert lead["pursue"] is False
+        check_component_metrics(node)
     finally:
         node.stop()
+
+
+def check_component_metrics(node: NodeProcess) -> None:
+    """/metrics, read with Prometheus' own parser, counts each component's work."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {}
+    for family in text_string_to_metric_families(httpx.get(node.api_url + "/metrics", timeout=5).text):
+        for s in family.samples:
+            samples[(s.name, s.labels.get("kind"), s.labels.get("name"), s.labels.get("le"))] = s.value
+    for kind, name in (("tree", "contacts"), ("treehouse", "scoring"), ("nim", "qualify")):
+        assert samples[("nimsforest_component_events_in_total", kind, name, None)] >= 2, (kind, name)
+        assert samples[("nimsforest_component_events_out_total", kind, name, None)] >= 2, (kind, name)
+        assert samples[("nimsforest_component_latency_seconds_count", kind, name, None)] >= 2, (kind, name)
+        assert ("nimsforest_component_errors_total", kind, name, None) in samples
 
 
 def test_bad_forest_config_is_a_usage_error(tmp_path: Path) -> None:

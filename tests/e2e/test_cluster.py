@@ -16,7 +16,7 @@ from tests.e2e.conftest import Forest
 from tests.support import NodeProcess, eventually
 
 pytestmark = pytest.mark.e2e
-CORE = ("HUMUS", "KV_SOIL", "RIVER")
+CORE = ("HUMUS", "KV_SOIL", "RIVER", "WIND")
 
 
 def cluster_at(node: NodeProcess, size: int, rf: int) -> dict | None:
@@ -123,7 +123,7 @@ def check_cluster_status_cli(node: NodeProcess) -> None:
     assert doc["cluster"]["size"] == 3
     assert {n["name"] for n in doc["nodes"]} == {"n1", "n2", "n3"}
     assert all(n.get("jetstream_ok") for n in doc["nodes"]), doc["nodes"]
-    assert {s["name"]: s["replicas"] for s in doc["cluster"]["streams"]} == {"HUMUS": 3, "KV_SOIL": 3, "RIVER": 3}
+    assert {s["name"]: s["replicas"] for s in doc["cluster"]["streams"]} == dict.fromkeys(CORE, 3)
 
 
 async def test_three_nodes_started_at_once_form_one_cluster(forest: Forest) -> None:
