@@ -4,6 +4,7 @@ plus the image's HEALTHCHECK command run against a real node, and the wheel's pa
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ import yaml
 from nimsforest.cli.registry import serve
 from nimsforest.settings import Settings, env_name, parse_hostport
 from tests.deploy.conftest import ROOT
-from tests.support import NodeProcess, free_port
+from tests.support import NodeProcess, eventually, free_port
 
 SETTINGS_VARS = {env_name(f) for f in Settings.model_fields}
 
@@ -93,6 +94,30 @@ async def test_healthcheck_command_probes_a_real_node(tmp_path: Path) -> None:
     assert down.returncode != 0
 
 
+async def test_registry_healthcheck_probes_a_real_registry_with_its_token(tmp_path: Path) -> None:
+    registry = compose()["services"]["registry"]
+    assert registry["environment"]["REGISTRY_TOKEN"].startswith("${REGISTRY_TOKEN:?")
+    cmd = list(registry["healthcheck"]["test"][1:])  # ["CMD", "python", "-c", ...]
+    assert cmd[0] == "python"
+    cmd[0] = sys.executable
+    port = free_port()
+    cmd[-1] = cmd[-1].replace("8500", str(port))
+    proc = subprocess.Popen([sys.executable, "-m", "nimsforest", "registry", "serve", "--host", "127.0.0.1",
+                             "--port", str(port), "--data", str(tmp_path / "reg")],
+                            env={**os.environ, "REGISTRY_TOKEN": "t0ken"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def probe(token: str) -> int:
+            return subprocess.run(cmd, env={**os.environ, "REGISTRY_TOKEN": token}, capture_output=True,
+                                  timeout=30, check=False).returncode
+
+        await eventually(lambda: probe("t0ken") == 0, what="registry healthy with its token")
+        assert probe("wrong") != 0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
@@ -119,7 +144,7 @@ def test_compose_runs_a_registry_and_three_nodes() -> None:
         assert env["NATS_BIND_ADDRESS"] == "0.0.0.0"
         assert parse_hostport(env["NIMSFOREST_API"])[0] == "0.0.0.0"
         # secrets come from the caller's environment, required, never written in the file
-        for secret in ("NATS_CLUSTER_SECRET", "NIMSFOREST_API_TOKEN"):
+        for secret in ("NATS_CLUSTER_SECRET", "NIMSFOREST_API_TOKEN", "REGISTRY_TOKEN"):
             assert re.fullmatch(r"\$\{" + secret + r":\?[^}]+\}", env[secret]), env[secret]
         assert node["volumes"] == [f"{name}-data:{image_env()['NATS_DATA_DIR']}"]
         assert node["depends_on"]["registry"]["condition"] == "service_healthy"
