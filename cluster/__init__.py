@@ -22,6 +22,7 @@ from cluster._model import (
     RetireWitness,
     ScaleStreams,
     SetRoutes,
+    StartWitness,
     StreamState,
 )
 from cluster._plan import Memory, Tuning, plan, replication_factor
@@ -41,6 +42,7 @@ __all__ = [
     "Role",
     "ScaleStreams",
     "SetRoutes",
+    "StartWitness",
     "Startup",
     "StreamState",
     "Tuning",

@@ -28,11 +28,13 @@ from cluster._model import (
     RetireWitness,
     ScaleStreams,
     SetRoutes,
+    StartWitness,
     StreamState,
 )
 from cluster._plan import Memory, Tuning, gone, plan, replication_factor, unreachable
 from cluster._replication import scale_streams
 from natsembed.errors import reason
+from nimsforest.marks import is_witness
 
 if TYPE_CHECKING:
     from natsembed import EmbeddedNats
@@ -40,6 +42,10 @@ if TYPE_CHECKING:
     from registry import Registry
 
 log = logging.getLogger("cluster")
+
+# A stream list is answered only once the meta leader has heard from every stream leader,
+# which takes seconds while streams move; the rest of a cycle does not wait longer.
+STREAM_LIST_TIMEOUT = 3.0
 
 
 class ClusterManager:
@@ -125,42 +131,11 @@ class ClusterManager:
 
     # --- observing -------------------------------------------------------------------------
     async def observe(self) -> Observation:
-        from nimsforest.health import cluster_streams
-
-        registry_peers: tuple[RegistryPeer, ...] | None = None
-        if self.registry is not None:
-            try:
-                peers = await self.registry.list_peers()
-                registry_peers = tuple(RegistryPeer(p.name, p.cluster_address, p.monitor_url) for p in peers)
-            except Exception as exc:  # noqa: BLE001 - unreachable: keep running on what we have
-                log.debug("Registry did not answer: %s", exc)
-        nats_ok = True
-        meta_leader = None
-        members: tuple[MetaMember, ...] = ()
-        routed: frozenset[str] = frozenset()
-        streams: tuple[StreamState, ...] = ()
-        try:
-            jsz, routez = await asyncio.gather(self.embedded.monitor.jsz(), self.embedded.monitor.routez())
-            routed = frozenset(routez.remote_names)
-            meta = jsz.meta_cluster
-            if meta is not None:
-                meta_leader = meta.leader
-                members = tuple(
-                    MetaMember(p.name, p.current, p.offline) for p in meta.replicas if p.name != self.node
-                )
-        except Exception as exc:  # noqa: BLE001 - the planner waits for the monitor
-            log.debug("Monitoring port did not answer: %s", exc)
-            nats_ok = False
-        if nats_ok and meta_leader and self.conn.is_connected:
-            try:
-                views = await cluster_streams(self.conn)
-                streams = tuple(
-                    StreamState(v.name, v.replicas, v.leader, v.current, v.lagging, v.messages, v.consumers)
-                    for v in views
-                    if v.owned
-                )
-            except Exception as exc:  # noqa: BLE001 - no stream actions this cycle
-                log.debug("Stream list failed: %s", exc)
+        """Registry, local NATS and the stream list, read at the same time."""
+        registry_peers, nats_part, streams = await asyncio.gather(
+            self._observe_registry(), self._observe_nats(), self._observe_streams()
+        )
+        nats_ok, meta_leader, members, routed = nats_part
         return Observation(
             at=time.monotonic(),
             node=self.node,
@@ -171,17 +146,56 @@ class ClusterManager:
             meta_leader=meta_leader,
             meta_members=members,
             witness=self.embedded.witness_name,
-            streams=streams,
+            streams=streams if meta_leader else (),
+        )
+
+    async def _observe_registry(self) -> tuple[RegistryPeer, ...] | None:
+        if self.registry is None:
+            return None
+        try:
+            peers = await self.registry.list_peers()
+        except Exception as exc:  # noqa: BLE001 - unreachable: keep running on what we have
+            log.debug("Registry did not answer: %s", exc)
+            return None
+        return tuple(RegistryPeer(p.name, p.cluster_address, p.monitor_url) for p in peers)
+
+    async def _observe_nats(self) -> tuple[bool, str | None, tuple[MetaMember, ...], frozenset[str]]:
+        try:
+            jsz, routez = await asyncio.gather(self.embedded.monitor.jsz(), self.embedded.monitor.routez())
+        except Exception as exc:  # noqa: BLE001 - the planner waits for the monitor
+            log.debug("Monitoring port did not answer: %s", exc)
+            return False, None, (), frozenset()
+        meta = jsz.meta_cluster
+        if meta is None:
+            return True, None, (), frozenset(routez.remote_names)
+        members = tuple(MetaMember(p.name, p.current, p.offline) for p in meta.replicas if p.name != self.node)
+        return True, meta.leader, members, frozenset(routez.remote_names)
+
+    async def _observe_streams(self) -> tuple[StreamState, ...]:
+        """Owned streams, cluster-wide (empty when JetStream cannot list them now)."""
+        from nimsforest.health import cluster_streams
+
+        if not self.conn.is_connected:
+            return ()
+        try:
+            views = await cluster_streams(self.conn, timeout=STREAM_LIST_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - no stream actions this cycle
+            log.debug("Stream list failed: %s", reason(exc))
+            return ()
+        return tuple(
+            StreamState(v.name, v.replicas, v.leader, v.current, v.lagging, v.messages, v.consumers)
+            for v in views
+            if v.owned
         )
 
     def _remember(self, obs: Observation) -> None:
-        for member in obs.nodes:
+        for member in obs.meta_members:
             if gone(obs, member.name):
                 self._gone_since.setdefault(member.name, obs.at)
             else:
                 self._gone_since.pop(member.name, None)
         for name in list(self._gone_since):
-            if name not in {m.name for m in obs.nodes}:
+            if name not in {m.name for m in obs.meta_members}:
                 del self._gone_since[name]
         if obs.nats_ok and obs.meta_leader is None:
             if self._leaderless_since is None:
@@ -218,6 +232,9 @@ class ClusterManager:
                 name = self.embedded.witness_name
                 await self.embedded.retire_witness()
                 return f"witness {name} retired"
+            elif isinstance(action, StartWitness):
+                name = await self.embedded.start_witness()
+                return f"witness {name} started (this node is alone)"
             elif isinstance(action, RemovePeer):
                 async with self.embedded.system_client() as sysc:
                     await sysc.server_remove(action.name)
@@ -232,14 +249,14 @@ class ClusterManager:
 
     async def _rescue(self, action: Rescue) -> None:
         log.warning(
-            "Cluster: %s gone for good and no quorum left; rescuing the meta group on %s",
-            ", ".join(action.lost), self.node,
+            "Cluster: %s gone for good and the meta group has no quorum; asking the %d survivor(s) "
+            "to lead with a quorum of %d",
+            ", ".join(action.lost), action.quorum, action.quorum,
         )
         async with self.embedded.system_client() as sysc:
-            await sysc.meta_rescue(1)
+            await sysc.meta_rescue(action.quorum)  # every reachable server applies it
         if not await self.embedded.wait_jetstream(30):
             raise RuntimeError("no meta leader after the quorum rescue")
-        await self.embedded.start_witness()
         async with self.embedded.system_client() as sysc:
             for name in action.lost:
                 await sysc.server_remove(name)
@@ -304,4 +321,5 @@ class ClusterManager:
             registry_ok=obs.registry_ok,
             cycle_at=time.time(),
             cycles=self._cycles,
+            witnesses=tuple(sorted(m.name for m in obs.meta_members if is_witness(m.name))),
         )

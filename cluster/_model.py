@@ -81,6 +81,11 @@ class RetireWitness:
 
 
 @dataclass(frozen=True)
+class StartWitness:
+    pass
+
+
+@dataclass(frozen=True)
 class RemovePeer:
     name: str
 
@@ -88,6 +93,7 @@ class RemovePeer:
 @dataclass(frozen=True)
 class Rescue:
     lost: tuple[str, ...]
+    quorum: int = 1  # the survivors: the quorum every server is asked to use
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,7 @@ class ScaleStreams:
     streams: tuple[str, ...]
 
 
-Action = SetRoutes | RetireWitness | RemovePeer | Rescue | ScaleStreams
+Action = SetRoutes | RetireWitness | StartWitness | RemovePeer | Rescue | ScaleStreams
 
 
 @dataclass(frozen=True)
@@ -141,12 +147,16 @@ class ClusterStatus:
     registry_ok: bool
     cycle_at: float  # epoch seconds of the last completed cycle
     cycles: int
+    witnesses: tuple[str, ...] = ()  # witness servers still in the meta group
 
     @property
     def problems(self) -> tuple[str, ...]:
         out: list[str] = []
         if self.meta_leader is None:
             out.append("JetStream has no meta leader")
+        if self.size > 1 and self.witnesses:
+            # One machine holding two votes: losing it could cost the quorum.
+            out.append(f"witness {', '.join(self.witnesses)} is still in the meta group")
         for p in self.peers:
             if p.state in (PeerState.OFFLINE, PeerState.LEAVING):
                 out.append(f"peer {p.name} is {p.state.value}")

@@ -5,17 +5,23 @@ Rules, in order (each one is local to this node or cluster-wide):
 1. Routes (local). With the registry answering, route to exactly its peers; with the
    registry down, change nothing (the cluster keeps running on the routes it has).
 2. Witness (local). Retire our witness once another node is a meta member (the leader
-   admitted it) that is online and routed to us. (A meta follower cannot tell whether
+   admitted it) that is online and routed to us. Start one when this node leads a meta
+   group with no other member left (peers were removed): a lone node always runs with a
+   witness, so that it can restart and grow like any node that started alone. (A meta follower cannot tell whether
    a member is current: /jsz reports `current` only from the leader's point of view.)
 3. Departures (cluster-wide, by the acting node). A meta member that is unreachable AND
    absent from the registry for the grace period is removed from the meta group
    (JetStream peer-remove). Without the registry's word nobody is removed.
-4. Rescue (local). The way back down to one node: in a meta group of two, when the other
-   node has been unreachable and absent from the registry for the grace period, there is
-   no quorum to remove it. This node then asks for a quorum rescue, starts a witness and
-   removes the lost node. It is done only for a group of two: with three or more, the
-   lost nodes could still hold a quorum of their own (a partition), and rescuing would
-   split the cluster; that case needs an operator.
+4. Rescue. With no meta leader for a while, a lost quorum can be rescued, but only when
+   it is provably safe: every unreachable member is confirmed gone (absent from the
+   registry for the grace period; a witness counts as gone with its owner), the lost
+   members are too few to hold a quorum of their own (so they cannot be a live majority
+   behind a partition), and the survivors lack a quorum. The lowest-named surviving node
+   then asks every server to lower the quorum to the number of survivors
+   (`$JS.API.META.RESCUE`); the survivors elect a leader, which removes the lost members.
+   A node left alone starts a witness. Examples: a group of two losing one node (the way
+   back down to one node); a founder dying with its witness still in a group of four.
+   Two of three lost is never rescued: that case needs an operator.
 5. Replication (cluster-wide, by the acting node). Every stream NimsForest owns is kept at
    min(cluster size, 3) replicas, where size counts the meta group's nodes (witness
    excluded, members not yet removed included), as NATS sees it.
@@ -37,7 +43,9 @@ from cluster._model import (
     RetireWitness,
     ScaleStreams,
     SetRoutes,
+    StartWitness,
 )
+from nimsforest.marks import WITNESS_MARK, is_witness
 
 
 @dataclass(frozen=True)
@@ -69,8 +77,25 @@ def unreachable(obs: Observation, name: str) -> bool:
 
 
 def gone(obs: Observation, name: str) -> bool:
-    """Unreachable in NATS and, by the registry's own answer, no longer registered."""
-    return obs.registry_ok and name not in obs.registry_names and unreachable(obs, name)
+    """Unreachable in NATS and, by the registry's own answer, no longer registered.
+
+    A witness is not registered itself: it is gone when it is unreachable and its owner
+    node (the part of its name before `-witness-`) is no longer registered. Our own
+    witness is never gone while we run.
+    """
+    if not obs.registry_ok or not unreachable(obs, name):
+        return False
+    if is_witness(name):
+        return name != obs.witness and owner_of(name) not in obs.registry_names
+    return name not in obs.registry_names
+
+
+def owner_of(witness: str) -> str:
+    return witness.split(WITNESS_MARK, 1)[0]
+
+
+def quorum(members: int) -> int:
+    return members // 2 + 1
 
 
 def plan(obs: Observation, memory: Memory, tuning: Tuning = Tuning()) -> Plan:
@@ -91,10 +116,12 @@ def plan(obs: Observation, memory: Memory, tuning: Tuning = Tuning()) -> Plan:
     # 2. witness
     if obs.witness and obs.meta_leader and any(not unreachable(obs, m.name) for m in obs.nodes):
         actions.append(RetireWitness())
+    if obs.witness is None and obs.meta_leader == obs.node and not obs.meta_members:
+        actions.append(StartWitness())
 
-    # 3. departures
+    # 3. departures (foreign witnesses included: they go with their owner)
     lost: list[str] = []
-    for member in obs.nodes:
+    for member in obs.meta_members:
         if not gone(obs, member.name):
             continue
         since = memory.gone_since.get(member.name, obs.at)
@@ -108,14 +135,9 @@ def plan(obs: Observation, memory: Memory, tuning: Tuning = Tuning()) -> Plan:
 
     # 4. rescue
     if obs.meta_leader is None:
-        leaderless = obs.at - (memory.leaderless_since if memory.leaderless_since is not None else obs.at)
-        if (
-            leaderless >= tuning.rescue_after
-            and len(obs.nodes) == 1
-            and obs.witness is None
-            and lost == [obs.nodes[0].name]
-        ):
-            actions.append(Rescue(tuple(lost)))
+        rescue = rescue_plan(obs, memory, tuning, lost)
+        if rescue is not None:
+            actions.append(rescue)
         else:
             waiting.append("JetStream has no meta leader")
 
@@ -132,6 +154,25 @@ def plan(obs: Observation, memory: Memory, tuning: Tuning = Tuning()) -> Plan:
     return Plan(tuple(actions), sentence(obs, actions, waiting, rf), tuple(waiting))
 
 
+def rescue_plan(obs: Observation, memory: Memory, tuning: Tuning, lost: list[str]) -> Rescue | None:
+    """A quorum rescue when it is provably safe (rule 4), else None."""
+    leaderless = obs.at - (memory.leaderless_since if memory.leaderless_since is not None else obs.at)
+    if leaderless < tuning.rescue_after or not obs.registry_ok or not lost:
+        return None
+    reachable = [m for m in obs.meta_members if not unreachable(obs, m.name)]
+    unknown = [m for m in obs.meta_members if unreachable(obs, m.name) and m.name not in lost]
+    if unknown:  # an unreachable member we cannot prove gone: it may be partitioned away
+        return None
+    total = 1 + len(obs.meta_members)  # this node and every other member, witnesses included
+    survivors = 1 + len(reachable)
+    if len(lost) >= quorum(total) or survivors >= quorum(total):
+        return None
+    deputy = min([obs.node, *(m.name for m in reachable if not is_witness(m.name))])
+    if deputy != obs.node:  # one survivor asks for all of them
+        return None
+    return Rescue(tuple(sorted(lost)), survivors)
+
+
 def describe(action: Action) -> str:
     if isinstance(action, SetRoutes):
         parts = []
@@ -142,10 +183,12 @@ def describe(action: Action) -> str:
         return "; ".join(parts) or "routes rewritten"
     if isinstance(action, RetireWitness):
         return "witness retired"
+    if isinstance(action, StartWitness):
+        return "witness started (this node is alone)"
     if isinstance(action, RemovePeer):
         return f"peer {action.name} removed from the cluster"
     if isinstance(action, Rescue):
-        return "quorum rescued after losing " + ", ".join(action.lost)
+        return f"quorum rescued ({action.quorum} survivor(s)) after losing " + ", ".join(action.lost)
     return f"{', '.join(action.streams)} scaled to R{action.replicas}"
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import enum
 import logging
 import os
@@ -119,6 +120,26 @@ else:  # pragma: no cover - other platforms rely on the pid-file clean-up
         return None
 
 
+def _output_pipe() -> tuple[int, int]:
+    """A pipe for nats-server's output, with the largest buffer allowed (1 MiB by default).
+
+    nats-server blocks when its output pipe is full. We drain it continuously, but a
+    supervisor that hangs (or is SIGSTOPped) must not stall the server within seconds.
+    """
+    read_fd, write_fd = os.pipe()
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/sys/fs/pipe-max-size") as f:
+                limit = int(f.read())
+            fcntl.fcntl(read_fd, _F_SETPIPE_SZ, limit)
+        except (OSError, ValueError) as exc:  # a smaller pipe still works
+            log.debug("Could not enlarge nats-server's output pipe: %s", exc)
+    return read_fd, write_fd
+
+
+_F_SETPIPE_SZ = 1031  # Linux fcntl command (fcntl.F_SETPIPE_SZ on Python >= 3.10 builds that name it)
+
+
 class ServerProcess:
     """Supervises one nats-server running `config_path`."""
 
@@ -187,7 +208,7 @@ class ServerProcess:
         return [m for t, lvl, m in self._output if t >= since and (not levels or lvl in levels)]
 
     def _last_problem(self, since: float = 0.0) -> str | None:
-        lines = self.recent_output(since, ("FTL", "ERR"))
+        lines = [line for line in self.recent_output(since, ("FTL", "ERR")) if not _BENIGN_RE.search(line)]
         return lines[-1] if lines else None
 
     # --- start ---------------------------------------------------------------------------
@@ -237,25 +258,41 @@ class ServerProcess:
 
     async def _spawn(self) -> None:
         self._set_state(ProcessState.STARTING)
-        self._proc = await asyncio.create_subprocess_exec(
-            str(self.binary), "-c", str(self.config_path),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_child_setup(os.getpid()),
-        )
+        read_fd, write_fd = _output_pipe()
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                str(self.binary), "-c", str(self.config_path),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=write_fd,
+                start_new_session=True,
+                preexec_fn=_child_setup(os.getpid()),
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)  # the child has its copy; EOF comes when it exits
         self._started_at = time.time()
         log.debug("Spawned nats-server %s (pid %d)", self.name, self._proc.pid)
         self.spawned.set()
         write_private(self.pid_file, f"{self._proc.pid}\n")
-        self._drain_task = asyncio.create_task(self._drain(self._proc), name=f"drain-{self.name}")
+        reader = asyncio.StreamReader()
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
+        )
+        self._drain_task = asyncio.create_task(self._drain(reader, transport), name=f"drain-{self.name}")
 
-    async def _drain(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
+    async def _drain(self, reader: asyncio.StreamReader, transport: asyncio.BaseTransport) -> None:
+        try:
+            await self._drain_lines(reader)
+        finally:
+            transport.close()
+
+    async def _drain_lines(self, reader: asyncio.StreamReader) -> None:
         while True:
             try:
-                raw = await proc.stdout.readline()
+                raw = await reader.readline()
             except (ValueError, asyncio.LimitOverrunError):  # an absurdly long line
                 continue
             if not raw:

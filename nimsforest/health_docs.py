@@ -106,6 +106,7 @@ def cluster_health(node: Node) -> tuple[int, dict[str, Any]]:
         "replication_factor": status.replication_factor,
         "meta_leader": status.meta_leader,
         "witness": status.witness,
+        "witnesses": list(status.witnesses),
         "peers": [
             {**asdict(p), "state": p.state.value} for p in status.peers
         ],

@@ -36,21 +36,25 @@ def obs(**kw: object) -> Observation:
 FRESH = Memory(gone_since={}, leaderless_since=None)
 
 
-def test_lone_node_does_nothing_and_says_so() -> None:
+def test_lone_node_with_its_witness_does_nothing_and_says_so() -> None:
     p = plan(obs(witness="n1-witness-a", meta_members=(MetaMember("n1-witness-a", True, False),)), FRESH)
     assert p.actions == ()
     assert p.sentence.startswith("no action: n1 is in a cluster of 1")
     assert "replication 1" in p.sentence and "all replicas current" in p.sentence
 
 
+LONE = dict(witness="n1-witness-a", meta_members=(MetaMember("n1-witness-a", True, False),))
+
+
 def test_new_registry_peer_gets_a_route() -> None:
-    p = plan(obs(registry_peers=(RegistryPeer("n2", "10.0.0.2:6222"), RegistryPeer("n2", "10.0.0.2:6222"))), FRESH)
+    p = plan(obs(registry_peers=(RegistryPeer("n2", "10.0.0.2:6222"), RegistryPeer("n2", "10.0.0.2:6222")),
+                 **LONE), FRESH)
     assert p.actions == (SetRoutes(("10.0.0.2:6222",), added=("10.0.0.2:6222",)),)
     assert "route to 10.0.0.2:6222 added" in p.sentence
 
 
 def test_registry_down_changes_no_route() -> None:
-    p = plan(obs(registry_peers=None, routes=("10.0.0.2:6222",)), FRESH)
+    p = plan(obs(registry_peers=None, routes=("10.0.0.2:6222",), **LONE), FRESH)
     assert not any(isinstance(a, SetRoutes) for a in p.actions)
     assert "registry unreachable" in p.sentence
 
@@ -156,3 +160,57 @@ def test_no_rescue_when_two_of_three_are_lost() -> None:
 def test_monitor_down_means_waiting() -> None:
     p = plan(obs(nats_ok=False), FRESH)
     assert p.actions == () and "monitoring port" in p.sentence
+
+
+def test_founder_dying_with_its_witness_in_a_group_of_four_is_rescued_by_one_survivor() -> None:
+    # n3 founded with witness W; n1 and n2 joined; n3 died (and W with it) before W was retired.
+    members = (MetaMember("n2", True, False), MetaMember("n3", False, True), MetaMember("n3-witness-ab", False, True))
+    o = obs(meta_leader=None, meta_members=members, routed=frozenset({"n2"}),
+            registry_peers=(RegistryPeer("n2", "h2:6222"),), routes=("h2:6222",), streams=())
+    memory = Memory({"n3": NOW - 100, "n3-witness-ab": NOW - 100}, NOW - 100)
+    tuning = Tuning(grace=60, rescue_after=10)
+    assert plan(o, memory, tuning).actions == (Rescue(("n3", "n3-witness-ab"), 2),)
+    # n2 sees the same and leaves the asking to n1 (the lowest name): one request is enough,
+    # every server applies it.
+    seen_from_n2 = replace(o, node="n2", meta_members=(MetaMember("n1", True, False), *members[1:]),
+                           routed=frozenset({"n1"}), registry_peers=(RegistryPeer("n1", "h1:6222"),),
+                           routes=("h1:6222",))
+    assert plan(seen_from_n2, memory, tuning).actions == ()
+
+
+def test_a_witness_goes_with_its_owner_only() -> None:
+    members = (MetaMember("n2", True, False), MetaMember("n2-witness-cd", False, False))
+    alive_owner = obs(meta_members=members, routed=frozenset({"n2"}),
+                      registry_peers=(RegistryPeer("n2", "h2:6222"),), routes=("h2:6222",))
+    assert not any(isinstance(a, RemovePeer) for a in plan(alive_owner, Memory({}, None), Tuning(grace=0)).actions)
+    dead_owner = replace(alive_owner, registry_peers=())
+    p = plan(dead_owner, Memory({"n2-witness-cd": 0.0}, None), Tuning(grace=1))
+    assert RemovePeer("n2-witness-cd") in p.actions
+
+
+def test_no_rescue_while_an_unreachable_member_is_not_proven_gone() -> None:
+    members = (MetaMember("n2", True, False), MetaMember("n3", False, True), MetaMember("n3-witness-ab", False, True))
+    o = obs(meta_leader=None, meta_members=members, routed=frozenset({"n2"}),
+            registry_peers=(RegistryPeer("n2", "h2:6222"), RegistryPeer("n3", "h3:6222")),
+            routes=("h2:6222", "h3:6222"), streams=())
+    assert plan(o, Memory({}, NOW - 100), Tuning(grace=1, rescue_after=1)).actions == ()
+
+
+def test_a_witness_left_in_a_multi_node_group_is_a_problem() -> None:
+    from cluster import ClusterStatus
+
+    status = ClusterStatus(node="n1", size=2, replication_factor=2, meta_leader="n1", witness="n1-witness-a",
+                           peers=(), streams=(), sentence="", registry_ok=True, cycle_at=0.0, cycles=1,
+                           witnesses=("n1-witness-a",))
+    assert any("still in the meta group" in p for p in status.problems)
+    alone = replace(status, size=1, replication_factor=1)
+    assert not alone.problems
+
+
+def test_a_leader_left_alone_without_a_witness_starts_one() -> None:
+    from cluster import StartWitness
+
+    assert plan(obs(), FRESH).actions == (StartWitness(),)  # leads a group of one, no witness
+    assert plan(obs(meta_leader=None), FRESH).actions == ()  # not while leaderless
+    with_witness = obs(witness="n1-witness-a", meta_members=(MetaMember("n1-witness-a", True, False),))
+    assert plan(with_witness, FRESH).actions == ()

@@ -23,7 +23,8 @@ def cluster_at(node: NodeProcess, size: int, rf: int) -> dict | None:
     code, body = node.health("/health/cluster")
     streams = {s["name"]: s for s in body["streams"]}
     ok = (
-        body["size"] == size
+        code == 200  # healthy: no peer offline, no witness left in a multi-node group
+        and body["size"] == size
         and body["replication_factor"] == rf
         and all(n in streams and streams[n]["replicas"] == rf and streams[n]["current"] for n in CORE)
     )
@@ -246,3 +247,23 @@ async def test_a_second_node_with_a_taken_name_refuses_to_start(forest: Forest) 
                                 env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert result.returncode == 1
     assert "already registered" in result.stderr
+
+
+async def test_back_down_to_one_node_after_losing_the_leading_peer(forest: Forest) -> None:
+    """A group of two loses the node that leads it: no quorum is left to remove it, so
+    the survivor rescues the quorum, starts a witness and removes the lost node."""
+    n1 = forest.node("n1", "127.0.0.1")
+    await n1.wait_healthy()
+    n2 = forest.node("n2", "127.0.0.2")
+    await n2.wait_healthy()
+    body = await wait_cluster(n1, 2, 2)
+    await publish(n1, 10)
+    leader = body["meta_leader"]
+    victim, survivor = (n1, n2) if leader == "n1" else (n2, n1)
+    victim.kill()
+    body = await wait_cluster(survivor, 1, 1, timeout=120)
+    assert body["peers"] == [] and body["witness"]  # alone again, with a new witness
+    assert f"quorum rescued (1 survivor(s)) after losing {victim.name}" in survivor.log()
+    assert await stored(survivor) == list(range(10))
+    await publish(survivor, 5, subject="river.after")
+    assert await stored(survivor, "river.after") == list(range(5))

@@ -260,3 +260,15 @@ async def test_meta_state_is_detected_after_a_first_boot(embedded: Factory) -> N
     await node.start()
     await node.stop()
     assert has_meta_state(node.config.data_dir)
+
+
+async def test_output_pipe_has_room_for_a_stalled_supervisor(embedded: Factory) -> None:
+    import fcntl
+
+    node = embedded("n1")
+    await node.start()
+    pid = node.node.pid
+    with open(f"/proc/{pid}/fd/1", "wb") as pipe:  # the same pipe nats-server writes to
+        size = fcntl.fcntl(pipe.fileno(), 1032)  # F_GETPIPE_SZ
+    assert size == int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    assert size > 65536
