@@ -61,7 +61,7 @@ from nimsforest.forest import (
     load_forest_config,
 )
 from nimsforest.forest.build import build_component
-from nimsforest.forest.config import check_name, component_label
+from nimsforest.forest.config import NAME_RE, check_name, component_label
 from nimsforest.streams import NODE_TAG
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ class Controller:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._nats: Any = None
-        self._refusals: dict[tuple[str, str], float] = {}
+        self._refusals: dict[tuple[str, str, str], float] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self, *, first_apply_timeout: float = 30.0) -> None:
@@ -225,7 +225,7 @@ class Controller:
         """Record a change refused before it reached the controller (401, 429). At most
         one such record per client and reason every 10 s, so a flood cannot push the
         real records out of the audit stream."""
-        key = (str(who), message.split(" ", 1)[0])
+        key = (str(who), action, message.split(" ", 1)[0])
         now = time.monotonic()
         if now - self._refusals.get(key, -1e9) < 10.0:
             return
@@ -353,6 +353,7 @@ class Controller:
         return await self._answer("add", entry.kind, entry.name, revision, "Added")
 
     async def _replace(self, kind: ComponentKind, name: str, body: Any, who: Actor) -> ChangeOut:
+        _existing_name(kind, name)
         async with self._lock:
             stored = await self._nats_call(self.store.get(kind, name))
             if stored is None:
@@ -365,6 +366,7 @@ class Controller:
         return await self._answer("replace", kind, name, revision, "Replaced", note)
 
     async def _remove(self, kind: ComponentKind, name: str) -> ChangeOut:
+        _existing_name(kind, name)
         async with self._lock:
             stored = await self._nats_call(self.store.get(kind, name))
             if stored is None:
@@ -493,6 +495,12 @@ class Controller:
         else:
             base.update(state="pending")
         return ComponentOut(**base)
+
+
+def _existing_name(kind: ComponentKind, name: str) -> None:
+    """A name no component can have names none (and is no valid KV key)."""
+    if not NAME_RE.match(name):
+        raise NotFound(f"There is no {component_label(kind, name)}.")
 
 
 def _stats(s: ComponentStatus) -> dict[str, Any]:

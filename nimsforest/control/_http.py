@@ -42,7 +42,7 @@ from nimsforest.forest import ComponentKind
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {
-        400: "Not possible on this node",
+        400: "The body is not JSON, or the change is not possible on this node",
         401: "A bearer token is required",
         404: "No such component",
         409: "Already exists, or changed by someone else meanwhile",
@@ -69,12 +69,13 @@ def make_routers(ctl: Controller, river: APIRouter | None = None) -> list[APIRou
         request: Request, creds: HTTPAuthorizationCredentials | None = Security(bearer)
     ) -> Actor:
         address = request.client.host if request.client else None
+        _no_unknown_query(request)
         if ctl.token is not None:
             given = creds.credentials if creds is not None else ""
             if not hmac.compare_digest(given.encode(), ctl.token.encode()):
                 who = Actor(via=Via.HTTP, address=address)
                 message = "This API needs 'Authorization: Bearer <NIMSFOREST_API_TOKEN>'."
-                if request.method not in ("GET", "HEAD"):
+                if is_change(request):
                     await ctl.refused(_action(request), who, "unauthorized: " + message)
                 raise HTTPException(401, message, headers={"WWW-Authenticate": "Bearer"})
         return Actor(via=Via.HTTP, address=address, token=ctl.token is not None)
@@ -176,7 +177,7 @@ def _kind_routes(
     router.add_api_route(
         f"/{plural}", add_component, methods=["POST"], response_model=ChangeOut,
         status_code=201, operation_id=f"add_{kind.value}", summary=f"Add a {kind.value}",
-        responses={**stored, **_responses(401, 409, 413, 422, 429, 503)},
+        responses={**stored, **_responses(400, 401, 409, 413, 422, 429, 503)},
     )
     router.add_api_route(
         f"/{plural}/{{name}}", get_component, methods=["GET"], response_model=ComponentDetail,
@@ -186,7 +187,7 @@ def _kind_routes(
     router.add_api_route(
         f"/{plural}/{{name}}", replace_component, methods=["PUT"], response_model=ChangeOut,
         operation_id=f"replace_{kind.value}", summary=f"Replace a {kind.value}'s settings",
-        responses={**stored, **_responses(401, 404, 409, 413, 422, 429, 503)},
+        responses={**stored, **_responses(400, 401, 404, 409, 413, 422, 429, 503)},
     )
     router.add_api_route(
         f"/{plural}/{{name}}", remove_component, methods=["DELETE"], response_model=ChangeOut,
@@ -205,6 +206,21 @@ def _guard_api_routes(river: APIRouter, caller: Any) -> APIRouter:
     outer.include_router(guarded, dependencies=[Depends(caller)], responses=_responses(401))
     outer.include_router(open_)
     return outer
+
+
+def _no_unknown_query(request: Request) -> None:
+    """A misspelt query parameter is an error, not silently ignored."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    known: set[str] = set()
+    todo = [dependant] if dependant is not None else []
+    while todo:
+        d = todo.pop()
+        known |= {p.alias for p in getattr(d, "query_params", ())}
+        todo += list(getattr(d, "dependencies", ()))
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise HTTPException(422, f"'{unknown[0]}' is not a query parameter of this endpoint.")
 
 
 def is_change(request: Request) -> bool:
