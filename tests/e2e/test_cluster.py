@@ -124,7 +124,7 @@ def check_cluster_status_cli(node: NodeProcess) -> None:
     assert {n["name"] for n in doc["nodes"]} == {"n1", "n2", "n3"}
     assert all(n.get("jetstream_ok") for n in doc["nodes"]), doc["nodes"]
     assert {s["name"]: s["replicas"] for s in doc["cluster"]["streams"]} == {
-        "HUMUS": 3, "KV_SOIL": 3, "RIVER": 3, "KV_FOREST": 3, "AUDIT": 3}  # + forest control
+        "HUMUS": 3, "KV_SOIL": 3, "RIVER": 3, "WIND": 3, "KV_FOREST": 3, "AUDIT": 3}
 
 
 async def test_three_nodes_started_at_once_form_one_cluster(forest: Forest) -> None:
