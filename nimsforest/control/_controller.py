@@ -458,7 +458,8 @@ class Controller:
                 done.append((e.key, None, await self._nats_call(self.store.create(e))))
             for e in (*plan.change, *plan.adopted):
                 prev = stored[e.key]
-                done.append((e.key, prev, await self._nats_call(self.store.update(e, prev.revision))))
+                written = await self._nats_call(self.store.update(e, prev.revision))
+                done.append((e.key, prev, written))
             for e in plan.remove:
                 prev = stored[e.key]
                 done.append((e.key, prev, await self._nats_call(self.store.delete(prev))))
@@ -479,7 +480,9 @@ class Controller:
         except Exception as exc:  # noqa: BLE001 - NATS/JetStream trouble, one sentence
             from natsembed.errors import reason
 
-            raise Unavailable(f"The desired-state bucket cannot be reached: {reason(exc)}.") from None
+            raise Unavailable(
+                f"The desired-state bucket cannot be reached: {reason(exc)}."
+            ) from None
 
     def _view(self, stored: Stored, local: ComponentStatus | None) -> ComponentOut:
         e = stored.entry

@@ -142,7 +142,10 @@ def _kind_routes(
     async def list_components(who: Actor = Depends(caller)) -> Any:
         return ctl.list(kind)
 
-    async def add_component(body: model, who: Actor = Depends(changer)) -> Any:  # type: ignore[valid-type]
+    async def add_component(
+        body: model,  # type: ignore[valid-type]
+        who: Actor = Depends(changer),
+    ) -> Any:
         try:
             out = await ctl.add(kind, body, who)
         except ControlError as exc:
@@ -155,7 +158,11 @@ def _kind_routes(
         except ControlError as exc:
             return _error(exc)
 
-    async def replace_component(name: str, body: model, who: Actor = Depends(changer)) -> Any:  # type: ignore[valid-type]
+    async def replace_component(
+        name: str,
+        body: model,  # type: ignore[valid-type]
+        who: Actor = Depends(changer),
+    ) -> Any:
         try:
             out = await ctl.replace(kind, name, body, who)
         except ControlError as exc:
@@ -227,7 +234,8 @@ def is_change(request: Request) -> bool:
     """A request that asks the control plane for a change."""
     path = request.url.path
     return request.method in ("POST", "PUT", "DELETE") and (
-        path == "/-/reload" or (path.startswith("/api/v1/") and not path.startswith("/api/v1/river"))
+        path == "/-/reload"
+        or (path.startswith("/api/v1/") and not path.startswith("/api/v1/river"))
     )
 
 

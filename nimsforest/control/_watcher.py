@@ -135,7 +135,8 @@ class DesiredWatcher:
                 except Exception as exc:  # noqa: BLE001 - the loop lives on
                     self._set(
                         WatchState.RETRYING,
-                        f"cannot follow the desired state ({reason(exc)}); retrying in {backoff:g}s",
+                        f"cannot follow the desired state ({reason(exc)}); "
+                        f"retrying in {backoff:g}s",
                         warn=True,
                     )
                     await asyncio.sleep(backoff)

@@ -96,6 +96,8 @@ def test_the_management_api_holds_to_its_schema(
     run()
 
 
-def test_the_schema_documents_every_management_endpoint(api_schema: schemathesis.BaseSchema) -> None:
+def test_the_schema_documents_every_management_endpoint(
+    api_schema: schemathesis.BaseSchema,
+) -> None:
     found = {f"{op.ok().method.upper()} {op.ok().path}" for op in api_schema.get_all_operations()}
     assert set(_operations()) == found

@@ -128,7 +128,8 @@ async def test_token_rate_limit_and_audit_off_localhost(tmp_path: Path) -> None:
         assert httpx.post(node.api_url + "/api/v1/river/x", json={}, timeout=5,
                           headers=auth).status_code == 202
         assert httpx.post(node.api_url + "/-/reload", timeout=5).status_code == 401
-        assert httpx.get(node.api_url + "/api/v1/status", headers=auth, timeout=5).status_code == 200
+        r = httpx.get(node.api_url + "/api/v1/status", headers=auth, timeout=5)
+        assert r.status_code == 200
 
         # the CLI sends NIMSFOREST_API_TOKEN
         env = {"NIMSFOREST_API_TOKEN": token}

@@ -108,7 +108,9 @@ async def test_changes_while_events_flow_lose_nothing_and_do_nothing_twice(
                         "contact": {"id": cid, "title": "CTO", "email": f"{cid}@x.io",
                                     "company": {"name": "X", "size": 10 + i, "industry": "tech"}}}
 
-                async def stored(node: NodeProcess = node, body: dict = body, cid: str = cid) -> bool:
+                async def stored(
+                    node: NodeProcess = node, body: dict = body, cid: str = cid
+                ) -> bool:
                     r = await http.post(f"{node.api_url}/api/v1/river/contacts", json=body,
                                         headers={"Idempotency-Key": cid})
                     return r.status_code == 202
@@ -154,11 +156,13 @@ async def test_changes_while_events_flow_lose_nothing_and_do_nothing_twice(
         assert set(counts) == set(ids), (subject, set(ids) - set(counts))
         twice = {k: v for k, v in counts.items() if v != 1}
         assert not twice, (subject, twice)
-    copied = collections.Counter(leaf["data"]["contact_id"] for leaf in await leaves(n1, "lead.copied"))
+    copied = collections.Counter(
+        leaf["data"]["contact_id"] for leaf in await leaves(n1, "lead.copied"))
     assert all(v == 1 for v in copied.values()), copied
     # both nodes end in the same desired state
     for node in (n1, n2):
-        assert running(node) == {"scoring"} and running(node, "trees") == {"contacts", "contacts-too"}
+        assert running(node) == {"scoring"}
+        assert running(node, "trees") == {"contacts", "contacts-too"}
     status = httpx.get(f"{n2.api_url}/api/v1/status", timeout=5).json()
     assert status["control"]["state"] == "in step" and not status["control"]["problems"]
 
