@@ -15,7 +15,7 @@ from nimsforest.forest import ComponentKind
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"
 MAX_TEXT = 256 * 1024  # a script or prompt
-MAX_BODY = 512 * 1024  # a whole request
+MAX_BODY = 2 * 1024 * 1024  # a request (a 256 KiB script: up to 6 bytes a character)
 
 # every way a kind may be written: singular, plural, the Go original's short forms
 KIND_NAMES: dict[str, ComponentKind] = {
