@@ -131,7 +131,17 @@ async def test_three_nodes_started_at_once_form_one_cluster(forest: Forest) -> N
     nodes = [forest.node(f"n{i}", f"127.0.0.{i}") for i in (1, 2, 3)]
     for n in nodes:
         await n.wait_healthy(120)
-    bodies = [await wait_cluster(n, 3, 3, timeout=120) for n in nodes]
+    await asyncio.gather(*(wait_cluster(n, 3, 3, timeout=120) for n in nodes))
+
+    def settled(n: NodeProcess) -> dict | None:
+        # every owned stream (the forest control adds two) at R3 and the witness retired
+        body = cluster_at(n, 3, 3)
+        if body is None or body["witness"] is not None:
+            return None
+        return body if all(s["replicas"] == 3 and s["current"] for s in body["streams"]) else None
+
+    bodies = [await eventually(lambda n=n: settled(n), timeout=120, what=f"{n.name} settled")
+              for n in nodes]
     leaders = {b["meta_leader"] for b in bodies}
     assert len(leaders) == 1 and leaders <= {"n1", "n2", "n3"}
     for n, b in zip(nodes, bodies, strict=True):  # one meta group: everyone sees the other two
