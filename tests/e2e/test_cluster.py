@@ -94,8 +94,10 @@ async def test_grows_to_r2_then_r3_keeping_data(forest: Forest) -> None:
 
     n2 = forest.node("n2", "127.0.0.2")
     await n2.wait_healthy()
-    body = await wait_cluster(n1, 2, 2)
-    assert body["witness"] is None  # retired once n2 was current
+    await wait_cluster(n1, 2, 2)
+    # retired by the reconcile loop once n2 is a routed meta member (a cycle may come
+    # after the streams reach R2)
+    await eventually(lambda: n1.cluster()["witness"] is None, timeout=60, what="witness retired")
     assert "Peer n2 joined cluster (size now 2)" in n1.log() or "Peer n2 joined cluster" in n1.log()
 
     n3 = forest.node("n3", "127.0.0.3")
