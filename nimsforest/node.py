@@ -5,7 +5,8 @@ Start (seed 001): [cluster mode: register, read peers, decide founder/joiner/mem
 JetStream meta leader -> create the streams at min(cluster size, 3) -> start the forest
 -> serve the API -> start the loops (observer, registry heartbeat and watch, reconcile)
 -> ready.
-Stop (SIGINT/SIGTERM): loops, forest, deregister, connection, NATS (lame duck first), API.
+Stop (SIGINT/SIGTERM): loops, forest control, forest, deregister, connection, NATS (lame
+duck first), API. SIGHUP reloads forest.yaml through the forest control (nimsforest.control).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ if TYPE_CHECKING:
 
     from cluster import ClusterManager, Startup
     from nimsforest.connection import ConnectionManager
-    from nimsforest.forest import Forest, ForestConfig, ReloadDiff
+    from nimsforest.control import Controller
+    from nimsforest.forest import Forest, ForestConfig
     from registry import NodeInfo, Registry
 
 log = logging.getLogger("nimsforest")
@@ -70,6 +72,7 @@ class Node:
         self.forest: Forest | None = None
         self.forest_path: Path | None = None
         self.forest_config: ForestConfig | None = None
+        self.control: Controller | None = None
         self._replicas = 1
         self.api: Any = None
         self._stop = asyncio.Event()
@@ -138,6 +141,7 @@ class Node:
         from nimsforest.api.sockets import bind_socket
 
         bind_socket(*self.settings.api_host_port).close()  # AddressInUse when taken
+        _check_api_exposure(self.settings)  # SettingsError: off localhost without a token
         if self.mode is not NodeMode.SIDECAR:
             find_nats_server(self.settings.nats_server_bin)  # NatsBinaryNotFound
         self._load_forest_config()  # ForestConfigError: a bad forest.yaml is a usage error
@@ -263,30 +267,31 @@ class Node:
         self.forest_config = load_forest_config(self.forest_path)
 
     async def _start_forest(self) -> None:
+        """Start the forest empty, then the controller fills it with the cluster's desired
+        state (seeded from forest.yaml when the cluster has none yet)."""
+        from nimsforest.connection import ConnectionEvent
+        from nimsforest.control import Controller, without_components
         from nimsforest.forest import Forest, ForestConfig
 
         assert self.conn is not None
+        s = self.settings
         tags = (NODE_TAG,) if self.embedded is not None else None
         config = self.forest_config or ForestConfig.empty()
-        self.forest = Forest(self.conn.nc, config, replicas=self.replicas, placement_tags=tags)
+        self.forest = Forest(
+            self.conn.nc, without_components(config), replicas=self.replicas, placement_tags=tags
+        )
         await self.forest.start()
         if self.forest_path:
             log.info("Forest configuration: %s", self.forest_path)
-        self._reload_hooks.append(self.reload_forest)
-
-    async def reload_forest(self) -> ReloadDiff | None:
-        """Re-read the forest configuration file and apply the difference (SIGHUP)."""
-        from nimsforest.forest import ForestConfigError, load_forest_config
-
-        if self.forest is None or self.forest_path is None:
-            log.info("No forest configuration file to reload")
-            return None
-        try:
-            new = load_forest_config(self.forest_path)
-        except ForestConfigError as exc:
-            log.error("Forest reload refused, nothing changed: %s", exc)
-            return None
-        return await self.forest.reload(new)  # the forest logs what it added, removed, changed
+        self.control = Controller(
+            self.conn.nc, self.forest, node=s.node_name, config_file=self.forest_path,
+            file_config=self.forest_config, replicas=self.replicas, placement_tags=tags,
+            token=s.api_token.get_secret_value() if s.api_token else None, rate=s.api_rate_limit,
+        )
+        await self.control.start()
+        control = self.control
+        self.conn.on_event(lambda e: control.resync() if e is ConnectionEvent.RECONNECTED else None)
+        self._reload_hooks.append(control.reload_from_signal)
 
     def self_info(self) -> NodeInfo:
         from registry import NodeInfo, ensure_node_id
@@ -409,6 +414,8 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self.control is not None:
+            await self.control.stop()
         if self.forest is not None:
             await self.forest.stop()
         if self.registry is not None:
@@ -435,7 +442,9 @@ class Node:
             return []
         from nimsforest.forest.http import make_router
 
-        return [make_router(self.forest)]
+        if self.control is None:
+            return [make_router(self.forest)]
+        return self.control.routers(make_router(self.forest))
 
     def health(self) -> tuple[int, dict[str, Any]]:
         from nimsforest.health_docs import node_health
@@ -451,3 +460,21 @@ class Node:
         from nimsforest.health_docs import registry_health
 
         return registry_health(self)
+
+
+def _check_api_exposure(settings: Settings) -> None:
+    """The management API may leave localhost only behind a token."""
+    import ipaddress
+
+    from nimsforest.settings import SettingsError
+
+    host, _ = settings.api_host_port
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and settings.api_token is None:
+        raise SettingsError(
+            f"NIMSFOREST_API is {settings.api_address}, off localhost: set NIMSFOREST_API_TOKEN "
+            "so that only holders of the token can change the forest."
+        )

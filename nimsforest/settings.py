@@ -189,6 +189,8 @@ class Settings(BaseSettings):
     # --- management API and forest --------------------------------------------------------
     api_address: HostPort = _env("NIMSFOREST_API", default="127.0.0.1:8080")
     api_token: SecretStr | None = _env("NIMSFOREST_API_TOKEN", default=None)
+    # changes through the management API, per client address (a `limits` rate string)
+    api_rate_limit: str = _env("NIMSFOREST_API_RATE_LIMIT", default="60/minute")
     forest_config: Path | None = _env("FOREST_CONFIG", default=None)
     log_level: str = _env("NIMSFOREST_LOG_LEVEL", default="info")
 
@@ -198,6 +200,17 @@ class Settings(BaseSettings):
         v = v.lower()
         if v not in ("debug", "info", "warning", "error"):
             raise ValueError(f"'{v}' is not one of debug, info, warning, error")
+        return v
+
+    @field_validator("api_rate_limit")
+    @classmethod
+    def _check_rate(cls, v: str) -> str:
+        from limits import parse
+
+        try:
+            parse(v)
+        except ValueError:
+            raise ValueError(f"'{v}' is not a rate such as 60/minute or 10/second") from None
         return v
 
     @field_validator("registry_url")

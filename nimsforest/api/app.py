@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nimsforest import __version__, metrics
@@ -45,6 +47,31 @@ def create_app(node: Node) -> FastAPI:
 
     for router in node.routers():
         app.include_router(router)
+
+    # every error is {"error": "<one sentence>"}, whichever layer refuses the request
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else None
+        if exc.status_code == 404 and message in (None, "Not Found"):
+            message = f"There is no endpoint {request.method} {request.url.path}."
+        elif message == "There was an error parsing the body":
+            message = "The request body is not valid JSON."
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}."
+        return JSONResponse({"error": message or f"HTTP {exc.status_code}."},
+                            status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        from nimsforest.control._http import record_refused
+        from nimsforest.control._schemas import validation_sentence
+
+        message = validation_sentence(exc)
+        control = getattr(node, "control", None)
+        if control is not None:
+            await record_refused(control, request, message)
+        return JSONResponse({"error": message}, status_code=422)
+
     return app
 
 

@@ -29,8 +29,14 @@ _COMMANDS: dict[str, str] = {
     "systemd-unit": "nimsforest.cli.systemd_unit:systemd_unit",
     "cloud-init": "nimsforest.cli.cloud_init:cloud_init",
     "grow": "nimsforest.cli.grow:grow",
+    "add": "nimsforest.cli.control:add",
+    "remove": "nimsforest.cli.control:remove",
+    "list": "nimsforest.cli.control:list_",
+    "status": "nimsforest.cli.control:status",
+    "reload": "nimsforest.cli.control:reload",
+    "audit": "nimsforest.cli.control:audit",
 }
-_ALIASES: dict[str, str] = {"start": "run"}
+_ALIASES: dict[str, str] = {"start": "run", "rm": "remove", "ls": "list"}
 _DEFAULT_COMMAND = "run"
 
 
@@ -64,6 +70,11 @@ def main() -> None:
     Daemon:
       nimsforest --registry-url URL    run a cluster node (same as `nimsforest run`)
       nimsforest standalone            run a single node on this machine
+
+    \b
+    Changing a running forest (through NIMSFOREST_API):
+      nimsforest add treehouse NAME --subscribes S --publishes P --script FILE
+      nimsforest remove KIND NAME | list [KIND] | status | reload | audit
 
     Every command has its own --help.
     """

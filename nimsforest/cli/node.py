@@ -54,6 +54,7 @@ def _serve(
     from nimsforest.connection import NatsUnavailable
     from nimsforest.forest.errors import ForestConfigError
     from nimsforest.node import Node
+    from nimsforest.settings import SettingsError
 
     mode = NodeMode(mode_name)
     if mode is NodeMode.CLUSTER and settings.nats_url:
@@ -65,7 +66,7 @@ def _serve(
     node = Node(settings, mode, demo=demo)
     try:
         run_async(node.run())
-    except ForestConfigError as exc:  # a bad forest.yaml: nothing was started
+    except (ForestConfigError, SettingsError) as exc:  # a usage error: nothing was started
         fail(str(exc), EXIT_USAGE)
     except (NatsEmbedError, AddressInUse, NatsUnavailable, RuntimeError) as exc:
         fail(str(exc), EXIT_FAILURE)

@@ -120,7 +120,9 @@ async def test_partitioned_node_stops_writes_majority_serves_healed_node_catches
                 wrapper=["ip", "netns", "exec", ns], ports=(4222, 6222, 8222, 8080),
                 extra=["--registry-url", registry.url, "--cluster-secret", SECRET,
                        "--peer-grace-period", "5m", "--bind", lab.address(i)],
-                env={"REGISTRY_HEARTBEAT_INTERVAL": "1s", "CLUSTER_RECONCILE_INTERVAL": "1s"},
+                # the API listens off localhost here, which needs a token
+                env={"REGISTRY_HEARTBEAT_INTERVAL": "1s", "CLUSTER_RECONCILE_INTERVAL": "1s",
+                     "NIMSFOREST_API_TOKEN": "partition-test-token"},
             )
             nodes.append(n.start())
             await n.wait_healthy(120)

@@ -1,0 +1,534 @@
+"""The Controller: every change to the running forest goes through here, whichever way it
+came in (HTTP, NATS, SIGHUP, start-up).
+
+Contract of each change (`add`, `replace`, `remove`, `reload_file`):
+- it is validated and compiled on this node before anything is written (a bad name,
+  spec, Lua script, template or brain raises Invalid and writes nothing);
+- it is written to the FOREST bucket with compare-and-set (a lost race is Conflict);
+- it then waits, at most `apply_timeout`, for this node's watcher to apply it, and says
+  how the component runs here (every other node applies it through its own watcher);
+- it leaves one audit record, accepted or refused.
+Changes made on one node are serialised; across nodes, the revisions decide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nimsforest.control._audit import Actor, AuditLog, AuditRecord, Via
+from nimsforest.control._desired import (
+    DesiredComponent,
+    Origin,
+    desired_config,
+    entry_key,
+    file_entries,
+    make_entry,
+    plan_file_reload,
+    without_components,
+)
+from nimsforest.control._ratelimit import ChangeLimiter
+from nimsforest.control._schemas import (
+    ChangeOut,
+    ComponentDetail,
+    ComponentOut,
+    ControlOut,
+    ReloadOut,
+    StatusOut,
+    parse_kind,
+    parse_request,
+    to_spec,
+)
+from nimsforest.control._store import DesiredStore, Stored
+from nimsforest.control._watcher import DesiredWatcher
+from nimsforest.control.errors import (
+    Conflict,
+    ControlError,
+    Invalid,
+    NotFound,
+    TooLarge,
+    Unavailable,
+)
+from nimsforest.forest import (
+    ComponentKind,
+    ComponentStatus,
+    ForestConfig,
+    ForestConfigError,
+    load_forest_config,
+)
+from nimsforest.forest.build import build_component
+from nimsforest.forest.config import NAME_RE, check_name, component_label
+from nimsforest.streams import NODE_TAG
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+
+    from nimsforest.forest import Forest
+
+log = logging.getLogger("nimsforest.control")
+MAX_ENTRY = 900 * 1024  # NATS refuses messages over 1 MB by default
+
+
+class Controller:
+    """Runtime changes to the forest, cluster-wide and durable. See docs/CONTROL.md."""
+
+    def __init__(
+        self,
+        nc: Client,
+        forest: Forest,
+        *,
+        node: str,
+        config_file: Path | None = None,
+        file_config: ForestConfig | None = None,
+        replicas: int = 1,
+        placement_tags: tuple[str, ...] | None = (NODE_TAG,),
+        token: str | None = None,
+        rate: str = "60/minute",
+        apply_timeout: float = 10.0,
+        check_interval: float = 5.0,
+    ) -> None:
+        self.node = node
+        self.forest = forest
+        self.token = token
+        self.config_file = config_file
+        self._nc = nc
+        self._base = without_components(file_config or ForestConfig.empty())
+        self.store = DesiredStore(nc, replicas=replicas, placement_tags=placement_tags)
+        self.audit_log = AuditLog(nc, replicas=replicas, placement_tags=placement_tags)
+        self.limiter = ChangeLimiter(rate)
+        self.watcher = DesiredWatcher(
+            self.store, forest, lambda: self._base, check_interval=check_interval
+        )
+        self._apply_timeout = apply_timeout
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._nats: Any = None
+        self._refusals: dict[tuple[str, str, str], float] = {}
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def start(self, *, first_apply_timeout: float = 30.0) -> None:
+        """Open the bucket and the audit stream, seed the bucket from the configuration
+        file when it was never written, apply the desired state, serve forest.control.*."""
+        from nimsforest.control._nats import NatsControl
+
+        await self.store.open()
+        await self.audit_log.open()
+        await self._seed()
+        self._task = asyncio.create_task(self.watcher.run(), name="forest-control-watch")
+        if not await self.watcher.wait_first_apply(first_apply_timeout):
+            log.warning("The desired forest state is not applied yet; the node goes on")
+        self._nats = NatsControl(self._nc, self)
+        await self._nats.start()
+
+    async def stop(self) -> None:
+        if self._nats is not None:
+            await self._nats.stop()
+            self._nats = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+    def resync(self) -> None:
+        self.watcher.resync()
+
+    def routers(self, river: Any = None) -> list[Any]:
+        """The management API routers; `river`, the forest's HTTP router, is included with
+        the token check on its /api/ routes."""
+        from nimsforest.control._http import make_routers
+
+        return make_routers(self, river)
+
+    async def _seed(self) -> None:
+        if self.config_file is None:
+            return
+        try:
+            if await self.store.last_revision() > 0:
+                self._note_file_drift()
+                return
+            entries = file_entries(self.config_file, by="startup", node=self.node)
+        except (OSError, ForestConfigError) as exc:
+            log.error("Cannot seed the desired forest state from %s: %s", self.config_file, exc)
+            return
+        written = 0
+        for e in entries.values():
+            with contextlib.suppress(Conflict):  # another node seeded it first
+                await self.store.create(e)
+                written += 1
+        log.info("Seeded the desired forest state with %d components from %s",
+                 written, self.config_file)
+        await self.audit_log.record(AuditRecord(
+            node=self.node, who=Actor(via=Via.STARTUP), action="seed", ok=True, result="ok",
+            detail=f"{written} components from {self.config_file}",
+        ))
+
+    def _note_file_drift(self) -> None:
+        """At start the bucket wins; say so when the file says otherwise."""
+        async def check() -> None:
+            assert self.config_file is not None
+            with contextlib.suppress(Exception):
+                wanted = file_entries(self.config_file, by="", node=self.node)
+                snap = await self.store.snapshot()
+                plan = plan_file_reload(wanted, {k: s.entry for k, s in snap.entries.items()})
+                n = len(plan.add) + len(plan.change) + len(plan.remove) + len(plan.conflicts)
+                if n:
+                    log.warning(
+                        "%s differs from the cluster's desired state in %d component(s); the "
+                        "cluster's state runs. Reload (SIGHUP or `nimsforest reload`) to apply "
+                        "the file.", self.config_file, n,
+                    )
+        asyncio.ensure_future(check())
+
+    # --- changes ---------------------------------------------------------------------------
+    async def add(self, kind: str | ComponentKind, body: Any, who: Actor) -> ChangeOut:
+        k = self._kind(kind)
+        return await self._audited("add", k, _name_of(body), who, self._add(k, body, who))
+
+    async def replace(
+        self, kind: str | ComponentKind, name: str, body: Any, who: Actor
+    ) -> ChangeOut:
+        k = self._kind(kind)
+        return await self._audited("replace", k, name, who, self._replace(k, name, body, who))
+
+    async def remove(self, kind: str | ComponentKind, name: str, who: Actor) -> ChangeOut:
+        k = self._kind(kind)
+        return await self._audited("remove", k, name, who, self._remove(k, name))
+
+    async def reload_file(self, who: Actor) -> ReloadOut:
+        try:
+            out = await self._reload_file(who)
+        except ControlError as exc:
+            await self._record("reload", None, None, who, None, exc.message)
+            raise
+        await self._record("reload", None, None, who, None, None, detail=out.message)
+        return out
+
+    async def reload_from_signal(self) -> ReloadOut | None:
+        """SIGHUP: reload the configuration file; refusals are logged, never raised."""
+        try:
+            out = await self.reload_file(Actor(via=Via.SIGNAL))
+        except ControlError as exc:
+            log.error("Forest reload refused, nothing changed: %s", exc.message)
+            return None
+        log.info("Forest reload: %s", out.message)
+        return out
+
+    def check_rate(self, client: str) -> None:
+        self.limiter.check(client)
+
+    async def refused(self, action: str, who: Actor, message: str) -> None:
+        """Record a change refused before it reached the controller (401, 429). At most
+        one such record per client and reason every 10 s, so a flood cannot push the
+        real records out of the audit stream."""
+        key = (str(who), action, message.split(" ", 1)[0])
+        now = time.monotonic()
+        if now - self._refusals.get(key, -1e9) < 10.0:
+            return
+        if len(self._refusals) > 10_000:
+            self._refusals.clear()
+        self._refusals[key] = now
+        await self._record(action, None, None, who, None, message)
+
+    # --- views -----------------------------------------------------------------------------
+    def status(self) -> StatusOut:
+        st = self.forest.status()
+        w = self.watcher.status()
+        comps = self.list()
+        return StatusOut(
+            node=self.node,
+            running=st.running,
+            healthy=st.running and all(c.state == "running" for c in comps) and not w.problems,
+            config_file=str(self.config_file) if self.config_file else None,
+            control=ControlOut(
+                state=w.state.value, sentence=w.sentence, revision=w.revision, cycles=w.cycles,
+                problems=w.problems,
+            ),
+            components=comps,
+        )
+
+    def list(self, kind: str | ComponentKind | None = None) -> list[ComponentOut]:
+        k = self._kind(kind) if kind is not None else None
+        local = {
+            entry_key(s.kind, s.name): s
+            for s in self.forest.list()
+            if s.kind is not ComponentKind.DECOMPOSER and (k is None or s.kind is k)
+        }
+        out: list[ComponentOut] = []
+        for key, stored in sorted(self.watcher.entries.items()):
+            if k is None or stored.entry.kind is k:
+                out.append(self._view(stored, local.pop(key, None)))
+        out += [_local_view(s) for s in local.values()]
+        order = {kind: i for i, kind in enumerate(ComponentKind)}
+        return sorted(out, key=lambda c: (order[c.kind], c.name))
+
+    def get(self, kind: str | ComponentKind, name: str) -> ComponentDetail:
+        k = self._kind(kind)
+        stored = self.watcher.entries.get(entry_key(k, name))
+        local = next((s for s in self.forest.list(k) if s.name == name), None)
+        if stored is None and local is None:
+            raise NotFound(f"There is no {component_label(k, name)}.")
+        view = self._view(stored, local) if stored else _local_view(local)  # type: ignore[arg-type]
+        spec = _redacted(stored.entry.spec) if stored else {}
+        return ComponentDetail(**view.model_dump(), spec=spec)
+
+    async def audit(self, limit: int = 20) -> list[AuditRecord]:
+        try:
+            return await self.audit_log.recent(limit)
+        except Exception as exc:  # noqa: BLE001 - JetStream unavailable
+            raise Unavailable(f"The audit log cannot be read: {exc}.") from None
+
+    # --- internals -------------------------------------------------------------------------
+    def _kind(self, kind: str | ComponentKind) -> ComponentKind:
+        if isinstance(kind, ComponentKind) and kind is not ComponentKind.DECOMPOSER:
+            return kind
+        return parse_kind(str(kind))
+
+    async def _audited(
+        self, action: str, kind: ComponentKind, name: str | None, who: Actor, work: Any
+    ) -> ChangeOut:
+        try:
+            out: ChangeOut = await work
+        except ControlError as exc:
+            await self._record(action, kind, name, who, None, exc.message)
+            raise
+        digest = out.component.digest if out.component else None
+        await self._record(action, kind, name, who, digest, None)
+        return out
+
+    async def _record(
+        self,
+        action: str,
+        kind: ComponentKind | None,
+        name: str | None,
+        who: Actor,
+        digest: str | None,
+        error: str | None,
+        detail: str | None = None,
+    ) -> None:
+        await self.audit_log.record(AuditRecord(
+            node=self.node, who=who, action=action, kind=kind.value if kind else None,
+            name=name, digest=digest, ok=error is None, result=error or "ok", detail=detail,
+        ))
+
+    def _compile(self, kind: ComponentKind, body: Any, origin: Origin, who: Actor,
+                 name: str | None = None) -> DesiredComponent:
+        req = parse_request(kind, body)
+        req_name, spec, files = to_spec(kind, req)
+        if name is not None and req_name != name:
+            raise Invalid(f"The body names '{req_name}' but the path names '{name}'.")
+        try:
+            check_name(kind, req_name)
+            # compile the Lua, the template and the brain; nothing is kept
+            build_component(self._base.model_copy(update={"path": None}), kind, req_name, spec)
+        except ForestConfigError as exc:
+            field = {"code": "script", "template": "prompt"}.get(exc.field or "", exc.field)
+            raise Invalid(str(ForestConfigError(exc.reason, component=exc.component,
+                                                field=field))) from None
+        entry = make_entry(kind, req_name, spec, origin=origin, by=str(who), node=self.node,
+                           files=files)
+        if len(entry.encode()) > MAX_ENTRY:
+            raise TooLarge(f"{entry.label} is larger than {MAX_ENTRY // 1024} KiB.")
+        return entry
+
+    def _check_source_path(self, entry: DesiredComponent) -> None:
+        if entry.kind is not ComponentKind.SOURCE:
+            return
+        others = [s.entry for k, s in self.watcher.entries.items() if k != entry.key]
+        _, problems = desired_config(self._base, [*others, entry])
+        if entry.key in problems:
+            raise Conflict(problems[entry.key])
+
+    async def _add(self, kind: ComponentKind, body: Any, who: Actor) -> ChangeOut:
+        entry = self._compile(kind, body, Origin.API, who)
+        async with self._lock:
+            if entry.key in self.watcher.entries:
+                raise Conflict(f"{entry.label} already exists.")
+            self._check_source_path(entry)
+            revision = await self._nats_call(self.store.create(entry))
+        return await self._answer("add", entry.kind, entry.name, revision, "Added")
+
+    async def _replace(self, kind: ComponentKind, name: str, body: Any, who: Actor) -> ChangeOut:
+        _existing_name(kind, name)
+        async with self._lock:
+            stored = await self._nats_call(self.store.get(kind, name))
+            if stored is None:
+                raise NotFound(f"There is no {component_label(kind, name)}.")
+            entry = self._compile(kind, body, stored.entry.origin, who, name=name)
+            self._check_source_path(entry)
+            revision = await self._nats_call(self.store.update(entry, stored.revision))
+        note = (" It comes from the configuration file: the next reload puts the file's "
+                "version back." if stored.entry.origin is Origin.FILE else "")
+        return await self._answer("replace", kind, name, revision, "Replaced", note)
+
+    async def _remove(self, kind: ComponentKind, name: str) -> ChangeOut:
+        _existing_name(kind, name)
+        async with self._lock:
+            stored = await self._nats_call(self.store.get(kind, name))
+            if stored is None:
+                raise NotFound(f"There is no {component_label(kind, name)}.")
+            revision = await self._nats_call(self.store.delete(stored))
+        note = (" It comes from the configuration file: the next reload adds it again unless "
+                "it is removed from the file." if stored.entry.origin is Origin.FILE else "")
+        return await self._answer("remove", kind, name, revision, "Removed", note)
+
+    async def _answer(
+        self, action: str, kind: ComponentKind, name: str, revision: int, verb: str,
+        note: str = "",
+    ) -> ChangeOut:
+        applied = await self.watcher.wait_applied(revision, self._apply_timeout)
+        label = component_label(kind, name)
+        comp: ComponentOut | None = None
+        if action != "remove":
+            with contextlib.suppress(NotFound):
+                comp = self.get(kind, name)
+                comp = ComponentOut(**comp.model_dump(exclude={"spec"}))
+        if not applied:
+            msg = f"{verb} {label}; node {self.node} has not applied it yet."
+        elif comp is not None and comp.state in ("failed", "not applied"):
+            msg = f"{verb} {label}, but it does not run on node {self.node}: {comp.last_error}"
+        elif action == "remove":
+            msg = f"{verb} {label}."
+        else:
+            msg = f"{verb} {label} (running on node {self.node})."
+        return ChangeOut(
+            action=action,  # type: ignore[arg-type]
+            kind=kind, name=name, revision=revision, applied=applied,
+            message=msg + note, component=comp,
+        )
+
+    async def _reload_file(self, who: Actor) -> ReloadOut:
+        if self.config_file is None:
+            raise ControlError(
+                "This node has no forest configuration file (--forest-config or FOREST_CONFIG), "
+                "so there is nothing to reload."
+            )
+        path = self.config_file
+        try:
+            config = load_forest_config(path)  # validates and compiles everything
+            wanted = file_entries(path, by=str(who), node=self.node)
+        except ForestConfigError as exc:
+            raise Invalid(str(exc)) from None
+        except OSError as exc:
+            raise Invalid(f"{path} cannot be read: {exc.strerror or exc}.") from None
+        async with self._lock:
+            snap = await self._nats_call(self.store.snapshot())
+            current = {k: s.entry for k, s in snap.entries.items()}
+            plan = plan_file_reload(wanted, current)
+            if plan.conflicts:
+                raise Conflict(
+                    f"{path} defines {', '.join(plan.conflicts)}, added through the API with other "
+                    "settings; remove it through the API or rename it in the file. Nothing "
+                    "was changed."
+                )
+            final = [e for k, e in current.items() if e.origin is Origin.API and k not in wanted]
+            _, problems = desired_config(self._base, [*final, *wanted.values()])
+            clashes = [p for k, p in problems.items() if "already used by source" in p]
+            if clashes:
+                raise Conflict(clashes[0].rstrip(".") + ". Nothing was changed.")
+            revision = await self._write_plan(plan, snap.entries, snap.revision)
+            decomposer_changed = config.decomposer != self._base.decomposer
+            self._base = without_components(config)
+            if decomposer_changed:
+                self.watcher.resync()
+        applied = plan.empty or await self.watcher.wait_applied(revision, self._apply_timeout)
+        names = {
+            "added": [e.label for e in plan.add],
+            "changed": [e.label for e in plan.change],
+            "removed": [e.label for e in plan.remove],
+            "adopted": [e.label for e in plan.adopted],
+        }
+        summary = ", ".join(f"{k} {len(v)}" for k, v in names.items() if v) or "no change"
+        return ReloadOut(
+            file=str(path), **names, unchanged=len(plan.unchanged), revision=revision,
+            applied=applied,
+            message=f"Reloaded {path}: {summary}"
+            + ("" if applied else f"; node {self.node} has not applied it yet") + ".",
+        )
+
+    async def _write_plan(self, plan: Any, stored: dict[str, Stored], revision: int) -> int:
+        """Write a reload plan key by key; a lost race undoes what was written."""
+        done: list[tuple[str, Stored | None, int]] = []
+        try:
+            for e in plan.add:
+                done.append((e.key, None, await self._nats_call(self.store.create(e))))
+            for e in (*plan.change, *plan.adopted):
+                prev = stored[e.key]
+                written = await self._nats_call(self.store.update(e, prev.revision))
+                done.append((e.key, prev, written))
+            for e in plan.remove:
+                prev = stored[e.key]
+                done.append((e.key, prev, await self._nats_call(self.store.delete(prev))))
+        except ControlError:
+            for key, prev, written in reversed(done):
+                await self.store.put_back(key, prev, written)
+            raise Conflict(
+                "The desired state was changed by someone else during the reload; nothing was "
+                "changed, retry."
+            ) from None
+        return max([revision, *(w for _, _, w in done)])
+
+    async def _nats_call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except ControlError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - NATS/JetStream trouble, one sentence
+            from natsembed.errors import reason
+
+            raise Unavailable(
+                f"The desired-state bucket cannot be reached: {reason(exc)}."
+            ) from None
+
+    def _view(self, stored: Stored, local: ComponentStatus | None) -> ComponentOut:
+        e = stored.entry
+        problem = self.watcher.problem(e.key)
+        base: dict[str, Any] = dict(
+            kind=e.kind, name=e.name, origin=e.origin, files=e.files, digest=e.digest,
+            revision=stored.revision, by=e.by, node=e.node, at=e.at,
+        )
+        if local is not None:
+            base.update(_stats(local))
+        elif problem is not None:
+            base.update(state="not applied", last_error=problem)
+        else:
+            base.update(state="pending")
+        return ComponentOut(**base)
+
+
+def _existing_name(kind: ComponentKind, name: str) -> None:
+    """A name no component can have names none (and is no valid KV key)."""
+    if not NAME_RE.match(name):
+        raise NotFound(f"There is no {component_label(kind, name)}.")
+
+
+def _stats(s: ComponentStatus) -> dict[str, Any]:
+    return dict(
+        state=s.state.value, consumes=s.consumes, publishes=s.publishes, consumer=s.consumer,
+        events_in=s.events_in, events_out=s.events_out, dropped=s.dropped, errors=s.errors,
+        dead=s.dead, last_error=s.last_error,
+    )
+
+
+def _local_view(s: ComponentStatus) -> ComponentOut:
+    return ComponentOut(kind=s.kind, name=s.name, **_stats(s))
+
+
+def _redacted(spec: dict[str, Any]) -> dict[str, Any]:
+    out = dict(spec)
+    secret = out.get("secret")
+    if isinstance(secret, str) and not (secret.startswith("${") and secret.endswith("}")):
+        out["secret"] = "********"
+    return out
+
+
+def _name_of(body: Any) -> str | None:
+    name = body.get("name") if isinstance(body, dict) else getattr(body, "name", None)
+    return name if isinstance(name, str) else None
+
+
+__all__ = ["Controller"]

@@ -1,0 +1,256 @@
+"""The management API, as FastAPI routers the node's app includes.
+
+    GET    /api/v1/status                   this node's forest and control loop
+    GET    /api/v1/{kinds}                  trees | treehouses | nims | sources
+    POST   /api/v1/{kinds}                  add (201 applied here, 202 stored, not yet applied)
+    GET    /api/v1/{kinds}/{name}           one component, with its settings
+    PUT    /api/v1/{kinds}/{name}           replace its settings
+    DELETE /api/v1/{kinds}/{name}           remove
+    POST   /-/reload                        reload this node's forest.yaml
+    GET    /api/v1/audit?limit=N            the newest audit records
+
+With NIMSFOREST_API_TOKEN set, each of these (and POST /api/v1/river) needs
+`Authorization: Bearer <token>` (401 otherwise). Changes are rate limited per client
+address (429 with Retry-After). Errors are {"error": "<one sentence>"}.
+"""
+
+# no `from __future__ import annotations`: FastAPI reads the request models of the
+# per-kind routes from annotations evaluated where they are defined.
+
+import hmac
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from nimsforest.control._audit import Actor, AuditRecord, Via
+from nimsforest.control._controller import Controller
+from nimsforest.control._schemas import (
+    MAX_BODY,
+    REQUEST_MODELS,
+    ChangeOut,
+    ComponentDetail,
+    ComponentOut,
+    ErrorOut,
+    ReloadOut,
+    StatusOut,
+)
+from nimsforest.control.errors import ControlError, RateLimited
+from nimsforest.forest import ComponentKind
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "The body is not JSON, or the change is not possible on this node",
+        401: "A bearer token is required",
+        404: "No such component",
+        409: "Already exists, or changed by someone else meanwhile",
+        413: "Too large",
+        422: "Invalid name, settings, script or prompt",
+        429: "Too many changes; see Retry-After",
+        503: "JetStream unavailable",
+    }
+    return {c: {"model": ErrorOut, "description": text[c]} for c in codes}
+
+
+def _error(exc: ControlError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
+
+
+def make_routers(ctl: Controller, river: APIRouter | None = None) -> list[APIRouter]:
+    bearer = HTTPBearer(
+        auto_error=False,
+        description="NIMSFOREST_API_TOKEN; required when the node was started with one",
+    )
+
+    async def caller(
+        request: Request, creds: HTTPAuthorizationCredentials | None = Security(bearer)
+    ) -> Actor:
+        address = request.client.host if request.client else None
+        _no_unknown_query(request)
+        if ctl.token is not None:
+            given = creds.credentials if creds is not None else ""
+            if not hmac.compare_digest(given.encode(), ctl.token.encode()):
+                who = Actor(via=Via.HTTP, address=address)
+                message = "This API needs 'Authorization: Bearer <NIMSFOREST_API_TOKEN>'."
+                if is_change(request):
+                    await ctl.refused(_action(request), who, "unauthorized: " + message)
+                raise HTTPException(401, message, headers={"WWW-Authenticate": "Bearer"})
+        return Actor(via=Via.HTTP, address=address, token=ctl.token is not None)
+
+    async def changer(request: Request, who: Actor = Depends(caller)) -> Actor:
+        size = request.headers.get("content-length", "")
+        if size.isdigit() and int(size) > MAX_BODY:
+            raise HTTPException(413, f"The request is larger than {MAX_BODY // 1024} KiB.")
+        try:
+            ctl.check_rate(who.address or "unknown")
+        except RateLimited as exc:
+            await ctl.refused(_action(request), who, exc.message)
+            raise HTTPException(429, exc.message, headers={"Retry-After": str(exc.retry_after)})
+        return who
+
+    api = APIRouter(prefix="/api/v1", tags=["forest management"])
+
+    @api.get(
+        "/status", response_model=StatusOut, operation_id="status", responses=_responses(401),
+        summary="This node's forest: every component and the control loop",
+    )
+    async def status(who: Actor = Depends(caller)) -> Any:
+        return ctl.status()
+
+    @api.get(
+        "/audit", response_model=list[AuditRecord], operation_id="audit",
+        responses=_responses(401, 503), summary="The newest audit records, oldest first",
+    )
+    async def audit(
+        limit: int = Query(20, ge=1, le=1000), who: Actor = Depends(caller)
+    ) -> Any:
+        try:
+            return await ctl.audit(limit)
+        except ControlError as exc:
+            return _error(exc)
+
+    for kind, model in REQUEST_MODELS.items():
+        _kind_routes(api, ctl, kind, model, caller, changer)
+
+    reload = APIRouter(tags=["forest management"])
+
+    @reload.post(
+        "/-/reload", response_model=ReloadOut, operation_id="reload",
+        responses=_responses(400, 401, 409, 422, 429, 503),
+        summary="Reload this node's forest.yaml (its components; API ones stay)",
+    )
+    async def reload_file(who: Actor = Depends(changer)) -> Any:
+        try:
+            return await ctl.reload_file(who)
+        except ControlError as exc:
+            return _error(exc)
+
+    routers = [api, reload]
+    if river is not None:
+        routers.append(_guard_api_routes(river, caller))
+    return routers
+
+
+def _kind_routes(
+    router: APIRouter, ctl: Controller, kind: ComponentKind, model: type, caller: Any, changer: Any
+) -> None:
+    plural = kind.plural
+
+    async def list_components(who: Actor = Depends(caller)) -> Any:
+        return ctl.list(kind)
+
+    async def add_component(
+        body: model,  # type: ignore[valid-type]
+        who: Actor = Depends(changer),
+    ) -> Any:
+        try:
+            out = await ctl.add(kind, body, who)
+        except ControlError as exc:
+            return _error(exc)
+        return JSONResponse(out.model_dump(mode="json"), status_code=201 if out.applied else 202)
+
+    async def get_component(name: str, who: Actor = Depends(caller)) -> Any:
+        try:
+            return ctl.get(kind, name)
+        except ControlError as exc:
+            return _error(exc)
+
+    async def replace_component(
+        name: str,
+        body: model,  # type: ignore[valid-type]
+        who: Actor = Depends(changer),
+    ) -> Any:
+        try:
+            out = await ctl.replace(kind, name, body, who)
+        except ControlError as exc:
+            return _error(exc)
+        return JSONResponse(out.model_dump(mode="json"), status_code=200 if out.applied else 202)
+
+    async def remove_component(name: str, who: Actor = Depends(changer)) -> Any:
+        try:
+            out = await ctl.remove(kind, name, who)
+        except ControlError as exc:
+            return _error(exc)
+        return JSONResponse(out.model_dump(mode="json"), status_code=200 if out.applied else 202)
+
+    stored = {202: {"model": ChangeOut, "description": "Stored; this node has not applied it yet"}}
+    router.add_api_route(
+        f"/{plural}", list_components, methods=["GET"], response_model=list[ComponentOut],
+        operation_id=f"list_{plural}", summary=f"List the {plural}", responses=_responses(401),
+    )
+    router.add_api_route(
+        f"/{plural}", add_component, methods=["POST"], response_model=ChangeOut,
+        status_code=201, operation_id=f"add_{kind.value}", summary=f"Add a {kind.value}",
+        responses={**stored, **_responses(400, 401, 409, 413, 422, 429, 503)},
+    )
+    router.add_api_route(
+        f"/{plural}/{{name}}", get_component, methods=["GET"], response_model=ComponentDetail,
+        operation_id=f"get_{kind.value}", summary=f"One {kind.value}, with its settings",
+        responses=_responses(401, 404),
+    )
+    router.add_api_route(
+        f"/{plural}/{{name}}", replace_component, methods=["PUT"], response_model=ChangeOut,
+        operation_id=f"replace_{kind.value}", summary=f"Replace a {kind.value}'s settings",
+        responses={**stored, **_responses(400, 401, 404, 409, 413, 422, 429, 503)},
+    )
+    router.add_api_route(
+        f"/{plural}/{{name}}", remove_component, methods=["DELETE"], response_model=ChangeOut,
+        operation_id=f"remove_{kind.value}", summary=f"Remove a {kind.value}",
+        responses={**stored, **_responses(401, 404, 409, 429, 503)},
+    )
+
+
+def _guard_api_routes(river: APIRouter, caller: Any) -> APIRouter:
+    """The River router with the token check on its /api/ routes (webhooks keep their
+    own signature checks: the services calling them have no token)."""
+    guarded, open_ = APIRouter(), APIRouter()
+    for route in river.routes:
+        (guarded if getattr(route, "path", "").startswith("/api/") else open_).routes.append(route)
+    outer = APIRouter()
+    outer.include_router(guarded, dependencies=[Depends(caller)], responses=_responses(401))
+    outer.include_router(open_)
+    return outer
+
+
+def _no_unknown_query(request: Request) -> None:
+    """A misspelt query parameter is an error, not silently ignored."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    known: set[str] = set()
+    todo = [dependant] if dependant is not None else []
+    while todo:
+        d = todo.pop()
+        known |= {p.alias for p in getattr(d, "query_params", ())}
+        todo += list(getattr(d, "dependencies", ()))
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise HTTPException(422, f"'{unknown[0]}' is not a query parameter of this endpoint.")
+
+
+def is_change(request: Request) -> bool:
+    """A request that asks the control plane for a change."""
+    path = request.url.path
+    return request.method in ("POST", "PUT", "DELETE") and (
+        path == "/-/reload"
+        or (path.startswith("/api/v1/") and not path.startswith("/api/v1/river"))
+    )
+
+
+async def record_refused(ctl: Controller, request: Request, message: str) -> None:
+    """Audit a change the API layer refused before the controller saw it (a body that is
+    not valid JSON or does not fit the schema)."""
+    if is_change(request):
+        who = Actor(via=Via.HTTP, address=request.client.host if request.client else None)
+        await ctl.refused(_action(request), who, message)
+
+
+def _action(request: Request) -> str:
+    if request.url.path.endswith("/-/reload"):
+        return "reload"
+    return {"POST": "add", "PUT": "replace", "DELETE": "remove"}.get(request.method, "change")
+
+
+__all__ = ["is_change", "make_routers", "record_refused"]
