@@ -251,44 +251,4 @@ def _log_expiry(service: str, info: NodeInfo) -> None:
     log.info("Node %s expired from service %s (no heartbeat within its TTL).", info.name, service)
 
 
-# --- helpers -----------------------------------------------------------------------------------
-class _Saver:
-    """Writes the store's snapshot after changes; concurrent saves coalesce into one write."""
-
-    def __init__(self, store: Store, path: Path | None) -> None:
-        self.store, self.path = store, path
-        self.saved = store.version
-        self.lock = asyncio.Lock()
-
-    async def save(self) -> None:
-        if self.path is None:
-            return
-        async with self.lock:
-            version = self.store.version
-            if version == self.saved:
-                return
-            try:
-                await asyncio.to_thread(write_atomic, self.path, self.store.snapshot())
-            except OSError as exc:
-                log.error(
-                    "Cannot save the registry state to %s: %s.", self.path, exc.strerror or exc
-                )
-                raise Fail(
-                    500, f"The registry cannot save its state: {exc.strerror or exc}."
-                ) from None
-            self.saved = version
-
-
-async def _reap(store: Store, saver: _Saver, period: float) -> None:
-    while True:
-        await asyncio.sleep(period)
-        store.expire()
-        with contextlib.suppress(Fail):
-            await saver.save()
-
-
-def _log_expiry(service: str, info: NodeInfo) -> None:
-    log.info("Node %s expired from service %s (no heartbeat within its TTL).", info.name, service)
-
-
 __all__ = ["create_app", "INDEX_HEADER", "STATE_FILE", "MAX_BODY"]

@@ -131,40 +131,24 @@ def build_component(
             publishes=spec.publishes,
             fingerprint=fingerprint(spec, None),
         )
-    if isinstance(spec, TreeSpec):
+    if isinstance(spec, (TreeSpec, TreeHouseSpec)):
+        # A Tree reads the River; a TreeHouse reads the Wind. Both run one Lua script.
+        if isinstance(spec, TreeSpec):
+            stream, subject, handler_cls = RIVER.name, spec.watches, TreeHandler
+        else:
+            stream, handler_cls = WIND.name, TreeHouseHandler
+            subject = wind_subject(spec.subscribes, pattern=True)
         cons = ConsumerSpec(
-            RIVER.name,
+            stream,
             durable,
-            spec.watches,
+            subject,
             spec.ack_wait,
             spec.max_deliver,
             spec.max_inflight,
             description=f"NimsForest {label}",
         )
         lua, text = _sandbox(cfg, kind, name, spec)
-        handler: Any = TreeHandler(name, durable, spec.publishes, lua, stats)
-        return Component(
-            kind,
-            name,
-            spec,
-            consumer=cons,
-            handler=handler,
-            stats=stats,
-            publishes=spec.publishes,
-            fingerprint=fingerprint(spec, text),
-        )
-    if isinstance(spec, TreeHouseSpec):
-        cons = ConsumerSpec(
-            WIND.name,
-            durable,
-            wind_subject(spec.subscribes, pattern=True),
-            spec.ack_wait,
-            spec.max_deliver,
-            spec.max_inflight,
-            description=f"NimsForest {label}",
-        )
-        lua, text = _sandbox(cfg, kind, name, spec)
-        handler = TreeHouseHandler(name, durable, spec.publishes, lua, stats)
+        handler: Any = handler_cls(name, durable, spec.publishes, lua, stats)
         return Component(
             kind,
             name,
