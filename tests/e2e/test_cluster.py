@@ -279,3 +279,23 @@ async def test_back_down_to_one_node_after_losing_the_leading_peer(forest: Fores
     assert await stored(survivor) == list(range(10))
     await publish(survivor, 5, subject="river.after")
     assert await stored(survivor, "river.after") == list(range(5))
+
+
+async def test_registry_down_at_start_node_rejoins_from_its_peer_cache(forest: Forest) -> None:
+    nodes = [forest.node(f"n{i}", f"127.0.0.{i}") for i in (1, 2, 3)]
+    for n in nodes:
+        await n.wait_healthy(120)
+    await wait_cluster(nodes[0], 3, 3, timeout=120)
+    n1, n3 = nodes[0], nodes[2]
+    assert (n3.data_dir / "peers.json").exists()
+    n3.kill()
+    forest.registry.kill()
+    await publish(n1, 10)  # two of three keep serving, registry or not
+
+    forest.node("n3", "127.0.0.3")  # restarts while the registry is down
+    await n3.wait_healthy(120)
+    assert "Registry unreachable" in n3.log() and "cached peer(s)" in n3.log()
+    code, body = n3.health("/health/registry")
+    assert code == 503 and body["connected"] is False
+    await eventually(lambda: n3.cluster()["size"] == 3, timeout=60, what="n3 back in the cluster")
+    assert await stored(n3) == list(range(10))
