@@ -166,8 +166,15 @@ class Node:
         else:
             app_module = await self._start_embedded()
             await self._connect_and_create_streams()
-        await self._start_forest()
-        self.api = ApiServer(app_module.create_app(self), host, port)
+        self._build_forest()
+        # The web app (FastAPI analyses every route) is built in a thread while the forest
+        # and its controller start, which is mostly waiting on JetStream.
+        app = asyncio.ensure_future(asyncio.to_thread(app_module.create_app, self))
+        try:
+            await self._start_forest()
+        finally:
+            built = await app
+        self.api = ApiServer(built, host, port)
         await self.api.start()
         log.info("Management API at http://%s:%d", host, self.api.port)
         assert self.observer is not None
@@ -197,8 +204,9 @@ class Node:
             log.info("Starting NimsForest %s in %s mode as node %s", __version__, self.mode.value, s.node_name)
             witness, routes, authorize = True, (), True
 
-        # nats-server boots while the rest of the node (nats-py, the web stack) is imported;
-        # the imports start only once it is spawned, so they do not delay the spawn.
+        # nats-server boots while the rest of the node (nats-py, the web stack, the forest)
+        # is imported; the imports start once the node's server is spawned, so they do not
+        # compete with the spawn itself.
         self.embedded = EmbeddedNats(
             embedded_config(s, witness=witness, routes=routes, authorize_routes=authorize)
         )
@@ -266,10 +274,8 @@ class Node:
         assert self.forest_path is not None
         self.forest_config = load_forest_config(self.forest_path)
 
-    async def _start_forest(self) -> None:
-        """Start the forest empty, then the controller fills it with the cluster's desired
-        state (seeded from forest.yaml when the cluster has none yet)."""
-        from nimsforest.connection import ConnectionEvent
+    def _build_forest(self) -> None:
+        """The forest (empty) and its controller, built but not started (no I/O)."""
         from nimsforest.control import Controller, without_components
         from nimsforest.forest import Forest, ForestConfig
 
@@ -280,16 +286,23 @@ class Node:
         self.forest = Forest(
             self.conn.nc, without_components(config), replicas=self.replicas, placement_tags=tags
         )
-        await self.forest.start()
-        if self.forest_path:
-            log.info("Forest configuration: %s", self.forest_path)
         self.control = Controller(
             self.conn.nc, self.forest, node=s.node_name, config_file=self.forest_path,
             file_config=self.forest_config, replicas=self.replicas, placement_tags=tags,
             token=s.api_token.get_secret_value() if s.api_token else None, rate=s.api_rate_limit,
         )
-        await self.control.start()
+
+    async def _start_forest(self) -> None:
+        """Start the forest empty, then the controller fills it with the cluster's desired
+        state (seeded from forest.yaml when the cluster has none yet)."""
+        from nimsforest.connection import ConnectionEvent
+
+        assert self.forest is not None and self.control is not None and self.conn is not None
+        await self.forest.start()
+        if self.forest_path:
+            log.info("Forest configuration: %s", self.forest_path)
         control = self.control
+        await control.start()
         self.conn.on_event(lambda e: control.resync() if e is ConnectionEvent.RECONNECTED else None)
         self._reload_hooks.append(control.reload_from_signal)
 

@@ -16,7 +16,10 @@ from nimsforest.settings import Settings
 
 def import_heavy() -> ModuleType:
     """Modules a node needs only once NATS runs; imported in a thread meanwhile."""
-    for name in ("nats", "nats.js", "nimsforest.connection", "nimsforest.streams"):
+    for name in (
+        "nats", "nats.js", "nimsforest.connection", "nimsforest.streams",
+        "nimsforest.forest", "nimsforest.forest.http", "nimsforest.control",
+    ):
         importlib.import_module(name)
     return importlib.import_module("nimsforest.api.app")
 
