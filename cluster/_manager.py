@@ -46,6 +46,15 @@ log = logging.getLogger("cluster")
 # A stream list is answered only once the meta leader has heard from every stream leader,
 # which takes seconds while streams move; the rest of a cycle does not wait longer.
 STREAM_LIST_TIMEOUT = 3.0
+FOLLOW_UP = 0.25  # seconds to the next cycle after one that acted
+
+
+def in_transition(obs: Observation) -> bool:
+    """A peer registered but not yet in the meta group, a witness beside real peers, or a
+    stream not current: the cluster is changing and the next look should come soon."""
+    members = {m.name for m in obs.meta_members}
+    joining = any(p.name not in members for p in obs.registry_peers or ())
+    return joining or bool(obs.witness and obs.nodes) or any(not s.current for s in obs.streams)
 
 
 class ClusterManager:
@@ -73,6 +82,9 @@ class ClusterManager:
         self._leaderless_since: float | None = None
         self._known_registry: dict[str, str] = {}
         self._monitor_urls: dict[str, str] = {}
+        self._streams: tuple[StreamState, ...] = ()
+        self._soon = False
+        self._streams_task: asyncio.Future[tuple[StreamState, ...]] | None = None
         self._known_members: set[str] | None = None
         self._rf: int | None = None
         self._sentence = "starting"
@@ -92,6 +104,13 @@ class ClusterManager:
         self._wake.set()
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            if self._streams_task is not None:
+                self._streams_task.cancel()
+
+    async def _run(self) -> None:
         while True:
             try:
                 await self.cycle()
@@ -99,8 +118,9 @@ class ClusterManager:
                 raise
             except Exception as exc:  # noqa: BLE001 - the loop lives on; the error is the sentence
                 self._say(f"cycle failed: {reason(exc)}", error=True)
+            pause, self._soon = (FOLLOW_UP if self._soon else self.interval), False
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                await asyncio.wait_for(self._wake.wait(), pause)
             self._wake.clear()
 
     async def cycle(self) -> str:
@@ -111,6 +131,10 @@ class ClusterManager:
         outcomes = []
         for action in decision.actions:
             outcomes.append(await self._act(action, obs))
+        if decision.actions:
+            self._refresh_streams()  # what we just did changes the streams
+        # Look again soon while things are moving; idle at the normal interval otherwise.
+        self._soon = bool(decision.actions) or in_transition(obs)
         sentence = "; ".join(outcomes) if outcomes else decision.sentence
         rf = replication_factor(obs.size)
         if rf != self._rf:
@@ -131,10 +155,14 @@ class ClusterManager:
 
     # --- observing -------------------------------------------------------------------------
     async def observe(self) -> Observation:
-        """Registry, local NATS and the stream list, read at the same time."""
-        registry_peers, nats_part, streams = await asyncio.gather(
-            self._observe_registry(), self._observe_nats(), self._observe_streams()
-        )
+        """Registry and local NATS, read at the same time, plus the latest stream list.
+
+        The cluster-wide stream list can take seconds while streams move (a join, a
+        replica change), so it is refreshed in the background and a cycle never waits for
+        it: routes, the witness and departures are decided without delay.
+        """
+        registry_peers, nats_part = await asyncio.gather(self._observe_registry(), self._observe_nats())
+        streams = self._latest_streams()
         nats_ok, meta_leader, members, routed = nats_part
         return Observation(
             at=time.monotonic(),
@@ -170,6 +198,22 @@ class ClusterManager:
             return True, None, (), frozenset(routez.remote_names)
         members = tuple(MetaMember(p.name, p.current, p.offline) for p in meta.replicas if p.name != self.node)
         return True, meta.leader, members, frozenset(routez.remote_names)
+
+    def _refresh_streams(self) -> None:
+        if self._streams_task is not None:
+            self._streams_task.cancel()
+        self._streams_task = asyncio.ensure_future(self._observe_streams())
+
+    def _latest_streams(self) -> tuple[StreamState, ...]:
+        """The last completed stream list; starts the next refresh when none is running."""
+        task = self._streams_task
+        if task is not None and task.done():
+            if not task.cancelled() and task.exception() is None:
+                self._streams = task.result()
+            self._streams_task = task = None
+        if task is None:
+            self._streams_task = asyncio.ensure_future(self._observe_streams())
+        return self._streams
 
     async def _observe_streams(self) -> tuple[StreamState, ...]:
         """Owned streams, cluster-wide (empty when JetStream cannot list them now)."""

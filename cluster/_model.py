@@ -165,6 +165,6 @@ class ClusterStatus:
                 out.append(f"stream {s.name} has no leader")
             elif not s.current:
                 out.append(f"stream {s.name} has replicas that are not current")
-            if s.replicas != self.replication_factor:
+            if s.replicas and s.replicas != self.replication_factor:
                 out.append(f"stream {s.name} has {s.replicas} replicas, not {self.replication_factor}")
         return tuple(out)

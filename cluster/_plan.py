@@ -144,7 +144,7 @@ def plan(obs: Observation, memory: Memory, tuning: Tuning = Tuning()) -> Plan:
     # 5. replication
     rf = replication_factor(obs.size)
     online = 1 + sum(1 for m in obs.nodes if not unreachable(obs, m.name))
-    off = tuple(s.name for s in obs.streams if s.replicas != rf)
+    off = tuple(s.name for s in obs.streams if s.replicas and s.replicas != rf)  # 0: did not answer
     if off and acting(obs) and not any(isinstance(a, (RemovePeer, Rescue)) for a in actions):
         if rf <= online:
             actions.append(ScaleStreams(rf, off))

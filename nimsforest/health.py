@@ -47,7 +47,7 @@ class StreamView(BaseModel):
     current: bool  # every replica is current
     messages: int = 0
     consumers: int = 0
-    owned: bool = True
+    owned: bool = True  # unknown (True) when its leader did not answer: replicas is then 0
     lagging: tuple[str, ...] = ()
 
 
@@ -81,16 +81,38 @@ STREAM_LIST_TIMEOUT = 5.0
 
 
 async def cluster_streams(conn: ConnectionManager, timeout: float = STREAM_LIST_TIMEOUT) -> tuple[StreamView, ...]:
-    """Every stream of the application account, cluster-wide, via the JetStream API."""
+    """Every stream of the application account, cluster-wide, via the JetStream API.
+
+    Stream names come from the meta leader; each stream's state from its own leader, asked
+    concurrently. (A single STREAM.LIST request makes the meta leader gather every
+    stream's state and wait for the slowest, which takes seconds while streams move.) A
+    stream whose leader does not answer in time is reported without a leader.
+    """
+    import json
+
     js = conn.nc.jetstream(timeout=timeout)
-    infos = await asyncio.wait_for(js.streams_info(), timeout)
+    names: list[str] = []
+    offset = 0
+    while True:
+        msg = await conn.nc.request("$JS.API.STREAM.NAMES", json.dumps({"offset": offset}).encode(), timeout)
+        page = json.loads(msg.data)
+        names += page.get("streams") or []
+        offset = len(names)
+        if offset >= int(page.get("total", 0)) or not page.get("streams"):
+            break
+    infos = await asyncio.gather(
+        *(asyncio.wait_for(js.stream_info(n), timeout) for n in names), return_exceptions=True
+    )
     out = []
-    for info in infos:
+    for name, info in zip(names, infos, strict=True):
+        if isinstance(info, BaseException):
+            out.append(StreamView(name=name, replicas=0, leader=None, current=False))
+            continue
         cluster = info.cluster
         replicas = (cluster.replicas or []) if cluster else []
         out.append(
             StreamView(
-                name=info.config.name or "?",
+                name=info.config.name or name,
                 replicas=info.config.num_replicas or 1,
                 leader=cluster.leader if cluster else None,
                 current=all(bool(r.current) and not r.offline for r in replicas),

@@ -187,7 +187,7 @@ class Settings(BaseSettings):
 
     # --- cluster manager -----------------------------------------------------------------
     peer_grace_period: Duration = _env("CLUSTER_PEER_GRACE_PERIOD", default=300.0)
-    reconcile_interval: Duration = _env("CLUSTER_RECONCILE_INTERVAL", default=2.0)
+    reconcile_interval: Duration = _env("CLUSTER_RECONCILE_INTERVAL", default=1.0)
 
     # --- management API and forest --------------------------------------------------------
     api_address: HostPort = _env("NIMSFOREST_API", default="127.0.0.1:8080")
