@@ -75,6 +75,12 @@ def _serve(
 
         if isinstance(exc, RegistryError):  # a conflict or a registry that refuses us
             fail(str(exc), EXIT_FAILURE)
+        from nats.errors import Error as NatsError
+
+        from natsembed.errors import reason
+
+        if isinstance(exc, NatsError):  # NATS gave up on a request the start needed
+            fail(f"NATS did not complete a start-up request: {reason(exc)}", EXIT_FAILURE)
         raise
 
 

@@ -36,7 +36,7 @@ from nimsforest.forest.model import (
 )
 from nimsforest.forest.publisher import Publisher
 from nimsforest.forest.soil import Soil
-from nimsforest.streams import CORE_STREAMS, ensure_stream
+from nimsforest.streams import CORE_STREAMS, ensure_streams
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -85,8 +85,7 @@ class Forest:
         async with self._lock:
             if self._running:
                 return
-            for spec in CORE_STREAMS:
-                await ensure_stream(self._js, spec, self._replicas, self._placement)
+            await ensure_streams(self._js, CORE_STREAMS, self._replicas, self._placement)
             self._running = True
             if self._config.decomposer.enabled:
                 self._decomposer = build_decomposer(self._config, self.soil)
