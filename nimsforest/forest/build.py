@@ -85,6 +85,21 @@ def _read(cfg: ForestConfig, path: Path, label: str, field: str) -> str:
         ) from None
 
 
+def _consumer(
+    stream: str, durable: str, subject: str, spec: Any, inflight: int, label: str
+) -> ConsumerSpec:
+    """The durable consumer a component shares with its copies on every node."""
+    return ConsumerSpec(
+        stream,
+        durable,
+        subject,
+        spec.ack_wait,
+        spec.max_deliver,
+        inflight,
+        description=f"NimsForest {label}",
+    )
+
+
 def _sandbox(
     cfg: ForestConfig, kind: ComponentKind, name: str, spec: TreeSpec | TreeHouseSpec
 ) -> tuple[LuaSandbox, str | None]:
@@ -138,15 +153,7 @@ def build_component(
         else:
             stream, handler_cls = WIND.name, TreeHouseHandler
             subject = wind_subject(spec.subscribes, pattern=True)
-        cons = ConsumerSpec(
-            stream,
-            durable,
-            subject,
-            spec.ack_wait,
-            spec.max_deliver,
-            spec.max_inflight,
-            description=f"NimsForest {label}",
-        )
+        cons = _consumer(stream, durable, subject, spec, spec.max_inflight, label)
         lua, text = _sandbox(cfg, kind, name, spec)
         handler: Any = handler_cls(name, durable, spec.publishes, lua, stats)
         return Component(
@@ -174,15 +181,8 @@ def build_component(
         raise ForestConfigError(
             str(exc), file=cfg.label, component=label, field=exc.field
         ) from None
-    cons = ConsumerSpec(
-        WIND.name,
-        durable,
-        wind_subject(spec.subscribes, pattern=True),
-        spec.ack_wait,
-        spec.max_deliver,
-        spec.inflight,
-        description=f"NimsForest {label}",
-    )
+    subject = wind_subject(spec.subscribes, pattern=True)
+    cons = _consumer(WIND.name, durable, subject, spec, spec.inflight, label)
     handler = NimHandler(name, durable, spec.publishes, prompt, brain, spec.humus, stats)
     return Component(
         kind,

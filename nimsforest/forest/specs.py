@@ -67,6 +67,11 @@ class _Consuming(_Spec):
     max_inflight: int = Field(256, ge=1, le=10_000)
 
 
+def _exactly_one(a: object, b: object, choices: str) -> None:
+    if (a is None) == (b is None):
+        raise ValueError(f"give exactly one of {choices}")
+
+
 class _Scripted(_Consuming):
     script: Path | None = None  # a .lua file, relative to forest.yaml
     code: str | None = None  # or the Lua source inline
@@ -74,8 +79,7 @@ class _Scripted(_Consuming):
 
     @model_validator(mode="after")
     def _one_source(self) -> _Scripted:
-        if (self.script is None) == (self.code is None):
-            raise ValueError("give exactly one of 'script' (a file) or 'code' (inline Lua)")
+        _exactly_one(self.script, self.code, "'script' (a file) or 'code' (inline Lua)")
         return self
 
 
@@ -200,8 +204,7 @@ class NimSpec(_Consuming):
 
     @model_validator(mode="after")
     def _one_prompt(self) -> NimSpec:
-        if (self.prompt is None) == (self.template is None):
-            raise ValueError("give exactly one of 'prompt' (a file) or 'template' (inline)")
+        _exactly_one(self.prompt, self.template, "'prompt' (a file) or 'template' (inline)")
         return self
 
 
