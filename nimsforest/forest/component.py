@@ -46,6 +46,15 @@ class Component:
         self._log = logging.getLogger(f"nimsforest.forest.{kind.value}")
 
     @property
+    def can_retry(self) -> bool:
+        """FAILED at start although it was built: NATS was busy or away, not a bad spec."""
+        return (
+            self.state is ComponentState.FAILED
+            and self.consumer is not None
+            and self.handler is not None
+        )
+
+    @property
     def ref(self) -> ComponentRef:
         return ComponentRef(kind=self.kind, name=self.name)
 

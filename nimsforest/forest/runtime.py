@@ -55,6 +55,7 @@ class Forest:
         placement_tags: tuple[str, ...] | None = None,
         env: Mapping[str, str] | None = None,
         stop_grace: float = 5.0,
+        retry_interval: float = 5.0,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
@@ -67,6 +68,8 @@ class Forest:
         self._decomposer: Component | None = None
         self._lock = asyncio.Lock()
         self._running = False
+        self._retry_interval = retry_interval
+        self._retry_task: asyncio.Task[None] | None = None
         self.soil = Soil(self._js)
 
     # lifecycle ------------------------------------------------------------------------
@@ -98,8 +101,13 @@ class Forest:
                     self._components[(kind, name)] = comp
             failed = sum(c.state is ComponentState.FAILED for c in self._all())
             log.info("forest running: %d components, %d failed", len(self._all()), failed)
+            self._retry_task = asyncio.create_task(self._retry_loop(), name="forest-retry")
 
     async def stop(self) -> None:
+        if self._retry_task is not None:
+            self._retry_task.cancel()
+            await asyncio.gather(self._retry_task, return_exceptions=True)
+            self._retry_task = None
         async with self._lock:
             if not self._running:
                 return
@@ -317,6 +325,27 @@ class Forest:
                     component=comp.label,
                     field="path",
                 )
+
+    async def retry_failed(self) -> int:
+        """Start again every component that was built but could not start (a consumer not
+        created while JetStream was busy or away). A component with a bad spec stays FAILED
+        until it is changed. Returns how many run again."""
+        async with self._lock:
+            if not self._running:
+                return 0
+            started = 0
+            for comp in self._all():
+                if comp.can_retry and await self._start_quietly(comp):
+                    started += 1
+            return started
+
+    async def _retry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._retry_interval)
+            try:
+                await self.retry_failed()
+            except Exception as exc:  # noqa: BLE001 - the loop lives on; components log
+                log.warning("could not retry the failed components: %s", exc)
 
     async def _start_quietly(self, comp: Component) -> bool:
         try:

@@ -242,3 +242,41 @@ async def test_flow_refuses_bad_input(forest_factory) -> None:  # type: ignore[n
     receipt = await forest.flow("ok", b'{"a": 1}', msg_id="same")
     again = await forest.flow("ok", b'{"a": 1}', msg_id="same")
     assert receipt.stream == "RIVER" and again.duplicate and again.seq == receipt.seq
+
+
+async def test_a_component_that_could_not_start_is_retried_until_it_runs(tmp_path: Path, nc) -> None:  # type: ignore[no-untyped-def]
+    from nats.js.api import ConsumerConfig
+
+    from nimsforest.streams import CORE_STREAMS, ensure_streams
+
+    js = nc.jetstream()
+    await ensure_streams(js, CORE_STREAMS, 1, None)
+    # a push consumer holds the durable name: the pull consumer cannot be created yet
+    await js.add_consumer(
+        "WIND", ConsumerConfig(durable_name="treehouse-blocked", deliver_subject="elsewhere")
+    )
+    path = write_forest(
+        tmp_path / "f",
+        {
+            "treehouses": {
+                "blocked": {"subscribes": "a", "publishes": "b", "code": ECHO},
+                "gone": {"subscribes": "a", "publishes": "c", "script": "gone.lua"},
+            }
+        },
+        {"gone.lua": ECHO},
+    )
+    cfg = load_forest_config(path)
+    (tmp_path / "f" / "gone.lua").unlink()  # a bad spec: not retried
+    forest = Forest(nc, cfg, stop_grace=1.0, retry_interval=0.2)
+    await forest.start()
+    try:
+        assert forest.get("treehouse", "blocked").state is ComponentState.FAILED
+        await js.delete_consumer("WIND", "treehouse-blocked")
+        await eventually(
+            lambda: forest.get("treehouse", "blocked").state is ComponentState.RUNNING,
+            what="the blocked treehouse running",
+        )
+        assert forest.get("treehouse", "gone").state is ComponentState.FAILED
+        assert await consumers(nc, "WIND") == {"treehouse-blocked"}
+    finally:
+        await forest.stop()
