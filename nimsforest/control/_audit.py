@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel, ConfigDict, Field
 
-from nimsforest.streams import DAY, NODE_TAG, StreamSpec, ensure_streams
+from nimsforest.streams import DAY, NODE_TAG, StreamSpec, ensure_stream
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -89,7 +89,7 @@ class AuditLog:
         self._replicas, self._tags = replicas, placement_tags
 
     async def open(self) -> None:
-        await ensure_streams(self._js, (AUDIT,), self._replicas, self._tags)
+        await ensure_stream(self._js, AUDIT, self._replicas, self._tags)
 
     async def record(self, rec: AuditRecord) -> None:
         try:

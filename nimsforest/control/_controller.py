@@ -110,14 +110,31 @@ class Controller:
         self._refusals: dict[tuple[str, str, str], float] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
-    async def start(self, *, first_apply_timeout: float = 30.0) -> None:
+    async def start(
+        self, *, first_apply_timeout: float = 30.0, attempts: int = 6, backoff: float = 1.0
+    ) -> None:
         """Open the bucket and the audit stream, seed the bucket from the configuration
-        file when it was never written, apply the desired state, serve forest.control.*."""
+        file when it was never written, apply the desired state, serve forest.control.*.
+        Opening and seeding are retried with backoff (JetStream may still be settling a
+        cluster change), then a RuntimeError says why."""
+        from natsembed.errors import reason
         from nimsforest.control._nats import NatsControl
 
-        await self.store.open()
-        await self.audit_log.open()
-        await self._seed()
+        delay = backoff
+        for attempt in range(1, attempts + 1):
+            try:
+                await self.store.open()
+                await self.audit_log.open()
+                await self._seed()
+                break
+            except Exception as exc:  # noqa: BLE001 - retried, then one sentence
+                if attempt == attempts:
+                    raise RuntimeError(
+                        f"The forest control plane cannot open its bucket: {reason(exc)}"
+                    ) from None
+                log.warning("Forest control not ready (%s); retrying in %gs", reason(exc), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
         self._task = asyncio.create_task(self.watcher.run(), name="forest-control-watch")
         if not await self.watcher.wait_first_apply(first_apply_timeout):
             log.warning("The desired forest state is not applied yet; the node goes on")

@@ -1,9 +1,9 @@
 """The FOREST KV bucket: the cluster's desired set of components, one key per component.
 
 Contract:
-- `open()` creates the bucket through `ensure_streams` (retried while JetStream settles;
-  the node's replicas and placement tags, so the cluster manager keeps it at
-  min(cluster size, 3)) and is idempotent.
+- `open()` creates the bucket through `ensure_stream` (the node's replicas and placement
+  tags, so the cluster manager keeps it at min(cluster size, 3)) and is idempotent; the
+  controller retries it while JetStream settles.
 - `create`, `update` and `delete` are compare-and-set on the key's revision: a write
   based on a stale revision raises `Conflict` and changes nothing, so two concurrent
   changes can never silently overwrite each other.
@@ -27,7 +27,7 @@ from nats.js.errors import (
 
 from nimsforest.control._desired import DesiredComponent, entry_key
 from nimsforest.control.errors import Conflict
-from nimsforest.streams import NODE_TAG, ensure_streams, kv_spec
+from nimsforest.streams import NODE_TAG, ensure_stream, kv_spec
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -64,7 +64,7 @@ class DesiredStore:
         self._kv: KeyValue | None = None
 
     async def open(self) -> None:
-        await ensure_streams(self._js, (SPEC,), self._replicas, self._tags)
+        await ensure_stream(self._js, SPEC, self._replicas, self._tags)
         self._kv = await self._js.key_value(BUCKET)
 
     @property

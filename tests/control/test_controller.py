@@ -274,3 +274,28 @@ async def test_the_watcher_resyncs_after_nats_restarts(
         assert "treehouse.before" in running(ctl)
     finally:
         await writer.close()
+
+
+async def test_start_retries_until_jetstream_takes_the_audit_stream(nc: nats.NATS) -> None:
+    from nimsforest.forest import ForestConfig
+
+    js = nc.jetstream()
+    await js.add_stream(name="SQUATTER", subjects=["audit.>"])  # AUDIT cannot be created yet
+    forest = Forest(nc, ForestConfig.empty(), stop_grace=1.0)
+    ctl = Controller(nc, forest, node="a", placement_tags=None)
+    with pytest.raises(RuntimeError, match="cannot open its bucket: .*overlap"):
+        await ctl.start(attempts=2, backoff=0.05)
+
+    async def free_later() -> None:
+        await asyncio.sleep(0.3)
+        await js.delete_stream("SQUATTER")
+
+    await forest.start()
+    freeing = asyncio.create_task(free_later())
+    try:
+        await ctl.start(attempts=10, backoff=0.1)  # succeeds once the subjects are free
+        assert freeing.done()
+        assert (await js.stream_info("AUDIT")).config.subjects == ["audit.>"]
+    finally:
+        await ctl.stop()
+        await forest.stop()
