@@ -127,7 +127,12 @@ def plan(obs: Observation, memory: Memory, tuning: Tuning = Tuning()) -> Plan:
         since = memory.gone_since.get(member.name, obs.at)
         waited = obs.at - since
         if waited < tuning.grace:
-            waiting.append(f"peer {member.name} gone for {waited:.0f}s of the {tuning.grace:.0f}s grace period")
+            # the same words all through the grace period (logged once; /health/cluster shows
+            # each peer's gone_for)
+            waiting.append(
+                f"peer {member.name} gone; removed when the {tuning.grace:.0f}s grace period "
+                "ends unless it returns"
+            )
         elif acting(obs):
             actions.append(RemovePeer(member.name))
         else:
