@@ -380,7 +380,11 @@ class Node:
         size = 1 + len(others)
         self.replicas = replication_factor(size)
         log.info("Cluster size: %d, replication factor: %d", size, self.replicas)
-        await ensure_streams(self.conn.nc.jetstream(), CORE_STREAMS, self.replicas, (NODE_TAG,))
+        # missing streams are created at this size's factor; existing ones are the cluster
+        # manager's to scale (a factor computed here may be stale by the time it lands)
+        await ensure_streams(
+            self.conn.nc.jetstream(), CORE_STREAMS, self.replicas, (NODE_TAG,), rescale=False
+        )
         log.info(
             "JetStream initialized with replication factor %d: %s",
             self.replicas, describe_streams(CORE_STREAMS),

@@ -140,17 +140,24 @@ async def ensure_stream(
     spec: StreamSpec,
     replicas: int,
     placement_tags: tuple[str, ...] | None = (NODE_TAG,),
+    *,
+    rescale: bool = True,
 ) -> StreamInfo:
-    """Create `spec` at `replicas`, or bring an existing stream to that replica count.
+    """Create `spec` at `replicas`, or bring an existing stream in line.
 
-    An existing stream keeps its other settings (limits a user tuned stay tuned); only
-    the replica count, placement and owner mark are brought in line.
+    An existing stream keeps its other settings (limits a user tuned stay tuned); its
+    placement and owner mark are brought in line, and its replica count too when `rescale`.
+    Where a cluster manager keeps the replication (embedded mode), callers pass
+    `rescale=False`: a count computed at start can be stale by the time it is applied,
+    and two writers would scale a stream back and forth.
     """
     try:
         info = await js.stream_info(spec.name)
     except NotFoundError:
         return await js.add_stream(spec.config(replicas, placement_tags))
     cfg = info.config
+    if not rescale:
+        replicas = cfg.num_replicas
     wanted_placement = list(placement_tags) if placement_tags else None
     have_placement = cfg.placement.tags if cfg.placement else None
     if cfg.num_replicas == replicas and have_placement == wanted_placement and is_owned(info):
@@ -172,14 +179,18 @@ async def ensure_streams(
     replicas: int,
     placement_tags: tuple[str, ...] | None,
     *,
+    rescale: bool = True,
     attempts: int = 10,
     interval: float = 0.5,
 ) -> None:
-    """Create or re-scale `specs`, retrying with backoff while JetStream is unavailable."""
+    """`ensure_stream` for each of `specs`, retrying with backoff while JetStream is
+    unavailable."""
     delay = interval
     for attempt in range(1, attempts + 1):
         try:
-            await asyncio.gather(*(ensure_stream(js, spec, replicas, placement_tags) for spec in specs))
+            await asyncio.gather(
+                *(ensure_stream(js, s, replicas, placement_tags, rescale=rescale) for s in specs)
+            )
             return
         except Exception as exc:  # noqa: BLE001 - retried, then reported in one sentence
             if attempt == attempts:

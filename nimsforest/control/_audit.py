@@ -89,7 +89,7 @@ class AuditLog:
         self._replicas, self._tags = replicas, placement_tags
 
     async def open(self) -> None:
-        await ensure_stream(self._js, AUDIT, self._replicas, self._tags)
+        await ensure_stream(self._js, AUDIT, self._replicas, self._tags, rescale=False)
 
     async def record(self, rec: AuditRecord) -> None:
         try:

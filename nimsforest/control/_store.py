@@ -1,9 +1,10 @@
 """The FOREST KV bucket: the cluster's desired set of components, one key per component.
 
 Contract:
-- `open()` creates the bucket through `ensure_stream` (the node's replicas and placement
-  tags, so the cluster manager keeps it at min(cluster size, 3)) and is idempotent; the
-  controller retries it while JetStream settles.
+- `open()` creates the bucket when missing through `ensure_stream` (the node's replicas
+  and placement tags; an existing bucket's replication is the cluster manager's, which
+  keeps it at min(cluster size, 3)) and is idempotent; the controller retries it while
+  JetStream settles.
 - `create`, `update` and `delete` are compare-and-set on the key's revision: a write
   based on a stale revision raises `Conflict` and changes nothing, so two concurrent
   changes can never silently overwrite each other.
@@ -64,7 +65,7 @@ class DesiredStore:
         self._kv: KeyValue | None = None
 
     async def open(self) -> None:
-        await ensure_stream(self._js, SPEC, self._replicas, self._tags)
+        await ensure_stream(self._js, SPEC, self._replicas, self._tags, rescale=False)
         self._kv = await self._js.key_value(BUCKET)
 
     @property

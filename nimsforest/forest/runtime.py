@@ -88,7 +88,9 @@ class Forest:
         async with self._lock:
             if self._running:
                 return
-            await ensure_streams(self._js, CORE_STREAMS, self._replicas, self._placement)
+            await ensure_streams(
+                self._js, CORE_STREAMS, self._replicas, self._placement, rescale=False
+            )
             self._running = True
             if self._config.decomposer.enabled:
                 self._decomposer = build_decomposer(self._config, self.soil)
