@@ -5,6 +5,7 @@ Only the fields NimsForest uses are modelled; everything else is ignored.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -130,17 +131,24 @@ class MonitorClient:
         self.timeout = timeout
         self._http: httpx.AsyncClient | None = None
 
-    @property
-    def _client(self) -> httpx.AsyncClient:
-        # httpx is imported on first use, so a node can spawn nats-server before paying for it.
-        if self._http is None:
-            import httpx
+    def _build(self) -> httpx.AsyncClient:
+        import httpx
 
-            # Plain HTTP to a monitoring port: no TLS context (building one loads the CA
-            # bundle, ~40 ms per client, on the start-up path).
-            self._http = httpx.AsyncClient(
-                base_url=self.base_url, timeout=self.timeout, trust_env=False, verify=False
-            )
+        # Plain HTTP to a monitoring port: no TLS context (building one loads the CA
+        # bundle, ~40 ms per client, on the start-up path).
+        return httpx.AsyncClient(
+            base_url=self.base_url, timeout=self.timeout, trust_env=False, verify=False
+        )
+
+    async def _client(self) -> httpx.AsyncClient:
+        # httpx is imported and the client built in a thread on first use (~0.2 s of CPU):
+        # the event loop meanwhile goes on spawning nats-servers instead of waiting.
+        if self._http is None:
+            client = await asyncio.to_thread(self._build)
+            if self._http is None:
+                self._http = client
+            else:  # another first call won the race
+                await client.aclose()
         return self._http
 
     async def close(self) -> None:
@@ -149,7 +157,7 @@ class MonitorClient:
             self._http = None
 
     async def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
-        resp = await self._client.get(path, params=params)
+        resp = await (await self._client()).get(path, params=params)
         resp.raise_for_status()
         return resp.json()
 
@@ -160,10 +168,11 @@ class MonitorClient:
             params["js-meta-only"] = "true"
         if js_enabled_only:
             params["js-enabled-only"] = "true"
+        client = await self._client()
         import httpx
 
         try:
-            resp = await self._client.get("/healthz", params=params)
+            resp = await client.get("/healthz", params=params)
         except httpx.HTTPError:
             return False
         return resp.status_code == 200

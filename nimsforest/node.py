@@ -153,8 +153,6 @@ class Node:
 
     async def start(self) -> None:
         s = self.settings
-        from nimsforest.api.server import ApiServer
-
         host, port = s.api_host_port
         if self.mode is NodeMode.SIDECAR:
             from nimsforest.connection import redact
@@ -174,6 +172,8 @@ class Node:
             await self._start_forest()
         finally:
             built = await app
+        from nimsforest.api.server import ApiServer  # imported with the app (import_heavy)
+
         self.api = ApiServer(built, host, port)
         await self.api.start()
         log.info("Management API at http://%s:%d", host, self.api.port)
@@ -214,11 +214,13 @@ class Node:
         spawned = asyncio.ensure_future(self.embedded.node.spawned.wait())
         await asyncio.wait([nats_start, spawned], return_when=asyncio.FIRST_COMPLETED)
         spawned.cancel()
+        began = time.monotonic()
         heavy = asyncio.ensure_future(asyncio.to_thread(import_heavy))
         try:
             await nats_start
         finally:
             app_module = await heavy
+        log.debug("nats-server and the imports done in %.2fs", time.monotonic() - began)
         return app_module
 
     async def _connect_sidecar(self) -> None:

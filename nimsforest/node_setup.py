@@ -6,6 +6,7 @@ Kept apart from node.py, which orchestrates; everything here is a plain function
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from types import ModuleType
 
@@ -19,9 +20,12 @@ def import_heavy() -> ModuleType:
     for name in (
         "nats", "nats.js", "nimsforest.connection", "nimsforest.streams",
         "nimsforest.forest", "nimsforest.forest.http", "nimsforest.control",
+        "nimsforest.api.server",
     ):
         importlib.import_module(name)
-    return importlib.import_module("nimsforest.api.app")
+    app = importlib.import_module("nimsforest.api.app")
+    logging.getLogger("nimsforest").debug("Imported the forest and the web stack")
+    return app
 
 
 def embedded_config(

@@ -49,12 +49,7 @@ def _serve(
 
     settings = settings_from(config, defaults, **flags)
     setup_logging(settings.log_level)
-    from natsembed import NatsEmbedError
-    from nimsforest.api.sockets import AddressInUse
-    from nimsforest.connection import NatsUnavailable
-    from nimsforest.forest.errors import ForestConfigError
     from nimsforest.node import Node
-    from nimsforest.settings import SettingsError
 
     mode = NodeMode(mode_name)
     if mode is NodeMode.CLUSTER and settings.nats_url:
@@ -66,22 +61,33 @@ def _serve(
     node = Node(settings, mode, demo=demo)
     try:
         run_async(node.run())
-    except (ForestConfigError, SettingsError) as exc:  # a usage error: nothing was started
-        fail(str(exc), EXIT_USAGE)
-    except (NatsEmbedError, AddressInUse, NatsUnavailable, RuntimeError) as exc:
-        fail(str(exc), EXIT_FAILURE)
     except Exception as exc:
-        from registry import RegistryError
-
-        if isinstance(exc, RegistryError):  # a conflict or a registry that refuses us
-            fail(str(exc), EXIT_FAILURE)
-        from nats.errors import Error as NatsError
-
-        from natsembed.errors import reason
-
-        if isinstance(exc, NatsError):  # NATS gave up on a request the start needed
-            fail(f"NATS did not complete a start-up request: {reason(exc)}", EXIT_FAILURE)
+        _fail_for(exc)
         raise
+
+
+def _fail_for(exc: Exception) -> None:
+    """Exit with one sentence for the errors a node reports to its operator; anything
+    else is a bug and keeps its traceback. (Imported here, not before the node starts:
+    nats-py, the forest and the registry client are imported while nats-server boots.)"""
+    from nats.errors import Error as NatsError
+
+    from natsembed import NatsEmbedError
+    from natsembed.errors import reason
+    from nimsforest.api.sockets import AddressInUse
+    from nimsforest.connection import NatsUnavailable
+    from nimsforest.forest.errors import ForestConfigError
+    from nimsforest.settings import SettingsError
+    from registry import RegistryError
+
+    if isinstance(exc, (ForestConfigError, SettingsError)):  # usage: nothing was started
+        fail(str(exc), EXIT_USAGE)
+    if isinstance(exc, (NatsEmbedError, AddressInUse, NatsUnavailable, RuntimeError)):
+        fail(str(exc), EXIT_FAILURE)
+    if isinstance(exc, RegistryError):  # a conflict or a registry that refuses us
+        fail(str(exc), EXIT_FAILURE)
+    if isinstance(exc, NatsError):  # NATS gave up on a request the start needed
+        fail(f"NATS did not complete a start-up request: {reason(exc)}", EXIT_FAILURE)
 
 
 @click.command()
