@@ -148,9 +148,13 @@ class ConsumerRunner:
         deadline = time.monotonic() + grace
         while (self._tasks or self._inflight) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        for task in [*self._tasks, *self._background]:
+        tasks = [*self._tasks, *self._background]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=max(grace, 1.0))
+            if stuck:  # never expected; a stop must not hang the forest for it
+                self._log.error("%s: %d task(s) did not stop when cancelled", self._label, len(stuck))
         for job in list(self._inflight.values()):
             await self._quietly(job.d.msg.nak())
         self._inflight.clear()
@@ -254,8 +258,12 @@ class ConsumerRunner:
                 try:
                     await f
                 except asyncio.CancelledError:
-                    if not f.cancelled():
-                        raise  # this task is being cancelled
+                    # Cancelling this task cancels the future it awaits too: only a future
+                    # cancelled by someone else (the publisher, on a closed connection) is
+                    # the event's failure; a cancellation of this task must go through.
+                    task = asyncio.current_task()
+                    if not f.cancelled() or (task is not None and task.cancelling()):
+                        raise
                     exc = TimeoutError(
                         "the connection closed before JetStream confirmed the outputs"
                     )

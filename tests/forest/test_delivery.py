@@ -124,3 +124,42 @@ async def test_output_ids_deduplicate_a_redelivered_event(forest_factory, nc) ->
     assert (
         forest.running and json.loads((await js.get_msg("WIND", first.seq)).data)["subject"] == "x"
     )
+
+
+async def test_stop_with_outputs_never_confirmed_cancels_every_task(  # type: ignore[no-untyped-def]
+    forest_factory, nc, plain_nats, caplog
+) -> None:
+    """JetStream stops answering (the server is frozen) after a nim published its outputs:
+    stopping the forest must still end every task of the component, not leave one
+    waiting forever (which held the forest's lock and froze every later change)."""
+    import asyncio
+    import logging
+    import signal
+
+    llm = await FakeLLM("openai", reply=lambda b: '{"id": "f-1"}', plan=[("hold",)]).start()
+    try:
+        forest = await forest_factory(
+            {
+                "nims": {
+                    "frozen": {
+                        "subscribes": "ask",
+                        "publishes": "answered",
+                        "template": "{{ q }}",
+                        "brain": {"type": "openai", "base_url": f"{llm.url}/v1"},
+                    }
+                }
+            }
+        )
+        await nc.jetstream().publish("wind.ask", _leaf("ask", {"q": "?"}))
+        await eventually(lambda: llm.seen, what="the brain asked")
+        plain_nats.proc.send_signal(signal.SIGSTOP)
+        try:
+            llm.release()  # the nim publishes its outputs; no publish ack can come now
+            await asyncio.sleep(0.5)
+            with caplog.at_level(logging.ERROR, logger="nimsforest.forest"):
+                await asyncio.wait_for(forest.stop(), 30)
+            assert "did not stop when cancelled" not in caplog.text
+        finally:
+            plain_nats.proc.send_signal(signal.SIGCONT)
+    finally:
+        await llm.stop()
