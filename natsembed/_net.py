@@ -2,15 +2,48 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import random
 import socket
+from pathlib import Path
 
 WILDCARDS = ("0.0.0.0", "::", "")
 
 
+_EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST = 20000  # below this, well-known service ports are more likely
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(x) for x in _EPHEMERAL.read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return low, high
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now on `host`.
+
+    Taken at random below the kernel's ephemeral range when there is room: a port from
+    that range (what binding port 0 gives) may be handed to an outgoing connection before
+    the server meant to listen on it binds it; at random, so that processes picking ports
+    at the same moment rarely pick the same one. Raises OSError when `host` cannot be bound.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
+    low, high = _ephemeral_range()
+    pool = range(_LOWEST, low) if low - _LOWEST >= 1000 else range(high + 1, 65536)
+    for port in random.sample(pool, min(64, len(pool))):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    continue
+                raise
+            return port
+    with socket.socket(family, socket.SOCK_STREAM) as s:  # everything tried was taken
         s.bind((host, 0))
         return int(s.getsockname()[1])
 

@@ -28,7 +28,7 @@ import click
 import httpx
 import nats
 
-from natsembed._binary import find_nats_server
+from natsembed import find_nats_server, free_port
 from nimsforest.streams import StreamSpec, ensure_stream
 
 PUBLISHES, CONSUMES = 6, 4
@@ -178,16 +178,8 @@ async def _baseline(url: str, n_events: int, window: int) -> Result:
         await nc.close()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start_server(store: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port, monitor = _free_port(), _free_port()
+    port, monitor = free_port(), free_port()
     proc = subprocess.Popen(
         [
             str(find_nats_server()),
