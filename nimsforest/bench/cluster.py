@@ -333,8 +333,10 @@ async def bare_leader(url: str) -> str:
 
 
 @click.command("cluster")
-@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1, 20),
-              help="Failovers of each kind (the killed node rejoins between rounds; medians printed).")
+@click.option("--rounds", default=9, show_default=True, type=click.IntRange(1, 20),
+              help="Failovers of each kind (the killed node rejoins between rounds; medians "
+                   "printed). A failover waits for NATS's randomised raft election timer "
+                   "(seconds apart from one kill to the next), so a median wants several rounds.")
 def command(rounds: int) -> None:
     """Peer join latency and failover after kill -9, with bare nats-server figures."""
     with tempfile.TemporaryDirectory(prefix="nimsforest-bench-cluster-") as tmp:
