@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nats.js.api import (
     DiscardPolicy,
@@ -27,6 +28,8 @@ from nats.js.errors import APIError, NotFoundError
 
 from natsembed.errors import reason
 from nimsforest.marks import OWNER_KEY, OWNER_VALUE
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -185,22 +188,44 @@ async def ensure_streams(
 ) -> None:
     """`ensure_stream` for each of `specs`, retrying with backoff while JetStream is
     unavailable."""
-    delay = interval
+
+    async def ensure_all() -> None:
+        await asyncio.gather(
+            *(ensure_stream(js, s, replicas, placement_tags, rescale=rescale) for s in specs)
+        )
+
+    await with_backoff(
+        ensure_all,
+        attempts=attempts,
+        delay=interval,
+        waiting="JetStream not ready for streams",
+        failed=f"JetStream did not accept the streams after {attempts} attempts",
+    )
+
+
+async def with_backoff(
+    op: Callable[[], Awaitable[T]],
+    *,
+    attempts: int,
+    delay: float,
+    waiting: str,
+    failed: str,
+    max_delay: float = 10.0,
+    logger: logging.Logger = log,
+) -> T:
+    """`op()`, retried up to `attempts` times with a doubling delay while it fails (each
+    failure logged as "<waiting> (<reason>); retrying in Ns"); then a RuntimeError
+    "<failed>: <reason>". For start-up work that JetStream may not take yet."""
     for attempt in range(1, attempts + 1):
         try:
-            await asyncio.gather(
-                *(ensure_stream(js, s, replicas, placement_tags, rescale=rescale) for s in specs)
-            )
-            return
+            return await op()
         except Exception as exc:  # noqa: BLE001 - retried, then reported in one sentence
             if attempt == attempts:
-                raise RuntimeError(
-                    f"JetStream did not accept the streams after {attempts} attempts: "
-                    f"{reason(exc)}"
-                ) from None
-            log.warning("JetStream not ready for streams (%s); retrying in %.1fs", reason(exc), delay)
+                raise RuntimeError(f"{failed}: {reason(exc)}") from None
+            logger.warning("%s (%s); retrying in %gs", waiting, reason(exc), delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            delay = min(delay * 2, max_delay)
+    raise AssertionError("attempts must be at least 1")
 
 
 async def choose_replicas(js: Any, probe: StreamSpec) -> int:
@@ -241,6 +266,7 @@ __all__ = [
     "replication_factor",
     "is_owned",
     "ensure_stream",
+    "with_backoff",
     "ensure_streams",
     "choose_replicas",
     "describe_streams",

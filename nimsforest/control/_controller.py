@@ -62,7 +62,7 @@ from nimsforest.forest import (
 )
 from nimsforest.forest.build import build_component
 from nimsforest.forest.config import NAME_RE, check_name, component_label
-from nimsforest.streams import NODE_TAG
+from nimsforest.streams import NODE_TAG, with_backoff
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -117,24 +117,21 @@ class Controller:
         file when it was never written, apply the desired state, serve forest.control.*.
         Opening and seeding are retried with backoff (JetStream may still be settling a
         cluster change), then a RuntimeError says why."""
-        from natsembed.errors import reason
         from nimsforest.control._nats import NatsControl
 
-        delay = backoff
-        for attempt in range(1, attempts + 1):
-            try:
-                await self.store.open()
-                await self.audit_log.open()
-                await self._seed()
-                break
-            except Exception as exc:  # noqa: BLE001 - retried, then one sentence
-                if attempt == attempts:
-                    raise RuntimeError(
-                        f"The forest control plane cannot open its bucket: {reason(exc)}"
-                    ) from None
-                log.warning("Forest control not ready (%s); retrying in %gs", reason(exc), delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        async def open_and_seed() -> None:
+            await self.store.open()
+            await self.audit_log.open()
+            await self._seed()
+
+        await with_backoff(
+            open_and_seed,
+            attempts=attempts,
+            delay=backoff,
+            waiting="Forest control not ready",
+            failed="The forest control plane cannot open its bucket",
+            logger=log,
+        )
         self._task = asyncio.create_task(self.watcher.run(), name="forest-control-watch")
         if not await self.watcher.wait_first_apply(first_apply_timeout):
             log.warning("The desired forest state is not applied yet; the node goes on")
