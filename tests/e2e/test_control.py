@@ -21,6 +21,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from nimsforest.forest import demo_config_path
 from tests.e2e.conftest import Forest
+from tests.e2e.test_cluster import wait_cluster
 from tests.support import NodeProcess, eventually
 
 pytestmark = pytest.mark.e2e
@@ -45,6 +46,9 @@ async def two_nodes(forest: Forest, tmp_path: Path) -> tuple[NodeProcess, NodePr
     await n2.wait_healthy(90)
     await eventually(lambda: running(n2, "nims") == {"qualify"}, timeout=60,
                      what="n2 runs the cluster's forest")
+    # the join has settled: every stream at R2 with both replicas current (a write sent
+    # while a stream changes its replicas may go unanswered: the API says 503, retry)
+    await wait_cluster(n1, 2, 2)
     return n1, n2, config
 
 
