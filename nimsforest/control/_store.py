@@ -16,9 +16,11 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import nats.errors
 from nats.js.errors import (
     APIError,
     KeyNotFoundError,
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from nimsforest.forest import ComponentKind
 
 BUCKET = "FOREST"
+WRITE_ATTEMPTS = 3  # sends of one write whose answer was lost
 SPEC = kv_spec(BUCKET, history=5, description="NimsForest desired components (control plane)")
 
 
@@ -109,13 +112,20 @@ class DesiredStore:
 
     async def create(self, entry: DesiredComponent) -> int:
         try:
-            return int(await self.kv.create(entry.key, entry.encode()))
+            return await self._write(entry.key, entry.encode(), 0)
+        except KeyWrongLastSequenceError:
+            # a removed component leaves a delete marker: it may be created again on it
+            last = await self._last(entry.key)
+            if last is None or _operation(last) is None:
+                raise Conflict(f"{entry.label} already exists.") from None
+        try:
+            return await self._write(entry.key, entry.encode(), int(last.seq or 0))
         except KeyWrongLastSequenceError:
             raise Conflict(f"{entry.label} already exists.") from None
 
     async def update(self, entry: DesiredComponent, revision: int) -> int:
         try:
-            return int(await self.kv.update(entry.key, entry.encode(), last=revision))
+            return await self._write(entry.key, entry.encode(), revision)
         except KeyWrongLastSequenceError:
             raise Conflict(
                 f"{entry.label} was changed by someone else meanwhile; look again and retry."
@@ -124,33 +134,74 @@ class DesiredStore:
     async def delete(self, stored: Stored) -> int:
         """Delete at the stored revision; returns the revision of the delete marker."""
         try:
-            return await self._delete(stored.entry.key, stored.revision)
+            return await self._write(stored.entry.key, b"", stored.revision, delete=True)
         except KeyWrongLastSequenceError:
             raise Conflict(
                 f"{stored.entry.label} was changed by someone else meanwhile; look again and retry."
             ) from None
 
-    async def _delete(self, key: str, revision: int) -> int:
-        # nats-py's kv.delete neither returns the revision nor maps a lost race
-        headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(revision)}
-        try:
-            ack = await self._js.publish(f"$KV.{BUCKET}.{key}", b"", headers=headers)
-        except APIError as err:
-            if err.err_code in (10071, 10164):
+    async def _write(self, key: str, payload: bytes, revision: int, *, delete: bool = False) -> int:
+        """Compare-and-set `key` at `revision` (0: the key has never been written); the
+        revision written. Raises KeyWrongLastSequenceError when someone else wrote first.
+
+        An unanswered write is looked up before it is sent again: a lost answer is not a
+        lost write (a stream re-forming its replicas after a node joined or left may drop
+        the answer), and the compare-and-set makes a second copy impossible."""
+        subject = f"$KV.{BUCKET}.{key}"
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
+        if delete:  # nats-py's kv.delete neither returns the revision nor maps a lost race
+            headers["KV-Operation"] = "DEL"
+        unanswered = False
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                ack = await self._js.publish(subject, payload, headers=headers)
+                return int(ack.seq)
+            except APIError as err:
+                if err.err_code not in (10071, 10164):
+                    raise
+                if unanswered and (seq := await self._landed(key, payload, revision, delete)):
+                    return seq  # the unanswered attempt was stored after all
                 raise KeyWrongLastSequenceError(description=err.description) from None
-            raise
-        return int(ack.seq)
+            except nats.errors.TimeoutError:
+                if attempt == WRITE_ATTEMPTS:
+                    raise
+                unanswered = True
+                with contextlib.suppress(nats.errors.TimeoutError):
+                    if seq := await self._landed(key, payload, revision, delete):
+                        return seq
+        raise AssertionError("unreachable")
+
+    async def _last(self, key: str) -> Any:
+        """The last message on `key` (a value or a delete marker), or None."""
+        try:
+            return await self._js.get_last_msg(SPEC.name, f"$KV.{BUCKET}.{key}")
+        except NotFoundError:
+            return None
+
+    async def _landed(self, key: str, payload: bytes, revision: int, delete: bool) -> int | None:
+        """The revision of our write to `key` after `revision` if it was stored, else None."""
+        last = await self._last(key)
+        if last is None or int(last.seq or 0) <= revision:
+            return None
+        op = _operation(last)
+        ours = op == "DEL" if delete else op is None and (last.data or b"") == payload
+        return int(last.seq or 0) if ours else None
 
     async def put_back(self, key: str, previous: Stored | None, written: int) -> None:
         """Undo one write of ours (revision `written`): restore `previous`, or delete the
         key when there was none. Best effort: a later write by someone else wins."""
         try:
             if previous is None:
-                await self._delete(key, written)
+                await self._write(key, b"", written, delete=True)
             else:
-                await self.kv.update(key, previous.entry.encode(), last=written)
+                await self._write(key, previous.entry.encode(), written)
         except (KeyWrongLastSequenceError, asyncio.TimeoutError, Exception):  # noqa: BLE001
             pass
+
+
+def _operation(msg: Any) -> str | None:
+    """A KV message's operation: "DEL" or "PURGE" for markers, None for a value."""
+    return (msg.headers or {}).get("KV-Operation")
 
 
 def apply_update(entries: dict[str, Stored], e: Any) -> None:

@@ -83,6 +83,10 @@ async def test_store_writes_are_compare_and_set(nc: nats.NATS) -> None:
     assert await store.get(TH, "t") is None
     snap = await store.snapshot()
     assert snap.entries == {} and snap.revision >= 3
+    again = await store.create(e)  # created again on its delete marker
+    assert (await store.get(TH, "t")) == type(stored)(e, again)
+    with pytest.raises(Conflict, match="already exists"):
+        await store.create(e)
 
 
 async def test_add_replace_remove_apply_here_and_leave_audit_records(
@@ -299,3 +303,29 @@ async def test_start_retries_until_jetstream_takes_the_audit_stream(nc: nats.NAT
     finally:
         await ctl.stop()
         await forest.stop()
+
+
+async def test_an_unanswered_write_is_looked_up_not_lost_or_doubled(
+    nc: nats.NATS, plain_nats: Any
+) -> None:
+    """JetStream stores a write but its answer never comes (here: the server is frozen
+    past the client's timeout). The store finds its own write instead of failing it, and
+    the compare-and-set keeps a resend from storing a second copy."""
+    import signal
+
+    store = DesiredStore(nc, placement_tags=None)
+    await store.open()
+    entry = make_entry(TH, "late", {"subscribes": "a", "publishes": "b", "code": LUA},
+                       origin=Origin.API, by="t", node="a")
+    plain_nats.proc.send_signal(signal.SIGSTOP)
+    try:
+        writing = asyncio.create_task(store.create(entry))
+        await asyncio.sleep(6)  # past the 5 s JetStream timeout of the first send
+        assert not writing.done()
+    finally:
+        plain_nats.proc.send_signal(signal.SIGCONT)
+    revision = await asyncio.wait_for(writing, 30)
+    stored = await store.get(TH, "late")
+    assert stored is not None and stored.revision == revision == 1
+    assert stored.entry == entry
+    assert await store.last_revision() == 1  # one copy
