@@ -6,6 +6,7 @@ import errno
 import ipaddress
 import random
 import socket
+from collections.abc import Collection
 from pathlib import Path
 
 WILDCARDS = ("0.0.0.0", "::", "")
@@ -23,18 +24,33 @@ def _ephemeral_range() -> tuple[int, int]:
     return low, high
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now on `host`.
+_handed_out: dict[int, None] = {}  # ports this process returned recently, oldest first
+_REMEMBER = 512
 
-    Taken at random below the kernel's ephemeral range when there is room: a port from
-    that range (what binding port 0 gives) may be handed to an outgoing connection before
-    the server meant to listen on it binds it; at random, so that processes picking ports
-    at the same moment rarely pick the same one. Raises OSError when `host` cannot be bound.
+
+def free_port(
+    host: str = "127.0.0.1", *, avoid: Collection[int] = (), share: tuple[int, int] = (0, 1)
+) -> int:
+    """A TCP port that is free right now on `host`, not in `avoid`.
+
+    Nothing holds the port once this returns, so a caller passes in `avoid` the ports it
+    has been given but has not bound yet (a server's own ports, before it starts); this
+    process also never hands out a port it handed out recently. Taken at random below the
+    kernel's ephemeral range when there is room: a port from that range (what binding port
+    0 gives) may be handed to an outgoing connection before the server meant to listen on
+    it binds it; at random, so that processes picking ports at the same moment rarely pick
+    the same one. Processes that pick ports all the time side by side (parallel test
+    workers) can each take a `share` (i, n): the i-th of n equal slices of the pool.
+    Raises OSError when `host` cannot be bound.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     low, high = _ephemeral_range()
     pool = range(_LOWEST, low) if low - _LOWEST >= 1000 else range(high + 1, 65536)
-    for port in random.sample(pool, min(64, len(pool))):
+    i, n = share
+    pool = pool[i * len(pool) // n:(i + 1) * len(pool) // n]
+    skip = set(avoid) | _handed_out.keys()
+    candidates = [p for p in pool if p not in skip]
+    for port in random.sample(candidates, min(64, len(candidates))):
         with socket.socket(family, socket.SOCK_STREAM) as s:
             try:
                 s.bind((host, port))
@@ -42,10 +58,20 @@ def free_port(host: str = "127.0.0.1") -> int:
                 if exc.errno == errno.EADDRINUSE:
                     continue
                 raise
-            return port
-    with socket.socket(family, socket.SOCK_STREAM) as s:  # everything tried was taken
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+        return _remember(port)
+    while True:  # everything tried was taken: let the kernel choose
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in skip:
+            return _remember(port)
+
+
+def _remember(port: int) -> int:
+    _handed_out[port] = None
+    while len(_handed_out) > _REMEMBER:
+        del _handed_out[next(iter(_handed_out))]
+    return port
 
 
 def local_host(bind: str) -> str:

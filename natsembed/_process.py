@@ -316,7 +316,8 @@ class ServerProcess:
                 await self._finish_drain()
                 problem = self._last_problem() or "no error message"
                 raise StartFailed(
-                    f"nats-server {self.name} exited during start (exit code {proc.returncode}): {problem}"
+                    f"nats-server {self.name} exited during start (exit code {proc.returncode}): {problem}",
+                    process=self.name,
                 )
             if await self.monitor.healthz(js_enabled_only=True):
                 self._set_state(ProcessState.READY)
@@ -324,7 +325,8 @@ class ServerProcess:
             if time.monotonic() > deadline:
                 raise StartFailed(
                     f"nats-server {self.name} did not answer on its monitoring port "
-                    f"within {self.timeouts.start:g}s"
+                    f"within {self.timeouts.start:g}s",
+                    process=self.name,
                 )
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.02)

@@ -54,6 +54,7 @@ log = logging.getLogger("natsembed")
 
 NODE_TAG = "role:node"
 WITNESS_TAG = "role:witness"
+_WITNESS_PORT_ATTEMPTS = 3  # a witness' ports are picked free, then bound: another process may win
 
 
 class EmbeddedConfig(BaseModel):
@@ -73,6 +74,7 @@ class EmbeddedConfig(BaseModel):
     routes: tuple[str, ...] = ()  # peers' cluster addresses (host:port)
     witness: bool = True  # run a witness (a node that founds a cluster or is alone)
     extra_tags: tuple[str, ...] = ()
+    reserved_ports: tuple[int, ...] = ()  # ports the caller binds later (e.g. its API): never picked
     jetstream_max_mem: str = "256MB"
     jetstream_max_file: str = "10GB"
     cluster_secret: str | None = None  # forest-wide: route credentials derive from it
@@ -99,8 +101,9 @@ class _Witness:
     def __init__(self, owner: EmbeddedNats, name: str) -> None:
         self.dir = owner.config.data_dir / "witness"
         self.name = name
-        self.cluster_port = free_port("127.0.0.1")
-        self.monitor_port = free_port("127.0.0.1")
+        taken = (*owner.own_ports(), owner.monitor_port)
+        self.cluster_port = free_port("127.0.0.1", avoid=taken)
+        self.monitor_port = free_port("127.0.0.1", avoid=(*taken, self.cluster_port))
         self.monitor = MonitorClient(f"http://127.0.0.1:{self.monitor_port}")
         cfg = owner.config
         self.process = ServerProcess(
@@ -166,10 +169,10 @@ class EmbeddedNats:
         self._routes: tuple[str, ...] = tuple(dict.fromkeys(config.routes))
         self._advertise_host = advertise_host(config.bind, config.advertise)
         self._local_host = local_host(config.bind)
-        monitor_port = config.monitor_port or free_port("127.0.0.1")
+        self.monitor_port = config.monitor_port or free_port("127.0.0.1", avoid=self.own_ports())
         monitor_host = config.bind if config.monitor_port else "127.0.0.1"
-        self._monitor_listen = hostport(monitor_host, monitor_port)
-        self.monitor_url = f"http://{hostport(local_host(monitor_host), monitor_port)}"
+        self._monitor_listen = hostport(monitor_host, self.monitor_port)
+        self.monitor_url = f"http://{hostport(local_host(monitor_host), self.monitor_port)}"
         self.monitor = MonitorClient(self.monitor_url)
         self.node = ServerProcess(
             name=config.name,
@@ -184,6 +187,11 @@ class EmbeddedNats:
         self._lock = asyncio.Lock()
 
     # --- addresses ---------------------------------------------------------------------------
+    def own_ports(self) -> tuple[int, ...]:
+        """The ports configured for this node and its caller (a witness never takes one)."""
+        cfg = self.config
+        return (cfg.client_port, cfg.cluster_port, cfg.monitor_port, *cfg.reserved_ports)
+
     @property
     def name(self) -> str:
         return self.config.name
@@ -277,36 +285,18 @@ class EmbeddedNats:
                     f"Node {self.name} has no peers and no witness: a clustered JetStream "
                     "server cannot start alone."
                 )
-            writes = [write_config(self.config.binary, self.node.config_path, self.render())]
-            if self._witness is not None:
-                w = self._witness
-                writes.append(
-                    write_config(
-                        self.config.binary,
-                        w.process.config_path,
-                        render_config(w.server_config(self), generator=f"witness of {self.name}"),
-                    )
-                )
-            log.debug("Rendered the configuration of %s; checking it with nats-server -t", self.name)
-            await asyncio.gather(*writes)
-            log.debug("Configuration checked and written; spawning nats-server")
-            # The node starts once the witness listens for routes: its route to the witness
-            # then connects on the first try (nats-server retries a failed route after 1s).
-            try:
-                if self._witness is None:
-                    await self.node.start()
-                else:
-                    w = self._witness
-                    witness_start = asyncio.ensure_future(w.process.start())
-                    try:
-                        await _wait_listening("127.0.0.1", w.cluster_port, witness_start,
-                                              self.config.timeouts.start)
-                        await self.node.start()
-                    finally:
-                        await witness_start
-            except BaseException:
-                await self._stop_all()
-                raise
+            for attempt in range(1, _WITNESS_PORT_ATTEMPTS + 1):
+                await self._write_configs()
+                try:
+                    await self._spawn_processes()
+                    break
+                except BaseException as exc:
+                    await self._stop_all()
+                    if attempt == _WITNESS_PORT_ATTEMPTS or not self._witness_port_taken(exc):
+                        raise
+                    assert self._witness is not None
+                    log.info("%s; starting witness %s on other ports", exc, self._witness.name)
+                    self._witness = _Witness(self, self._witness.name)
         if wait_jetstream:
             if not await self.wait_jetstream(self.config.timeouts.start):
                 await self.stop()
@@ -314,6 +304,49 @@ class EmbeddedNats:
                     f"JetStream on node {self.name} found no meta leader within "
                     f"{self.config.timeouts.start:g}s (are its peers reachable?)"
                 )
+
+    async def _write_configs(self) -> None:
+        writes = [write_config(self.config.binary, self.node.config_path, self.render())]
+        if self._witness is not None:
+            w = self._witness
+            writes.append(
+                write_config(
+                    self.config.binary,
+                    w.process.config_path,
+                    render_config(w.server_config(self), generator=f"witness of {self.name}"),
+                )
+            )
+        log.debug("Rendered the configuration of %s; checking it with nats-server -t", self.name)
+        await asyncio.gather(*writes)
+        log.debug("Configuration checked and written; spawning nats-server")
+
+    async def _spawn_processes(self) -> None:
+        if self._witness is None:
+            await self.node.start()
+            return
+        # The node starts once the witness listens for routes: its route to the witness
+        # then connects on the first try (nats-server retries a failed route after 1s).
+        w = self._witness
+        witness_start = asyncio.ensure_future(w.process.start())
+        try:
+            await _wait_listening("127.0.0.1", w.cluster_port, witness_start, self.config.timeouts.start)
+            if witness_start.done():
+                witness_start.result()  # the witness failed: its error, not the node's
+            await self.node.start()
+        finally:
+            await witness_start
+
+    def _witness_port_taken(self, exc: BaseException) -> bool:
+        """True when the witness could not listen on a port we picked for it: another
+        process took the port between our pick and the witness' bind."""
+        w = self._witness
+        return (
+            w is not None
+            and isinstance(exc, StartFailed)
+            and exc.process == w.name
+            and "address already in use" in str(exc)
+            and any(f":{port}" in str(exc) for port in (w.cluster_port, w.monitor_port))
+        )
 
     async def wait_jetstream(self, timeout: float) -> bool:
         """Wait until this server's JetStream meta group has a leader; False on timeout."""

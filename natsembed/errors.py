@@ -25,7 +25,9 @@ class ConfigInvalid(NatsEmbedError):
 
 
 class StartFailed(NatsEmbedError):
-    pass
+    def __init__(self, message: str, process: str | None = None) -> None:
+        super().__init__(message)
+        self.process = process  # the nats-server that failed, when one did
 
 
 class ReloadRejected(NatsEmbedError):

@@ -44,6 +44,7 @@ def embedded_config(
         routes=routes,
         witness=witness,
         extra_tags=tuple(settings.server_tags),
+        reserved_ports=(settings.api_host_port[1],),  # the management API binds it after NATS
         jetstream_max_mem=settings.jetstream_max_mem,
         jetstream_max_file=settings.jetstream_max_file,
         cluster_secret=settings.cluster_secret.get_secret_value() if settings.cluster_secret else None,

@@ -3,13 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
-from natsembed import free_port
+import httpx
+
+from natsembed import free_port as _free_port
 
 T = TypeVar("T")
+
+
+def _worker_share() -> tuple[int, int]:
+    """This xdist worker's slice of the port pool: workers never pick the same port."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(worker[2:]) < int(count):
+        return int(worker[2:]), int(count)
+    return 0, 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free port from this test worker's share of the pool (see natsembed.free_port)."""
+    return _free_port(host, share=_worker_share())
+
 
 __all__ = ["NodeProcess", "RegistryProcess", "eventually", "free_port"]
 
@@ -39,14 +60,6 @@ async def eventually(
             raise AssertionError(f"timed out waiting for {what}" + (f": {last_exc!r}" if last_exc else ""))
         await asyncio.sleep(interval)
 
-
-import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import httpx  # noqa: E402
 
 
 class NodeProcess:

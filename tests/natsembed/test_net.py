@@ -31,3 +31,22 @@ def test_a_port_in_use_is_never_handed_out() -> None:
     finally:
         for s in held:
             s.close()
+
+
+def test_avoided_and_recently_handed_out_ports_are_never_picked() -> None:
+    import natsembed._net as net
+
+    low, _ = _ephemeral_range()
+    pool = range(net._LOWEST, low)
+    keep = pool[len(pool) // 2]
+    # Everything but `keep` avoided: the pick is `keep`, whatever the random draw.
+    assert free_port("127.0.0.1", avoid=[p for p in pool if p != keep]) == keep
+    # ...and now that `keep` was handed out, this process does not hand it out again.
+    again = free_port("127.0.0.1", avoid=[p for p in pool if p != keep])
+    assert again != keep and not pool.start <= again < pool.stop  # the kernel chose one
+
+
+def test_shares_of_the_pool_do_not_overlap() -> None:
+    firsts = {free_port("127.0.0.1", share=(0, 2)) for _ in range(20)}
+    seconds = {free_port("127.0.0.1", share=(1, 2)) for _ in range(20)}
+    assert max(firsts) < min(seconds)

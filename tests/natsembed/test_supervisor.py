@@ -272,3 +272,56 @@ async def test_output_pipe_has_room_for_a_stalled_supervisor(embedded: Factory) 
         size = fcntl.fcntl(pipe.fileno(), 1032)  # F_GETPIPE_SZ
     assert size == int(Path("/proc/sys/fs/pipe-max-size").read_text())
     assert size > 65536
+
+
+async def test_witness_never_picks_the_nodes_own_ports(
+    embedded: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before the node runs, its configured ports are free: a witness that picked one of
+    # them took the node's cluster port on a restart (nats-server then drops the route to
+    # "itself" and JetStream refuses to start). Offer the witness exactly those ports first.
+    import natsembed._net as net
+
+    node = embedded("n1", reserved_ports=(free_port(),))
+    own = [*node.own_ports(), node.monitor_port]
+    monkeypatch.setattr(net, "_handed_out", {})  # as in a node given its ports on the command line
+    real_sample = net.random.sample
+    monkeypatch.setattr(
+        net.random, "sample",
+        lambda pool, k: [p for p in own if p in pool] + real_sample([p for p in pool if p not in own], k),
+    )
+    await node.start()
+    w = node._witness
+    assert w is not None
+    assert not {w.cluster_port, w.monitor_port} & set(own)
+    assert node.snapshot().witness is not None
+
+
+async def test_a_witness_port_taken_meanwhile_is_picked_again(
+    embedded: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process binds the port picked for the witness before the witness does.
+    import socket
+
+    import natsembed._supervisor as sup
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    picks = iter([taken])
+    real = sup.free_port
+    monkeypatch.setattr(sup, "free_port", lambda host, avoid=(): next(picks, None) or real(host, avoid=avoid))
+    try:
+        node = embedded("n1")
+        await node.start()
+        w = node._witness
+        assert w is not None and w.cluster_port != taken
+        assert node.snapshot().witness.state is ProcessState.READY  # type: ignore[union-attr]
+        nc = await nats.connect(node.client_url)
+        try:
+            await ensure_stream(nc.jetstream(), RIVER, 1)
+        finally:
+            await nc.close()
+    finally:
+        squatter.close()
