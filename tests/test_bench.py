@@ -1,0 +1,32 @@
+"""`nimsforest bench` runs end to end and reports its figures next to a baseline from the
+same run. What the figures are is not asserted (benchmarks measure; tests do not time)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+
+def _bench(*args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "nimsforest", "bench", *args],
+        capture_output=True, text=True, timeout=150,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_bench_startup_reports_both_starts_and_the_difference() -> None:
+    out = _bench("startup", "--rounds", "1")
+    assert re.search(r"bare nats-server -js\s+-> /healthz 200: median \d+\.\d+s", out)
+    assert re.search(r"nimsforest standalone -> /health 200:\s+median \d+\.\d+s", out)
+    assert re.search(r"added by NimsForest: -?\d+\.\d+s \(target <= 1\.0s: (met|NOT met)\)", out)
+    assert re.search(r"supervisor RSS when ready: median \d+\.\d+ MB", out)
+
+
+def test_bench_pipeline_reports_a_ratio_to_raw_nats_py() -> None:
+    out = _bench("pipeline", "--events", "200", "--warmup", "20", "--rounds", "1", "--window", "32")
+    assert re.search(r"baseline \(raw nats-py\):\s+\d+ events/s", out)
+    assert re.search(r"pipeline \(NimsForest\):\s+\d+ events/s", out)
+    assert re.search(r"ratio pipeline/baseline: \d+%", out)
