@@ -24,6 +24,22 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     sys.exit(code)
 
 
+def emit(text: str, output: Path | None, *, private: bool = False) -> None:
+    """Print `text`, or write it to `output` (mode 0600 when `private`: it holds secrets)."""
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        if private:
+            from natsembed._credentials import write_private
+
+            write_private(output, text)
+        else:
+            output.write_text(text)
+    except OSError as exc:
+        fail(f"Cannot write {output}: {exc.strerror or exc}.", EXIT_FAILURE)
+
+
 def settings_from(config: Path | None, defaults: dict[str, Any] | None = None, **flags: Any) -> Settings:
     try:
         return load_settings(config, defaults=defaults, **flags)

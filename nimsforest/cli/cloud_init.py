@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from nimsforest.cli._common import EXIT_FAILURE, EXIT_USAGE, fail
+from nimsforest.cli._common import EXIT_USAGE, emit, fail
 
 
 @click.command("cloud-init", context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,17 +40,10 @@ def cloud_init(output: Path | None, **values: str | None) -> None:
       NATS_CLUSTER_SECRET=... nimsforest cloud-init --registry-url http://10.0.0.5:8500 \\
         --node-name n4 > user-data.yaml
     """
-    from natsembed._credentials import write_private
     from nimsforest.deploy.cloudinit import CloudInitError, CloudInitSpec, render_user_data
 
     try:
         text = render_user_data(CloudInitSpec(**values))  # type: ignore[arg-type]
     except CloudInitError as exc:
         fail(str(exc), EXIT_USAGE)
-    if output is None:
-        click.echo(text, nl=False)
-        return
-    try:
-        write_private(output, text)
-    except OSError as exc:
-        fail(f"Cannot write {output}: {exc.strerror or exc}.", EXIT_FAILURE)
+    emit(text, output, private=True)

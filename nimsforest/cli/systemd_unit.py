@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from nimsforest.cli._common import EXIT_FAILURE, EXIT_USAGE, fail
+from nimsforest.cli._common import EXIT_USAGE, emit, fail
 
 
 @click.command("systemd-unit", context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,10 +48,4 @@ def systemd_unit(name: str | None, list_units: bool, output: Path | None, **valu
         text = render_unit(name, **values)
     except UnitError as exc:
         fail(str(exc), EXIT_USAGE)
-    if output is None:
-        click.echo(text, nl=False)
-        return
-    try:
-        output.write_text(text)
-    except OSError as exc:
-        fail(f"Cannot write {output}: {exc.strerror or exc}.", EXIT_FAILURE)
+    emit(text, output)
