@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from importlib import resources
 from pathlib import Path
 
 import jinja2
@@ -87,9 +86,7 @@ def _quote(value: object) -> str:
 
 
 _env = jinja2.Environment(
-    loader=jinja2.FunctionLoader(
-        lambda name: resources.files("natsembed").joinpath("templates", name).read_text()
-    ),
+    loader=jinja2.PackageLoader("natsembed", "templates"),
     undefined=jinja2.StrictUndefined,
     autoescape=False,
     keep_trailing_newline=True,

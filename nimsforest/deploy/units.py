@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, fields, replace
-from importlib import resources
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -87,9 +86,7 @@ def _state_directory(path: str) -> str | None:
 
 
 _env = jinja2.Environment(
-    loader=jinja2.FunctionLoader(
-        lambda name: resources.files("nimsforest.deploy").joinpath("templates", name).read_text()
-    ),
+    loader=jinja2.PackageLoader("nimsforest.deploy", "templates"),
     undefined=jinja2.StrictUndefined,
     autoescape=False,
     keep_trailing_newline=True,
