@@ -13,6 +13,7 @@ import nats
 import pytest
 
 from natsembed._binary import find_nats_server
+from tests.grow.support import Load
 from tests.support import free_port
 
 
@@ -83,6 +84,16 @@ async def nc(plain_nats: PlainNats) -> AsyncIterator[nats.NATS]:
         yield conn
     finally:
         await conn.close()
+
+
+@pytest.fixture
+def load() -> Iterator[Load]:
+    """Synthetic publishing load (grow tests); stopped after the test."""
+    generator = Load()
+    try:
+        yield generator
+    finally:
+        generator.stop()
 
 
 @pytest.fixture(autouse=True)

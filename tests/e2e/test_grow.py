@@ -16,7 +16,7 @@ import pytest
 from nimsforest.grow.provisioners.local import local_nodes
 from tests.e2e.conftest import SECRET, Forest
 from tests.e2e.test_cluster import wait_cluster
-from tests.grow.conftest import Load, grow_cli, grow_json_until, schema_errors
+from tests.grow.support import Load, grow_cli, grow_json_until, schema_errors
 from tests.support import free_port
 
 pytestmark = pytest.mark.e2e
@@ -48,15 +48,6 @@ def _stop_pid(pid: int) -> None:
             return
         time.sleep(0.2)
     os.killpg(pid, signal.SIGKILL)
-
-
-@pytest.fixture
-def load() -> Iterator[Load]:
-    generator = Load()
-    try:
-        yield generator
-    finally:
-        generator.stop()
 
 
 async def test_grow_adds_a_local_node_that_joins_then_respects_its_limits(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PlainNats
-from tests.grow.conftest import Load, grow_cli, grow_json_until, schema_errors, state_file
+from tests.grow.support import Load, grow_cli, grow_json_until, schema_errors, state_file
 from tests.support import free_port
 
 LOW = "2"  # percent: an idle nats-server shows 0, one publisher makes it show far more
