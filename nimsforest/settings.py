@@ -111,6 +111,22 @@ def parse_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, in
     return _check_host(host), int(port_s)
 
 
+def local_http_url(value: str) -> str:
+    """'host:port' of a listener -> the http:// URL a process on this machine uses to reach
+    it (a wildcard bind is reached at 127.0.0.1). ValueError for a bad value."""
+    host, port = parse_hostport(value)
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def api_headers() -> dict[str, str]:
+    """What a client of the management API on this machine sends: the bearer token from
+    NIMSFOREST_API_TOKEN when it is set."""
+    token = os.environ.get("NIMSFOREST_API_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _check_hostport(value: str) -> str:
     host, port = parse_hostport(value)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -252,10 +268,7 @@ class Settings(BaseSettings):
 
     @property
     def api_url(self) -> str:
-        host, port = self.api_host_port
-        if host in ("0.0.0.0", "::"):
-            host = "127.0.0.1"
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        return local_http_url(self.api_address)
 
 
 def env_name(field: str) -> str:
@@ -367,7 +380,9 @@ def load_settings(
 __all__ = [
     "Settings",
     "SettingsError",
+    "api_headers",
     "load_settings",
+    "local_http_url",
     "parse_duration",
     "parse_hostport",
     "env_name",

@@ -8,19 +8,16 @@ from typing import Any
 import httpx
 
 from nimsforest.cli._common import EXIT_FAILURE, fail
-from nimsforest.settings import parse_hostport
+from nimsforest.settings import api_headers, local_http_url
 
 
 def daemon_url(api: str | None = None) -> str:
     """The daemon's base URL from --api, else NIMSFOREST_API, else 127.0.0.1:8080."""
     value = api or os.environ.get("NIMSFOREST_API") or "127.0.0.1:8080"
     try:
-        host, port = parse_hostport(value)
+        return local_http_url(value)
     except ValueError as exc:
         fail(f"Invalid NIMSFOREST_API / --api: {exc}.", 2)
-    if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 class DaemonClient:
@@ -28,9 +25,9 @@ class DaemonClient:
 
     def __init__(self, api: str | None = None, timeout: float = 10.0) -> None:
         self.base = daemon_url(api)
-        token = os.environ.get("NIMSFOREST_API_TOKEN")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.AsyncClient(base_url=self.base, timeout=timeout, headers=headers, trust_env=False)
+        self._client = httpx.AsyncClient(
+            base_url=self.base, timeout=timeout, headers=api_headers(), trust_env=False
+        )
 
     async def __aenter__(self) -> DaemonClient:
         return self

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import os
 import time
 from dataclasses import dataclass
 
@@ -63,11 +62,11 @@ async def _sidecar(client: httpx.AsyncClient, api: str, monitor: str, min_size: 
 
 
 async def verify(mode: Mode, api: str, monitor: str, min_size: int, timeout: float, interval: float = 2.0) -> Verdict:
-    token = os.environ.get("NIMSFOREST_API_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    from nimsforest.settings import api_headers
+
     deadline = time.monotonic() + timeout
     last = Verdict(False, "nothing answered yet")
-    async with httpx.AsyncClient(timeout=5, headers=headers, trust_env=False) as client:
+    async with httpx.AsyncClient(timeout=5, headers=api_headers(), trust_env=False) as client:
         while True:
             try:
                 if mode is Mode.EMBEDDED:
@@ -83,15 +82,6 @@ async def verify(mode: Mode, api: str, monitor: str, min_size: int, timeout: flo
             await asyncio.sleep(interval)
 
 
-def _url(hostport: str) -> str:
-    from nimsforest.settings import parse_hostport
-
-    host, port = parse_hostport(hostport)
-    if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--mode", type=click.Choice([m.value for m in Mode]), default="embedded", show_default=True)
 @click.option("--api", envvar="NIMSFOREST_API", default="127.0.0.1:8080", show_default=True,
@@ -104,11 +94,11 @@ def _url(hostport: str) -> str:
 def main(mode: str, api: str, monitor: str, min_size: int, timeout: str) -> None:
     """Wait until this machine's node serves and is a member of its cluster."""
     from nimsforest.cli._common import EXIT_FAILURE, EXIT_USAGE, fail, run_async
-    from nimsforest.settings import parse_duration
+    from nimsforest.settings import local_http_url, parse_duration
 
     try:
         seconds = parse_duration(timeout)
-        api_url, monitor_url = _url(api), _url(monitor)
+        api_url, monitor_url = local_http_url(api), local_http_url(monitor)
     except ValueError as exc:
         fail(f"{str(exc).rstrip('.')}.", EXIT_USAGE)
     verdict = run_async(verify(Mode(mode), api_url, monitor_url, min_size, seconds))

@@ -24,13 +24,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import httpx
+import psutil
 
 from natsembed import free_port, hostport
 from nimsforest.grow.provisioners import ProvisionerError, ProvisionRequest, ProvisionResult
+from nimsforest.settings import api_headers
 
 
 @dataclass(frozen=True)
@@ -58,16 +60,6 @@ def local_nodes(workdir: Path) -> list[LocalNode]:
         with contextlib.suppress(OSError, ValueError, TypeError):
             out.append(LocalNode(**json.loads(info.read_text())))
     return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def next_loopback(used: set[str]) -> str:
@@ -116,7 +108,7 @@ class LocalProvisioner:
         name = request.node_name
         node_dir = request.workdir / "local-nodes" / name
         for node in local_nodes(request.workdir):
-            if node.name == name and _alive(node.pid):
+            if node.name == name and psutil.pid_exists(node.pid):
                 return ProvisionResult(False, name, f"A local node {name} already runs (pid {node.pid}).")
         used = {t.cluster_address.rsplit(":", 1)[0].strip("[]") for t in request.existing if t.cluster_address}
         try:
@@ -142,7 +134,7 @@ class LocalProvisioner:
             # Detached: its own session, no stdin, its own log; `grow` may exit while it runs.
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     env=env, start_new_session=True, close_fds=True, cwd=node_dir)
-        node = LocalNode(**{**asdict(node), "pid": proc.pid})
+        node = replace(node, pid=proc.pid)
         (node_dir / "node.pid").write_text(f"{proc.pid}\n")
         (node_dir / "node.json").write_text(json.dumps(asdict(node), indent=2) + "\n")
 
@@ -156,7 +148,7 @@ class LocalProvisioner:
     async def _wait_joined(self, proc: subprocess.Popen[bytes], node: LocalNode, timeout: float) -> str | None:
         deadline = time.monotonic() + timeout
         last = "did not answer"
-        async with httpx.AsyncClient(timeout=3, trust_env=False, headers=_auth()) as client:
+        async with httpx.AsyncClient(timeout=3, trust_env=False, headers=api_headers()) as client:
             while time.monotonic() < deadline:
                 code = proc.poll()
                 if code is not None:
@@ -183,11 +175,6 @@ class LocalProvisioner:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-
-
-def _auth() -> dict[str, str]:
-    token = os.environ.get("NIMSFOREST_API_TOKEN")
-    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 __all__ = ["LocalNode", "LocalProvisioner", "local_nodes", "next_loopback"]
