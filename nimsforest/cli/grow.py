@@ -104,10 +104,7 @@ def grow(registry_url: str | None, registry_service: str, nodes: str | None, thr
     from nimsforest.grow.run import GrowOptions, assess, build_report, expand, request_for
     from nimsforest.grow.state import Expansion, StateFile, default_state_path, record, remember_limits
 
-    if auto and dry_run:
-        mode = "dry-run"
-    else:
-        mode = "auto" if auto else ("dry-run" if dry_run else "interactive")
+    mode = "dry-run" if dry_run else "auto" if auto else "interactive"
     try:
         urls = tuple(parse_monitor_urls(nodes)) if nodes is not None else ()
     except ValueError as exc:
@@ -132,7 +129,8 @@ def grow(registry_url: str | None, registry_service: str, nodes: str | None, thr
     say = (lambda text: None) if as_json else click.echo
     try:
         with StateFile(options.state_path).locked() as state_file:
-            state = remember_limits(state_file.load(), forest.id, max_nodes, options.cooldown)
+            loaded = state_file.load()
+            state = remember_limits(loaded, forest.id, max_nodes, options.cooldown)
             assessment = run_async(assess(options, state))
             decision = assessment.decision
             action = Action(mode=mode, status=ActionStatus.NONE)  # type: ignore[arg-type]
@@ -154,13 +152,13 @@ def grow(registry_url: str | None, registry_service: str, nodes: str | None, thr
                     action = Action(status=ActionStatus.DECLINED, detail="Not adding a node.", **base)  # type: ignore[arg-type]
                 else:
                     say(f"Adding node {assessment.new_node} with the {plugin.name} provisioner...")
-                    result = run_async(expand(options, assessment, plugin))
+                    result = run_async(expand(request, plugin))
                     state = record(state, forest.id, Expansion(at=_now(), node=result.node_name,
                                                                provisioner=plugin.name, ok=result.ok,
                                                                detail=result.detail))
                     action = Action(status=ActionStatus.PROVISIONED if result.ok else ActionStatus.FAILED,
                                     detail=result.detail, **base)  # type: ignore[arg-type]
-            if state != state_file.load():
+            if state != loaded:
                 state_file.save(state)
     except GrowError as exc:
         fail(str(exc), EXIT_FAILURE)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from nimsforest.grow.model import Block, Decision, ForestSnapshot, Policy, Verdict
+from nimsforest.grow.model import Block, Decision, ForestSnapshot, Policy, Verdict, pct
 
 
 def human_duration(seconds: float) -> str:
@@ -22,10 +22,6 @@ def human_duration(seconds: float) -> str:
         return f"{minutes}m" + (f"{rest}s" if rest and minutes < 10 else "")
     hours, rest = divmod(seconds, 3600)
     return f"{hours}h" + (f"{rest // 60}m" if rest >= 60 else "")
-
-
-def _pct(value: float) -> str:
-    return f"{value:.0f}%" if value >= 10 else f"{value:.1f}%"
 
 
 def decide(snapshot: ForestSnapshot, policy: Policy, last_expansion_at: datetime | None,
@@ -46,10 +42,10 @@ def decide(snapshot: ForestSnapshot, policy: Policy, last_expansion_at: datetime
         kinds: list[str] = []
         if n.cpu_percent is not None and n.cpu_percent > threshold:
             kinds.append("cpu")
-            warnings.append(f"CPU above {threshold:g}% on {n.name} ({_pct(n.cpu_percent)})")
+            warnings.append(f"CPU above {threshold:g}% on {n.name} ({pct(n.cpu_percent)})")
         if n.memory_percent is not None and n.memory_percent > threshold:
             kinds.append("memory")
-            warnings.append(f"Memory above {threshold:g}% on {n.name} ({_pct(n.memory_percent)})")
+            warnings.append(f"Memory above {threshold:g}% on {n.name} ({pct(n.memory_percent)})")
         if kinds:
             hot[n.name] = tuple(kinds)
     if not hot:

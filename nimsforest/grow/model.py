@@ -93,6 +93,11 @@ class ForestSnapshot:
         return sum(getattr(n, attribute) or 0 for n in self.reachable)
 
 
+def pct(value: float) -> str:
+    """A percentage as grow writes it, in its sentences and its tables: 85%, 7.5%."""
+    return f"{value:.0f}%" if value >= 10 else f"{value:.1f}%"
+
+
 @dataclass(frozen=True)
 class Policy:
     threshold: float = 80.0  # percent, CPU or memory, on any node

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from nimsforest.grow.model import GrowReport, NodeDoc
+from nimsforest.grow.model import GrowReport, NodeDoc, pct
 
 WIDE = 28
 NARROW = 10
@@ -29,10 +29,6 @@ def size(n: int) -> str:
         if n >= limit:
             return f"{n / limit:.1f} {unit}"
     return f"{n} B"
-
-
-def pct(value: float) -> str:
-    return f"{value:.0f}%" if value >= 10 else f"{value:.1f}%"
 
 
 def _cpu(n: NodeDoc) -> str:

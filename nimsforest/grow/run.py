@@ -1,7 +1,7 @@
 """One `grow` run: find the nodes, read them, decide, (maybe) provision, report.
 
     assessment = await assess(options, state)        # collect + decide, no side effects
-    result = await expand(options, assessment, provisioner)
+    result = await expand(request_for(options, assessment), provisioner)
     report = build_report(assessment, action)
 
 The CLI (nimsforest.cli.grow) asks the operator between `assess` and `expand`.
@@ -42,8 +42,6 @@ from nimsforest.grow.model import (
 from nimsforest.grow.provisioners import Provisioner, ProvisionRequest, ProvisionResult
 from nimsforest.grow.state import ForestState, GrowState
 
-DEFAULT_MAX_NODES = 10
-DEFAULT_COOLDOWN = 900.0
 Mode = Literal["auto", "interactive", "dry-run"]
 
 
@@ -54,8 +52,8 @@ class GrowOptions:
     registry_token: str | None = None
     nodes: tuple[str, ...] = ()  # monitoring URLs; when given, the registry is not asked for nodes
     threshold: float = 80.0
-    max_nodes: int | None = None  # None: remembered value, else DEFAULT_MAX_NODES
-    cooldown: float | None = None  # None: remembered value, else DEFAULT_COOLDOWN
+    max_nodes: int | None = None  # None: remembered value, else Policy's default
+    cooldown: float | None = None  # None: remembered value, else Policy's default
     state_path: Path = field(default_factory=lambda: Path("grow.json"))
     provisioner: str = "local"
     node_name: str | None = None
@@ -90,9 +88,10 @@ def policy_for(options: GrowOptions, remembered: ForestState) -> Policy:
     """Flag or environment > the value remembered for this forest > the default."""
     max_nodes = options.max_nodes if options.max_nodes is not None else remembered.max_nodes
     cooldown = options.cooldown if options.cooldown is not None else remembered.cooldown_seconds
+    default = Policy()
     return Policy(threshold=options.threshold,
-                  max_nodes=DEFAULT_MAX_NODES if max_nodes is None else max_nodes,
-                  cooldown=DEFAULT_COOLDOWN if cooldown is None else cooldown)
+                  max_nodes=default.max_nodes if max_nodes is None else max_nodes,
+                  cooldown=default.cooldown if cooldown is None else cooldown)
 
 
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
@@ -152,8 +151,8 @@ def request_for(options: GrowOptions, assessment: Assessment) -> ProvisionReques
     )
 
 
-async def expand(options: GrowOptions, assessment: Assessment, provisioner: Provisioner) -> ProvisionResult:
-    request = request_for(options, assessment)
+async def expand(request: ProvisionRequest, provisioner: Provisioner) -> ProvisionResult:
+    """Provision what `request` asks for; a provisioner's exception is a failed result."""
     try:
         return await provisioner.provision(request)
     except Exception as exc:  # noqa: BLE001 - a plugin's bug is a failed expansion, said in one sentence
