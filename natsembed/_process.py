@@ -131,13 +131,10 @@ def _output_pipe() -> tuple[int, int]:
         try:
             with open("/proc/sys/fs/pipe-max-size") as f:
                 limit = int(f.read())
-            fcntl.fcntl(read_fd, _F_SETPIPE_SZ, limit)
+            fcntl.fcntl(read_fd, fcntl.F_SETPIPE_SZ, limit)
         except (OSError, ValueError) as exc:  # a smaller pipe still works
             log.debug("Could not enlarge nats-server's output pipe: %s", exc)
     return read_fd, write_fd
-
-
-_F_SETPIPE_SZ = 1031  # Linux fcntl command (fcntl.F_SETPIPE_SZ on Python >= 3.10 builds that name it)
 
 
 class ServerProcess:

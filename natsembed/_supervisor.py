@@ -120,6 +120,14 @@ class _Witness:
     def cluster_address(self) -> str:
         return hostport("127.0.0.1", self.cluster_port)
 
+    async def write_config(self, owner: EmbeddedNats) -> None:
+        """Render, check (nats-server -t) and write the witness' config."""
+        await write_config(
+            owner.config.binary,
+            self.process.config_path,
+            render_config(self.server_config(owner), generator=f"witness of {owner.name}"),
+        )
+
     def server_config(self, owner: EmbeddedNats) -> ServerConfig:
         cfg = owner.config
         return ServerConfig(
@@ -308,14 +316,7 @@ class EmbeddedNats:
     async def _write_configs(self) -> None:
         writes = [write_config(self.config.binary, self.node.config_path, self.render())]
         if self._witness is not None:
-            w = self._witness
-            writes.append(
-                write_config(
-                    self.config.binary,
-                    w.process.config_path,
-                    render_config(w.server_config(self), generator=f"witness of {self.name}"),
-                )
-            )
+            writes.append(self._witness.write_config(self))
         log.debug("Rendered the configuration of %s; checking it with nats-server -t", self.name)
         await asyncio.gather(*writes)
         log.debug("Configuration checked and written; spawning nats-server")
@@ -425,11 +426,7 @@ class EmbeddedNats:
             w = _Witness(self, name)
             w.dir.mkdir(parents=True, exist_ok=True)
             write_private(w.dir / "name", name + "\n")
-            await write_config(
-                self.config.binary,
-                w.process.config_path,
-                render_config(w.server_config(self), generator=f"witness of {self.name}"),
-            )
+            await w.write_config(self)
             await w.process.start()
             self._witness = w
             try:
