@@ -63,15 +63,13 @@ async def probe_ready(node: NodeInfo, timeout: float = 2.0) -> bool:
     """True when `node`'s JetStream has a meta leader (or, without a monitoring URL,
     when its cluster port accepts connections)."""
     if node.monitor_url:
-        import httpx
+        from natsembed import MonitorClient
 
+        monitor = MonitorClient(node.monitor_url, timeout)
         try:
-            tls = node.monitor_url.startswith("https:")  # nats-server monitoring is plain HTTP by default
-            async with httpx.AsyncClient(timeout=timeout, trust_env=False, verify=tls) as client:
-                r = await client.get(node.monitor_url.rstrip("/") + "/healthz", params={"js-meta-only": "true"})
-            return r.status_code == 200
-        except httpx.HTTPError:
-            return False
+            return await monitor.healthz(js_meta_only=True)
+        finally:
+            await monitor.close()
     host, _, port = node.cluster_address.rpartition(":")
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), timeout)

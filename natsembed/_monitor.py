@@ -134,10 +134,11 @@ class MonitorClient:
     def _build(self) -> httpx.AsyncClient:
         import httpx
 
-        # Plain HTTP to a monitoring port: no TLS context (building one loads the CA
-        # bundle, ~40 ms per client, on the start-up path).
+        # Plain HTTP to a monitoring port (nats-server's default): no TLS context (building
+        # one loads the CA bundle, ~40 ms per client, on the start-up path). https is verified.
         return httpx.AsyncClient(
-            base_url=self.base_url, timeout=self.timeout, trust_env=False, verify=False
+            base_url=self.base_url, timeout=self.timeout, trust_env=False,
+            verify=self.base_url.startswith("https:"),
         )
 
     async def _client(self) -> httpx.AsyncClient:

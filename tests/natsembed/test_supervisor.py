@@ -6,7 +6,6 @@ import os
 import signal
 import stat
 import subprocess
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import nats
@@ -14,7 +13,6 @@ import psutil
 import pytest
 
 from natsembed import (
-    EmbeddedConfig,
     EmbeddedNats,
     NotReady,
     ProcessState,
@@ -25,39 +23,9 @@ from natsembed import (
     find_nats_server,
 )
 from nimsforest.streams import RIVER, ensure_stream
-from tests.support import eventually, free_port
+from tests.support import EmbeddedFactory, eventually, free_port
 
-Factory = Callable[..., EmbeddedNats]
-
-
-@pytest.fixture
-async def embedded(tmp_path: Path) -> AsyncIterator[Factory]:
-    made: list[EmbeddedNats] = []
-
-    def make(name: str = "n1", **kw: object) -> EmbeddedNats:
-        params: dict[str, object] = {
-            "name": name,
-            "data_dir": tmp_path / name,
-            "binary": find_nats_server(),
-            "client_port": free_port(),
-            "cluster_port": free_port(),
-            "monitor_port": free_port(),
-            "timeouts": Timeouts(start=20, lame_duck=3, interrupt=5),
-            "cluster_secret": "s3cret",
-        }
-        params.update(kw)
-        cfg = EmbeddedConfig(**params)  # type: ignore[arg-type]
-        e = EmbeddedNats(cfg)
-        made.append(e)
-        return e
-
-    yield make
-    for e in made:
-        await e.stop()
-        await e.close()
-
-
-async def test_lone_node_serves_r1_streams_on_the_node_only(embedded: Factory) -> None:
+async def test_lone_node_serves_r1_streams_on_the_node_only(embedded: EmbeddedFactory) -> None:
     node = embedded("n1")
     await node.start()
     snap = node.snapshot()
@@ -76,7 +44,7 @@ async def test_lone_node_serves_r1_streams_on_the_node_only(embedded: Factory) -
     assert [s.name for s in jsz.stream_details()] == ["RIVER"]
 
 
-async def test_generated_files_are_private(embedded: Factory) -> None:
+async def test_generated_files_are_private(embedded: EmbeddedFactory) -> None:
     node = embedded("n1")
     await node.start()
     for name in ("credentials.json", "nats.conf"):
@@ -84,7 +52,7 @@ async def test_generated_files_are_private(embedded: Factory) -> None:
         assert mode == 0o600, f"{name} has mode {oct(mode)}"
 
 
-async def test_killed_child_is_restarted(embedded: Factory) -> None:
+async def test_killed_child_is_restarted(embedded: EmbeddedFactory) -> None:
     node = embedded("n1")
     await node.start()
     old_pid = node.node.pid
@@ -98,7 +66,7 @@ async def test_killed_child_is_restarted(embedded: Factory) -> None:
     assert await node.wait_jetstream(20)
 
 
-async def test_gives_up_after_too_many_restarts(embedded: Factory) -> None:
+async def test_gives_up_after_too_many_restarts(embedded: EmbeddedFactory) -> None:
     node = embedded("n1", policy=RestartPolicy(max_restarts=1, window=300, backoff_initial=0.05))
     await node.start()
     for _ in range(2):
@@ -111,7 +79,7 @@ async def test_gives_up_after_too_many_restarts(embedded: Factory) -> None:
     assert "exited with code" in (node.node.snapshot().last_error or "")
 
 
-async def test_joiner_and_confirmed_route_reload(embedded: Factory) -> None:
+async def test_joiner_and_confirmed_route_reload(embedded: EmbeddedFactory) -> None:
     a = embedded("a")
     await a.start()
     b = embedded("b", witness=False, routes=(a.cluster_address,))
@@ -132,7 +100,7 @@ async def test_joiner_and_confirmed_route_reload(embedded: Factory) -> None:
     assert await a.set_routes([b.cluster_address]) is False  # no change, no reload
 
 
-async def test_rejected_reload_keeps_old_config(embedded: Factory) -> None:
+async def test_rejected_reload_keeps_old_config(embedded: EmbeddedFactory) -> None:
     node = embedded("n1")
     await node.start()
     path = node.node.config_path
@@ -147,13 +115,13 @@ async def test_rejected_reload_keeps_old_config(embedded: Factory) -> None:
     assert await node.monitor.healthz(js_meta_only=True)
 
 
-async def test_reload_needs_a_ready_server(embedded: Factory) -> None:
+async def test_reload_needs_a_ready_server(embedded: EmbeddedFactory) -> None:
     node = embedded("n1")
     with pytest.raises(NotReady):
         await node.node.reload("server_name: x\n")
 
 
-async def test_graceful_stop_goes_through_lame_duck(embedded: Factory) -> None:
+async def test_graceful_stop_goes_through_lame_duck(embedded: EmbeddedFactory) -> None:
     node = embedded("n1")
     await node.start()
     pid = node.node.pid
@@ -164,7 +132,7 @@ async def test_graceful_stop_goes_through_lame_duck(embedded: Factory) -> None:
     assert not (node.config.data_dir / "nats-server.pid").exists()
 
 
-async def test_start_failure_is_one_sentence(embedded: Factory) -> None:
+async def test_start_failure_is_one_sentence(embedded: EmbeddedFactory) -> None:
     node = embedded("n1")
     busy = node.config.client_port
     import socket
@@ -180,7 +148,7 @@ async def test_start_failure_is_one_sentence(embedded: Factory) -> None:
     assert node.snapshot().witness is None or node.snapshot().witness.pid is None  # type: ignore[union-attr]
 
 
-async def test_stale_server_from_a_previous_run_is_stopped(embedded: Factory) -> None:
+async def test_stale_server_from_a_previous_run_is_stopped(embedded: EmbeddedFactory) -> None:
     first = embedded("n1")
     await first.start()
     await first.stop()
@@ -206,7 +174,7 @@ async def test_stale_server_from_a_previous_run_is_stopped(embedded: Factory) ->
             stale.wait()
 
 
-async def test_witness_is_retired_when_a_peer_joins(embedded: Factory) -> None:
+async def test_witness_is_retired_when_a_peer_joins(embedded: EmbeddedFactory) -> None:
     a = embedded("a")
     await a.start()
     nc = await nats.connect(a.client_url)
@@ -240,7 +208,7 @@ async def test_witness_is_retired_when_a_peer_joins(embedded: Factory) -> None:
         await nc.close()
 
 
-async def test_routes_need_the_shared_secret(embedded: Factory) -> None:
+async def test_routes_need_the_shared_secret(embedded: EmbeddedFactory) -> None:
     a = embedded("a")
     await a.start()
     b = embedded(
@@ -252,7 +220,7 @@ async def test_routes_need_the_shared_secret(embedded: Factory) -> None:
     assert "b" not in (await a.monitor.routez()).remote_names
 
 
-async def test_meta_state_is_detected_after_a_first_boot(embedded: Factory) -> None:
+async def test_meta_state_is_detected_after_a_first_boot(embedded: EmbeddedFactory) -> None:
     from natsembed import has_meta_state
 
     node = embedded("n1")
@@ -262,20 +230,20 @@ async def test_meta_state_is_detected_after_a_first_boot(embedded: Factory) -> N
     assert has_meta_state(node.config.data_dir)
 
 
-async def test_output_pipe_has_room_for_a_stalled_supervisor(embedded: Factory) -> None:
+async def test_output_pipe_has_room_for_a_stalled_supervisor(embedded: EmbeddedFactory) -> None:
     import fcntl
 
     node = embedded("n1")
     await node.start()
     pid = node.node.pid
     with open(f"/proc/{pid}/fd/1", "wb") as pipe:  # the same pipe nats-server writes to
-        size = fcntl.fcntl(pipe.fileno(), 1032)  # F_GETPIPE_SZ
+        size = fcntl.fcntl(pipe.fileno(), fcntl.F_GETPIPE_SZ)
     assert size == int(Path("/proc/sys/fs/pipe-max-size").read_text())
     assert size > 65536
 
 
 async def test_witness_never_picks_the_nodes_own_ports(
-    embedded: Factory, monkeypatch: pytest.MonkeyPatch
+    embedded: EmbeddedFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Before the node runs, its configured ports are free: a witness that picked one of
     # them took the node's cluster port on a restart (nats-server then drops the route to
@@ -298,7 +266,7 @@ async def test_witness_never_picks_the_nodes_own_ports(
 
 
 async def test_a_witness_port_taken_meanwhile_is_picked_again(
-    embedded: Factory, monkeypatch: pytest.MonkeyPatch
+    embedded: EmbeddedFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Another process binds the port picked for the witness before the witness does.
     import socket
