@@ -82,9 +82,8 @@ def _fail_for(exc: Exception) -> None:
 
     if isinstance(exc, (ForestConfigError, SettingsError)):  # usage: nothing was started
         fail(str(exc), EXIT_USAGE)
-    if isinstance(exc, (NatsEmbedError, AddressInUse, NatsUnavailable, RuntimeError)):
-        fail(str(exc), EXIT_FAILURE)
-    if isinstance(exc, RegistryError):  # a conflict or a registry that refuses us
+    # RegistryError: a name conflict, or a registry that refuses us
+    if isinstance(exc, (NatsEmbedError, AddressInUse, NatsUnavailable, RegistryError, RuntimeError)):
         fail(str(exc), EXIT_FAILURE)
     if isinstance(exc, NatsError):  # NATS gave up on a request the start needed
         fail(f"NATS did not complete a start-up request: {reason(exc)}", EXIT_FAILURE)
