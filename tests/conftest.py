@@ -12,9 +12,10 @@ import httpx
 import nats
 import pytest
 
+from natsembed import EmbeddedConfig, EmbeddedNats, Timeouts
 from natsembed._binary import find_nats_server
 from tests.grow.support import Load
-from tests.support import free_port
+from tests.support import EmbeddedFactory, free_port
 
 
 @pytest.fixture(scope="session")
@@ -84,6 +85,34 @@ async def nc(plain_nats: PlainNats) -> AsyncIterator[nats.NATS]:
         yield conn
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def embedded(tmp_path: Path) -> AsyncIterator[EmbeddedFactory]:
+    """Make EmbeddedNats supervisors (a node's nats-server and witness) on free ports; every
+    one made is stopped after the test. Keyword arguments override EmbeddedConfig fields."""
+    made: list[EmbeddedNats] = []
+
+    def make(name: str = "n1", **kw: object) -> EmbeddedNats:
+        params: dict[str, object] = {
+            "name": name,
+            "data_dir": tmp_path / name,
+            "binary": find_nats_server(),
+            "client_port": free_port(),
+            "cluster_port": free_port(),
+            "monitor_port": free_port(),
+            "timeouts": Timeouts(start=20, lame_duck=3, interrupt=5),
+            "cluster_secret": "s3cret",
+        }
+        params.update(kw)
+        e = EmbeddedNats(EmbeddedConfig(**params))  # type: ignore[arg-type]
+        made.append(e)
+        return e
+
+    yield make
+    for e in made:
+        await e.stop()
+        await e.close()
 
 
 @pytest.fixture

@@ -14,9 +14,14 @@ from typing import TypeVar
 
 import httpx
 
+from natsembed import EmbeddedNats
 from natsembed import free_port as _free_port
 
 T = TypeVar("T")
+
+# The `embedded` fixture (tests/conftest.py): name, **EmbeddedConfig fields -> an EmbeddedNats
+# (not started) on free ports, stopped after the test.
+EmbeddedFactory = Callable[..., "EmbeddedNats"]
 
 
 def _worker_share() -> tuple[int, int]:
@@ -32,7 +37,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     return _free_port(host, share=_worker_share())
 
 
-__all__ = ["NodeProcess", "RegistryProcess", "eventually", "free_port"]
+__all__ = ["EmbeddedFactory", "NodeProcess", "RegistryProcess", "eventually", "free_port"]
 
 
 async def eventually(

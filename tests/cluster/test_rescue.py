@@ -11,53 +11,24 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 
 from cluster import ClusterManager, Tuning
-from natsembed import (
-    EmbeddedConfig,
-    EmbeddedNats,
-    ProcessState,
-    RestartPolicy,
-    Timeouts,
-    find_nats_server,
-)
+from natsembed import ProcessState, RestartPolicy, Timeouts
 from nimsforest.connection import ConnectionManager, ConnectionOptions
 from registry import NodeInfo, open_registry
-from tests.support import eventually, free_port
+from tests.support import EmbeddedFactory, eventually, free_port
 
-
-def make(tmp_path: Path, name: str, **kw: object) -> EmbeddedNats:
-    return EmbeddedNats(EmbeddedConfig(
-        name=name, data_dir=tmp_path / name, binary=find_nats_server(), client_port=free_port(),
-        cluster_port=free_port(), monitor_port=free_port(), cluster_secret="s",
-        timeouts=Timeouts(start=30, lame_duck=2, interrupt=5), **kw,  # type: ignore[arg-type]
-    ))
-
-
-@pytest.fixture
-async def servers(tmp_path: Path) -> AsyncIterator[list[EmbeddedNats]]:
-    made: list[EmbeddedNats] = []
-    yield made
-    for e in made:
-        await e.stop()
-        await e.close()
+SERVER = {"cluster_secret": "s", "timeouts": Timeouts(start=30, lame_duck=2, interrupt=5)}
 
 
 async def test_founder_and_its_witness_lost_from_a_group_of_four(
-    tmp_path: Path, servers: list[EmbeddedNats]
+    embedded: EmbeddedFactory
 ) -> None:
-    a = make(tmp_path, "a", policy=RestartPolicy(max_restarts=0))  # what is killed stays dead
-    servers.append(a)
+    a = embedded("a", policy=RestartPolicy(max_restarts=0), **SERVER)  # what is killed stays dead
     await a.start()
-    b = make(tmp_path, "b", witness=False, routes=(a.cluster_address,))
-    servers.append(b)
+    b = embedded("b", witness=False, routes=(a.cluster_address,), **SERVER)
     await b.start()
-    c = make(tmp_path, "c", witness=False, routes=(a.cluster_address, b.cluster_address))
-    servers.append(c)
+    c = embedded("c", witness=False, routes=(a.cluster_address, b.cluster_address), **SERVER)
     await c.start()
     await b.set_routes([a.cluster_address, c.cluster_address])
 
