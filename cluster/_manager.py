@@ -129,10 +129,12 @@ class ClusterManager:
         self._log_membership(obs)
         decision = plan(obs, Memory(dict(self._gone_since), self._leaderless_since), self.tuning)
         outcomes = []
-        for action in decision.actions:
-            outcomes.append(await self._act(action, obs))
-        if decision.actions:
-            self._refresh_streams()  # what we just did changes the streams
+        try:
+            for action in decision.actions:
+                outcomes.append(await self._act(action, obs))
+        finally:  # the next cycle's stream list; what was just done changes the streams
+            if decision.actions or self._streams_task is None:
+                self._refresh_streams()
         # Look again soon while things are moving; idle at the normal interval otherwise.
         self._soon = bool(decision.actions) or in_transition(obs)
         sentence = "; ".join(outcomes) if outcomes else decision.sentence
@@ -200,19 +202,18 @@ class ClusterManager:
         return True, meta.leader, members, frozenset(routez.remote_names)
 
     def _refresh_streams(self) -> None:
+        """Start listing the streams anew (a list still running is dropped)."""
         if self._streams_task is not None:
             self._streams_task.cancel()
         self._streams_task = asyncio.ensure_future(self._observe_streams())
 
     def _latest_streams(self) -> tuple[StreamState, ...]:
-        """The last completed stream list; starts the next refresh when none is running."""
+        """The last completed stream list (the cycle starts the next one when it ends)."""
         task = self._streams_task
         if task is not None and task.done():
             if not task.cancelled() and task.exception() is None:
                 self._streams = task.result()
-            self._streams_task = task = None
-        if task is None:
-            self._streams_task = asyncio.ensure_future(self._observe_streams())
+            self._streams_task = None
         return self._streams
 
     async def _observe_streams(self) -> tuple[StreamState, ...]:
