@@ -17,7 +17,7 @@ import yaml
 from nimsforest.cli.registry import serve
 from nimsforest.settings import Settings, env_name, parse_hostport
 from tests.deploy.conftest import ROOT
-from tests.support import NodeProcess, eventually, free_port
+from tests.support import NodeProcess, RegistryProcess, eventually, free_port
 
 SETTINGS_VARS = {env_name(f) for f in Settings.model_fields}
 
@@ -100,12 +100,8 @@ async def test_registry_healthcheck_probes_a_real_registry_with_its_token(tmp_pa
     cmd = list(registry["healthcheck"]["test"][1:])  # ["CMD", "python", "-c", ...]
     assert cmd[0] == "python"
     cmd[0] = sys.executable
-    port = free_port()
-    cmd[-1] = cmd[-1].replace("8500", str(port))
-    proc = subprocess.Popen([sys.executable, "-m", "nimsforest", "registry", "serve", "--host", "127.0.0.1",
-                             "--port", str(port), "--data", str(tmp_path / "reg")],
-                            env={**os.environ, "REGISTRY_TOKEN": "t0ken"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = RegistryProcess(tmp_path / "reg", env={"REGISTRY_TOKEN": "t0ken"}).start()
+    cmd[-1] = cmd[-1].replace("8500", str(server.port))
     try:
         def probe(token: str) -> int:
             return subprocess.run(cmd, env={**os.environ, "REGISTRY_TOKEN": token}, capture_output=True,
@@ -114,8 +110,7 @@ async def test_registry_healthcheck_probes_a_real_registry_with_its_token(tmp_pa
         await eventually(lambda: probe("t0ken") == 0, what="registry healthy with its token")
         assert probe("wrong") != 0
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
 
 
 def compose() -> dict:
@@ -164,6 +159,6 @@ def test_the_wheel_carries_the_templates(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-2000:]
     wheel = next(tmp_path.glob("nimsforest-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for unit in ("nimsforest.service.j2", "nats.service.j2", "nimsforest-sidecar.service.j2"):
+    for unit in ("nimsforest.service.j2", "nats.service.j2", "nimsforest-sidecar.service.j2", "_hardening.j2"):
         assert f"nimsforest/deploy/templates/{unit}" in names, unit
     assert "natsembed/templates/nats.conf.j2" in names
