@@ -49,15 +49,17 @@ async def _sidecar(client: httpx.AsyncClient, api: str, monitor: str, min_size: 
     healthz = await client.get(f"{monitor}/healthz")
     if healthz.status_code != 200:
         return Verdict(False, f"nats-server is not healthy: {healthz.json().get('error', healthz.status_code)}")
-    routez = (await client.get(f"{monitor}/routez")).json()
-    peers = sorted({r.get("remote_name") for r in routez.get("routes") or [] if r.get("remote_name")})
+    from natsembed import Routez
+
+    routez = Routez.model_validate((await client.get(f"{monitor}/routez")).json())
+    peers = routez.remote_names
     if len(peers) + 1 < min_size:
         return Verdict(False, f"nats-server is routed to {len(peers)} other server(s), waiting for {min_size - 1}")
     health = await client.get(f"{api}/health")
     if health.status_code != 200:
         reasons = "; ".join(health.json().get("reasons") or []) or f"status {health.status_code}"
         return Verdict(False, f"the NimsForest daemon does not serve yet: {reasons}")
-    return Verdict(True, f"nats-server {routez.get('server_name')} is routed to {', '.join(peers) or 'no one'} "
+    return Verdict(True, f"nats-server {routez.server_name} is routed to {', '.join(peers) or 'no one'} "
                          "and the NimsForest daemon serves")
 
 
