@@ -62,7 +62,8 @@ def _check_size(value: str) -> str:
     return value.strip().upper().replace(" ", "")
 
 
-def _check_name(value: str) -> str:
+def check_name(value: str) -> str:
+    """A node or cluster name, or ValueError with the reason (the rule of `Name`)."""
     if "-witness-" in value:
         raise ValueError(f"'{value}' contains '-witness-', which marks witness servers")
     if not NAME_RE.match(value):
@@ -134,7 +135,7 @@ def _check_hostport(value: str) -> str:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[str, AfterValidator(_check_size)]
-Name = Annotated[str, AfterValidator(_check_name)]
+Name = Annotated[str, AfterValidator(check_name)]
 Host = Annotated[str, AfterValidator(_check_host)]
 HostPort = Annotated[str, AfterValidator(_check_hostport)]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -381,6 +382,7 @@ __all__ = [
     "Settings",
     "SettingsError",
     "api_headers",
+    "check_name",
     "load_settings",
     "local_http_url",
     "parse_duration",

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from nimsforest.deploy.units import UnitVars, render_unit
-from nimsforest.settings import NAME_RE
+from nimsforest.deploy.units import UnitVars, render_with
+from nimsforest.settings import check_name
 
 
 class CloudInitError(ValueError):
@@ -55,8 +55,12 @@ def _check(spec: CloudInitSpec) -> None:
     if not re.match(r"^https?://[^\s'\"\\]+$", spec.registry_url):
         raise CloudInitError(f"The registry URL '{spec.registry_url}' must be an http:// or https:// URL "
                              "the new machine can reach.")
-    if not NAME_RE.match(spec.node_name) or "-witness-" in spec.node_name:
-        raise CloudInitError(f"'{spec.node_name}' is not a valid node name (letters, digits, '.', '_' and '-').")
+    try:
+        check_name(spec.node_name)  # the node's own rule: a valid name, never a witness' name
+    except ValueError:
+        raise CloudInitError(
+            f"'{spec.node_name}' is not a valid node name (letters, digits, '.', '_' and '-')."
+        ) from None
     if not spec.package.strip() or re.search(r"[\s'\"\\]", spec.package):
         raise CloudInitError("--package must be one pip requirement without spaces or quotes, "
                              "such as nimsforest==0.1.0 or https://example.org/nimsforest-0.1.0-py3-none-any.whl.")
@@ -87,9 +91,10 @@ def render_user_data(spec: CloudInitSpec) -> str:
     """The user-data text: a `#cloud-config` header and YAML (CloudInitError for bad values)."""
     _check(spec)
     vars_ = UnitVars(prefix=spec.prefix, user=spec.user).checked()
-    unit = render_unit("nimsforest.service", prefix=vars_.prefix, user=vars_.user)
+    unit = render_with("nimsforest.service", vars_)
     env_file = vars_.env_file
-    pip = f"{vars_.prefix}/bin/pip"
+    prefix = vars_.context()["prefix"]  # as the unit has it (no trailing slash)
+    pip = f"{prefix}/bin/pip"
     doc = {
         "package_update": True,
         "packages": ["python3", "python3-venv"],
@@ -104,7 +109,7 @@ def render_user_data(spec: CloudInitSpec) -> str:
              "content": unit},
         ],
         "runcmd": [
-            ["python3", "-m", "venv", vars_.prefix],
+            ["python3", "-m", "venv", prefix],
             [pip, "install", "--quiet", "--upgrade", "pip"],
             [pip, "install", "--quiet", spec.package],
             ["systemctl", "daemon-reload"],

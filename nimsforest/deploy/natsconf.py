@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -35,9 +34,8 @@ from natsembed import (
     render_config,
     write_config,
 )
-from nimsforest.settings import Host, Name, Size, parse_hostport
+from nimsforest.settings import Host, Name, Port, Size, parse_hostport
 
-Port = Annotated[int, Field(ge=1, le=65535)]
 GENERATOR = "nimsforest nats-config"
 
 
@@ -128,22 +126,8 @@ def make_spec(**values: object) -> SidecarSpec:
     return spec
 
 
-_FLAGS = {
-    "node_name": "--node-name",
-    "cluster_peers": "--cluster-peers",
-    "secret": "--cluster-secret (or NATS_CLUSTER_SECRET)",
-    "cluster_name": "--cluster-name",
-    "bind": "--bind",
-    "client_bind": "--client-bind",
-    "advertise": "--advertise",
-    "client_port": "--client-port",
-    "cluster_port": "--cluster-port",
-    "monitor_port": "--monitor-port",
-    "store_dir": "--store-dir",
-    "max_mem": "--max-mem",
-    "max_file": "--max-file",
-    "tags": "--tag",
-}
+# the flag that sets a field, where it is not --field-name
+_FLAGS = {"secret": "--cluster-secret (or NATS_CLUSTER_SECRET)", "tags": "--tag"}
 
 
 def _flag(field: str) -> str:
@@ -198,8 +182,7 @@ async def render_checked(spec: SidecarSpec, binary: Path) -> str:
 async def write(spec: SidecarSpec, binary: Path, path: Path) -> str:
     """Check with `nats-server -t`, then write `path` atomically with mode 0600."""
     text = render(spec)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    await write_config(binary, path, text)
+    await write_config(binary, path, text)  # creates path's folder (nats-server -t runs there)
     return text
 
 

@@ -114,7 +114,12 @@ def render_unit(name: str, **overrides: str | None) -> str:
     if unknown:
         raise UnitError(f"Unknown unit variable '{unknown[0]}': known are {', '.join(sorted(known))}.")
     values = replace(UnitVars(), **{k: v for k, v in overrides.items() if v is not None}).checked()
+    return render_with(name, values)
+
+
+def render_with(name: str, values: UnitVars) -> str:
+    """The text of unit `name` for `values`, which UnitVars.checked() has accepted."""
     return _env.get_template(f"{unit_name(name)}.j2").render(**values.context())
 
 
-__all__ = ["UNIT_NAMES", "UnitError", "UnitVars", "render_unit", "unit_name"]
+__all__ = ["UNIT_NAMES", "UnitError", "UnitVars", "render_unit", "render_with", "unit_name"]
