@@ -205,12 +205,8 @@ else
 fi
 
 step "Checking $PYTHON"
-if [[ $DRY_RUN -eq 0 ]]; then
-  "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null ||
-    die "NimsForest needs Python 3.11 or newer: '$PYTHON' is missing or older (install python3 and python3-venv, or pass --python)."
-else
-  run "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'
-fi
+run "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null ||
+  die "NimsForest needs Python 3.11 or newer: '$PYTHON' is missing or older (install python3 and python3-venv, or pass --python)."
 
 step "Users"
 ensure_user "$RUN_USER" /var/lib/nimsforest
