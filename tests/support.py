@@ -175,10 +175,11 @@ class NodeProcess:
 class RegistryProcess:
     """`nimsforest registry serve` as a separate process."""
 
-    def __init__(self, data: Path, host: str = "127.0.0.1") -> None:
+    def __init__(self, data: Path, host: str = "127.0.0.1", env: dict[str, str] | None = None) -> None:
         self.host = host
         self.port = free_port(host)
         self.data = data
+        self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data.parent / "registry.log"
 
@@ -192,7 +193,7 @@ class RegistryProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nimsforest", "registry", "serve", "--host", self.host,
              "--port", str(self.port), "--data", str(self.data)],
-            stdout=self._log, stderr=subprocess.STDOUT,
+            stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
         )
         return self
 

@@ -23,6 +23,12 @@ def nimsforest(*args: str, env: dict[str, str] | None = None, timeout: float = 6
                           capture_output=True, text=True, timeout=timeout, input=input, check=False)
 
 
+def verify(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m nimsforest.deploy.verify ARGS` (the setup script's last step)."""
+    return subprocess.run([sys.executable, "-m", "nimsforest.deploy.verify", *args], capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
 def one_sentence(stderr: str) -> str:
     """The single error line a failing command prints; fails the test if there is more."""
     lines = [line for line in stderr.strip().splitlines() if line.strip()]

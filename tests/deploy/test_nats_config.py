@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from pydantic import SecretStr
 
 from natsembed import load_or_create
 from nimsforest.deploy import natsconf
-from tests.deploy.conftest import Cert, nimsforest, one_sentence
+from tests.deploy.conftest import Cert, nimsforest, one_sentence, verify
 from tests.support import NodeProcess, eventually, free_port
 
 SECRET = {"NATS_CLUSTER_SECRET": "sidecar-test-secret"}
@@ -182,9 +181,9 @@ async def test_two_rendered_sidecars_form_a_jetstream_cluster(
 
     # The setup script's verifier sees the routes (and, with no daemon here, says so).
     monitor = f"{hosts[0]}:{ports[hosts[0]][2]}"
-    v3 = _verify("--mode", "sidecar", "--monitor", monitor, "--min-size", "3", "--api", f"127.0.0.1:{free_port()}")
+    v3 = verify("--timeout", "0s", "--mode", "sidecar", "--monitor", monitor, "--min-size", "3", "--api", f"127.0.0.1:{free_port()}")
     assert v3.returncode == 1 and "routed to 1 other server(s), waiting for 2" in v3.stderr, v3.stderr
-    v2 = _verify("--mode", "sidecar", "--monitor", monitor, "--min-size", "2", "--api", f"127.0.0.1:{free_port()}")
+    v2 = verify("--timeout", "0s", "--mode", "sidecar", "--monitor", monitor, "--min-size", "2", "--api", f"127.0.0.1:{free_port()}")
     assert v2.returncode == 1 and "no answer yet" in v2.stderr, v2.stderr
 
     creds = natsconf.credentials(SecretStr(SECRET["NATS_CLUSTER_SECRET"]))
@@ -216,8 +215,3 @@ async def test_two_rendered_sidecars_form_a_jetstream_cluster(
         assert body["mode"] == "sidecar" and body["cluster"]["replication_factor"] == 2
     finally:
         node.stop()
-
-
-def _verify(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "nimsforest.deploy.verify", "--timeout", "0s", *args],
-                          capture_output=True, text=True, timeout=60, check=False)

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.deploy.conftest import verify
 from tests.support import NodeProcess, free_port
-
-
-def verify(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "nimsforest.deploy.verify", *args], capture_output=True,
-                          text=True, timeout=60, check=False)
 
 
 async def test_verify_against_a_standalone_node(tmp_path: Path) -> None:
