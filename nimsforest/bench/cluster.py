@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -254,20 +255,11 @@ def run_nimsforest(root: Path, rounds: int) -> dict[str, object]:
         t0 = time.monotonic()
         nodes.append(start_node(root, "n3", HOSTS[2], reg_url))
         join3 = _wait(lambda: cluster_ready(nodes[0].api, 3), 60, "size 3 at R3") - t0  # type: ignore[arg-type]
-        times, acked, lost = [], 0, 0
-        for r in range(rounds):
-            leader = river_leader(nodes)
-            victim = next(n for n in nodes if n.name == leader)
-            survivor = next(n for n in nodes if n is not victim)
-            t, a, lo = asyncio.run(failover(node_url(root, survivor), victim, node_url(root, survivor),
-                                            f"river.bench{r}"))
-            times.append(t)
-            acked += a
-            lost += lo
-            # the victim comes back with its data and rejoins; wait for a whole cluster again
-            i = nodes.index(victim)
-            nodes[i] = restart_node(root, victim, reg_url)
-            _wait(lambda: cluster_ready(survivor.api, 3), 120, "cluster whole again")  # type: ignore[arg-type]
+        times, acked, lost = failover_rounds(
+            nodes, rounds, leader=lambda r: river_leader(nodes), url=lambda p: node_url(root, p),
+            whole=lambda p: _wait(lambda: cluster_ready(p.api, 3), 120, "cluster whole again"),  # type: ignore[arg-type]
+            env=_ENV,
+        )
         return {"join_1_2": join2, "join_2_3": join3, "failover": statistics.median(times),
                 "failovers": times, "acked": acked, "lost": lost}
     finally:
@@ -277,11 +269,27 @@ def run_nimsforest(root: Path, rounds: int) -> dict[str, object]:
         reg.wait()
 
 
-def restart_node(root: Path, old: Proc, registry: str) -> Proc:
-    """Start `old` again with the same name, data directory and ports."""
-    args = list(old.popen.args)  # type: ignore[arg-type]
-    popen = subprocess.Popen(args, env=_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return dataclasses.replace(old, popen=popen)
+def failover_rounds(
+    procs: list[Proc], rounds: int, *, leader: Callable[[int], str], url: Callable[[Proc], str],
+    whole: Callable[[Proc], object], env: dict[str, str] | None = None,
+) -> tuple[list[float], int, int]:
+    """`rounds` times: kill -9 RIVER's leader, time until a publish succeeds on a survivor,
+    start the victim again (same name, data and ports; `procs` is updated) and wait until
+    `whole(survivor)` sees the cluster whole again. Returns (times, acked, lost)."""
+    times: list[float] = []
+    acked = lost = 0
+    for r in range(rounds):
+        name = leader(r)
+        victim = next(p for p in procs if p.name == name)
+        survivor = next(p for p in procs if p is not victim)
+        t, a, lo = asyncio.run(failover(url(survivor), victim, url(survivor), f"river.bench{r}"))
+        times.append(t)
+        acked += a
+        lost += lo
+        procs[procs.index(victim)] = dataclasses.replace(victim, popen=subprocess.Popen(
+            list(victim.popen.args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # type: ignore[arg-type]
+        whole(survivor)
+    return times, acked, lost
 
 
 def run_bare(root: Path, rounds: int) -> dict[str, object]:
@@ -302,20 +310,12 @@ def run_bare(root: Path, rounds: int) -> dict[str, object]:
         procs += start_bare(root, binary, ["b3"], cports)
         join3 = _wait(lambda: asyncio.run(bare_scaled(procs[0].url, mon(procs[0]), 3)), 60, "bare R3",
                       pause=0.05) - t0
-        times, acked, lost = [], 0, 0
-        for r in range(rounds):
-            leader = asyncio.run(bare_leader(procs[(r + 1) % 3].url))
-            victim = next(p for p in procs if p.name == leader)
-            survivor = next(p for p in procs if p is not victim)
-            t, a, lo = asyncio.run(failover(survivor.url, victim, survivor.url, f"river.bench{r}"))
-            times.append(t)
-            acked += a
-            lost += lo
-            i = procs.index(victim)
-            procs[i] = dataclasses.replace(victim, popen=subprocess.Popen(
-                list(victim.popen.args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # type: ignore[arg-type]
-            _wait(lambda: asyncio.run(bare_scaled(survivor.url, mon(survivor), 3)), 120, "bare whole again",
-                  pause=0.1)
+        times, acked, lost = failover_rounds(
+            procs, rounds, leader=lambda r: asyncio.run(bare_leader(procs[(r + 1) % 3].url)),
+            url=lambda p: p.url,
+            whole=lambda p: _wait(lambda: asyncio.run(bare_scaled(p.url, mon(p), 3)), 120, "bare whole again",
+                                  pause=0.1),
+        )
         return {"join_2_3": join3, "failover": statistics.median(times), "failovers": times,
                 "acked": acked, "lost": lost}
     finally:
