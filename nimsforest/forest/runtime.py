@@ -328,18 +328,16 @@ class Forest:
                     field="path",
                 )
 
-    async def retry_failed(self) -> int:
+    async def retry_failed(self) -> None:
         """Start again every component that was built but could not start (a consumer not
         created while JetStream was busy or away). A component with a bad spec stays FAILED
-        until it is changed. Returns how many run again."""
+        until it is changed."""
         async with self._lock:
             if not self._running:
-                return 0
-            started = 0
+                return
             for comp in self._all():
-                if comp.can_retry and await self._start_quietly(comp):
-                    started += 1
-            return started
+                if comp.can_retry:
+                    await self._start_quietly(comp)
 
     async def _retry_loop(self) -> None:
         while True:
