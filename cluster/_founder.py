@@ -73,7 +73,7 @@ async def probe_ready(node: NodeInfo, timeout: float = 2.0) -> bool:
     host, _, port = node.cluster_address.rpartition(":")
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), timeout)
-    except (OSError, asyncio.TimeoutError, ValueError):
+    except (TimeoutError, OSError, ValueError):
         return False
     writer.close()
     return True

@@ -66,14 +66,14 @@ class ClusterManager:
         embedded: EmbeddedNats,
         conn: ConnectionManager,
         registry: Registry | None,
-        tuning: Tuning = Tuning(),
+        tuning: Tuning | None = None,
         interval: float = 2.0,
         on_replication: Callable[[int], None] | None = None,
     ) -> None:
         self.embedded = embedded
         self.conn = conn
         self.registry = registry
-        self.tuning = tuning
+        self.tuning = tuning or Tuning()
         self.interval = interval
         self._on_replication = on_replication
         self.node = embedded.name

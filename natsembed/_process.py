@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import fcntl
 import enum
+import fcntl
 import logging
 import os
 import re
@@ -78,7 +78,7 @@ class RestartPolicy:
     backoff_max: float = 15.0
 
     def delay(self, attempt: int) -> float:
-        return min(self.backoff_initial * (2 ** max(0, attempt - 1)), self.backoff_max)
+        return min(self.backoff_initial * (2.0 ** max(0, attempt - 1)), self.backoff_max)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ class SystemClient:
         except (NatsTimeout, NoRespondersError) as exc:
             raise SystemRequestFailed(f"{subject} got no answer ({type(exc).__name__}).") from None
         try:
-            answer = json.loads(msg.data or b"{}")
+            answer: dict[str, Any] = json.loads(msg.data or b"{}")
         except ValueError:
             raise SystemRequestFailed(f"{subject} answered with something that is not JSON.") from None
         err = answer.get("error")

@@ -92,7 +92,7 @@ class ConnectionManager:
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     def snapshot(self) -> ConnectionSnapshot:
@@ -164,8 +164,8 @@ class ConnectionManager:
                         user=self._user,
                         password=self._password,
                         name=opts.name,
-                        connect_timeout=opts.connect_timeout,
-                        reconnect_time_wait=opts.reconnect_wait,
+                        connect_timeout=opts.connect_timeout,  # type: ignore[arg-type]
+                        reconnect_time_wait=opts.reconnect_wait,  # type: ignore[arg-type]
                         max_reconnect_attempts=opts.max_reconnects,
                         allow_reconnect=True,
                         disconnected_cb=self._disconnected,

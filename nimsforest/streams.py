@@ -76,8 +76,8 @@ class StreamSpec:
             duplicate_window=self.duplicate_window,
             placement=placement,
             metadata=metadata,
-            allow_rollup_hdrs=True if kv else None,
-            deny_delete=True if kv else None,
+            allow_rollup_hdrs=kv,
+            deny_delete=kv,
             allow_direct=True if kv else None,
             max_consumers=-1 if kv else None,
         )
@@ -160,7 +160,7 @@ async def ensure_stream(
         return await js.add_stream(spec.config(replicas, placement_tags))
     cfg = info.config
     if not rescale:
-        replicas = cfg.num_replicas
+        replicas = cfg.num_replicas or replicas
     wanted_placement = list(placement_tags) if placement_tags else None
     have_placement = cfg.placement.tags if cfg.placement else None
     if cfg.num_replicas == replicas and have_placement == wanted_placement and is_owned(info):

@@ -17,6 +17,7 @@ timing rule in `registry._timing`, the HTTP API in docs/REGISTRY.md.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -101,7 +102,7 @@ def create_app(
     from registry._server import create_app as _create_app
 
     return _create_app(
-        data_dir=data_dir,
+        data_dir=Path(data_dir) if data_dir is not None else None,
         token=token,
         min_ttl=min_ttl,
         max_ttl=max_ttl,

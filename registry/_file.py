@@ -147,7 +147,8 @@ class FileRegistry(Registry):
             entry["node_id"] = info.node_id
         entry["cluster_port"] = info.port
         if info.metadata:
-            old = entry.get("metadata") if isinstance(entry.get("metadata"), dict) else {}
+            old = entry.get("metadata")
+            old = old if isinstance(old, dict) else {}
             entry["metadata"] = {**old, **info.metadata}
         entry["ttl_seconds"] = self.timing.ttl
         entry["registered_at"] = _iso(now)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import uvicorn
 
@@ -27,7 +28,7 @@ class _Server(uvicorn.Server):
 class ApiServer:
     """Runs `app` on (host, port) until stop() is called."""
 
-    def __init__(self, app: object, host: str, port: int) -> None:
+    def __init__(self, app: Callable[..., Any], host: str, port: int) -> None:
         self.host = host
         self.sock = bind_socket(host, port)
         self.port = int(self.sock.getsockname()[1])

@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import httpx
@@ -134,7 +135,7 @@ def _get(url: str) -> dict | None:
         return None
 
 
-def _wait(check, timeout: float, what: str, pause: float = 0.02) -> float:  # type: ignore[no-untyped-def]
+def _wait(check: Callable[[], object], timeout: float, what: str, pause: float = 0.02) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -215,7 +216,7 @@ async def read_all(url: str, subject: str, timeout: float = 60.0) -> set[int]:
                 while True:
                     try:
                         msgs = await sub.fetch(1000, timeout=2)
-                    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    except (TimeoutError, nats.errors.TimeoutError):
                         return got
                     got.update(int(m.data) for m in msgs)
             finally:
@@ -243,7 +244,7 @@ def river_leader(nodes: list[Proc]) -> str:
 
 
 # --- the benchmark -------------------------------------------------------------------------
-def run_nimsforest(root: Path, rounds: int) -> dict[str, object]:
+def run_nimsforest(root: Path, rounds: int) -> dict[str, Any]:
     reg, reg_url = start_registry(root)
     nodes: list[Proc] = []
     try:
@@ -292,7 +293,7 @@ def failover_rounds(
     return times, acked, lost
 
 
-def run_bare(root: Path, rounds: int) -> dict[str, object]:
+def run_bare(root: Path, rounds: int) -> dict[str, Any]:
     binary = find_nats_server()
     cports = {f"b{i}": free_port(HOSTS[i - 1]) for i in (1, 2, 3)}
     procs = start_bare(root, binary, ["b1", "b2"], cports)

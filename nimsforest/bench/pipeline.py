@@ -272,7 +272,7 @@ def command(events: int, window: int, warmup: int, rounds: int) -> None:
         f"events: {events} per run, in flight: {window}, rounds: {rounds} "
         "(median rate; p50/p99 over all rounds)"
     )
-    for i, (b, p) in enumerate(zip(bases, pipes), 1):
+    for i, (b, p) in enumerate(zip(bases, pipes, strict=True), 1):
         ratio = p.rate / b.rate
         click.echo(f"  round {i}: baseline {b.rate:6.0f}/s, pipeline {p.rate:6.0f}/s ({ratio:.0%})")
     for label, r in (("baseline (raw nats-py):", base), ("pipeline (NimsForest): ", pipe)):

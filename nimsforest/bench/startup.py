@@ -39,7 +39,7 @@ def _wait_200(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) ->
     with httpx.Client(timeout=1.0, trust_env=False) as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise click.ClickException(f"{proc.args[0]} exited with code {proc.returncode}")
+                raise click.ClickException(f"{proc.args!r} exited with code {proc.returncode}")
             try:
                 socket.create_connection((parsed.host, parsed.port or 80), 1.0).close()
                 if client.get(url).status_code == 200:

@@ -42,7 +42,8 @@ def _all(ctx: click.Context) -> None:
     """Run every benchmark with its defaults, one after another."""
     group = ctx.parent.command if ctx.parent else bench
     for name in sorted(_BENCHES):
-        cmd = group.get_command(ctx, name)  # type: ignore[union-attr]
+        assert isinstance(group, click.Group)
+        cmd = group.get_command(ctx, name)
         if cmd is not None:
             click.echo(f"== bench {name} ==")
             ctx.invoke(cmd)

@@ -86,7 +86,7 @@ def add() -> None:
 
 
 def _change_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    opts = [
+    opts: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         click.option("--replace", is_flag=True, help="Replace an existing component's settings."),
         click.option("--ack-wait", default=None, help="e.g. 30s."),
         click.option("--max-deliver", type=int, default=None, help="Attempts per event."),

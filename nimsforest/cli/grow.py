@@ -102,7 +102,13 @@ def grow(registry_url: str | None, registry_service: str, nodes: str | None, thr
     from nimsforest.grow.provisioners import ProvisionerError, load
     from nimsforest.grow.render import render_action, render_assessment
     from nimsforest.grow.run import GrowOptions, assess, build_report, expand, request_for
-    from nimsforest.grow.state import Expansion, StateFile, default_state_path, record, remember_limits
+    from nimsforest.grow.state import (
+        Expansion,
+        StateFile,
+        default_state_path,
+        record,
+        remember_limits,
+    )
 
     mode = "dry-run" if dry_run else "auto" if auto else "interactive"
     try:

@@ -8,7 +8,6 @@ oldest first.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from datetime import UTC, datetime
@@ -121,7 +120,7 @@ class AuditLog:
             while len(out) < want:
                 try:
                     msgs = await sub.fetch(min(want - len(out), 256), timeout=2)
-                except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - nothing more
+                except (TimeoutError, Exception):  # noqa: BLE001 - nothing more
                     break
                 for m in msgs:
                     try:

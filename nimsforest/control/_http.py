@@ -88,7 +88,7 @@ def make_routers(ctl: Controller, river: APIRouter | None = None) -> list[APIRou
             ctl.check_rate(who.address or "unknown")
         except RateLimited as exc:
             await ctl.refused(_action(request), who, exc.message)
-            raise HTTPException(429, exc.message, headers={"Retry-After": str(exc.retry_after)})
+            raise HTTPException(429, exc.message, headers={"Retry-After": str(exc.retry_after)}) from None
         return who
 
     api = APIRouter(prefix="/api/v1", tags=["forest management"])
@@ -176,7 +176,7 @@ def _kind_routes(
             return _error(exc)
         return JSONResponse(out.model_dump(mode="json"), status_code=200 if out.applied else 202)
 
-    stored = {202: {"model": ChangeOut, "description": "Stored; this node has not applied it yet"}}
+    stored: dict[int | str, dict[str, Any]] = {202: {"model": ChangeOut, "description": "Stored; this node has not applied it yet"}}
     router.add_api_route(
         f"/{plural}", list_components, methods=["GET"], response_model=list[ComponentOut],
         operation_id=f"list_{plural}", summary=f"List the {plural}", responses=_responses(401),

@@ -15,7 +15,6 @@ Contract:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -195,7 +194,7 @@ class DesiredStore:
                 await self._write(key, b"", written, delete=True)
             else:
                 await self._write(key, previous.entry.encode(), written)
-        except (KeyWrongLastSequenceError, asyncio.TimeoutError, Exception):  # noqa: BLE001
+        except (TimeoutError, KeyWrongLastSequenceError, Exception):  # noqa: BLE001
             pass
 
 

@@ -113,7 +113,7 @@ class DesiredWatcher:
         try:
             await asyncio.wait_for(wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     def resync(self) -> None:

@@ -70,7 +70,7 @@ class SidecarSpec(BaseModel):
     @field_validator("cluster_peers", mode="before")
     @classmethod
     def _peers(cls, value: object) -> tuple[str, ...]:
-        items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[arg-type]
+        items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
         out: list[str] = []
         for item in (str(i).strip() for i in items):
             if not item:

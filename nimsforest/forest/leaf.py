@@ -101,11 +101,12 @@ class Leaf:
         if not isinstance(obj, dict) or set(obj) - {"subject", "data", "source", "ts"}:
             raise BadEvent("the message is not a leaf envelope {subject, data, source, ts}")
         try:
+            fields: Any = obj  # checked by validate()
             leaf = cls(
-                subject=obj.get("subject"),
-                data=obj.get("data"),
-                source=obj.get("source"),
-                ts=obj.get("ts"),
+                subject=fields.get("subject"),
+                data=fields.get("data"),
+                source=fields.get("source"),
+                ts=fields.get("ts"),
             )
             leaf.validate()
         except (ValueError, TypeError) as exc:
@@ -172,12 +173,13 @@ class Compost:
             obj = loads(raw)
             if not isinstance(obj, dict):
                 raise ValueError("not an object")  # noqa: TRY004 - reported as BadEvent
+            fields: Any = obj  # checked by validate()
             entry = cls(
-                entity=obj.get("entity"),
-                action=CompostAction(obj.get("action")),
-                data=obj.get("data"),
-                nim=obj.get("nim"),
-                ts=obj.get("ts"),
+                entity=fields.get("entity"),
+                action=CompostAction(fields.get("action")),
+                data=fields.get("data"),
+                nim=fields.get("nim"),
+                ts=fields.get("ts"),
             )
             entry.validate()
         except (ValueError, TypeError, UnicodeDecodeError) as exc:

@@ -36,7 +36,7 @@ from nimsforest.forest.luaconv import ConversionError, Converter
 try:  # prefer the newest Lua the installed lupa provides
     from lupa import lua55 as _lua
 except ImportError:  # pragma: no cover - older lupa
-    from lupa import lua54 as _lua  # type: ignore[no-redef]
+    from lupa import lua54 as _lua
 
 LUA_VERSION = "{}.{}".format(*_lua.LuaRuntime().lua_version)
 PATTERN_WORK_LIMIT = 1e8

@@ -235,7 +235,7 @@ class GrowReport(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True,
                               json_schema_extra={"$id": SCHEMA, "title": "nimsforest grow --json"})
-    schema_version: Literal["nimsforest.grow/v1"] = Field(SCHEMA, alias="schema")
+    schema_version: Literal["nimsforest.grow/v1"] = Field("nimsforest.grow/v1", alias="schema")
     forest: ForestDoc
     measured_at: datetime
     summary: SummaryDoc

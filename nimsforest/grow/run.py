@@ -172,7 +172,7 @@ def _node_doc(n: NodeSample, decision: Decision) -> NodeDoc:
         connections=n.connections, in_msgs=n.in_msgs, out_msgs=n.out_msgs, in_bytes=n.in_bytes,
         out_bytes=n.out_bytes, jetstream_storage_bytes=n.jetstream_storage_bytes,
         jetstream_memory_bytes=n.jetstream_memory_bytes, streams=n.streams,
-        over_threshold=list(decision.hot.get(n.name, ())),  # type: ignore[arg-type]
+        over_threshold=list(decision.hot.get(n.name, ())),
     )
 
 

@@ -65,7 +65,7 @@ async def stored(node: NodeProcess, subject: str = "river.e2e") -> list[int]:
             while True:
                 try:
                     msgs = await sub.fetch(500, timeout=2)
-                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                except (TimeoutError, nats.errors.TimeoutError):
                     return (out,)
                 out += [int(m.data) for m in msgs]
         finally:

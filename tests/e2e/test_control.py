@@ -64,7 +64,7 @@ async def leaves(node: NodeProcess, subject: str) -> list[dict[str, Any]]:
         while True:
             try:
                 msgs = await sub.fetch(500, timeout=2)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 return out
             out += [json.loads(m.data) for m in msgs]
     finally:

@@ -7,7 +7,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from nimsforest.grow.decide import decide, human_duration
-from nimsforest.grow.model import Block, ForestRef, ForestSnapshot, NodeSample, NodeTarget, Policy, Source, Verdict
+from nimsforest.grow.model import (
+    Block,
+    ForestRef,
+    ForestSnapshot,
+    NodeSample,
+    NodeTarget,
+    Policy,
+    Source,
+    Verdict,
+)
 from nimsforest.grow.run import GrowOptions, next_node_name, policy_for
 from nimsforest.grow.state import Expansion, ForestState
 

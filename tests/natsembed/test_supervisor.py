@@ -25,6 +25,7 @@ from natsembed import (
 from nimsforest.streams import RIVER, ensure_stream
 from tests.support import EmbeddedFactory, eventually, free_port
 
+
 async def test_lone_node_serves_r1_streams_on_the_node_only(embedded: EmbeddedFactory) -> None:
     node = embedded("n1")
     await node.start()
@@ -74,7 +75,7 @@ async def test_gives_up_after_too_many_restarts(embedded: EmbeddedFactory) -> No
         pid = node.node.pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        await eventually(lambda: node.node.pid != pid, what="child gone")
+        await eventually(lambda p=pid: node.node.pid != p, what="child gone")
     await eventually(lambda: node.node.state is ProcessState.FAILED, what="gave up")
     assert "exited with code" in (node.node.snapshot().last_error or "")
 

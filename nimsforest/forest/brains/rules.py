@@ -90,7 +90,7 @@ class RulesBrain:
             raise EventError(f"rules: {exc.message}") from None
         except TemplateError as exc:
             raise EventError(f"rules: {exc}") from None
-        return json.loads(rendered)  # type: ignore[no-any-return]
+        return json.loads(rendered)
 
     async def aclose(self) -> None:
         return None

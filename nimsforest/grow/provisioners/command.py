@@ -84,7 +84,11 @@ class CommandProvisioner:
         argv = [w.format(**values) for w in self.words]
         try:
             if self.uses_user_data:
-                from nimsforest.deploy.cloudinit import CloudInitError, CloudInitSpec, render_user_data
+                from nimsforest.deploy.cloudinit import (
+                    CloudInitError,
+                    CloudInitSpec,
+                    render_user_data,
+                )
 
                 try:
                     text = render_user_data(CloudInitSpec(
