@@ -25,7 +25,7 @@ from nimsforest.forest.config import (
     component_label,
     parse_spec,
 )
-from nimsforest.forest.delivery import ConsumerSpec, Stats
+from nimsforest.forest.delivery import ConsumerSpec, Handler, Stats
 from nimsforest.forest.errors import ForestConfigError
 from nimsforest.forest.handlers import DecomposerHandler, NimHandler, TreeHandler, TreeHouseHandler
 from nimsforest.forest.model import ComponentKind
@@ -148,6 +148,7 @@ def build_component(
         )
     if isinstance(spec, (TreeSpec, TreeHouseSpec)):
         # A Tree reads the River; a TreeHouse reads the Wind. Both run one Lua script.
+        handler_cls: type[TreeHandler | TreeHouseHandler]
         if isinstance(spec, TreeSpec):
             stream, subject, handler_cls = RIVER.name, spec.watches, TreeHandler
         else:
@@ -155,7 +156,7 @@ def build_component(
             subject = wind_subject(spec.subscribes, pattern=True)
         cons = _consumer(stream, durable, subject, spec, spec.max_inflight, label)
         lua, text = _sandbox(cfg, kind, name, spec)
-        handler: Any = handler_cls(name, durable, spec.publishes, lua, stats)
+        handler: Handler = handler_cls(name, durable, spec.publishes, lua, stats)
         return Component(
             kind,
             name,

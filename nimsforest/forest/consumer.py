@@ -24,11 +24,11 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nimsforest import metrics
-from nimsforest.forest.delivery import ConsumerSpec, Delivery, Handler, NeedsAsync, Stats
+from nimsforest.forest.delivery import ConsumerSpec, Delivery, Handler, Handoff, Output, Stats
 from nimsforest.forest.errors import BadEvent, EventError
 from nimsforest.forest.publisher import Publisher
 from nimsforest.forest.pull import HEARTBEAT, Puller
@@ -48,10 +48,6 @@ class _Job:
         self.d, self.t0, self.touched = d, t0, time.monotonic()
         self.futures: list[asyncio.Future[Any]] = []
         self.published_at = 0.0
-
-
-class _Handed(Exception):
-    pass
 
 
 class _RateLimitedLog:
@@ -101,8 +97,6 @@ class ConsumerRunner:
         self._m_out = metrics.component_events_out.labels(kind, name)
         self._m_err = metrics.component_errors.labels(kind, name)
         self._m_lat = metrics.component_latency.labels(kind, name)
-        self._stored = getattr(handler, "stored", None)
-        self._retry_async = getattr(handler, "retry_async", None)
         self._pull = Puller(nc, js, spec, self._on_msg, self._spawn, self._log, label)
         self._advisory: Any = None
         self._inflight: dict[int, _Job] = {}  # id(msg) -> job
@@ -199,16 +193,16 @@ class ConsumerRunner:
             return
         try:
             outputs = self._handler.handle_sync(job.d)
+            if outputs is Handoff.ASYNC:
+                self._spawn(self._run_async(job))
+                return
             await self._publish(job, outputs)
-        except NeedsAsync:
-            self._spawn(self._run_async(job))
-            return
         except Exception as exc:  # noqa: BLE001 - reported per event
             self._queue.put_nowait((job, exc))
             return
         self._queue.put_nowait((job, None))
 
-    async def _publish(self, job: _Job, outputs: Any) -> None:
+    async def _publish(self, job: _Job, outputs: Sequence[Output]) -> None:
         publish = self._pub.publish
         for o in outputs:
             headers = o.headers
@@ -234,9 +228,8 @@ class ConsumerRunner:
                 self._export()
             job, exc = await self._queue.get()
             try:
-                await self._complete(job, exc)
-            except _Handed:
-                continue  # handed to handle_async: still in flight
+                if await self._complete(job, exc) is Handoff.ASYNC:
+                    continue  # handed to handle_async: still in flight
             except asyncio.CancelledError:
                 raise
             except Exception as bug:  # noqa: BLE001 - never let one job stop the loop
@@ -252,7 +245,9 @@ class ConsumerRunner:
             self._inflight.pop(id(job.d.msg), None)
             self._request_more()
 
-    async def _complete(self, job: _Job, exc: BaseException | None) -> None:
+    async def _complete(self, job: _Job, exc: BaseException | None) -> Handoff | None:
+        """Ack, retry in handle_async (returns Handoff.ASYNC: the job is still in flight),
+        or fail the job."""
         if exc is None:
             for f in job.futures:
                 try:
@@ -272,17 +267,18 @@ class ConsumerRunner:
                     exc = e
                     break
         if exc is None:
-            if self._stored is not None and job.futures:
-                self._stored(job.d, [f.result() for f in job.futures])
+            if job.futures:
+                self._handler.stored(job.d, [f.result() for f in job.futures])
             await self._quietly(job.d.msg.ack())
             self.stats.events_out += len(job.futures)
             self._m_lat.observe(time.perf_counter() - job.t0)
-        elif self._retry_async is not None and self._retry_async(job.d, exc):
+        elif self._handler.retry_async(job.d, exc):
             job.futures, job.published_at = [], 0.0
             self._spawn(self._run_async(job))
-            raise _Handed
+            return Handoff.ASYNC
         else:
             await self._failed(job.d, exc)
+        return None
 
     def _request_more(self) -> None:
         if not self._stopping:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -48,8 +49,10 @@ class Output:
     headers: dict[str, str] | None = None
 
 
-class NeedsAsync(Exception):
-    """Raised by `handle_sync` to hand this one message to `handle_async` instead."""
+class Handoff(enum.Enum):
+    """What `handle_sync` returns instead of outputs to pass one message on."""
+
+    ASYNC = "async"  # handle this one message with `handle_async` instead
 
 
 class Delivery:
@@ -87,19 +90,34 @@ class Stats:
         self.last_error_at = datetime.now(UTC)
 
 
-class Handler(Protocol):
-    """What a component gives the runner. When `is_async` is False, `handle_sync` runs in
-    the subscription callback, in order (Lua, rules); it may raise NeedsAsync for one
-    message. Otherwise `handle_async` runs as one task per message (LLM brains). Both
-    return the outputs to store before the message is acked; an empty result acks with
-    nothing to emit. Optional hooks: `stored(d, pub_acks)` after the outputs are stored,
-    and `retry_async(d, exc) -> bool` to take a failed publish to `handle_async` at once."""
+class Handler:
+    """What a component gives the runner; every hook is declared here.
 
-    is_async: bool
+    When `is_async` is False, `handle_sync` runs in the subscription callback, in order
+    (Lua, rules); it returns the outputs, or `Handoff.ASYNC` to hand this one message to
+    `handle_async`. Otherwise `handle_async` runs as one task per message (LLM brains).
+    Both return the outputs to store before the message is acked; an empty result acks
+    with nothing to emit. An exception fails the attempt (retried until max_deliver);
+    `BadEvent` ends it at once.
 
-    def handle_sync(self, d: Delivery) -> Sequence[Output]: ...
+    Hooks with defaults: `stored(d, pub_acks)` runs after the outputs are stored (no-op);
+    `retry_async(d, exc)` says whether a failed publish goes to `handle_async` at once
+    (never, by default).
+    """
 
-    def handle_async(self, d: Delivery) -> Awaitable[Sequence[Output]]: ...
+    is_async: bool = False
+
+    def handle_sync(self, d: Delivery) -> Sequence[Output] | Handoff:
+        return Handoff.ASYNC
+
+    async def handle_async(self, d: Delivery) -> Sequence[Output]:
+        raise NotImplementedError(f"{type(self).__name__} handles every message synchronously")
+
+    def stored(self, d: Delivery, acks: Sequence[Any]) -> None:
+        """The outputs of `d` are stored; `acks` are JetStream's publish acks, in order."""
+
+    def retry_async(self, d: Delivery, exc: BaseException) -> bool:
+        return False
 
 
-__all__ = ["ConsumerSpec", "Delivery", "Handler", "NeedsAsync", "Output", "Stats"]
+__all__ = ["ConsumerSpec", "Delivery", "Handler", "Handoff", "Output", "Stats"]

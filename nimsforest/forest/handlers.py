@@ -18,32 +18,22 @@ from typing import Any
 from nats.js.errors import APIError
 
 from nimsforest.forest.brains import Brain
-from nimsforest.forest.config import HumusSpec
-from nimsforest.forest.delivery import Delivery, NeedsAsync, Output, Stats
+from nimsforest.forest.delivery import Delivery, Handler, Handoff, Output, Stats
 from nimsforest.forest.errors import BadEvent
-from nimsforest.forest.leaf import Compost, CompostAction, Leaf, dumps, loads, soil_key
+from nimsforest.forest.leaf import Compost, CompostAction, Leaf, loads, soil_key
 from nimsforest.forest.prompt import Prompt, context_for, fill_subject, placeholders
 from nimsforest.forest.sandbox import LuaSandbox
-from nimsforest.forest.soil import (
-    EXPECTED_LAST,
-    SEQ_HEADER,
-    SOIL_PREFIX,
-    WRONG_LAST_SEQUENCE,
-    Soil,
-    SoilConflict,
-    SoilEntry,
-)
+from nimsforest.forest.soil import WRONG_LAST_SEQUENCE, Soil, SoilConflict, SoilEntry
+from nimsforest.forest.specs import HumusSpec
 from nimsforest.forest.subjects import WIND_PREFIX, humus_subject, wind_subject
 
 SOURCE_HEADER = "Nimsforest-Source"
 
 
-class TreeHandler:
+class TreeHandler(Handler):
     """River data -> leaf. The script's input is the River JSON; an object gets `_subject`
     (the River subject) and `_source` (who flowed it) added, anything else arrives as
     {value = ..., _subject = ..., _source = ...}."""
-
-    is_async = False
 
     def __init__(
         self, name: str, durable: str, publishes: str, sandbox: LuaSandbox, stats: Stats
@@ -66,13 +56,9 @@ class TreeHandler:
         leaf = Leaf.new(self._publishes, result, self._source, trusted=True)
         return (Output(self._wind, leaf.to_json(), f"{self._durable}:{d.stream_seq}"),)
 
-    handle_async = None  # type: ignore[assignment]
 
-
-class TreeHouseHandler:
+class TreeHouseHandler(Handler):
     """Leaf -> leaf. The script's input is the leaf's data."""
-
-    is_async = False
 
     def __init__(
         self, name: str, durable: str, publishes: str, sandbox: LuaSandbox, stats: Stats
@@ -90,10 +76,8 @@ class TreeHouseHandler:
         out = Leaf.new(self._publishes, result, self._source, trusted=True)
         return (Output(self._wind, out.to_json(), f"{self._durable}:{d.stream_seq}"),)
 
-    handle_async = None  # type: ignore[assignment]
 
-
-class NimHandler:
+class NimHandler(Handler):
     """Leaf -> prompt -> brain -> leaf (+ Humus entry). With a brain that needs no prompt
     (rules) the whole nim runs synchronously, in order, like a treehouse; otherwise each
     event is a task and the brain's concurrency limit applies."""
@@ -113,12 +97,11 @@ class NimHandler:
         self._static_subject = None if placeholders(publishes) else publishes
         self._prompt, self._brain, self._humus, self._stats = prompt, brain, humus, stats
         self._sem = asyncio.Semaphore(brain.concurrency)
-        self.is_async = getattr(brain, "needs_prompt", True)
-        self._decide = getattr(brain, "decide", None)
+        self.is_async = brain.needs_prompt
 
     def handle_sync(self, d: Delivery) -> Sequence[Output]:
         leaf = Leaf.from_json(d.data)
-        return self._outputs(d, leaf, self._decide(context_for(leaf)))  # type: ignore[misc]
+        return self._outputs(d, leaf, self._brain.decide(context_for(leaf)))
 
     async def handle_async(self, d: Delivery) -> Sequence[Output]:
         leaf = Leaf.from_json(d.data)
@@ -164,7 +147,7 @@ class NimHandler:
         return None
 
 
-class DecomposerHandler:
+class DecomposerHandler(Handler):
     """Applies Humus to Soil exactly once per entry, even when redelivered or applied by
     several nodes at once: a key records the last HUMUS sequence applied to it, and every
     write is a compare-and-set on the key's revision (see soil.py).
@@ -181,25 +164,24 @@ class DecomposerHandler:
     skip that needs confirming takes the slow path: read the key, decide, write, repeat.
     """
 
-    is_async = False
-
     def __init__(self, soil: Soil, stats: Stats, cache_size: int = 10_000) -> None:
         self._soil, self._stats = soil, stats
         self._cache: OrderedDict[str, SoilEntry] = OrderedDict()
         self._cache_size = cache_size
         self._log = logging.getLogger("nimsforest.forest.decomposer")
 
-    def handle_sync(self, d: Delivery) -> Sequence[Output]:
+    def handle_sync(self, d: Delivery) -> Sequence[Output] | Handoff:
         entry = Compost.from_json(d.data)
         if d.num_delivered > 1:
-            raise NeedsAsync  # a retry: decide from a fresh read
+            return Handoff.ASYNC  # a retry: decide from a fresh read
         key = soil_key(entry.entity)
         cur = self._cache.get(key) or SoilEntry(key=key, value=None, revision=0, humus_seq=0)
         if cur.humus_seq >= d.stream_seq:
             return ()  # applied already
         if self._skip(entry, cur):
-            raise NeedsAsync  # confirm against the stored key before skipping
-        return (self._write(entry, key, cur.revision, d.stream_seq),)
+            return Handoff.ASYNC  # confirm against the stored key before skipping
+        deleting = entry.action is CompostAction.DELETE
+        return (Soil.write(key, entry.data, cur.revision, d.stream_seq, delete=deleting),)
 
     def stored(self, d: Delivery, acks: Sequence[Any]) -> None:
         entry = Compost.from_json(d.data)
@@ -262,14 +244,6 @@ class DecomposerHandler:
         return (entry.action is CompostAction.CREATE and exists) or (
             entry.action is CompostAction.DELETE and not exists
         )
-
-    @staticmethod
-    def _write(entry: Compost, key: str, revision: int, seq: int) -> Output:
-        headers = {EXPECTED_LAST: str(revision), SEQ_HEADER: str(seq)}
-        if entry.action is CompostAction.DELETE:
-            headers["KV-Operation"] = "DEL"
-            return Output(f"{SOIL_PREFIX}{key}", b"", headers=headers)
-        return Output(f"{SOIL_PREFIX}{key}", dumps(entry.data), headers=headers)
 
     def _remember(self, e: SoilEntry) -> None:
         self._cache[e.key] = e

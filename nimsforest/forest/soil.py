@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from nats.js.errors import APIError, NotFoundError
 
+from nimsforest.forest.delivery import Output
 from nimsforest.forest.leaf import dumps, loads, soil_key
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class Soil:
         """The entity's current entry (revision 0 when it never existed)."""
         key = soil_key(entity)
         try:
-            raw = await self._js._jsm.get_msg(STREAM, subject=f"$KV.{BUCKET}.{key}", direct=True)
+            raw = await self._js.get_msg(STREAM, subject=f"{SOIL_PREFIX}{key}", direct=True)
         except NotFoundError:
             return SoilEntry(key=key, value=None, revision=0, humus_seq=0)
         headers = raw.headers or {}
@@ -68,6 +69,20 @@ class Soil:
             deleted=deleted,
         )
 
+    @staticmethod
+    def write(
+        key: str, value: Any, expected_revision: int, humus_seq: int = 0, *, delete: bool = False
+    ) -> Output:
+        """The one encoding of a Soil write: the KV subject, the JSON value (empty for a
+        delete, marked `KV-Operation: DEL`), the expected revision and the Humus sequence."""
+        headers = {EXPECTED_LAST: str(expected_revision)}
+        if humus_seq:
+            headers[SEQ_HEADER] = str(humus_seq)
+        if delete:
+            headers["KV-Operation"] = "DEL"
+            return Output(f"{SOIL_PREFIX}{key}", b"", headers=headers)
+        return Output(f"{SOIL_PREFIX}{key}", dumps(value), headers=headers)
+
     async def bury(
         self,
         entity: str,
@@ -80,16 +95,9 @@ class Soil:
         """Write (or delete) the entity if its revision is still `expected_revision`; return
         the new revision. Raises SoilConflict when another write got there first."""
         key = soil_key(entity)
-        headers = {EXPECTED_LAST: str(expected_revision)}
-        if humus_seq:
-            headers[SEQ_HEADER] = str(humus_seq)
-        if delete:
-            headers["KV-Operation"] = "DEL"
-            payload = b""
-        else:
-            payload = dumps(value)
+        out = self.write(key, value, expected_revision, humus_seq, delete=delete)
         try:
-            ack = await self._js.publish(f"$KV.{BUCKET}.{key}", payload, headers=headers)
+            ack = await self._js.publish(out.subject, out.payload, headers=out.headers)
         except APIError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
                 raise SoilConflict(

@@ -202,7 +202,7 @@ def test_decomposer_fast_path_decisions() -> None:
     import pytest
     from nats.js.errors import APIError
 
-    from nimsforest.forest.delivery import NeedsAsync
+    from nimsforest.forest.delivery import Handoff
 
     h = DecomposerHandler(None, Stats())  # type: ignore[arg-type]  # the fast path never touches Soil
 
@@ -221,10 +221,10 @@ def test_decomposer_fast_path_decisions() -> None:
         and out.headers["KV-Operation"] == "DEL"
     )
     assert h.handle_sync(_delivery(5, entry("update", {"v": 1}))) == ()  # known to be applied
-    with pytest.raises(NeedsAsync):
-        h.handle_sync(_delivery(7, entry("create", {"v": 2})))  # would skip: confirm first
-    with pytest.raises(NeedsAsync):
-        h.handle_sync(_delivery(8, entry("update", {"v": 3}), delivered=2))  # retries read first
+    # would skip: confirm first
+    assert h.handle_sync(_delivery(7, entry("create", {"v": 2}))) is Handoff.ASYNC
+    # retries read first
+    assert h.handle_sync(_delivery(8, entry("update", {"v": 3}), delivered=2)) is Handoff.ASYNC
     conflict = APIError(code=400, err_code=10071, description="wrong last sequence")
     assert h.retry_async(_delivery(8, entry("update")), conflict)
     assert not h.retry_async(_delivery(8, entry("update")), TimeoutError())

@@ -13,20 +13,29 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
-from nimsforest.forest.config import AnthropicBrainSpec, OpenAIBrainSpec, RulesBrainSpec
 from nimsforest.forest.prompt import Prompt
+from nimsforest.forest.specs import AnthropicBrainSpec, OpenAIBrainSpec, RulesBrainSpec
 
 
-class Brain(Protocol):
+class Brain:
+    """What a nim asks. `think` answers from the rendered prompt (and the input); a brain
+    with `needs_prompt` False decides from the input alone, synchronously, in `decide`.
+    Either returns None to drop the event. `aclose` releases what the brain holds."""
+
     kind: str
     concurrency: int
-    needs_prompt: bool  # False: the brain decides from the input alone (rules)
+    needs_prompt: bool = True
 
-    async def think(self, prompt: str, context: dict[str, Any]) -> dict[str, Any] | None: ...
+    async def think(self, prompt: str, context: dict[str, Any]) -> dict[str, Any] | None:
+        raise NotImplementedError
 
-    async def aclose(self) -> None: ...
+    def decide(self, context: dict[str, Any]) -> dict[str, Any] | None:
+        raise NotImplementedError(f"the {self.kind} brain needs the rendered prompt")
+
+    async def aclose(self) -> None:
+        """Nothing to release by default."""
 
 
 class BrainConfigError(ValueError):

@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx
 
-from nimsforest.forest.brains import BrainConfigError
-from nimsforest.forest.config import _HttpBrain
+from nimsforest.forest.brains import Brain, BrainConfigError
 from nimsforest.forest.errors import EventError
+from nimsforest.forest.specs import _HttpBrain
 
 log = logging.getLogger("nimsforest.forest.brain")
 MAX_DELAY = 30.0
@@ -40,7 +40,7 @@ def api_key(
     return key
 
 
-class HttpBrain:
+class HttpBrain(Brain):
     kind = "http"
     needs_prompt = True
 

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from nimsforest.forest.brains.httpbase import BrainError, HttpBrain, api_key, resolve
-from nimsforest.forest.config import OpenAIBrainSpec
 from nimsforest.forest.prompt import parse_json_object
+from nimsforest.forest.specs import OpenAIBrainSpec
 
 
 class OpenAIBrain(HttpBrain):

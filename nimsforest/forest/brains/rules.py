@@ -16,13 +16,13 @@ from typing import Any
 from jinja2 import TemplateError, UndefinedError
 from pydantic import ValidationError
 
-from nimsforest.forest.brains import BrainConfigError
-from nimsforest.forest.config import Rule, RulesBrainSpec
+from nimsforest.forest.brains import Brain, BrainConfigError
 from nimsforest.forest.errors import EventError
 from nimsforest.forest.prompt import Prompt
+from nimsforest.forest.specs import Rule, RulesBrainSpec
 
 
-class RulesBrain:
+class RulesBrain(Brain):
     kind = "rules"
     concurrency = 1024
     needs_prompt = False
