@@ -33,8 +33,8 @@ from cluster._model import (
 )
 from cluster._plan import Memory, Tuning, gone, plan, replication_factor, unreachable
 from cluster._replication import scale_streams
+from natsembed import is_witness
 from natsembed.errors import reason
-from nimsforest.marks import is_witness
 
 if TYPE_CHECKING:
     from natsembed import EmbeddedNats

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from nimsforest.marks import is_witness
+from natsembed import is_witness
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from cluster._model import (
     SetRoutes,
     StartWitness,
 )
-from nimsforest.marks import WITNESS_MARK, is_witness
+from natsembed import WITNESS_MARK, is_witness
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,13 @@ from natsembed._net import advertise_host, detect_address, free_port
 from natsembed._process import ProcessSnapshot, ProcessState, RestartPolicy, ServerProcess, Timeouts
 from natsembed._supervisor import (
     NODE_TAG,
+    WITNESS_MARK,
     WITNESS_TAG,
     EmbeddedConfig,
     EmbeddedNats,
     EmbeddedSnapshot,
     has_meta_state,
+    is_witness,
 )
 from natsembed.errors import (
     ConfigInvalid,
@@ -83,10 +85,12 @@ __all__ = [
     "TLSConfig",
     "Timeouts",
     "Varz",
+    "WITNESS_MARK",
     "WITNESS_TAG",
     "advertise_host",
     "check_config",
     "has_meta_state",
+    "is_witness",
     "detect_address",
     "find_nats_server",
     "free_port",

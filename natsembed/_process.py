@@ -38,6 +38,9 @@ from natsembed.errors import NotReady, ReloadRejected, StartFailed
 
 log = logging.getLogger("natsembed")
 
+# nats-server's line for a port another process holds: `... 127.0.0.1:6222: bind: address
+# already in use` (read once, here, into StartFailed.port_in_use)
+_PORT_IN_USE_RE = re.compile(r":(\d+): bind: address already in use")
 _LINE_RE = re.compile(r"^\[\d+\]\s+\S+\s+\S+\s+\[(\w{3})\]\s+(.*)$")
 _LEVELS = {
     "TRC": logging.DEBUG,
@@ -312,9 +315,11 @@ class ServerProcess:
             if proc.returncode is not None:
                 await self._finish_drain()
                 problem = self._last_problem() or "no error message"
+                taken = _PORT_IN_USE_RE.search(problem)
                 raise StartFailed(
                     f"nats-server {self.name} exited during start (exit code {proc.returncode}): {problem}",
                     process=self.name,
+                    port_in_use=int(taken.group(1)) if taken else None,
                 )
             if await self.monitor.healthz(js_enabled_only=True):
                 self._set_state(ProcessState.READY)

@@ -54,6 +54,17 @@ log = logging.getLogger("natsembed")
 
 NODE_TAG = "role:node"
 WITNESS_TAG = "role:witness"
+WITNESS_MARK = "-witness-"  # in every witness server's name, never in a node's name
+
+
+def is_witness(server_name: str) -> bool:
+    """True for witness servers, which never hold streams."""
+    return WITNESS_MARK in server_name
+
+
+def _witness_name(node: str) -> str:
+    return f"{node}{WITNESS_MARK}{secrets.token_hex(3)}"
+
 _WITNESS_PORT_ATTEMPTS = 3  # a witness' ports are picked free, then bound: another process may win
 
 
@@ -283,7 +294,7 @@ class EmbeddedNats:
         async with self._lock:
             witness_name = self._saved_witness_name()
             if witness_name is None and self.config.witness:
-                witness_name = f"{self.config.name}-witness-{secrets.token_hex(3)}"
+                witness_name = _witness_name(self.config.name)
             if witness_name is not None:
                 self._witness = _Witness(self, witness_name)
                 self._witness.dir.mkdir(parents=True, exist_ok=True)
@@ -345,8 +356,7 @@ class EmbeddedNats:
             w is not None
             and isinstance(exc, StartFailed)
             and exc.process == w.name
-            and "address already in use" in str(exc)
-            and any(f":{port}" in str(exc) for port in (w.cluster_port, w.monitor_port))
+            and exc.port_in_use in (w.cluster_port, w.monitor_port)
         )
 
     async def wait_jetstream(self, timeout: float) -> bool:
@@ -422,7 +432,7 @@ class EmbeddedNats:
         async with self._lock:
             if self._witness is not None:
                 return self._witness.name
-            name = f"{self.config.name}-witness-{secrets.token_hex(3)}"
+            name = _witness_name(self.config.name)
             w = _Witness(self, name)
             w.dir.mkdir(parents=True, exist_ok=True)
             write_private(w.dir / "name", name + "\n")

@@ -25,9 +25,12 @@ class ConfigInvalid(NatsEmbedError):
 
 
 class StartFailed(NatsEmbedError):
-    def __init__(self, message: str, process: str | None = None) -> None:
+    def __init__(
+        self, message: str, process: str | None = None, port_in_use: int | None = None
+    ) -> None:
         super().__init__(message)
         self.process = process  # the nats-server that failed, when one did
+        self.port_in_use = port_in_use  # the port it could not listen on, when that was why
 
 
 class ReloadRejected(NatsEmbedError):

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
-from natsembed import EmbeddedNats, MonitorClient, ProcessState
+from natsembed import EmbeddedNats, MonitorClient, ProcessState, is_witness
 from natsembed.errors import reason
-from nimsforest.marks import OWNER_KEY, OWNER_VALUE, is_witness
+from nimsforest.marks import OWNER_KEY, OWNER_VALUE
 
 if TYPE_CHECKING:
     from nimsforest.connection import ConnectionManager

@@ -361,8 +361,8 @@ class Node:
         )
 
     async def _connect_and_create_streams(self) -> None:
+        from natsembed import is_witness
         from nimsforest.connection import ConnectionManager
-        from nimsforest.marks import is_witness
         from nimsforest.streams import (
             CORE_STREAMS,
             describe_streams,

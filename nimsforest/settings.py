@@ -27,6 +27,9 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from natsembed import WITNESS_MARK
+from nimsforest.validation import first_error
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _SIZE_RE = re.compile(r"^\s*\d+(?:\.\d+)?\s*(?:[KMGT]B?|B)?\s*$", re.IGNORECASE)
@@ -64,8 +67,8 @@ def _check_size(value: str) -> str:
 
 def check_name(value: str) -> str:
     """A node or cluster name, or ValueError with the reason (the rule of `Name`)."""
-    if "-witness-" in value:
-        raise ValueError(f"'{value}' contains '-witness-', which marks witness servers")
+    if WITNESS_MARK in value:
+        raise ValueError(f"'{value}' contains '{WITNESS_MARK}', which marks witness servers")
     if not NAME_RE.match(value):
         raise ValueError(
             f"'{value}' is not a valid name (letters, digits, '.', '_' and '-', "
@@ -354,15 +357,15 @@ def load_settings(
     try:
         settings = Settings(**given)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = str(err["loc"][0]) if err.get("loc") else "?"
+        err = first_error(exc)
+        assert err is not None  # a ValidationError has at least one error
+        field = err.loc[0] if err.loc else "?"
         if field not in Settings.model_fields:  # alias in loc
             field = next(
                 (f for f in Settings.model_fields if env_name(f).lower() == field.lower()), field
             )
-        msg = err["msg"]
-        msg = msg.removeprefix("Value error, ")
-        value = err.get("input")
+        msg = err.message
+        value = err.input
         shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
         label = _describe(field) if field in Settings.model_fields else field
         raise SettingsError(f"Invalid setting {label}: {msg}{shown}.") from None

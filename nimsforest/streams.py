@@ -26,6 +26,7 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, NotFoundError
 
+from natsembed import NODE_TAG, WITNESS_TAG
 from natsembed.errors import reason
 from nimsforest.marks import OWNER_KEY, OWNER_VALUE
 
@@ -34,8 +35,6 @@ T = TypeVar("T")
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
-NODE_TAG = "role:node"
-WITNESS_TAG = "role:witness"
 DAY = 24 * 3600.0
 log = logging.getLogger("nimsforest")
 

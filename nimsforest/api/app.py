@@ -66,7 +66,7 @@ def create_app(node: Node) -> FastAPI:
         from nimsforest.control._http import record_refused
         from nimsforest.control._schemas import validation_sentence
 
-        message = validation_sentence(exc)
+        message = validation_sentence(exc.errors())
         control = getattr(node, "control", None)
         if control is not None:
             await record_refused(control, request, message)

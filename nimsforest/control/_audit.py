@@ -40,6 +40,24 @@ class Via(StrEnum):
     STARTUP = "startup"  # seeding the bucket from forest.yaml
 
 
+class Action(StrEnum):
+    """What a change does (the audit record's `action`, a change's answer)."""
+
+    ADD = "add"
+    REPLACE = "replace"
+    REMOVE = "remove"
+    RELOAD = "reload"
+    SEED = "seed"
+
+
+class Refusal(StrEnum):
+    """Why a change was refused before the controller weighed it."""
+
+    UNAUTHORIZED = "unauthorized"
+    RATE_LIMITED = "rate limited"
+    INVALID = "invalid"  # the body is not JSON or does not fit the schema
+
+
 class Actor(BaseModel):
     """Who asked for a change."""
 
@@ -67,12 +85,13 @@ class AuditRecord(BaseModel):
     ts: datetime = Field(default_factory=lambda: datetime.now(UTC))
     node: str
     who: Actor
-    action: str  # add | replace | remove | reload | seed
+    action: Action
     kind: str | None = None
     name: str | None = None
     digest: str | None = None  # of the spec written (add, replace)
     ok: bool
     result: str  # "ok", or the sentence the request was refused with
+    refusal: Refusal | None = None  # refused before the controller weighed it: why
     detail: str | None = None  # e.g. a reload's summary
 
 

@@ -17,10 +17,11 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nimsforest.control._audit import Actor, AuditLog, AuditRecord, Via
+from nimsforest.control._audit import Action, Actor, AuditLog, AuditRecord, Refusal, Via
 from nimsforest.control._desired import (
     DesiredComponent,
     Origin,
@@ -36,6 +37,7 @@ from nimsforest.control._schemas import (
     ChangeOut,
     ComponentDetail,
     ComponentOut,
+    ComponentView,
     ControlOut,
     ReloadOut,
     StatusOut,
@@ -55,9 +57,11 @@ from nimsforest.control.errors import (
 )
 from nimsforest.forest import (
     ComponentKind,
+    ComponentRef,
     ComponentStatus,
     ForestConfig,
     ForestConfigError,
+    ProblemKind,
     load_forest_config,
 )
 from nimsforest.forest.build import build_component
@@ -177,7 +181,7 @@ class Controller:
         log.info("Seeded the desired forest state with %d components from %s",
                  written, self.config_file)
         await self.audit_log.record(AuditRecord(
-            node=self.node, who=Actor(via=Via.STARTUP), action="seed", ok=True, result="ok",
+            node=self.node, who=Actor(via=Via.STARTUP), action=Action.SEED, ok=True, result="ok",
             detail=f"{written} components from {self.config_file}",
         ))
 
@@ -201,25 +205,27 @@ class Controller:
     # --- changes ---------------------------------------------------------------------------
     async def add(self, kind: str | ComponentKind, body: Any, who: Actor) -> ChangeOut:
         k = self._kind(kind)
-        return await self._audited("add", k, _name_of(body), who, self._add(k, body, who))
+        return await self._audited(Action.ADD, k, _name_of(body), who, self._add(k, body, who))
 
     async def replace(
         self, kind: str | ComponentKind, name: str, body: Any, who: Actor
     ) -> ChangeOut:
         k = self._kind(kind)
-        return await self._audited("replace", k, name, who, self._replace(k, name, body, who))
+        return await self._audited(
+            Action.REPLACE, k, name, who, self._replace(k, name, body, who)
+        )
 
     async def remove(self, kind: str | ComponentKind, name: str, who: Actor) -> ChangeOut:
         k = self._kind(kind)
-        return await self._audited("remove", k, name, who, self._remove(k, name))
+        return await self._audited(Action.REMOVE, k, name, who, self._remove(k, name))
 
     async def reload_file(self, who: Actor) -> ReloadOut:
         try:
             out = await self._reload_file(who)
         except ControlError as exc:
-            await self._record("reload", None, None, who, None, exc.message)
+            await self._record(Action.RELOAD, None, None, who, None, exc.message)
             raise
-        await self._record("reload", None, None, who, None, None, detail=out.message)
+        await self._record(Action.RELOAD, None, None, who, None, None, detail=out.message)
         return out
 
     async def reload_from_signal(self) -> ReloadOut | None:
@@ -235,18 +241,18 @@ class Controller:
     def check_rate(self, client: str) -> None:
         self.limiter.check(client)
 
-    async def refused(self, action: str, who: Actor, message: str) -> None:
-        """Record a change refused before it reached the controller (401, 429). At most
-        one such record per client and reason every 10 s, so a flood cannot push the
-        real records out of the audit stream."""
-        key = (str(who), action, message.split(" ", 1)[0])
+    async def refused(self, action: Action, who: Actor, why: Refusal, message: str) -> None:
+        """Record a change refused before it reached the controller (401, 429, a body
+        that does not fit). At most one such record per client, action and reason every
+        10 s, so a flood cannot push the real records out of the audit stream."""
+        key = (str(who), action, why)
         now = time.monotonic()
         if now - self._refusals.get(key, -1e9) < 10.0:
             return
         if len(self._refusals) > 10_000:
             self._refusals.clear()
         self._refusals[key] = now
-        await self._record(action, None, None, who, None, message)
+        await self._record(action, None, None, who, None, message, refusal=why)
 
     # --- views -----------------------------------------------------------------------------
     def status(self) -> StatusOut:
@@ -256,11 +262,13 @@ class Controller:
         return StatusOut(
             node=self.node,
             running=st.running,
-            healthy=st.running and all(c.state == "running" for c in comps) and not w.problems,
+            healthy=st.running
+            and all(c.state is ComponentView.RUNNING for c in comps)
+            and not w.problems,
             config_file=str(self.config_file) if self.config_file else None,
             control=ControlOut(
                 state=w.state.value, sentence=w.sentence, revision=w.revision, cycles=w.cycles,
-                problems=w.problems,
+                problems={entry_key(r.kind, r.name): p.sentence for r, p in w.problems.items()},
             ),
             components=comps,
         )
@@ -290,7 +298,7 @@ class Controller:
         spec = _redacted(stored.entry.spec) if stored else {}
         return ComponentDetail(**view.model_dump(), spec=spec)
 
-    async def audit(self, limit: int = 20) -> list[AuditRecord]:
+    async def audit(self, limit: int = 20) -> Sequence[AuditRecord]:
         try:
             return await self.audit_log.recent(limit)
         except Exception as exc:  # noqa: BLE001 - JetStream unavailable
@@ -303,7 +311,7 @@ class Controller:
         return parse_kind(str(kind))
 
     async def _audited(
-        self, action: str, kind: ComponentKind, name: str | None, who: Actor, work: Any
+        self, action: Action, kind: ComponentKind, name: str | None, who: Actor, work: Any
     ) -> ChangeOut:
         try:
             out: ChangeOut = await work
@@ -316,17 +324,19 @@ class Controller:
 
     async def _record(
         self,
-        action: str,
+        action: Action,
         kind: ComponentKind | None,
         name: str | None,
         who: Actor,
         digest: str | None,
         error: str | None,
         detail: str | None = None,
+        refusal: Refusal | None = None,
     ) -> None:
         await self.audit_log.record(AuditRecord(
             node=self.node, who=who, action=action, kind=kind.value if kind else None,
             name=name, digest=digest, ok=error is None, result=error or "ok", detail=detail,
+            refusal=refusal,
         ))
 
     def _compile(self, kind: ComponentKind, body: Any, origin: Origin, who: Actor,
@@ -349,22 +359,24 @@ class Controller:
             raise TooLarge(f"{entry.label} is larger than {MAX_ENTRY // 1024} KiB.")
         return entry
 
-    def _check_source_path(self, entry: DesiredComponent) -> None:
-        if entry.kind is not ComponentKind.SOURCE:
-            return
+    def _check_clashes(self, entry: DesiredComponent) -> None:
+        """Conflict when `entry` clashes with another desired component (a webhook path
+        taken), whichever of the two the check names."""
         others = [s.entry for k, s in self.watcher.entries.items() if k != entry.key]
         _, problems = desired_config(self._base, [*others, entry])
-        if entry.key in problems:
-            raise Conflict(problems[entry.key])
+        for p in problems.values():
+            if p.kind is ProblemKind.PATH_TAKEN and entry.ref in (p.ref, p.holder):
+                other = p.holder if p.ref == entry.ref else p.ref
+                raise Conflict(f"{entry.label}: {p.field} is already used by {other}.")
 
     async def _add(self, kind: ComponentKind, body: Any, who: Actor) -> ChangeOut:
         entry = self._compile(kind, body, Origin.API, who)
         async with self._lock:
             if entry.key in self.watcher.entries:
                 raise Conflict(f"{entry.label} already exists.")
-            self._check_source_path(entry)
+            self._check_clashes(entry)
             revision = await self._nats_call(self.store.create(entry))
-        return await self._answer("add", entry.kind, entry.name, revision, "Added")
+        return await self._answer(Action.ADD, entry.ref, revision, "Added")
 
     async def _replace(self, kind: ComponentKind, name: str, body: Any, who: Actor) -> ChangeOut:
         _existing_name(kind, name)
@@ -373,11 +385,11 @@ class Controller:
             if stored is None:
                 raise NotFound(f"There is no {component_label(kind, name)}.")
             entry = self._compile(kind, body, stored.entry.origin, who, name=name)
-            self._check_source_path(entry)
+            self._check_clashes(entry)
             revision = await self._nats_call(self.store.update(entry, stored.revision))
         note = (" It comes from the configuration file: the next reload puts the file's "
                 "version back." if stored.entry.origin is Origin.FILE else "")
-        return await self._answer("replace", kind, name, revision, "Replaced", note)
+        return await self._answer(Action.REPLACE, entry.ref, revision, "Replaced", note)
 
     async def _remove(self, kind: ComponentKind, name: str) -> ChangeOut:
         _existing_name(kind, name)
@@ -388,30 +400,27 @@ class Controller:
             revision = await self._nats_call(self.store.delete(stored))
         note = (" It comes from the configuration file: the next reload adds it again unless "
                 "it is removed from the file." if stored.entry.origin is Origin.FILE else "")
-        return await self._answer("remove", kind, name, revision, "Removed", note)
+        return await self._answer(Action.REMOVE, stored.entry.ref, revision, "Removed", note)
 
     async def _answer(
-        self, action: str, kind: ComponentKind, name: str, revision: int, verb: str,
-        note: str = "",
+        self, action: Action, ref: ComponentRef, revision: int, verb: str, note: str = ""
     ) -> ChangeOut:
         applied = await self.watcher.wait_applied(revision, self._apply_timeout)
-        label = component_label(kind, name)
         comp: ComponentOut | None = None
-        if action != "remove":
+        if action is not Action.REMOVE:
             with contextlib.suppress(NotFound):
-                comp = self.get(kind, name)
-                comp = ComponentOut(**comp.model_dump(exclude={"spec"}))
+                detail = self.get(ref.kind, ref.name)
+                comp = ComponentOut(**detail.model_dump(exclude={"spec"}))
         if not applied:
-            msg = f"{verb} {label}; node {self.node} has not applied it yet."
-        elif comp is not None and comp.state in ("failed", "not applied"):
-            msg = f"{verb} {label}, but it does not run on node {self.node}: {comp.last_error}"
-        elif action == "remove":
-            msg = f"{verb} {label}."
+            msg = f"{verb} {ref}; node {self.node} has not applied it yet."
+        elif comp is not None and comp.state in (ComponentView.FAILED, ComponentView.NOT_APPLIED):
+            msg = f"{verb} {ref}, but it does not run on node {self.node}: {comp.last_error}"
+        elif action is Action.REMOVE:
+            msg = f"{verb} {ref}."
         else:
-            msg = f"{verb} {label} (running on node {self.node})."
+            msg = f"{verb} {ref} (running on node {self.node})."
         return ChangeOut(
-            action=action,  # type: ignore[arg-type]
-            kind=kind, name=name, revision=revision, applied=applied,
+            action=action, kind=ref.kind, name=ref.name, revision=revision, applied=applied,
             message=msg + note, component=comp,
         )
 
@@ -441,9 +450,9 @@ class Controller:
                 )
             final = [e for k, e in current.items() if e.origin is Origin.API and k not in wanted]
             _, problems = desired_config(self._base, [*final, *wanted.values()])
-            clashes = [p for k, p in problems.items() if "already used by source" in p]
+            clashes = [p for p in problems.values() if p.kind is ProblemKind.PATH_TAKEN]
             if clashes:
-                raise Conflict(clashes[0].rstrip(".") + ". Nothing was changed.")
+                raise Conflict(clashes[0].sentence.rstrip(".") + ". Nothing was changed.")
             revision = await self._write_plan(plan, snap.entries, snap.revision)
             decomposer_changed = config.decomposer != self._base.decomposer
             self._base = without_components(config)
@@ -500,7 +509,7 @@ class Controller:
 
     def _view(self, stored: Stored, local: ComponentStatus | None) -> ComponentOut:
         e = stored.entry
-        problem = self.watcher.problem(e.key)
+        problem = self.watcher.problem(e.ref)
         base: dict[str, Any] = dict(
             kind=e.kind, name=e.name, origin=e.origin, files=e.files, digest=e.digest,
             revision=stored.revision, by=e.by, node=e.node, at=e.at,
@@ -508,9 +517,9 @@ class Controller:
         if local is not None:
             base.update(_stats(local))
         elif problem is not None:
-            base.update(state="not applied", last_error=problem)
+            base.update(state=ComponentView.NOT_APPLIED, last_error=problem.sentence)
         else:
-            base.update(state="pending")
+            base.update(state=ComponentView.PENDING)
         return ComponentOut(**base)
 
 
@@ -522,7 +531,7 @@ def _existing_name(kind: ComponentKind, name: str) -> None:
 
 def _stats(s: ComponentStatus) -> dict[str, Any]:
     return dict(
-        state=s.state.value, consumes=s.consumes, publishes=s.publishes, consumer=s.consumer,
+        state=ComponentView(s.state.value), consumes=s.consumes, publishes=s.publishes, consumer=s.consumer,
         events_in=s.events_in, events_out=s.events_out, dropped=s.dropped, errors=s.errors,
         dead=s.dead, last_error=s.last_error,
     )

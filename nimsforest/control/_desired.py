@@ -24,9 +24,17 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from nimsforest.forest import ComponentKind, ForestConfig, ForestConfigError
-from nimsforest.forest.config import component_label, parse_spec
-from nimsforest.forest.model import USER_KINDS
+from nimsforest.forest import (
+    ComponentKind,
+    ForestConfig,
+    ForestConfigError,
+    Problem,
+    ProblemKind,
+    Spec,
+    check_components,
+)
+from nimsforest.forest.config import parse_spec
+from nimsforest.forest.model import USER_KINDS, ComponentRef, component_label
 
 # forest.yaml field naming a file -> the inline field that carries its content
 _FILE_FIELDS = {"script": "code", "prompt": "template"}
@@ -58,6 +66,10 @@ class DesiredComponent(BaseModel):
     @property
     def key(self) -> str:
         return entry_key(self.kind, self.name)
+
+    @property
+    def ref(self) -> ComponentRef:
+        return ComponentRef(kind=self.kind, name=self.name)
 
     @property
     def label(self) -> str:
@@ -124,7 +136,7 @@ def inline_files(
             raise ForestConfigError(
                 f"file {full} cannot be read: {getattr(exc, 'strerror', None) or exc}",
                 file=file,
-                component=component_label(kind, name),
+                component=ComponentRef(kind=kind, name=name),
                 field=path_field,
             ) from None
         files[path_field] = rel
@@ -155,27 +167,22 @@ def without_components(config: ForestConfig) -> ForestConfig:
 
 def desired_config(
     base: ForestConfig, entries: Iterable[DesiredComponent]
-) -> tuple[ForestConfig, dict[str, str]]:
+) -> tuple[ForestConfig, dict[ComponentRef, Problem]]:
     """The ForestConfig for `entries` on top of `base` (its path and decomposer), and the
-    entries that cannot be parsed on this node (key -> one sentence), which are left out
-    so that the others still apply."""
+    problems of the entries that cannot run on this node (a spec that does not parse here,
+    a clash with another component), which are left out so that the others still apply."""
     sections: dict[str, dict[str, Any]] = {k.plural: {} for k in USER_KINDS}
-    problems: dict[str, str] = {}
-    paths: dict[str, str] = {}
+    problems: dict[ComponentRef, Problem] = {}
+    parsed: list[tuple[ComponentRef, Spec]] = []
     for e in sorted(entries, key=lambda e: e.key):
         try:
-            spec = parse_spec(e.kind, e.name, e.spec, file="desired state")
+            parsed.append((e.ref, parse_spec(e.kind, e.name, e.spec, file="desired state")))
         except ForestConfigError as exc:
-            problems[e.key] = str(exc)
-            continue
-        if e.kind is ComponentKind.SOURCE:
-            if spec.path in paths:
-                problems[e.key] = (
-                    f"{e.label}: path {spec.path} is already used by source '{paths[spec.path]}'."
-                )
-                continue
-            paths[spec.path] = e.name
-        sections[e.kind.plural][e.name] = spec
+            problems[e.ref] = Problem(ref=e.ref, kind=ProblemKind.INVALID, sentence=str(exc))
+    problems.update((p.ref, p) for p in check_components(parsed))
+    for ref, spec in parsed:
+        if ref not in problems:
+            sections[ref.kind.plural][ref.name] = spec
     return base.model_copy(update=sections), problems
 
 

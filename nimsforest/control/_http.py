@@ -24,7 +24,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from nimsforest.control._audit import Actor, AuditRecord, Via
+from nimsforest.control._audit import Action, Actor, AuditRecord, Refusal, Via
 from nimsforest.control._controller import Controller
 from nimsforest.control._schemas import (
     MAX_BODY,
@@ -76,7 +76,7 @@ def make_routers(ctl: Controller, river: APIRouter | None = None) -> list[APIRou
                 who = Actor(via=Via.HTTP, address=address)
                 message = "This API needs 'Authorization: Bearer <NIMSFOREST_API_TOKEN>'."
                 if is_change(request):
-                    await ctl.refused(_action(request), who, "unauthorized: " + message)
+                    await ctl.refused(_action(request), who, Refusal.UNAUTHORIZED, message)
                 raise HTTPException(401, message, headers={"WWW-Authenticate": "Bearer"})
         return Actor(via=Via.HTTP, address=address, token=ctl.token is not None)
 
@@ -87,7 +87,7 @@ def make_routers(ctl: Controller, river: APIRouter | None = None) -> list[APIRou
         try:
             ctl.check_rate(who.address or "unknown")
         except RateLimited as exc:
-            await ctl.refused(_action(request), who, exc.message)
+            await ctl.refused(_action(request), who, Refusal.RATE_LIMITED, exc.message)
             raise HTTPException(429, exc.message, headers={"Retry-After": str(exc.retry_after)}) from None
         return who
 
@@ -244,13 +244,14 @@ async def record_refused(ctl: Controller, request: Request, message: str) -> Non
     not valid JSON or does not fit the schema)."""
     if is_change(request):
         who = Actor(via=Via.HTTP, address=request.client.host if request.client else None)
-        await ctl.refused(_action(request), who, message)
+        await ctl.refused(_action(request), who, Refusal.INVALID, message)
 
 
-def _action(request: Request) -> str:
+def _action(request: Request) -> Action:
+    """The change a request asks for (only called for requests where is_change holds)."""
     if request.url.path.endswith("/-/reload"):
-        return "reload"
-    return {"POST": "add", "PUT": "replace", "DELETE": "remove"}.get(request.method, "change")
+        return Action.RELOAD
+    return {"POST": Action.ADD, "PUT": Action.REPLACE}.get(request.method, Action.REMOVE)
 
 
 __all__ = ["is_change", "make_routers", "record_refused"]

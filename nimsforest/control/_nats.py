@@ -21,7 +21,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from nimsforest.control._audit import Actor, Via
+from nimsforest.control._audit import Action, Actor, Refusal, Via
 from nimsforest.control._schemas import MAX_BODY
 from nimsforest.control.errors import ControlError, Invalid, NotFound, TooLarge
 
@@ -35,7 +35,7 @@ log = logging.getLogger("nimsforest.control")
 PREFIX = "forest.control"
 QUEUE = "nimsforest-control"
 CLIENT_HEADER = "Nimsforest-Client"
-_MUTATING = ("add", "replace", "remove", "reload")
+_MUTATING = {a.value: a for a in (Action.ADD, Action.REPLACE, Action.REMOVE, Action.RELOAD)}
 
 
 class NatsControl:
@@ -90,7 +90,7 @@ class NatsControl:
             try:
                 self._ctl.check_rate(f"nats:{who.client}")
             except ControlError as exc:
-                await self._ctl.refused(action, who, exc.message)
+                await self._ctl.refused(_MUTATING[action], who, Refusal.RATE_LIMITED, exc.message)
                 raise
         if len(msg.data) > MAX_BODY:
             raise TooLarge(f"The request is larger than {MAX_BODY // 1024} KiB.")

@@ -3,15 +3,18 @@ requests per kind, and the answers. Their schemas are the OpenAPI schema."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nimsforest.control._audit import AuditRecord
+from nimsforest.control._audit import Action, AuditRecord
 from nimsforest.control._desired import Origin
 from nimsforest.control.errors import Invalid, NotFound
 from nimsforest.forest import ComponentKind
+from nimsforest.validation import first_error
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"
 MAX_TEXT = 256 * 1024  # a script or prompt
@@ -121,23 +124,13 @@ def parse_request(kind: ComponentKind, body: Any) -> _In:
         raise Invalid(validation_sentence(exc)) from None
 
 
-def validation_sentence(exc: ValidationError | Any) -> str:
-    errors = exc.errors() if hasattr(exc, "errors") else list(exc)
-    if not errors:
+def validation_sentence(exc: ValidationError | Iterable[Any]) -> str:
+    err = first_error(exc)
+    if err is None:
         return "The request is not valid."
-    err = errors[0]
-    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-    where = ".".join(loc)
-    kind = err.get("type", "")
-    if kind == "missing":
-        msg = "is required"
-    elif kind == "extra_forbidden":
-        msg = "is not a known setting"
-    elif kind == "json_invalid":
+    if err.type == "json_invalid":
         return "The request body is not valid JSON."
-    else:
-        msg = str(err.get("msg", "is not valid")).removeprefix("Value error, ")
-    return f"Field '{where}': {msg}." if where else f"The request {msg}."
+    return f"Field '{err.field}': {err.message}." if err.field else f"The request {err.message}."
 
 
 def to_spec(kind: ComponentKind, req: _In) -> tuple[str, dict[str, Any], dict[str, str]]:
@@ -161,12 +154,23 @@ class ErrorOut(BaseModel):
     error: str = Field(description="One sentence saying what is wrong.")
 
 
+class ComponentView(StrEnum):
+    """A component as the node that answers sees it: the forest's ComponentState, or
+    where the desired entry stands when the forest does not run it."""
+
+    RUNNING = "running"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    PENDING = "pending"  # desired, not applied here yet
+    NOT_APPLIED = "not applied"  # desired, but it cannot run here (see last_error)
+
+
 class ComponentOut(BaseModel):
     """One component: its desired entry and how it runs on the node that answers."""
 
     kind: ComponentKind
     name: str
-    state: Literal["running", "failed", "stopped", "pending", "not applied"]
+    state: ComponentView
     origin: Origin | None = None  # None: running here but not (or no longer) desired
     consumes: str | None = None
     publishes: str | None = None
@@ -192,7 +196,7 @@ class ComponentDetail(ComponentOut):
 
 
 class ChangeOut(BaseModel):
-    action: Literal["add", "replace", "remove"]
+    action: Action
     kind: ComponentKind
     name: str
     revision: int = Field(description="The desired-state revision written")
@@ -238,6 +242,7 @@ __all__ = [
     "ChangeOut",
     "ComponentDetail",
     "ComponentOut",
+    "ComponentView",
     "ControlOut",
     "ErrorOut",
     "NimIn",

@@ -28,7 +28,14 @@ import nats.errors
 from natsembed.errors import reason
 from nimsforest.control._desired import desired_config
 from nimsforest.control._store import DesiredStore, Stored, apply_update
-from nimsforest.forest import ForestConfig, ForestConfigError, ReloadDiff
+from nimsforest.forest import (
+    ComponentRef,
+    ForestConfig,
+    ForestConfigError,
+    Problem,
+    ProblemKind,
+    ReloadDiff,
+)
 
 if TYPE_CHECKING:
     from nimsforest.forest import Forest
@@ -49,7 +56,7 @@ class WatchStatus:
     sentence: str
     revision: int  # the last bucket revision applied to this node's forest
     cycles: int  # watches opened (1 + resyncs)
-    problems: dict[str, str] = field(default_factory=dict)  # key -> why not applied here
+    problems: dict[ComponentRef, Problem] = field(default_factory=dict)  # not applied here
 
 
 class _Resync(Exception):
@@ -79,7 +86,7 @@ class DesiredWatcher:
         self._revision = 0
         self._seen = 0
         self._cycles = 0
-        self._problems: dict[str, str] = {}
+        self._problems: dict[ComponentRef, Problem] = {}
         self._applied = asyncio.Condition()
         self._first = asyncio.Event()
         self._resync = asyncio.Event()
@@ -95,8 +102,8 @@ class DesiredWatcher:
     def revision(self) -> int:
         return self._revision
 
-    def problem(self, key: str) -> str | None:
-        return self._problems.get(key)
+    def problem(self, ref: ComponentRef) -> Problem | None:
+        return self._problems.get(ref)
 
     async def wait_first_apply(self, timeout: float) -> bool:
         with contextlib.suppress(asyncio.TimeoutError):
@@ -200,19 +207,18 @@ class DesiredWatcher:
 
     async def _apply(self, entries: dict[str, Stored], revision: int) -> None:
         config, problems = desired_config(self._base(), [s.entry for s in entries.values()])
-        labels = {s.entry.label: k for k, s in entries.items()}
         diff: ReloadDiff | None = None
         for _ in range(len(entries) + 1):
             try:
                 diff = await self._forest.reload(config)
                 break
             except ForestConfigError as exc:  # left out on this node; the others apply
-                key = labels.get(exc.component or "")
-                if key is None:
+                if exc.ref is None:
                     raise
-                problems[key] = str(exc)
-                s = entries[key].entry
-                config = config.with_spec(s.kind, s.name, None)
+                problems[exc.ref] = Problem(
+                    ref=exc.ref, kind=ProblemKind.INVALID, sentence=str(exc)
+                )
+                config = config.with_spec(exc.ref.kind, exc.ref.name, None)
         self.entries = dict(entries)
         self._problems = problems
         self.last_diff = diff
@@ -222,8 +228,8 @@ class DesiredWatcher:
             self._applied.notify_all()
         self._first.set()
         extra = f", {len(problems)} not applied here" if problems else ""
-        for key, why in problems.items():
-            log.warning("Desired %s is not applied on this node: %s", key, why)
+        for problem in problems.values():
+            log.warning("Desired %s is not applied on this node: %s", problem.ref, problem.sentence)
         self._set(
             WatchState.IN_STEP,
             f"in step with the desired state at revision {revision}: "

@@ -35,6 +35,7 @@ from natsembed import (
     write_config,
 )
 from nimsforest.settings import Host, Name, Port, Size, parse_hostport
+from nimsforest.validation import first_error
 
 GENERATOR = "nimsforest nats-config"
 
@@ -105,12 +106,12 @@ def make_spec(**values: object) -> SidecarSpec:
     try:
         spec = SidecarSpec(**given)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = str(err["loc"][0]) if err.get("loc") else "?"
-        if err["type"] == "missing":
+        err = first_error(exc)
+        assert err is not None  # a ValidationError has at least one error
+        field = err.loc[0] if err.loc else "?"
+        if err.type == "missing":
             raise SidecarError(f"The option {_flag(field)} is required.") from None
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        raise SidecarError(f"Invalid {_flag(field)}: {msg}.") from None
+        raise SidecarError(f"Invalid {_flag(field)}: {err.message}.") from None
     if not spec.routes:
         raise SidecarError(
             "A sidecar nats-server needs at least one other server in --cluster-peers: "

@@ -5,7 +5,9 @@ guarantee of every hop.
 Public API:
     Forest(nc, config, replicas=1, placement_tags=None)      the runtime (runtime.py)
     ForestConfig, load_forest_config(path)                   forest.yaml (config.py)
-    ComponentKind, ComponentState, ComponentStatus, ForestStatus, ReloadDiff, FlowReceipt
+    ComponentKind, ComponentRef, ComponentState, ComponentStatus, ForestStatus, ReloadDiff,
+    FlowReceipt
+    Problem, ProblemKind, check_components(components)   typed problems, the one check
     ForestError, ForestConfigError, ComponentExists, ComponentNotFound, FlowError
     demo_config_path(), load_demo_config()                   the demo forest
 """
@@ -31,7 +33,9 @@ from nimsforest.forest.model import (
     ForestStatus,
     ReloadDiff,
 )
+from nimsforest.forest.problems import Problem, ProblemKind, check_components
 from nimsforest.forest.runtime import Forest
+from nimsforest.forest.specs import Spec
 
 
 def demo_config_path() -> Path:
@@ -57,7 +61,11 @@ __all__ = [
     "ForestConfigError",
     "ForestError",
     "ForestStatus",
+    "Problem",
+    "ProblemKind",
     "ReloadDiff",
+    "Spec",
+    "check_components",
     "demo_config_path",
     "load_demo_config",
     "load_forest_config",

@@ -22,13 +22,12 @@ from nimsforest.forest.config import (
     SourceSpec,
     TreeHouseSpec,
     TreeSpec,
-    component_label,
     parse_spec,
 )
 from nimsforest.forest.delivery import ConsumerSpec, Handler, Stats
 from nimsforest.forest.errors import ForestConfigError
 from nimsforest.forest.handlers import DecomposerHandler, NimHandler, TreeHandler, TreeHouseHandler
-from nimsforest.forest.model import ComponentKind
+from nimsforest.forest.model import ComponentKind, ComponentRef
 from nimsforest.forest.prompt import Prompt, PromptError
 from nimsforest.forest.sandbox import LuaLimits, LuaSandbox, ScriptLoadError
 from nimsforest.forest.soil import Soil
@@ -71,7 +70,7 @@ def durable_name(kind: ComponentKind, name: str) -> str:
     return f"{kind.value}-{name}"
 
 
-def _read(cfg: ForestConfig, path: Path, label: str, field: str) -> str:
+def _read(cfg: ForestConfig, path: Path, label: ComponentRef, field: str) -> str:
     full = cfg.resolve(path)
     try:
         return full.read_text()
@@ -86,7 +85,7 @@ def _read(cfg: ForestConfig, path: Path, label: str, field: str) -> str:
 
 
 def _consumer(
-    stream: str, durable: str, subject: str, spec: Any, inflight: int, label: str
+    stream: str, durable: str, subject: str, spec: Any, inflight: int, label: ComponentRef
 ) -> ConsumerSpec:
     """The durable consumer a component shares with its copies on every node."""
     return ConsumerSpec(
@@ -103,7 +102,7 @@ def _consumer(
 def _sandbox(
     cfg: ForestConfig, kind: ComponentKind, name: str, spec: TreeSpec | TreeHouseSpec
 ) -> tuple[LuaSandbox, str | None]:
-    label = component_label(kind, name)
+    label = ComponentRef(kind=kind, name=name)
     field = "script" if spec.script is not None else "code"
     if spec.script is not None:
         source, chunk = _read(cfg, spec.script, label, field), str(spec.script)
@@ -134,7 +133,7 @@ def build_component(
         kind, spec
     ):
         spec = parse_spec(kind, name, spec, file=cfg.label)
-    label = component_label(kind, name)
+    label = ComponentRef(kind=kind, name=name)
     durable = durable_name(kind, name)
     stats = Stats()
     if isinstance(spec, SourceSpec):
@@ -177,7 +176,7 @@ def build_component(
     except PromptError as exc:
         raise ForestConfigError(str(exc), file=cfg.label, component=label, field=field) from None
     try:
-        brain = build_brain(spec.brain, prompt, label=label, env=os.environ if env is None else env)
+        brain = build_brain(spec.brain, prompt, label=str(label), env=os.environ if env is None else env)
     except BrainConfigError as exc:
         raise ForestConfigError(
             str(exc), file=cfg.label, component=label, field=exc.field

@@ -60,7 +60,7 @@ class Component:
 
     @property
     def label(self) -> str:
-        return f"{self.kind.value} '{self.name}'"
+        return str(self.ref)
 
     async def start(self, nc: Client, js: JetStreamContext, publisher: Publisher) -> None:
         """Bind the shared durable consumer and start handling. On failure the component is

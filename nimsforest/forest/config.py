@@ -38,7 +38,8 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from nimsforest.forest.errors import ForestConfigError
-from nimsforest.forest.model import ComponentKind
+from nimsforest.forest.model import ComponentKind, ComponentRef, component_label
+from nimsforest.forest.problems import check_components
 from nimsforest.forest.specs import (  # noqa: F401 - re-exported: the config vocabulary
     NAME_RE,
     SPEC_TYPES,
@@ -59,6 +60,7 @@ from nimsforest.forest.specs import (  # noqa: F401 - re-exported: the config vo
     _HttpBrain,
     _Spec,
 )
+from nimsforest.validation import first_error
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -99,10 +101,6 @@ class ForestConfig(_Spec):
         return str(self.path) if self.path else "forest config"
 
 
-def component_label(kind: ComponentKind, name: str) -> str:
-    return f"{kind.value} '{name}'"
-
-
 def check_name(kind: ComponentKind, name: Any, file: str | None = None) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ForestConfigError(
@@ -115,7 +113,7 @@ def check_name(kind: ComponentKind, name: Any, file: str | None = None) -> str:
 def parse_spec(kind: ComponentKind, name: str, raw: Any, *, file: str | None = None) -> Spec:
     """Validate one component's mapping; errors name the file, component and field."""
     check_name(kind, name, file)
-    label = component_label(kind, name)
+    label = ComponentRef(kind=kind, name=name)
     if isinstance(raw, BaseModel):
         raw = raw.model_dump(exclude_unset=True)
     if not isinstance(raw, dict):
@@ -128,7 +126,7 @@ def parse_spec(kind: ComponentKind, name: str, raw: Any, *, file: str | None = N
         raise _config_error(exc, file, label) from None
 
 
-def _expand_env(raw: dict[str, Any], file: str | None, label: str) -> dict[str, Any]:
+def _expand_env(raw: dict[str, Any], file: str | None, label: ComponentRef) -> dict[str, Any]:
     """Expand ${VAR} in `secret` and in brain `base_url`/`model`/`system`."""
 
     def expand(value: Any, field: str) -> Any:
@@ -158,23 +156,19 @@ def _expand_env(raw: dict[str, Any], file: str | None, label: str) -> dict[str, 
     return raw
 
 
-def _config_error(exc: ValidationError, file: str | None, label: str) -> ForestConfigError:
-    err = exc.errors()[0]
-    loc = [
-        str(p) for p in err.get("loc", ()) if not str(p).startswith(("function-", "tagged-union"))
-    ]
+def _config_error(
+    exc: ValidationError, file: str | None, label: ComponentRef | str
+) -> ForestConfigError:
+    err = first_error(exc)
+    assert err is not None  # a ValidationError has at least one error
+    loc = list(err.loc)
     # drop union branch names pydantic adds for the brain (e.g. brain.rules.rules -> brain.rules)
     if len(loc) >= 2 and loc[0] == "brain" and loc[1] in ("rules", "openai", "anthropic"):
         loc = [loc[0], *loc[2:]]
-    field = ".".join(loc) or None
-    msg = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
-    if err.get("type") == "missing":
-        msg = "is required"
-    elif err.get("type") == "extra_forbidden":
-        msg = "is not a known setting"
-    elif err.get("type") == "union_tag_invalid":
+    msg = err.message
+    if err.type == "union_tag_invalid":
         msg = "brain type must be one of rules, openai, anthropic"
-    return ForestConfigError(msg, file=file, component=label, field=field)
+    return ForestConfigError(msg, file=file, component=label, field=".".join(loc) or None)
 
 
 _TOP_KEYS = {"sources", "trees", "treehouses", "nims", "decomposer"}
@@ -210,16 +204,16 @@ def parse_forest_config(data: Any, *, base_dir: Path, path: Path | None = None) 
         sections[kind.plural] = {
             str(n): parse_spec(kind, str(n), raw, file=file) for n, raw in entries.items()
         }
-    paths: dict[str, str] = {}
-    for name, src in sections["sources"].items():
-        if src.path in paths:
-            raise ForestConfigError(
-                f"path {src.path} is already used by source '{paths[src.path]}'",
-                file=file,
-                component=component_label(ComponentKind.SOURCE, name),
-                field="path",
-            )
-        paths[src.path] = name
+    for problem in check_components(
+        (ComponentRef(kind=kind, name=name), spec)
+        for kind in (ComponentKind.SOURCE, ComponentKind.TREE, ComponentKind.TREEHOUSE,
+                     ComponentKind.NIM)
+        for name, spec in sections[kind.plural].items()
+    ):
+        raise ForestConfigError(
+            problem.sentence.removeprefix(f"{problem.ref}: "),
+            file=file, component=problem.ref, field=problem.field,
+        )
     try:
         decomposer = DecomposerSpec.model_validate(data.get("decomposer") or {})
     except ValidationError as exc:

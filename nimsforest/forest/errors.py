@@ -11,31 +11,35 @@ Errors raised while one event is handled are not ForestErrors; see `EventError` 
 
 from __future__ import annotations
 
+from nimsforest.forest.model import ComponentRef
+
 
 class ForestError(Exception):
     """Base class; str(err) is one plain sentence."""
 
 
 class ForestConfigError(ForestError):
-    """A configuration problem, located as precisely as we can."""
+    """A configuration problem, located as precisely as we can. `ref` is the component at
+    fault, when it is one (branch on it, not on the text)."""
 
     def __init__(
         self,
         message: str,
         *,
         file: str | None = None,
-        component: str | None = None,
+        component: ComponentRef | str | None = None,
         field: str | None = None,
     ) -> None:
         self.file = file
-        self.component = component
+        self.ref = component if isinstance(component, ComponentRef) else None
+        self.component = str(component) if component is not None else None
         self.field = field
         self.reason = message.rstrip(".")
         where = []
         if file:
             where.append(str(file))
-        if component:
-            where.append(component)
+        if self.component:
+            where.append(self.component)
         if field:
             where.append(f"field '{field}'")
         prefix = ", ".join(where)

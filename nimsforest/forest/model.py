@@ -45,7 +45,12 @@ class ComponentRef(_Frozen):
     name: str
 
     def __str__(self) -> str:
+        """The one way a component is named in sentences: `tree 'contacts'`."""
         return f"{self.kind.value} '{self.name}'"
+
+
+def component_label(kind: ComponentKind, name: str) -> str:
+    return str(ComponentRef(kind=kind, name=name))
 
 
 class ComponentStatus(_Frozen):
@@ -114,6 +119,7 @@ class FlowReceipt(_Frozen):
 
 __all__ = [
     "USER_KINDS",
+    "component_label",
     "ComponentKind",
     "ComponentRef",
     "ComponentState",

@@ -149,9 +149,11 @@ async def test_token_rate_limit_and_audit_off_localhost(tmp_path: Path) -> None:
         assert r.status_code == 200 and len(r.json()) == 3  # reads are not limited
 
         audit = httpx.get(node.api_url + "/api/v1/audit?limit=20", headers=auth, timeout=5).json()
-        refused = [(r["action"], r["result"]) for r in audit if not r["ok"]]
-        assert any(a == "reload" and "unauthorized" in res for a, res in refused)
-        assert any(a == "add" and "Too many changes" in res for a, res in refused)
+        refused = [(r["action"], r["refusal"], r["result"]) for r in audit if not r["ok"]]
+        assert any(a == "reload" and why == "unauthorized" and "Authorization" in res
+                   for a, why, res in refused)
+        assert any(a == "add" and why == "rate limited" and "Too many changes" in res
+                   for a, why, res in refused)
         ok = [r for r in audit if r["ok"] and r["action"] == "add"]
         assert len(ok) == 3 and all(r["who"]["token"] for r in ok)
     finally:

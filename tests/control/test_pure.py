@@ -24,7 +24,7 @@ from nimsforest.control._schemas import (
     to_spec,
 )
 from nimsforest.control.errors import Invalid, NotFound, RateLimited
-from nimsforest.forest import ComponentKind, ForestConfig, load_forest_config
+from nimsforest.forest import ComponentKind, ForestConfig, ProblemKind, load_forest_config
 from nimsforest.node import _check_api_exposure
 from nimsforest.settings import SettingsError, load_settings
 from tests.forest.conftest import write_forest
@@ -97,8 +97,11 @@ def test_desired_config_leaves_out_what_this_node_cannot_parse(
     first = entry("a-first", kind=ComponentKind.SOURCE, code="one")
     config, problems = desired_config(ForestConfig.empty(), [entry("ok"), bad, dup, first])
     assert set(config.treehouses) == {"ok"} and set(config.sources) == {"a-first"}
-    assert "NOT_SET_HERE" in problems["source.s"]
-    assert "already used by source 'a-first'" in problems["source.z-dup"]
+    s, z_dup = bad.ref, dup.ref
+    assert set(problems) == {s, z_dup}
+    assert problems[s].kind is ProblemKind.INVALID and "NOT_SET_HERE" in problems[s].sentence
+    assert problems[z_dup].kind is ProblemKind.PATH_TAKEN and problems[z_dup].holder == first.ref
+    assert "already used by source 'a-first'" in problems[z_dup].sentence
 
 
 def test_without_components_keeps_path_and_decomposer(tmp_path: Path) -> None:

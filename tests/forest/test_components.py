@@ -199,7 +199,6 @@ def _delivery(seq: int, entry: Compost, delivered: int = 1) -> Delivery:
 def test_decomposer_fast_path_decisions() -> None:
     from types import SimpleNamespace
 
-    import pytest
     from nats.js.errors import APIError
 
     from nimsforest.forest.delivery import Handoff
