@@ -8,7 +8,7 @@ Public API:
     ComponentKind, ComponentRef, ComponentState, ComponentStatus, ForestStatus, ReloadDiff,
     FlowReceipt
     Problem, ProblemKind, check_components(components)   typed problems, the one check
-    ForestError, ForestConfigError, ComponentExists, ComponentNotFound, FlowError
+    ForestError, ForestConfigError, ComponentNotFound, FlowError
     demo_config_path(), load_demo_config()                   the demo forest
 """
 
@@ -18,7 +18,6 @@ from pathlib import Path
 
 from nimsforest.forest.config import ForestConfig, load_forest_config, parse_forest_config
 from nimsforest.forest.errors import (
-    ComponentExists,
     ComponentNotFound,
     FlowError,
     ForestConfigError,
@@ -48,7 +47,6 @@ def load_demo_config() -> ForestConfig:
 
 
 __all__ = [
-    "ComponentExists",
     "ComponentKind",
     "ComponentNotFound",
     "ComponentRef",

@@ -3,7 +3,7 @@
     ForestError                      anything the forest refuses or cannot do
     ├── ForestConfigError            a bad forest.yaml, script, prompt or component spec
     │                                (names the file, the component and the field)
-    ├── ComponentExists / ComponentNotFound   add/remove of a name that is / is not there
+    ├── ComponentNotFound            a name this node's forest does not have
     └── FlowError                    input the River refuses (bad subject, not JSON, too big)
 
 Errors raised while one event is handled are not ForestErrors; see `EventError` below.
@@ -46,10 +46,6 @@ class ForestConfigError(ForestError):
         super().__init__(f"{prefix}: {self.reason}." if prefix else f"{self.reason}.")
 
 
-class ComponentExists(ForestError):
-    pass
-
-
 class ComponentNotFound(ForestError):
     pass
 
@@ -74,7 +70,6 @@ class BadEvent(EventError):
 
 __all__ = [
     "BadEvent",
-    "ComponentExists",
     "ComponentNotFound",
     "EventError",
     "FlowError",

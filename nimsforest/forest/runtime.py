@@ -1,16 +1,19 @@
 """The Forest runtime on one node: its components, the River entrance and the decomposer.
 
 Every node runs the same forest. Components consume through durable consumers named
-after them, so nodes share the work. add/remove/replace/reload change this node only and
-are serialised; each validates (reads and compiles everything) before it touches
-anything, so a bad spec changes nothing.
+after them, so nodes share the work. `reload(config)` is the one way a running forest
+changes (the control plane's watcher calls it with the desired state; tests and tools
+with a config of their own): it changes this node only, is serialised, and validates
+(reads and compiles everything) before it touches anything, so a bad spec changes
+nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nimsforest.forest import river
@@ -18,11 +21,9 @@ from nimsforest.forest.build import build_component, build_decomposer, spec_fing
 from nimsforest.forest.component import Component
 from nimsforest.forest.config import ForestConfig, component_label
 from nimsforest.forest.errors import (
-    ComponentExists,
     ComponentNotFound,
     FlowError,
     ForestConfigError,
-    ForestError,
 )
 from nimsforest.forest.model import (
     USER_KINDS,
@@ -126,73 +127,17 @@ class Forest:
             self._publisher = Publisher(self._nc)
             log.info("forest stopped")
 
-    # one component at a time ------------------------------------------------------------
-    async def add(self, kind: ComponentKind | str, name: str, spec: Any) -> ComponentStatus:
-        """Build, start and register one component. Raises ComponentExists,
-        ForestConfigError (nothing changed) or ForestError when it cannot start."""
-        kind = _user_kind(kind)
-        async with self._lock:
-            if (kind, name) in self._components or name in self._config.specs(kind):
-                raise ComponentExists(f"{component_label(kind, name)} already exists.")
-            comp = self._build(kind, name, spec)
-            self._check_source_path(comp)
-            if self._running:
-                try:
-                    await comp.start(self._nc, self._js, self._publisher)
-                except Exception as exc:  # noqa: BLE001 - reported as one ForestError
-                    await comp.stop(0)
-                    raise ForestError(f"{comp.label} cannot start: {exc}") from None
-                self._components[(kind, name)] = comp
-            self._config = self._config.with_spec(kind, name, comp.spec)
-            return comp.status()
-
-    async def remove(self, kind: ComponentKind | str, name: str) -> ComponentStatus:
-        """Stop and forget one component. Its durable consumer is kept, so adding it again
-        resumes where it stopped (and other nodes running it keep going)."""
-        kind = _user_kind(kind)
-        async with self._lock:
-            comp = self._components.pop((kind, name), None)
-            if comp is None and name not in self._config.specs(kind):
-                raise ComponentNotFound(f"There is no {component_label(kind, name)}.")
-            self._config = self._config.with_spec(kind, name, None)
-            if comp is None:
-                return ComponentStatus(kind=kind, name=name, state=ComponentState.STOPPED)
-            await comp.stop(self._grace)
-            return comp.status()
-
-    async def replace(self, kind: ComponentKind | str, name: str, spec: Any) -> ComponentStatus:
-        """Swap one component for a new spec (same durable consumer). If the new one cannot
-        start, the old one is started again and ForestError is raised."""
-        kind = _user_kind(kind)
-        async with self._lock:
-            old = self._components.get((kind, name))
-            if old is None and name not in self._config.specs(kind):
-                raise ComponentNotFound(f"There is no {component_label(kind, name)}.")
-            new = self._build(kind, name, spec)
-            self._check_source_path(new, replacing=name)
-            if self._running:
-                if old is not None:
-                    await old.stop(self._grace)
-                try:
-                    await new.start(self._nc, self._js, self._publisher)
-                except Exception as exc:  # noqa: BLE001 - reported as one ForestError
-                    await new.stop(0)
-                    if old is not None:
-                        await self._start_quietly(old)
-                    raise ForestError(
-                        f"{new.label} cannot start, the previous one is back: {exc}"
-                    ) from None
-                self._components[(kind, name)] = new
-            self._config = self._config.with_spec(kind, name, new.spec)
-            return new.status()
-
+    # the one way to change a running forest ---------------------------------------
     async def reload(self, new_config: ForestConfig) -> ReloadDiff:
         """Bring the forest to `new_config`. Everything added or changed (a changed spec, or
         a changed script or prompt file) is built first; any error raises and changes
         nothing. Then removed components stop, changed ones restart alone, added ones start.
         FAILED components are retried as changed."""
         async with self._lock:
-            added, removed, changed, unchanged = [], [], [], []
+            added: builtins.list[ComponentRef] = []
+            removed: builtins.list[ComponentRef] = []
+            changed: builtins.list[ComponentRef] = []
+            unchanged: builtins.list[ComponentRef] = []
             builds: dict[_Key, Component] = {}
             for kind in USER_KINDS:
                 old_specs, new_specs = self._config.specs(kind), new_config.specs(kind)
@@ -220,7 +165,7 @@ class Forest:
                     builds[(kind, name)] = build_component(new_config, kind, name, spec, self._env)
                     (changed if name in old_specs else added).append(ref)
             decomposer_changed = new_config.decomposer != self._config.decomposer
-            failed: list[ComponentRef] = []
+            failed: builtins.list[ComponentRef] = []
             if self._running:
                 for ref in removed:
                     comp = self._components.pop((ref.kind, ref.name), None)
@@ -276,10 +221,6 @@ class Forest:
         path = str(self._config.path) if self._config.path else None
         return ForestStatus(running=self._running, config_path=path, components=self.list())
 
-    def webhook_paths(self) -> dict[str, str]:
-        """Mounted webhook path -> source name."""
-        return {c.spec.path: c.name for c in self._sources()}
-
     # the River ------------------------------------------------------------------------------
     async def flow(
         self, subject: str, payload: Any, *, source: str = "api", msg_id: str | None = None
@@ -300,10 +241,10 @@ class Forest:
         return await river.receive(comp, headers, body, self.flow)
 
     # internals ------------------------------------------------------------------------------
-    def _all(self) -> list[Component]:
+    def _all(self) -> Sequence[Component]:
         return ([self._decomposer] if self._decomposer else []) + list(self._components.values())
 
-    def _sources(self) -> list[Component]:
+    def _sources(self) -> Sequence[Component]:
         return [c for (k, _), c in self._components.items() if k is ComponentKind.SOURCE]
 
     def _build(self, kind: ComponentKind, name: str, spec: Any) -> Component:
@@ -316,17 +257,6 @@ class Forest:
             comp = Component(kind, name, spec, publishes=_publishes(spec))
             comp.fail(str(exc))
             return comp
-
-    def _check_source_path(self, comp: Component, replacing: str | None = None) -> None:
-        if comp.kind is not ComponentKind.SOURCE:
-            return
-        for name, spec in self._config.sources.items():
-            if name != replacing and spec.path == comp.spec.path:
-                raise ForestConfigError(
-                    f"path {spec.path} is already used by source '{name}'",
-                    component=comp.label,
-                    field="path",
-                )
 
     async def retry_failed(self) -> None:
         """Start again every component that was built but could not start (a consumer not
@@ -361,20 +291,6 @@ class Forest:
         if self._config.decomposer.enabled:
             self._decomposer = build_decomposer(self._config, self.soil)
             await self._start_quietly(self._decomposer)
-
-
-def _user_kind(kind: ComponentKind | str) -> ComponentKind:
-    try:
-        k = ComponentKind(kind)
-    except ValueError:
-        raise ForestError(
-            f"'{kind}' is not a component kind (source, tree, treehouse, nim)."
-        ) from None
-    if k is ComponentKind.DECOMPOSER:
-        raise ForestError(
-            "The decomposer is built in; configure it under `decomposer:` in forest.yaml."
-        )
-    return k
 
 
 def _publishes(spec: Any) -> str | None:

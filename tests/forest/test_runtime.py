@@ -1,5 +1,5 @@
-"""The Forest runtime: start/stop, add/remove/replace/reload one component at a time,
-atomic validation, durable consumers reused, typed snapshots."""
+"""The Forest runtime: start/stop, reload (its one way to change) adding, changing and
+removing components, atomic validation, durable consumers reused, typed snapshots."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import pytest
 from pydantic import ValidationError
 
 from nimsforest.forest import (
-    ComponentExists,
     ComponentKind,
-    ComponentNotFound,
+    ComponentRef,
     ComponentState,
     Forest,
+    ForestConfig,
     ForestConfigError,
-    ForestError,
     load_forest_config,
+    parse_forest_config,
 )
 from nimsforest.forest.leaf import Leaf
 from tests.forest.conftest import SCORING, Wind, write_forest
@@ -81,59 +81,65 @@ async def test_restart_reuses_durables_and_resumes(forest_factory, nc, wind: Win
         await again.stop()
 
 
-async def test_add_remove_one_at_a_time(forest_factory, nc, wind: Wind) -> None:  # type: ignore[no-untyped-def]
+def config(sections: dict[str, Any], base: Path) -> ForestConfig:
+    """A whole forest from forest.yaml sections (what every change to a Forest is)."""
+    return parse_forest_config(sections, base_dir=base)
+
+
+async def test_reload_adds_and_removes_one_component(
+    tmp_path: Path, forest_factory, nc, wind: Wind
+) -> None:  # type: ignore[no-untyped-def]
     forest = await forest_factory({})
-    status = await forest.add("treehouse", "scoring", TH)
+    diff = await forest.reload(config({"treehouses": {"scoring": TH}}, tmp_path))
+    assert [r.name for r in diff.added] == ["scoring"]
+    status = forest.get("treehouse", "scoring")
     assert status.state is ComponentState.RUNNING and status.consumer == "treehouse-scoring"
-    with pytest.raises(ComponentExists):
-        await forest.add("treehouse", "scoring", TH)
+    again = await forest.reload(config({"treehouses": {"scoring": TH}}, tmp_path))
+    assert again.empty and [r.name for r in again.unchanged] == ["scoring"]
     await drop(nc, "contact.created", {"id": "a"})
     await eventually(lambda: len(wind.on("lead.scored")) == 1)
-    removed = await forest.remove(ComponentKind.TREEHOUSE, "scoring")
-    assert removed.state is ComponentState.STOPPED and "scoring" not in forest.config.treehouses
-    with pytest.raises(ComponentNotFound):
-        await forest.remove("treehouse", "scoring")
+    diff = await forest.reload(config({}, tmp_path))
+    assert [r.name for r in diff.removed] == ["scoring"] and "scoring" not in forest.config.treehouses
+    assert not forest.list("treehouse")
     await drop(nc, "contact.created", {"id": "b"})  # waits in the durable consumer
-    await forest.add("treehouse", "scoring", TH)
+    await forest.reload(config({"treehouses": {"scoring": TH}}, tmp_path))
     await eventually(
         lambda: [x["data"]["contact_id"] for x in wind.on("lead.scored")] == ["a", "b"]
     )
     assert await consumers(nc, "WIND") == {"treehouse-scoring"}
 
 
-async def test_bad_add_changes_nothing(forest_factory, nc) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_component_changes_nothing(tmp_path: Path, forest_factory, nc) -> None:  # type: ignore[no-untyped-def]
     forest = await forest_factory({"treehouses": {"scoring": TH}})
     before = forest.status()
+    broken = {"subscribes": "a", "publishes": "b", "code": "function process("}
     with pytest.raises(
         ForestConfigError, match=r"treehouse 'bad', field 'code': treehouse:bad line 1"
-    ):
-        await forest.add(
-            "treehouse", "bad", {"subscribes": "a", "publishes": "b", "code": "function process("}
-        )
+    ) as caught:
+        await forest.reload(config({"treehouses": {"scoring": TH, "bad": broken}}, tmp_path))
+    assert caught.value.ref == ComponentRef(kind=ComponentKind.TREEHOUSE, name="bad")
     with pytest.raises(ForestConfigError, match="field 'publishes'"):
-        await forest.add("treehouse", "bad", {"subscribes": "a", "code": ECHO})
-    with pytest.raises(ForestError, match="built in"):
-        await forest.add("decomposer", "d", {})
+        config({"treehouses": {"bad": {"subscribes": "a", "code": ECHO}}}, tmp_path)
     assert forest.status() == before
     assert await consumers(nc, "WIND") == {"treehouse-scoring"}
 
 
-async def test_replace_swaps_logic_on_the_same_durable(forest_factory, nc, wind: Wind) -> None:  # type: ignore[no-untyped-def]
+async def test_changed_logic_runs_on_the_same_durable(
+    tmp_path: Path, forest_factory, nc, wind: Wind
+) -> None:  # type: ignore[no-untyped-def]
     forest = await forest_factory(
         {"treehouses": {"t": {"subscribes": "a", "publishes": "b", "code": ECHO}}}
     )
-    await forest.replace(
-        "treehouse",
-        "t",
-        {"subscribes": "a", "publishes": "b", "code": "function process(i) return {v = 2} end"},
-    )
+    two = {"subscribes": "a", "publishes": "b", "code": "function process(i) return {v = 2} end"}
+    diff = await forest.reload(config({"treehouses": {"t": two}}, tmp_path))
+    assert [r.name for r in diff.changed] == ["t"]
     await drop(nc, "a", {"v": 1})
     await eventually(lambda: [x["data"] for x in wind.on("b")] == [{"v": 2}])
+    bad = {"subscribes": "a", "publishes": "b", "code": "syntax error here"}
     with pytest.raises(ForestConfigError):
-        await forest.replace(
-            "treehouse", "t", {"subscribes": "a", "publishes": "b", "code": "syntax error here"}
-        )
+        await forest.reload(config({"treehouses": {"t": bad}}, tmp_path))
     assert forest.get("treehouse", "t").state is ComponentState.RUNNING
+    assert await consumers(nc, "WIND") == {"treehouse-t"}
 
 
 async def test_reload_diff_and_restart_alone(
