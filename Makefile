@@ -1,6 +1,6 @@
 # NimsForest developer entry points. On a fresh machine:
 #   make run    create .venv if needed, install, start a standalone node with the demo forest
-#   make test   create .venv if needed, install, run the whole test suite
+#   make test   create .venv if needed, install, run the checks (make lint) and the whole suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -9,11 +9,12 @@ DATA   ?= .nimsforest/standalone
 PYTEST_ARGS ?=
 JOBS   ?= 2
 
-.PHONY: run test install bench units clean help
+.PHONY: run test lint install bench units clean help
 
 help:
 	@echo "make run    - start a standalone node with the demo forest (data in $(DATA))"
-	@echo "make test   - run the whole test suite"
+	@echo "make test   - run the checks (make lint) and the whole test suite"
+	@echo "make lint   - ruff, mypy and the import contracts (layers, no cycles, package faces)"
 	@echo "make bench  - print the startup, pipeline and cluster benchmarks"
 	@echo "make units  - render the systemd/ units again from their templates"
 	@echo "make clean  - remove .venv and local data"
@@ -32,7 +33,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/nimsforest standalone --demo --data-dir $(DATA)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/python -m pytest -n $(JOBS) $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -1,9 +1,12 @@
-"""The reconcile loop: observe (registry, /jsz, /routez, streams), plan, act, report.
+"""The reconcile loop: observe (registry, and NATS through the node's one observer),
+plan, act, report.
 
 Each cycle works on one frozen Observation, asks the pure planner (cluster._plan) what
 to do, does it, and ends in one sentence that is logged when it changes and shown in
-/health/cluster. The loop keeps going through every error; an error becomes the
-sentence of that cycle.
+/health/cluster. NATS is read through the node's `NatsObserver` (the same view /health
+shows): a look per cycle, the cluster-wide stream list refreshed in the background and
+started anew after a cycle that acted. The loop keeps going through every error; an
+error becomes the sentence of that cycle.
 """
 
 from __future__ import annotations
@@ -38,14 +41,11 @@ from natsembed.errors import reason
 
 if TYPE_CHECKING:
     from natsembed import EmbeddedNats
-    from nimsforest.connection import ConnectionManager
+    from nimsforest.observer import NatsObserver, NatsView
     from registry import Registry
 
 log = logging.getLogger("cluster")
 
-# A stream list is answered only once the meta leader has heard from every stream leader,
-# which takes seconds while streams move; the rest of a cycle does not wait longer.
-STREAM_LIST_TIMEOUT = 3.0
 FOLLOW_UP = 0.25  # seconds to the next cycle after one that acted
 
 
@@ -57,6 +57,34 @@ def in_transition(obs: Observation) -> bool:
     return joining or bool(obs.witness and obs.nodes) or any(not s.current for s in obs.streams)
 
 
+def observation(
+    node: str,
+    view: NatsView,
+    registry_peers: tuple[RegistryPeer, ...] | None,
+    routes: tuple[str, ...],
+) -> Observation:
+    """The planner's Observation from the node's NATS view (pure)."""
+    meta_ok = view.monitor_ok and view.meta_leader is not None
+    members = tuple(MetaMember(p.name, p.current, p.offline) for p in view.meta_peers)
+    streams = tuple(
+        StreamState(v.name, v.replicas, v.leader, v.current, v.lagging, v.messages, v.consumers)
+        for v in view.streams
+        if v.owned
+    )
+    return Observation(
+        at=view.at,
+        node=node,
+        nats_ok=view.monitor_ok,
+        registry_peers=registry_peers,
+        routes=routes,
+        routed=view.routed,
+        meta_leader=view.meta_leader if view.monitor_ok else None,
+        meta_members=members if view.monitor_ok else (),
+        witness=view.witness,
+        streams=streams if meta_ok else (),
+    )
+
+
 class ClusterManager:
     """Keeps this node's routes, the meta group and stream replication in line."""
 
@@ -64,14 +92,15 @@ class ClusterManager:
         self,
         *,
         embedded: EmbeddedNats,
-        conn: ConnectionManager,
+        observer: NatsObserver,
         registry: Registry | None,
         tuning: Tuning | None = None,
         interval: float = 2.0,
         on_replication: Callable[[int], None] | None = None,
     ) -> None:
         self.embedded = embedded
-        self.conn = conn
+        self.observer = observer
+        self.conn = observer.conn
         self.registry = registry
         self.tuning = tuning or Tuning()
         self.interval = interval
@@ -82,9 +111,7 @@ class ClusterManager:
         self._leaderless_since: float | None = None
         self._known_registry: dict[str, str] = {}
         self._monitor_urls: dict[str, str] = {}
-        self._streams: tuple[StreamState, ...] = ()
         self._soon = False
-        self._streams_task: asyncio.Future[tuple[StreamState, ...]] | None = None
         self._known_members: set[str] | None = None
         self._rf: int | None = None
         self._sentence = "starting"
@@ -104,13 +131,6 @@ class ClusterManager:
         self._wake.set()
 
     async def run(self) -> None:
-        try:
-            await self._run()
-        finally:
-            if self._streams_task is not None:
-                self._streams_task.cancel()
-
-    async def _run(self) -> None:
         while True:
             try:
                 await self.cycle()
@@ -133,8 +153,8 @@ class ClusterManager:
             for action in decision.actions:
                 outcomes.append(await self._act(action, obs))
         finally:  # the next cycle's stream list; what was just done changes the streams
-            if decision.actions or self._streams_task is None:
-                self._refresh_streams()
+            if decision.actions:
+                self.observer.refresh_streams()
         # Look again soon while things are moving; idle at the normal interval otherwise.
         self._soon = bool(decision.actions) or in_transition(obs)
         sentence = "; ".join(outcomes) if outcomes else decision.sentence
@@ -157,27 +177,14 @@ class ClusterManager:
 
     # --- observing -------------------------------------------------------------------------
     async def observe(self) -> Observation:
-        """Registry and local NATS, read at the same time, plus the latest stream list.
+        """Registry and local NATS, read at the same time; the latest stream list.
 
         The cluster-wide stream list can take seconds while streams move (a join, a
-        replica change), so it is refreshed in the background and a cycle never waits for
-        it: routes, the witness and departures are decided without delay.
+        replica change), so the observer refreshes it in the background and a cycle never
+        waits for it: routes, the witness and departures are decided without delay.
         """
-        registry_peers, nats_part = await asyncio.gather(self._observe_registry(), self._observe_nats())
-        streams = self._latest_streams()
-        nats_ok, meta_leader, members, routed = nats_part
-        return Observation(
-            at=time.monotonic(),
-            node=self.node,
-            nats_ok=nats_ok,
-            registry_peers=registry_peers,
-            routes=self.embedded.routes,
-            routed=routed,
-            meta_leader=meta_leader,
-            meta_members=members,
-            witness=self.embedded.witness_name,
-            streams=streams if meta_leader else (),
-        )
+        registry_peers, view = await asyncio.gather(self._observe_registry(), self.observer.look())
+        return observation(self.node, view, registry_peers, self.embedded.routes)
 
     async def _observe_registry(self) -> tuple[RegistryPeer, ...] | None:
         if self.registry is None:
@@ -188,50 +195,6 @@ class ClusterManager:
             log.debug("Registry did not answer: %s", exc)
             return None
         return tuple(RegistryPeer(p.name, p.cluster_address, p.monitor_url) for p in peers)
-
-    async def _observe_nats(self) -> tuple[bool, str | None, tuple[MetaMember, ...], frozenset[str]]:
-        try:
-            jsz, routez = await asyncio.gather(self.embedded.monitor.jsz(), self.embedded.monitor.routez())
-        except Exception as exc:  # noqa: BLE001 - the planner waits for the monitor
-            log.debug("Monitoring port did not answer: %s", exc)
-            return False, None, (), frozenset()
-        meta = jsz.meta_cluster
-        if meta is None:
-            return True, None, (), frozenset(routez.remote_names)
-        members = tuple(MetaMember(p.name, p.current, p.offline) for p in meta.replicas if p.name != self.node)
-        return True, meta.leader, members, frozenset(routez.remote_names)
-
-    def _refresh_streams(self) -> None:
-        """Start listing the streams anew (a list still running is dropped)."""
-        if self._streams_task is not None:
-            self._streams_task.cancel()
-        self._streams_task = asyncio.ensure_future(self._observe_streams())
-
-    def _latest_streams(self) -> tuple[StreamState, ...]:
-        """The last completed stream list (the cycle starts the next one when it ends)."""
-        task = self._streams_task
-        if task is not None and task.done():
-            if not task.cancelled() and task.exception() is None:
-                self._streams = task.result()
-            self._streams_task = None
-        return self._streams
-
-    async def _observe_streams(self) -> tuple[StreamState, ...]:
-        """Owned streams, cluster-wide (empty when JetStream cannot list them now)."""
-        from nimsforest.health import cluster_streams
-
-        if not self.conn.is_connected:
-            return ()
-        try:
-            views = await cluster_streams(self.conn, timeout=STREAM_LIST_TIMEOUT)
-        except Exception as exc:  # noqa: BLE001 - no stream actions this cycle
-            log.debug("Stream list failed: %s", reason(exc))
-            return ()
-        return tuple(
-            StreamState(v.name, v.replicas, v.leader, v.current, v.lagging, v.messages, v.consumers)
-            for v in views
-            if v.owned
-        )
 
     def _remember(self, obs: Observation) -> None:
         for member in obs.meta_members:

@@ -22,7 +22,7 @@ from natsembed._config import (
     render_config,
     write_config,
 )
-from natsembed._credentials import Credentials, load_or_create
+from natsembed._credentials import Credentials, load_or_create, write_private
 from natsembed._monitor import Jsz, MetaCluster, MonitorClient, Routez, StreamDetail, Varz
 from natsembed._net import advertise_host, detect_address, free_port
 from natsembed._process import ProcessSnapshot, ProcessState, RestartPolicy, ServerProcess, Timeouts
@@ -91,6 +91,7 @@ __all__ = [
     "check_config",
     "has_meta_state",
     "is_witness",
+    "write_private",
     "detect_address",
     "find_nats_server",
     "free_port",

@@ -20,6 +20,7 @@ from nats.aio.client import Client
 
 from natsembed.errors import reason
 from nimsforest import metrics
+from nimsforest.settings import redact
 
 log = logging.getLogger("nimsforest.connection")
 
@@ -210,18 +211,6 @@ class ConnectionManager:
         if not self.nc.is_closed:
             await self.nc.close()
         self._emit(ConnectionEvent.CLOSED, ConnectionState.CLOSED)
-
-
-def redact(url: str) -> str:
-    """NATS URL(s) without user:password parts, for logs."""
-    out = []
-    for s in url.split(","):
-        s = s.strip()
-        if "@" in s:
-            scheme, _, rest = s.partition("://")
-            s = f"{scheme}://***@{rest.split('@', 1)[1]}"
-        out.append(s)
-    return ", ".join(out)
 
 
 def _redact(servers: list[str]) -> str:

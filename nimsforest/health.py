@@ -1,36 +1,42 @@
-"""Node health, answered from cached state.
+"""Node health: a frozen snapshot of the node, and the documents built from it.
 
-`NatsObserver` is a loop that looks at the local NATS every second (the supervisor's
-snapshot, the monitoring port's /jsz, the client connection) and stores a frozen
-`NatsView`. Endpoints compose the answer from that view and from the in-memory status of
-the other loops (cluster manager, registry client, forest), so a stuck nats-server can
-never make /health hang: the worst it can do is make the view stale, which is itself
-reported as unhealthy.
+The node hands out a `NodeSnapshot` (its state and mode, the observer's `NatsView`, the
+registry client's status, the cluster manager's last cycle, the forest's status); the
+JSON documents of GET /health, /health/cluster and /health/registry are pure functions
+of it. Nothing here does I/O, so the endpoints answer even when nats-server hangs: the
+worst a stuck server can do is make the view stale, which is itself unhealthy.
+
+Meaning for load balancers:
+- /health           200: this node serves (nats-server ready, connected, JetStream has a
+                    meta leader, the core streams exist). 503 otherwise, with `reasons`.
+- /health/cluster   200: the cluster is whole as seen from here (meta leader, no peer
+                    offline, every owned stream led, current and at the replication
+                    factor). 503: degraded, with `problems`; the node may still serve.
+- /health/registry  200: the registry answers heartbeats. 503: it does not (the cluster
+                    keeps running on what it knows).
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
-import logging
 import time
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
-
-from natsembed import EmbeddedNats, MonitorClient, ProcessState, is_witness
-from natsembed.errors import reason
-from nimsforest.marks import OWNER_KEY, OWNER_VALUE
+from natsembed import ProcessState
 
 if TYPE_CHECKING:
-    from nimsforest.connection import ConnectionManager
+    from cluster import ClusterStatus, StreamState
+    from nimsforest.forest import ForestStatus
+    from nimsforest.observer import NatsView, StreamView
+    from registry import RegistryStatus
 
-log = logging.getLogger("nimsforest.health")
 
-_F = ConfigDict(frozen=True, defer_build=True)
 class HealthStatus(enum.Enum):
     HEALTHY = "healthy"
     UNHEALTHY = "unhealthy"
+    DEGRADED = "degraded"
 
 
 class NodeMode(enum.Enum):
@@ -39,170 +45,35 @@ class NodeMode(enum.Enum):
     SIDECAR = "sidecar"
 
 
-class StreamView(BaseModel):
-    model_config = _F
-    name: str
+class NodeState(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class NodeSnapshot:
+    """Everything the health documents say, read from the node at one moment."""
+
+    node: str
+    cluster_name: str
+    mode: NodeMode
+    state: NodeState
     replicas: int
-    leader: str | None
-    current: bool  # every replica is current
-    messages: int = 0
-    consumers: int = 0
-    owned: bool = True  # unknown (True) when its leader did not answer: replicas is then 0
-    lagging: tuple[str, ...] = ()
+    required_streams: tuple[str, ...] = ()  # the streams this node serves from
+    nats: NatsView | None = None  # None until NATS was first observed
+    nats_stale: bool = False
+    nats_url: str | None = None  # sidecar mode: the NATS it uses, password hidden
+    monitor_url: str | None = None  # this node's own monitoring URL
+    registry: RegistryStatus | None = None
+    cluster: ClusterStatus | None = None  # the reconcile loop's last cycle (cluster mode)
+    reconcile_interval: float = 2.0
+    forest: ForestStatus | None = None
 
 
-class NatsView(BaseModel):
-    """One observation of the local NATS server."""
-
-    model_config = _F
-    observed_at: float
-    process_state: str | None = None  # the supervised child's state (None in sidecar mode)
-    process_pid: int | None = None
-    restarts: int = 0
-    witness: str | None = None
-    connected: bool = False
-    meta_leader: str | None = None
-    members: tuple[str, ...] = ()  # JetStream servers in the meta group, witness excluded
-    streams: tuple[StreamView, ...] = ()
-    error: str | None = None
-
-    @property
-    def stream_names(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.streams if not s.name.startswith("KV_"))
-
-    @property
-    def kv_buckets(self) -> tuple[str, ...]:
-        return tuple(s.name[3:] for s in self.streams if s.name.startswith("KV_"))
-
-
-# The meta leader answers a stream list only after asking every stream leader, which can
-# take seconds while streams move (a node joined, a replica count changed).
-STREAM_LIST_TIMEOUT = 5.0
-
-
-async def cluster_streams(conn: ConnectionManager, timeout: float = STREAM_LIST_TIMEOUT) -> tuple[StreamView, ...]:
-    """Every stream of the application account, cluster-wide, via the JetStream API.
-
-    Stream names come from the meta leader; each stream's state from its own leader, asked
-    concurrently. (A single STREAM.LIST request makes the meta leader gather every
-    stream's state and wait for the slowest, which takes seconds while streams move.) A
-    stream whose leader does not answer in time is reported without a leader.
-    """
-    import json
-
-    js = conn.nc.jetstream(timeout=timeout)
-    names: list[str] = []
-    offset = 0
-    while True:
-        msg = await conn.nc.request("$JS.API.STREAM.NAMES", json.dumps({"offset": offset}).encode(), timeout)
-        page = json.loads(msg.data)
-        names += page.get("streams") or []
-        offset = len(names)
-        if offset >= int(page.get("total", 0)) or not page.get("streams"):
-            break
-    infos = await asyncio.gather(
-        *(asyncio.wait_for(js.stream_info(n), timeout) for n in names), return_exceptions=True
-    )
-    out = []
-    for name, info in zip(names, infos, strict=True):
-        if isinstance(info, BaseException):
-            out.append(StreamView(name=name, replicas=0, leader=None, current=False))
-            continue
-        cluster = info.cluster
-        replicas = (cluster.replicas or []) if cluster else []
-        out.append(
-            StreamView(
-                name=info.config.name or name,
-                replicas=info.config.num_replicas or 1,
-                leader=cluster.leader if cluster else None,
-                current=all(bool(r.current) and not r.offline for r in replicas),
-                messages=info.state.messages,
-                consumers=info.state.consumer_count,
-                owned=bool(info.config.metadata and info.config.metadata.get(OWNER_KEY) == OWNER_VALUE),
-                lagging=tuple(r.name for r in replicas if not r.current or r.offline),
-            )
-        )
-    return tuple(sorted(out, key=lambda v: v.name))
-
-
-class NatsObserver:
-    """Observes the local NATS every `interval` seconds; keeps going through errors."""
-
-    def __init__(
-        self,
-        node_name: str,
-        conn: ConnectionManager,
-        *,
-        embedded: EmbeddedNats | None = None,
-        monitor: MonitorClient | None = None,
-        interval: float = 1.0,
-    ) -> None:
-        self.node_name = node_name
-        self.conn = conn
-        self.embedded = embedded
-        self.monitor = monitor or (embedded.monitor if embedded else None)
-        self.interval = interval
-        self.view = NatsView(observed_at=0.0)
-        self._last_error: str | None = None
-        self._changed = asyncio.Event()
-
-    async def observe_once(self) -> NatsView:
-        fields: dict[str, object] = {"observed_at": time.time(), "connected": self.conn.is_connected}
-        if self.embedded is not None:
-            snap = self.embedded.snapshot()
-            fields.update(
-                process_state=snap.node.state.value,
-                process_pid=snap.node.pid,
-                restarts=snap.node.restarts,
-                witness=snap.witness_name,
-            )
-        errors: list[str] = []
-        if self.monitor is not None:
-            try:
-                jsz = await self.monitor.jsz()
-                meta = jsz.meta_cluster
-                if meta is not None:
-                    fields["meta_leader"] = meta.leader
-                    names = {jsz.server_name or self.node_name, *meta.members}
-                    fields["members"] = tuple(sorted(n for n in names if not is_witness(n)))
-            except Exception as exc:  # noqa: BLE001 - reported in the view
-                errors.append(f"monitoring port did not answer: {reason(exc)}")
-        if self.conn.is_connected and (self.monitor is None or fields.get("meta_leader")):
-            try:
-                fields["streams"] = await cluster_streams(self.conn, timeout=STREAM_LIST_TIMEOUT)
-            except Exception as exc:  # noqa: BLE001 - reported in the view
-                errors.append(f"JetStream did not list its streams: {reason(exc)}")
-        error = "; ".join(errors) or None
-        fields["error"] = error
-        if error != self._last_error:
-            if error:
-                log.warning("Health observer: %s", error)
-            elif self._last_error:
-                log.info("Health observer: NATS answers again")
-            self._last_error = error
-        self.view = NatsView.model_validate(fields)
-        if self.view.members:
-            from nimsforest import metrics
-
-            metrics.cluster_size.set(len(self.view.members))
-            metrics.nats_cluster_peers.set(len(self.view.members) - 1)
-        return self.view
-
-    async def run(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self.observe_once(), STREAM_LIST_TIMEOUT + 3.0)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the loop lives on
-                if str(exc) != self._last_error:
-                    log.warning("Health observer failed: %s", reason(exc))
-                    self._last_error = str(exc)
-            await asyncio.sleep(self.interval)
-
-    def is_stale(self, now: float | None = None) -> bool:
-        now = time.time() if now is None else now
-        return now - self.view.observed_at > STREAM_LIST_TIMEOUT + 5.0 + self.interval * 2
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat() if ts else None
 
 
 def problems(view: NatsView, required_streams: tuple[str, ...], stale: bool) -> list[str]:
@@ -212,16 +83,163 @@ def problems(view: NatsView, required_streams: tuple[str, ...], stale: bool) -> 
         age = time.time() - view.observed_at
         out.append(f"health state is stale: NATS was last observed {age:.0f}s ago")
         return out
-    if view.process_state is not None and view.process_state != ProcessState.READY.value:
-        out.append(f"nats-server is {view.process_state}")
+    if view.process_state is not None and view.process_state is not ProcessState.READY:
+        out.append(f"nats-server is {view.process_state.value}")
     if not view.connected:
         out.append("the node's NATS connection is down")
     if view.error:
         out.append(view.error)
     elif view.process_state is not None and view.meta_leader is None:
         out.append("JetStream has no meta leader")
+    if not view.error and view.connected and not view.streams_listed:
+        out.append("JetStream has not listed its streams yet")
     have = {s.name for s in view.streams}
     missing = [s for s in required_streams if s not in have]
-    if missing and not view.error and view.process_state is not None:
+    if missing and not view.error and view.streams_listed:
         out.append("missing streams: " + ", ".join(missing))
     return out
+
+
+def node_health(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
+    view = s.nats
+    reasons: list[str] = []
+    if s.state is not NodeState.READY:
+        reasons.append(f"node is {s.state.value}")
+    if view is None:
+        reasons.append("NATS not observed yet")
+    else:
+        reasons += problems(view, s.required_streams, s.nats_stale)
+    members = view.members if view else ()
+    sidecar = s.mode is NodeMode.SIDECAR
+    body: dict[str, Any] = {
+        "status": (HealthStatus.UNHEALTHY if reasons else HealthStatus.HEALTHY).value,
+        "node": s.node,
+        "mode": s.mode.value,
+        "cluster": {
+            "name": s.cluster_name,
+            "size": None if sidecar else max(1, len(members)),  # a sidecar's NATS owns it
+            "peers": None if sidecar else [m for m in members if m != s.node],
+            "replication_factor": s.replicas,
+        },
+        "jetstream": {
+            "streams": list(view.stream_names) if view else [],
+            "kv_buckets": list(view.kv_buckets) if view else [],
+            "meta_leader": view.meta_leader if view else None,
+        },
+        "nats": {
+            "state": view.process_state.value if view and view.process_state else None,
+            "pid": view.process_pid if view else None,
+            "restarts": view.restarts if view else 0,
+            "witness": view.witness if view else None,
+            "connected": view.connected if view else False,
+        },
+    }
+    if s.nats_url is not None:
+        body["nats"]["url"] = s.nats_url
+    if s.registry is not None:
+        body["registry"] = {"connected": s.registry.connected, "url": s.registry.url}
+    if s.cluster is not None:
+        body["cluster"]["status"] = s.cluster.sentence
+    if s.forest is not None:
+        body["forest"] = {
+            "running": s.forest.running,
+            "components": len(s.forest.user_components),
+            "failed": [f"{c.ref}: {c.last_error}" for c in s.forest.failed],
+        }
+    if reasons:
+        body["reasons"] = reasons
+    return (503 if reasons else 200), body
+
+
+def cluster_health(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
+    status = s.cluster
+    if status is None:
+        return _unmanaged_cluster(s)
+    problems_ = list(status.problems)
+    age = time.time() - status.cycle_at
+    if age > max(10.0, s.reconcile_interval * 5):
+        problems_.append(f"the reconcile loop last reported {age:.0f}s ago")
+    body = {
+        "status": (HealthStatus.DEGRADED if problems_ else HealthStatus.HEALTHY).value,
+        "node": status.node,
+        "size": status.size,
+        "replication_factor": status.replication_factor,
+        "meta_leader": status.meta_leader,
+        "witness": status.witness,
+        "witnesses": list(status.witnesses),
+        "peers": [{**asdict(p), "state": p.state.value} for p in status.peers],
+        "streams": [_stream_doc(x) for x in status.streams],
+        "monitor_url": s.monitor_url,
+        "registry_ok": status.registry_ok,
+        "last_sentence": status.sentence,
+        "last_cycle_at": _iso(status.cycle_at),
+        "cycles": status.cycles,
+    }
+    if problems_:
+        body["problems"] = problems_
+    return (503 if problems_ else 200), body
+
+
+def _stream_doc(x: StreamState | StreamView) -> dict[str, Any]:
+    return {"name": x.name, "replicas": x.replicas, "leader": x.leader, "current": x.current,
+            "lagging": list(x.lagging), "messages": x.messages, "consumers": x.consumers}
+
+
+def _unmanaged_cluster(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
+    """/health/cluster of a node without a reconcile loop (standalone, sidecar)."""
+    view = s.nats
+    streams = view.streams if view else ()
+    problems_: list[str] = []
+    if view is None or view.meta_leader is None:
+        problems_.append("JetStream has no meta leader")
+    for x in streams:
+        if x.owned and (x.leader is None or not x.current):
+            problems_.append(f"stream {x.name} is not led or not current")
+    body: dict[str, Any] = {
+        "status": (HealthStatus.DEGRADED if problems_ else HealthStatus.HEALTHY).value,
+        "node": s.node,
+        "size": max(1, len(view.members)) if view else 1,
+        "replication_factor": s.replicas,
+        "meta_leader": view.meta_leader if view else None,
+        "witness": view.witness if view else None,
+        "peers": [],
+        "streams": [_stream_doc(x) for x in streams if x.owned],
+        "monitor_url": s.monitor_url,
+        "registry_ok": None,
+        "last_sentence": (
+            "sidecar: clustering belongs to the NATS the node uses"
+            if s.mode is NodeMode.SIDECAR else "standalone: no registry, no peers to manage"
+        ),
+        "last_cycle_at": _iso(view.observed_at) if view else None,
+    }
+    if problems_:
+        body["problems"] = problems_
+    return (503 if problems_ else 200), body
+
+
+def registry_health(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
+    if s.registry is None:
+        return 200, {"configured": False, "connected": False, "url": None,
+                     "detail": f"{s.mode.value} mode uses no registry"}
+    st = s.registry
+    body = {
+        "configured": True,
+        "connected": st.connected,
+        "url": st.url,
+        "state": st.state.value,
+        "last_heartbeat": st.last_heartbeat.isoformat() if st.last_heartbeat else None,
+        "last_error": st.last_error,
+    }
+    return (200 if st.connected else 503), body
+
+
+__all__ = [
+    "HealthStatus",
+    "NodeMode",
+    "NodeSnapshot",
+    "NodeState",
+    "cluster_health",
+    "node_health",
+    "problems",
+    "registry_health",
+]

@@ -1,31 +1,13 @@
-"""What a node derives from its settings before it starts anything (no heavy imports).
-
-Kept apart from node.py, which orchestrates; everything here is a plain function.
-"""
+"""What a node derives from its settings before it starts anything (no heavy imports):
+plain functions, used by the modes (nimsforest.modes)."""
 
 from __future__ import annotations
 
-import importlib
-import logging
 import os
-from types import ModuleType
 
 from natsembed import EmbeddedConfig, RestartPolicy, Timeouts, find_nats_server
 from nimsforest import __version__
 from nimsforest.settings import Settings
-
-
-def import_heavy() -> ModuleType:
-    """Modules a node needs only once NATS runs; imported in a thread meanwhile."""
-    for name in (
-        "nats", "nats.js", "nimsforest.connection", "nimsforest.streams",
-        "nimsforest.forest", "nimsforest.forest.http", "nimsforest.control",
-        "nimsforest.api.server",
-    ):
-        importlib.import_module(name)
-    app = importlib.import_module("nimsforest.api.app")
-    logging.getLogger("nimsforest").debug("Imported the forest and the web stack")
-    return app
 
 
 def embedded_config(

@@ -381,10 +381,23 @@ def load_settings(
     return settings
 
 
+def redact(url: str) -> str:
+    """NATS URL(s) without user:password parts, for logs."""
+    out = []
+    for s in url.split(","):
+        s = s.strip()
+        if "@" in s:
+            scheme, _, rest = s.partition("://")
+            s = f"{scheme}://***@{rest.split('@', 1)[1]}"
+        out.append(s)
+    return ", ".join(out)
+
+
 __all__ = [
     "Settings",
     "SettingsError",
     "api_headers",
+    "redact",
     "check_name",
     "load_settings",
     "local_http_url",

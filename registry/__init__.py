@@ -33,6 +33,7 @@ from registry._model import (
     RegistryState,
     RegistryStatus,
 )
+from registry._store import StateFileError
 from registry._timing import Timing, plan_timing
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ __all__ = [
     "PeerEventType",
     "RegistryState",
     "RegistryStatus",
+    "StateFileError",
     "RegistryError",
     "RegistryUnreachable",
     "RegistryConflict",

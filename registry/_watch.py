@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from typing import Any, Protocol, TypeVar
 
 from registry._errors import RegistryError
 from registry._model import NodeInfo, PeerEvent, PeerEventType
+from registry._timing import Timing
 
-if TYPE_CHECKING:
-    from registry._base import Registry
+T = TypeVar("T")
 
 
-async def watch(reg: Registry, known: Iterable[NodeInfo], wait: float) -> AsyncIterator[PeerEvent]:
+class Watched(Protocol):
+    """What the watch loop needs of a registry client (registry._base.Registry)."""
+
+    timing: Timing
+    _closed: asyncio.Event
+
+    async def _fetch(
+        self, index: int | None, wait: float | None
+    ) -> tuple[int | None, list[NodeInfo]]: ...
+
+    async def _unless_closed(self, coro: Coroutine[Any, Any, T]) -> T | None: ...
+
+    async def _sleep(self, seconds: float) -> bool: ...
+
+    def _is_self(self, node: NodeInfo) -> bool: ...
+
+
+async def watch(reg: Watched, known: Iterable[NodeInfo], wait: float) -> AsyncIterator[PeerEvent]:
     """The loop behind `Registry.watch_peers` (its contract is in `Registry`'s docstring).
 
     Each round is a blocking query from the last index when the backend answers with

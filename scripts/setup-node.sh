@@ -266,7 +266,7 @@ for unit in "${UNITS[@]}"; do
 done
 
 step "Waiting until $NODE_NAME is a member of a cluster of at least $MIN_SIZE"
-if ! run "$PREFIX/bin/python" -m nimsforest.deploy.verify --mode "$MODE" --min-size "$MIN_SIZE" \
+if ! run "$PREFIX/bin/python" -m nimsforest.cli.verify --mode "$MODE" --min-size "$MIN_SIZE" \
   --timeout "$VERIFY_TIMEOUT"; then
   die "The node did not join its cluster; see journalctl -u ${UNITS[-1]}."
 fi

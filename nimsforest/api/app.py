@@ -1,25 +1,37 @@
 """The node's HTTP API (FastAPI): health, metrics, and the routers of the forest.
 
-Every handler answers from in-memory state; none waits on nats-server.
+Every handler answers from in-memory state; none waits on nats-server. The app knows the
+node only through what it is given: a function returning the node's frozen
+`NodeSnapshot`, the routers of the forest and its control plane, and a hook that hears
+of every request refused for its body.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from nimsforest import __version__, metrics
+from nimsforest.control import validation_sentence
+from nimsforest.health import NodeSnapshot, cluster_health, node_health, registry_health
 
-if TYPE_CHECKING:
-    from nimsforest.node import Node
+RefusedHook = Callable[[Request, str], Awaitable[None]]
 
 
-def create_app(node: Node) -> FastAPI:
+async def _ignore(request: Request, message: str) -> None:
+    """No one to tell about a refused request."""
+
+
+def create_app(
+    snapshot: Callable[[], NodeSnapshot],
+    routers: Sequence[APIRouter] = (),
+    on_refused: RefusedHook = _ignore,
+) -> FastAPI:
     app = FastAPI(
         title="NimsForest node API",
         version=__version__,
@@ -28,24 +40,24 @@ def create_app(node: Node) -> FastAPI:
 
     @app.get("/health", tags=["health"], summary="Overall health (200 healthy, 503 not)")
     def health() -> JSONResponse:
-        code, body = node.health()
+        code, body = node_health(snapshot())
         return JSONResponse(body, status_code=code)
 
     @app.get("/health/cluster", tags=["health"], summary="Cluster state (200 whole, 503 degraded)")
     def health_cluster() -> JSONResponse:
-        code, body = node.cluster_health()
+        code, body = cluster_health(snapshot())
         return JSONResponse(body, status_code=code)
 
     @app.get("/health/registry", tags=["health"], summary="Registry connection (200 up, 503 down)")
     def health_registry() -> JSONResponse:
-        code, body = node.registry_health()
+        code, body = registry_health(snapshot())
         return JSONResponse(body, status_code=code)
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
     def prometheus() -> Response:
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    for router in node.routers():
+    for router in routers:
         app.include_router(router)
 
     # every error is {"error": "<one sentence>"}, whichever layer refuses the request
@@ -63,13 +75,8 @@ def create_app(node: Node) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        from nimsforest.control._http import record_refused
-        from nimsforest.control._schemas import validation_sentence
-
         message = validation_sentence(exc.errors())
-        control = getattr(node, "control", None)
-        if control is not None:
-            await record_refused(control, request, message)
+        await on_refused(request, message)
         return JSONResponse({"error": message}, status_code=422)
 
     return app

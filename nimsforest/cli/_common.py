@@ -31,7 +31,7 @@ def emit(text: str, output: Path | None, *, private: bool = False) -> None:
         return
     try:
         if private:
-            from natsembed._credentials import write_private
+            from natsembed import write_private
 
             write_private(output, text)
         else:

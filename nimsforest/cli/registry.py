@@ -74,8 +74,7 @@ def serve(host: str, port: int, data: Path | None, token: str | None, log_level:
     """
     import uvicorn
 
-    from registry import create_app
-    from registry._store import StateFileError
+    from registry import StateFileError, create_app
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr

@@ -21,10 +21,11 @@ Public API:
 from __future__ import annotations
 
 from nimsforest.control._audit import AUDIT, Actor, AuditRecord, Via
-from nimsforest.control._controller import Controller
 from nimsforest.control._desired import DesiredComponent, Origin, without_components
+from nimsforest.control._http import record_refused
 from nimsforest.control._nats import CLIENT_HEADER, PREFIX, QUEUE
-from nimsforest.control._schemas import KIND_NAMES, parse_kind
+from nimsforest.control._plane import Controller
+from nimsforest.control._schemas import KIND_NAMES, parse_kind, validation_sentence
 from nimsforest.control._store import BUCKET
 from nimsforest.control.errors import (
     Conflict,
@@ -63,5 +64,7 @@ __all__ = [
     "Unavailable",
     "Via",
     "parse_kind",
+    "record_refused",
+    "validation_sentence",
     "without_components",
 ]

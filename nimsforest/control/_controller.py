@@ -77,8 +77,11 @@ log = logging.getLogger("nimsforest.control")
 MAX_ENTRY = 900 * 1024  # NATS refuses messages over 1 MB by default
 
 
-class Controller:
-    """Runtime changes to the forest, cluster-wide and durable. See docs/CONTROL.md."""
+class ControllerCore:
+    """Runtime changes to the forest, cluster-wide and durable. See docs/CONTROL.md.
+
+    The core decides and writes; its ways in (HTTP routers, NATS request/reply) are added
+    by `Controller` (control/_plane.py), which is what the package's face exports."""
 
     def __init__(
         self,
@@ -110,18 +113,17 @@ class Controller:
         self._apply_timeout = apply_timeout
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self._nats: Any = None
-        self._refusals: dict[tuple[str, str, str], float] = {}
+        self._drift: asyncio.Task[None] | None = None
+        self._refusals: dict[tuple[str, Action, Refusal], float] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(
         self, *, first_apply_timeout: float = 30.0, attempts: int = 6, backoff: float = 1.0
     ) -> None:
         """Open the bucket and the audit stream, seed the bucket from the configuration
-        file when it was never written, apply the desired state, serve forest.control.*.
-        Opening and seeding are retried with backoff (JetStream may still be settling a
-        cluster change), then a RuntimeError says why."""
-        from nimsforest.control._nats import NatsControl
+        file when it was never written, apply the desired state. Opening and seeding are
+        retried with backoff (JetStream may still be settling a cluster change), then a
+        RuntimeError says why."""
 
         async def open_and_seed() -> None:
             await self.store.open()
@@ -139,28 +141,17 @@ class Controller:
         self._task = asyncio.create_task(self.watcher.run(), name="forest-control-watch")
         if not await self.watcher.wait_first_apply(first_apply_timeout):
             log.warning("The desired forest state is not applied yet; the node goes on")
-        self._nats = NatsControl(self._nc, self)
-        await self._nats.start()
 
     async def stop(self) -> None:
-        if self._nats is not None:
-            await self._nats.stop()
-            self._nats = None
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        for task in (self._drift, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._task = self._drift = None
 
     def resync(self) -> None:
         self.watcher.resync()
-
-    def routers(self, river: Any = None) -> list[Any]:
-        """The management API routers; `river`, the forest's HTTP router, is included with
-        the token check on its /api/ routes."""
-        from nimsforest.control._http import make_routers
-
-        return make_routers(self, river)
 
     async def _seed(self) -> None:
         if self.config_file is None:
@@ -200,7 +191,7 @@ class Controller:
                         "cluster's state runs. Reload (SIGHUP or `nimsforest reload`) to apply "
                         "the file.", self.config_file, n,
                     )
-        asyncio.ensure_future(check())
+        self._drift = asyncio.create_task(check(), name="forest-file-drift")
 
     # --- changes ---------------------------------------------------------------------------
     async def add(self, kind: str | ComponentKind, body: Any, who: Actor) -> ChangeOut:
@@ -487,8 +478,8 @@ class Controller:
                 prev = stored[e.key]
                 done.append((e.key, prev, await self._nats_call(self.store.delete(prev))))
         except ControlError:
-            for key, prev, written in reversed(done):
-                await self.store.put_back(key, prev, written)
+            for key, before, after in reversed(done):
+                await self.store.put_back(key, before, after)
             raise Conflict(
                 "The desired state was changed by someone else during the reload; nothing was "
                 "changed, retry."
@@ -554,4 +545,4 @@ def _name_of(body: Any) -> str | None:
     return name if isinstance(name, str) else None
 
 
-__all__ = ["Controller"]
+__all__ = ["ControllerCore"]

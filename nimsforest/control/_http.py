@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from nimsforest.control._audit import Action, Actor, AuditRecord, Refusal, Via
-from nimsforest.control._controller import Controller
+from nimsforest.control._controller import ControllerCore
 from nimsforest.control._schemas import (
     MAX_BODY,
     REQUEST_MODELS,
@@ -59,7 +59,7 @@ def _error(exc: ControlError) -> JSONResponse:
     return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
 
 
-def make_routers(ctl: Controller, river: APIRouter | None = None) -> list[APIRouter]:
+def make_routers(ctl: ControllerCore, river: APIRouter | None = None) -> list[APIRouter]:
     bearer = HTTPBearer(
         auto_error=False,
         description="NIMSFOREST_API_TOKEN; required when the node was started with one",
@@ -135,7 +135,7 @@ def make_routers(ctl: Controller, river: APIRouter | None = None) -> list[APIRou
 
 
 def _kind_routes(
-    router: APIRouter, ctl: Controller, kind: ComponentKind, model: type, caller: Any, changer: Any
+    router: APIRouter, ctl: ControllerCore, kind: ComponentKind, model: type, caller: Any, changer: Any
 ) -> None:
     plural = kind.plural
 
@@ -239,7 +239,7 @@ def is_change(request: Request) -> bool:
     )
 
 
-async def record_refused(ctl: Controller, request: Request, message: str) -> None:
+async def record_refused(ctl: ControllerCore, request: Request, message: str) -> None:
     """Audit a change the API layer refused before the controller saw it (a body that is
     not valid JSON or does not fit the schema)."""
     if is_change(request):

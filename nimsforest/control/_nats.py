@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
 
-    from nimsforest.control._controller import Controller
+    from nimsforest.control._controller import ControllerCore
 
 log = logging.getLogger("nimsforest.control")
 PREFIX = "forest.control"
@@ -39,7 +39,7 @@ _MUTATING = {a.value: a for a in (Action.ADD, Action.REPLACE, Action.REMOVE, Act
 
 
 class NatsControl:
-    def __init__(self, nc: Client, controller: Controller) -> None:
+    def __init__(self, nc: Client, controller: ControllerCore) -> None:
         self._nc = nc
         self._ctl = controller
         self._sub: Any = None

@@ -1,8 +1,8 @@
 """Wait until the node on this machine serves and is a member of its cluster.
 
-Used by scripts/setup-node.sh after it starts the units:
-
-    python -m nimsforest.deploy.verify --mode embedded --min-size 1 --timeout 5m
+Used by scripts/setup-node.sh after it starts the units, through the command
+`python -m nimsforest.cli.verify --mode embedded --min-size 1 --timeout 5m`
+(nimsforest/cli/verify.py).
 
 Embedded mode asks the daemon's /health/cluster (200 and at least --min-size members);
 sidecar mode asks the local nats-server's /healthz and /routez (routed to at least
@@ -17,7 +17,6 @@ import enum
 import time
 from dataclasses import dataclass
 
-import click
 import httpx
 
 
@@ -84,30 +83,4 @@ async def verify(mode: Mode, api: str, monitor: str, min_size: int, timeout: flo
             await asyncio.sleep(interval)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--mode", type=click.Choice([m.value for m in Mode]), default="embedded", show_default=True)
-@click.option("--api", envvar="NIMSFOREST_API", default="127.0.0.1:8080", show_default=True,
-              help="The daemon's management API [env NIMSFOREST_API].")
-@click.option("--monitor", default="127.0.0.1:8222", show_default=True,
-              help="The local nats-server's monitoring address (sidecar mode).")
-@click.option("--min-size", type=click.IntRange(1), default=1, show_default=True,
-              help="Members the cluster must have, this node included.")
-@click.option("--timeout", default="5m", show_default=True, help="How long to wait (10s, 5m, ...).")
-def main(mode: str, api: str, monitor: str, min_size: int, timeout: str) -> None:
-    """Wait until this machine's node serves and is a member of its cluster."""
-    from nimsforest.cli._common import EXIT_FAILURE, EXIT_USAGE, fail, run_async
-    from nimsforest.settings import local_http_url, parse_duration
-
-    try:
-        seconds = parse_duration(timeout)
-        api_url, monitor_url = local_http_url(api), local_http_url(monitor)
-    except ValueError as exc:
-        fail(f"{str(exc).rstrip('.')}.", EXIT_USAGE)
-    verdict = run_async(verify(Mode(mode), api_url, monitor_url, min_size, seconds))
-    if not verdict.ok:
-        fail(f"Not a cluster member after {timeout}: {verdict.sentence}.", EXIT_FAILURE)
-    click.echo(f"Verified: {verdict.sentence}.")
-
-
-if __name__ == "__main__":
-    main()
+__all__ = ["Mode", "Verdict", "verify"]

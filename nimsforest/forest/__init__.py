@@ -4,7 +4,8 @@ guarantee of every hop.
 
 Public API:
     Forest(nc, config, replicas=1, placement_tags=None)      the runtime (runtime.py)
-    ForestConfig, load_forest_config(path)                   forest.yaml (config.py)
+    ForestConfig, load_forest_config(path), parse_forest_config(data, base_dir=...)
+                                                             forest.yaml
     ComponentKind, ComponentRef, ComponentState, ComponentStatus, ForestStatus, ReloadDiff,
     FlowReceipt
     Problem, ProblemKind, check_components(components)   typed problems, the one check
@@ -16,13 +17,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nimsforest.forest.config import ForestConfig, load_forest_config, parse_forest_config
+from nimsforest.forest.config import ForestConfig, parse_forest_config
 from nimsforest.forest.errors import (
     ComponentNotFound,
     FlowError,
     ForestConfigError,
     ForestError,
 )
+from nimsforest.forest.loading import load_forest_config
 from nimsforest.forest.model import (
     ComponentKind,
     ComponentRef,

@@ -221,9 +221,9 @@ def parse_forest_config(data: Any, *, base_dir: Path, path: Path | None = None) 
     return ForestConfig(base_dir=base_dir, path=path, decomposer=decomposer, **sections)
 
 
-def load_forest_config(path: str | os.PathLike[str], *, check: bool = True) -> ForestConfig:
-    """Read and validate forest.yaml. With `check`, every script, prompt and brain is also
-    compiled, so a bad Lua file or template is reported here, naming file and component."""
+def read_forest_config(path: str | os.PathLike[str]) -> ForestConfig:
+    """Read and validate forest.yaml (its scripts and prompts are compiled by
+    nimsforest.forest.loading.load_forest_config)."""
     p = Path(path).expanduser().resolve()
     try:
         text = p.read_text()
@@ -238,12 +238,7 @@ def load_forest_config(path: str | os.PathLike[str], *, check: bool = True) -> F
         where = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ForestConfigError(f"is not valid YAML{where}: {problem}", file=str(p)) from None
-    cfg = parse_forest_config(data, base_dir=p.parent, path=p)
-    if check:
-        from nimsforest.forest.build import check_config
-
-        check_config(cfg)
-    return cfg
+    return parse_forest_config(data, base_dir=p.parent, path=p)
 
 
 __all__ = [
@@ -263,7 +258,7 @@ __all__ = [
     "TreeHouseSpec",
     "TreeSpec",
     "component_label",
-    "load_forest_config",
+    "read_forest_config",
     "parse_forest_config",
     "parse_spec",
 ]

@@ -85,6 +85,15 @@ class ForestStatus(_Frozen):
     def healthy(self) -> bool:
         return self.running and all(c.state is ComponentState.RUNNING for c in self.components)
 
+    @property
+    def user_components(self) -> tuple[ComponentStatus, ...]:
+        """The components of the forest's configuration (the decomposer is built in)."""
+        return tuple(c for c in self.components if c.kind is not ComponentKind.DECOMPOSER)
+
+    @property
+    def failed(self) -> tuple[ComponentStatus, ...]:
+        return tuple(c for c in self.components if c.state is ComponentState.FAILED)
+
 
 class ReloadDiff(_Frozen):
     """What `Forest.reload()` did. `failed` lists components that were applied but did

@@ -64,6 +64,9 @@ class _Consuming(_Spec):
 
     ack_wait: Duration = Field(30.0, gt=0)
     max_deliver: int = Field(5, ge=1)
+
+
+class _Bounded(_Consuming):
     max_inflight: int = Field(256, ge=1, le=10_000)
 
 
@@ -72,7 +75,7 @@ def _exactly_one(a: object, b: object, choices: str) -> None:
         raise ValueError(f"give exactly one of {choices}")
 
 
-class _Scripted(_Consuming):
+class _Scripted(_Bounded):
     script: Path | None = None  # a .lua file, relative to forest.yaml
     code: str | None = None  # or the Lua source inline
     limits: LimitsSpec = LimitsSpec()
@@ -252,7 +255,7 @@ class SourceSpec(_Spec):
         return self
 
 
-class DecomposerSpec(_Consuming):
+class DecomposerSpec(_Bounded):
     enabled: bool = True
     max_deliver: int = Field(10, ge=1)
 

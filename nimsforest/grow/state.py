@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from natsembed._credentials import write_private
+from natsembed import write_private
 from nimsforest.grow.collect import GrowError
 
 KEEP_EXPANSIONS = 20

@@ -15,6 +15,7 @@ import signal
 from cluster import ClusterManager, Tuning
 from natsembed import ProcessState, RestartPolicy, Timeouts
 from nimsforest.connection import ConnectionManager, ConnectionOptions
+from nimsforest.observer import NatsObserver
 from registry import NodeInfo, open_registry
 from tests.support import EmbeddedFactory, eventually, free_port
 
@@ -55,8 +56,8 @@ async def test_founder_and_its_witness_lost_from_a_group_of_four(
             conn = ConnectionManager([e.system_url], ConnectionOptions(retry_attempts=2, retry_interval=0.2),
                                      user=e.credentials.app_user, password=e.credentials.app_password)
             await conn.connect()
-            m = ClusterManager(embedded=e, conn=conn, registry=reg, tuning=Tuning(grace=1, rescue_after=1),
-                               interval=0.5)
+            m = ClusterManager(embedded=e, observer=NatsObserver(e.name, conn, embedded=e),
+                               registry=reg, tuning=Tuning(grace=1, rescue_after=1), interval=0.5)
             registries.append(reg)
             conns.append(conn)
             managers.append(m)

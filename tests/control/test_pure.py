@@ -25,7 +25,7 @@ from nimsforest.control._schemas import (
 )
 from nimsforest.control.errors import Invalid, NotFound, RateLimited
 from nimsforest.forest import ComponentKind, ForestConfig, ProblemKind, load_forest_config
-from nimsforest.node import _check_api_exposure
+from nimsforest.node import check_api_exposure
 from nimsforest.settings import SettingsError, load_settings
 from tests.forest.conftest import write_forest
 
@@ -164,9 +164,9 @@ def test_the_api_leaves_localhost_only_with_a_token(
     settings = load_settings()
     if refused:
         with pytest.raises(SettingsError, match="set NIMSFOREST_API_TOKEN"):
-            _check_api_exposure(settings)
+            check_api_exposure(settings)
     else:
-        _check_api_exposure(settings)
+        check_api_exposure(settings)
 
 
 def test_a_bad_rate_is_a_settings_error(monkeypatch: pytest.MonkeyPatch) -> None:

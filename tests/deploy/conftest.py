@@ -24,8 +24,8 @@ def nimsforest(*args: str, env: dict[str, str] | None = None, timeout: float = 6
 
 
 def verify(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run `python -m nimsforest.deploy.verify ARGS` (the setup script's last step)."""
-    return subprocess.run([sys.executable, "-m", "nimsforest.deploy.verify", *args], capture_output=True,
+    """Run `python -m nimsforest.cli.verify ARGS` (the setup script's last step)."""
+    return subprocess.run([sys.executable, "-m", "nimsforest.cli.verify", *args], capture_output=True,
                           text=True, timeout=60, check=False)
 
 

@@ -73,7 +73,7 @@ def test_embedded_dry_run(tmp_path: Path) -> None:
         "systemctl daemon-reload",
         "systemctl enable nimsforest.service",
         "systemctl restart nimsforest.service",
-        f"{VENV}/bin/python -m nimsforest.deploy.verify --mode embedded --min-size 1",
+        f"{VENV}/bin/python -m nimsforest.cli.verify --mode embedded --min-size 1",
     ]
     positions = [next(i for i, f in enumerate(flat) if f.startswith(o)) for o in order]
     assert positions == sorted(positions), flat
@@ -100,7 +100,7 @@ def test_sidecar_dry_run(tmp_path: Path) -> None:
     cmds = commands(r.stdout)
     flat = [" ".join(c) for c in cmds]
     assert "systemctl enable nats.service nimsforest-sidecar.service" in flat
-    assert any(f.startswith(f"{VENV}/bin/python -m nimsforest.deploy.verify --mode sidecar --min-size 2")
+    assert any(f.startswith(f"{VENV}/bin/python -m nimsforest.cli.verify --mode sidecar --min-size 2")
                for f in flat)
     assert not any("systemd-unit nimsforest.service" in f for f in flat)
     # The nats-config command it prints renders a file nats-server accepts (secret put back in).

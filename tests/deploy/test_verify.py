@@ -1,4 +1,4 @@
-"""nimsforest.deploy.verify (the setup script's last step) against a real node."""
+"""nimsforest.cli.verify (the setup script's last step) against a real node."""
 
 from __future__ import annotations
 

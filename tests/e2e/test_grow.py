@@ -89,7 +89,7 @@ async def test_grow_adds_a_local_node_that_joins_then_respects_its_limits(
     assert n3.name == "n3" and n3.host == "127.0.0.3"  # the next free loopback address
     body = await wait_cluster(n1, 3, 3, timeout=120)
     assert sorted(p["name"] for p in body["peers"]) == ["n2", "n3"]
-    verify = subprocess.run([sys.executable, "-m", "nimsforest.deploy.verify", "--api", f"{n3.host}:{n3.api_port}",
+    verify = subprocess.run([sys.executable, "-m", "nimsforest.cli.verify", "--api", f"{n3.host}:{n3.api_port}",
                              "--min-size", "3", "--timeout", "60s"], capture_output=True, text=True, check=False)
     assert verify.returncode == 0 and "in a cluster of 3" in verify.stdout, verify.stderr
 

@@ -25,7 +25,7 @@ import signal
 import string
 from collections.abc import Mapping
 
-from natsembed._credentials import write_private
+from natsembed import write_private
 from nimsforest.grow.provisioners import ProvisionerError, ProvisionRequest, ProvisionResult
 
 PLACEHOLDERS = ("name", "user_data_file", "registry_url", "service")

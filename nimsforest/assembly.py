@@ -1,0 +1,187 @@
+"""What a node builds once its NATS runs: the connection and the observer, the streams,
+the forest and its control plane, the API.
+
+This module imports the heavy half of NimsForest (nats-py, the forest with Lua and
+jinja2, the control plane, FastAPI and uvicorn). The node imports it in a thread while
+its nats-server boots (`node_setup.import_heavy`), so nothing here delays the spawn.
+Every builder that starts something registers its teardown on the caller's
+AsyncExitStack, so the node stops in the reverse order of its start by construction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import Request
+
+from natsembed import NODE_TAG, Credentials, EmbeddedNats, is_witness
+from nimsforest import metrics
+from nimsforest.api.app import create_app
+from nimsforest.api.server import ApiServer
+from nimsforest.connection import ConnectionEvent, ConnectionManager, ConnectionOptions
+from nimsforest.control import Controller, record_refused, without_components
+from nimsforest.forest import Forest, ForestConfig, ForestStatus
+from nimsforest.forest.http import make_router
+from nimsforest.health import NodeSnapshot
+from nimsforest.observer import NatsObserver
+from nimsforest.settings import Settings
+from nimsforest.streams import (
+    CORE_STREAMS,
+    choose_replicas,
+    describe_streams,
+    ensure_streams,
+    replication_factor,
+)
+
+log = logging.getLogger("nimsforest")
+
+REQUIRED_STREAMS = tuple(spec.name for spec in CORE_STREAMS)
+
+
+@dataclass(frozen=True)
+class Nats:
+    """A node's way to NATS, once connected: built by the mode, never changed after."""
+
+    conn: ConnectionManager
+    observer: NatsObserver
+    replicas: int  # the replication factor at start (the cluster manager keeps it after)
+    embedded: EmbeddedNats | None = None  # None in sidecar mode
+    placement_tags: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Running:
+    """The node's forest, control plane and API, started."""
+
+    forest: Forest
+    control: Controller
+    api: ApiServer
+
+    def forest_status(self) -> ForestStatus:
+        return self.forest.status()
+
+
+class Assembly:
+    """The builders of a node's heavy half, for one node's settings."""
+
+    required_streams = REQUIRED_STREAMS  # what /health requires
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def connection_options(self) -> ConnectionOptions:
+        s = self.settings
+        return ConnectionOptions(
+            retry_attempts=s.nats_retry_attempts,
+            retry_interval=s.nats_retry_interval,
+            reconnect_wait=s.nats_reconnect_wait,
+            max_reconnects=s.nats_max_reconnects,
+            name=f"nimsforest-{s.node_name}",
+        )
+
+    @staticmethod
+    def record_replicas(replicas: int) -> None:
+        metrics.replication_factor.set(replicas)
+
+    async def connect_embedded(
+        self, stack: contextlib.AsyncExitStack, embedded: EmbeddedNats
+    ) -> Nats:
+        """Connect to the node's own server; create the streams that are missing at this
+        cluster size's factor (existing ones are the cluster manager's to scale: a factor
+        computed here may be stale by the time it lands)."""
+        c = embedded.credentials
+        conn = ConnectionManager(
+            [embedded.system_url], self.connection_options(), user=c.app_user,
+            password=c.app_password,
+        )
+        stack.push_async_callback(conn.close)
+        await conn.connect()
+        meta = (await embedded.monitor.jsz()).meta_cluster
+        members = meta.members if meta else ()
+        node = self.settings.node_name
+        size = 1 + len([m for m in members if m != node and not is_witness(m)])
+        replicas = replication_factor(size)
+        log.info("Cluster size: %d, replication factor: %d", size, replicas)
+        await ensure_streams(
+            conn.nc.jetstream(), CORE_STREAMS, replicas, (NODE_TAG,), rescale=False
+        )
+        log.info("JetStream initialized with replication factor %d: %s",
+                 replicas, describe_streams(CORE_STREAMS))
+        observer = NatsObserver(node, conn, embedded=embedded)
+        return Nats(conn, observer, replicas, embedded, (NODE_TAG,))
+
+    async def connect_sidecar(self, stack: contextlib.AsyncExitStack) -> Nats:
+        """Connect to an existing NATS (retrying); create the streams at the highest replica
+        count its JetStream accepts (3, 2 or 1)."""
+        s = self.settings
+        assert s.nats_url is not None  # the sidecar mode is chosen by it
+        user = password = None
+        if "@" not in s.nats_url and s.cluster_secret is not None:
+            # A sidecar rendered by `nimsforest nats-config` has the forest's derived users.
+            creds = Credentials.derived(s.cluster_secret.get_secret_value())
+            user, password = creds.app_user, creds.app_password
+        conn = ConnectionManager(s.nats_url.split(","), self.connection_options(), user=user,
+                                 password=password)
+        stack.push_async_callback(conn.close)
+        await conn.connect()
+        log.info("Connected to NATS at %s", conn.snapshot().server)
+        js = conn.nc.jetstream()
+        replicas = await choose_replicas(js, CORE_STREAMS[0])
+        await ensure_streams(js, CORE_STREAMS, replicas, None)
+        log.info("JetStream initialized with replication factor %d: %s",
+                 replicas, describe_streams(CORE_STREAMS))
+        return Nats(conn, NatsObserver(s.node_name, conn), replicas)
+
+    async def start_forest(
+        self,
+        stack: contextlib.AsyncExitStack,
+        nats: Nats,
+        forest_path: Path | None,
+        forest_config: ForestConfig | None,
+        snapshot: Callable[[], NodeSnapshot],
+    ) -> Running:
+        """Start the forest empty, then the controller fills it with the cluster's desired
+        state (seeded from forest.yaml when the cluster has none yet); then serve the API.
+        The web app (FastAPI analyses every route) is built in a thread meanwhile."""
+        s = self.settings
+        config = forest_config or ForestConfig.empty()
+        forest = Forest(nats.conn.nc, without_components(config), replicas=nats.replicas,
+                        placement_tags=nats.placement_tags)
+        control = Controller(
+            nats.conn.nc, forest, node=s.node_name, config_file=forest_path,
+            file_config=forest_config, replicas=nats.replicas, placement_tags=nats.placement_tags,
+            token=s.api_token.get_secret_value() if s.api_token else None, rate=s.api_rate_limit,
+        )
+
+        async def refused(request: Request, message: str) -> None:
+            await record_refused(control, request, message)
+
+        app = asyncio.ensure_future(asyncio.to_thread(
+            create_app, snapshot, control.routers(make_router(forest)), refused
+        ))
+        try:
+            stack.push_async_callback(forest.stop)
+            await forest.start()
+            if forest_path:
+                log.info("Forest configuration: %s", forest_path)
+            stack.push_async_callback(control.stop)
+            await control.start()
+        finally:
+            built = await app
+        nats.conn.on_event(
+            lambda e: control.resync() if e is ConnectionEvent.RECONNECTED else None
+        )
+        host, port = s.api_host_port
+        api = ApiServer(built, host, port)
+        stack.push_async_callback(api.stop)
+        await api.start()
+        log.info("Management API at http://%s:%d", host, api.port)
+        return Running(forest, control, api)
+
+
+__all__ = ["REQUIRED_STREAMS", "Assembly", "Nats", "Running"]
