@@ -4,8 +4,8 @@ guarantee of every hop.
 
 Public API:
     Forest(nc, config, replicas=1, placement_tags=None)      the runtime (runtime.py)
-    ForestConfig, load_forest_config(path), parse_forest_config(data, base_dir=...)
-                                                             forest.yaml
+    ForestConfig, load_forest_config(path)    forest.yaml, read and every script compiled
+    read_forest_config(path), parse_forest_config(data, base_dir=...)   read or parse only
     ComponentKind, ComponentRef, ComponentState, ComponentStatus, ForestStatus, ReloadDiff,
     FlowReceipt
     Problem, ProblemKind, check_components(components)   typed problems, the one check
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nimsforest.forest.config import ForestConfig, parse_forest_config
+from nimsforest.forest.config import ForestConfig, parse_forest_config, read_forest_config
 from nimsforest.forest.errors import (
     ComponentNotFound,
     FlowError,
@@ -70,4 +70,5 @@ __all__ = [
     "load_demo_config",
     "load_forest_config",
     "parse_forest_config",
+    "read_forest_config",
 ]

@@ -18,6 +18,7 @@ from nimsforest.forest import (
     ForestConfigError,
     load_forest_config,
     parse_forest_config,
+    read_forest_config,
 )
 from nimsforest.forest.leaf import Leaf
 from tests.forest.conftest import SCORING, Wind, write_forest
@@ -204,7 +205,7 @@ async def test_bad_reload_changes_nothing(tmp_path: Path, forest_factory) -> Non
         },
         {"broken.lua": "function process(i) return { end"},
     )
-    cfg = load_forest_config(bad, check=False)
+    cfg = read_forest_config(bad)
     with pytest.raises(ForestConfigError, match="broken.lua line 1"):
         await forest.reload(cfg)
     assert forest.status() == before
