@@ -56,16 +56,21 @@ from nimsforest.control.errors import (
     Unavailable,
 )
 from nimsforest.forest import (
+    NAME_RE,
+    SPEC_TYPES,
     ComponentKind,
     ComponentRef,
+    ComponentSpec,
     ComponentStatus,
     ForestConfig,
     ForestConfigError,
     ProblemKind,
+    build_component,
+    check_name,
+    component_label,
     load_forest_config,
+    read_forest_config,
 )
-from nimsforest.forest.build import build_component
-from nimsforest.forest.config import NAME_RE, check_name, component_label
 from nimsforest.streams import NODE_TAG, with_backoff
 
 if TYPE_CHECKING:
@@ -160,7 +165,8 @@ class ControllerCore:
             if await self.store.last_revision() > 0:
                 self._note_file_drift()
                 return
-            entries = file_entries(self.config_file, by="startup", node=self.node)
+            entries = file_entries(read_forest_config(self.config_file), by="startup",
+                                   node=self.node)
         except (OSError, ForestConfigError) as exc:
             log.error("Cannot seed the desired forest state from %s: %s", self.config_file, exc)
             return
@@ -181,7 +187,8 @@ class ControllerCore:
         async def check() -> None:
             assert self.config_file is not None
             with contextlib.suppress(Exception):
-                wanted = file_entries(self.config_file, by="", node=self.node)
+                wanted = file_entries(read_forest_config(self.config_file), by="",
+                                      node=self.node)
                 snap = await self.store.snapshot()
                 plan = plan_file_reload(wanted, {k: s.entry for k, s in snap.entries.items()})
                 n = len(plan.add) + len(plan.change) + len(plan.remove) + len(plan.conflicts)
@@ -333,15 +340,17 @@ class ControllerCore:
     def _compile(self, kind: ComponentKind, body: Any, origin: Origin, who: Actor,
                  name: str | None = None) -> DesiredComponent:
         req = parse_request(kind, body)
-        req_name, spec, files = to_spec(kind, req)
-        if name is not None and req_name != name:
-            raise Invalid(f"The body names '{req_name}' but the path names '{name}'.")
+        if name is not None and req.name != name:
+            raise Invalid(f"The body names '{req.name}' but the path names '{name}'.")
+        # the API names the file fields (`script`, `prompt`) where the spec has the content
+        api_field = {v: k for k, v in SPEC_TYPES[kind].file_fields.items()}
         try:
+            req_name, spec, files = to_spec(kind, req)
             check_name(kind, req_name)
             # compile the Lua, the template and the brain; nothing is kept
             build_component(self._base.model_copy(update={"path": None}), kind, req_name, spec)
         except ForestConfigError as exc:
-            field = {"code": "script", "template": "prompt"}.get(exc.field or "", exc.field)
+            field = api_field.get(exc.field or "", exc.field)
             raise Invalid(str(ForestConfigError(exc.reason, component=exc.component,
                                                 field=field))) from None
         entry = make_entry(kind, req_name, spec, origin=origin, by=str(who), node=self.node,
@@ -424,7 +433,7 @@ class ControllerCore:
         path = self.config_file
         try:
             config = load_forest_config(path)  # validates and compiles everything
-            wanted = file_entries(path, by=str(who), node=self.node)
+            wanted = file_entries(config, by=str(who), node=self.node)
         except ForestConfigError as exc:
             raise Invalid(str(exc)) from None
         except OSError as exc:
@@ -532,8 +541,9 @@ def _local_view(s: ComponentStatus) -> ComponentOut:
     return ComponentOut(kind=s.kind, name=s.name, **_stats(s))
 
 
-def _redacted(spec: dict[str, Any]) -> dict[str, Any]:
-    out = dict(spec)
+def _redacted(spec: ComponentSpec) -> dict[str, Any]:
+    """The spec as the API shows it: a secret given inline is hidden (a ${VAR} is not)."""
+    out = spec.model_dump(mode="json", exclude_none=True)
     secret = out.get("secret")
     if isinstance(secret, str) and not (secret.startswith("${") and secret.endswith("}")):
         out["secret"] = "********"

@@ -1,10 +1,11 @@
 """The desired state: one entry per component, as stored in the FOREST KV bucket.
 
-An entry holds the component's forest.yaml settings with its script or prompt CONTENT
-inline (`script: x.lua` becomes `code: <the Lua>`, `prompt: x.md.j2` becomes
-`template: <the text>`), so every node can run it without shared files. `${VAR}` in a
-secret or brain setting is kept as written and expanded by each node from its own
-environment, so secrets given that way never reach the bucket.
+An entry holds the component's typed spec (its kind's model, nimsforest.forest) with its
+script or prompt CONTENT inline (`script: x.lua` becomes `code: <the Lua>`, `prompt:
+x.md.j2` becomes `template: <the text>`), so every node can run it without shared files.
+`${VAR}` in a secret or brain setting is kept as written and expanded by each node from
+its own environment when it builds the component, so secrets given that way never reach
+the bucket. The spec travels JSON -> model -> bucket -> model, never as a loose dict.
 
 Everything here is pure (no NATS): building entries, the digest, turning a set of
 entries into a ForestConfig, and planning a reload of the configuration file.
@@ -18,26 +19,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializeAsAny, model_validator
 
 from nimsforest.forest import (
+    SPEC_TYPES,
+    USER_KINDS,
     ComponentKind,
+    ComponentRef,
+    ComponentSpec,
     ForestConfig,
     ForestConfigError,
     Problem,
-    ProblemKind,
-    Spec,
     check_components,
+    component_label,
 )
-from nimsforest.forest.config import parse_spec
-from nimsforest.forest.model import USER_KINDS, ComponentRef, component_label
-
-# forest.yaml field naming a file -> the inline field that carries its content
-_FILE_FIELDS = {"script": "code", "prompt": "template"}
 
 
 class Origin(StrEnum):
@@ -56,12 +53,23 @@ class DesiredComponent(BaseModel):
     kind: ComponentKind
     name: str
     origin: Origin
-    spec: dict[str, Any]  # forest.yaml settings, scripts and prompts inline
+    spec: SerializeAsAny[ComponentSpec]  # the kind's spec, scripts and prompts inline
     files: dict[str, str] = {}  # e.g. {"script": "treehouses/scoring.lua"}: shown, never read
     digest: str
     by: str  # who made the change, e.g. "http 127.0.0.1", "signal", "nats cli@host"
     node: str  # the node that wrote it
     at: datetime
+
+    @model_validator(mode="before")
+    @classmethod
+    def _spec_of_its_kind(cls, data: Any) -> Any:
+        """A stored spec is read as the model of the entry's kind."""
+        if isinstance(data, dict) and isinstance(data.get("spec"), dict):
+            spec_type = SPEC_TYPES.get(ComponentKind(str(data.get("kind"))))
+            if spec_type is None:
+                raise ValueError(f"'{data.get('kind')}' is not a component kind")
+            data = {**data, "spec": spec_type.model_validate(data["spec"])}
+        return data
 
     @property
     def key(self) -> str:
@@ -87,31 +95,31 @@ def entry_key(kind: ComponentKind, name: str) -> str:
     return f"{kind.value}.{name}"
 
 
-def digest(kind: ComponentKind, spec: Mapping[str, Any]) -> str:
-    """sha256 over the kind and the canonical JSON of the spec (content included)."""
-    text = json.dumps({"kind": kind.value, "spec": spec}, sort_keys=True, default=str)
+def digest(kind: ComponentKind, spec: ComponentSpec) -> str:
+    """sha256 over the kind and the canonical JSON of the spec (content included; settings
+    left at their defaults are left out, so a new setting does not change old digests)."""
+    body = spec.model_dump(mode="json", exclude_defaults=True)
+    text = json.dumps({"kind": kind.value, "spec": body}, sort_keys=True)
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def make_entry(
     kind: ComponentKind,
     name: str,
-    spec: Mapping[str, Any],
+    spec: ComponentSpec,
     *,
     origin: Origin,
     by: str,
     node: str,
     files: Mapping[str, str] | None = None,
 ) -> DesiredComponent:
-    clean = json.loads(json.dumps(dict(spec), default=str))  # plain JSON values only
-    clean.pop("name", None)
     return DesiredComponent(
         kind=kind,
         name=name,
         origin=origin,
-        spec=clean,
+        spec=spec,
         files=dict(files or {}),
-        digest=digest(kind, clean),
+        digest=digest(kind, spec),
         by=by,
         node=node,
         at=datetime.now(UTC),
@@ -119,71 +127,61 @@ def make_entry(
 
 
 def inline_files(
-    kind: ComponentKind, name: str, raw: Mapping[str, Any], base_dir: Path, *, file: str
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """A component's raw settings with `script`/`prompt` files replaced by their content.
-    Returns (settings, {field: original file name})."""
-    spec = dict(raw)
+    spec: ComponentSpec, ref: ComponentRef, config: ForestConfig
+) -> tuple[ComponentSpec, dict[str, str]]:
+    """`spec` with the files it names (`script`, `prompt`) replaced by their content.
+    Returns (spec, {field: original file name})."""
     files: dict[str, str] = {}
-    for path_field, inline_field in _FILE_FIELDS.items():
-        if path_field not in spec or spec[path_field] is None:
+    update: dict[str, Any] = {}
+    for path_field, inline_field in type(spec).file_fields.items():
+        rel = getattr(spec, path_field)
+        if rel is None:
             continue
-        rel = str(spec.pop(path_field))
-        full = Path(rel) if Path(rel).is_absolute() else base_dir / rel
+        full = config.resolve(rel)
         try:
-            spec[inline_field] = full.read_text()
+            update[inline_field] = full.read_text()
         except (OSError, UnicodeDecodeError) as exc:
             raise ForestConfigError(
                 f"file {full} cannot be read: {getattr(exc, 'strerror', None) or exc}",
-                file=file,
-                component=ComponentRef(kind=kind, name=name),
-                field=path_field,
+                file=config.label, component=ref, field=path_field,
             ) from None
-        files[path_field] = rel
-    return spec, files
+        update[path_field] = None
+        files[path_field] = str(rel)
+    return (spec.model_copy(update=update) if update else spec), files
 
 
-def file_entries(path: Path, *, by: str, node: str) -> dict[str, DesiredComponent]:
-    """The components of forest.yaml at `path` as desired entries of origin `file`.
-
-    The caller validates the file first (load_forest_config); this re-reads the raw YAML
-    so that `${VAR}` stays unexpanded in the bucket."""
-    data = yaml.safe_load(path.read_text()) or {}
+def file_entries(config: ForestConfig, *, by: str, node: str) -> dict[str, DesiredComponent]:
+    """The components of a forest.yaml (read, not expanded) as desired entries of origin
+    `file`."""
     out: dict[str, DesiredComponent] = {}
-    for kind in USER_KINDS:
-        for name, raw in (data.get(kind.plural) or {}).items():
-            spec, files = inline_files(kind, str(name), raw or {}, path.parent, file=str(path))
-            e = make_entry(
-                kind, str(name), spec, origin=Origin.FILE, by=by, node=node, files=files
-            )
+    for kind, specs in config.components.items():
+        for name, spec in specs.items():
+            ref = ComponentRef(kind=kind, name=name)
+            inlined, files = inline_files(spec, ref, config)
+            e = make_entry(kind, name, inlined, origin=Origin.FILE, by=by, node=node,
+                           files=files)
             out[e.key] = e
     return out
 
 
 def without_components(config: ForestConfig) -> ForestConfig:
-    """`config` with no trees, treehouses, nims or sources (path and decomposer kept)."""
-    return config.model_copy(update={k.plural: {} for k in USER_KINDS})
+    """`config` with no components (path and decomposer kept)."""
+    return config.with_components({})
 
 
 def desired_config(
     base: ForestConfig, entries: Iterable[DesiredComponent]
 ) -> tuple[ForestConfig, dict[ComponentRef, Problem]]:
     """The ForestConfig for `entries` on top of `base` (its path and decomposer), and the
-    problems of the entries that cannot run on this node (a spec that does not parse here,
-    a clash with another component), which are left out so that the others still apply."""
-    sections: dict[str, dict[str, Any]] = {k.plural: {} for k in USER_KINDS}
-    problems: dict[ComponentRef, Problem] = {}
-    parsed: list[tuple[ComponentRef, Spec]] = []
-    for e in sorted(entries, key=lambda e: e.key):
-        try:
-            parsed.append((e.ref, parse_spec(e.kind, e.name, e.spec, file="desired state")))
-        except ForestConfigError as exc:
-            problems[e.ref] = Problem(ref=e.ref, kind=ProblemKind.INVALID, sentence=str(exc))
-    problems.update((p.ref, p) for p in check_components(parsed))
-    for ref, spec in parsed:
-        if ref not in problems:
-            sections[ref.kind.plural][ref.name] = spec
-    return base.model_copy(update=sections), problems
+    problems of the entries that cannot run with the others (a clash, such as a webhook
+    path used twice), which are left out so that the others still apply."""
+    chosen = sorted(entries, key=lambda e: e.key)
+    problems = {p.ref: p for p in check_components((e.ref, e.spec) for e in chosen)}
+    sections: dict[ComponentKind, dict[str, ComponentSpec]] = {k: {} for k in USER_KINDS}
+    for e in chosen:
+        if e.ref not in problems:
+            sections[e.kind][e.name] = e.spec
+    return base.with_components(sections), problems
 
 
 @dataclass(frozen=True)

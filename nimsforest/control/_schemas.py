@@ -3,42 +3,47 @@ requests per kind, and the answers. Their schemas are the OpenAPI schema."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from nimsforest.control._audit import Action, AuditRecord
 from nimsforest.control._desired import Origin
 from nimsforest.control.errors import Invalid, NotFound
-from nimsforest.forest import ComponentKind
+from nimsforest.forest import (
+    MAX_TEXT,
+    NAME_PATTERN,
+    SPEC_TYPES,
+    ComponentKind,
+    ComponentSpec,
+    parse_spec,
+)
 from nimsforest.validation import first_error
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"
-MAX_TEXT = 256 * 1024  # a script or prompt
 MAX_BODY = 2 * 1024 * 1024  # a request (a 256 KiB script: up to 6 bytes a character)
 
-# every way a kind may be written: singular, plural, the Go original's short forms
-KIND_NAMES: dict[str, ComponentKind] = {
-    "tree": ComponentKind.TREE,
-    "trees": ComponentKind.TREE,
-    "treehouse": ComponentKind.TREEHOUSE,
-    "treehouses": ComponentKind.TREEHOUSE,
-    "th": ComponentKind.TREEHOUSE,
-    "nim": ComponentKind.NIM,
-    "nims": ComponentKind.NIM,
-    "source": ComponentKind.SOURCE,
-    "sources": ComponentKind.SOURCE,
-    "src": ComponentKind.SOURCE,
-}
+
+def _kind_names() -> dict[str, ComponentKind]:
+    """Every way a kind may be written: singular, plural, its aliases (the Go original's
+    short forms)."""
+    names: dict[str, ComponentKind] = {}
+    for kind, spec in SPEC_TYPES.items():
+        for name in (kind.value, kind.plural, *spec.aliases):
+            names[name] = kind
+    return names
+
+
+KIND_NAMES = _kind_names()
 
 
 def parse_kind(value: str) -> ComponentKind:
     kind = KIND_NAMES.get(value.strip().lower())
     if kind is None:
-        raise NotFound(f"'{value}' is not a component kind (tree, treehouse, nim, source).")
+        raise NotFound(f"'{value}' is not a component kind ({', '.join(k.value for k in SPEC_TYPES)}).")
     return kind
 
 
@@ -52,66 +57,30 @@ class _In(BaseModel):
     )
 
 
-class _Consuming(_In):
-    ack_wait: float | str | None = Field(None, description="e.g. 30s (default 30 s; nims 60 s)")
-    max_deliver: int | None = Field(None, ge=1, le=1000)
-    max_inflight: int | None = Field(None, ge=1, le=10_000)
-
-
-class LimitsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    instructions: int | None = Field(None, ge=10_000)
-    time: float | str | None = Field(None, description="CPU time per call, e.g. 1s")
-    memory: int | str | None = Field(None, description="Lua heap, e.g. 64MB")
-
-
-class TreeIn(_Consuming):
-    watches: str = Field(min_length=1, max_length=256, description="A River pattern")
-    publishes: str = Field(min_length=1, max_length=256, description="A leaf subject")
-    script: str = Field(max_length=MAX_TEXT, description="The Lua source (not a path)")
-    script_name: str | None = Field(None, max_length=255, description="Its file name, shown only")
-    limits: LimitsIn | None = None
-
-
-class TreeHouseIn(_Consuming):
-    subscribes: str = Field(min_length=1, max_length=256, description="A leaf pattern")
-    publishes: str = Field(min_length=1, max_length=256, description="A leaf subject")
-    script: str = Field(max_length=MAX_TEXT, description="The Lua source (not a path)")
-    script_name: str | None = Field(None, max_length=255, description="Its file name, shown only")
-    limits: LimitsIn | None = None
-
-
-class NimIn(_Consuming):
-    subscribes: str = Field(min_length=1, max_length=256, description="A leaf pattern")
-    publishes: str = Field(
-        min_length=1, max_length=256, description="A leaf subject; may hold {field} placeholders"
+def request_model(spec: type[ComponentSpec]) -> type[_In]:
+    """The API body of a kind, derived from its spec: `name` and the spec's fields, where
+    a field naming a file in forest.yaml (`script`, `prompt`) carries the file's content
+    instead, with `<field>_name` its file name (shown, never read)."""
+    inline = set(spec.file_fields.values())
+    fields: dict[str, Any] = {}
+    for name, info in spec.model_fields.items():
+        if name in inline:
+            continue
+        if name in spec.file_fields:
+            fields[name] = (str, Field(max_length=MAX_TEXT,
+                                       description=f"The {name}'s content (not a path)"))
+            fields[f"{name}_name"] = (str | None, Field(None, max_length=255,
+                                                        description="Its file name, shown only"))
+        else:
+            fields[name] = (info.rebuild_annotation(), copy.copy(info))
+    model: type[_In] = create_model(
+        spec.__name__.removesuffix("Spec") + "In", __base__=_In, __doc__=spec.__doc__, **fields
     )
-    prompt: str = Field(max_length=MAX_TEXT, description="The Jinja2 prompt text (not a path)")
-    prompt_name: str | None = Field(None, max_length=255, description="Its file name, shown only")
-    brain: str | dict[str, Any] | None = Field(
-        None, description="rules (default), openai, anthropic, or a mapping as in forest.yaml"
-    )
-    humus: dict[str, Any] | None = None
-
-
-class SourceIn(_In):
-    type: Literal["http_webhook"] = "http_webhook"
-    path: str = Field(min_length=1, max_length=256, description="Under /webhooks/")
-    publishes: str = Field(min_length=1, max_length=256, description="A River subject")
-    secret: str | None = Field(
-        None, max_length=1024, description="Write ${VAR} to keep the secret out of the bucket"
-    )
-    signature: Literal["sha256", "github", "stripe", "none"] | None = None
-    headers: list[str] | None = Field(None, max_length=64)
-    tolerance: float | str | None = None
+    return model
 
 
 REQUEST_MODELS: dict[ComponentKind, type[_In]] = {
-    ComponentKind.TREE: TreeIn,
-    ComponentKind.TREEHOUSE: TreeHouseIn,
-    ComponentKind.NIM: NimIn,
-    ComponentKind.SOURCE: SourceIn,
+    kind: request_model(spec) for kind, spec in SPEC_TYPES.items()
 }
 
 
@@ -133,20 +102,20 @@ def validation_sentence(exc: ValidationError | Iterable[Any]) -> str:
     return f"Field '{err.field}': {err.message}." if err.field else f"The request {err.message}."
 
 
-def to_spec(kind: ComponentKind, req: _In) -> tuple[str, dict[str, Any], dict[str, str]]:
-    """(name, forest.yaml settings with the content inline, {field: file name})."""
-    data = req.model_dump(exclude_none=True)
+def to_spec(kind: ComponentKind, req: _In) -> tuple[str, ComponentSpec, dict[str, str]]:
+    """(name, the kind's spec with the content inline, {field: file name}); raises
+    ForestConfigError when the body does not make a valid spec."""
+    spec_type = SPEC_TYPES[kind]
+    data = req.model_dump(exclude_unset=True)
     name = data.pop("name")
     files: dict[str, str] = {}
-    if kind in (ComponentKind.TREE, ComponentKind.TREEHOUSE):
-        data["code"] = data.pop("script")
-        if "script_name" in data:
-            files["script"] = data.pop("script_name")
-    elif kind is ComponentKind.NIM:
-        data["template"] = data.pop("prompt")
-        if "prompt_name" in data:
-            files["prompt"] = data.pop("prompt_name")
-    return name, data, files
+    for path_field, inline_field in spec_type.file_fields.items():
+        if path_field in data:
+            data[inline_field] = data.pop(path_field)
+        shown = data.pop(f"{path_field}_name", None)
+        if shown:
+            files[path_field] = shown
+    return name, parse_spec(kind, name, data), files
 
 
 # --- answers ---------------------------------------------------------------------------------
@@ -245,14 +214,11 @@ __all__ = [
     "ComponentView",
     "ControlOut",
     "ErrorOut",
-    "NimIn",
     "ReloadOut",
-    "SourceIn",
     "StatusOut",
-    "TreeHouseIn",
-    "TreeIn",
     "parse_kind",
     "parse_request",
+    "request_model",
     "to_spec",
     "validation_sentence",
 ]

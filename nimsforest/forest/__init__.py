@@ -17,7 +17,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nimsforest.forest.config import ForestConfig, parse_forest_config, read_forest_config
+from nimsforest.forest.build import build_component
+from nimsforest.forest.config import (
+    ForestConfig,
+    check_name,
+    parse_forest_config,
+    parse_spec,
+    read_forest_config,
+)
 from nimsforest.forest.errors import (
     ComponentNotFound,
     FlowError,
@@ -33,10 +40,19 @@ from nimsforest.forest.model import (
     FlowReceipt,
     ForestStatus,
     ReloadDiff,
+    component_label,
 )
 from nimsforest.forest.problems import Problem, ProblemKind, check_components
 from nimsforest.forest.runtime import Forest
-from nimsforest.forest.specs import Spec
+from nimsforest.forest.specs import (
+    MAX_TEXT,
+    NAME_PATTERN,
+    NAME_RE,
+    SPEC_TYPES,
+    USER_KINDS,
+    ComponentSpec,
+    Spec,
+)
 
 
 def demo_config_path() -> Path:
@@ -49,6 +65,16 @@ def load_demo_config() -> ForestConfig:
 
 
 __all__ = [
+    "MAX_TEXT",
+    "NAME_PATTERN",
+    "NAME_RE",
+    "SPEC_TYPES",
+    "USER_KINDS",
+    "ComponentSpec",
+    "build_component",
+    "check_name",
+    "component_label",
+    "parse_spec",
     "ComponentKind",
     "ComponentNotFound",
     "ComponentRef",

@@ -1,29 +1,32 @@
-"""Turning a spec into a Component: every file is read and every script, template and
-brain is compiled here, before anything runs, so errors surface as one ForestConfigError
-naming the file, the component and the field (and nothing is half applied)."""
+"""Turning a spec into a Component: every file is read, every `${VAR}` expanded and every
+script, template and brain compiled here, before anything runs, so errors surface as one
+ForestConfigError naming the file, the component and the field (and nothing is half
+applied).
+
+Each kind has one builder, registered with `@builder.register` for its spec class; a
+kind without one is refused when it is built (tests/forest/test_kinds.py checks every
+registered kind has one).
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.js.api import DeliverPolicy
+from pydantic import BaseModel, ValidationError
 
 from nimsforest.forest.brains import BrainConfigError, build_brain
 from nimsforest.forest.component import Component
-from nimsforest.forest.config import (
-    ForestConfig,
-    NimSpec,
-    SourceSpec,
-    TreeHouseSpec,
-    TreeSpec,
-    parse_spec,
-)
+from nimsforest.forest.config import ForestConfig, config_error
 from nimsforest.forest.delivery import ConsumerSpec, Handler, Stats
 from nimsforest.forest.errors import ForestConfigError
 from nimsforest.forest.handlers import DecomposerHandler, NimHandler, TreeHandler, TreeHouseHandler
@@ -31,37 +34,110 @@ from nimsforest.forest.model import ComponentKind, ComponentRef
 from nimsforest.forest.prompt import Prompt, PromptError
 from nimsforest.forest.sandbox import LuaLimits, LuaSandbox, ScriptLoadError
 from nimsforest.forest.soil import Soil
+from nimsforest.forest.specs import (
+    ComponentSpec,
+    NimSpec,
+    SourceSpec,
+    TreeHouseSpec,
+    TreeSpec,
+    _HttpBrain,
+)
 from nimsforest.forest.subjects import wind_subject
 from nimsforest.streams import HUMUS, RIVER, WIND
 
 DECOMPOSER_DURABLE = "decomposer"
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def fingerprint(spec: Any, text: str | None) -> str:
-    """What a component runs: its spec, the text of its script or prompt, and (for nims)
-    the brain environment. Editing a file therefore counts as a change on reload."""
+@dataclass(frozen=True)
+class BuildContext:
+    """What building one component needs besides its spec."""
+
+    cfg: ForestConfig  # resolves relative files; names the file in errors
+    ref: ComponentRef
+    env: Mapping[str, str]
+
+    @property
+    def durable(self) -> str:
+        return durable_name(self.ref.kind, self.ref.name)
+
+    def error(self, message: str, field: str | None = None) -> ForestConfigError:
+        return ForestConfigError(message, file=self.cfg.label, component=self.ref, field=field)
+
+
+# --- ${VAR} ----------------------------------------------------------------------------------
+def expand_env(spec: ComponentSpec, ref: ComponentRef, env: Mapping[str, str],
+               file: str | None = None) -> ComponentSpec:
+    """`spec` with `${VAR}` expanded from `env` in a source's secret and in a brain's
+    base_url, model and system; a variable that is not set is a ForestConfigError."""
+
+    def expand(value: str, field: str) -> str:
+        def sub(m: re.Match[str]) -> str:
+            if m.group(1) not in env:
+                raise ForestConfigError(f"environment variable {m.group(1)} is not set",
+                                        file=file, component=ref, field=field)
+            return env[m.group(1)]
+
+        return _ENV_RE.sub(sub, value)
+
+    if isinstance(spec, SourceSpec) and spec.secret is not None:
+        raw = spec.secret.get_secret_value()
+        if "${" in raw:
+            return _revalidate(spec, {"secret": expand(raw, "secret")}, ref, file)
+    if isinstance(spec, NimSpec) and isinstance(spec.brain, _HttpBrain):
+        brain = spec.brain
+        changes = {
+            f: expand(v, f"brain.{f}")
+            for f in ("base_url", "model", "system")
+            if isinstance(v := getattr(brain, f), str) and "${" in v
+        }
+        if changes:
+            return spec.model_copy(update={"brain": _revalidate(brain, changes, ref, file)})
+    return spec
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _revalidate(model: M, changes: dict[str, Any], ref: ComponentRef, file: str | None) -> M:
+    try:
+        return type(model).model_validate({**model.model_dump(), **changes})
+    except ValidationError as exc:
+        raise config_error(exc, file, ref) from None
+
+
+# --- what a component runs -------------------------------------------------------------------
+def fingerprint(spec: ComponentSpec, text: str | None) -> str:
+    """What a component runs: its spec (`${VAR}` expanded), the text of its script or
+    prompt, and (for nims) the brain environment. Editing a file, or a variable it names,
+    therefore counts as a change on reload."""
     h = hashlib.sha256(spec.model_dump_json().encode())
     if text is not None:
         h.update(text.encode())
     if isinstance(spec, NimSpec):
-        h.update(
-            json.dumps(
-                sorted(
-                    (k, v) for k, v in os.environ.items() if k.startswith(("OPENAI_", "ANTHROPIC_"))
-                )
-            ).encode()
+        brain_env = sorted(
+            (k, v) for k, v in os.environ.items() if k.startswith(("OPENAI_", "ANTHROPIC_"))
         )
+        h.update(json.dumps(brain_env).encode())
     return h.hexdigest()
 
 
-def spec_fingerprint(cfg: ForestConfig, spec: Any) -> str:
-    path = getattr(spec, "script", None) or getattr(spec, "prompt", None)
+def spec_fingerprint(cfg: ForestConfig, kind: ComponentKind, name: str, spec: ComponentSpec,
+                     env: Mapping[str, str] | None = None) -> str:
+    """The fingerprint `spec` would have once built (its files read now)."""
+    ref = ComponentRef(kind=kind, name=name)
+    try:
+        spec = expand_env(spec, ref, os.environ if env is None else env)
+    except ForestConfigError:
+        return "<unresolved>"
     text = None
-    if path is not None:
-        try:
-            text = cfg.resolve(path).read_text()
-        except (OSError, UnicodeDecodeError):
-            text = "<unreadable>"
+    for path_field in type(spec).file_fields:
+        path = getattr(spec, path_field)
+        if path is not None:
+            try:
+                text = cfg.resolve(path).read_text()
+            except (OSError, UnicodeDecodeError):
+                text = "<unreadable>"
     return fingerprint(spec, text)
 
 
@@ -70,131 +146,119 @@ def durable_name(kind: ComponentKind, name: str) -> str:
     return f"{kind.value}-{name}"
 
 
-def _read(cfg: ForestConfig, path: Path, label: ComponentRef, field: str) -> str:
-    full = cfg.resolve(path)
+def _read(ctx: BuildContext, path: Path, field: str) -> str:
+    full = ctx.cfg.resolve(path)
     try:
         return full.read_text()
     except FileNotFoundError:
-        raise ForestConfigError(
-            f"file {full} does not exist", file=cfg.label, component=label, field=field
-        ) from None
+        raise ctx.error(f"file {full} does not exist", field) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ForestConfigError(
-            f"file {full} cannot be read: {exc}", file=cfg.label, component=label, field=field
-        ) from None
+        raise ctx.error(f"file {full} cannot be read: {exc}", field) from None
 
 
 def _consumer(
-    stream: str, durable: str, subject: str, spec: Any, inflight: int, label: ComponentRef
+    ctx: BuildContext, stream: str, subject: str, spec: Any, inflight: int
 ) -> ConsumerSpec:
     """The durable consumer a component shares with its copies on every node."""
-    return ConsumerSpec(
-        stream,
-        durable,
-        subject,
-        spec.ack_wait,
-        spec.max_deliver,
-        inflight,
-        description=f"NimsForest {label}",
-    )
+    return ConsumerSpec(stream, ctx.durable, subject, spec.ack_wait, spec.max_deliver, inflight,
+                        description=f"NimsForest {ctx.ref}")
 
 
-def _sandbox(
-    cfg: ForestConfig, kind: ComponentKind, name: str, spec: TreeSpec | TreeHouseSpec
-) -> tuple[LuaSandbox, str | None]:
-    label = ComponentRef(kind=kind, name=name)
+def _sandbox(ctx: BuildContext, spec: TreeSpec | TreeHouseSpec) -> tuple[LuaSandbox, str | None]:
     field = "script" if spec.script is not None else "code"
     if spec.script is not None:
-        source, chunk = _read(cfg, spec.script, label, field), str(spec.script)
+        source, chunk = _read(ctx, spec.script, field), str(spec.script)
     else:
-        source, chunk = spec.code or "", f"{kind.value}:{name}"
+        source, chunk = spec.code or "", f"{ctx.ref.kind.value}:{ctx.ref.name}"
     limits = LuaLimits(
         instructions=spec.limits.instructions, seconds=spec.limits.time, memory=spec.limits.memory
     )
-    lua_log = logging.getLogger(f"nimsforest.forest.lua.{name}")
+    lua_log = logging.getLogger(f"nimsforest.forest.lua.{ctx.ref.name}")
+    label = str(ctx.ref)
     try:
-        sandbox = LuaSandbox(
-            source, chunk, limits, lambda text: lua_log.info("%s: %s", label, text)
-        )
+        sandbox = LuaSandbox(source, chunk, limits, lambda text: lua_log.info("%s: %s", label, text))
         return sandbox, (source if spec.script is not None else None)
     except ScriptLoadError as exc:
-        raise ForestConfigError(str(exc), file=cfg.label, component=label, field=field) from None
+        raise ctx.error(str(exc), field) from None
+
+
+# --- one builder per kind --------------------------------------------------------------------
+@functools.singledispatch
+def builder(spec: ComponentSpec, ctx: BuildContext) -> Component:
+    raise ctx.error(f"there is no builder for {type(spec).__name__}")
+
+
+@builder.register
+def _source(spec: SourceSpec, ctx: BuildContext) -> Component:
+    return Component(ctx.ref.kind, ctx.ref.name, spec, publishes=spec.publishes,
+                     fingerprint=fingerprint(spec, None))
+
+
+@builder.register
+def _tree(spec: TreeSpec, ctx: BuildContext) -> Component:
+    """A Tree reads the River and runs one Lua script."""
+    return _lua_component(spec, ctx, RIVER.name, spec.watches, TreeHandler)
+
+
+@builder.register
+def _treehouse(spec: TreeHouseSpec, ctx: BuildContext) -> Component:
+    """A TreeHouse reads the Wind and runs one Lua script."""
+    subject = wind_subject(spec.subscribes, pattern=True)
+    return _lua_component(spec, ctx, WIND.name, subject, TreeHouseHandler)
+
+
+def _lua_component(spec: TreeSpec | TreeHouseSpec, ctx: BuildContext, stream: str, subject: str,
+                   handler_cls: type[TreeHandler | TreeHouseHandler]) -> Component:
+    stats = Stats()
+    lua, text = _sandbox(ctx, spec)
+    handler: Handler = handler_cls(ctx.ref.name, ctx.durable, spec.publishes, lua, stats)
+    return Component(
+        ctx.ref.kind, ctx.ref.name, spec,
+        consumer=_consumer(ctx, stream, subject, spec, spec.max_inflight),
+        handler=handler, stats=stats, publishes=spec.publishes,
+        fingerprint=fingerprint(spec, text),
+    )
+
+
+@builder.register
+def _nim(spec: NimSpec, ctx: BuildContext) -> Component:
+    field = "prompt" if spec.prompt is not None else "template"
+    text = _read(ctx, spec.prompt, field) if spec.prompt is not None else (spec.template or "")
+    try:
+        prompt = Prompt(text, str(spec.prompt) if spec.prompt is not None else f"{ctx.ref} template")
+    except PromptError as exc:
+        raise ctx.error(str(exc), field) from None
+    try:
+        brain = build_brain(spec.brain, prompt, label=str(ctx.ref), env=ctx.env)
+    except BrainConfigError as exc:
+        raise ctx.error(str(exc), exc.field) from None
+    stats = Stats()
+    subject = wind_subject(spec.subscribes, pattern=True)
+    handler = NimHandler(ctx.ref.name, ctx.durable, spec.publishes, prompt, brain, spec.humus,
+                         stats)
+    return Component(
+        ctx.ref.kind, ctx.ref.name, spec,
+        consumer=_consumer(ctx, WIND.name, subject, spec, spec.inflight),
+        handler=handler, stats=stats, publishes=spec.publishes, closers=(brain.aclose,),
+        fingerprint=fingerprint(spec, text if spec.prompt is not None else None),
+    )
 
 
 def build_component(
     cfg: ForestConfig,
     kind: ComponentKind,
     name: str,
-    spec: Any,
+    spec: ComponentSpec,
     env: Mapping[str, str] | None = None,
 ) -> Component:
-    """Compile one component. `spec` may be a spec model or a plain mapping."""
-    if not isinstance(spec, (TreeSpec, TreeHouseSpec, NimSpec, SourceSpec)) or not _kind_matches(
-        kind, spec
-    ):
-        spec = parse_spec(kind, name, spec, file=cfg.label)
-    label = ComponentRef(kind=kind, name=name)
-    durable = durable_name(kind, name)
-    stats = Stats()
-    if isinstance(spec, SourceSpec):
-        return Component(
-            kind,
-            name,
-            spec,
-            stats=stats,
-            publishes=spec.publishes,
-            fingerprint=fingerprint(spec, None),
-        )
-    if isinstance(spec, (TreeSpec, TreeHouseSpec)):
-        # A Tree reads the River; a TreeHouse reads the Wind. Both run one Lua script.
-        handler_cls: type[TreeHandler | TreeHouseHandler]
-        if isinstance(spec, TreeSpec):
-            stream, subject, handler_cls = RIVER.name, spec.watches, TreeHandler
-        else:
-            stream, handler_cls = WIND.name, TreeHouseHandler
-            subject = wind_subject(spec.subscribes, pattern=True)
-        cons = _consumer(stream, durable, subject, spec, spec.max_inflight, label)
-        lua, text = _sandbox(cfg, kind, name, spec)
-        handler: Handler = handler_cls(name, durable, spec.publishes, lua, stats)
-        return Component(
-            kind,
-            name,
-            spec,
-            consumer=cons,
-            handler=handler,
-            stats=stats,
-            publishes=spec.publishes,
-            fingerprint=fingerprint(spec, text),
-        )
-    assert isinstance(spec, NimSpec)
-    field = "prompt" if spec.prompt is not None else "template"
-    text = (
-        _read(cfg, spec.prompt, label, field) if spec.prompt is not None else (spec.template or "")
-    )
-    try:
-        prompt = Prompt(text, str(spec.prompt) if spec.prompt is not None else f"{label} template")
-    except PromptError as exc:
-        raise ForestConfigError(str(exc), file=cfg.label, component=label, field=field) from None
-    try:
-        brain = build_brain(spec.brain, prompt, label=str(label), env=os.environ if env is None else env)
-    except BrainConfigError as exc:
-        raise ForestConfigError(
-            str(exc), file=cfg.label, component=label, field=exc.field
-        ) from None
-    subject = wind_subject(spec.subscribes, pattern=True)
-    cons = _consumer(WIND.name, durable, subject, spec, spec.inflight, label)
-    handler = NimHandler(name, durable, spec.publishes, prompt, brain, spec.humus, stats)
-    return Component(
-        kind,
-        name,
-        spec,
-        consumer=cons,
-        handler=handler,
-        stats=stats,
-        publishes=spec.publishes,
-        closers=(brain.aclose,),
-        fingerprint=fingerprint(spec, text if spec.prompt is not None else None),
-    )
+    """Compile one component (its `${VAR}` expanded from `env`, os.environ by default)."""
+    ref = ComponentRef(kind=kind, name=name)
+    env = os.environ if env is None else env
+    if spec.kind is not kind:
+        raise ForestConfigError(f"a {spec.kind.value} spec is not a {kind.value}",
+                                file=cfg.label, component=ref)
+    ctx = BuildContext(cfg, ref, env)
+    return builder(expand_env(spec, ref, env, cfg.label), ctx)
 
 
 def build_decomposer(cfg: ForestConfig, soil: Soil) -> Component:
@@ -221,33 +285,22 @@ def build_decomposer(cfg: ForestConfig, soil: Soil) -> Component:
     )
 
 
-def _kind_matches(kind: ComponentKind, spec: Any) -> bool:
-    return {
-        ComponentKind.SOURCE: SourceSpec,
-        ComponentKind.TREE: TreeSpec,
-        ComponentKind.TREEHOUSE: TreeHouseSpec,
-        ComponentKind.NIM: NimSpec,
-    }.get(kind) is type(spec)
-
-
 def check_config(cfg: ForestConfig, env: Mapping[str, str] | None = None) -> None:
     """Compile every component of `cfg`; raise the first ForestConfigError."""
-    for kind in (
-        ComponentKind.SOURCE,
-        ComponentKind.TREE,
-        ComponentKind.TREEHOUSE,
-        ComponentKind.NIM,
-    ):
-        for name, spec in cfg.specs(kind).items():
+    for kind, specs in cfg.components.items():
+        for name, spec in specs.items():
             build_component(cfg, kind, name, spec, env)
 
 
 __all__ = [
     "DECOMPOSER_DURABLE",
+    "BuildContext",
     "build_component",
     "build_decomposer",
+    "builder",
     "check_config",
     "durable_name",
+    "expand_env",
     "fingerprint",
     "spec_fingerprint",
 ]

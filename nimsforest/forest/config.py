@@ -30,12 +30,12 @@ are errors. A bad file raises ForestConfigError naming the file, the component a
 from __future__ import annotations
 
 import os
-import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, SerializeAsAny, ValidationError
 
 from nimsforest.forest.errors import ForestConfigError
 from nimsforest.forest.model import ComponentKind, ComponentRef, component_label
@@ -43,8 +43,10 @@ from nimsforest.forest.problems import check_components
 from nimsforest.forest.specs import (  # noqa: F401 - re-exported: the config vocabulary
     NAME_RE,
     SPEC_TYPES,
+    USER_KINDS,
     AnthropicBrainSpec,
     BrainSpec,
+    ComponentSpec,
     DecomposerSpec,
     HumusSpec,
     LimitsSpec,
@@ -62,18 +64,16 @@ from nimsforest.forest.specs import (  # noqa: F401 - re-exported: the config vo
 )
 from nimsforest.validation import first_error
 
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
 
 class ForestConfig(_Spec):
-    """A whole forest. `base_dir` anchors relative script and prompt paths."""
+    """A whole forest. `base_dir` anchors relative script and prompt paths; `components`
+    holds each kind's specs by name (forest.yaml's sections)."""
 
     base_dir: Path
     path: Path | None = None
-    sources: dict[str, SourceSpec] = Field(default_factory=dict)
-    trees: dict[str, TreeSpec] = Field(default_factory=dict)
-    treehouses: dict[str, TreeHouseSpec] = Field(default_factory=dict)
-    nims: dict[str, NimSpec] = Field(default_factory=dict)
+    components: dict[ComponentKind, dict[str, SerializeAsAny[ComponentSpec]]] = Field(
+        default_factory=dict
+    )
     decomposer: DecomposerSpec = DecomposerSpec()
 
     @classmethod
@@ -81,8 +81,8 @@ class ForestConfig(_Spec):
         """A forest with no components (the decomposer still runs)."""
         return cls(base_dir=base_dir or Path.cwd())
 
-    def specs(self, kind: ComponentKind) -> dict[str, Any]:
-        return dict(getattr(self, kind.plural))
+    def specs(self, kind: ComponentKind) -> dict[str, ComponentSpec]:
+        return dict(self.components.get(kind, {}))
 
     def with_spec(self, kind: ComponentKind, name: str, spec: Spec | None) -> ForestConfig:
         """A copy with `name` set to `spec` (or removed when spec is None)."""
@@ -91,7 +91,15 @@ class ForestConfig(_Spec):
             specs.pop(name, None)
         else:
             specs[name] = spec
-        return self.model_copy(update={kind.plural: specs})
+        return self.model_copy(update={"components": {**self.components, kind: specs}})
+
+    def with_components(
+        self, components: Mapping[ComponentKind, Mapping[str, ComponentSpec]]
+    ) -> ForestConfig:
+        """A copy with exactly these components (path and decomposer kept)."""
+        return self.model_copy(
+            update={"components": {k: dict(v) for k, v in components.items() if v}}
+        )
 
     def resolve(self, path: Path) -> Path:
         return path if path.is_absolute() else (self.base_dir / path)
@@ -99,6 +107,23 @@ class ForestConfig(_Spec):
     @property
     def label(self) -> str:
         return str(self.path) if self.path else "forest config"
+
+    # conveniences for the kinds forest.yaml has always had (a new kind needs none)
+    @property
+    def trees(self) -> dict[str, ComponentSpec]:
+        return self.specs(ComponentKind.TREE)
+
+    @property
+    def treehouses(self) -> dict[str, ComponentSpec]:
+        return self.specs(ComponentKind.TREEHOUSE)
+
+    @property
+    def nims(self) -> dict[str, ComponentSpec]:
+        return self.specs(ComponentKind.NIM)
+
+    @property
+    def sources(self) -> dict[str, ComponentSpec]:
+        return self.specs(ComponentKind.SOURCE)
 
 
 def check_name(kind: ComponentKind, name: Any, file: str | None = None) -> str:
@@ -111,52 +136,21 @@ def check_name(kind: ComponentKind, name: Any, file: str | None = None) -> str:
 
 
 def parse_spec(kind: ComponentKind, name: str, raw: Any, *, file: str | None = None) -> Spec:
-    """Validate one component's mapping; errors name the file, component and field."""
+    """Validate one component's mapping into its kind's spec; errors name the file, the
+    component and the field. `${VAR}` stays as written (see build.expand_env)."""
     check_name(kind, name, file)
     label = ComponentRef(kind=kind, name=name)
-    if isinstance(raw, BaseModel):
-        raw = raw.model_dump(exclude_unset=True)
     if not isinstance(raw, dict):
         raise ForestConfigError("must be a mapping of settings", file=file, component=label)
     raw = dict(raw)
     raw.pop("name", None)  # the name is the key, as in the Go original
     try:
-        return SPEC_TYPES[kind].model_validate(_expand_env(raw, file, label))  # type: ignore[return-value]
+        return SPEC_TYPES[kind].model_validate(raw)
     except ValidationError as exc:
-        raise _config_error(exc, file, label) from None
+        raise config_error(exc, file, label) from None
 
 
-def _expand_env(raw: dict[str, Any], file: str | None, label: ComponentRef) -> dict[str, Any]:
-    """Expand ${VAR} in `secret` and in brain `base_url`/`model`/`system`."""
-
-    def expand(value: Any, field: str) -> Any:
-        if not isinstance(value, str) or "${" not in value:
-            return value
-
-        def sub(m: re.Match[str]) -> str:
-            if m.group(1) not in os.environ:
-                raise ForestConfigError(
-                    f"environment variable {m.group(1)} is not set",
-                    file=file,
-                    component=label,
-                    field=field,
-                )
-            return os.environ[m.group(1)]
-
-        return _ENV_RE.sub(sub, value)
-
-    if "secret" in raw:
-        raw["secret"] = expand(raw["secret"], "secret")
-    brain = raw.get("brain")
-    if isinstance(brain, dict):
-        raw["brain"] = {
-            k: expand(v, f"brain.{k}") if k in ("base_url", "model", "system") else v
-            for k, v in brain.items()
-        }
-    return raw
-
-
-def _config_error(
+def config_error(
     exc: ValidationError, file: str | None, label: ComponentRef | str
 ) -> ForestConfigError:
     err = first_error(exc)
@@ -171,7 +165,7 @@ def _config_error(
     return ForestConfigError(msg, file=file, component=label, field=".".join(loc) or None)
 
 
-_TOP_KEYS = {"sources", "trees", "treehouses", "nims", "decomposer"}
+_TOP_KEYS = {*(k.plural for k in USER_KINDS), "decomposer"}
 
 
 def parse_forest_config(data: Any, *, base_dir: Path, path: Path | None = None) -> ForestConfig:
@@ -189,26 +183,20 @@ def parse_forest_config(data: Any, *, base_dir: Path, path: Path | None = None) 
             f"'{unknown[0]}' is not a known section (expected {', '.join(sorted(_TOP_KEYS))})",
             file=file,
         )
-    sections: dict[str, Any] = {}
-    for kind in (
-        ComponentKind.SOURCE,
-        ComponentKind.TREE,
-        ComponentKind.TREEHOUSE,
-        ComponentKind.NIM,
-    ):
+    sections: dict[ComponentKind, dict[str, ComponentSpec]] = {}
+    for kind in USER_KINDS:
         entries = data.get(kind.plural) or {}
         if not isinstance(entries, dict):
             raise ForestConfigError(
                 f"section '{kind.plural}' must be a mapping of name: settings", file=file
             )
-        sections[kind.plural] = {
+        sections[kind] = {
             str(n): parse_spec(kind, str(n), raw, file=file) for n, raw in entries.items()
         }
     for problem in check_components(
         (ComponentRef(kind=kind, name=name), spec)
-        for kind in (ComponentKind.SOURCE, ComponentKind.TREE, ComponentKind.TREEHOUSE,
-                     ComponentKind.NIM)
-        for name, spec in sections[kind.plural].items()
+        for kind, specs in sections.items()
+        for name, spec in specs.items()
     ):
         raise ForestConfigError(
             problem.sentence.removeprefix(f"{problem.ref}: "),
@@ -217,8 +205,10 @@ def parse_forest_config(data: Any, *, base_dir: Path, path: Path | None = None) 
     try:
         decomposer = DecomposerSpec.model_validate(data.get("decomposer") or {})
     except ValidationError as exc:
-        raise _config_error(exc, file, "decomposer") from None
-    return ForestConfig(base_dir=base_dir, path=path, decomposer=decomposer, **sections)
+        raise config_error(exc, file, "decomposer") from None
+    return ForestConfig(base_dir=base_dir, path=path, decomposer=decomposer).with_components(
+        sections
+    )
 
 
 def read_forest_config(path: str | os.PathLike[str]) -> ForestConfig:

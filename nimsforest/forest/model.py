@@ -21,15 +21,6 @@ class ComponentKind(StrEnum):
         return {"treehouse": "treehouses"}.get(self.value, self.value + "s")
 
 
-# The kinds a user declares in forest.yaml and may add/remove at runtime, in start order.
-USER_KINDS: tuple[ComponentKind, ...] = (
-    ComponentKind.TREE,
-    ComponentKind.TREEHOUSE,
-    ComponentKind.NIM,
-    ComponentKind.SOURCE,
-)
-
-
 class ComponentState(StrEnum):
     RUNNING = "running"
     FAILED = "failed"
@@ -127,7 +118,6 @@ class FlowReceipt(_Frozen):
 
 
 __all__ = [
-    "USER_KINDS",
     "component_label",
     "ComponentKind",
     "ComponentRef",

@@ -26,7 +26,6 @@ from nimsforest.forest.errors import (
     ForestConfigError,
 )
 from nimsforest.forest.model import (
-    USER_KINDS,
     ComponentKind,
     ComponentRef,
     ComponentState,
@@ -37,6 +36,7 @@ from nimsforest.forest.model import (
 )
 from nimsforest.forest.publisher import Publisher
 from nimsforest.forest.soil import Soil
+from nimsforest.forest.specs import USER_KINDS, ComponentSpec
 from nimsforest.streams import CORE_STREAMS, ensure_streams
 
 if TYPE_CHECKING:
@@ -150,14 +150,14 @@ class Forest:
                         current.fingerprint
                         if current
                         else (
-                            spec_fingerprint(self._config, old_specs[name])
+                            spec_fingerprint(self._config, kind, name, old_specs[name], self._env)
                             if name in old_specs
                             else None
                         )
                     )
                     if (
                         name in old_specs
-                        and was == spec_fingerprint(new_config, spec)
+                        and was == spec_fingerprint(new_config, kind, name, spec, self._env)
                         and (current is None or current.state is not ComponentState.FAILED)
                     ):
                         unchanged.append(ref)
@@ -204,7 +204,7 @@ class Forest:
                 if want is None or want is k:
                     out += [
                         ComponentStatus(
-                            kind=k, name=n, state=ComponentState.STOPPED, publishes=_publishes(s)
+                            kind=k, name=n, state=ComponentState.STOPPED, publishes=s.publishes
                         )
                         for n, s in self._config.specs(k).items()
                     ]
@@ -247,14 +247,11 @@ class Forest:
     def _sources(self) -> Sequence[Component]:
         return [c for (k, _), c in self._components.items() if k is ComponentKind.SOURCE]
 
-    def _build(self, kind: ComponentKind, name: str, spec: Any) -> Component:
-        return build_component(self._config, kind, name, spec, self._env)
-
-    def _build_or_failed(self, kind: ComponentKind, name: str, spec: Any) -> Component:
+    def _build_or_failed(self, kind: ComponentKind, name: str, spec: ComponentSpec) -> Component:
         try:
-            return self._build(kind, name, spec)
+            return build_component(self._config, kind, name, spec, self._env)
         except ForestConfigError as exc:
-            comp = Component(kind, name, spec, publishes=_publishes(spec))
+            comp = Component(kind, name, spec, publishes=spec.publishes)
             comp.fail(str(exc))
             return comp
 
@@ -291,10 +288,6 @@ class Forest:
         if self._config.decomposer.enabled:
             self._decomposer = build_decomposer(self._config, self.soil)
             await self._start_quietly(self._decomposer)
-
-
-def _publishes(spec: Any) -> str | None:
-    return getattr(spec, "publishes", None) if not isinstance(spec, dict) else spec.get("publishes")
 
 
 __all__ = ["Forest"]

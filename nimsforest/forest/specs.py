@@ -1,12 +1,20 @@
-"""The typed spec of each forest component, as written in forest.yaml (see config.py for
-the file as a whole). Frozen pydantic models; unknown keys are errors."""
+"""The one typed model of each forest component kind, as written in forest.yaml (see
+config.py for the file as a whole), stored in the control plane's bucket and taken by
+the management API (whose bodies are derived from these models: control/_schemas.py).
+Frozen pydantic models; unknown keys are errors.
+
+A kind is its spec class here (with `kind`, its `aliases` and its `file_fields`), its
+handler (handlers.py) and its builder (build.py); `COMPONENT_SPECS` below is where a kind
+is registered, in start order. `${VAR}` in a secret or a brain's base_url, model and
+system is kept as written and expanded by each node when it builds the component.
+"""
 
 from __future__ import annotations
 
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -14,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -22,7 +31,9 @@ from nimsforest.forest.model import ComponentKind
 from nimsforest.forest.subjects import check_subject, river_subject
 from nimsforest.settings import parse_duration
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"  # a component's name
+NAME_RE = re.compile(NAME_PATTERN)
+MAX_TEXT = 256 * 1024  # a script or prompt, inline
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]?)B?\s*$", re.IGNORECASE)
 
 
@@ -37,8 +48,10 @@ def parse_size(value: Any) -> int:
     )
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[
+    float, BeforeValidator(parse_duration, json_schema_input_type=float | str)
+]  # seconds, or 30s, 5m, 250ms
+Size = Annotated[int, BeforeValidator(parse_size, json_schema_input_type=int | str)]  # 64MB
 
 
 def _leaf_subject(v: str) -> str:
@@ -53,21 +66,43 @@ class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+Subject = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class ComponentSpec(_Spec):
+    """What every component kind's spec declares about itself."""
+
+    kind: ClassVar[ComponentKind]
+    aliases: ClassVar[tuple[str, ...]] = ()  # other names of the kind (CLI, API, NATS)
+    # a field naming a file -> the field that carries its content inline: forest.yaml may
+    # name a file; the bucket and the API carry the content
+    file_fields: ClassVar[dict[str, str]] = {}
+    publishes: Subject
+
+
 class LimitsSpec(_Spec):
     instructions: int = Field(10_000_000, ge=10_000)
     time: Duration = Field(1.0, gt=0)
     memory: Size = Field(64 * 1024 * 1024, ge=1024 * 1024)
 
 
-class _Consuming(_Spec):
-    """Delivery settings of the component's durable consumer."""
+class _Delivery(_Spec):
+    """Delivery settings of a durable consumer."""
 
-    ack_wait: Duration = Field(30.0, gt=0)
-    max_deliver: int = Field(5, ge=1)
+    ack_wait: Duration = Field(30.0, gt=0, description="e.g. 30s (nims: 60s)")
+    max_deliver: int = Field(5, ge=1, le=1000, description="Attempts per event")
 
 
-class _Bounded(_Consuming):
-    max_inflight: int = Field(256, ge=1, le=10_000)
+class _Inflight(_Spec):
+    max_inflight: int = Field(256, ge=1, le=10_000, description="Events in flight per node")
+
+
+class _Consuming(ComponentSpec, _Delivery):
+    """A component with a durable consumer shared by every node."""
+
+
+class _Bounded(_Consuming, _Inflight):
+    pass
 
 
 def _exactly_one(a: object, b: object, choices: str) -> None:
@@ -76,8 +111,9 @@ def _exactly_one(a: object, b: object, choices: str) -> None:
 
 
 class _Scripted(_Bounded):
-    script: Path | None = None  # a .lua file, relative to forest.yaml
-    code: str | None = None  # or the Lua source inline
+    file_fields: ClassVar[dict[str, str]] = {"script": "code"}
+    script: Path | None = Field(None, description="A .lua file, relative to forest.yaml")
+    code: str | None = Field(None, max_length=MAX_TEXT, description="The Lua source inline")
     limits: LimitsSpec = LimitsSpec()
 
     @model_validator(mode="after")
@@ -87,8 +123,9 @@ class _Scripted(_Bounded):
 
 
 class TreeSpec(_Scripted):
-    watches: str
-    publishes: str
+    kind = ComponentKind.TREE
+    watches: Subject = Field(description="A River subject or pattern")
+    publishes: Subject = Field(description="A leaf subject")
 
     @field_validator("watches")
     @classmethod
@@ -102,8 +139,10 @@ class TreeSpec(_Scripted):
 
 
 class TreeHouseSpec(_Scripted):
-    subscribes: str
-    publishes: str
+    kind = ComponentKind.TREEHOUSE
+    aliases = ("th",)
+    subscribes: Subject = Field(description="A leaf subject or pattern")
+    publishes: Subject = Field(description="A leaf subject")
 
     @field_validator("subscribes")
     @classmethod
@@ -176,10 +215,12 @@ class HumusSpec(_Spec):
 
 
 class NimSpec(_Consuming):
-    subscribes: str
-    publishes: str
-    prompt: Path | None = None  # a Jinja2 template file, relative to forest.yaml
-    template: str | None = None  # or the template inline
+    kind = ComponentKind.NIM
+    file_fields: ClassVar[dict[str, str]] = {"prompt": "template"}
+    subscribes: Subject = Field(description="A leaf subject or pattern")
+    publishes: Subject = Field(description="A leaf subject; may hold {field} placeholders")
+    prompt: Path | None = Field(None, description="A Jinja2 template file, relative to forest.yaml")
+    template: str | None = Field(None, max_length=MAX_TEXT, description="The template inline")
     brain: Annotated[BrainSpec, BeforeValidator(_brain_shorthand)] = RulesBrainSpec()
     humus: HumusSpec = HumusSpec()
     ack_wait: Duration = Field(60.0, gt=0)
@@ -218,14 +259,24 @@ class SignatureKind(StrEnum):
     NONE = "none"
 
 
-class SourceSpec(_Spec):
-    type: Literal["http_webhook"]
-    path: str
-    publishes: str
-    secret: SecretStr | None = None
-    signature: SignatureKind = SignatureKind.NONE  # default: sha256 with a secret, none without
-    headers: tuple[str, ...] = ()
-    tolerance: Duration = Field(300.0, gt=0)  # Stripe timestamp tolerance
+class SourceSpec(ComponentSpec):
+    kind = ComponentKind.SOURCE
+    aliases = ("src",)
+    type: Literal["http_webhook"] = "http_webhook"
+    path: Subject = Field(description="Under /webhooks/")
+    publishes: Subject = Field(description="A River subject")
+    secret: SecretStr | None = Field(
+        None, max_length=1024, description="Write ${VAR} to keep the secret out of the bucket"
+    )
+    # default: sha256 with a secret, none without
+    signature: SignatureKind = SignatureKind.NONE
+    headers: tuple[str, ...] = Field((), max_length=64, description="Headers copied in")
+    tolerance: Duration = Field(300.0, gt=0, description="Stripe timestamp tolerance")
+
+    @field_serializer("secret", when_used="json")
+    def _reveal(self, secret: SecretStr | None) -> str | None:
+        """JSON carries the secret (the bucket must); SecretStr hides it everywhere else."""
+        return secret.get_secret_value() if secret is not None else None
 
     @field_validator("publishes")
     @classmethod
@@ -255,23 +306,28 @@ class SourceSpec(_Spec):
         return self
 
 
-class DecomposerSpec(_Bounded):
+class DecomposerSpec(_Delivery, _Inflight):
     enabled: bool = True
     max_deliver: int = Field(10, ge=1)
 
 
-Spec = TreeSpec | TreeHouseSpec | NimSpec | SourceSpec
-SPEC_TYPES: dict[ComponentKind, type[_Spec]] = {
-    ComponentKind.SOURCE: SourceSpec,
-    ComponentKind.TREE: TreeSpec,
-    ComponentKind.TREEHOUSE: TreeHouseSpec,
-    ComponentKind.NIM: NimSpec,
-}
+# The component kinds, in start order: the one registration of a kind.
+COMPONENT_SPECS: tuple[type[ComponentSpec], ...] = (TreeSpec, TreeHouseSpec, NimSpec, SourceSpec)
+
+Spec = ComponentSpec  # any component's spec
+SPEC_TYPES: dict[ComponentKind, type[ComponentSpec]] = {s.kind: s for s in COMPONENT_SPECS}
+USER_KINDS: tuple[ComponentKind, ...] = tuple(SPEC_TYPES)  # declared in forest.yaml
 
 
 __all__ = [
+    "COMPONENT_SPECS",
+    "MAX_TEXT",
+    "NAME_PATTERN",
     "NAME_RE",
     "SPEC_TYPES",
+    "USER_KINDS",
+    "ComponentSpec",
+    "Subject",
     "AnthropicBrainSpec",
     "BrainSpec",
     "DecomposerSpec",

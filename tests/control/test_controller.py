@@ -16,7 +16,7 @@ from nimsforest.control import Actor, Controller, Via, without_components
 from nimsforest.control._desired import Origin, make_entry
 from nimsforest.control._store import DesiredStore
 from nimsforest.control.errors import Conflict, Invalid, NotFound
-from nimsforest.forest import ComponentKind, Forest, load_forest_config
+from nimsforest.forest import ComponentKind, Forest, load_forest_config, parse_spec
 from tests.forest.conftest import write_forest
 from tests.support import eventually
 
@@ -67,7 +67,7 @@ def running(ctl: Controller) -> set[str]:
 async def test_store_writes_are_compare_and_set(nc: nats.NATS) -> None:
     store = DesiredStore(nc, placement_tags=None)
     await store.open()
-    e = make_entry(TH, "t", {"subscribes": "a", "publishes": "b", "code": LUA},
+    e = make_entry(TH, "t", parse_spec(TH, "t", {"subscribes": "a", "publishes": "b", "code": LUA}),
                    origin=Origin.API, by="t", node="a")
     rev = await store.create(e)
     with pytest.raises(Conflict, match="already exists"):
@@ -267,8 +267,8 @@ async def test_the_watcher_resyncs_after_nats_restarts(
 
         async def write() -> bool:
             await store.open()
-            await store.create(make_entry(TH, "after", {"subscribes": "a", "publishes": "b",
-                                                        "code": LUA},
+            await store.create(make_entry(TH, "after", parse_spec(TH, "after", {"subscribes": "a", "publishes": "b",
+                                                        "code": LUA}),
                                           origin=Origin.API, by="t", node="x"))
             return True
 
@@ -315,7 +315,7 @@ async def test_an_unanswered_write_is_looked_up_not_lost_or_doubled(
 
     store = DesiredStore(nc, placement_tags=None)
     await store.open()
-    entry = make_entry(TH, "late", {"subscribes": "a", "publishes": "b", "code": LUA},
+    entry = make_entry(TH, "late", parse_spec(TH, "late", {"subscribes": "a", "publishes": "b", "code": LUA}),
                        origin=Origin.API, by="t", node="a")
     plain_nats.proc.send_signal(signal.SIGSTOP)
     try:

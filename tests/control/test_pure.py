@@ -17,14 +17,23 @@ from nimsforest.control._desired import (
 )
 from nimsforest.control._ratelimit import ChangeLimiter
 from nimsforest.control._schemas import (
-    NimIn,
-    TreeHouseIn,
+    REQUEST_MODELS,
     parse_kind,
     parse_request,
     to_spec,
 )
 from nimsforest.control.errors import Invalid, NotFound, RateLimited
-from nimsforest.forest import ComponentKind, ForestConfig, ProblemKind, load_forest_config
+from nimsforest.forest import (
+    ComponentKind,
+    ForestConfig,
+    ForestConfigError,
+    ProblemKind,
+    build_component,
+    load_forest_config,
+    parse_spec,
+    read_forest_config,
+)
+from nimsforest.forest.config import TreeHouseSpec
 from nimsforest.node import check_api_exposure
 from nimsforest.settings import SettingsError, load_settings
 from tests.forest.conftest import write_forest
@@ -37,7 +46,8 @@ def entry(name: str, origin: Origin = Origin.API, code: str = LUA, kind=TH):
     spec = {"subscribes": "a.b", "publishes": "c.d", "code": code}
     if kind is ComponentKind.SOURCE:
         spec = {"type": "http_webhook", "path": f"/webhooks/{code}", "publishes": "river.x"}
-    return make_entry(kind, name, spec, origin=origin, by="test", node="n1")
+    return make_entry(kind, name, parse_spec(kind, name, spec), origin=origin, by="test",
+                      node="n1")
 
 
 def test_file_entries_inline_scripts_and_keep_env_references(tmp_path: Path) -> None:
@@ -52,18 +62,23 @@ def test_file_entries_inline_scripts_and_keep_env_references(tmp_path: Path) -> 
         },
         {"lua/score.lua": LUA, "q.md.j2": "hello {{ x }}"},
     )
-    entries = file_entries(path, by="startup", node="n1")
+    entries = file_entries(read_forest_config(path), by="startup", node="n1")
     assert set(entries) == {"source.hook", "treehouse.score", "nim.q"}
     th = entries["treehouse.score"]
-    assert th.origin is Origin.FILE and th.spec["code"] == LUA and "script" not in th.spec
+    assert th.origin is Origin.FILE and th.spec.code == LUA and th.spec.script is None
     assert th.files == {"script": "lua/score.lua"}
-    assert entries["nim.q"].spec["template"] == "hello {{ x }}"
-    assert entries["source.hook"].spec["secret"] == "${HOOK_SECRET}"  # expanded by each node
+    assert entries["nim.q"].spec.template == "hello {{ x }}"
+    # kept as written, expanded by each node
+    assert entries["source.hook"].spec.secret.get_secret_value() == "${HOOK_SECRET}"
+    # the entry goes to the bucket and back as the same typed spec
+    for e in entries.values():
+        assert type(e).decode(e.encode()) == e
     # the digest depends on the content only, not on who or when
-    again = file_entries(path, by="someone else", node="n2")
+    again = file_entries(read_forest_config(path), by="someone else", node="n2")
     assert again["treehouse.score"].digest == th.digest
     (tmp_path / "lua/score.lua").write_text(LUA + "\n-- edited")
-    assert file_entries(path, by="x", node="n1")["treehouse.score"].digest != th.digest
+    edited = file_entries(read_forest_config(path), by="x", node="n1")
+    assert edited["treehouse.score"].digest != th.digest
 
 
 def test_plan_adds_changes_removes_file_components_and_leaves_api_ones() -> None:
@@ -86,22 +101,28 @@ def test_plan_adopts_identical_api_components_and_refuses_different_ones() -> No
     assert plan.conflicts == ("treehouse 'other'",)
 
 
-def test_desired_config_leaves_out_what_this_node_cannot_parse(
+def test_desired_config_leaves_out_clashes_and_each_node_expands_variables(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("NOT_SET_HERE", raising=False)
-    bad = make_entry(ComponentKind.SOURCE, "s", {"type": "http_webhook", "path": "/webhooks/s",
-                     "publishes": "river.s", "secret": "${NOT_SET_HERE}"},
-                     origin=Origin.API, by="t", node="n")
+    spec = parse_spec(ComponentKind.SOURCE, "s", {"type": "http_webhook", "path": "/webhooks/s",
+                      "publishes": "river.s", "secret": "${NOT_SET_HERE}"})
+    needs_var = make_entry(ComponentKind.SOURCE, "s", spec, origin=Origin.API, by="t", node="n")
     dup = entry("z-dup", kind=ComponentKind.SOURCE, code="one")
     first = entry("a-first", kind=ComponentKind.SOURCE, code="one")
-    config, problems = desired_config(ForestConfig.empty(), [entry("ok"), bad, dup, first])
-    assert set(config.treehouses) == {"ok"} and set(config.sources) == {"a-first"}
-    s, z_dup = bad.ref, dup.ref
-    assert set(problems) == {s, z_dup}
-    assert problems[s].kind is ProblemKind.INVALID and "NOT_SET_HERE" in problems[s].sentence
+    config, problems = desired_config(ForestConfig.empty(), [entry("ok"), needs_var, dup, first])
+    assert set(config.treehouses) == {"ok"} and set(config.sources) == {"a-first", "s"}
+    z_dup = dup.ref
+    assert set(problems) == {z_dup}
     assert problems[z_dup].kind is ProblemKind.PATH_TAKEN and problems[z_dup].holder == first.ref
     assert "already used by source 'a-first'" in problems[z_dup].sentence
+    # the variable is this node's to expand: building says which one it lacks, and where
+    with pytest.raises(ForestConfigError, match="NOT_SET_HERE is not set") as caught:
+        build_component(config, ComponentKind.SOURCE, "s", config.sources["s"])
+    assert caught.value.ref == needs_var.ref and caught.value.field == "secret"
+    monkeypatch.setenv("NOT_SET_HERE", "s3cret")
+    built = build_component(config, ComponentKind.SOURCE, "s", config.sources["s"])
+    assert built.spec.secret.get_secret_value() == "s3cret"
 
 
 def test_without_components_keeps_path_and_decomposer(tmp_path: Path) -> None:
@@ -116,12 +137,14 @@ def test_without_components_keeps_path_and_decomposer(tmp_path: Path) -> None:
 def test_requests_map_to_forest_yaml_settings() -> None:
     req = parse_request(TH, {"name": "t", "subscribes": "a", "publishes": "b", "script": LUA,
                              "script_name": "t.lua", "max_deliver": 3})
-    assert isinstance(req, TreeHouseIn)
-    assert to_spec(TH, req) == ("t", {"subscribes": "a", "publishes": "b", "code": LUA,
-                                      "max_deliver": 3}, {"script": "t.lua"})
+    assert type(req) is REQUEST_MODELS[TH] and type(req).__name__ == "TreeHouseIn"
+    assert to_spec(TH, req) == (
+        "t", TreeHouseSpec(subscribes="a", publishes="b", code=LUA, max_deliver=3),
+        {"script": "t.lua"},
+    )
     nim = parse_request(ComponentKind.NIM, {"name": "n", "subscribes": "a", "publishes": "b",
                                             "prompt": "hi"})
-    assert isinstance(nim, NimIn) and to_spec(ComponentKind.NIM, nim)[1]["template"] == "hi"
+    assert type(nim).__name__ == "NimIn" and to_spec(ComponentKind.NIM, nim)[1].template == "hi"
     with pytest.raises(Invalid, match="Field 'script': is required"):
         parse_request(TH, {"name": "t", "subscribes": "a", "publishes": "b"})
     with pytest.raises(Invalid, match="Field 'bogus': is not a known setting"):

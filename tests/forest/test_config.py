@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from nimsforest.forest import (
+    ComponentKind,
     ForestConfigError,
+    build_component,
     demo_config_path,
     load_demo_config,
     load_forest_config,
@@ -203,6 +205,10 @@ def test_secret_from_environment_and_signature_default(
             }
         },
     )
-    assert cfg.sources["a"].secret.get_secret_value() == "s3cret"  # type: ignore[union-attr]
+    # kept as written in the config (and the control plane's bucket); each node expands it
+    # when it builds the component
+    assert cfg.sources["a"].secret.get_secret_value() == "${NF_TEST_SECRET}"  # type: ignore[union-attr]
+    built = build_component(cfg, ComponentKind.SOURCE, "a", cfg.sources["a"])
+    assert built.spec.secret.get_secret_value() == "s3cret"
     assert cfg.sources["a"].signature is SignatureKind.SHA256
     assert cfg.sources["b"].signature is SignatureKind.NONE

@@ -16,7 +16,13 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from nimsforest.forest import Forest, demo_config_path, load_demo_config, load_forest_config
+from nimsforest.forest import (
+    ComponentKind,
+    Forest,
+    demo_config_path,
+    load_demo_config,
+    load_forest_config,
+)
 from nimsforest.forest.http import make_router
 from nimsforest.forest.webhooks import sign_sha256
 from tests.forest.conftest import Wind, write_forest
@@ -50,7 +56,7 @@ async def demo_api(nc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Async
             }
         },
     )
-    cfg = demo.model_copy(update={"sources": {**demo.sources, **load_forest_config(path).sources}})
+    cfg = demo.with_spec(ComponentKind.SOURCE, "gh", load_forest_config(path).sources["gh"])
     forest = Forest(nc, cfg, stop_grace=1.0)
     await forest.start()
     app = FastAPI()
