@@ -66,8 +66,6 @@ def create_app(
         message = exc.detail if isinstance(exc.detail, str) else None
         if exc.status_code == 404 and message in (None, "Not Found"):
             message = f"There is no endpoint {request.method} {request.url.path}."
-        elif message == "There was an error parsing the body":
-            message = "The request body is not valid JSON."
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}."
         return JSONResponse({"error": message or f"HTTP {exc.status_code}."},

@@ -265,7 +265,7 @@ class ControllerCore:
             and not w.problems,
             config_file=str(self.config_file) if self.config_file else None,
             control=ControlOut(
-                state=w.state.value, sentence=w.sentence, revision=w.revision, cycles=w.cycles,
+                state=w.state, sentence=w.sentence, revision=w.revision, cycles=w.cycles,
                 problems={entry_key(r.kind, r.name): p.sentence for r, p in w.problems.items()},
             ),
             components=comps,

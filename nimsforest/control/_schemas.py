@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from nimsforest.control._audit import Action, AuditRecord
 from nimsforest.control._desired import Origin
+from nimsforest.control._watcher import WatchState
 from nimsforest.control.errors import Invalid, NotFound
 from nimsforest.forest import (
     MAX_TEXT,
@@ -187,7 +188,7 @@ class ReloadOut(BaseModel):
 
 
 class ControlOut(BaseModel):
-    state: str
+    state: WatchState
     sentence: str
     revision: int
     cycles: int

@@ -5,6 +5,7 @@ deleted under us is recreated."""
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import time
@@ -22,6 +23,24 @@ if TYPE_CHECKING:
 
 EXPIRES = 30.0
 HEARTBEAT = 5.0
+
+
+class PullStatus(enum.Enum):
+    """What a status message on a pull subscription says (JetStream's pull protocol: a
+    `Status` header, and for 409 a fixed description), read once, here."""
+
+    HEARTBEAT = "100"
+    NO_MESSAGES = "404"
+    REQUEST_TIMEOUT = "408"
+    CONSUMER_DELETED = "409 consumer deleted"
+    OTHER = "other"  # e.g. 409 Exceeded MaxWaiting, 409 Leadership Change
+
+    @classmethod
+    def of(cls, status: str, description: str) -> PullStatus:
+        if status == "409":
+            deleted = "deleted" in description.lower()  # "Consumer Deleted"
+            return cls.CONSUMER_DELETED if deleted else cls.OTHER
+        return next((k for k in cls if k.value == status), cls.OTHER)
 
 
 class Puller:
@@ -103,23 +122,24 @@ class Puller:
             await self._on_message(msg)
 
     def _on_status(self, msg: Msg, status: str) -> None:
-        if status == "100":  # idle heartbeat
-            return
         headers = msg.headers or {}
-        pending = headers.get("Nats-Pending-Messages")
-        if pending is not None and pending.isdigit():
-            self.credits = max(0, self.credits - int(pending))
-        elif status != "404":
-            self.credits = 0
         desc = next(
             (str(v) for k, v in headers.items() if str(k).lower().endswith("description")), ""
         )
-        if status == "409" and "deleted" in desc.lower():
+        kind = PullStatus.of(status, desc)
+        if kind is PullStatus.HEARTBEAT:
+            return
+        pending = headers.get("Nats-Pending-Messages")
+        if pending is not None and pending.isdigit():
+            self.credits = max(0, self.credits - int(pending))
+        elif kind is not PullStatus.NO_MESSAGES:
+            self.credits = 0
+        if kind is PullStatus.CONSUMER_DELETED:
             self._log.warning(
                 "%s: its consumer %s was deleted; recreating it", self._label, self.spec.durable
             )
             self._spawn(self.recreate())
-        elif status not in ("404", "408"):  # e.g. 409 Exceeded MaxWaiting: the watchdog asks again
+        elif kind is PullStatus.OTHER:  # e.g. 409 Exceeded MaxWaiting: the watchdog asks again
             self._log.debug("%s: pull status %s %s", self._label, status, desc)
 
     async def recreate(self) -> None:
