@@ -55,8 +55,10 @@ class NatsControl:
             except Exception:  # noqa: BLE001 - the connection may be closing
                 pass
             self._sub = None
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # each request's task ends here
 
     async def _spawn(self, msg: Msg) -> None:
         # a change waits for this node to apply it: do not hold up the next request
