@@ -48,7 +48,7 @@ bench: $(STAMP)
 
 units: $(STAMP)
 	for unit in $$($(BIN)/nimsforest systemd-unit --list); do \
-		$(BIN)/nimsforest systemd-unit $$unit --output systemd/$$unit; done
+		$(BIN)/nimsforest systemd-unit $$unit --prefix /opt/nimsforest --output systemd/$$unit; done
 
 clean:
 	rm -rf $(VENV) .nimsforest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -12,7 +13,8 @@ from nimsforest.cli._common import EXIT_USAGE, emit, fail
 @click.command("systemd-unit", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("name", required=False)
 @click.option("--list", "list_units", is_flag=True, help="List the unit names and exit.")
-@click.option("--prefix", default=None, help="Virtualenv NimsForest is installed in [/opt/nimsforest].")
+@click.option("--prefix", default=None,
+              help="Virtualenv NimsForest is installed in [the one this command runs from].")
 @click.option("--user", default=None, help="User the daemon runs as [nimsforest].")
 @click.option("--group", default=None, help="Its group [same as --user].")
 @click.option("--env-file", default=None, help="Environment file [/etc/nimsforest/nimsforest.env].")
@@ -44,6 +46,8 @@ def systemd_unit(name: str | None, list_units: bool, output: Path | None, **valu
         return
     if not name:
         fail("Name a unit: " + ", ".join(UNIT_NAMES) + ".", EXIT_USAGE)
+    if values["prefix"] is None:  # this installation: the environment running this command
+        values["prefix"] = sys.prefix
     try:
         text = render_unit(name, **values)
     except UnitError as exc:

@@ -125,7 +125,12 @@ def test_cli(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert out.read_text() == render_unit("nimsforest.service", prefix="/srv/nf")
     printed = nimsforest("systemd-unit", "nats")
-    assert printed.stdout == render_unit("nats.service")
+    # rendered for this installation: the environment the command runs from
+    assert printed.stdout == render_unit("nats.service", prefix=sys.prefix)
+    unit = nimsforest("systemd-unit", "nimsforest.service").stdout
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    assert exec_start.split("=", 1)[1].split()[0] == f"{sys.prefix}/bin/nimsforest"
+    assert Path(sys.prefix, "bin", "nimsforest").exists()
     bad = nimsforest("systemd-unit", "nope")
     assert bad.returncode == 2 and "Unknown unit" in one_sentence(bad.stderr)
     assert nimsforest("systemd-unit").returncode == 2
