@@ -1,0 +1,182 @@
+"""The stack supervisor: decide purely (resolve, plan), act thinly (start, stop, reconfigure).
+
+`Stack.apply(desired)` carries out `plan(desired, running)`. `supervise()` is the whole
+life of `nimsforest stack up`: take the lock, apply the manifests, then regenerate and
+apply again on SIGHUP (`stack reload`) or when a manifest file changes (watched with
+watchfiles), until SIGTERM/SIGINT (`stack down`, Ctrl-C) stops every service in reverse
+dependency order. A manifest made invalid at run time is one logged sentence: what runs
+keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+
+import watchfiles
+
+from nimsforest.stack._compose import to_process_compose
+from nimsforest.stack._manifest import Condition, load_manifests
+from nimsforest.stack._plan import Plan, plan
+from nimsforest.stack._probe import Prober
+from nimsforest.stack._resolve import Desired, StackPaths, resolve
+from nimsforest.stack._runner import ServiceRunner
+from nimsforest.stack._state import Lock, StackPhase, StackStatus, write_status
+from nimsforest.stack.errors import StackError, StackRunning
+
+log = logging.getLogger("nimsforest.stack")
+
+COMPOSE_FILE = "process-compose.yaml"
+EnvLoader = Callable[[], Mapping[str, str]]
+
+
+def desired_services(paths: StackPaths, env: Mapping[str, str]) -> Desired:
+    """Read the manifests under `paths.services` and resolve them (raises ManifestInvalid)."""
+    return resolve(load_manifests(paths.services), env, paths)
+
+
+class Stack:
+    """The running services, by name, and the plan-carrying-out that changes them."""
+
+    def __init__(self, paths: StackPaths) -> None:
+        self.paths = paths
+        self.phase = StackPhase.STARTING
+        self._runners: dict[str, ServiceRunner] = {}
+        self._order: tuple[str, ...] = ()
+        self._changed = asyncio.Event()  # set (and replaced) on every change
+        self._prober = Prober()
+        self._apply_lock = asyncio.Lock()
+
+    # --- status ----------------------------------------------------------------------------
+    def status(self) -> StackStatus:
+        runners = [self._runners[n] for n in self._order if n in self._runners]
+        return StackStatus(supervisor_pid=os.getpid(), phase=self.phase, updated_at=time.time(),
+                           services=tuple(r.status() for r in runners))
+
+    def _on_change(self) -> None:
+        try:
+            write_status(self.paths.stack, self.status())
+        except OSError as exc:  # the status file is a view; the stack runs on without it
+            log.warning("Cannot write the stack status: %s", exc)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_for(self, dep: str, condition: Condition) -> None:
+        while True:
+            runner = self._runners.get(dep)
+            if runner is not None and runner.meets(condition):
+                return
+            await self._changed.wait()
+
+    # --- acting ----------------------------------------------------------------------------
+    async def apply(self, desired: Desired) -> Plan:
+        async with self._apply_lock:
+            running = {n: r.spec for n, r in self._runners.items()}
+            p = plan(desired, running, self._order)
+            if not p.changes_nothing:
+                log.info("Applying the manifests: %s", p.describe())
+            wanted = desired.by_name()
+            for name in p.stop:
+                await self._runners.pop(name).stop()
+            for name in reversed(p.restart):  # dependents first, as a stop in reverse order
+                await self._runners.pop(name).stop()
+            self._order = desired.names()
+            for name in p.reconfigure:
+                await self._runners[name].reconfigure(wanted[name])
+            for name in desired.names():
+                if name in p.restart or name in p.start:
+                    runner = ServiceRunner(wanted[name], self.paths, self._prober, self.wait_for,
+                                           self._on_change)
+                    self._runners[name] = runner
+                    runner.start()
+            self.phase = StackPhase.UP
+            self._on_change()
+            self.paths.stack.mkdir(parents=True, exist_ok=True)
+            (self.paths.stack / COMPOSE_FILE).write_text(to_process_compose(desired))
+            return p
+
+    async def stop_all(self) -> None:
+        self.phase = StackPhase.STOPPING
+        self._on_change()
+        for name in reversed(self._order):
+            runner = self._runners.get(name)
+            if runner is not None:
+                await runner.stop()
+        self._runners.clear()
+        self.phase = StackPhase.STOPPED
+        write_status(self.paths.stack, self.status())
+        await self._prober.aclose()
+
+
+async def supervise(paths: StackPaths, env: EnvLoader) -> None:
+    """Run the stack until SIGTERM or SIGINT. Raises StackRunning or ManifestInvalid first."""
+    lock = Lock(paths.stack)
+    if not lock.acquire():
+        from nimsforest.stack._state import running_supervisor
+
+        pid = running_supervisor(paths.stack) or 0
+        raise StackRunning(f"The stack in {paths.root} is already running (pid {pid}).", pid)
+    try:
+        first = desired_services(paths, env())  # invalid manifests: nothing starts
+        stack = Stack(paths)
+        stop = asyncio.Event()
+        reload = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
+        log.info("Stack supervisor started (pid %d) for %s", os.getpid(), paths.root)
+        try:
+            await stack.apply(first)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(_watch(paths, reload, stop))
+                tg.create_task(_reloads(stack, paths, env, reload, stop))
+                await stop.wait()
+        finally:
+            log.info("Stopping the stack")
+            await stack.stop_all()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            log.info("Stack stopped")
+    finally:
+        lock.release()
+
+
+async def _watch(paths: StackPaths, reload: asyncio.Event, stop: asyncio.Event) -> None:
+    """Set `reload` whenever a file under the manifests folder changes."""
+    while not stop.is_set():
+        try:
+            async for _ in watchfiles.awatch(paths.services, stop_event=stop, debounce=200,
+                                             step=50, recursive=True):
+                log.info("A manifest changed; regenerating the stack")
+                reload.set()
+        except Exception as exc:  # noqa: BLE001 - the watcher must not end the stack
+            log.warning("Watching %s failed (%s); trying again", paths.services, exc)
+            await asyncio.sleep(2.0)
+
+
+async def _reloads(stack: Stack, paths: StackPaths, env: EnvLoader, reload: asyncio.Event,
+                   stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        waiter = asyncio.create_task(reload.wait())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (waiter, stopper):
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if stop.is_set():
+            return
+        reload.clear()
+        try:
+            applied = await stack.apply(desired_services(paths, env()))
+            log.info("Regenerated the stack: %s", applied.describe())
+        except StackError as exc:
+            log.error("Not applied: %s The running services are unchanged.", exc)
+        except Exception:
+            log.exception("Regenerating the stack failed; the running services are unchanged")
