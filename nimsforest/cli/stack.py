@@ -19,13 +19,19 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
-from nimsforest.cli._common import EXIT_USAGE, fail
-
 F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_USAGE = 2  # as nimsforest.cli._common, imported only to fail: `stack up` starts faster
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    from nimsforest.cli._common import fail as common_fail
+
+    common_fail(message, code)
 
 UP_TIMEOUT_S = 180.0
 
@@ -95,7 +101,7 @@ def up(root: Path, services: Path | None, detach: bool) -> None:
 
     paths = _paths(root, services)
     env = _env_loader(paths.root)
-    _desired(paths, env())  # a bad manifest: one sentence, nothing starts
+    desired = _desired(paths, env())  # a bad manifest: one sentence, nothing starts
     pid = running_supervisor(paths.stack)
     if pid is not None:
         os.kill(pid, signal.SIGHUP)
@@ -109,7 +115,7 @@ def up(root: Path, services: Path | None, detach: bool) -> None:
 
     setup_logging(os.environ.get("NIMSFOREST_LOG_LEVEL", "info"))
     try:
-        asyncio.run(supervise(paths, env))
+        asyncio.run(supervise(paths, env, desired))
     except StackError as exc:
         fail(str(exc), EXIT_USAGE)
     except KeyboardInterrupt:  # pragma: no cover - the signal handler normally takes it

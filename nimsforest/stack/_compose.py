@@ -11,8 +11,6 @@ import re
 import shlex
 from typing import Any
 
-import yaml
-
 from nimsforest.stack._manifest import Probe
 from nimsforest.stack._resolve import Desired
 
@@ -24,6 +22,8 @@ def _probe(p: Probe) -> dict[str, Any]:
 
 
 def to_process_compose(desired: Desired) -> str:
+    import yaml  # only where YAML is written (not on the supervisor's start-up path)
+
     processes: dict[str, Any] = {}
     for s in desired.services:
         entry: dict[str, Any] = {"command": shlex.join(s.argv)}

@@ -16,6 +16,7 @@ Placeholders, in any string of `process` (command, args, env, probes):
 from __future__ import annotations
 
 import enum
+import functools
 import graphlib
 import importlib.metadata
 import os
@@ -122,8 +123,11 @@ class Desired:
         return tuple(s.name for s in self.services if any(d == name for d, _ in s.depends_on))
 
 
+@functools.lru_cache(maxsize=64)
 def find_binary(binary: Binary) -> Path | BinaryMissing:
-    """The executable `binary.name` installed by distribution `binary.package`."""
+    """The executable `binary.name` installed by distribution `binary.package`.
+
+    Cached per process: looking a distribution up scans the import path."""
     try:
         dist = importlib.metadata.distribution(binary.package)
     except importlib.metadata.PackageNotFoundError:

@@ -18,8 +18,6 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 
-import watchfiles
-
 from nimsforest.stack._compose import to_process_compose
 from nimsforest.stack._manifest import Condition, load_manifests
 from nimsforest.stack._plan import Plan, plan
@@ -96,9 +94,13 @@ class Stack:
                     runner.start()
             self.phase = StackPhase.UP
             self._on_change()
-            self.paths.stack.mkdir(parents=True, exist_ok=True)
-            (self.paths.stack / COMPOSE_FILE).write_text(to_process_compose(desired))
+            # a record of what runs, written while the services start (off their path)
+            await asyncio.to_thread(self._write_compose, desired)
             return p
+
+    def _write_compose(self, desired: Desired) -> None:
+        self.paths.stack.mkdir(parents=True, exist_ok=True)
+        (self.paths.stack / COMPOSE_FILE).write_text(to_process_compose(desired))
 
     async def stop_all(self) -> None:
         self.phase = StackPhase.STOPPING
@@ -113,8 +115,11 @@ class Stack:
         await self._prober.aclose()
 
 
-async def supervise(paths: StackPaths, env: EnvLoader) -> None:
-    """Run the stack until SIGTERM or SIGINT. Raises StackRunning or ManifestInvalid first."""
+async def supervise(paths: StackPaths, env: EnvLoader, first: Desired | None = None) -> None:
+    """Run the stack until SIGTERM or SIGINT. Raises StackRunning or ManifestInvalid first.
+
+    `first` is the desired services when the caller has just resolved them (else they are
+    resolved here)."""
     lock = Lock(paths.stack)
     if not lock.acquire():
         from nimsforest.stack._state import running_supervisor
@@ -122,7 +127,8 @@ async def supervise(paths: StackPaths, env: EnvLoader) -> None:
         pid = running_supervisor(paths.stack) or 0
         raise StackRunning(f"The stack in {paths.root} is already running (pid {pid}).", pid)
     try:
-        first = desired_services(paths, env())  # invalid manifests: nothing starts
+        if first is None:
+            first = desired_services(paths, env())  # invalid manifests: nothing starts
         stack = Stack(paths)
         stop = asyncio.Event()
         reload = asyncio.Event()
@@ -149,6 +155,8 @@ async def supervise(paths: StackPaths, env: EnvLoader) -> None:
 
 async def _watch(paths: StackPaths, reload: asyncio.Event, stop: asyncio.Event) -> None:
     """Set `reload` whenever a file under the manifests folder changes."""
+    import watchfiles
+
     while not stop.is_set():
         try:
             async for _ in watchfiles.awatch(paths.services, stop_event=stop, debounce=200,

