@@ -1,5 +1,6 @@
 # NimsForest developer entry points. On a fresh machine:
 #   make run    create .venv if needed, install, start a standalone node with the demo forest
+#   make stack  create .venv and .env if needed, install, run the node + PocketBase + Caddy stack
 #   make test   create .venv if needed, install, run the whole test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -9,12 +10,13 @@ DATA   ?= .nimsforest/standalone
 PYTEST_ARGS ?=
 JOBS   ?= 2
 
-.PHONY: run test install bench units clean help
+.PHONY: run stack test install bench units clean help
 
 help:
 	@echo "make run    - start a standalone node with the demo forest (data in $(DATA))"
+	@echo "make stack  - run the node, PocketBase and Caddy as one stack (docs/STACK.md)"
 	@echo "make test   - run the whole test suite"
-	@echo "make bench  - print the startup, pipeline and cluster benchmarks"
+	@echo "make bench  - print the startup, pipeline, cluster and stack benchmarks"
 	@echo "make units  - render the systemd/ units again from their templates"
 	@echo "make clean  - remove .venv and local data"
 
@@ -32,6 +34,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/nimsforest standalone --demo --data-dir $(DATA)
 
+# .env holds the PocketBase superuser's password; a first run generates one.
+stack: $(STAMP)
+	@test -f .env || { umask 077; printf 'POCKETBASE_ADMIN_PASSWORD=%s\n' \
+		"$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(18))')" > .env; \
+		echo "Wrote .env with a generated PocketBase superuser password."; }
+	$(BIN)/nimsforest stack up
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) $(PYTEST_ARGS)
 
@@ -45,4 +54,4 @@ units: $(STAMP)
 		$(BIN)/nimsforest systemd-unit $$unit --output systemd/$$unit; done
 
 clean:
-	rm -rf $(VENV) .nimsforest
+	rm -rf $(VENV) .nimsforest .data .nimsforest-stack
