@@ -235,9 +235,14 @@ class ServiceRunner:
         self._write_config()
         if spec.reload_url is None or spec.config_file is None or self.pid is None:
             return
-        async with httpx.AsyncClient(trust_env=False, timeout=10.0) as client:
-            resp = await client.post(spec.reload_url, content=spec.config_file.text,
-                                     headers={"content-type": "application/json"})
+        try:
+            async with httpx.AsyncClient(trust_env=False, timeout=10.0) as client:
+                resp = await client.post(spec.reload_url, content=spec.config_file.text,
+                                         headers={"content-type": "application/json"})
+        except httpx.HTTPError as exc:
+            log.error("Service %s did not take its new configuration (%s); it applies at its "
+                      "next start", self.name, type(exc).__name__)
+            return
         if resp.status_code >= 400:
             log.error("Service %s refused its new configuration (HTTP %d): %s", self.name,
                       resp.status_code, resp.text.strip()[:300])

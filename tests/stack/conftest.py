@@ -69,6 +69,9 @@ class StackRun:
     def service(self, name: str) -> dict[str, Any]:
         return next(s for s in self.status()["services"] if s["name"] == name)
 
+    def service_names(self) -> list[str]:
+        return [s["name"] for s in self.status()["services"]]
+
     def pids(self) -> dict[str, int | None]:
         return {s["name"]: s["pid"] for s in self.status()["services"]}
 

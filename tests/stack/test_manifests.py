@@ -181,3 +181,39 @@ def test_soil_records_have_stable_pocketbase_ids() -> None:
     assert record_body("k", b'{"a": 1}', 7) == {"key": "k", "value": '{"a": 1}', "json": {"a": 1},
                                                   "revision": 7}
     assert record_body("k", b"plain", 1)["json"] is None
+
+
+def _cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nimsforest", *args, "--root", str(root)],
+                          env={**ENV, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_service_spec_command_and_run_of_one_service(tmp_path: Path) -> None:
+    paths = default_root(tmp_path)
+    spec = json.loads(_cli(tmp_path, "service", "caddy", "spec").stdout)
+    assert spec["name"] == "caddy" and spec["command"][1:3] == ["run", "--config"]
+    assert spec["depends_on"] == {"node": "process_healthy", "pocketbase": "process_healthy"}
+    assert spec["config_file"] == str(paths.stack / "caddy.json")
+    command = _cli(tmp_path, "service", "pocketbase", "command").stdout.strip()
+    assert command.endswith(f"serve --http 127.0.0.1:8090 --dir {paths.data}/pocketbase")
+    assert Path(command.split()[0]).name == "pocketbase"
+    # `run` runs the real service alone: the superuser job creates PocketBase's data
+    ran = _cli(tmp_path, "service", "pocketbase-init", "run")
+    assert ran.returncode == 0, ran.stderr
+    assert (paths.data / "pocketbase" / "data.db").is_file()
+    unknown = _cli(tmp_path, "service", "nope", "spec")
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == ("nimsforest: No service nope; the stack has node, "
+                                      "pocketbase-init, pocketbase, caddy, soil-mirror.")
+
+
+def test_commands_on_a_stack_that_is_not_running(tmp_path: Path) -> None:
+    default_root(tmp_path)
+    status = _cli(tmp_path, "stack", "status", "--json")
+    assert status.returncode == 1 and json.loads(status.stdout) == {"running": False}
+    assert _cli(tmp_path, "stack", "down").stdout.strip() == "The stack is not running."
+    reload = _cli(tmp_path, "stack", "reload")
+    assert reload.returncode == 1 and reload.stderr.strip() == "nimsforest: The stack is not running."
+    plan = yaml.safe_load(_cli(tmp_path, "stack", "plan").stdout)
+    assert list(plan["processes"]) == ["node", "pocketbase-init", "pocketbase", "caddy", "soil-mirror"]

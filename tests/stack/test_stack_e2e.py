@@ -144,6 +144,22 @@ async def test_killed_pocketbase_restarts_and_a_caddy_edit_reloads_only_caddy(st
     assert stack_run.pids() == restarted
     assert stack_run.https("/health").status_code == 200
 
+    # a manifest made invalid while the stack runs: one logged sentence, nothing changes
+    node_manifest = stack_run.root / "services" / "node" / "service.json"
+    good = node_manifest.read_text()
+    _edit(node_manifest, lambda m: m["process"].update(cmd="oops"))
+    await eventually(lambda: "Not applied: services/node/service.json: unknown key 'cmd' in process."
+                     in stack_run.supervisor_log(), timeout=30, what="the sentence in the log")
+    assert stack_run.pids() == restarted
+    node_manifest.write_text(good)
+
+    # a removed service stops; the others keep their pids
+    (stack_run.root / "services" / "soil-mirror" / "service.json").unlink()
+    await eventually(lambda: stack_run.service_names() == ["node", "pocketbase-init", "pocketbase",
+                                                           "caddy"], timeout=30, what="mirror gone")
+    assert {n: p for n, p in stack_run.pids().items()} == {
+        n: p for n, p in restarted.items() if n != "soil-mirror"}
+
 
 async def test_down_leaves_no_process_and_purge_removes_the_data(stack_run: StackRun) -> None:
     stack_run.up()
