@@ -5,6 +5,7 @@ Public API:
     load_manifests(dir), parse_manifest(text, source)   services/<name>/service.json
     Manifest (+ Probe, Availability, Shutdown, FrontDoor, ...)   the schema
     resolve(manifests, env, paths) -> Desired            the pure generation function
+    with_records(files, records, collection)             + services from a PocketBase collection
     plan(desired, running) -> Plan                       the pure diff
     to_process_compose(desired) -> str                   the generated process-compose.yaml
     StackPaths, ServiceSpec, Desired                     resolved services
@@ -36,6 +37,7 @@ from nimsforest.stack._resolve import (
     StackPaths,
     find_binary,
     resolve,
+    with_records,
 )
 from nimsforest.stack._state import (
     Health,
@@ -85,4 +87,5 @@ __all__ = [
     "running_supervisor",
     "supervise",
     "to_process_compose",
+    "with_records",
 ]

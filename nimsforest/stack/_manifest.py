@@ -161,8 +161,21 @@ class FrontDoor(_Model):
     fallback: Route | None = None  # where every other path goes
 
 
+class ServicesCollection(_Model):
+    """More desired services, from records of a PocketBase collection (this service's).
+
+    An empty `name` turns it off. Each enabled record (`name`, `manifest` JSON,
+    `enabled`) is one more service, with the same schema as a manifest file.
+    """
+
+    name: str = ""  # a collection name (letters, digits, _), placeholders allowed
+    email: str
+    password: str
+
+
 class Config(_Model):
     front_door: FrontDoor | None = None
+    services_collection: ServicesCollection | None = None
 
 
 class Manifest(_Model):

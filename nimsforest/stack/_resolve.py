@@ -37,6 +37,7 @@ from nimsforest.stack._manifest import (
     Probe,
     Route,
     Shutdown,
+    parse_manifest,
 )
 from nimsforest.stack.errors import ManifestInvalid
 
@@ -45,6 +46,8 @@ STACK_DIR = ".nimsforest-stack"
 DEFAULT_SERVICES = Path(__file__).with_name("services")
 
 _PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_COLLECTION = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class BinaryMissing(enum.Enum):
@@ -84,6 +87,19 @@ class GeneratedFile:
     text: str
 
 
+@dataclass(frozen=True, repr=False)
+class CollectionSource:
+    """Where more desired services come from: a PocketBase collection, read as a superuser."""
+
+    url: str
+    collection: str
+    email: str
+    password: str
+
+    def __repr__(self) -> str:  # never print the password
+        return f"CollectionSource({self.url!r}, {self.collection!r})"
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     """One resolved service: what to run, how to know it is healthy, what it waits for."""
@@ -99,6 +115,7 @@ class ServiceSpec:
     shutdown: Shutdown
     config_file: GeneratedFile | None = None
     reload_url: str | None = None  # POST the config file here to apply it live (Caddy /load)
+    services_from: CollectionSource | None = None  # this PocketBase holds more services
 
     def without_config(self) -> ServiceSpec:
         """The spec with its live-reloadable config left out (compared to decide a restart)."""
@@ -121,6 +138,10 @@ class Desired:
 
     def dependents(self, name: str) -> tuple[str, ...]:
         return tuple(s.name for s in self.services if any(d == name for d, _ in s.depends_on))
+
+    def collection_source(self) -> tuple[str, CollectionSource] | None:
+        """The service whose PocketBase collection holds more services, and where it is."""
+        return next(((s.name, s.services_from) for s in self.services if s.services_from), None)
 
 
 @functools.lru_cache(maxsize=64)
@@ -255,6 +276,39 @@ def _front_door(name: str, m: Manifest, manifests: Mapping[str, Manifest], sub: 
     return file, f"http://127.0.0.1:{m.ports['admin'].port}/load"
 
 
+def _collection(name: str, m: Manifest, sub: _Substitution) -> CollectionSource | None:
+    source = m.config.services_collection
+    if source is None:
+        return None
+    source = source.model_validate(sub.tree(source.model_dump(mode="json")))
+    if not source.name:
+        return None
+    if _COLLECTION.fullmatch(source.name) is None:
+        raise ManifestInvalid(f"{_source(name)}: '{source.name}' is not a PocketBase collection name.")
+    if "http" not in m.ports:
+        raise ManifestInvalid(f"{_source(name)}: a services_collection needs a port named 'http'.")
+    return CollectionSource(f"http://127.0.0.1:{m.ports['http'].port}", source.name, source.email,
+                            source.password)
+
+
+def with_records(files: Mapping[str, Manifest], records: Mapping[str, str],
+                 collection: str) -> dict[str, Manifest]:
+    """The manifest files plus the services of a PocketBase collection's records.
+
+    `records` maps a record's service name to its manifest JSON text. A record never
+    replaces a file: one sentence says so. Raises ManifestInvalid.
+    """
+    out = dict(files)
+    for name, text in sorted(records.items()):
+        source = f"record {name} of the PocketBase collection {collection}"
+        if _NAME.fullmatch(name) is None:
+            raise ManifestInvalid(f"The {source}: '{name}' is not a service name.")
+        if name in files:
+            raise ManifestInvalid(f"The {source}: services/{name}/service.json exists already.")
+        out[name] = parse_manifest(text, f"The {source}")
+    return out
+
+
 def resolve(manifests: Mapping[str, Manifest], env: Mapping[str, str], paths: StackPaths,
             binaries: BinaryLookup = find_binary) -> Desired:
     """The desired services for `manifests` under `env`; raises ManifestInvalid (one sentence)."""
@@ -290,5 +344,6 @@ def resolve(manifests: Mapping[str, Manifest], env: Mapping[str, str], paths: St
             shutdown=compose.shutdown,
             config_file=generated[0] if generated else None,
             reload_url=generated[1] if generated else None,
+            services_from=_collection(name, m, sub),
         ))
     return Desired(tuple(services))

@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import httpx
 
 from nimsforest.stack._compose import to_process_compose
 from nimsforest.stack._manifest import Condition, load_manifests
 from nimsforest.stack._plan import Plan, plan
 from nimsforest.stack._probe import Prober
-from nimsforest.stack._resolve import Desired, StackPaths, resolve
+from nimsforest.stack._resolve import Desired, StackPaths, resolve, with_records
 from nimsforest.stack._runner import ServiceRunner
 from nimsforest.stack._state import Lock, StackPhase, StackStatus, write_status
 from nimsforest.stack.errors import StackError, StackRunning
@@ -33,9 +37,23 @@ COMPOSE_FILE = "process-compose.yaml"
 EnvLoader = Callable[[], Mapping[str, str]]
 
 
-def desired_services(paths: StackPaths, env: Mapping[str, str]) -> Desired:
-    """Read the manifests under `paths.services` and resolve them (raises ManifestInvalid)."""
-    return resolve(load_manifests(paths.services), env, paths)
+@dataclass(frozen=True)
+class RecordSet:
+    """Services from a PocketBase collection: service name -> manifest JSON text."""
+
+    collection: str = ""
+    manifests: Mapping[str, str] = field(default_factory=dict)
+
+
+def desired_services(paths: StackPaths, env: Mapping[str, str],
+                     records: RecordSet = RecordSet()) -> Desired:
+    """Read the manifests under `paths.services` (plus `records`) and resolve them.
+
+    Raises ManifestInvalid."""
+    manifests = load_manifests(paths.services)
+    if records.manifests:
+        manifests = with_records(manifests, records.manifests, records.collection)
+    return resolve(manifests, env, paths)
 
 
 class Stack:
@@ -49,6 +67,11 @@ class Stack:
         self._changed = asyncio.Event()  # set (and replaced) on every change
         self._prober = Prober()
         self._apply_lock = asyncio.Lock()
+        self.desired = Desired()  # as last applied
+        self.records = RecordSet()  # services from a PocketBase collection, as last read
+
+    def runner(self, name: str) -> ServiceRunner | None:
+        return self._runners.get(name)
 
     # --- status ----------------------------------------------------------------------------
     def status(self) -> StackStatus:
@@ -92,6 +115,7 @@ class Stack:
                                            self._on_change)
                     self._runners[name] = runner
                     runner.start()
+            self.desired = desired
             self.phase = StackPhase.UP
             self._on_change()
             # a record of what runs, written while the services start (off their path)
@@ -142,6 +166,7 @@ async def supervise(paths: StackPaths, env: EnvLoader, first: Desired | None = N
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(_watch(paths, reload, stop))
                 tg.create_task(_reloads(stack, paths, env, reload, stop))
+                tg.create_task(_collection_loop(stack, reload, stop))
                 await stop.wait()
         finally:
             log.info("Stopping the stack")
@@ -182,9 +207,69 @@ async def _reloads(stack: Stack, paths: StackPaths, env: EnvLoader, reload: asyn
             return
         reload.clear()
         try:
-            applied = await stack.apply(desired_services(paths, env()))
+            applied = await stack.apply(desired_services(paths, env(), stack.records))
             log.info("Regenerated the stack: %s", applied.describe())
         except StackError as exc:
             log.error("Not applied: %s The running services are unchanged.", exc)
         except Exception:
             log.exception("Regenerating the stack failed; the running services are unchanged")
+
+
+COLLECTION_POLL_S = 1.0
+_COLLECTION_FIELDS: list[dict[str, object]] = [
+    {"name": "name", "type": "text", "required": True, "max": 63},
+    {"name": "manifest", "type": "json", "maxSize": 1_000_000},
+    {"name": "enabled", "type": "bool"},
+]
+
+
+async def _collection_loop(stack: Stack, reload: asyncio.Event, stop: asyncio.Event) -> None:
+    """Read the desired services of a PocketBase collection (when a manifest names one).
+
+    Every COLLECTION_POLL_S while that PocketBase is healthy; a change of the enabled
+    records sets `reload`. While PocketBase is away the last records stay desired.
+    """
+    from nimsforest.stack._pocketbase import PocketBase, PocketBaseError
+
+    client: PocketBase | None = None
+    source = None
+    problem: str | None = None
+    try:
+        while not stop.is_set():
+            try:
+                found = stack.desired.collection_source()
+                records: RecordSet | None = RecordSet()
+                if found is not None:
+                    name, wanted = found
+                    runner = stack.runner(name)
+                    records = None  # unknown this round: keep what is desired
+                    if runner is not None and runner.meets(Condition.HEALTHY):
+                        if client is None or source != wanted:
+                            if client is not None:
+                                await client.aclose()
+                            client, source = PocketBase(wanted.url, wanted.email, wanted.password), wanted
+                        coll = wanted.collection
+                        await client.ensure_collection(coll, _COLLECTION_FIELDS, [
+                            f"CREATE UNIQUE INDEX idx_{coll}_name ON {coll} (name)"])
+                        records = RecordSet(coll, {
+                            str(r.get("name")): json.dumps(r.get("manifest"), sort_keys=True)
+                            for r in await client.records(coll) if r.get("enabled")})
+                if records is not None and records != stack.records:
+                    log.info("The PocketBase collection %s changed: services %s",
+                             records.collection or stack.records.collection,
+                             ", ".join(sorted(records.manifests)) or "none")
+                    stack.records = records
+                    reload.set()
+                if problem is not None:
+                    log.info("Reading the desired services from PocketBase works again")
+                problem = None
+            except (PocketBaseError, httpx.HTTPError, ValueError) as exc:
+                text = str(exc) or type(exc).__name__
+                if text != problem:
+                    log.warning("Cannot read the desired services from PocketBase: %s", text)
+                problem = text
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), COLLECTION_POLL_S)
+    finally:
+        if client is not None:
+            await client.aclose()

@@ -27,7 +27,6 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import httpx
 import nats
 from nats.aio.client import Client
 from nats.js.kv import KV_DEL, KV_PURGE
@@ -36,13 +35,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from natsembed import load_or_create
 from natsembed.errors import reason
+from nimsforest.stack._pocketbase import PocketBase
 
 log = logging.getLogger("nimsforest.stack.mirror")
 
 SOIL_BUCKET = "SOIL"
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 _TEXT_MAX = 1_000_000
-_PAGE = 500
 
 
 class MirrorSettings(BaseSettings):
@@ -80,100 +79,40 @@ def record_body(key: str, value: bytes, revision: int) -> dict[str, Any]:
     return {"key": key, "value": text, "json": parsed, "revision": revision}
 
 
-class PocketBaseError(Exception):
-    """PocketBase answered an error; the message is one sentence."""
+class SoilCollection:
+    """The mirror's collection in PocketBase: one record per Soil key."""
 
+    def __init__(self, pb: PocketBase, name: str) -> None:
+        self.pb = pb
+        self.name = name
 
-class PocketBase:
-    """The few PocketBase REST calls the mirror makes, as a superuser."""
-
-    def __init__(self, settings: MirrorSettings) -> None:
-        self.settings = settings
-        self.collection = settings.collection
-        self._http = httpx.AsyncClient(base_url=settings.pocketbase_url, timeout=10.0,
-                                       trust_env=False)
-        self._token: str | None = None
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def _auth(self) -> None:
-        resp = await self._http.post(
-            "/api/collections/_superusers/auth-with-password",
-            json={"identity": self.settings.admin_email,
-                  "password": self.settings.admin_password.get_secret_value()},
-        )
-        if resp.status_code != 200:
-            raise PocketBaseError(f"PocketBase refused the superuser {self.settings.admin_email} "
-                                  f"(HTTP {resp.status_code}).")
-        self._token = str(resp.json()["token"])
-
-    async def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        if self._token is None:
-            await self._auth()
-        resp = await self._http.request(method, path, headers={"authorization": f"{self._token}"},
-                                        **kw)
-        if resp.status_code == 401:
-            await self._auth()
-            resp = await self._http.request(method, path,
-                                            headers={"authorization": f"{self._token}"}, **kw)
-        return resp
-
-    def _fail(self, what: str, resp: httpx.Response) -> PocketBaseError:
-        return PocketBaseError(f"PocketBase refused to {what} (HTTP {resp.status_code}: "
-                               f"{resp.text.strip()[:200]}).")
-
-    async def ensure_collection(self) -> None:
-        resp = await self.request("GET", f"/api/collections/{self.collection}")
-        if resp.status_code == 200:
-            return
-        body = {
-            "name": self.collection,
-            "type": "base",
-            "fields": [
-                {"name": "key", "type": "text", "required": True, "max": 4096},
-                {"name": "value", "type": "text", "max": _TEXT_MAX},
-                {"name": "json", "type": "json", "maxSize": _TEXT_MAX},
-                {"name": "revision", "type": "number", "onlyInt": True},
-            ],
-            "indexes": [f"CREATE UNIQUE INDEX idx_{self.collection}_key ON {self.collection} (key)"],
-        }
-        resp = await self.request("POST", "/api/collections", json=body)
-        if resp.status_code not in (200, 201):
-            raise self._fail(f"create collection {self.collection}", resp)
-        log.info("Created the PocketBase collection %s", self.collection)
+    async def ensure(self) -> None:
+        await self.pb.ensure_collection(self.name, [
+            {"name": "key", "type": "text", "required": True, "max": 4096},
+            {"name": "value", "type": "text", "max": _TEXT_MAX},
+            {"name": "json", "type": "json", "maxSize": _TEXT_MAX},
+            {"name": "revision", "type": "number", "onlyInt": True},
+        ], [f"CREATE UNIQUE INDEX idx_{self.name}_key ON {self.name} (key)"])
 
     def _records(self) -> str:
-        return f"/api/collections/{self.collection}/records"
+        return f"/api/collections/{self.name}/records"
 
     async def put(self, key: str, value: bytes, revision: int) -> None:
         rid = record_id(key)
         body = record_body(key, value, revision)
-        resp = await self.request("PATCH", f"{self._records()}/{rid}", json=body)
+        resp = await self.pb.request("PATCH", f"{self._records()}/{rid}", json=body)
         if resp.status_code == 404:
-            resp = await self.request("POST", self._records(), json={"id": rid, **body})
+            resp = await self.pb.request("POST", self._records(), json={"id": rid, **body})
         if resp.status_code not in (200, 201):
-            raise self._fail(f"store key {key}", resp)
+            raise self.pb.refused(f"store key {key}", resp)
 
     async def delete(self, key: str) -> None:
-        resp = await self.request("DELETE", f"{self._records()}/{record_id(key)}")
+        resp = await self.pb.request("DELETE", f"{self._records()}/{record_id(key)}")
         if resp.status_code not in (200, 204, 404):
-            raise self._fail(f"delete key {key}", resp)
+            raise self.pb.refused(f"delete key {key}", resp)
 
     async def keys(self) -> set[str]:
-        found: set[str] = set()
-        page = 1
-        while True:
-            resp = await self.request("GET", self._records(),
-                                      params={"page": page, "perPage": _PAGE, "fields": "key",
-                                              "skipTotal": "true"})
-            if resp.status_code != 200:
-                raise self._fail("list the mirrored keys", resp)
-            items = resp.json().get("items", [])
-            found.update(str(i["key"]) for i in items)
-            if len(items) < _PAGE:
-                return found
-            page += 1
+        return {str(r["key"]) for r in await self.pb.records(self.name, fields="key")}
 
 
 class SoilMirror:
@@ -192,11 +131,13 @@ class SoilMirror:
         ready = self.settings.ready_file
         if ready is not None:
             ready.unlink(missing_ok=True)
-        pb = PocketBase(self.settings)
+        pb = PocketBase(self.settings.pocketbase_url, self.settings.admin_email,
+                        self.settings.admin_password.get_secret_value())
+        soil = SoilCollection(pb, self.settings.collection)
         try:
             while True:
                 try:
-                    await self._mirror(pb)
+                    await self._mirror(soil)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - keep mirroring through errors
@@ -215,11 +156,11 @@ class SoilMirror:
                                   password=creds.app_password, name="soil-mirror",
                                   max_reconnect_attempts=-1, connect_timeout=2)
 
-    async def _mirror(self, pb: PocketBase) -> None:
+    async def _mirror(self, pb: SoilCollection) -> None:
         nc = await self._connect()
         try:
             kv = await nc.jetstream().key_value(SOIL_BUCKET)
-            await pb.ensure_collection()
+            await pb.ensure()
             watcher = await kv.watchall()
             seen: set[str] = set()
             initial = True

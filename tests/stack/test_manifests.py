@@ -217,3 +217,29 @@ def test_commands_on_a_stack_that_is_not_running(tmp_path: Path) -> None:
     assert reload.returncode == 1 and reload.stderr.strip() == "nimsforest: The stack is not running."
     plan = yaml.safe_load(_cli(tmp_path, "stack", "plan").stdout)
     assert list(plan["processes"]) == ["node", "pocketbase-init", "pocketbase", "caddy", "soil-mirror"]
+
+
+def test_services_from_pocketbase_records_add_to_the_files(tmp_path: Path) -> None:
+    from nimsforest.stack import with_records
+
+    paths = default_root(tmp_path)
+    files = load_manifests(paths.services)
+    extra = json.dumps({"process": {"command": "/bin/sleep", "args": ["60"]}})
+    both = with_records(files, {"sleeper": extra}, "stack_services")
+    desired = resolve(both, ENV, paths, fake_binaries)
+    assert desired.by_name()["sleeper"].argv == ("/bin/sleep", "60")
+    with pytest.raises(ManifestInvalid) as err:
+        with_records(files, {"caddy": extra}, "stack_services")
+    assert str(err.value) == ("The record caddy of the PocketBase collection stack_services: "
+                              "services/caddy/service.json exists already.")
+    with pytest.raises(ManifestInvalid) as err:
+        with_records(files, {"sleeper": json.dumps({"process": {"command": "x", "cmd": "x"}})},
+                     "stack_services")
+    assert str(err.value) == ("The record sleeper of the PocketBase collection stack_services: "
+                              "unknown key 'cmd' in process.")
+    # the collection is off unless its name is set
+    assert resolve(files, ENV, paths, fake_binaries).collection_source() is None
+    on = resolve(files, {**ENV, "NIMSFOREST_STACK_SERVICES_COLLECTION": "stack_services"}, paths,
+                 fake_binaries).collection_source()
+    assert on is not None and on[0] == "pocketbase" and on[1].collection == "stack_services"
+    assert on[1].url == "http://127.0.0.1:8090" and "pw-" not in repr(on[1])

