@@ -52,10 +52,16 @@ def _paths(root: Path, services: Path | None) -> Any:
 
 
 def _env_loader(root: Path) -> Callable[[], Mapping[str, str]]:
-    """The environment the manifests see: .env in the root, under the real environment."""
+    """The environment the manifests see: .env in the root, under the real environment.
+
+    As the seed does, .env is also loaded into this process's environment (without
+    overriding it), so the services inherit it; it is read again at every regeneration.
+    """
+    from dotenv import dotenv_values, load_dotenv
+
+    load_dotenv(root / ".env", override=False)
 
     def load() -> Mapping[str, str]:
-        from dotenv import dotenv_values
 
         from_file = {k: v for k, v in dotenv_values(root / ".env").items() if v is not None}
         return {**from_file, **os.environ}

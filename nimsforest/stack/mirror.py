@@ -152,9 +152,24 @@ class SoilMirror:
         creds = load_or_create(self.settings.node_data_dir).with_cluster_secret(
             self.settings.cluster_secret.get_secret_value() if self.settings.cluster_secret else None
         )
+        lost = False
+
+        async def error_cb(exc: Exception) -> None:  # nats-py's default prints a traceback
+            nonlocal lost
+            if not lost:
+                log.warning("Soil mirror lost NATS (%s); reconnecting", reason(exc))
+            lost = True
+
+        async def reconnected_cb() -> None:
+            nonlocal lost
+            if lost:
+                log.info("Soil mirror reconnected to NATS")
+            lost = False
+
         return await nats.connect(self.settings.nats_url, user=creds.app_user,
                                   password=creds.app_password, name="soil-mirror",
-                                  max_reconnect_attempts=-1, connect_timeout=2)
+                                  max_reconnect_attempts=-1, connect_timeout=2,
+                                  error_cb=error_cb, reconnected_cb=reconnected_cb)
 
     async def _mirror(self, pb: SoilCollection) -> None:
         nc = await self._connect()
