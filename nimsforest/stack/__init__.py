@@ -11,7 +11,7 @@ Public API:
     StackPaths, ServiceSpec, Desired                     resolved services
     supervise(paths, env)                                the supervisor (`stack up`)
     StackStatus, ServiceStatus, ServiceState, Health     what `stack status` shows
-    errors: StackError, ManifestInvalid, StackRunning, StackNotRunning
+    errors: StackError, ManifestInvalid, StackRunning
 """
 
 from nimsforest.stack._compose import to_process_compose
@@ -49,7 +49,7 @@ from nimsforest.stack._state import (
     running_supervisor,
 )
 from nimsforest.stack._supervisor import Stack, desired_services, supervise
-from nimsforest.stack.errors import ManifestInvalid, StackError, StackNotRunning, StackRunning
+from nimsforest.stack.errors import ManifestInvalid, StackError, StackRunning
 
 __all__ = [
     "DEFAULT_SERVICES",
@@ -72,7 +72,6 @@ __all__ = [
     "Shutdown",
     "Stack",
     "StackError",
-    "StackNotRunning",
     "StackPaths",
     "StackPhase",
     "StackRunning",

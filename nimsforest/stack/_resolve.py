@@ -136,9 +136,6 @@ class Desired:
     def names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.services)
 
-    def dependents(self, name: str) -> tuple[str, ...]:
-        return tuple(s.name for s in self.services if any(d == name for d, _ in s.depends_on))
-
     def collection_source(self) -> tuple[str, CollectionSource] | None:
         """The service whose PocketBase collection holds more services, and where it is."""
         return next(((s.name, s.services_from) for s in self.services if s.services_from), None)

@@ -2,8 +2,7 @@
 
     StackError
     ├── ManifestInvalid     a manifest (or the set of them) cannot be run: nothing starts
-    ├── StackRunning        a second supervisor for the same root
-    └── StackNotRunning     a command that needs a running supervisor found none
+    └── StackRunning        a second supervisor for the same root
 """
 
 from __future__ import annotations
@@ -21,7 +20,3 @@ class StackRunning(StackError):
     def __init__(self, message: str, pid: int) -> None:
         super().__init__(message)
         self.pid = pid
-
-
-class StackNotRunning(StackError):
-    pass

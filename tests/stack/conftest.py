@@ -63,6 +63,18 @@ class StackRun:
         self.remember()
         return status
 
+    def first_followed_line(self) -> str:
+        """The first line `stack logs -f` prints (then it is stopped)."""
+        follow = subprocess.Popen([sys.executable, "-m", "nimsforest", "stack", "logs", "-f",
+                                   "--root", str(self.root)], env=self.env, stdout=subprocess.PIPE,
+                                  text=True)
+        try:
+            assert follow.stdout is not None
+            return follow.stdout.readline()
+        finally:
+            follow.terminate()
+            follow.wait(10)
+
     def status(self) -> dict[str, Any]:
         return dict(json.loads(self.cli("stack", "status", "--json").stdout))
 
