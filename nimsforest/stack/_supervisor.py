@@ -97,6 +97,7 @@ class Stack:
     # --- acting ----------------------------------------------------------------------------
     async def apply(self, desired: Desired) -> Plan:
         async with self._apply_lock:
+            self.paths.stack.mkdir(parents=True, exist_ok=True)
             running = {n: r.spec for n, r in self._runners.items()}
             p = plan(desired, running, self._order)
             if not p.changes_nothing:
