@@ -307,7 +307,7 @@ def mirror() -> None:
 
     setup_logging(os.environ.get("NIMSFOREST_LOG_LEVEL", "info"))
     try:
-        settings = MirrorSettings()  # type: ignore[call-arg]  # from the environment
+        settings = MirrorSettings.from_environment()
     except ValidationError as exc:
         first = exc.errors()[0]
         fail(f"Soil mirror settings: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}.",

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,11 @@ class MirrorSettings(BaseSettings):
     ready_file: Path | None = Field(None, validation_alias="MIRROR_READY_FILE")
     admin_email: str = Field("admin@example.com", validation_alias="POCKETBASE_ADMIN_EMAIL")
     admin_password: SecretStr = Field(validation_alias="POCKETBASE_ADMIN_PASSWORD")
+
+    @classmethod
+    def from_environment(cls, **overrides: Any) -> MirrorSettings:
+        """Every field from the environment; raises ValidationError when one is missing."""
+        return cls(**overrides)
 
 
 def record_id(key: str) -> str:
@@ -195,8 +201,9 @@ class SoilMirror:
                         seen.add(entry.key)
                         await pb.put(entry.key, entry.value or b"", entry.revision or 0)
             finally:
+                stop: Callable[[], Awaitable[None]] = watcher.stop  # nats-py is untyped
                 with contextlib.suppress(Exception):
-                    await watcher.stop()  # type: ignore[no-untyped-call]
+                    await stop()
         finally:
             with contextlib.suppress(Exception):
                 await nc.close()
