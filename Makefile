@@ -1,6 +1,5 @@
 # NimsForest developer entry points. On a fresh machine:
 #   make run    create .venv if needed, install, start a standalone node with the demo forest
-#   make stack  create .venv and .env if needed, install, run the node + PocketBase + Caddy stack
 #   make test   create .venv if needed, install, run the whole test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -10,14 +9,14 @@ DATA   ?= .nimsforest/standalone
 PYTEST_ARGS ?=
 JOBS   ?= 2
 
-.PHONY: run stack test install bench units clean help
+.PHONY: run test install bench units clean help
 
 help:
 	@echo "make run    - start a standalone node with the demo forest (data in $(DATA))"
-	@echo "make stack  - run the node, PocketBase and Caddy as one stack (docs/STACK.md)"
 	@echo "make test   - run the whole test suite"
-	@echo "make bench  - print the startup, pipeline, cluster and stack benchmarks"
+	@echo "make bench  - print the startup, pipeline and cluster benchmarks"
 	@echo "make units  - render the systemd/ units again from their templates"
+	@echo "make stack  - run the node, PocketBase and Caddy as one stack (docs/STACK.md)"
 	@echo "make clean  - remove .venv and local data"
 
 $(BIN)/python:
@@ -34,13 +33,6 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/nimsforest standalone --demo --data-dir $(DATA)
 
-# .env holds the PocketBase superuser's password; a first run generates one.
-stack: $(STAMP)
-	@test -f .env || { umask 077; printf 'POCKETBASE_ADMIN_PASSWORD=%s\n' \
-		"$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(18))')" > .env; \
-		echo "Wrote .env with a generated PocketBase superuser password."; }
-	$(BIN)/nimsforest stack up
-
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) $(PYTEST_ARGS)
 
@@ -52,6 +44,15 @@ bench: $(STAMP)
 units: $(STAMP)
 	for unit in $$($(BIN)/nimsforest systemd-unit --list); do \
 		$(BIN)/nimsforest systemd-unit $$unit --output systemd/$$unit; done
+
+# The node, PocketBase and Caddy as one stack (docs/STACK.md). .env holds the PocketBase
+# superuser's password; a first run generates one.
+.PHONY: stack
+stack: $(STAMP)
+	@test -f .env || { umask 077; printf 'POCKETBASE_ADMIN_PASSWORD=%s\n' \
+		"$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(18))')" > .env; \
+		echo "Wrote .env with a generated PocketBase superuser password."; }
+	$(BIN)/nimsforest stack up
 
 clean:
 	rm -rf $(VENV) .nimsforest .data .nimsforest-stack
