@@ -259,6 +259,7 @@ class ServiceRunner:
         """Shutdown signal to the process group, SIGKILL after the timeout; then STOPPED."""
         self._stopping = True
         proc = self._proc
+        was_running = proc is not None and proc.returncode is None
         if proc is not None and proc.returncode is None:
             self._set(ServiceState.STOPPING)
             await self._kill_group(self.spec.shutdown.signal)
@@ -277,5 +278,6 @@ class ServiceRunner:
         if proc is not None and proc.returncode is None:
             await self._kill_group(signal.SIGKILL)
             await proc.wait()
-        log.info("Service %s stopped", self.name)
+        if was_running:
+            log.info("Service %s stopped", self.name)
         self._set(ServiceState.STOPPED, Health.NONE if self.spec.readiness is None else Health.UNKNOWN)
