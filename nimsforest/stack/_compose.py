@@ -24,9 +24,11 @@ def _probe(p: Probe) -> dict[str, Any]:
 def to_process_compose(desired: Desired) -> str:
     import yaml  # only where YAML is written (not on the supervisor's start-up path)
 
+    secrets = {v for s in desired.services for k, v in s.env if _SECRET.search(k) and v}
     processes: dict[str, Any] = {}
     for s in desired.services:
-        entry: dict[str, Any] = {"command": shlex.join(s.argv)}
+        command = " ".join("***" if a in secrets else shlex.quote(a) for a in s.argv)
+        entry: dict[str, Any] = {"command": command}
         if s.env:
             entry["environment"] = [f"{k}={'***' if _SECRET.search(k) else v}" for k, v in s.env]
         if s.depends_on:

@@ -108,6 +108,8 @@ def test_plan_yaml_is_process_compose_with_secrets_hidden(tmp_path: Path) -> Non
     assert pb["readiness_probe"]["http_get"]["url"] == "http://127.0.0.1:8090/api/health"
     assert pb["availability"]["restart"] == "on_failure"
     assert "POCKETBASE_ADMIN_PASSWORD=***" in doc["processes"]["soil-mirror"]["environment"]
+    assert "pw-123456789" not in text and "admin@example.com ***" in doc["processes"][
+        "pocketbase-init"]["command"]
 
 
 def test_env_placeholders_need_a_value_or_a_default(tmp_path: Path) -> None:
@@ -243,3 +245,17 @@ def test_services_from_pocketbase_records_add_to_the_files(tmp_path: Path) -> No
                  fake_binaries).collection_source()
     assert on is not None and on[0] == "pocketbase" and on[1].collection == "stack_services"
     assert on[1].url == "http://127.0.0.1:8090" and "pw-" not in repr(on[1])
+
+
+def test_down_purge_asks_first(tmp_path: Path) -> None:
+    paths = default_root(tmp_path)
+    (paths.data / "pocketbase").mkdir(parents=True)
+    (paths.stack / "logs").mkdir(parents=True)
+    command = [sys.executable, "-m", "nimsforest", "stack", "down", "--purge", "--root", str(tmp_path)]
+    kept = subprocess.run(command, input="n\n", capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert kept.returncode == 1 and paths.data.is_dir() and paths.stack.is_dir()
+    gone = subprocess.run(command, input="y\n", capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert gone.returncode == 0 and not paths.data.exists() and not paths.stack.exists()
+    assert gone.stdout.endswith(f"[y/N]: Removed {paths.data} and {paths.stack}.\n")
