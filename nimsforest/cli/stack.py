@@ -113,6 +113,11 @@ def up(root: Path, services: Path | None, detach: bool) -> None:
         os.kill(pid, signal.SIGHUP)
         click.echo(f"The stack is already running (pid {pid}); it applies the manifests as they are.")
         return
+    from nimsforest.stack import ports_in_use
+
+    taken = ports_in_use(desired)
+    if taken:
+        fail(f"{taken[0]} Nothing was started.", EXIT_USAGE)
     if detach:
         _up_detached(paths, services)
         return

@@ -36,6 +36,7 @@ from nimsforest.stack._resolve import (
     ServiceSpec,
     StackPaths,
     find_binary,
+    ports_in_use,
     resolve,
     with_records,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "load_manifests",
     "parse_manifest",
     "plan",
+    "ports_in_use",
     "read_status",
     "resolve",
     "running_supervisor",

@@ -259,3 +259,20 @@ def test_down_purge_asks_first(tmp_path: Path) -> None:
                           check=False)
     assert gone.returncode == 0 and not paths.data.exists() and not paths.stack.exists()
     assert gone.stdout.endswith(f"[y/N]: Removed {paths.data} and {paths.stack}.\n")
+
+
+def test_stack_up_with_a_port_held_by_another_process_says_so_and_starts_nothing(
+        tmp_path: Path) -> None:
+    import socket
+
+    paths = default_root(tmp_path)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        edit(paths, "pocketbase", lambda m: m["ports"]["http"].update(port=port))
+        result = _cli(tmp_path, "stack", "up", "--detach")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"nimsforest: Port {port} (pocketbase http) is in use by "
+                                     "another process. Nothing was started.")
+    assert not paths.data.exists() and not paths.stack.exists()
