@@ -36,7 +36,6 @@ from nimsforest.stack._resolve import (
     ServiceSpec,
     StackPaths,
     find_binary,
-    ports_in_use,
     resolve,
     with_records,
 )
@@ -49,7 +48,7 @@ from nimsforest.stack._state import (
     read_status,
     running_supervisor,
 )
-from nimsforest.stack._supervisor import Stack, desired_services, supervise
+from nimsforest.stack._supervisor import Stack, desired_services, ports_in_use, supervise
 from nimsforest.stack.errors import ManifestInvalid, StackError, StackRunning
 
 __all__ = [
