@@ -17,6 +17,7 @@ help:
 	@echo "make lint   - ruff, mypy and the import contracts (layers, no cycles, package faces)"
 	@echo "make bench  - print the startup, pipeline and cluster benchmarks"
 	@echo "make units  - render the systemd/ units again from their templates"
+	@echo "make stack  - run the node, PocketBase and Caddy as one stack (docs/STACK.md)"
 	@echo "make clean  - remove .venv and local data"
 
 $(BIN)/python:
@@ -50,5 +51,14 @@ units: $(STAMP)
 	for unit in $$($(BIN)/nimsforest systemd-unit --list); do \
 		$(BIN)/nimsforest systemd-unit $$unit --prefix /opt/nimsforest --output systemd/$$unit; done
 
+# The node, PocketBase and Caddy as one stack (docs/STACK.md). .env holds the PocketBase
+# superuser's password; a first run generates one.
+.PHONY: stack
+stack: $(STAMP)
+	@test -f .env || { umask 077; printf 'POCKETBASE_ADMIN_PASSWORD=%s\n' \
+		"$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(18))')" > .env; \
+		echo "Wrote .env with a generated PocketBase superuser password."; }
+	$(BIN)/nimsforest stack up
+
 clean:
-	rm -rf $(VENV) .nimsforest
+	rm -rf $(VENV) .nimsforest .data .nimsforest-stack

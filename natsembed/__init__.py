@@ -8,6 +8,7 @@ Public API:
     MonitorClient (+ Varz, Jsz, Routez models)
     SystemClient                   $JS.API system requests (server remove, stepdown, rescue)
     find_nats_server()
+    die_with_parent()              a preexec_fn: the child is SIGKILLed when we die
     errors: NatsEmbedError and its subclasses
 """
 
@@ -25,7 +26,14 @@ from natsembed._config import (
 from natsembed._credentials import Credentials, load_or_create, write_private
 from natsembed._monitor import Jsz, MetaCluster, MonitorClient, Routez, StreamDetail, Varz
 from natsembed._net import advertise_host, detect_address, free_port
-from natsembed._process import ProcessSnapshot, ProcessState, RestartPolicy, ServerProcess, Timeouts
+from natsembed._process import (
+    ProcessSnapshot,
+    ProcessState,
+    RestartPolicy,
+    ServerProcess,
+    Timeouts,
+    die_with_parent,
+)
 from natsembed._supervisor import (
     NODE_TAG,
     WITNESS_MARK,
@@ -93,6 +101,7 @@ __all__ = [
     "is_witness",
     "write_private",
     "detect_address",
+    "die_with_parent",
     "find_nats_server",
     "free_port",
     "hostport",

@@ -123,6 +123,15 @@ else:  # pragma: no cover - other platforms rely on the pid-file clean-up
         return None
 
 
+def die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that makes a child die (SIGKILL) with this process, however it ends.
+
+    Every child natsembed spawns gets it; other supervisors (the stack) reuse it, with
+    `start_new_session=True`, so that a SIGKILLed supervisor leaves no orphan behind.
+    """
+    return _child_setup(os.getpid())
+
+
 def _output_pipe() -> tuple[int, int]:
     """A pipe for nats-server's output, with the largest buffer allowed (1 MiB by default).
 

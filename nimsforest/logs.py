@@ -6,7 +6,7 @@ import logging
 import sys
 
 _FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-5s %(message)s"
-_QUIET = ("httpx", "httpcore", "uvicorn.access", "asyncio", "nats.aio.client")
+_QUIET = ("httpx", "httpcore", "uvicorn.access", "asyncio", "nats.aio.client", "watchfiles")
 
 
 def setup_logging(level: str = "info") -> None:

@@ -35,6 +35,8 @@ _COMMANDS: dict[str, str] = {
     "status": "nimsforest.cli.control:status",
     "reload": "nimsforest.cli.control:reload",
     "audit": "nimsforest.cli.control:audit",
+    "stack": "nimsforest.cli.stack:stack",
+    "service": "nimsforest.cli.stack:service",
 }
 _ALIASES: dict[str, str] = {"start": "run", "rm": "remove", "ls": "list"}
 _DEFAULT_COMMAND = "run"
