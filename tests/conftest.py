@@ -45,8 +45,12 @@ class PlainNats:
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:  # e.g. its port was taken: never talk to another's
+                raise RuntimeError(f"plain nats-server exited with code {self.proc.returncode}")
             try:
                 if httpx.get(f"http://127.0.0.1:{self.monitor_port}/healthz", timeout=1).status_code == 200:
+                    if self.proc.poll() is not None:
+                        continue  # the answer came from another process on that port
                     return
             except httpx.HTTPError:
                 pass
