@@ -79,6 +79,7 @@ class ClusterManager:
         self.node = embedded.name
         self._wake = asyncio.Event()
         self._gone_since: dict[str, float] = {}
+        self._reachable_since: dict[str, float] = {}
         self._leaderless_since: float | None = None
         self._known_registry: dict[str, str] = {}
         self._monitor_urls: dict[str, str] = {}
@@ -127,7 +128,8 @@ class ClusterManager:
         obs = await self.observe()
         self._remember(obs)
         self._log_membership(obs)
-        decision = plan(obs, Memory(dict(self._gone_since), self._leaderless_since), self.tuning)
+        memory = Memory(dict(self._gone_since), self._leaderless_since, dict(self._reachable_since))
+        decision = plan(obs, memory, self.tuning)
         outcomes = []
         try:
             for action in decision.actions:
@@ -239,9 +241,17 @@ class ClusterManager:
                 self._gone_since.setdefault(member.name, obs.at)
             else:
                 self._gone_since.pop(member.name, None)
+        members = {m.name for m in obs.meta_members}
         for name in list(self._gone_since):
-            if name not in {m.name for m in obs.meta_members}:
+            if name not in members:
                 del self._gone_since[name]
+        for member in obs.nodes:
+            if unreachable(obs, member.name):
+                self._reachable_since.pop(member.name, None)
+            else:
+                self._reachable_since.setdefault(member.name, obs.at)
+        for name in set(self._reachable_since) - members:
+            del self._reachable_since[name]
         if obs.nats_ok and obs.meta_leader is None:
             if self._leaderless_since is None:
                 self._leaderless_since = obs.at
@@ -329,7 +339,8 @@ class ClusterManager:
         for member in obs.nodes:
             since = self._gone_since.get(member.name)
             if since is not None:
-                state = PeerState.LEAVING
+                # past the grace period and still here: the quorum floor keeps it
+                state = PeerState.KEPT if obs.at - since >= self.tuning.grace else PeerState.LEAVING
             elif unreachable(obs, member.name):
                 state = PeerState.OFFLINE
             elif obs.meta_leader != self.node:

@@ -118,6 +118,7 @@ class PeerState(enum.Enum):
     CATCHING_UP = "catching_up"  # in the meta group, reachable, behind (leader's view)
     OFFLINE = "offline"  # in the meta group, not heard from
     LEAVING = "leaving"  # offline and gone from the registry: removed after the grace period
+    KEPT = "kept"  # gone past the grace period, kept in the meta group by the quorum floor
     REGISTERED = "registered"  # in the registry, not (yet) in the meta group
 
 
@@ -158,7 +159,7 @@ class ClusterStatus:
             # One machine holding two votes: losing it could cost the quorum.
             out.append(f"witness {', '.join(self.witnesses)} is still in the meta group")
         for p in self.peers:
-            if p.state in (PeerState.OFFLINE, PeerState.LEAVING):
+            if p.state in (PeerState.OFFLINE, PeerState.LEAVING, PeerState.KEPT):
                 out.append(f"peer {p.name} is {p.state.value}")
         for s in self.streams:
             if s.leader is None:
