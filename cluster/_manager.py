@@ -31,7 +31,7 @@ from cluster._model import (
     StartWitness,
     StreamState,
 )
-from cluster._plan import Memory, Tuning, gone, plan, replication_factor, unreachable
+from cluster._plan import Memory, Tuning, gone, plan, target_replicas, unreachable
 from cluster._replication import scale_streams
 from natsembed.errors import reason
 from nimsforest.marks import is_witness
@@ -47,6 +47,7 @@ log = logging.getLogger("cluster")
 # which takes seconds while streams move; the rest of a cycle does not wait longer.
 STREAM_LIST_TIMEOUT = 3.0
 FOLLOW_UP = 0.25  # seconds to the next cycle after one that acted
+ZONE_WAIT = 0.3  # seconds to collect every server's tags (asked only for unknown zones)
 
 
 def in_transition(obs: Observation) -> bool:
@@ -80,6 +81,7 @@ class ClusterManager:
         self._wake = asyncio.Event()
         self._gone_since: dict[str, float] = {}
         self._reachable_since: dict[str, float] = {}
+        self._zones: dict[str, str] = {}  # server -> zone (a zone changes only with a restart)
         self._leaderless_since: float | None = None
         self._known_registry: dict[str, str] = {}
         self._monitor_urls: dict[str, str] = {}
@@ -140,7 +142,7 @@ class ClusterManager:
         # Look again soon while things are moving; idle at the normal interval otherwise.
         self._soon = bool(decision.actions) or in_transition(obs)
         sentence = "; ".join(outcomes) if outcomes else decision.sentence
-        rf = replication_factor(obs.size)
+        rf = target_replicas(obs)
         if rf != self._rf:
             if self._rf is not None:
                 log.info("Replication factor adjusted to %d", rf)
@@ -168,6 +170,9 @@ class ClusterManager:
         registry_peers, nats_part = await asyncio.gather(self._observe_registry(), self._observe_nats())
         streams = self._latest_streams()
         nats_ok, meta_leader, members, routed = nats_part
+        zone = self.embedded.zone
+        if zone and any(m.name not in self._zones for m in members if not is_witness(m.name)):
+            await self._observe_zones()
         return Observation(
             at=time.monotonic(),
             node=self.node,
@@ -179,7 +184,23 @@ class ClusterManager:
             meta_members=members,
             witness=self.embedded.witness_name,
             streams=streams if meta_leader else (),
+            zone=zone,
+            zones=dict(self._zones),
         )
+
+    async def _observe_zones(self) -> None:
+        """Learn the zone of every server that answers (asked while a member's is unknown)."""
+        prefix = self.embedded.config.zone_prefix or ""
+        try:
+            async with self.embedded.system_client() as sysc:
+                tags = await sysc.server_tags(wait=ZONE_WAIT)
+        except Exception as exc:  # noqa: BLE001 - unknown zones count as none this cycle
+            log.debug("Server tags not read: %s", reason(exc))
+            return
+        for name, server_tags in tags.items():
+            zone = next((t[len(prefix):] for t in server_tags if prefix and t.startswith(prefix)), None)
+            if zone:
+                self._zones[name] = zone
 
     async def _observe_registry(self) -> tuple[RegistryPeer, ...] | None:
         if self.registry is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from nimsforest.marks import is_witness
@@ -47,6 +48,15 @@ class Observation:
     meta_members: tuple[MetaMember, ...]  # other servers of the meta group, witness included
     witness: str | None  # our own witness, if it runs
     streams: tuple[StreamState, ...]  # streams NimsForest owns
+    # this node's zone; set, its nats-server places replicas in distinct zones (unique_tag)
+    zone: str | None = None
+    zones: Mapping[str, str] = field(default_factory=dict)  # other servers' zones, as known
+
+    @property
+    def zone_count(self) -> int:
+        """Distinct zones among this node and the other node members."""
+        known = {self.zones[m.name] for m in self.nodes if m.name in self.zones}
+        return len(known | ({self.zone} if self.zone else set()))
 
     @property
     def registry_ok(self) -> bool:

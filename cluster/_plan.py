@@ -32,7 +32,9 @@ Rules, in order (each one is local to this node or cluster-wide):
    excluded, members not yet removed included), as NATS sees it. A node that joined
    counts for scaling *up* only once it has been reachable for the stabilisation time
    (`Tuning.stabilise`, default 10 s): a node that flaps right after joining is not given
-   replicas. Scaling down (after a removal) is never delayed.
+   replicas. Scaling down (after a removal) is never delayed. With zones (this node has
+   one: its nats-server has `unique_tag: "zone:"`), no two replicas share a zone, so the
+   factor is also at most the number of zones among the nodes.
 
 One membership change at a time: a plan holds at most one of RemovePeer, Rescue,
 RetireWitness, StartWitness; the others wait for the next cycle, which observes the
@@ -84,6 +86,13 @@ class Tuning:
 
 def replication_factor(size: int) -> int:
     return max(1, min(size, 3))
+
+
+def target_replicas(obs: Observation) -> int:
+    """min(size, 3); with zones, also at most the number of zones (nats-server cannot place
+    two replicas in one zone, rule 5)."""
+    rf = replication_factor(obs.size)
+    return max(1, min(rf, obs.zone_count)) if obs.zone else rf
 
 
 def acting(obs: Observation) -> bool:
@@ -186,7 +195,7 @@ def plan(obs: Observation, memory: Memory, tuning: Tuning = Tuning()) -> Plan:
         waiting.append(f"{describe(later)} waits for the membership change in progress")
 
     # 5. replication
-    rf = replication_factor(obs.size)
+    rf = target_replicas(obs)
     online = 1 + sum(1 for m in obs.nodes if not unreachable(obs, m.name))
     settled = replication_factor(1 + sum(1 for m in obs.nodes if stable(obs, memory, tuning, m.name)))
     if acting(obs) and not any(isinstance(a, (RemovePeer, Rescue)) for a in actions):

@@ -54,6 +54,7 @@ log = logging.getLogger("natsembed")
 
 NODE_TAG = "role:node"
 WITNESS_TAG = "role:witness"
+ZONE_PREFIX = "zone:"
 _WITNESS_PORT_ATTEMPTS = 3  # a witness' ports are picked free, then bound: another process may win
 
 
@@ -74,6 +75,9 @@ class EmbeddedConfig(BaseModel):
     routes: tuple[str, ...] = ()  # peers' cluster addresses (host:port)
     witness: bool = True  # run a witness (a node that founds a cluster or is alone)
     extra_tags: tuple[str, ...] = ()
+    # replicas in distinct zones: rendered as JetStream's unique_tag when this node has a
+    # tag with this prefix among extra_tags (None: never)
+    zone_prefix: str | None = ZONE_PREFIX
     reserved_ports: tuple[int, ...] = ()  # ports the caller binds later (e.g. its API): never picked
     jetstream_max_mem: str = "256MB"
     jetstream_max_file: str = "10GB"
@@ -135,7 +139,9 @@ class _Witness:
             client_listen="127.0.0.1:-1",
             monitor_listen=hostport("127.0.0.1", self.monitor_port),
             tags=(WITNESS_TAG,),
-            jetstream=JetStreamConfig(store_dir=self.dir / "store", max_mem="64MB", max_file="256MB"),
+            # the owner's unique_tag: the witness may lead the meta group, and the leader places
+            jetstream=JetStreamConfig(store_dir=self.dir / "store", max_mem="64MB", max_file="256MB",
+                                      unique_tag=owner.unique_tag),
             cluster=ClusterConfig(
                 name=cfg.cluster_name,
                 listen=self.cluster_address,
@@ -256,7 +262,8 @@ class EmbeddedNats:
             monitor_listen=self._monitor_listen,
             tags=(NODE_TAG, f"node:{cfg.name}", *cfg.extra_tags),
             jetstream=JetStreamConfig(
-                store_dir=self.store_dir, max_mem=cfg.jetstream_max_mem, max_file=cfg.jetstream_max_file
+                store_dir=self.store_dir, max_mem=cfg.jetstream_max_mem, max_file=cfg.jetstream_max_file,
+                unique_tag=self.unique_tag,
             ),
             cluster=ClusterConfig(
                 name=cfg.cluster_name,
@@ -268,6 +275,17 @@ class EmbeddedNats:
             credentials=self.credentials,
             tls=cfg.tls,
         )
+
+    @property
+    def zone(self) -> str | None:
+        """This node's zone: the value of its first tag with the zone prefix."""
+        prefix = self.config.zone_prefix
+        tags = [t for t in self.config.extra_tags if prefix and t.startswith(prefix)]
+        return tags[0][len(prefix or ""):] if tags else None
+
+    @property
+    def unique_tag(self) -> str | None:
+        return self.config.zone_prefix if self.zone else None
 
     def render(self) -> str:
         return render_config(self.server_config(), generator=f"node {self.config.name}")

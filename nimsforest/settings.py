@@ -26,7 +26,7 @@ from pydantic import (
     field_validator,
 )
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -181,7 +181,7 @@ class Settings(BaseSettings):
     cluster_secret: SecretStr | None = _env("NATS_CLUSTER_SECRET", default=None)
     # the node's failure zone: becomes the server tag zone:<zone> (replicas in distinct zones)
     zone: str | None = _env("NIMSFOREST_ZONE", default=None, pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-    server_tags: Annotated[list[str], BeforeValidator(_split_csv)] = _env(
+    server_tags: Annotated[list[str], NoDecode, BeforeValidator(_split_csv)] = _env(
         "NATS_SERVER_TAGS", default_factory=list
     )
     jetstream_max_mem: Size = _env("JETSTREAM_MAX_MEM", default="256MB")

@@ -345,3 +345,21 @@ def test_retiring_the_witness_and_removing_a_peer_are_two_changes() -> None:
     p = plan(o, Memory({"n5": NOW - 100}, None), Tuning(grace=60))
     assert [type(a) for a in p.actions] == [RetireWitness]
     assert "peer n5 removed from the cluster waits for the membership change in progress" in p.waiting
+
+
+def test_with_zones_the_factor_is_at_most_the_number_of_zones() -> None:
+    members = (MetaMember("n2", True, False), MetaMember("n3", True, False))
+    three_nodes = obs(meta_members=members, routed=frozenset({"n2", "n3"}),
+                      registry_peers=(RegistryPeer("n2", "h2:6222"), RegistryPeer("n3", "h3:6222")),
+                      routes=("h2:6222", "h3:6222"))
+    memory = settled("n2", "n3")
+    two_zones = replace(three_nodes, zone="a", zones={"n2": "a", "n3": "b"})
+    assert plan(two_zones, memory).actions == (ScaleStreams(2, ("HUMUS", "KV_SOIL", "RIVER")),)
+    assert "replication 2" in plan(replace(two_zones, streams=tuple(replace(s, replicas=2) for s in STREAMS_R1)),
+                                   memory).sentence
+    three_zones = replace(three_nodes, zone="a", zones={"n2": "b", "n3": "c"})
+    assert plan(three_zones, memory).actions == (ScaleStreams(3, ("HUMUS", "KV_SOIL", "RIVER")),)
+    unknown = replace(three_nodes, zone="a", zones={})  # peers' zones not read yet: one zone known
+    assert not any(isinstance(a, ScaleStreams) for a in plan(unknown, memory).actions)
+    # without a zone of its own the node does not use unique_tag: zones play no part
+    assert plan(replace(two_zones, zone=None), memory).actions == (ScaleStreams(3, ("HUMUS", "KV_SOIL", "RIVER")),)

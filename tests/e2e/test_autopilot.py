@@ -6,6 +6,7 @@ The forest fixture (tests/e2e/conftest.py) runs nodes with a 6 s peer grace peri
 
 from __future__ import annotations
 
+import nats
 import pytest
 
 from tests.e2e.conftest import Forest
@@ -71,3 +72,30 @@ async def test_quorum_floor_holds_when_two_of_three_are_stopped(forest: Forest) 
     log = n1.log() + n2.log()
     assert "Peer n3 left cluster" not in log and "Peer n2 left cluster" not in log
     assert "peer n3 removed from the cluster" not in log and "peer n2 removed from the cluster" not in log
+
+
+async def test_three_zones_spread_every_r3_stream(forest: Forest) -> None:
+    # four nodes, two of them in zone-a: without unique_tag about half the R3 streams would
+    # have two replicas there
+    zones = {"n1": "zone-a", "n2": "zone-b", "n3": "zone-c", "n4": "zone-a"}
+    nodes = []
+    for i, (name, zone) in enumerate(zones.items(), 1):
+        n = forest.node(name, f"127.0.0.{i}", start=False)
+        n.env["NIMSFOREST_ZONE"] = zone
+        nodes.append(n.start())
+    for n in nodes:
+        await n.wait_healthy(120)
+    body = await wait_cluster(nodes[0], 4, 3, timeout=120)
+    assert 'unique_tag: "zone:"' in (nodes[0].data_dir / "nats.conf").read_text()
+
+    nc = await nats.connect(nodes[1].client_url())
+    try:
+        js = nc.jetstream()
+        for stream in body["streams"]:
+            info = await js.stream_info(stream["name"])
+            assert info.cluster is not None
+            peers = [info.cluster.leader, *(r.name for r in info.cluster.replicas or [])]
+            assert sorted(zones[p] for p in peers) == ["zone-a", "zone-b", "zone-c"], (stream["name"], peers)
+        assert len(body["streams"]) >= 6
+    finally:
+        await nc.close()
