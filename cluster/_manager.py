@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from cluster._heal import Membership, StreamCopies, membership
 from cluster._model import (
     Action,
     ClusterStatus,
@@ -28,6 +29,7 @@ from cluster._model import (
     RetireWitness,
     ScaleStreams,
     SetRoutes,
+    StartAfresh,
     StartWitness,
     StreamState,
 )
@@ -82,6 +84,7 @@ class ClusterManager:
         self._gone_since: dict[str, float] = {}
         self._reachable_since: dict[str, float] = {}
         self._zones: dict[str, str] = {}  # server -> zone (a zone changes only with a restart)
+        self._not_counted_since: float | None = None
         self._leaderless_since: float | None = None
         self._known_registry: dict[str, str] = {}
         self._monitor_urls: dict[str, str] = {}
@@ -130,7 +133,8 @@ class ClusterManager:
         obs = await self.observe()
         self._remember(obs)
         self._log_membership(obs)
-        memory = Memory(dict(self._gone_since), self._leaderless_since, dict(self._reachable_since))
+        memory = Memory(dict(self._gone_since), self._leaderless_since, dict(self._reachable_since),
+                        self._not_counted_since)
         decision = plan(obs, memory, self.tuning)
         outcomes = []
         try:
@@ -169,7 +173,12 @@ class ClusterManager:
         """
         registry_peers, nats_part = await asyncio.gather(self._observe_registry(), self._observe_nats())
         streams = self._latest_streams()
-        nats_ok, meta_leader, members, routed = nats_part
+        nats_ok, meta_leader, members, routed, place = nats_part
+        stored: tuple[str, ...] = ()
+        elsewhere: tuple[StreamCopies, ...] | None = None
+        if place in (Membership.REMOVED, Membership.NOT_COUNTED):
+            stored = self.embedded.stored_streams()
+            elsewhere = await self._observe_elsewhere(registry_peers)
         zone = self.embedded.zone
         if zone and any(m.name not in self._zones for m in members if not is_witness(m.name)):
             await self._observe_zones()
@@ -186,8 +195,40 @@ class ClusterManager:
             streams=streams if meta_leader else (),
             zone=zone,
             zones=dict(self._zones),
+            membership=place,
+            stored=stored,
+            elsewhere=elsewhere,
         )
 
+    async def _observe_elsewhere(
+        self, peers: tuple[RegistryPeer, ...] | None
+    ) -> tuple[StreamCopies, ...] | None:
+        """Every stream as the other nodes hold it, from their monitoring ports; None when
+        no other node answers (each stream is described by the server that leads it)."""
+        from natsembed import MonitorClient
+
+        urls = [(p.name, p.monitor_url) for p in peers or () if p.name != self.node and p.monitor_url]
+        answers = 0
+        copies: dict[str, StreamCopies] = {}
+        for name, url in urls:
+            monitor = MonitorClient(url)
+            try:
+                jsz = await monitor.jsz(streams=True)
+            except Exception as exc:  # noqa: BLE001 - one node fewer to ask
+                log.debug("Streams of %s not read: %s", url, reason(exc))
+                continue
+            finally:
+                await monitor.close()
+            answers += 1
+            for detail in jsz.stream_details():
+                cluster = detail.cluster
+                if cluster is None or cluster.leader != name:
+                    continue  # described by its leader
+                current = (cluster.leader, *(r.name for r in cluster.replicas if r.current and not r.offline))
+                copies[detail.name] = StreamCopies(
+                    detail.name, int(detail.config.get("num_replicas", 1)), tuple(current)
+                )
+        return tuple(copies.values()) if answers else None
     async def _observe_zones(self) -> None:
         """Learn the zone of every server that answers (asked while a member's is unknown)."""
         prefix = self.embedded.config.zone_prefix or ""
@@ -212,17 +253,22 @@ class ClusterManager:
             return None
         return tuple(RegistryPeer(p.name, p.cluster_address, p.monitor_url) for p in peers)
 
-    async def _observe_nats(self) -> tuple[bool, str | None, tuple[MetaMember, ...], frozenset[str]]:
+    async def _observe_nats(
+        self,
+    ) -> tuple[bool, str | None, tuple[MetaMember, ...], frozenset[str], Membership]:
         try:
             jsz, routez = await asyncio.gather(self.embedded.monitor.jsz(), self.embedded.monitor.routez())
         except Exception as exc:  # noqa: BLE001 - the planner waits for the monitor
             log.debug("Monitoring port did not answer: %s", exc)
-            return False, None, (), frozenset()
+            return False, None, (), frozenset(), Membership.UNKNOWN
         meta = jsz.meta_cluster
         if meta is None:
-            return True, None, (), frozenset(routez.remote_names)
+            place = Membership.REMOVED if jsz.disabled else Membership.UNKNOWN
+            return True, None, (), frozenset(routez.remote_names), place
+        place = membership(self.node, disabled=jsz.disabled, leader=meta.leader,
+                           cluster_size=meta.cluster_size, members=meta.members)
         members = tuple(MetaMember(p.name, p.current, p.offline) for p in meta.replicas if p.name != self.node)
-        return True, meta.leader, members, frozenset(routez.remote_names)
+        return True, meta.leader, members, frozenset(routez.remote_names), place
 
     def _refresh_streams(self) -> None:
         """Start listing the streams anew (a list still running is dropped)."""
@@ -273,6 +319,11 @@ class ClusterManager:
                 self._reachable_since.setdefault(member.name, obs.at)
         for name in set(self._reachable_since) - members:
             del self._reachable_since[name]
+        if obs.membership is Membership.NOT_COUNTED:
+            if self._not_counted_since is None:
+                self._not_counted_since = obs.at
+        else:
+            self._not_counted_since = None
         if obs.nats_ok and obs.meta_leader is None:
             if self._leaderless_since is None:
                 self._leaderless_since = obs.at
@@ -319,6 +370,10 @@ class ClusterManager:
                 await self._rescue(action)
             elif isinstance(action, ScaleStreams):
                 await scale_streams(self.conn, action.streams, action.replicas)
+            elif isinstance(action, StartAfresh):
+                aside = await self.embedded.start_afresh()
+                self._not_counted_since = None
+                return f"{describe(action)} (the old store is in {aside})"
             return describe(action)
         except Exception as exc:  # noqa: BLE001 - reported as this cycle's sentence
             return f"{describe(action)} failed: {reason(exc)}"
@@ -399,4 +454,5 @@ class ClusterManager:
             cycle_at=time.time(),
             cycles=self._cycles,
             witnesses=tuple(sorted(m.name for m in obs.meta_members if is_witness(m.name))),
+            membership=obs.membership,
         )

@@ -6,6 +6,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from cluster._heal import Membership, StreamCopies
 from nimsforest.marks import is_witness
 
 
@@ -51,6 +52,9 @@ class Observation:
     # this node's zone; set, its nats-server places replicas in distinct zones (unique_tag)
     zone: str | None = None
     zones: Mapping[str, str] = field(default_factory=dict)  # other servers' zones, as known
+    membership: Membership = Membership.MEMBER  # this server's place in the meta group
+    stored: tuple[str, ...] = ()  # streams in this node's store (read when not a member)
+    elsewhere: tuple[StreamCopies, ...] | None = None  # streams on the other nodes (idem)
 
     @property
     def zone_count(self) -> int:
@@ -112,7 +116,12 @@ class ScaleStreams:
     streams: tuple[str, ...]
 
 
-Action = SetRoutes | RetireWitness | StartWitness | RemovePeer | Rescue | ScaleStreams
+@dataclass(frozen=True)
+class StartAfresh:
+    """Set this node's stale JetStream store aside and rejoin as a new peer."""
+
+
+Action = SetRoutes | RetireWitness | StartWitness | RemovePeer | Rescue | ScaleStreams | StartAfresh
 
 
 @dataclass(frozen=True)
@@ -159,10 +168,13 @@ class ClusterStatus:
     cycle_at: float  # epoch seconds of the last completed cycle
     cycles: int
     witnesses: tuple[str, ...] = ()  # witness servers still in the meta group
+    membership: Membership = Membership.MEMBER
 
     @property
     def problems(self) -> tuple[str, ...]:
         out: list[str] = []
+        if self.membership in (Membership.REMOVED, Membership.NOT_COUNTED):
+            out.append(f"this node was removed from the cluster ({self.membership.value})")
         if self.meta_leader is None:
             out.append("JetStream has no meta leader")
         if self.size > 1 and self.witnesses:

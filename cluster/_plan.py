@@ -48,6 +48,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from cluster._heal import Membership, Verdict, verdict
 from cluster._model import (
     Action,
     Observation,
@@ -57,6 +58,7 @@ from cluster._model import (
     RetireWitness,
     ScaleStreams,
     SetRoutes,
+    StartAfresh,
     StartWitness,
 )
 from nimsforest.marks import WITNESS_MARK, is_witness
@@ -70,6 +72,7 @@ class Memory:
     leaderless_since: float | None  # monotonic time the meta leader went missing
     # node member -> monotonic time it became reachable (this stretch); see `stable`
     reachable_since: Mapping[str, float] = field(default_factory=dict)
+    not_counted_since: float | None = None  # monotonic time the meta leader stopped counting us
 
 
 DEFAULT_MIN_QUORUM = 3
@@ -82,6 +85,9 @@ class Tuning:
     rescue_after: float = 10.0  # how long without a meta leader before a rescue is considered
     min_quorum: int = DEFAULT_MIN_QUORUM  # automation never leaves fewer voting nodes
     stabilise: float = DEFAULT_STABILISE  # reachable this long before a new node gets replicas
+    # not counted by the meta leader this long: removed (a joining node is not counted for
+    # a moment until the leader adds it)
+    not_counted_after: float = 20.0
 
 
 def replication_factor(size: int) -> int:
@@ -133,7 +139,7 @@ def stable(obs: Observation, memory: Memory, tuning: Tuning, name: str) -> bool:
     return not unreachable(obs, name) and since is not None and obs.at - since >= tuning.stabilise
 
 
-MEMBERSHIP = (RemovePeer, Rescue, RetireWitness, StartWitness)
+MEMBERSHIP = (RemovePeer, Rescue, RetireWitness, StartWitness, StartAfresh)
 
 
 def plan(obs: Observation, memory: Memory, tuning: Tuning = Tuning()) -> Plan:
@@ -150,6 +156,10 @@ def plan(obs: Observation, memory: Memory, tuning: Tuning = Tuning()) -> Plan:
             added = tuple(sorted(set(wanted) - have))
             removed = tuple(sorted(have - set(wanted)))
             actions.append(SetRoutes(wanted, added, removed))
+
+    # 0. this node removed from the cluster: start afresh when safe, else say what to do
+    if obs.membership in (Membership.REMOVED, Membership.NOT_COUNTED):
+        return removed_plan(obs, memory, tuning, actions)
 
     # 2. witness
     if obs.witness and obs.meta_leader and any(not unreachable(obs, m.name) for m in obs.nodes):
@@ -202,6 +212,37 @@ def plan(obs: Observation, memory: Memory, tuning: Tuning = Tuning()) -> Plan:
         scale_plan(obs, rf, online, settled, tuning, actions, waiting)
 
     return Plan(tuple(actions), sentence(obs, actions, waiting, rf), tuple(waiting))
+
+
+COMMAND = (
+    "stop nimsforest, move the store/ folder of its data directory aside "
+    "(mv store removed-by-hand) and start nimsforest"
+)
+
+
+def removed_plan(obs: Observation, memory: Memory, tuning: Tuning, actions: list[Action]) -> Plan:
+    """Rule 0: this node is no longer a member of the meta group."""
+    how = (
+        "JetStream disabled: removed from the cluster"
+        if obs.membership is Membership.REMOVED
+        else f"the meta leader {obs.meta_leader} does not count this node"
+    )
+    since = memory.not_counted_since if memory.not_counted_since is not None else obs.at
+    if obs.membership is Membership.NOT_COUNTED and obs.at - since < tuning.not_counted_after:
+        waiting = [f"{how} (yet)"]
+        return Plan(tuple(actions), sentence(obs, actions, waiting, 1), tuple(waiting))
+    result, at_risk = verdict(obs.node, obs.stored, obs.elsewhere)
+    if result is Verdict.SAFE:
+        actions.append(StartAfresh())
+        return Plan(tuple(actions), sentence(obs, actions, [], 1))
+    if result is Verdict.UNKNOWN:
+        waiting = [f"{how}; the other nodes' streams could not be read, so its store is kept"]
+    else:
+        waiting = [(
+            f"{how}; its store is kept because its copy of {', '.join(at_risk)} might be the "
+            f"only one (not held in full by the other nodes). To rejoin without it: {COMMAND}"
+        )]
+    return Plan(tuple(actions), sentence(obs, actions, waiting, 1), tuple(waiting))
 
 
 def below_floor(name: str, voters: int, tuning: Tuning) -> str:
@@ -273,6 +314,11 @@ def describe(action: Action) -> str:
         return f"peer {action.name} removed from the cluster"
     if isinstance(action, Rescue):
         return f"quorum rescued ({action.quorum} survivor(s)) after losing " + ", ".join(action.lost)
+    if isinstance(action, StartAfresh):
+        return (
+            "this node was removed from the cluster and every stream is held in full by the "
+            "other nodes: its JetStream store was set aside and it rejoins as a new peer"
+        )
     return f"{', '.join(action.streams)} scaled to R{action.replicas}"
 
 

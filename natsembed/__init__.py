@@ -26,6 +26,7 @@ from natsembed._credentials import Credentials, load_or_create
 from natsembed._monitor import Jsz, MetaCluster, MonitorClient, Routez, StreamDetail, Varz
 from natsembed._net import advertise_host, detect_address, free_port
 from natsembed._process import ProcessSnapshot, ProcessState, RestartPolicy, ServerProcess, Timeouts
+from natsembed._store import KEEP_REMOVED, REMOVED_PREFIX, set_aside, stored_streams
 from natsembed._supervisor import (
     NODE_TAG,
     WITNESS_TAG,
@@ -62,6 +63,7 @@ __all__ = [
     "EmbeddedNats",
     "EmbeddedSnapshot",
     "JetStreamConfig",
+    "KEEP_REMOVED",
     "Jsz",
     "MetaCluster",
     "MonitorClient",
@@ -71,6 +73,7 @@ __all__ = [
     "NotReady",
     "ProcessSnapshot",
     "ProcessState",
+    "REMOVED_PREFIX",
     "ReloadRejected",
     "RestartPolicy",
     "Routez",
@@ -93,5 +96,7 @@ __all__ = [
     "hostport",
     "load_or_create",
     "render_config",
+    "set_aside",
+    "stored_streams",
     "write_config",
 ]

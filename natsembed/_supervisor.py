@@ -45,6 +45,7 @@ from natsembed._credentials import Credentials, load_or_create, write_private
 from natsembed._monitor import MonitorClient
 from natsembed._net import WILDCARDS, advertise_host, free_port, local_host
 from natsembed._process import ProcessSnapshot, ProcessState, RestartPolicy, ServerProcess, Timeouts
+from natsembed._store import KEEP_REMOVED, set_aside, stored_streams
 from natsembed.errors import NatsEmbedError, StartFailed
 
 if TYPE_CHECKING:
@@ -456,6 +457,22 @@ class EmbeddedNats:
                 raise
             log.info("Witness %s started beside node %s", name, self.name)
             return name
+
+    def stored_streams(self) -> tuple[str, ...]:
+        """Streams that have a folder in this node's JetStream store."""
+        return stored_streams(self.store_dir)
+
+    async def start_afresh(self, keep: int = KEEP_REMOVED) -> Path:
+        """Stop the node's nats-server, set its JetStream store aside (renamed into
+        removed-<time> in the data directory; the newest `keep` are kept) and start it
+        again on an empty store, so it joins the cluster as a new peer. Returns where the
+        old store now is. The witness, if any, keeps running."""
+        async with self._lock:
+            await self.node.stop()
+            aside = set_aside(self.store_dir, self.config.data_dir, keep)
+            await self.node.start()
+        log.debug("JetStream store of %s set aside in %s; started on an empty store", self.name, aside)
+        return aside
 
     def system_client(self, timeout: float = 5.0) -> SystemClient:
         from natsembed._system import SystemClient
