@@ -7,6 +7,7 @@ Public API:
     ServerConfig, render_config, check_config, write_config
     MonitorClient (+ Varz, Jsz, Routez models)
     SystemClient                   $JS.API system requests (server remove, stepdown, rescue)
+    hand_over_leaderships(), held(), leaderships()   drain: step down every leadership
     find_nats_server()
     errors: NatsEmbedError and its subclasses
 """
@@ -23,6 +24,7 @@ from natsembed._config import (
     write_config,
 )
 from natsembed._credentials import Credentials, load_or_create
+from natsembed._drain import Leaderships, Led, hand_over_leaderships, held, leaderships
 from natsembed._monitor import Jsz, MetaCluster, MonitorClient, Routez, StreamDetail, Varz
 from natsembed._net import advertise_host, detect_address, free_port
 from natsembed._process import ProcessSnapshot, ProcessState, RestartPolicy, ServerProcess, Timeouts
@@ -56,6 +58,10 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "KEEP_REMOVED",
+    "NODE_TAG",
+    "REMOVED_PREFIX",
+    "WITNESS_TAG",
     "ClusterConfig",
     "ConfigInvalid",
     "Credentials",
@@ -63,17 +69,16 @@ __all__ = [
     "EmbeddedNats",
     "EmbeddedSnapshot",
     "JetStreamConfig",
-    "KEEP_REMOVED",
     "Jsz",
+    "Leaderships",
+    "Led",
     "MetaCluster",
     "MonitorClient",
-    "NODE_TAG",
     "NatsBinaryNotFound",
     "NatsEmbedError",
     "NotReady",
     "ProcessSnapshot",
     "ProcessState",
-    "REMOVED_PREFIX",
     "ReloadRejected",
     "RestartPolicy",
     "Routez",
@@ -86,14 +91,16 @@ __all__ = [
     "TLSConfig",
     "Timeouts",
     "Varz",
-    "WITNESS_TAG",
     "advertise_host",
     "check_config",
-    "has_meta_state",
     "detect_address",
     "find_nats_server",
     "free_port",
+    "hand_over_leaderships",
+    "has_meta_state",
+    "held",
     "hostport",
+    "leaderships",
     "load_or_create",
     "render_config",
     "set_aside",

@@ -60,10 +60,13 @@ class SystemClient:
             raise SystemRequestFailed(f"{subject} answered with something that is not JSON.") from None
         err = answer.get("error")
         if err:
+            code = err.get("err_code")
             raise SystemRequestFailed(
-                f"{subject} failed: {err.get('description', err)} (code {err.get('err_code', '?')})."
+                f"{subject} failed: {err.get('description', err)} (code {code or '?'}).",
+                err_code=code if isinstance(code, int) else None,
             )
-        return answer
+        result: dict[str, Any] = answer
+        return result
 
     async def gather(self, subject: str, wait: float = 0.5) -> list[dict[str, Any]]:
         """Every answer to a request that each server answers (`$SYS.REQ.SERVER.PING.*`)
