@@ -85,6 +85,7 @@ class ClusterManager:
         self._reachable_since: dict[str, float] = {}
         self._zones: dict[str, str] = {}  # server -> zone (a zone changes only with a restart)
         self._not_counted_since: float | None = None
+        self._afresh_at: float | None = None
         self._leaderless_since: float | None = None
         self._known_registry: dict[str, str] = {}
         self._monitor_urls: dict[str, str] = {}
@@ -134,7 +135,7 @@ class ClusterManager:
         self._remember(obs)
         self._log_membership(obs)
         memory = Memory(dict(self._gone_since), self._leaderless_since, dict(self._reachable_since),
-                        self._not_counted_since)
+                        self._not_counted_since, self._afresh_at)
         decision = plan(obs, memory, self.tuning)
         outcomes = []
         try:
@@ -324,6 +325,8 @@ class ClusterManager:
                 self._not_counted_since = obs.at
         else:
             self._not_counted_since = None
+        if obs.membership is Membership.MEMBER:
+            self._afresh_at = None  # admitted
         if obs.nats_ok and obs.meta_leader is None:
             if self._leaderless_since is None:
                 self._leaderless_since = obs.at
@@ -373,6 +376,7 @@ class ClusterManager:
             elif isinstance(action, StartAfresh):
                 aside = await self.embedded.start_afresh()
                 self._not_counted_since = None
+                self._afresh_at = time.monotonic()
                 return f"{describe(action)} (the old store is in {aside})"
             return describe(action)
         except Exception as exc:  # noqa: BLE001 - reported as this cycle's sentence

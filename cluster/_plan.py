@@ -73,6 +73,7 @@ class Memory:
     # node member -> monotonic time it became reachable (this stretch); see `stable`
     reachable_since: Mapping[str, float] = field(default_factory=dict)
     not_counted_since: float | None = None  # monotonic time the meta leader stopped counting us
+    afresh_at: float | None = None  # monotonic time this node last started afresh
 
 
 DEFAULT_MIN_QUORUM = 3
@@ -88,6 +89,9 @@ class Tuning:
     # not counted by the meta leader this long: removed (a joining node is not counted for
     # a moment until the leader adds it)
     not_counted_after: float = 20.0
+    # after starting afresh, wait this long to be admitted before another try (nats-server
+    # admits a removed name again about 5 minutes after its removal)
+    rejoin_wait: float = 600.0
 
 
 def replication_factor(size: int) -> int:
@@ -230,6 +234,12 @@ def removed_plan(obs: Observation, memory: Memory, tuning: Tuning, actions: list
     since = memory.not_counted_since if memory.not_counted_since is not None else obs.at
     if obs.membership is Membership.NOT_COUNTED and obs.at - since < tuning.not_counted_after:
         waiting = [f"{how} (yet)"]
+        return Plan(tuple(actions), sentence(obs, actions, waiting, 1), tuple(waiting))
+    if memory.afresh_at is not None and obs.at - memory.afresh_at < tuning.rejoin_wait:
+        waiting = [
+            f"{how}: started afresh, waiting to be admitted as a new peer (nats-server admits a "
+            "removed name about 5 minutes after its removal)"
+        ]
         return Plan(tuple(actions), sentence(obs, actions, waiting, 1), tuple(waiting))
     result, at_risk = verdict(obs.node, obs.stored, obs.elsewhere)
     if result is Verdict.SAFE:

@@ -99,6 +99,17 @@ def test_a_node_not_counted_waits_before_it_counts_as_removed() -> None:
     assert plan(replace(o, membership=Membership.MEMBER), Memory({}, None, {}, NOW - 25), tuning).actions == ()
 
 
+def test_after_starting_afresh_it_waits_to_be_admitted_instead_of_starting_afresh_again() -> None:
+    o = removed(membership=Membership.NOT_COUNTED, meta_leader="n1", stored=(),
+                meta_members=(MetaMember("n1", True, False), MetaMember("n2", True, False)))
+    tuning = Tuning(not_counted_after=20, rejoin_wait=600)
+    waiting = plan(o, Memory({}, None, {}, NOW - 100, NOW - 90), tuning)
+    assert waiting.actions == ()
+    assert "started afresh, waiting to be admitted as a new peer" in waiting.sentence
+    # not admitted long after: try once more
+    assert plan(o, Memory({}, None, {}, NOW - 700, NOW - 650), tuning).actions == (StartAfresh(),)
+
+
 # --- real servers --------------------------------------------------------------------------
 async def forest_of_three(embedded: EmbeddedFactory) -> list[EmbeddedNats]:
     nodes: list[EmbeddedNats] = []
@@ -184,6 +195,8 @@ async def test_removed_node_sets_its_store_aside_when_the_others_hold_everything
 
         said = await eventually(healed, timeout=60, interval=0.5, what="h3 starts afresh")
         assert "rejoins as a new peer" in said
+        for _ in range(4):  # and then waits to be admitted: no second start afresh
+            assert "set aside" not in await manager.cycle()
         aside = [p for p in h3.config.data_dir.iterdir() if p.name.startswith(REMOVED_PREFIX)]
         assert len(aside) == 1 and (aside[0] / "jetstream").is_dir()  # set aside, not deleted
         assert "KEPT" not in stored_streams(h3.store_dir)
