@@ -2,6 +2,11 @@
 
 Rules, in order (each one is local to this node or cluster-wide):
 
+0. Removed (local, checked right after the routes). A node the meta group no longer
+   counts (cluster._heal) sets its store aside and rejoins as a new peer when the other
+   nodes hold every stream in full; otherwise it keeps its store and says what to run.
+   No other rule applies to it meanwhile.
+
 1. Routes (local). With the registry answering, route to exactly its peers; with the
    registry down, change nothing (the cluster keeps running on the routes it has).
 2. Witness (local). Retire our witness once another node is a meta member (the leader
@@ -206,7 +211,7 @@ def plan(obs: Observation, memory: Memory, tuning: Tuning = Tuning()) -> Plan:
     changes = [a for a in actions if isinstance(a, MEMBERSHIP)]
     for later in changes[1:]:
         actions.remove(later)
-        waiting.append(f"{describe(later)} waits for the membership change in progress")
+        waiting.append(f"one membership change at a time: next, {describe(later)}")
 
     # 5. replication
     rf = target_replicas(obs)
