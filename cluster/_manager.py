@@ -83,7 +83,8 @@ class ClusterManager:
         self._wake = asyncio.Event()
         self._gone_since: dict[str, float] = {}
         self._reachable_since: dict[str, float] = {}
-        self._zones: dict[str, str] = {}  # server -> zone (a zone changes only with a restart)
+        # server -> zone, None when it has none (a server's tags change only with a restart)
+        self._zones: dict[str, str | None] = {}
         self._not_counted_since: float | None = None
         self._afresh_at: float | None = None
         self._leaderless_since: float | None = None
@@ -195,7 +196,7 @@ class ClusterManager:
             witness=self.embedded.witness_name,
             streams=streams if meta_leader else (),
             zone=zone,
-            zones=dict(self._zones),
+            zones={name: z for name, z in self._zones.items() if z},
             membership=place,
             stored=stored,
             elsewhere=elsewhere,
@@ -241,8 +242,7 @@ class ClusterManager:
             return
         for name, server_tags in tags.items():
             zone = next((t[len(prefix):] for t in server_tags if prefix and t.startswith(prefix)), None)
-            if zone:
-                self._zones[name] = zone
+            self._zones[name] = zone or None
 
     async def _observe_registry(self) -> tuple[RegistryPeer, ...] | None:
         if self.registry is None:
