@@ -87,6 +87,9 @@ class ClusterManager:
         self._zones: dict[str, str | None] = {}
         self._not_counted_since: float | None = None
         self._afresh_at: float | None = None
+        # streams seen in this node's store while it is not a member: nats-server may delete
+        # a removed server's stream folders on its own (orphans), the risk stays
+        self._stored_seen: set[str] = set()
         self._leaderless_since: float | None = None
         self._known_registry: dict[str, str] = {}
         self._monitor_urls: dict[str, str] = {}
@@ -179,8 +182,11 @@ class ClusterManager:
         stored: tuple[str, ...] = ()
         elsewhere: tuple[StreamCopies, ...] | None = None
         if place in (Membership.REMOVED, Membership.NOT_COUNTED):
-            stored = self.embedded.stored_streams()
+            self._stored_seen.update(self.embedded.stored_streams())
+            stored = tuple(sorted(self._stored_seen))
             elsewhere = await self._observe_elsewhere(registry_peers)
+        elif place is Membership.MEMBER:
+            self._stored_seen.clear()
         zone = self.embedded.zone
         if zone and any(m.name not in self._zones for m in members if not is_witness(m.name)):
             await self._observe_zones()
@@ -375,6 +381,7 @@ class ClusterManager:
                 await scale_streams(self.conn, action.streams, action.replicas)
             elif isinstance(action, StartAfresh):
                 aside = await self.embedded.start_afresh()
+                self._stored_seen.clear()
                 self._not_counted_since = None
                 self._afresh_at = time.monotonic()
                 return f"{describe(action)} (the old store is in {aside})"

@@ -53,7 +53,7 @@ class Observation:
     zone: str | None = None
     zones: Mapping[str, str] = field(default_factory=dict)  # other servers' zones, as known
     membership: Membership = Membership.MEMBER  # this server's place in the meta group
-    stored: tuple[str, ...] = ()  # streams in this node's store (read when not a member)
+    stored: tuple[str, ...] = ()  # streams seen in this node's store while not a member
     elsewhere: tuple[StreamCopies, ...] | None = None  # streams on the other nodes (idem)
 
     @property
