@@ -160,7 +160,7 @@ class ClusterManager:
                 self._on_replication(rf)
         self._cycles += 1
         self._status = self._make_status(obs, sentence, rf)
-        self._say(sentence)
+        self._say(sentence, error=decision.operator and not outcomes)
         return sentence
 
     def _say(self, sentence: str, error: bool = False) -> None:

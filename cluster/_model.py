@@ -129,6 +129,7 @@ class Plan:
     actions: tuple[Action, ...]
     sentence: str  # what this cycle decided, for logs and /health/cluster
     waiting: tuple[str, ...] = field(default_factory=tuple)
+    operator: bool = False  # only an operator can resolve it: logged as a warning
 
 
 class PeerState(enum.Enum):

@@ -257,6 +257,7 @@ def removed_plan(obs: Observation, memory: Memory, tuning: Tuning, actions: list
             f"{how}; its store is kept because its copy of {', '.join(at_risk)} might be the "
             f"only one (not held in full by the other nodes). To rejoin without it: {COMMAND}"
         )]
+        return Plan(tuple(actions), sentence(obs, actions, waiting, 1), tuple(waiting), operator=True)
     return Plan(tuple(actions), sentence(obs, actions, waiting, 1), tuple(waiting))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import nats
 import pytest
+from nats.js.api import Placement, StreamConfig
 
 from tests.e2e.conftest import Forest
 from tests.e2e.test_cluster import publish, stored, wait_cluster
@@ -99,3 +100,35 @@ async def test_three_zones_spread_every_r3_stream(forest: Forest) -> None:
         assert len(body["streams"]) >= 6
     finally:
         await nc.close()
+
+
+async def test_a_removed_node_holding_the_only_copy_of_a_stream_refuses_to_heal(forest: Forest) -> None:
+    # four nodes: removing one leaves three, the default quorum floor
+    nodes = [forest.node(f"n{i}", f"127.0.0.{i}") for i in (1, 2, 3, 4)]
+    for n in nodes:
+        await n.wait_healthy(120)
+    await wait_cluster(nodes[0], 4, 3, timeout=120)
+    n1, n4 = nodes[0], nodes[3]
+    nc = await nats.connect(n4.client_url())
+    try:
+        js = nc.jetstream()
+        only = StreamConfig(name="ONLY", subjects=["only.>"], num_replicas=1, placement=Placement(tags=["node:n4"]))
+        await js.add_stream(only)
+        await js.publish("only.x", b"precious")
+    finally:
+        await nc.close()
+    assert n4.stop() == 0  # deregisters; removed after the grace period
+    # (ONLY, whose one replica was on n4, has no leader from now on: /health/cluster is 503)
+    await eventually(lambda: n1.cluster()["size"] == 3, timeout=90, what="n4 removed")
+
+    forest.node("n4", "127.0.0.4")  # back, on its old store
+
+    def refused() -> dict | None:
+        body = n4.cluster()
+        return body if "its copy of ONLY might be the only one" in body["last_sentence"] else None
+
+    body = await eventually(refused, timeout=120, what="n4 refuses to set its store aside")
+    assert "mv store removed-by-hand" in body["last_sentence"]
+    assert any("removed from the cluster" in p for p in body["problems"])
+    assert not [p for p in n4.data_dir.iterdir() if p.name.startswith("removed-")]
+    assert any("WARNING" in line and "might be the only one" in line for line in n4.log().splitlines())
