@@ -241,10 +241,10 @@ def removed_plan(obs: Observation, memory: Memory, tuning: Tuning, actions: list
         waiting = [f"{how} (yet)"]
         return Plan(tuple(actions), sentence(obs, actions, waiting, 1), tuple(waiting))
     if memory.afresh_at is not None and obs.at - memory.afresh_at < tuning.rejoin_wait:
-        waiting = [
+        waiting = [(
             f"{how}: started afresh, waiting to be admitted as a new peer (nats-server admits a "
             "removed name about 5 minutes after its removal)"
-        ]
+        )]
         return Plan(tuple(actions), sentence(obs, actions, waiting, 1), tuple(waiting))
     result, at_risk = verdict(obs.node, obs.stored, obs.elsewhere)
     if result is Verdict.SAFE:
