@@ -181,10 +181,11 @@ class ClusterManager:
         nats_ok, meta_leader, members, routed, place = nats_part
         stored: tuple[str, ...] = ()
         elsewhere: tuple[StreamCopies, ...] | None = None
+        counted = False
         if place in (Membership.REMOVED, Membership.NOT_COUNTED):
             self._stored_seen.update(self.embedded.stored_streams())
             stored = tuple(sorted(self._stored_seen))
-            elsewhere = await self._observe_elsewhere(registry_peers)
+            elsewhere, counted = await self._observe_elsewhere(registry_peers)
         elif place is Membership.MEMBER:
             self._stored_seen.clear()
         zone = self.embedded.zone
@@ -206,17 +207,20 @@ class ClusterManager:
             membership=place,
             stored=stored,
             elsewhere=elsewhere,
+            counted_elsewhere=counted,
         )
 
     async def _observe_elsewhere(
         self, peers: tuple[RegistryPeer, ...] | None
-    ) -> tuple[StreamCopies, ...] | None:
-        """Every stream as the other nodes hold it, from their monitoring ports; None when
-        no other node answers (each stream is described by the server that leads it)."""
+    ) -> tuple[tuple[StreamCopies, ...] | None, bool]:
+        """Every stream as the other nodes hold it, from their monitoring ports (None when
+        no other node answers; each stream is described by the server that leads it), and
+        whether the meta group, as any of them sees it, still counts this node."""
         from natsembed import MonitorClient
 
         urls = [(p.name, p.monitor_url) for p in peers or () if p.name != self.node and p.monitor_url]
         answers = 0
+        counted = False
         copies: dict[str, StreamCopies] = {}
         for name, url in urls:
             monitor = MonitorClient(url)
@@ -228,6 +232,9 @@ class ClusterManager:
             finally:
                 await monitor.close()
             answers += 1
+            meta = jsz.meta_cluster
+            if meta is not None and meta.leader and meta.leader != self.node:
+                counted = counted or self.node in meta.members
             for detail in jsz.stream_details():
                 cluster = detail.cluster
                 if cluster is None or cluster.leader != name:
@@ -236,7 +243,7 @@ class ClusterManager:
                 copies[detail.name] = StreamCopies(
                     detail.name, int(detail.config.get("num_replicas", 1)), tuple(current)
                 )
-        return tuple(copies.values()) if answers else None
+        return (tuple(copies.values()) if answers else None), counted
     async def _observe_zones(self) -> None:
         """Learn the zone of every server that answers (asked while a member's is unknown)."""
         prefix = self.embedded.config.zone_prefix or ""

@@ -55,6 +55,7 @@ class Observation:
     membership: Membership = Membership.MEMBER  # this server's place in the meta group
     stored: tuple[str, ...] = ()  # streams seen in this node's store while not a member
     elsewhere: tuple[StreamCopies, ...] | None = None  # streams on the other nodes (idem)
+    counted_elsewhere: bool = False  # another node's meta group view lists this node (idem)
 
     @property
     def zone_count(self) -> int:

@@ -236,6 +236,12 @@ def removed_plan(obs: Observation, memory: Memory, tuning: Tuning, actions: list
         if obs.membership is Membership.REMOVED
         else f"the meta leader {obs.meta_leader} does not count this node"
     )
+    if obs.counted_elsewhere:  # JetStream off for another reason (a full disk, ...)
+        waiting = [(
+            "JetStream does not run on this node, yet the other nodes still count it as a "
+            "member: not a removal, its store is kept (the reason is in the nats-server log)"
+        )]
+        return Plan(tuple(actions), sentence(obs, actions, waiting, 1), tuple(waiting), operator=True)
     since = memory.not_counted_since if memory.not_counted_since is not None else obs.at
     if obs.membership is Membership.NOT_COUNTED and obs.at - since < tuning.not_counted_after:
         waiting = [f"{how} (yet)"]

@@ -89,6 +89,12 @@ def test_a_removed_node_keeps_a_store_that_might_hold_the_only_copy() -> None:
     assert unknown.actions == () and "could not be read, so its store is kept" in unknown.sentence
 
 
+def test_jetstream_off_while_the_others_still_count_this_node_is_not_a_removal() -> None:
+    p = plan(removed(counted_elsewhere=True), Memory({}, None))
+    assert p.actions == () and p.operator
+    assert "not a removal, its store is kept" in p.sentence
+
+
 def test_a_node_not_counted_waits_before_it_counts_as_removed() -> None:
     o = removed(membership=Membership.NOT_COUNTED, meta_leader="n1",
                 meta_members=(MetaMember("n1", True, False), MetaMember("n2", True, False)))
