@@ -6,9 +6,11 @@ Public API:
     ClusterManager                                the reconcile loop
     ClusterStatus, PeerStatus, PeerState          what /health/cluster shows
     plan(), Observation, Memory, Tuning           the pure decision (for tests and tools)
+    membership(), verdict()                       a removed node: how to tell, whether to heal
 """
 
 from cluster._founder import Role, Startup, decide_role
+from cluster._heal import Membership, StreamCopies, Verdict, membership, verdict
 from cluster._manager import ClusterManager
 from cluster._model import (
     ClusterStatus,
@@ -22,6 +24,7 @@ from cluster._model import (
     RetireWitness,
     ScaleStreams,
     SetRoutes,
+    StartAfresh,
     StartWitness,
     StreamState,
 )
@@ -30,6 +33,7 @@ from cluster._plan import Memory, Tuning, plan, replication_factor
 __all__ = [
     "ClusterManager",
     "ClusterStatus",
+    "Membership",
     "Memory",
     "MetaMember",
     "Observation",
@@ -42,11 +46,16 @@ __all__ = [
     "Role",
     "ScaleStreams",
     "SetRoutes",
+    "StartAfresh",
     "StartWitness",
     "Startup",
+    "StreamCopies",
     "StreamState",
     "Tuning",
+    "Verdict",
     "decide_role",
+    "membership",
     "plan",
     "replication_factor",
+    "verdict",
 ]

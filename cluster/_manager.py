@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from cluster._heal import Membership, StreamCopies, membership
 from cluster._model import (
     Action,
     ClusterStatus,
@@ -31,10 +32,11 @@ from cluster._model import (
     RetireWitness,
     ScaleStreams,
     SetRoutes,
+    StartAfresh,
     StartWitness,
     StreamState,
 )
-from cluster._plan import Memory, Tuning, gone, plan, replication_factor, unreachable
+from cluster._plan import Memory, Tuning, gone, plan, target_replicas, unreachable
 from cluster._replication import scale_streams
 from natsembed import is_witness
 from natsembed.errors import reason
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cluster")
 
 FOLLOW_UP = 0.25  # seconds to the next cycle after one that acted
+ZONE_WAIT = 0.3  # seconds to collect every server's tags (asked only for unknown zones)
 
 
 def in_transition(obs: Observation) -> bool:
@@ -57,13 +60,31 @@ def in_transition(obs: Observation) -> bool:
     return joining or bool(obs.witness and obs.nodes) or any(not s.current for s in obs.streams)
 
 
+def view_membership(node: str, view: NatsView) -> Membership:
+    """This server's place in the meta group, from the observer's view of it (pure)."""
+    if not view.monitor_ok:
+        return Membership.UNKNOWN
+    if view.meta_leader is None:
+        return Membership.REMOVED if view.jetstream_disabled else Membership.UNKNOWN
+    return membership(node, disabled=view.jetstream_disabled, leader=view.meta_leader,
+                      cluster_size=view.meta_size, members=[p.name for p in view.meta_peers])
+
+
 def observation(
     node: str,
     view: NatsView,
     registry_peers: tuple[RegistryPeer, ...] | None,
     routes: tuple[str, ...],
+    *,
+    zone: str | None = None,
+    zones: dict[str, str] | None = None,
+    membership: Membership = Membership.UNKNOWN,
+    stored: tuple[str, ...] = (),
+    elsewhere: tuple[StreamCopies, ...] | None = None,
+    counted_elsewhere: bool = False,
 ) -> Observation:
-    """The planner's Observation from the node's NATS view (pure)."""
+    """The planner's Observation from the node's NATS view and what else the cycle read
+    (pure)."""
     meta_ok = view.monitor_ok and view.meta_leader is not None
     members = tuple(MetaMember(p.name, p.current, p.offline) for p in view.meta_peers)
     streams = tuple(
@@ -82,6 +103,12 @@ def observation(
         meta_members=members if view.monitor_ok else (),
         witness=view.witness,
         streams=streams if meta_ok else (),
+        zone=zone,
+        zones=zones or {},
+        membership=membership,
+        stored=stored,
+        elsewhere=elsewhere,
+        counted_elsewhere=counted_elsewhere,
     )
 
 
@@ -108,6 +135,14 @@ class ClusterManager:
         self.node = embedded.name
         self._wake = asyncio.Event()
         self._gone_since: dict[str, float] = {}
+        self._reachable_since: dict[str, float] = {}
+        # server -> zone, None when it has none (a server's tags change only with a restart)
+        self._zones: dict[str, str | None] = {}
+        self._not_counted_since: float | None = None
+        self._afresh_at: float | None = None
+        # streams seen in this node's store while it is not a member: nats-server may delete
+        # a removed server's stream folders on its own (orphans), the risk stays
+        self._stored_seen: set[str] = set()
         self._leaderless_since: float | None = None
         self._known_registry: dict[str, str] = {}
         self._monitor_urls: dict[str, str] = {}
@@ -147,7 +182,9 @@ class ClusterManager:
         obs = await self.observe()
         self._remember(obs)
         self._log_membership(obs)
-        decision = plan(obs, Memory(dict(self._gone_since), self._leaderless_since), self.tuning)
+        memory = Memory(dict(self._gone_since), self._leaderless_since, dict(self._reachable_since),
+                        self._not_counted_since, self._afresh_at)
+        decision = plan(obs, memory, self.tuning)
         outcomes = []
         try:
             for action in decision.actions:
@@ -158,7 +195,7 @@ class ClusterManager:
         # Look again soon while things are moving; idle at the normal interval otherwise.
         self._soon = bool(decision.actions) or in_transition(obs)
         sentence = "; ".join(outcomes) if outcomes else decision.sentence
-        rf = replication_factor(obs.size)
+        rf = target_replicas(obs)
         if rf != self._rf:
             if self._rf is not None:
                 log.info("Replication factor adjusted to %d", rf)
@@ -167,7 +204,7 @@ class ClusterManager:
                 self._on_replication(rf)
         self._cycles += 1
         self._status = self._make_status(obs, sentence, rf)
-        self._say(sentence)
+        self._say(sentence, error=decision.operator and not outcomes)
         return sentence
 
     def _say(self, sentence: str, error: bool = False) -> None:
@@ -184,7 +221,72 @@ class ClusterManager:
         waits for it: routes, the witness and departures are decided without delay.
         """
         registry_peers, view = await asyncio.gather(self._observe_registry(), self.observer.look())
-        return observation(self.node, view, registry_peers, self.embedded.routes)
+        place = view_membership(self.node, view)
+        stored: tuple[str, ...] = ()
+        elsewhere: tuple[StreamCopies, ...] | None = None
+        counted = False
+        if place in (Membership.REMOVED, Membership.NOT_COUNTED):
+            self._stored_seen.update(self.embedded.stored_streams())
+            stored = tuple(sorted(self._stored_seen))
+            elsewhere, counted = await self._observe_elsewhere(registry_peers)
+        elif place is Membership.MEMBER:
+            self._stored_seen.clear()
+        zone = self.embedded.zone
+        if zone and any(p.name not in self._zones for p in view.meta_peers
+                        if not is_witness(p.name)):
+            await self._observe_zones()
+        return observation(
+            self.node, view, registry_peers, self.embedded.routes,
+            zone=zone, zones={name: z for name, z in self._zones.items() if z},
+            membership=place, stored=stored, elsewhere=elsewhere, counted_elsewhere=counted,
+        )
+
+    async def _observe_elsewhere(
+        self, peers: tuple[RegistryPeer, ...] | None
+    ) -> tuple[tuple[StreamCopies, ...] | None, bool]:
+        """Every stream as the other nodes hold it, from their monitoring ports (None when
+        no other node answers; each stream is described by the server that leads it), and
+        whether the meta group, as any of them sees it, still counts this node."""
+        from natsembed import MonitorClient
+
+        urls = [(p.name, p.monitor_url) for p in peers or () if p.name != self.node and p.monitor_url]
+        answers = 0
+        counted = False
+        copies: dict[str, StreamCopies] = {}
+        for name, url in urls:
+            monitor = MonitorClient(url)
+            try:
+                jsz = await monitor.jsz(streams=True)
+            except Exception as exc:  # noqa: BLE001 - one node fewer to ask
+                log.debug("Streams of %s not read: %s", url, reason(exc))
+                continue
+            finally:
+                await monitor.close()
+            answers += 1
+            meta = jsz.meta_cluster
+            if meta is not None and meta.leader and meta.leader != self.node:
+                counted = counted or self.node in meta.members
+            for detail in jsz.stream_details():
+                cluster = detail.cluster
+                if cluster is None or cluster.leader != name:
+                    continue  # described by its leader
+                current = (cluster.leader, *(r.name for r in cluster.replicas if r.current and not r.offline))
+                copies[detail.name] = StreamCopies(
+                    detail.name, int(detail.config.get("num_replicas", 1)), tuple(current)
+                )
+        return (tuple(copies.values()) if answers else None), counted
+    async def _observe_zones(self) -> None:
+        """Learn the zone of every server that answers (asked while a member's is unknown)."""
+        prefix = self.embedded.config.zone_prefix or ""
+        try:
+            async with self.embedded.system_client() as sysc:
+                tags = await sysc.server_tags(wait=ZONE_WAIT)
+        except Exception as exc:  # noqa: BLE001 - unknown zones count as none this cycle
+            log.debug("Server tags not read: %s", reason(exc))
+            return
+        for name, server_tags in tags.items():
+            zone = next((t[len(prefix):] for t in server_tags if prefix and t.startswith(prefix)), None)
+            self._zones[name] = zone or None
 
     async def _observe_registry(self) -> tuple[RegistryPeer, ...] | None:
         if self.registry is None:
@@ -202,9 +304,24 @@ class ClusterManager:
                 self._gone_since.setdefault(member.name, obs.at)
             else:
                 self._gone_since.pop(member.name, None)
+        members = {m.name for m in obs.meta_members}
         for name in list(self._gone_since):
-            if name not in {m.name for m in obs.meta_members}:
+            if name not in members:
                 del self._gone_since[name]
+        for member in obs.nodes:
+            if unreachable(obs, member.name):
+                self._reachable_since.pop(member.name, None)
+            else:
+                self._reachable_since.setdefault(member.name, obs.at)
+        for name in set(self._reachable_since) - members:
+            del self._reachable_since[name]
+        if obs.membership is Membership.NOT_COUNTED:
+            if self._not_counted_since is None:
+                self._not_counted_since = obs.at
+        else:
+            self._not_counted_since = None
+        if obs.membership is Membership.MEMBER:
+            self._afresh_at = None  # admitted
         if obs.nats_ok and obs.meta_leader is None:
             if self._leaderless_since is None:
                 self._leaderless_since = obs.at
@@ -251,6 +368,12 @@ class ClusterManager:
                 await self._rescue(action)
             elif isinstance(action, ScaleStreams):
                 await scale_streams(self.conn, action.streams, action.replicas)
+            elif isinstance(action, StartAfresh):
+                aside = await self.embedded.start_afresh()
+                self._stored_seen.clear()
+                self._not_counted_since = None
+                self._afresh_at = time.monotonic()
+                return f"{describe(action)} (the old store is in {aside})"
             return describe(action)
         except Exception as exc:  # noqa: BLE001 - reported as this cycle's sentence
             return f"{describe(action)} failed: {reason(exc)}"
@@ -292,7 +415,8 @@ class ClusterManager:
         for member in obs.nodes:
             since = self._gone_since.get(member.name)
             if since is not None:
-                state = PeerState.LEAVING
+                # past the grace period and still here: the quorum floor keeps it
+                state = PeerState.KEPT if obs.at - since >= self.tuning.grace else PeerState.LEAVING
             elif unreachable(obs, member.name):
                 state = PeerState.OFFLINE
             elif obs.meta_leader != self.node:
@@ -330,4 +454,5 @@ class ClusterManager:
             cycle_at=time.time(),
             cycles=self._cycles,
             witnesses=tuple(sorted(m.name for m in obs.meta_members if is_witness(m.name))),
+            membership=obs.membership,
         )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from cluster._heal import Membership, StreamCopies
 from natsembed import is_witness
 
 
@@ -47,6 +49,19 @@ class Observation:
     meta_members: tuple[MetaMember, ...]  # other servers of the meta group, witness included
     witness: str | None  # our own witness, if it runs
     streams: tuple[StreamState, ...]  # streams NimsForest owns
+    # this node's zone; set, its nats-server places replicas in distinct zones (unique_tag)
+    zone: str | None = None
+    zones: Mapping[str, str] = field(default_factory=dict)  # other servers' zones, as known
+    membership: Membership = Membership.MEMBER  # this server's place in the meta group
+    stored: tuple[str, ...] = ()  # streams seen in this node's store while not a member
+    elsewhere: tuple[StreamCopies, ...] | None = None  # streams on the other nodes (idem)
+    counted_elsewhere: bool = False  # another node's meta group view lists this node (idem)
+
+    @property
+    def zone_count(self) -> int:
+        """Distinct zones among this node and the other node members."""
+        known = {self.zones[m.name] for m in self.nodes if m.name in self.zones}
+        return len(known | ({self.zone} if self.zone else set()))
 
     @property
     def registry_ok(self) -> bool:
@@ -102,7 +117,12 @@ class ScaleStreams:
     streams: tuple[str, ...]
 
 
-Action = SetRoutes | RetireWitness | StartWitness | RemovePeer | Rescue | ScaleStreams
+@dataclass(frozen=True)
+class StartAfresh:
+    """Set this node's stale JetStream store aside and rejoin as a new peer."""
+
+
+Action = SetRoutes | RetireWitness | StartWitness | RemovePeer | Rescue | ScaleStreams | StartAfresh
 
 
 @dataclass(frozen=True)
@@ -110,6 +130,7 @@ class Plan:
     actions: tuple[Action, ...]
     sentence: str  # what this cycle decided, for logs and /health/cluster
     waiting: tuple[str, ...] = field(default_factory=tuple)
+    operator: bool = False  # only an operator can resolve it: logged as a warning
 
 
 class PeerState(enum.Enum):
@@ -118,6 +139,7 @@ class PeerState(enum.Enum):
     CATCHING_UP = "catching_up"  # in the meta group, reachable, behind (leader's view)
     OFFLINE = "offline"  # in the meta group, not heard from
     LEAVING = "leaving"  # offline and gone from the registry: removed after the grace period
+    KEPT = "kept"  # gone past the grace period, kept in the meta group by the quorum floor
     REGISTERED = "registered"  # in the registry, not (yet) in the meta group
 
 
@@ -148,17 +170,20 @@ class ClusterStatus:
     cycle_at: float  # epoch seconds of the last completed cycle
     cycles: int
     witnesses: tuple[str, ...] = ()  # witness servers still in the meta group
+    membership: Membership = Membership.MEMBER
 
     @property
     def problems(self) -> tuple[str, ...]:
         out: list[str] = []
+        if self.membership in (Membership.REMOVED, Membership.NOT_COUNTED):
+            out.append(f"this node was removed from the cluster ({self.membership.value})")
         if self.meta_leader is None:
             out.append("JetStream has no meta leader")
         if self.size > 1 and self.witnesses:
             # One machine holding two votes: losing it could cost the quorum.
             out.append(f"witness {', '.join(self.witnesses)} is still in the meta group")
         for p in self.peers:
-            if p.state in (PeerState.OFFLINE, PeerState.LEAVING):
+            if p.state in (PeerState.OFFLINE, PeerState.LEAVING, PeerState.KEPT):
                 out.append(f"peer {p.name} is {p.state.value}")
         for s in self.streams:
             if s.leader is None:

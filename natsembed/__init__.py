@@ -7,6 +7,7 @@ Public API:
     ServerConfig, render_config, check_config, write_config
     MonitorClient (+ Varz, Jsz, Routez models)
     SystemClient                   $JS.API system requests (server remove, stepdown, rescue)
+    hand_over_leaderships(), held(), leaderships()   drain: step down every leadership
     find_nats_server()
     die_with_parent()              a preexec_fn: the child is SIGKILLed when we die
     errors: NatsEmbedError and its subclasses
@@ -24,6 +25,7 @@ from natsembed._config import (
     write_config,
 )
 from natsembed._credentials import Credentials, load_or_create, write_private
+from natsembed._drain import Leaderships, Led, hand_over_leaderships, held, leaderships
 from natsembed._monitor import Jsz, MetaCluster, MonitorClient, Routez, StreamDetail, Varz
 from natsembed._net import advertise_host, detect_address, free_port
 from natsembed._process import (
@@ -34,6 +36,7 @@ from natsembed._process import (
     Timeouts,
     die_with_parent,
 )
+from natsembed._store import KEEP_REMOVED, REMOVED_PREFIX, set_aside, stored_streams
 from natsembed._supervisor import (
     NODE_TAG,
     WITNESS_MARK,
@@ -65,6 +68,10 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "KEEP_REMOVED",
+    "NODE_TAG",
+    "REMOVED_PREFIX",
+    "WITNESS_TAG",
     "ClusterConfig",
     "ConfigInvalid",
     "Credentials",
@@ -73,9 +80,10 @@ __all__ = [
     "EmbeddedSnapshot",
     "JetStreamConfig",
     "Jsz",
+    "Leaderships",
+    "Led",
     "MetaCluster",
     "MonitorClient",
-    "NODE_TAG",
     "NatsBinaryNotFound",
     "NatsEmbedError",
     "NotReady",
@@ -104,8 +112,14 @@ __all__ = [
     "die_with_parent",
     "find_nats_server",
     "free_port",
+    "hand_over_leaderships",
+    "has_meta_state",
+    "held",
     "hostport",
+    "leaderships",
     "load_or_create",
     "render_config",
+    "set_aside",
+    "stored_streams",
     "write_config",
 ]

@@ -31,6 +31,9 @@ class JetStreamConfig(BaseModel):
     store_dir: Path
     max_mem: str = Field(default="256MB", pattern=_SIZE)  # rendered unquoted: 256MB
     max_file: str = Field(default="10GB", pattern=_SIZE)
+    # replicas of a stream on servers with distinct values of tags with this prefix
+    # (nats-server reads it at start only)
+    unique_tag: str | None = None
 
 
 class TLSConfig(BaseModel):

@@ -45,6 +45,7 @@ from natsembed._credentials import Credentials, load_or_create, write_private
 from natsembed._monitor import MonitorClient
 from natsembed._net import WILDCARDS, advertise_host, free_port, local_host
 from natsembed._process import ProcessSnapshot, ProcessState, RestartPolicy, ServerProcess, Timeouts
+from natsembed._store import KEEP_REMOVED, set_aside, stored_streams
 from natsembed.errors import NatsEmbedError, StartFailed
 
 if TYPE_CHECKING:
@@ -65,6 +66,8 @@ def is_witness(server_name: str) -> bool:
 def _witness_name(node: str) -> str:
     return f"{node}{WITNESS_MARK}{secrets.token_hex(3)}"
 
+
+ZONE_PREFIX = "zone:"
 _WITNESS_PORT_ATTEMPTS = 3  # a witness' ports are picked free, then bound: another process may win
 
 
@@ -85,6 +88,9 @@ class EmbeddedConfig(BaseModel):
     routes: tuple[str, ...] = ()  # peers' cluster addresses (host:port)
     witness: bool = True  # run a witness (a node that founds a cluster or is alone)
     extra_tags: tuple[str, ...] = ()
+    # replicas in distinct zones: rendered as JetStream's unique_tag when this node has a
+    # tag with this prefix among extra_tags (None: never)
+    zone_prefix: str | None = ZONE_PREFIX
     reserved_ports: tuple[int, ...] = ()  # ports the caller binds later (e.g. its API): never picked
     jetstream_max_mem: str = "256MB"
     jetstream_max_file: str = "10GB"
@@ -146,7 +152,9 @@ class _Witness:
             client_listen="127.0.0.1:-1",
             monitor_listen=hostport("127.0.0.1", self.monitor_port),
             tags=(WITNESS_TAG,),
-            jetstream=JetStreamConfig(store_dir=self.dir / "store", max_mem="64MB", max_file="256MB"),
+            # the owner's unique_tag: the witness may lead the meta group, and the leader places
+            jetstream=JetStreamConfig(store_dir=self.dir / "store", max_mem="64MB", max_file="256MB",
+                                      unique_tag=owner.unique_tag),
             cluster=ClusterConfig(
                 name=cfg.cluster_name,
                 listen=self.cluster_address,
@@ -267,7 +275,8 @@ class EmbeddedNats:
             monitor_listen=self._monitor_listen,
             tags=(NODE_TAG, f"node:{cfg.name}", *cfg.extra_tags),
             jetstream=JetStreamConfig(
-                store_dir=self.store_dir, max_mem=cfg.jetstream_max_mem, max_file=cfg.jetstream_max_file
+                store_dir=self.store_dir, max_mem=cfg.jetstream_max_mem, max_file=cfg.jetstream_max_file,
+                unique_tag=self.unique_tag,
             ),
             cluster=ClusterConfig(
                 name=cfg.cluster_name,
@@ -279,6 +288,17 @@ class EmbeddedNats:
             credentials=self.credentials,
             tls=cfg.tls,
         )
+
+    @property
+    def zone(self) -> str | None:
+        """This node's zone: the value of its first tag with the zone prefix."""
+        prefix = self.config.zone_prefix
+        tags = [t for t in self.config.extra_tags if prefix and t.startswith(prefix)]
+        return tags[0][len(prefix or ""):] if tags else None
+
+    @property
+    def unique_tag(self) -> str | None:
+        return self.config.zone_prefix if self.zone else None
 
     def render(self) -> str:
         return render_config(self.server_config(), generator=f"node {self.config.name}")
@@ -448,6 +468,22 @@ class EmbeddedNats:
                 raise
             log.info("Witness %s started beside node %s", name, self.name)
             return name
+
+    def stored_streams(self) -> tuple[str, ...]:
+        """Streams that have a folder in this node's JetStream store."""
+        return stored_streams(self.store_dir)
+
+    async def start_afresh(self, keep: int = KEEP_REMOVED) -> Path:
+        """Stop the node's nats-server, set its JetStream store aside (renamed into
+        removed-<time> in the data directory; the newest `keep` are kept) and start it
+        again on an empty store, so it joins the cluster as a new peer. Returns where the
+        old store now is. The witness, if any, keeps running."""
+        async with self._lock:
+            await self.node.stop()
+            aside = set_aside(self.store_dir, self.config.data_dir, keep)
+            await self.node.start()
+        log.debug("JetStream store of %s set aside in %s; started on an empty store", self.name, aside)
+        return aside
 
     def system_client(self, timeout: float = 5.0) -> SystemClient:
         from natsembed._system import SystemClient

@@ -5,6 +5,8 @@ They need a user of the system account; the rendered config has one (see credent
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from types import TracebackType
 from typing import Any
@@ -58,10 +60,43 @@ class SystemClient:
             raise SystemRequestFailed(f"{subject} answered with something that is not JSON.") from None
         err = answer.get("error")
         if err:
+            code = err.get("err_code")
             raise SystemRequestFailed(
-                f"{subject} failed: {err.get('description', err)} (code {err.get('err_code', '?')})."
+                f"{subject} failed: {err.get('description', err)} (code {code or '?'}).",
+                err_code=code if isinstance(code, int) else None,
             )
-        return answer
+        result: dict[str, Any] = answer
+        return result
+
+    async def gather(self, subject: str, wait: float = 0.5) -> list[dict[str, Any]]:
+        """Every answer to a request that each server answers (`$SYS.REQ.SERVER.PING.*`)
+        that arrives within `wait` seconds."""
+        assert self._nc is not None, "use SystemClient as an async context manager"
+        inbox = self._nc.new_inbox()
+        answers: list[dict[str, Any]] = []
+        sub = await self._nc.subscribe(inbox)
+        try:
+            await self._nc.publish(subject, b"", reply=inbox)
+            deadline = asyncio.get_running_loop().time() + wait
+            while (left := deadline - asyncio.get_running_loop().time()) > 0:
+                try:
+                    msg = await sub.next_msg(timeout=left)
+                except NatsTimeout:
+                    break
+                with contextlib.suppress(ValueError):
+                    answers.append(json.loads(msg.data or b"{}"))
+        finally:
+            await sub.unsubscribe()
+        return answers
+
+    async def server_tags(self, wait: float = 0.5) -> dict[str, tuple[str, ...]]:
+        """Server name -> its tags, for every server of the cluster that answers in time."""
+        out: dict[str, tuple[str, ...]] = {}
+        for answer in await self.gather("$SYS.REQ.SERVER.PING.STATSZ", wait):
+            server = answer.get("server") or {}
+            if server.get("name"):
+                out[str(server["name"])] = tuple(str(t) for t in server.get("tags") or ())
+        return out
 
     async def server_remove(self, peer_name: str) -> None:
         """Remove a server from the JetStream meta group for good."""

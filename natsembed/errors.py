@@ -42,7 +42,9 @@ class NotReady(NatsEmbedError):
 
 
 class SystemRequestFailed(NatsEmbedError):
-    pass
+    def __init__(self, message: str, err_code: int | None = None) -> None:
+        super().__init__(message)
+        self.err_code = err_code  # JetStream's err_code when the server answered with one
 
 
 def reason(exc: BaseException) -> str:

@@ -99,7 +99,8 @@ class ClusterMode(Mode):
             embedded=nats.embedded,
             observer=nats.observer,
             registry=self._registry,
-            tuning=Tuning(grace=s.peer_grace_period),
+            tuning=Tuning(grace=s.peer_grace_period, min_quorum=s.min_quorum,
+                          stabilise=s.stabilisation_time),
             interval=s.reconcile_interval,
             on_replication=on_replicas,
         )

@@ -77,6 +77,8 @@ class NatsView(BaseModel):
     meta_leader: str | None = None
     members: tuple[str, ...] = ()  # JetStream servers in the meta group, witness excluded
     meta_peers: tuple[MetaPeerView, ...] = ()  # the other servers of the group, witness included
+    meta_size: int = 0  # the meta group's size as the local server knows it
+    jetstream_disabled: bool = False  # the local server's JetStream is off (e.g. removed)
     routed: frozenset[str] = frozenset()  # servers the local one has live routes to
     streams: tuple[StreamView, ...] = ()
     streams_listed: bool = False  # `streams` comes from a completed listing
@@ -188,10 +190,12 @@ class NatsObserver:
             else:
                 fields["monitor_ok"] = True
                 fields["routed"] = frozenset(routez.remote_names)
+                fields["jetstream_disabled"] = jsz.disabled
                 meta = jsz.meta_cluster
                 if meta is not None:
                     own = jsz.server_name or self.node_name
                     fields["meta_leader"] = meta.leader
+                    fields["meta_size"] = meta.cluster_size
                     names = {own, *meta.members}
                     fields["members"] = tuple(sorted(n for n in names if not is_witness(n)))
                     fields["meta_peers"] = tuple(

@@ -22,10 +22,11 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from natsembed import WITNESS_MARK
 from nimsforest.validation import first_error
@@ -181,7 +182,9 @@ class Settings(BaseSettings):
     bind_address: Host = _env("NATS_BIND_ADDRESS", default="0.0.0.0")
     advertise_address: Host | None = _env("NATS_ADVERTISE_ADDRESS", default=None)
     cluster_secret: SecretStr | None = _env("NATS_CLUSTER_SECRET", default=None)
-    server_tags: Annotated[list[str], BeforeValidator(_split_csv)] = _env(
+    # the node's failure zone: becomes the server tag zone:<zone> (replicas in distinct zones)
+    zone: str | None = _env("NIMSFOREST_ZONE", default=None, pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+    server_tags: Annotated[list[str], NoDecode, BeforeValidator(_split_csv)] = _env(
         "NATS_SERVER_TAGS", default_factory=list
     )
     jetstream_max_mem: Size = _env("JETSTREAM_MAX_MEM", default="256MB")
@@ -208,6 +211,10 @@ class Settings(BaseSettings):
     # --- cluster manager -----------------------------------------------------------------
     peer_grace_period: Duration = _env("CLUSTER_PEER_GRACE_PERIOD", default=300.0)
     reconcile_interval: Duration = _env("CLUSTER_RECONCILE_INTERVAL", default=1.0)
+    # automation never removes a peer (or rescues a quorum) leaving fewer voting nodes
+    min_quorum: int = _env("NIMSFOREST_MIN_QUORUM", default=3, ge=1)
+    # a joining node gets replicas once it has been reachable this long
+    stabilisation_time: Duration = _env("CLUSTER_STABILISATION_TIME", default=10.0)
 
     # --- management API and forest --------------------------------------------------------
     api_address: HostPort = _env("NIMSFOREST_API", default="127.0.0.1:8080")
@@ -216,6 +223,14 @@ class Settings(BaseSettings):
     api_rate_limit: str = _env("NIMSFOREST_API_RATE_LIMIT", default="60/minute")
     forest_config: Path | None = _env("FOREST_CONFIG", default=None)
     log_level: str = _env("NIMSFOREST_LOG_LEVEL", default="info")
+
+    @field_validator("server_tags")
+    @classmethod
+    def _add_zone(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        zone = info.data.get("zone")
+        if zone and not any(t.startswith("zone:") for t in v):
+            return [*v, f"zone:{zone}"]
+        return v
 
     @field_validator("log_level")
     @classmethod

@@ -56,8 +56,10 @@ async def test_founder_and_its_witness_lost_from_a_group_of_four(
             conn = ConnectionManager([e.system_url], ConnectionOptions(retry_attempts=2, retry_interval=0.2),
                                      user=e.credentials.app_user, password=e.credentials.app_password)
             await conn.connect()
+            # min_quorum=2: the survivors are two, below the default floor of three
+            tuning = Tuning(grace=1, rescue_after=1, min_quorum=2)
             m = ClusterManager(embedded=e, observer=NatsObserver(e.name, conn, embedded=e),
-                               registry=reg, tuning=Tuning(grace=1, rescue_after=1), interval=0.5)
+                               registry=reg, tuning=tuning, interval=0.5)
             registries.append(reg)
             conns.append(conn)
             managers.append(m)
