@@ -209,7 +209,10 @@ class ConnectionManager:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.drain(), 5.0)
         if not self.nc.is_closed:
-            await self.nc.close()
+            try:
+                await self.nc.close()
+            except OSError as exc:  # the transport was lost meanwhile: it is closed all the same
+                log.debug("NATS connection closed with its transport already gone: %s", exc)
         self._emit(ConnectionEvent.CLOSED, ConnectionState.CLOSED)
 
 
