@@ -67,6 +67,30 @@ async def eventually(
 
 
 
+async def routed_servers(
+    embedded: EmbeddedFactory, prefix: str, count: int = 3, tags: tuple[tuple[str, ...], ...] = ()
+) -> list[EmbeddedNats]:
+    """`count` embedded servers named <prefix>1..., routed together (the first started with
+    its witness), once their meta group has all of them and a leader; `tags[i]` are the
+    extra server tags of the i-th."""
+    nodes: list[EmbeddedNats] = []
+    for i in range(count):
+        extra = {"extra_tags": tags[i]} if i < len(tags) else {}
+        n = embedded(f"{prefix}{i + 1}", witness=not nodes,
+                     routes=tuple(m.cluster_address for m in nodes), **extra)
+        await n.start()
+        nodes.append(n)
+    for n in nodes:
+        await n.set_routes([m.cluster_address for m in nodes if m is not n])
+
+    async def whole() -> bool:
+        meta = (await nodes[0].monitor.jsz()).meta_cluster
+        return meta is not None and meta.cluster_size >= count and bool(meta.leader)
+
+    await eventually(whole, timeout=60, what=f"a meta group of {count}")
+    return nodes
+
+
 class NodeProcess:
     """A `nimsforest` daemon run as a separate process, as users run it."""
 

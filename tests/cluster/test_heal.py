@@ -33,7 +33,7 @@ from natsembed import NODE_TAG, REMOVED_PREFIX, EmbeddedNats, stored_streams
 from nimsforest.connection import ConnectionManager, ConnectionOptions
 from nimsforest.observer import NatsObserver
 from registry import NodeInfo, open_registry
-from tests.support import EmbeddedFactory, eventually, free_port
+from tests.support import EmbeddedFactory, eventually, free_port, routed_servers
 
 NOW = 1000.0
 
@@ -119,19 +119,7 @@ def test_after_starting_afresh_it_waits_to_be_admitted_instead_of_starting_afres
 
 # --- real servers --------------------------------------------------------------------------
 async def forest_of_three(embedded: EmbeddedFactory) -> list[EmbeddedNats]:
-    nodes: list[EmbeddedNats] = []
-    for i in (1, 2, 3):
-        n = embedded(f"h{i}", witness=not nodes, routes=tuple(m.cluster_address for m in nodes))
-        await n.start()
-        nodes.append(n)
-    for n in nodes:
-        await n.set_routes([m.cluster_address for m in nodes if m is not n])
-
-    async def three() -> bool:
-        meta = (await nodes[0].monitor.jsz()).meta_cluster
-        return meta is not None and meta.cluster_size >= 3 and bool(meta.leader)
-
-    await eventually(three, timeout=60, what="a meta group of three")
+    nodes = await routed_servers(embedded, "h")
     await nodes[0].retire_witness()
     return nodes
 

@@ -6,23 +6,11 @@ import nats
 from nats.js.api import ConsumerConfig, Placement, StreamConfig
 
 from natsembed import NODE_TAG, EmbeddedNats, hand_over_leaderships, held
-from tests.support import EmbeddedFactory, eventually
+from tests.support import EmbeddedFactory, eventually, routed_servers
 
 
 async def forest_of_three(embedded: EmbeddedFactory) -> list[EmbeddedNats]:
-    nodes: list[EmbeddedNats] = []
-    for i in (1, 2, 3):
-        n = embedded(f"d{i}", witness=not nodes, routes=tuple(m.cluster_address for m in nodes))
-        await n.start()
-        nodes.append(n)
-    for n in nodes:
-        await n.set_routes([m.cluster_address for m in nodes if m is not n])
-
-    async def three() -> bool:
-        meta = (await nodes[0].monitor.jsz()).meta_cluster
-        return meta is not None and meta.cluster_size >= 3 and bool(meta.leader)
-
-    await eventually(three, timeout=60, what="a meta group of three")
+    nodes = await routed_servers(embedded, "d")
     await nodes[0].retire_witness()
     return nodes
 

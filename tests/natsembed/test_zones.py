@@ -9,7 +9,7 @@ from nats.js.errors import BadRequestError
 
 from natsembed import NODE_TAG, EmbeddedNats
 from nimsforest.settings import SettingsError, load_settings
-from tests.support import EmbeddedFactory, eventually
+from tests.support import EmbeddedFactory, eventually, routed_servers
 
 
 def test_a_zone_becomes_a_server_tag_and_turns_on_unique_tag(embedded: EmbeddedFactory) -> None:
@@ -35,21 +35,7 @@ def test_the_zone_setting_is_a_server_tag(monkeypatch: pytest.MonkeyPatch) -> No
 
 async def three(embedded: EmbeddedFactory, zones: tuple[str, ...]) -> list[EmbeddedNats]:
     """Three servers routed together (the first with its witness), in `zones`."""
-    nodes: list[EmbeddedNats] = []
-    for i, zone in enumerate(zones, 1):
-        routes = tuple(n.cluster_address for n in nodes)
-        n = embedded(f"z{i}", witness=not nodes, routes=routes, extra_tags=(f"zone:{zone}",))
-        await n.start()
-        nodes.append(n)
-    for n in nodes:
-        await n.set_routes([m.cluster_address for m in nodes if m is not n])
-
-    async def whole() -> bool:
-        meta = (await nodes[0].monitor.jsz()).meta_cluster
-        return meta is not None and meta.cluster_size >= 3 and bool(meta.leader)
-
-    await eventually(whole, timeout=60, what="a meta group of three")
-    return nodes
+    return await routed_servers(embedded, "z", len(zones), tuple((f"zone:{z}",) for z in zones))
 
 
 R3 = StreamConfig(name="S3", subjects=["s3.>"], num_replicas=3, placement=Placement(tags=[NODE_TAG]))
