@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import nats
+import nats.js.errors
 import pytest
 import yaml
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -61,11 +62,19 @@ async def leaves(node: NodeProcess, subject: str) -> list[dict[str, Any]]:
             f"wind.{subject}", stream="WIND",
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE))
         out: list[dict[str, Any]] = []
+        unavailable = 0
         while True:
             try:
                 msgs = await sub.fetch(500, timeout=2)
             except (TimeoutError, nats.errors.TimeoutError):
                 return out
+            except nats.js.errors.ServiceUnavailableError:
+                # the reader's new consumer has no leader yet (503): ask again, a few times
+                unavailable += 1
+                if unavailable > 10:
+                    raise
+                await asyncio.sleep(0.5)
+                continue
             out += [json.loads(m.data) for m in msgs]
     finally:
         await nc.close()
