@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -66,6 +66,14 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+
+
+async def publish_stored(js: Any, subject: str, payload: bytes, *, msg_id: str, timeout: float = 30.0) -> Any:
+    """Publish to a stream until it acknowledges, once: a stream just created in a cluster
+    may not have its subject's interest on this server yet (no responders), and the message
+    id makes a retry after a lost ack a duplicate the stream drops."""
+    return await eventually(lambda: js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id}),
+                            timeout=timeout, what=f"{subject} stored")
 
 async def routed_servers(
     embedded: EmbeddedFactory, prefix: str, count: int = 3, tags: tuple[tuple[str, ...], ...] = ()

@@ -33,7 +33,7 @@ from natsembed import NODE_TAG, REMOVED_PREFIX, EmbeddedNats, stored_streams
 from nimsforest.connection import ConnectionManager, ConnectionOptions
 from nimsforest.observer import NatsObserver
 from registry import NodeInfo, open_registry
-from tests.support import EmbeddedFactory, eventually, free_port, routed_servers
+from tests.support import EmbeddedFactory, eventually, free_port, publish_stored, routed_servers
 
 NOW = 1000.0
 
@@ -181,7 +181,7 @@ async def test_removed_node_sets_its_store_aside_when_the_others_hold_everything
         config = StreamConfig(name="KEPT", subjects=["kept.>"], num_replicas=3, placement=Placement(tags=[NODE_TAG]))
         await eventually(lambda: js.add_stream(config), timeout=30, what="an R3 stream")
         for i in range(20):
-            await js.publish("kept.x", str(i).encode())
+            await publish_stored(js, "kept.x", str(i).encode(), msg_id=f"kept-{i}")
         await eventually(lambda: "KEPT" in stored_streams(h3.store_dir), what="h3 holds a copy")
         manager, closers = await removed_manager(nodes, f"memory://heal-{free_port()}")
         await eventually(lambda: r2(js, config), timeout=30, what="KEPT at R2 on h1 and h2")
@@ -215,7 +215,7 @@ async def test_removed_node_with_the_only_copy_of_a_stream_refuses(embedded: Emb
         js = nc.jetstream()
         only = StreamConfig(name="ONLY", subjects=["only.>"], num_replicas=1, placement=Placement(tags=["node:h3"]))
         await eventually(lambda: js.add_stream(only), timeout=30, what="an R1 stream on h3")
-        await js.publish("only.x", b"precious")
+        await publish_stored(js, "only.x", b"precious", msg_id="precious")
         manager, closers = await removed_manager(nodes, f"memory://refuse-{free_port()}")
         said = ""
         for _ in range(4):

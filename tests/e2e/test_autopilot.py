@@ -12,7 +12,7 @@ from nats.js.api import Placement, StreamConfig
 
 from tests.e2e.conftest import Forest
 from tests.e2e.test_cluster import publish, stored, wait_cluster
-from tests.support import NodeProcess, eventually
+from tests.support import NodeProcess, eventually, publish_stored
 
 pytestmark = pytest.mark.e2e
 
@@ -113,8 +113,8 @@ async def test_a_removed_node_holding_the_only_copy_of_a_stream_refuses_to_heal(
     try:
         js = nc.jetstream()
         only = StreamConfig(name="ONLY", subjects=["only.>"], num_replicas=1, placement=Placement(tags=["node:n4"]))
-        await js.add_stream(only)
-        await js.publish("only.x", b"precious")
+        await eventually(lambda: js.add_stream(only), timeout=30, what="an R1 stream on n4")
+        await publish_stored(js, "only.x", b"precious", msg_id="precious")
     finally:
         await nc.close()
     assert n4.stop() == 0  # deregisters; removed after the grace period

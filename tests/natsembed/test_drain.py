@@ -6,7 +6,7 @@ import nats
 from nats.js.api import ConsumerConfig, Placement, StreamConfig
 
 from natsembed import NODE_TAG, EmbeddedNats, hand_over_leaderships, held
-from tests.support import EmbeddedFactory, eventually, routed_servers
+from tests.support import EmbeddedFactory, eventually, publish_stored, routed_servers
 
 
 async def forest_of_three(embedded: EmbeddedFactory) -> list[EmbeddedNats]:
@@ -26,7 +26,7 @@ async def test_a_server_hands_over_its_meta_stream_and_consumer_leaderships(embe
                                   placement=Placement(tags=[NODE_TAG]))
             await eventually(lambda config=config: js.add_stream(config), timeout=30, what="an R3 stream")
             await js.add_consumer(f"S{i}", ConsumerConfig(durable_name=f"C{i}"))
-            await js.publish(f"s{i}.x", b"x")
+            await publish_stored(js, f"s{i}.x", b"x", msg_id=f"s{i}-x")
         # the server that leads S0 also leads the meta group
         leader = (await js.stream_info("S0")).cluster.leader  # type: ignore[union-attr]
         victim = by_name[str(leader)]
