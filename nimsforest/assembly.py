@@ -82,6 +82,7 @@ class Assembly:
             reconnect_wait=s.nats_reconnect_wait,
             max_reconnects=s.nats_max_reconnects,
             name=f"nimsforest-{s.node_name}",
+            stay_on_configured=True,  # the node's API uses the server its /health reads
         )
 
     @staticmethod
