@@ -32,6 +32,7 @@ from nimsforest.observer import NatsObserver
 from nimsforest.settings import Settings
 from nimsforest.streams import (
     CORE_STREAMS,
+    RIVER,
     choose_replicas,
     describe_streams,
     ensure_streams,
@@ -70,6 +71,7 @@ class Assembly:
     """The builders of a node's heavy half, for one node's settings."""
 
     required_streams = REQUIRED_STREAMS  # what /health requires
+    ingest_streams = (RIVER.name,)  # what a River API request or webhook writes to
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
