@@ -123,9 +123,18 @@ HUMUS = StreamSpec(
     max_msgs=1_000_000,
 )
 SOIL = kv_spec("SOIL", history=10, description="NimsForest current state storage")
+# DEAD keeps every event a component gave up on (`dead.<kind>.<name>`, one JSON dead
+# letter each: see nimsforest.forest.dead), until it is replayed, purged or 30 days old.
+DEAD = StreamSpec(
+    name="DEAD",
+    subjects=("dead.>",),
+    description="NimsForest dead letters",
+    max_age=30 * DAY,
+    max_msgs=1_000_000,
+)
 
 # The streams a node creates at start, in order.
-CORE_STREAMS: tuple[StreamSpec, ...] = (RIVER, WIND, HUMUS, SOIL)
+CORE_STREAMS: tuple[StreamSpec, ...] = (RIVER, WIND, HUMUS, SOIL, DEAD)
 
 
 def replication_factor(cluster_size: int) -> int:
@@ -258,6 +267,7 @@ __all__ = [
     "WIND",
     "HUMUS",
     "SOIL",
+    "DEAD",
     "CORE_STREAMS",
     "NODE_TAG",
     "WITNESS_TAG",

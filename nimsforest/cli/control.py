@@ -194,9 +194,9 @@ def _flow(c: dict[str, Any]) -> str:
 def _table(comps: list[dict[str, Any]]) -> str:
     rows = [[c["kind"], c["name"], c["state"], c.get("origin") or "-", _flow(c),
              c.get("events_in", 0), c.get("events_out", 0), c.get("errors", 0),
-             (c.get("last_error") or "")[:60]] for c in comps]
+             c.get("dead", 0), (c.get("last_error") or "")[:60]] for c in comps]
     return tabulate(rows, headers=["KIND", "NAME", "STATE", "ORIGIN", "FLOW", "IN", "OUT",
-                                   "ERRORS", "LAST ERROR"])
+                                   "ERRORS", "DEAD", "LAST ERROR"])
 
 
 @click.command("list")

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js import JetStreamContext
 
+    from nimsforest.forest.dead import DeadLetters
     from nimsforest.forest.publisher import Publisher
 
 
@@ -62,9 +63,11 @@ class Component:
     def label(self) -> str:
         return str(self.ref)
 
-    async def start(self, nc: Client, js: JetStreamContext, publisher: Publisher) -> None:
-        """Bind the shared durable consumer and start handling. On failure the component is
-        FAILED (with the reason as its last error) and the error is raised."""
+    async def start(self, nc: Client, js: JetStreamContext, publisher: Publisher,
+                    dead: DeadLetters | None = None) -> None:
+        """Bind the shared durable consumer and start handling (what it gives up on goes to
+        `dead`). On failure the component is FAILED (with the reason as its last error) and
+        the error is raised."""
         try:
             if self.consumer is not None and self.handler is not None:
                 self._runner = ConsumerRunner(
@@ -77,6 +80,7 @@ class Component:
                     label=self.label,
                     kind=self.kind.value,
                     name=self.name,
+                    dead=dead,
                 )
                 await self._runner.start()
         except Exception as exc:

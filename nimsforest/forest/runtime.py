@@ -20,6 +20,7 @@ from nimsforest.forest import river
 from nimsforest.forest.build import build_component, build_decomposer, spec_fingerprint
 from nimsforest.forest.component import Component
 from nimsforest.forest.config import ForestConfig, component_label
+from nimsforest.forest.dead import DeadLetters
 from nimsforest.forest.errors import (
     ComponentNotFound,
     FlowError,
@@ -57,9 +58,11 @@ class Forest:
         env: Mapping[str, str] | None = None,
         stop_grace: float = 5.0,
         retry_interval: float = 5.0,
+        node: str = "",
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
+        self.dead = DeadLetters(self._js, node)  # the DEAD stream: what components gave up on
         self._publisher = Publisher(nc)
         self._config = config
         self._replicas, self._placement = replicas, placement_tags
@@ -84,7 +87,7 @@ class Forest:
         return self._running
 
     async def start(self) -> None:
-        """Ensure RIVER, WIND, HUMUS and SOIL, then start the decomposer and every component.
+        """Ensure RIVER, WIND, HUMUS, SOIL and DEAD, then start the decomposer and every component.
         A component that cannot be built or started is FAILED; the others run."""
         async with self._lock:
             if self._running:
@@ -276,7 +279,7 @@ class Forest:
 
     async def _start_quietly(self, comp: Component) -> bool:
         try:
-            await comp.start(self._nc, self._js, self._publisher)
+            await comp.start(self._nc, self._js, self._publisher, self.dead)
             return True
         except Exception:  # noqa: BLE001 - the component is FAILED with the reason
             return False
