@@ -31,12 +31,14 @@ from nimsforest.forest.delivery import ConsumerSpec, Handler, Stats
 from nimsforest.forest.errors import ForestConfigError
 from nimsforest.forest.handlers import DecomposerHandler, NimHandler, TreeHandler, TreeHouseHandler
 from nimsforest.forest.model import ComponentKind, ComponentRef
+from nimsforest.forest.outputs import OutputHandler, compile_template
 from nimsforest.forest.prompt import Prompt, PromptError
 from nimsforest.forest.sandbox import LuaLimits, LuaSandbox, ScriptLoadError
 from nimsforest.forest.soil import Soil
 from nimsforest.forest.specs import (
     ComponentSpec,
     NimSpec,
+    OutputSpec,
     SourceSpec,
     TreeHouseSpec,
     TreeSpec,
@@ -84,6 +86,15 @@ def expand_env(spec: ComponentSpec, ref: ComponentRef, env: Mapping[str, str],
         raw = spec.secret.get_secret_value()
         if "${" in raw:
             return _revalidate(spec, {"secret": expand(raw, "secret")}, ref, file)
+    if isinstance(spec, OutputSpec):
+        changes: dict[str, Any] = {}
+        if spec.url and "${" in spec.url:
+            changes["url"] = expand(spec.url, "url")
+        if spec.secret is not None and "${" in (raw := spec.secret.get_secret_value()):
+            changes["secret"] = expand(raw, "secret")
+        if any("${" in v for v in spec.headers.values()):
+            changes["headers"] = {k: expand(v, f"headers.{k}") for k, v in spec.headers.items()}
+        return _revalidate(spec, changes, ref, file) if changes else spec
     if isinstance(spec, NimSpec) and isinstance(spec.brain, _HttpBrain):
         brain = spec.brain
         changes = {
@@ -241,6 +252,25 @@ def _nim(spec: NimSpec, ctx: BuildContext) -> Component:
         consumer=_consumer(ctx, WIND.name, subject, spec, spec.inflight),
         handler=handler, stats=stats, publishes=spec.publishes, closers=(brain.aclose,),
         fingerprint=fingerprint(spec, text if spec.prompt is not None else None),
+    )
+
+
+@builder.register
+def _output(spec: OutputSpec, ctx: BuildContext) -> Component:
+    """An output reads the Wind and sends each leaf to the world."""
+    templates = {}
+    for field in ("body", "text"):
+        try:
+            templates[field] = compile_template(getattr(spec, field), f"{ctx.ref} {field}")
+        except PromptError as exc:
+            raise ctx.error(str(exc), field) from None
+    handler = OutputHandler(ctx.ref.name, ctx.durable, spec, templates["body"], templates["text"])
+    subject = wind_subject(spec.subscribes, pattern=True)
+    return Component(
+        ctx.ref.kind, ctx.ref.name, spec,
+        consumer=_consumer(ctx, WIND.name, subject, spec, spec.inflight),
+        handler=handler, stats=Stats(), publishes=spec.publishes, closers=(handler.aclose,),
+        fingerprint=fingerprint(spec, None),
     )
 
 

@@ -14,6 +14,7 @@ class ComponentKind(StrEnum):
     TREE = "tree"
     TREEHOUSE = "treehouse"
     NIM = "nim"
+    OUTPUT = "output"  # the Go original's songbird: a leaf sent to the world
     DECOMPOSER = "decomposer"  # built in, one per forest; not added or removed by name
 
     @property

@@ -306,13 +306,100 @@ class SourceSpec(ComponentSpec):
         return self
 
 
+class OutputType(StrEnum):
+    HTTP = "http"  # POST/PUT the leaf (or a rendered body) to a URL
+    SLACK = "slack"  # an incoming webhook: {"text": <rendered text>}
+
+
+def _http_url(v: str | None) -> str | None:
+    if v is None:
+        return None
+    v = v.strip()
+    if "${" not in v and not re.match(r"^https?://[^/\s]+", v):
+        raise ValueError(f"'{v}' is not an http:// or https:// URL")
+    return v
+
+
+class OutputSpec(_Consuming):
+    """Sends each leaf on `subscribes` to the world (the Go original's songbird). One
+    durable consumer shared by the cluster; an attempt that fails is retried with backoff
+    (honouring Retry-After) until `max_deliver`, a 4xx other than 408/429 goes to DEAD at
+    once. Templates are Jinja2 (sandboxed, the nims' variables: the leaf's data fields,
+    `data`, `leaf`)."""
+
+    kind = ComponentKind.OUTPUT
+    aliases = ("songbird", "songbirds")
+    type: OutputType = OutputType.HTTP
+    subscribes: Subject = Field(description="A leaf subject or pattern")
+    publishes: Subject = Field(
+        "", description="Shown in status as where it sends (default: the type and host)"
+    )
+    url: str | None = Field(None, max_length=2048,
+                            description="http: the URL; slack: the incoming webhook URL")
+    method: Literal["POST", "PUT"] = "POST"
+    body: str | None = Field(
+        None, max_length=MAX_TEXT,
+        description="http: a Jinja2 template of the body (default: the leaf as JSON)",
+    )
+    text: str | None = Field(
+        None, max_length=MAX_TEXT,
+        description="slack: a Jinja2 template of the message (default: subject and data)",
+    )
+    content_type: str = Field("application/json", max_length=256)
+    headers: dict[str, str] = Field(default_factory=dict, description="Request headers; ${VAR} expanded")
+    secret: SecretStr | None = Field(
+        None, max_length=1024,
+        description="Signs the body: X-Signature-256: sha256=<hex HMAC-SHA256>; write ${VAR}",
+    )
+    signature_header: str = Field("X-Signature-256", max_length=128)
+    timeout: Duration = Field(10.0, gt=0, description="Per request")
+    backoff: Duration = Field(1.0, ge=0, description="First retry delay; doubles, at most 5m")
+    concurrency: int = Field(4, ge=1, le=256, description="Requests in flight per node")
+
+    @property
+    def inflight(self) -> int:
+        return 2 * self.concurrency
+
+    @field_serializer("secret", when_used="json")
+    def _reveal(self, secret: SecretStr | None) -> str | None:
+        return secret.get_secret_value() if secret is not None else None
+
+    @field_validator("subscribes")
+    @classmethod
+    def _subscribes(cls, v: str) -> str:
+        return _leaf_pattern(v)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return _http_url(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_publishes(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("publishes"):
+            host = re.sub(r"^https?://([^/]+).*$", r"\1", str(data.get("url") or ""))
+            data = {**data, "publishes": f"{data.get('type') or 'http'} {host}".strip()}
+        return data
+
+    @model_validator(mode="after")
+    def _needs(self) -> OutputSpec:
+        if self.type in (OutputType.HTTP, OutputType.SLACK) and self.url is None:
+            raise ValueError(f"a {self.type.value} output needs a 'url'")
+        if self.type is OutputType.SLACK and self.body is not None:
+            raise ValueError("a slack output takes 'text', not 'body'")
+        return self
+
+
 class DecomposerSpec(_Delivery, _Inflight):
     enabled: bool = True
     max_deliver: int = Field(10, ge=1)
 
 
 # The component kinds, in start order: the one registration of a kind.
-COMPONENT_SPECS: tuple[type[ComponentSpec], ...] = (TreeSpec, TreeHouseSpec, NimSpec, SourceSpec)
+COMPONENT_SPECS: tuple[type[ComponentSpec], ...] = (
+    TreeSpec, TreeHouseSpec, NimSpec, OutputSpec, SourceSpec
+)
 
 Spec = ComponentSpec  # any component's spec
 SPEC_TYPES: dict[ComponentKind, type[ComponentSpec]] = {s.kind: s for s in COMPONENT_SPECS}
@@ -336,6 +423,8 @@ __all__ = [
     "LimitsSpec",
     "NimSpec",
     "OpenAIBrainSpec",
+    "OutputSpec",
+    "OutputType",
     "Rule",
     "RulesBrainSpec",
     "SignatureKind",

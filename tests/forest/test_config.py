@@ -177,7 +177,7 @@ def test_lua_syntax_error_names_script_file_and_line(tmp_path: Path) -> None:
 
 
 def test_unknown_section_and_bad_name(tmp_path: Path) -> None:
-    assert "'songbirds' is not a known section" in str(error(tmp_path, {"songbirds": {}}))
+    assert "'viewer' is not a known section" in str(error(tmp_path, {"viewer": {}}))
     assert "not a valid tree name" in str(error(tmp_path, {"trees": {"a b": {}}}))
 
 
