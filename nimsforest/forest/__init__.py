@@ -10,6 +10,8 @@ Public API:
     FlowReceipt
     Problem, ProblemKind, check_components(components)   typed problems, the one check
     ForestError, ForestConfigError, ComponentNotFound, FlowError
+    DeadLetters (Forest.dead), DeadEntry, DeadLetter, DeadReason, DeadLetterMissing,
+    ReplayReceipt, entry_json      the DEAD stream (dead.py)
     demo_config_path(), load_demo_config()                   the demo forest
 """
 
@@ -24,6 +26,15 @@ from nimsforest.forest.config import (
     parse_forest_config,
     parse_spec,
     read_forest_config,
+)
+from nimsforest.forest.dead import (
+    DeadEntry,
+    DeadLetter,
+    DeadLetterMissing,
+    DeadLetters,
+    DeadReason,
+    ReplayReceipt,
+    entry_json,
 )
 from nimsforest.forest.errors import (
     ComponentNotFound,
@@ -80,6 +91,13 @@ __all__ = [
     "ComponentRef",
     "ComponentState",
     "ComponentStatus",
+    "DeadEntry",
+    "DeadLetter",
+    "DeadLetterMissing",
+    "DeadLetters",
+    "DeadReason",
+    "ReplayReceipt",
+    "entry_json",
     "FlowError",
     "FlowReceipt",
     "Forest",
