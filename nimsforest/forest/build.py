@@ -31,7 +31,7 @@ from nimsforest.forest.delivery import ConsumerSpec, Handler, Stats
 from nimsforest.forest.errors import ForestConfigError
 from nimsforest.forest.handlers import DecomposerHandler, NimHandler, TreeHandler, TreeHouseHandler
 from nimsforest.forest.model import ComponentKind, ComponentRef
-from nimsforest.forest.outputs import OutputHandler, compile_template
+from nimsforest.forest.outputs import OutputHandler, template_fields
 from nimsforest.forest.prompt import Prompt, PromptError
 from nimsforest.forest.sandbox import LuaLimits, LuaSandbox, ScriptLoadError
 from nimsforest.forest.soil import Soil
@@ -90,8 +90,10 @@ def expand_env(spec: ComponentSpec, ref: ComponentRef, env: Mapping[str, str],
         changes: dict[str, Any] = {}
         if spec.url and "${" in spec.url:
             changes["url"] = expand(spec.url, "url")
-        if spec.secret is not None and "${" in (raw := spec.secret.get_secret_value()):
-            changes["secret"] = expand(raw, "secret")
+        for f in ("secret", "token", "password"):
+            value = getattr(spec, f)
+            if value is not None and "${" in (raw := value.get_secret_value()):
+                changes[f] = expand(raw, f)
         if any("${" in v for v in spec.headers.values()):
             changes["headers"] = {k: expand(v, f"headers.{k}") for k, v in spec.headers.items()}
         return _revalidate(spec, changes, ref, file) if changes else spec
@@ -258,13 +260,14 @@ def _nim(spec: NimSpec, ctx: BuildContext) -> Component:
 @builder.register
 def _output(spec: OutputSpec, ctx: BuildContext) -> Component:
     """An output reads the Wind and sends each leaf to the world."""
-    templates = {}
-    for field in ("body", "text"):
+    templates: dict[str, Prompt | None] = {}
+    for field in template_fields(spec):
+        text = getattr(spec, field)
         try:
-            templates[field] = compile_template(getattr(spec, field), f"{ctx.ref} {field}")
+            templates[field] = Prompt(text, f"{ctx.ref} {field}") if text is not None else None
         except PromptError as exc:
             raise ctx.error(str(exc), field) from None
-    handler = OutputHandler(ctx.ref.name, ctx.durable, spec, templates["body"], templates["text"])
+    handler = OutputHandler(ctx.ref.name, ctx.durable, spec, templates)
     subject = wind_subject(spec.subscribes, pattern=True)
     return Component(
         ctx.ref.kind, ctx.ref.name, spec,

@@ -1,4 +1,5 @@
-"""Outputs (the Go original's songbirds): a leaf on the Wind sent to the world.
+"""Outputs (the Go original's songbirds): a leaf on the Wind sent to the world: an HTTP
+request (http, slack, telegram's sendMessage) or a mail (email, SMTP).
 
 One durable consumer shared by the cluster, like every component; each delivery is one
 attempt. The request carries `Idempotency-Key`, derived from the consumer, the leaf's
@@ -22,13 +23,15 @@ import hmac
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
 
+import aiosmtplib
 import httpx
 
 from nimsforest.forest.dead import REPLAY_ID
 from nimsforest.forest.delivery import Delivery, Handler, Output
-from nimsforest.forest.errors import Refused, RetryLater
+from nimsforest.forest.errors import BadEvent, EventError, Refused, RetryLater
 from nimsforest.forest.leaf import Leaf, dumps
 from nimsforest.forest.prompt import Prompt, context_for
 from nimsforest.forest.specs import OutputSpec, OutputType
@@ -96,40 +99,68 @@ def signature(secret: str, body: bytes) -> str:
 
 
 class OutputHandler(Handler):
-    """Leaf -> one HTTP request (http, slack); nothing is published back."""
+    """Leaf -> one request to the world (http, slack, telegram) or one mail (email);
+    nothing is published back. A template that cannot be rendered for a leaf (a missing
+    field) makes that leaf malformed for this output: DEAD at once."""
 
     is_async = True
 
-    def __init__(self, name: str, durable: str, spec: OutputSpec, body: Prompt | None,
-                 text: Prompt | None) -> None:
+    def __init__(self, name: str, durable: str, spec: OutputSpec,
+                 templates: dict[str, Prompt | None]) -> None:
         self._label, self._durable, self._spec = f"output '{name}'", durable, spec
-        self._body, self._text = body, text
+        self._t = templates
         self._sem = asyncio.Semaphore(spec.concurrency)
         self._client: httpx.AsyncClient | None = None
-        assert spec.url is not None  # the spec requires it for http and slack
-        self._url = spec.url
-        self._host = httpx.URL(spec.url).host
+        if spec.type is OutputType.TELEGRAM:
+            assert spec.token is not None  # the spec requires it
+            self._url = f"{spec.base_url}/bot{spec.token.get_secret_value()}/sendMessage"
+            self._host = httpx.URL(spec.base_url).host
+        elif spec.type is OutputType.EMAIL:
+            self._url, self._host = "", spec.smtp_host or ""
+        else:
+            assert spec.url is not None  # the spec requires it for http and slack
+            self._url, self._host = spec.url, httpx.URL(spec.url).host
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self._spec.timeout, follow_redirects=False)
         return self._client
 
+    def _render(self, field: str, leaf: Leaf) -> str | None:
+        template = self._t.get(field)
+        if template is None:
+            return None
+        try:
+            return template.render(context_for(leaf))
+        except EventError as exc:
+            raise BadEvent(f"{self._label} cannot render its {field}: {exc}") from None
+
+    def _text(self, leaf: Leaf) -> str:
+        text = self._render("text", leaf)
+        if text is None:
+            text = f"{leaf.subject}: {json.dumps(leaf.data, ensure_ascii=False)}"
+        return text
+
     def render(self, leaf: Leaf, raw: bytes) -> bytes:
         """The request body for `leaf` (`raw`: its bytes on the Wind)."""
-        if self._spec.type is OutputType.SLACK:
-            if self._text is not None:
-                text = self._text.render(context_for(leaf))
-            else:
-                text = f"{leaf.subject}: {json.dumps(leaf.data, ensure_ascii=False)}"
-            return dumps({"text": text})
-        if self._body is not None:
-            return self._body.render(context_for(leaf)).encode()
-        return raw
+        kind = self._spec.type
+        if kind is OutputType.SLACK:
+            return dumps({"text": self._text(leaf)})
+        if kind is OutputType.TELEGRAM:
+            message: dict[str, str] = {"chat_id": self._render("chat_id", leaf) or "",
+                                       "text": self._text(leaf)}
+            if not message["chat_id"].strip():
+                raise BadEvent(f"{self._label}: the leaf gives no chat id")
+            if self._spec.parse_mode:
+                message["parse_mode"] = self._spec.parse_mode
+            return dumps(message)
+        body = self._render("body", leaf)
+        return body.encode() if body is not None else raw
 
     def request_headers(self, d: Delivery, leaf: Leaf, body: bytes) -> dict[str, str]:
         spec = self._spec
-        headers = {"Content-Type": spec.content_type, **spec.headers,
+        content_type = spec.content_type if spec.type is OutputType.HTTP else "application/json"
+        headers = {"Content-Type": content_type, **spec.headers,
                    IDEMPOTENCY_HEADER: idempotency_key(self._durable, d),
                    "X-Nimsforest-Subject": leaf.subject}
         if spec.secret is not None:
@@ -138,6 +169,11 @@ class OutputHandler(Handler):
 
     async def handle_async(self, d: Delivery) -> tuple[Output, ...]:
         leaf = Leaf.from_json(d.data)
+        if self._spec.type is OutputType.EMAIL:
+            message = self.mail(d, leaf)
+            async with self._sem:
+                await send_mail(self._spec, message, d.num_delivered)
+            return ()
         body = self.render(leaf, d.data)
         headers = self.request_headers(d, leaf, body)
         async with self._sem:
@@ -153,6 +189,21 @@ class OutputHandler(Handler):
         delay = retry_delay(answer, d.num_delivered, self._spec.backoff)
         raise RetryLater(f"{self._host} did not take the event: {what}", delay)
 
+    def mail(self, d: Delivery, leaf: Leaf) -> EmailMessage:
+        spec = self._spec
+        to = [a.strip() for a in (self._render("to", leaf) or "").split(",") if a.strip()]
+        if not to:
+            raise BadEvent(f"{self._label}: the leaf gives no recipient")
+        msg = EmailMessage()
+        msg["From"] = spec.sender or ""
+        msg["To"] = ", ".join(to)
+        msg["Subject"] = (self._render("subject", leaf) or "").strip()
+        # the same for every attempt: a receiving system can drop a repeated mail
+        msg["Message-ID"] = f"<{idempotency_key(self._durable, d)}@nimsforest>"
+        msg[IDEMPOTENCY_HEADER] = idempotency_key(self._durable, d)
+        msg.set_content(self._text(leaf))
+        return msg
+
     async def _send(self, body: bytes, headers: dict[str, str]) -> Answer:
         try:
             resp = await self._http().request(self._spec.method, self._url, content=body,
@@ -160,7 +211,8 @@ class OutputHandler(Handler):
         except httpx.TimeoutException:
             return Answer(None, detail=f"no answer within {self._spec.timeout:g}s")
         except httpx.HTTPError as exc:
-            return Answer(None, detail=f"cannot connect: {exc or type(exc).__name__}")
+            text = str(exc).replace(self._url, self._host) if self._url else str(exc)
+            return Answer(None, detail=f"cannot connect: {text or type(exc).__name__}")
         detail = resp.text[:120].strip().replace("\n", " ") if resp.status_code >= 300 else ""
         return Answer(resp.status_code, resp.headers.get("retry-after"), detail)
 
@@ -170,9 +222,39 @@ class OutputHandler(Handler):
             self._client = None
 
 
-def compile_template(text: str | None, name: str) -> Prompt | None:
-    """A body or text template (PromptError when it does not compile)."""
-    return Prompt(text, name) if text is not None else None
+async def send_mail(spec: OutputSpec, message: EmailMessage, attempt: int) -> None:
+    """Send one mail; an SMTP 5xx (or a refused login) is Refused, anything else that fails
+    is RetryLater."""
+    host = spec.smtp_host or ""
+    try:
+        await aiosmtplib.send(
+            message, hostname=host, port=spec.port, username=spec.username,
+            password=spec.password.get_secret_value() if spec.password else None,
+            use_tls=spec.tls, start_tls=spec.starttls and not spec.tls,
+            validate_certs=spec.verify_tls, timeout=spec.timeout,
+        )
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        raise Refused(f"the SMTP server {host} refused the login of {spec.username}: "
+                      f"{exc.code} {exc.message}") from None
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        refused = ", ".join(r.recipient for r in exc.recipients)
+        raise Refused(f"the SMTP server {host} refused the recipients {refused}") from None
+    except aiosmtplib.SMTPResponseException as exc:
+        text = f"the SMTP server {host} answered {exc.code} {exc.message}"
+        if 500 <= exc.code < 600:
+            raise Refused(text) from None
+        raise RetryLater(text, retry_delay(Answer(None), attempt, spec.backoff)) from None
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        raise RetryLater(f"cannot send through the SMTP server {host}: "
+                         f"{exc or type(exc).__name__}",
+                         retry_delay(Answer(None), attempt, spec.backoff)) from None
+
+
+def template_fields(spec: OutputSpec) -> tuple[str, ...]:
+    """The template settings the spec's type uses."""
+    return {OutputType.HTTP: ("body",), OutputType.SLACK: ("text",),
+            OutputType.TELEGRAM: ("text", "chat_id"),
+            OutputType.EMAIL: ("text", "to", "subject")}[spec.type]
 
 
 __all__ = [
@@ -180,7 +262,8 @@ __all__ = [
     "Answer",
     "OutputHandler",
     "Verdict",
-    "compile_template",
+    "template_fields",
+    "send_mail",
     "decide",
     "idempotency_key",
     "retry_delay",

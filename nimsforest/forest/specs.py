@@ -309,6 +309,8 @@ class SourceSpec(ComponentSpec):
 class OutputType(StrEnum):
     HTTP = "http"  # POST/PUT the leaf (or a rendered body) to a URL
     SLACK = "slack"  # an incoming webhook: {"text": <rendered text>}
+    TELEGRAM = "telegram"  # the Bot API's sendMessage, the chat id from the leaf
+    EMAIL = "email"  # SMTP (STARTTLS or TLS, with auth)
 
 
 def _http_url(v: str | None) -> str | None:
@@ -343,8 +345,33 @@ class OutputSpec(_Consuming):
     )
     text: str | None = Field(
         None, max_length=MAX_TEXT,
-        description="slack: a Jinja2 template of the message (default: subject and data)",
+        description="slack, telegram, email: a Jinja2 template of the message "
+                    "(default: the subject and the data as JSON)",
     )
+    # telegram
+    token: SecretStr | None = Field(None, max_length=256,
+                                    description="telegram: the bot token; write ${VAR}")
+    chat_id: str = Field("{{ chat_id }}", max_length=1024,
+                         description="telegram: a Jinja2 template of the chat id")
+    base_url: str = Field("https://api.telegram.org", max_length=2048,
+                          description="telegram: the Bot API's address")
+    parse_mode: Literal["HTML", "MarkdownV2", "Markdown"] | None = None
+    # email
+    smtp_host: str | None = Field(None, max_length=255, description="email: the SMTP server")
+    smtp_port: int | None = Field(None, ge=1, le=65535,
+                                  description="email: default 587 (465 with tls)")
+    starttls: bool = Field(True, description="email: upgrade the connection with STARTTLS "
+                                             "(not with tls)")
+    tls: bool = Field(False, description="email: TLS from the start (port 465)")
+    verify_tls: bool = Field(True, description="email: check the server's certificate")
+    username: str | None = Field(None, max_length=256, description="email: the SMTP login")
+    password: SecretStr | None = Field(None, max_length=1024,
+                                       description="email: the SMTP password; write ${VAR}")
+    sender: str | None = Field(None, max_length=320, description="email: the From address")
+    to: str | None = Field(None, max_length=4096,
+                           description="email: a Jinja2 template of the recipients, comma separated")
+    subject: str = Field("{{ leaf.subject }}", max_length=4096,
+                         description="email: a Jinja2 template of the subject")
     content_type: str = Field("application/json", max_length=256)
     headers: dict[str, str] = Field(default_factory=dict, description="Request headers; ${VAR} expanded")
     secret: SecretStr | None = Field(
@@ -360,7 +387,7 @@ class OutputSpec(_Consuming):
     def inflight(self) -> int:
         return 2 * self.concurrency
 
-    @field_serializer("secret", when_used="json")
+    @field_serializer("secret", "token", "password", when_used="json")
     def _reveal(self, secret: SecretStr | None) -> str | None:
         return secret.get_secret_value() if secret is not None else None
 
@@ -368,6 +395,11 @@ class OutputSpec(_Consuming):
     @classmethod
     def _subscribes(cls, v: str) -> str:
         return _leaf_pattern(v)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        return (_http_url(v) or v).rstrip("/")
 
     @field_validator("url")
     @classmethod
@@ -378,7 +410,9 @@ class OutputSpec(_Consuming):
     @classmethod
     def _default_publishes(cls, data: Any) -> Any:
         if isinstance(data, dict) and not data.get("publishes"):
-            host = re.sub(r"^https?://([^/]+).*$", r"\1", str(data.get("url") or ""))
+            where = {"telegram": data.get("base_url") or "https://api.telegram.org",
+                     "email": data.get("smtp_host")}.get(str(data.get("type")), data.get("url"))
+            host = re.sub(r"^https?://([^/]+).*$", r"\1", str(where or ""))
             data = {**data, "publishes": f"{data.get('type') or 'http'} {host}".strip()}
         return data
 
@@ -386,9 +420,21 @@ class OutputSpec(_Consuming):
     def _needs(self) -> OutputSpec:
         if self.type in (OutputType.HTTP, OutputType.SLACK) and self.url is None:
             raise ValueError(f"a {self.type.value} output needs a 'url'")
-        if self.type is OutputType.SLACK and self.body is not None:
-            raise ValueError("a slack output takes 'text', not 'body'")
+        if self.type is not OutputType.HTTP and self.body is not None:
+            raise ValueError(f"a {self.type.value} output takes 'text', not 'body'")
+        if self.type is OutputType.TELEGRAM and self.token is None:
+            raise ValueError("a telegram output needs a 'token' (write ${VAR})")
+        if self.type is OutputType.EMAIL:
+            for f in ("smtp_host", "sender", "to"):
+                if getattr(self, f) is None:
+                    raise ValueError(f"an email output needs '{f}'")
+            if (self.username is None) != (self.password is None):
+                raise ValueError("give both 'username' and 'password', or neither")
         return self
+
+    @property
+    def port(self) -> int:
+        return self.smtp_port or (465 if self.tls else 587)
 
 
 class DecomposerSpec(_Delivery, _Inflight):
