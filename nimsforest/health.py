@@ -148,6 +148,8 @@ def node_health(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
             # events each component gave up on here (kept in the DEAD stream): a growing
             # count is visible without failing the node's health
             "dead": {str(c.ref): c.dead for c in s.forest.components if c.dead},
+            # what each source that runs does now (polling, standing by, next tick)
+            "sources": {str(c.ref): c.activity for c in s.forest.components if c.activity},
         }
     if reasons:
         body["reasons"] = reasons

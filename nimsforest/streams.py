@@ -133,8 +133,11 @@ DEAD = StreamSpec(
     max_msgs=1_000_000,
 )
 
+# What sources keep cluster-wide: http_poll cursors and leases, schedules' last ticks.
+SOURCES = kv_spec("SOURCES", history=1, description="NimsForest source state")
+
 # The streams a node creates at start, in order.
-CORE_STREAMS: tuple[StreamSpec, ...] = (RIVER, WIND, HUMUS, SOIL, DEAD)
+CORE_STREAMS: tuple[StreamSpec, ...] = (RIVER, WIND, HUMUS, SOIL, DEAD, SOURCES)
 
 
 def replication_factor(cluster_size: int) -> int:
@@ -268,6 +271,7 @@ __all__ = [
     "HUMUS",
     "SOIL",
     "DEAD",
+    "SOURCES",
     "CORE_STREAMS",
     "NODE_TAG",
     "WITNESS_TAG",

@@ -35,6 +35,7 @@ from nimsforest.forest.outputs import OutputHandler, template_fields
 from nimsforest.forest.prompt import Prompt, PromptError
 from nimsforest.forest.sandbox import LuaLimits, LuaSandbox, ScriptLoadError
 from nimsforest.forest.soil import Soil
+from nimsforest.forest.sources import source_loop
 from nimsforest.forest.specs import (
     ComponentSpec,
     NimSpec,
@@ -82,12 +83,20 @@ def expand_env(spec: ComponentSpec, ref: ComponentRef, env: Mapping[str, str],
 
         return _ENV_RE.sub(sub, value)
 
-    if isinstance(spec, SourceSpec) and spec.secret is not None:
-        raw = spec.secret.get_secret_value()
-        if "${" in raw:
-            return _revalidate(spec, {"secret": expand(raw, "secret")}, ref, file)
-    if isinstance(spec, OutputSpec):
+    if isinstance(spec, SourceSpec):
         changes: dict[str, Any] = {}
+        for f in ("secret", "bot_token"):
+            value = getattr(spec, f)
+            if value is not None and "${" in (raw := value.get_secret_value()):
+                changes[f] = expand(raw, f)
+        if spec.url and "${" in spec.url:
+            changes["url"] = expand(spec.url, "url")
+        if any("${" in v for v in spec.request_headers.values()):
+            changes["request_headers"] = {k: expand(v, f"request_headers.{k}")
+                                          for k, v in spec.request_headers.items()}
+        return _revalidate(spec, changes, ref, file) if changes else spec
+    if isinstance(spec, OutputSpec):
+        changes = {}
         if spec.url and "${" in spec.url:
             changes["url"] = expand(spec.url, "url")
         for f in ("secret", "token", "password"):
@@ -203,8 +212,11 @@ def builder(spec: ComponentSpec, ctx: BuildContext) -> Component:
 
 @builder.register
 def _source(spec: SourceSpec, ctx: BuildContext) -> Component:
-    return Component(ctx.ref.kind, ctx.ref.name, spec, publishes=spec.publishes,
-                     fingerprint=fingerprint(spec, None))
+    """A webhook source is requests the API hands over; the others run a loop."""
+    stats = Stats()
+    return Component(ctx.ref.kind, ctx.ref.name, spec, publishes=spec.publishes, stats=stats,
+                     fingerprint=fingerprint(spec, None),
+                     loop=source_loop(ctx.ref.name, spec, stats))
 
 
 @builder.register

@@ -62,6 +62,7 @@ class ComponentStatus(_Frozen):
     last_error: str | None = None
     last_error_at: datetime | None = None
     started_at: datetime | None = None
+    activity: str | None = None  # a source that runs: what it does now (one sentence)
 
     @property
     def ref(self) -> ComponentRef:

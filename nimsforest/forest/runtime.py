@@ -236,7 +236,8 @@ class Forest:
         self, path: str, headers: Mapping[str, str], body: bytes
     ) -> FlowReceipt:
         """Verify and store one webhook delivery for the source mounted at `path`."""
-        comp = next((c for c in self._sources() if c.spec.path == path.rstrip("/")), None)
+        comp = next((c for c in self._sources() if c.spec.path and c.spec.path == path.rstrip("/")),
+                    None)
         if comp is None:
             raise FlowError(f"No webhook source is mounted at {path}.", 404)
         if comp.state is not ComponentState.RUNNING:
@@ -279,7 +280,8 @@ class Forest:
 
     async def _start_quietly(self, comp: Component) -> bool:
         try:
-            await comp.start(self._nc, self._js, self._publisher, self.dead)
+            await comp.start(self._nc, self._js, self._publisher, self.dead,
+                             node=self.dead.node, flow=self.flow)
             return True
         except Exception:  # noqa: BLE001 - the component is FAILED with the reason
             return False

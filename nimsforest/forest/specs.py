@@ -16,6 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
+from croniter import croniter
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -259,21 +260,97 @@ class SignatureKind(StrEnum):
     NONE = "none"
 
 
+def _http_url(v: str | None) -> str | None:
+    if v is None:
+        return None
+    v = v.strip()
+    if "${" not in v and not re.match(r"^https?://[^/\s]+", v):
+        raise ValueError(f"'{v}' is not an http:// or https:// URL")
+    return v
+
+
+class SourceType(StrEnum):
+    HTTP_WEBHOOK = "http_webhook"  # POST /webhooks/<path> -> the River
+    SCHEDULE = "schedule"  # a payload on every tick (interval or cron), once per cluster
+    HTTP_POLL = "http_poll"  # poll a URL; each item one River message; one poller at a time
+    NATS = "nats"  # a core NATS subject bridged into the River
+    TELEGRAM = "telegram"  # the Bot API webhook (secret-token header verified)
+
+
+_SOURCE_TYPE_ALIASES = {"ceremony": "schedule"}  # the Go original's name
+
+
+class CatchUp(StrEnum):
+    SKIP = "skip"  # ticks missed while the whole cluster was down are not fired
+    FIRE_ONE = "fire_one"  # the last missed tick is fired once at start
+
+
+class SplitMode(StrEnum):
+    ITEMS = "items"  # each item of the page is one River message
+    PAGE = "page"  # the whole page is one River message
+
+
+class CursorSpec(_Spec):
+    """Where polling resumes: `extract` (a dot path such as `meta.next` or `$.meta.next`
+    into the response, or `last.<field>` of the last item) is stored cluster-wide and sent
+    as query parameter `param` on the next poll."""
+
+    param: str = Field(min_length=1, max_length=128)
+    extract: str = Field(min_length=1, max_length=256)
+    initial: str | None = Field(None, max_length=1024, description="Sent before any is stored")
+    store: str | None = Field(None, description="Accepted for the Go original; always KV")
+
+
 class SourceSpec(ComponentSpec):
+    """A way into the River. `type` decides which settings apply (the others must be left
+    out); see docs/FOREST.md for each type's settings and guarantee."""
+
     kind = ComponentKind.SOURCE
     aliases = ("src",)
-    type: Literal["http_webhook"] = "http_webhook"
-    path: Subject = Field(description="Under /webhooks/")
+    type: SourceType = SourceType.HTTP_WEBHOOK
+    path: Subject | None = Field(None, description="http_webhook, telegram: under /webhooks/")
     publishes: Subject = Field(description="A River subject")
     secret: SecretStr | None = Field(
-        None, max_length=1024, description="Write ${VAR} to keep the secret out of the bucket"
+        None, max_length=1024,
+        description="http_webhook: the HMAC key; telegram: the secret token. Write ${VAR}",
     )
     # default: sha256 with a secret, none without
     signature: SignatureKind = SignatureKind.NONE
     headers: tuple[str, ...] = Field((), max_length=64, description="Headers copied in")
     tolerance: Duration = Field(300.0, gt=0, description="Stripe timestamp tolerance")
+    # schedule, http_poll
+    interval: Duration | None = Field(None, gt=0, description="schedule, http_poll: e.g. 30s, 1h")
+    cron: str | None = Field(None, max_length=256, description="schedule: a cron expression (UTC)")
+    payload: Any = Field(None, description="schedule: the JSON each tick puts in the River")
+    catch_up: CatchUp = Field(CatchUp.SKIP, description="schedule: skip | fire_one")
+    hz: int | None = Field(None, description="Accepted for the Go original's ceremony; unused")
+    # http_poll
+    url: str | None = Field(None, max_length=2048, description="http_poll: the URL")
+    method: Literal["GET", "POST"] = "GET"
+    request_headers: dict[str, str] = Field(default_factory=dict,
+                                            description="http_poll: sent with every poll")
+    body: Any = Field(None, description="http_poll: a JSON body sent with every poll")
+    timeout: Duration = Field(30.0, gt=0, description="http_poll: per request")
+    cursor: CursorSpec | None = None
+    items: str | None = Field(
+        None, max_length=256,
+        description="http_poll: a dot path to the list of items (default: the response if "
+                    "it is a list, else the response as one item)",
+    )
+    split: SplitMode = SplitMode.ITEMS
+    id_field: str = Field("id", max_length=128,
+                          description="http_poll: the item field its idempotency key comes from")
+    lease: Duration = Field(10.0, ge=1, le=300,
+                            description="http_poll: another node takes over this long after "
+                                        "the poller stops answering")
+    # nats
+    subject: Subject | None = Field(None, description="nats: the core subject (pattern) bridged")
+    # telegram
+    bot_token: SecretStr | None = Field(None, max_length=256,
+                                        description="telegram: accepted for the Go original")
+    secret_path: str | None = Field(None, description="Accepted for the Go original; unused")
 
-    @field_serializer("secret", when_used="json")
+    @field_serializer("secret", "bot_token", when_used="json")
     def _reveal(self, secret: SecretStr | None) -> str | None:
         """JSON carries the secret (the bucket must); SecretStr hides it everywhere else."""
         return secret.get_secret_value() if secret is not None else None
@@ -285,20 +362,61 @@ class SourceSpec(ComponentSpec):
 
     @field_validator("path")
     @classmethod
-    def _path(cls, v: str) -> str:
+    def _path(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
         if not re.match(r"^/webhooks/[A-Za-z0-9_\-./]+$", v) or ".." in v:
             raise ValueError(f"'{v}' must be a path under /webhooks/, such as /webhooks/contacts")
         return v.rstrip("/")
 
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return _http_url(v)
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, v: str | None) -> str | None:
+        return check_subject(v.strip(), pattern=True) if v is not None else None
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if not croniter.is_valid(v.strip()):
+            raise ValueError(f"'{v}' is not a cron expression such as '0 * * * *'")
+        return v.strip()
+
     @model_validator(mode="before")
     @classmethod
-    def _default_signature(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("signature") is None:
-            data = {**data, "signature": "sha256" if data.get("secret") else "none"}
+    def _defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            kind = data.get("type")
+            if isinstance(kind, str) and kind in _SOURCE_TYPE_ALIASES:
+                data = {**data, "type": _SOURCE_TYPE_ALIASES[kind]}
+            if data.get("signature") is None:
+                webhook = data.get("type", "http_webhook") == "http_webhook"
+                data = {**data, "signature": "sha256" if webhook and data.get("secret") else "none"}
         return data
 
     @model_validator(mode="after")
-    def _signature(self) -> SourceSpec:
+    def _settings(self) -> SourceSpec:
+        t = self.type
+        needs = {SourceType.HTTP_WEBHOOK: ("path",), SourceType.TELEGRAM: ("path",),
+                 SourceType.SCHEDULE: (), SourceType.HTTP_POLL: ("url", "interval"),
+                 SourceType.NATS: ("subject",)}[t]
+        for f in needs:
+            if getattr(self, f) is None:
+                raise ValueError(f"{_a(t.value)} source needs '{f}'")
+        allowed = _SOURCE_FIELDS[t] | _COMMON_SOURCE_FIELDS
+        for f in sorted(self.model_fields_set - allowed):  # a stored spec repeats defaults
+            if getattr(self, f) != type(self).model_fields[f].get_default(call_default_factory=True):
+                raise ValueError(f"'{f}' is not a setting of {_a(t.value)} source")
+        if t is SourceType.SCHEDULE:
+            _exactly_one(self.interval, self.cron, "'interval' or 'cron'")
+        if self.signature is not SignatureKind.NONE and t is not SourceType.HTTP_WEBHOOK:
+            raise ValueError(f"{_a(t.value)} source takes no 'signature'")
         if self.signature is not SignatureKind.NONE and not (
             self.secret and self.secret.get_secret_value()
         ):
@@ -306,20 +424,27 @@ class SourceSpec(ComponentSpec):
         return self
 
 
+def _a(word: str) -> str:
+    """`a schedule`, `an http_poll`."""
+    return ("an " if word[0] in "aeiou" or word.startswith("http") else "a ") + word
+
+
+_COMMON_SOURCE_FIELDS = {"type", "publishes", "signature"}
+_SOURCE_FIELDS: dict[SourceType, set[str]] = {
+    SourceType.HTTP_WEBHOOK: {"path", "secret", "signature", "headers", "tolerance"},
+    SourceType.TELEGRAM: {"path", "secret", "bot_token", "secret_path"},
+    SourceType.SCHEDULE: {"interval", "cron", "payload", "catch_up", "hz"},
+    SourceType.HTTP_POLL: {"url", "method", "interval", "request_headers", "body", "timeout",
+                           "cursor", "items", "split", "id_field", "lease"},
+    SourceType.NATS: {"subject"},
+}
+
+
 class OutputType(StrEnum):
     HTTP = "http"  # POST/PUT the leaf (or a rendered body) to a URL
     SLACK = "slack"  # an incoming webhook: {"text": <rendered text>}
     TELEGRAM = "telegram"  # the Bot API's sendMessage, the chat id from the leaf
     EMAIL = "email"  # SMTP (STARTTLS or TLS, with auth)
-
-
-def _http_url(v: str | None) -> str | None:
-    if v is None:
-        return None
-    v = v.strip()
-    if "${" not in v and not re.match(r"^https?://[^/\s]+", v):
-        raise ValueError(f"'{v}' is not an http:// or https:// URL")
-    return v
 
 
 class OutputSpec(_Consuming):
@@ -475,7 +600,11 @@ __all__ = [
     "RulesBrainSpec",
     "SignatureKind",
     "Size",
+    "CatchUp",
+    "CursorSpec",
     "SourceSpec",
+    "SourceType",
+    "SplitMode",
     "Spec",
     "TreeHouseSpec",
     "TreeSpec",
