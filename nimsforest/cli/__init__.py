@@ -36,6 +36,7 @@ _COMMANDS: dict[str, str] = {
     "reload": "nimsforest.cli.control:reload",
     "audit": "nimsforest.cli.control:audit",
     "dead": "nimsforest.cli.dead:dead",
+    "replay": "nimsforest.cli.replay:replay",
     "stack": "nimsforest.cli.stack:stack",
     "service": "nimsforest.cli.stack:service",
 }

@@ -12,6 +12,7 @@ Public API:
     ForestError, ForestConfigError, ComponentNotFound, FlowError
     DeadLetters (Forest.dead), DeadEntry, DeadLetter, DeadReason, DeadLetterMissing,
     ReplayReceipt, entry_json      the DEAD stream (dead.py)
+    ReplayRange, ReplayDone, NothingToReplay      Forest.replay: one component re-fed
     demo_config_path(), load_demo_config()                   the demo forest
 """
 
@@ -54,6 +55,7 @@ from nimsforest.forest.model import (
     component_label,
 )
 from nimsforest.forest.problems import Problem, ProblemKind, check_components
+from nimsforest.forest.replay import NothingToReplay, ReplayDone, ReplayRange
 from nimsforest.forest.runtime import Forest
 from nimsforest.forest.specs import (
     MAX_TEXT,
@@ -107,7 +109,10 @@ __all__ = [
     "ForestStatus",
     "Problem",
     "ProblemKind",
+    "NothingToReplay",
     "ReloadDiff",
+    "ReplayDone",
+    "ReplayRange",
     "Spec",
     "check_components",
     "demo_config_path",

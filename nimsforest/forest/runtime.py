@@ -36,6 +36,7 @@ from nimsforest.forest.model import (
     ReloadDiff,
 )
 from nimsforest.forest.publisher import Publisher
+from nimsforest.forest.replay import NothingToReplay, ReplayDone, ReplayRange, replay
 from nimsforest.forest.soil import Soil
 from nimsforest.forest.specs import USER_KINDS, ComponentSpec
 from nimsforest.streams import CORE_STREAMS, ensure_streams
@@ -243,6 +244,16 @@ class Forest:
         if comp.state is not ComponentState.RUNNING:
             raise FlowError(f"Source '{comp.name}' is not running.", 503)
         return await river.receive(comp, headers, body, self.flow)
+
+    async def replay(self, kind: ComponentKind | str, name: str, rng: ReplayRange) -> ReplayDone:
+        """Re-feed one component from its input stream (replay.py); NothingToReplay when it
+        has no input (a source) or the range is wrong."""
+        comp = self._components.get((ComponentKind(kind), name))
+        if comp is None:
+            raise ComponentNotFound(f"There is no {component_label(ComponentKind(kind), name)}.")
+        if comp.consumer is None:
+            raise NothingToReplay(f"{comp.label} has no input stream to replay.")
+        return await replay(self._js, comp.ref, comp.consumer, rng)
 
     # internals ------------------------------------------------------------------------------
     def _all(self) -> Sequence[Component]:

@@ -72,7 +72,7 @@ def _operations() -> list[str]:
     return [
         "GET /api/v1/status", "GET /api/v1/audit", "POST /-/reload",
         "GET /api/v1/dead", "DELETE /api/v1/dead", "GET /api/v1/dead/{seq}",
-        "DELETE /api/v1/dead/{seq}", "POST /api/v1/dead/{seq}/replay",
+        "DELETE /api/v1/dead/{seq}", "POST /api/v1/dead/{seq}/replay", "POST /api/v1/replay",
         *(f"{m} /api/v1/{k}" for k in ("trees", "treehouses", "nims", "outputs", "sources")
           for m in ("GET", "POST")),
         *(f"{m} /api/v1/{k}/{{name}}" for k in ("trees", "treehouses", "nims", "outputs", "sources")

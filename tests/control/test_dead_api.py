@@ -76,6 +76,21 @@ async def test_dead_letters_through_the_cli_and_the_api(tmp_path: Path) -> None:
             assert {r.headers["idempotency-key"] for r in rx.seen[:2]} != {
                 got.headers["idempotency-key"]}
 
+            # replay from the input stream: that output only, as a new event
+            out = await acli(node, "replay", "output", "hook", "--from-seq", "1")
+            assert out.returncode == 0, out.stderr
+            assert "Replayed 1 event(s) of WIND (#1 to #1) to output 'hook' only." in out.stdout
+            await eventually(lambda: len(rx.delivered()) == 2, what="the second delivery")
+            keys = {r.headers["idempotency-key"] for r in rx.delivered()}
+            assert len(keys) == 2
+            status = json.loads((await acli(node, "status", "--json")).stdout)
+            [tree] = [c for c in status["components"] if c["name"] == "leads"]
+            assert tree["events_in"] == 1
+            out = await acli(node, "replay", "output", "hook")
+            assert out.returncode == 2 and "--from-seq N or --since TIME" in out.stderr
+            out = await acli(node, "replay", "tree", "nope", "--from-seq", "1")
+            assert out.returncode == 1 and "There is no tree 'nope'." in out.stderr
+
             out = await acli(node, "dead", "show", str(seq))
             assert out.returncode == 1 and f"There is no dead letter #{seq}." in out.stderr
             out = await acli(node, "dead", "purge")
@@ -84,7 +99,8 @@ async def test_dead_letters_through_the_cli_and_the_api(tmp_path: Path) -> None:
             assert out.returncode == 0 and "0 deleted" in out.stdout
             records = json.loads((await acli(node, "audit", "--json")).stdout)
             replays = [r for r in records if r["action"] == "replay"]
-            assert replays and replays[-1]["ok"] and replays[-1]["name"] == "hook"
+            assert [(r["ok"], r["name"]) for r in replays] == [
+                (True, "hook"), (True, "hook"), (False, "nope")]  # dead replay, replay, refused
             assert any(r["action"] == "purge" for r in records)
             r = httpx.delete(node.api_url + "/api/v1/dead", timeout=5)
             assert r.status_code == 422 and "kind and name, or all=true" in r.json()["error"]

@@ -88,3 +88,37 @@ async def _when(aw: Any, n: int) -> Any:
 
 async def _counts(forest: Any, want: dict[ComponentRef, int]) -> bool:
     return bool(await forest.dead.counts() == want)
+
+
+async def test_replay_from_a_sequence_refeeds_one_component_only(  # type: ignore[no-untyped-def]
+    forest_factory, nc, wind: Wind
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from nimsforest.forest import NothingToReplay, ReplayRange
+
+    forest = await forest_factory({"trees": {
+        "fixed": {"watches": "river.in", "publishes": "fixed.out", "code": ECHO},
+        "other": {"watches": "river.in", "publishes": "seen", "code": ECHO},
+        "elsewhere": {"watches": "river.else", "publishes": "else.out", "code": ECHO},
+    }})
+    js = nc.jetstream()
+    for i in range(3):
+        await js.publish("river.in", json.dumps({"id": f"e{i}"}).encode())
+    await js.publish("river.else", b'{"id": "x"}')
+    await eventually(lambda: len(wind.on("fixed.out")) == 3 and len(wind.on("seen")) == 3)
+    done = await forest.replay("tree", "fixed", ReplayRange(from_seq=2))
+    assert (done.count, done.first_seq, done.last_seq, done.stream) == (2, 2, 3, "RIVER")
+    await eventually(lambda: len(wind.on("fixed.out")) == 5, what="the replayed leaves")
+    assert [leaf["data"]["id"] for leaf in wind.on("fixed.out")[3:]] == ["e1", "e2"]
+    since = await forest.replay("tree", "fixed", ReplayRange(
+        since=datetime.now(UTC) - timedelta(minutes=5), limit=1))
+    assert since.count == 1 and since.first_seq == 1 and since.truncated
+    await eventually(lambda: len(wind.on("fixed.out")) == 6, what="the one replayed by time")
+    assert len(wind.on("seen")) == 3 and len(wind.on("else.out")) == 1
+    assert forest.get("tree", "other").events_in == 3
+    try:
+        await forest.replay("tree", "fixed", ReplayRange())
+        raise AssertionError("a replay needs a start")
+    except NothingToReplay as exc:
+        assert "--from-seq" in str(exc)
