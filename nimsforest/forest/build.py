@@ -29,10 +29,11 @@ from nimsforest.forest.component import Component
 from nimsforest.forest.config import ForestConfig, config_error
 from nimsforest.forest.delivery import ConsumerSpec, Handler, Stats
 from nimsforest.forest.errors import ForestConfigError
+from nimsforest.forest.gotemplate import GoTemplateError, go_globals, looks_like_go, translate
 from nimsforest.forest.handlers import DecomposerHandler, NimHandler, TreeHandler, TreeHouseHandler
 from nimsforest.forest.model import ComponentKind, ComponentRef
 from nimsforest.forest.outputs import OutputHandler, template_fields
-from nimsforest.forest.prompt import Prompt, PromptError
+from nimsforest.forest.prompt import Prompt, PromptError, environment
 from nimsforest.forest.sandbox import LuaLimits, LuaSandbox, ScriptLoadError
 from nimsforest.forest.soil import Soil
 from nimsforest.forest.sources import source_loop
@@ -249,8 +250,16 @@ def _lua_component(spec: TreeSpec | TreeHouseSpec, ctx: BuildContext, stream: st
 def _nim(spec: NimSpec, ctx: BuildContext) -> Component:
     field = "prompt" if spec.prompt is not None else "template"
     text = _read(ctx, spec.prompt, field) if spec.prompt is not None else (spec.template or "")
+    name = str(spec.prompt) if spec.prompt is not None else f"{ctx.ref} template"
     try:
-        prompt = Prompt(text, str(spec.prompt) if spec.prompt is not None else f"{ctx.ref} template")
+        if spec.syntax == "go" or (spec.syntax == "auto" and looks_like_go(text)):
+            env = environment()
+            env.globals.update(go_globals())
+            prompt = Prompt(translate(text), name, env)
+        else:
+            prompt = Prompt(text, name)
+    except GoTemplateError as exc:
+        raise ctx.error(f"{name} (a Go template) {exc}", field) from None
     except PromptError as exc:
         raise ctx.error(str(exc), field) from None
     try:

@@ -181,6 +181,12 @@ def parse_forest_config(data: Any, *, base_dir: Path, path: Path | None = None) 
         raise ForestConfigError(
             "must be a mapping with trees, treehouses, nims and sources", file=file
         )
+    if "viewer" in data:
+        raise ForestConfigError(
+            "section 'viewer' (the Go original's live view) is not supported: every node "
+            "shows the forest in /health, /metrics and `nimsforest status`; remove the section",
+            file=file,
+        )
     unknown = sorted(set(map(str, data)) - _TOP_KEYS)
     if unknown:
         raise ForestConfigError(

@@ -137,6 +137,8 @@ class OutputHandler(Handler):
 
     def _text(self, leaf: Leaf) -> str:
         text = self._render("text", leaf)
+        if text is None and isinstance(leaf.data, dict) and isinstance(leaf.data.get("text"), str):
+            text = leaf.data["text"]  # a chirp (the Go original's songbird input)
         if text is None:
             text = f"{leaf.subject}: {json.dumps(leaf.data, ensure_ascii=False)}"
         return text

@@ -222,6 +222,9 @@ class NimSpec(_Consuming):
     publishes: Subject = Field(description="A leaf subject; may hold {field} placeholders")
     prompt: Path | None = Field(None, description="A Jinja2 template file, relative to forest.yaml")
     template: str | None = Field(None, max_length=MAX_TEXT, description="The template inline")
+    syntax: Literal["auto", "jinja", "go"] = Field(
+        "auto", description="The prompt's template language; auto: Go when it looks like one "
+                            "({{.score}}, {{range .signals}}), else Jinja2")
     brain: Annotated[BrainSpec, BeforeValidator(_brain_shorthand)] = RulesBrainSpec()
     humus: HumusSpec = HumusSpec()
     ack_wait: Duration = Field(60.0, gt=0)
@@ -324,6 +327,7 @@ class SourceSpec(ComponentSpec):
     payload: Any = Field(None, description="schedule: the JSON each tick puts in the River")
     catch_up: CatchUp = Field(CatchUp.SKIP, description="schedule: skip | fire_one")
     hz: int | None = Field(None, description="Accepted for the Go original's ceremony; unused")
+    script: str | None = Field(None, description="Accepted for the Go original's ceremony; unused")
     # http_poll
     url: str | None = Field(None, max_length=2048, description="http_poll: the URL")
     method: Literal["GET", "POST"] = "GET"
@@ -433,7 +437,7 @@ _COMMON_SOURCE_FIELDS = {"type", "publishes", "signature"}
 _SOURCE_FIELDS: dict[SourceType, set[str]] = {
     SourceType.HTTP_WEBHOOK: {"path", "secret", "signature", "headers", "tolerance"},
     SourceType.TELEGRAM: {"path", "secret", "bot_token", "secret_path"},
-    SourceType.SCHEDULE: {"interval", "cron", "payload", "catch_up", "hz"},
+    SourceType.SCHEDULE: {"interval", "cron", "payload", "catch_up", "hz", "script"},
     SourceType.HTTP_POLL: {"url", "method", "interval", "request_headers", "body", "timeout",
                            "cursor", "items", "split", "id_field", "lease"},
     SourceType.NATS: {"subject"},
@@ -534,6 +538,12 @@ class OutputSpec(_Consuming):
     @model_validator(mode="before")
     @classmethod
     def _default_publishes(cls, data: Any) -> Any:
+        if isinstance(data, dict):  # the Go original's songbird: listens, bot_token
+            for old, new in (("listens", "subscribes"), ("bot_token", "token")):
+                if old in data:
+                    if new in data:
+                        raise ValueError(f"give '{new}' or '{old}' (the same setting), not both")
+                    data = {**{k: v for k, v in data.items() if k != old}, new: data[old]}
         if isinstance(data, dict) and not data.get("publishes"):
             where = {"telegram": data.get("base_url") or "https://api.telegram.org",
                      "email": data.get("smtp_host")}.get(str(data.get("type")), data.get("url"))
