@@ -21,6 +21,7 @@ import enum
 import hashlib
 import hmac
 import json
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -28,6 +29,9 @@ from email.utils import parsedate_to_datetime
 
 import aiosmtplib
 import httpx
+from limits import parse as parse_rate
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 
 from nimsforest.forest.dead import REPLAY_ID
 from nimsforest.forest.delivery import Delivery, Handler, Output
@@ -110,6 +114,7 @@ class OutputHandler(Handler):
         self._label, self._durable, self._spec = f"output '{name}'", durable, spec
         self._t = templates
         self._sem = asyncio.Semaphore(spec.concurrency)
+        self._pace = Pace(spec.rate) if spec.rate else None
         self._client: httpx.AsyncClient | None = None
         if spec.type is OutputType.TELEGRAM:
             assert spec.token is not None  # the spec requires it
@@ -174,11 +179,15 @@ class OutputHandler(Handler):
         if self._spec.type is OutputType.EMAIL:
             message = self.mail(d, leaf)
             async with self._sem:
+                if self._pace is not None:
+                    await self._pace.wait()
                 await send_mail(self._spec, message, d.num_delivered)
             return ()
         body = self.render(leaf, d.data)
         headers = self.request_headers(d, leaf, body)
         async with self._sem:
+            if self._pace is not None:
+                await self._pace.wait()
             answer = await self._send(body, headers)
         verdict = decide(answer)
         if verdict is Verdict.DELIVERED:
@@ -222,6 +231,20 @@ class OutputHandler(Handler):
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+class Pace:
+    """At most `rate` (e.g. 10/second) requests from this node: `wait()` returns when the
+    next one may go (a moving window, with the `limits` library)."""
+
+    def __init__(self, rate: str) -> None:
+        self._item = parse_rate(rate)
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    async def wait(self) -> None:
+        while not self._limiter.hit(self._item, "output"):
+            reset, _ = self._limiter.get_window_stats(self._item, "output")
+            await asyncio.sleep(min(1.0, max(0.005, reset - time.time())))
 
 
 async def send_mail(spec: OutputSpec, message: EmailMessage, attempt: int) -> None:

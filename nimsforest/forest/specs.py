@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from croniter import croniter
+from limits import parse as parse_rate
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -511,10 +512,24 @@ class OutputSpec(_Consuming):
     timeout: Duration = Field(10.0, gt=0, description="Per request")
     backoff: Duration = Field(1.0, ge=0, description="First retry delay; doubles, at most 5m")
     concurrency: int = Field(4, ge=1, le=256, description="Requests in flight per node")
+    rate: str | None = Field(None, max_length=64,
+                             description="At most this many requests per node, e.g. 10/second, "
+                                         "30/minute (Telegram and Slack limit senders)")
 
     @property
     def inflight(self) -> int:
         return 2 * self.concurrency
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        try:
+            parse_rate(v)
+        except ValueError:
+            raise ValueError(f"'{v}' is not a rate such as 10/second or 30/minute") from None
+        return v.strip()
 
     @field_serializer("secret", "token", "password", when_used="json")
     def _reveal(self, secret: SecretStr | None) -> str | None:

@@ -136,3 +136,20 @@ async def test_templates_and_slack_shape_the_body(forest_factory, nc, monkeypatc
         assert crm.method == "PUT" and json.loads(crm.body) == {"contact": "c3", "level": "high"}
         assert crm.headers["x-api-key"] == "k-1"
         assert json.loads(chat.body) == {"text": "c3 is high (lead.qualified)"}
+
+
+async def test_a_rate_limit_holds_back_what_is_over_it(forest_factory, nc) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    async with receiver() as rx:
+        forest = await forest_factory(_output(rx.url, rate="2/minute"))
+        js = nc.jetstream()
+        for i in range(3):
+            await js.publish("wind.lead.qualified", _leaf({"id": f"r{i}"}))
+        await eventually(lambda: len(rx.delivered()) == 2, what="two deliveries")
+        await eventually(lambda: forest.get("output", "hook").events_in == 3, what="all three in")
+        await asyncio.sleep(0.5)  # the third waits for the minute's window, not for this
+        assert len(rx.seen) == 2
+    with pytest.raises(ForestConfigError, match="not a rate such as"):
+        parse_forest_config({"outputs": {"o": {"subscribes": "x", "url": "http://h",
+                                               "rate": "lots"}}}, base_dir=Path("."))
