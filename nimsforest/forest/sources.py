@@ -174,8 +174,8 @@ class SourceLoop:
     async def start(self, nc: Client, js: JetStreamContext, node: str, flow: FlowFn) -> None:
         self._flow, self._node = flow, node
         await self._open(nc, js)
-        self._tasks = [asyncio.create_task(self._guard(c), name=f"source-{self.name}-{i}")
-                       for i, c in enumerate(self._runs())]
+        self._tasks = [asyncio.create_task(self._guard(run), name=f"source-{self.name}-{i}")
+                       for i, run in enumerate(self._runs())]
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -191,17 +191,22 @@ class SourceLoop:
 
     async def _close(self) -> None: ...
 
-    def _runs(self) -> list[Awaitable[None]]:
+    def _runs(self) -> list[Callable[[], Awaitable[None]]]:
         return []
 
     # helpers
-    async def _guard(self, run: Awaitable[None]) -> None:
-        try:
-            await run
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - never expected: say so, keep the node
-            self._failed(f"stopped after an unexpected error: {exc}")
+    async def _guard(self, run: Callable[[], Awaitable[None]]) -> None:
+        """Run `run` until the loop stops; an error it did not expect is said and the run
+        starts again a second later."""
+        while True:
+            try:
+                await run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - never expected: say so, go on
+                self._failed(f"failed ({exc or type(exc).__name__}); starting again in 1s")
+                await asyncio.sleep(1.0)
 
     def _state(self, sentence: str) -> None:
         if sentence != self.activity:
@@ -240,8 +245,8 @@ class ScheduleLoop(SourceLoop):
     async def _open(self, nc: Client, js: JetStreamContext) -> None:
         self._js = js
 
-    def _runs(self) -> list[Awaitable[None]]:
-        return [self._run()]
+    def _runs(self) -> list[Callable[[], Awaitable[None]]]:
+        return [self._run]
 
     @property
     def _key(self) -> str:
@@ -347,8 +352,8 @@ class HttpPollLoop(SourceLoop):
             await self._client.aclose()
             self._client = None
 
-    def _runs(self) -> list[Awaitable[None]]:
-        return [self._lease_loop(), self._poll_loop()]
+    def _runs(self) -> list[Callable[[], Awaitable[None]]]:
+        return [self._lease_loop, self._poll_loop]
 
     @property
     def holding(self) -> bool:
@@ -422,6 +427,8 @@ class HttpPollLoop(SourceLoop):
                                 f"(last poll: {n} new)")
             except PollFailed as exc:
                 self._failed(str(exc))
+            except Exception as exc:  # noqa: BLE001 - KV or NATS trouble: the next poll tries again
+                self._failed(f"could not poll: {exc or type(exc).__name__}")
             await asyncio.sleep(max(0.0, self.spec.interval - (time.monotonic() - started)))
 
     async def poll_once(self) -> int:
