@@ -154,7 +154,8 @@ class Assembly:
         s = self.settings
         config = forest_config or ForestConfig.empty()
         forest = Forest(nats.conn.nc, without_components(config), replicas=nats.replicas,
-                        placement_tags=nats.placement_tags, river_hold=s.river_hold)
+                        placement_tags=nats.placement_tags, node=s.node_name,
+                        river_hold=s.river_hold)
         control = Controller(
             nats.conn.nc, forest, node=s.node_name, config_file=forest_path,
             file_config=forest_config, replicas=nats.replicas, placement_tags=nats.placement_tags,

@@ -169,6 +169,11 @@ def node_health(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
             "running": s.forest.running,
             "components": len(s.forest.user_components),
             "failed": [f"{c.ref}: {c.last_error}" for c in s.forest.failed],
+            # events each component gave up on here (kept in the DEAD stream): a growing
+            # count is visible without failing the node's health
+            "dead": {str(c.ref): c.dead for c in s.forest.components if c.dead},
+            # what each source that runs does now (polling, standing by, next tick)
+            "sources": {str(c.ref): c.activity for c in s.forest.components if c.activity},
         }
     if reasons:
         body["reasons"] = reasons
