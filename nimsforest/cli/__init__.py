@@ -37,6 +37,7 @@ _COMMANDS: dict[str, str] = {
     "audit": "nimsforest.cli.control:audit",
     "stack": "nimsforest.cli.stack:stack",
     "service": "nimsforest.cli.stack:service",
+    "soil": "nimsforest.cli.readers:soil", "leaves": "nimsforest.cli.readers:leaves", "river": "nimsforest.cli.readers:river",  # noqa: E501
 }
 _ALIASES: dict[str, str] = {"start": "run", "rm": "remove", "ls": "list"}
 _DEFAULT_COMMAND = "run"
