@@ -26,6 +26,7 @@ _COMMANDS: dict[str, str] = {
     "registry": "nimsforest.cli.registry:registry",
     "flow": "nimsforest.cli.flow:flow",
     "nats-config": "nimsforest.cli.nats_config:nats_config",
+    "nats-context": "nimsforest.cli.nats_context:nats_context",
     "systemd-unit": "nimsforest.cli.systemd_unit:systemd_unit",
     "cloud-init": "nimsforest.cli.cloud_init:cloud_init",
     "grow": "nimsforest.cli.grow:grow",

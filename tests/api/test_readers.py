@@ -170,3 +170,39 @@ def test_readers_need_the_token_and_refuse_a_bad_pattern(node: NodeProcess) -> N
     bad = cli(node, "leaves", "tail", "a.>.b")
     assert bad.returncode == 2
     assert bad.stderr.startswith("nimsforest: The pattern is not valid:") and "'>'" in bad.stderr
+
+
+# every field of the nats CLI's context file (jsm.go natscontext settings, as `nats context
+# save` writes them); the Windows certificate store's fields are omitted, as nats writes
+# them only on Windows
+NATS_CONTEXT_FIELDS = {
+    "description", "url", "socks_proxy", "token", "user", "password", "creds", "nkey", "cert",
+    "key", "ca", "nsc", "jetstream_domain", "jetstream_api_prefix", "jetstream_event_prefix",
+    "inbox_prefix", "user_jwt", "color_scheme", "tls_first",
+}
+
+
+async def test_nats_context_holds_what_a_nats_client_needs(node: NodeProcess, tmp_path: Path) -> None:
+    contexts = tmp_path / "nats" / "context"
+    out = cli(node, "nats-context", "--data-dir", str(node.data_dir), "--client-port",
+              str(node.client_port), "--context-dir", str(contexts), "--select")
+    assert out.returncode == 0, out.stderr
+    assert "nats --context nimsforest stream ls" in out.stdout and "nats.connect(" in out.stdout
+    path = contexts / "nimsforest.json"
+    assert (path.stat().st_mode & 0o777) == 0o600  # it holds a password
+    assert (tmp_path / "nats" / "context.txt").read_text() == "nimsforest"
+    context = json.loads(path.read_text())
+    assert set(context) == NATS_CONTEXT_FIELDS
+    assert context["tls_first"] is False
+    assert all(isinstance(v, str) for k, v in context.items() if k != "tls_first")
+
+    nc = await nats.connect(context["url"].split(","), user=context["user"],
+                            password=context["password"])
+    try:
+        names = {s.config.name for s in await nc.jetstream().streams_info()}
+        assert {"RIVER", "WIND", "HUMUS", "KV_SOIL"} <= names
+    finally:
+        await nc.close()
+
+    missing = cli(node, "nats-context", "--data-dir", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "credentials" in missing.stderr
