@@ -98,7 +98,7 @@ def token_matches(ctl: ControllerCore, given: str) -> bool:
 
 
 def make_routers(ctl: ControllerCore, river: APIRouter | None = None) -> list[APIRouter]:
-    caller = make_caller(ctl)
+    caller = make_caller(ctl, cookie=True)  # the dashboard reads status and audit (GET only)
 
     async def changer(request: Request, who: Actor = Depends(caller)) -> Actor:
         size = request.headers.get("content-length", "")

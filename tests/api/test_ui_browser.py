@@ -100,6 +100,13 @@ def test_the_dashboard_shows_the_cluster_the_leaves_and_soil(node: NodeProcess, 
     wait.until(ec.text_to_be_present_in_element(
         (By.CSS_SELECTOR, '[data-component="nim/qualify"] .counts'), "in 1 "))
 
+    # the cluster pane follows too: the three leaves are in WIND's message count
+    wait.until(lambda b: b.find_element(
+        By.CSS_SELECTOR, '#streams tr[data-stream="WIND"] td:nth-child(6)').text == "3")
+    # the audit log: the demo forest seeded from forest.yaml at start-up
+    audit = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#audit-rows tr")))
+    assert "seed" in audit.text and "4 components" in audit.text, audit.text
+
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
     assert browser.save_screenshot(str(shot))

@@ -113,6 +113,7 @@ function render(state) {
     counts[`${c.kind}/${c.name}/events_out`] = c.events_out;
   }
   previous = { at: now, counts };
+  loadAudit(forest.control.revision);
 }
 
 function watchState() {
@@ -221,6 +222,29 @@ function watchSoil() {
     pending = setTimeout(loadKeys, 200);
     if (change.key === selected) openKey(selected);
   });
+}
+
+// --- the audit log ---------------------------------------------------------------------
+let auditRevision = null;
+
+async function loadAudit(revision) {
+  if (revision === auditRevision) return;
+  auditRevision = revision;
+  const rows = $("#audit-rows");
+  try {
+    const records = await getJSON("/api/v1/audit?limit=15");
+    if (!records.length) {
+      fill(rows, [el("tr", {}, el("td", { colspan: "6", class: "hint" }, "no change yet"))]);
+      return;
+    }
+    fill(rows, records.slice().reverse().map((r) => el("tr", {},
+      el("td", {}, when(r.ts)), el("td", {}, r.node),
+      el("td", {}, r.who.via + (r.who.address ? ` ${r.who.address}` : "") + (r.who.client ? ` ${r.who.client}` : "")),
+      el("td", {}, r.action), el("td", {}, r.kind ? `${r.kind} ${r.name || ""}` : "-"),
+      el("td", { class: r.ok ? "ok" : "bad" }, r.detail ? `${r.result}: ${r.detail}` : r.result))));
+  } catch (err) {
+    fill(rows, [el("tr", {}, el("td", { colspan: "6", class: "bad" }, err.message))]);
+  }
 }
 
 // --- start -----------------------------------------------------------------------------
