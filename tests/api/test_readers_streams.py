@@ -60,3 +60,28 @@ def test_a_key_is_taken_as_it_is_or_mapped_from_its_entity() -> None:
     assert key_of("lead.c-1") == "lead.c-1"
     assert key_of("jane@acme.io") == "jane=40acme.io"
     assert key_of("jane=40acme.io") == "jane=40acme.io"
+
+
+async def test_soil_readers_on_an_empty_and_a_changed_bucket(nc: nats.NATS) -> None:
+    from nimsforest.streams import SOIL, ensure_streams
+
+    js = nc.jetstream()
+    await ensure_streams(js, (SOIL,), 1, None)
+    readers = Readers(nc)
+    assert await readers.soil_keys() == []  # a fresh forest's Soil
+    assert await readers.soil_history("c-1") == []
+    assert await readers.soil_value("c-1") is None
+
+    kv = await js.key_value("SOIL")
+    await kv.put("c-1", b'{"v": 1}')
+    await kv.put("c-1", b'{"v": 2}')
+    await kv.put("c-2", b'{"v": 1}')
+    await kv.put("d-1", b'{"v": 1}')
+    await kv.delete("c-2")
+    keys = await readers.soil_keys("c-")
+    assert [(k.key, k.revision) for k in keys] == [("c-1", 2)]  # c-2 is deleted, d-1 elsewhere
+    history = await readers.soil_history("c-2")
+    assert [(h.operation.value, h.value) for h in history] == [("put", {"v": 1}), ("delete", None)]
+    deleted = await readers.soil_value("c-2")
+    assert deleted is not None and deleted.operation.value == "delete" and deleted.revision == 5
+    assert (await readers.soil_value("c-1")).value == {"v": 2}  # type: ignore[union-attr]
