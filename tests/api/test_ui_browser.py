@@ -79,6 +79,11 @@ def test_the_dashboard_shows_the_cluster_the_leaves_and_soil(node: NodeProcess, 
         card = wait.until(ec.presence_of_element_located(
             (By.CSS_SELECTOR, f'[data-component="{comp}"]')))
         assert "running" in card.text
+    # each card names the components its output feeds (the graph's edges)
+    edges = {"source/contacts": "→ tree contacts", "tree/contacts": "→ treehouse scoring",
+             "treehouse/scoring": "→ nim qualify"}
+    for comp, edge in edges.items():
+        assert edge in browser.find_element(By.CSS_SELECTOR, f'[data-component="{comp}"]').text
 
     # a posted event appears in the leaf tail, live
     wait.until(ec.text_to_be_present_in_element((By.ID, "tail-status"), "listening on wind.>"))

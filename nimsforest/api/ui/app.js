@@ -38,6 +38,23 @@ const KIND_LABEL = {
 };
 let previous = null; // the last state and its time, for the rates
 
+// NATS subject matching: `*` one token, a final `>` one or more
+function matches(pattern, subject) {
+  const p = pattern.split("."), s = subject.split(".");
+  for (let i = 0; i < p.length; i++) {
+    if (p[i] === ">") return s.length > i;
+    if (i >= s.length || (p[i] !== "*" && p[i] !== s[i])) return false;
+  }
+  return p.length === s.length;
+}
+
+// the components fed by what `comp` publishes (leaf consumers read `wind.<subject>`)
+function downstream(comp, comps) {
+  if (!comp.publishes) return [];
+  const out = comp.publishes.startsWith("river.") ? comp.publishes : "wind." + comp.publishes;
+  return comps.filter((c) => c !== comp && c.consumes && matches(c.consumes, out));
+}
+
 function rate(comp, field, now) {
   if (!previous) return "";
   const before = previous.counts[`${comp.kind}/${comp.name}/${field}`];
@@ -94,6 +111,7 @@ function render(state) {
       el("div", { class: "title" }, el("b", {}, c.name), el("span", { class: "state" }, c.state)),
       c.consumes ? el("div", { class: "subject" }, "in: ", el("code", {}, c.consumes)) : null,
       c.publishes ? el("div", { class: "subject" }, "out: ", el("code", {}, c.publishes)) : null,
+      ...downstream(c, comps).map((d) => el("div", { class: "edge" }, `→ ${d.kind} ${d.name}`)),
       el("div", { class: "counts" },
         `in ${c.events_in}${rate(c, "events_in", now)} · out ${c.events_out}${rate(c, "events_out", now)}`,
         c.errors ? el("span", { class: "bad" }, ` · ${c.errors} errors`) : "",
