@@ -57,6 +57,7 @@ class Forest:
         env: Mapping[str, str] | None = None,
         stop_grace: float = 5.0,
         retry_interval: float = 5.0,
+        river_hold: float = river.RIVER_HOLD,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
@@ -70,6 +71,7 @@ class Forest:
         self._lock = asyncio.Lock()
         self._running = False
         self._retry_interval = retry_interval
+        self._river_hold = river_hold
         self._retry_task: asyncio.Task[None] | None = None
         self.soil = Soil(self._js)
 
@@ -227,7 +229,8 @@ class Forest:
     ) -> FlowReceipt:
         """Store one input in the River. `payload` is JSON bytes or a JSON-able value.
         Returns once JetStream has stored it; raises FlowError otherwise."""
-        return await river.flow(self._nc, self._js, subject, payload, source=source, msg_id=msg_id)
+        return await river.flow(self._nc, self._js, subject, payload, source=source, msg_id=msg_id,
+                                hold=self._river_hold)
 
     async def receive_webhook(
         self, path: str, headers: Mapping[str, str], body: bytes
