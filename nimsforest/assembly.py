@@ -168,7 +168,7 @@ class Assembly:
 
         readers = Readers(nats.conn.nc)
         dashboard = Dashboard(snapshot, control.status, control.guard(cookie=True),
-                              control.accepts_token, control.needs_token)
+                              control.accepts_token, control.needs_token, control.check_rate)
         routers = [*control.routers(make_router(forest)), readers.router(control.guard(cookie=True)),
                    dashboard.router()]
         app = asyncio.ensure_future(asyncio.to_thread(create_app, snapshot, routers, refused))

@@ -30,7 +30,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from nimsforest.control import TOKEN_COOKIE
+from nimsforest.control import TOKEN_COOKIE, RateLimited
 from nimsforest.health import NodeSnapshot, cluster_health, node_health
 
 TICK = 1.0  # seconds between two looks at the state
@@ -56,7 +56,11 @@ class Dashboard:
     it before it stops its API)."""
 
     def __init__(self, snapshot: Callable[[], NodeSnapshot], status: Callable[[], BaseModel],
-                 guard: Any, accepts_token: Callable[[str], bool], needs_token: bool) -> None:
+                 guard: Any, accepts_token: Callable[[str], bool], needs_token: bool,
+                 check_rate: Callable[[str], None] = lambda client: None) -> None:
+        """`check_rate(client)` raises RateLimited when a client tried too often (sign-ins
+        count as changes do, so a token cannot be guessed at speed)."""
+        self._check_rate = check_rate
         self._snapshot = snapshot
         self._status = status
         self._guard = guard
@@ -105,6 +109,11 @@ class Dashboard:
 
         @ui.post("/ui/login")
         async def login(request: Request) -> Response:
+            try:
+                self._check_rate(request.client.host if request.client else "unknown")
+            except RateLimited as exc:
+                return HTMLResponse(_login_page(exc.message), status_code=429,
+                                    headers={"Retry-After": str(exc.retry_after)})
             form = parse_qs((await request.body()).decode(errors="replace"))
             token = (form.get("token") or [""])[0].strip()
             if not token or not self._accepts(token):

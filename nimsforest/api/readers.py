@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -214,13 +214,15 @@ class Readers:
             SOIL_SUBJECT + ">", stream=SOIL.name, ordered_consumer=True, deliver_policy=policy,
             cb=on_msg,
         )
-        async for item in self._drain(queue, sub.unsubscribe, ServerSentEvent(prefix, event="open")):
-            if isinstance(item, ServerSentEvent):
-                yield item
-            elif isinstance(item, int):
-                yield _dropped(item)
-            elif (value := _value_from_msg(item)).key.startswith(prefix):
-                yield ServerSentEvent(value.model_dump_json(), event="change")
+        opened = ServerSentEvent(prefix, event="open")
+        async with contextlib.aclosing(self._drain(queue, sub.unsubscribe, opened)) as items:
+            async for item in items:
+                if isinstance(item, ServerSentEvent):
+                    yield item
+                elif isinstance(item, int):
+                    yield _dropped(item)
+                elif (value := _value_from_msg(item)).key.startswith(prefix):
+                    yield ServerSentEvent(value.model_dump_json(), event="change")
 
     # --- tails --------------------------------------------------------------------------
     async def tail(self, subject: str) -> AsyncIterator[ServerSentEvent]:
@@ -229,18 +231,19 @@ class Readers:
         queue, on_msg = _bounded_queue()
         sub = await self._nc.subscribe(subject, cb=on_msg)
         opened = ServerSentEvent(subject, event="open")
-        async for item in self._drain(queue, sub.unsubscribe, opened, flush=True):
-            if isinstance(item, ServerSentEvent):
-                yield item
-            elif isinstance(item, int):
-                yield _dropped(item)
-            else:
-                event = tail_event(item.subject, item.data, item.headers)
-                yield ServerSentEvent(event.model_dump_json(), event="message")
+        async with contextlib.aclosing(self._drain(queue, sub.unsubscribe, opened, flush=True)) as items:
+            async for item in items:
+                if isinstance(item, ServerSentEvent):
+                    yield item
+                elif isinstance(item, int):
+                    yield _dropped(item)
+                else:
+                    event = tail_event(item.subject, item.data, item.headers)
+                    yield ServerSentEvent(event.model_dump_json(), event="message")
 
     async def _drain(self, queue: asyncio.Queue[Msg | int | None], unsubscribe: Callable[[], Any],
                      opened: ServerSentEvent, *, flush: bool = False
-                     ) -> AsyncIterator[Msg | int | ServerSentEvent]:
+                     ) -> AsyncGenerator[Msg | int | ServerSentEvent, None]:
         """`opened` once the subscription is in place (`flush`: the server has it), then the
         queue's items until close() or the reader goes; then unsubscribe."""
         self._open.add(queue)

@@ -131,7 +131,16 @@ def test_the_dashboard_asks_for_the_token_when_the_node_has_one(tmp_path: Path) 
     async def allowed() -> None:
         return None
 
-    board = Dashboard(lambda: None, lambda: None, allowed, lambda t: t == "s3cret", True)
+    from nimsforest.control import RateLimited
+
+    tries: list[str] = []
+
+    def check_rate(client: str) -> None:
+        tries.append(client)
+        if len(tries) > 3:
+            raise RateLimited("Too many changes from testclient; try again in 5 s.", retry_after=5)
+
+    board = Dashboard(lambda: None, lambda: None, allowed, lambda t: t == "s3cret", True, check_rate)
     app = FastAPI()
     app.include_router(board.router())
     client = TestClient(app)
@@ -142,5 +151,10 @@ def test_the_dashboard_asks_for_the_token_when_the_node_has_one(tmp_path: Path) 
     right = client.post("/ui/login", data={"token": "s3cret"}, follow_redirects=False)
     assert right.status_code == 303 and right.cookies[TOKEN_COOKIE] == "s3cret"
     assert "samesite=strict" in right.headers["set-cookie"].lower()
-    page = client.get("/ui", cookies={TOKEN_COOKIE: "s3cret"})
+    client.cookies.set(TOKEN_COOKIE, "s3cret")
+    page = client.get("/ui")
     assert page.status_code == 200 and "/ui/assets/app.js" in page.text
+    # sign-ins are rate limited as changes are: a token is not guessed at speed
+    client.post("/ui/login", data={"token": "guess"})
+    limited = client.post("/ui/login", data={"token": "guess-again"})
+    assert limited.status_code == 429 and limited.headers["retry-after"] == "5"
