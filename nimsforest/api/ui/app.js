@@ -77,6 +77,7 @@ function render(state) {
   $("#meta-leader").textContent = cluster.meta_leader || "none";
   $("#replicas").textContent = cluster.replication_factor ?? node.cluster.replication_factor;
   $("#witness").textContent = cluster.witness || "none";
+  $("#witness-note").hidden = !cluster.witness;
 
   const peers = cluster.peers || [];
   const me = el("tr", { "data-node": node.node }, el("td", {}, el("b", {}, node.node), " (this node)"),
