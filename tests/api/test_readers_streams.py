@@ -85,3 +85,27 @@ async def test_soil_readers_on_an_empty_and_a_changed_bucket(nc: nats.NATS) -> N
     deleted = await readers.soil_value("c-2")
     assert deleted is not None and deleted.operation.value == "delete" and deleted.revision == 5
     assert (await readers.soil_value("c-1")).value == {"v": 2}  # type: ignore[union-attr]
+
+
+async def test_a_soil_watch_shows_current_values_first_then_changes_under_its_prefix(
+    nc: nats.NATS,
+) -> None:
+    from nimsforest.streams import SOIL, ensure_streams
+
+    js = nc.jetstream()
+    await ensure_streams(js, (SOIL,), 1, None)
+    kv = await js.key_value("SOIL")
+    await kv.put("c-1", b'{"v": 1}')
+    await kv.put("x-1", b'{"v": 1}')
+    readers = Readers(nc)
+    watch = readers.soil_watch("c-", current=True)
+    assert (await anext(watch)).event == "open"
+    first = json.loads((await asyncio.wait_for(anext(watch), 10)).data)
+    assert (first["key"], first["value"]) == ("c-1", {"v": 1})  # the current value
+    await kv.put("x-2", b'{"v": 2}')  # another prefix: not shown
+    await kv.delete("c-1")
+    change = await asyncio.wait_for(anext(watch), 10)
+    body = json.loads(change.data)
+    assert change.event == "change" and body["key"] == "c-1" and body["operation"] == "delete"
+    readers.close()
+    assert await asyncio.wait_for(anext(watch, None), 10) is None
