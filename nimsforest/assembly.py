@@ -22,6 +22,8 @@ from fastapi import Request
 from natsembed import NODE_TAG, Credentials, EmbeddedNats, is_witness
 from nimsforest import metrics
 from nimsforest.api.app import create_app
+from nimsforest.api.dashboard import Dashboard
+from nimsforest.api.readers import Readers
 from nimsforest.api.server import ApiServer
 from nimsforest.connection import ConnectionEvent, ConnectionManager, ConnectionOptions
 from nimsforest.control import Controller, record_refused, without_components
@@ -165,9 +167,12 @@ class Assembly:
         async def refused(request: Request, message: str) -> None:
             await record_refused(control, request, message)
 
-        app = asyncio.ensure_future(asyncio.to_thread(
-            create_app, snapshot, control.routers(make_router(forest)), refused
-        ))
+        readers = Readers(nats.conn.nc)
+        dashboard = Dashboard(snapshot, control.status, control.guard(cookie=True),
+                              control.accepts_token, control.needs_token, control.check_rate)
+        routers = [*control.routers(make_router(forest)), readers.router(control.guard(cookie=True)),
+                   dashboard.router()]
+        app = asyncio.ensure_future(asyncio.to_thread(create_app, snapshot, routers, refused))
         try:
             stack.push_async_callback(forest.stop)
             await forest.start()
@@ -183,6 +188,8 @@ class Assembly:
         host, port = s.api_host_port
         api = ApiServer(built, host, port)
         stack.push_async_callback(api.stop)
+        stack.callback(readers.close)  # open streams end before the API stops
+        stack.callback(dashboard.close)
         await api.start()
         log.info("Management API at http://%s:%d", host, api.port)
         return Running(forest, control, api)
