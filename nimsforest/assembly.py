@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from nimsforest.api.readers import Readers
 from nimsforest.api.server import ApiServer
 from nimsforest.connection import ConnectionEvent, ConnectionManager, ConnectionOptions
 from nimsforest.control import Controller, record_refused, without_components
-from nimsforest.forest import Forest, ForestConfig, ForestStatus
+from nimsforest.forest import Forest, ForestConfig, ForestStatus, tracing_from_env
 from nimsforest.forest.http import make_router
 from nimsforest.health import NodeSnapshot
 from nimsforest.observer import NatsObserver
@@ -155,9 +156,11 @@ class Assembly:
         The web app (FastAPI analyses every route) is built in a thread meanwhile."""
         s = self.settings
         config = forest_config or ForestConfig.empty()
+        tracing = tracing_from_env(os.environ, "nimsforest", s.node_name)
+        stack.callback(tracing.shutdown)  # after the forest stopped: its last spans flushed
         forest = Forest(nats.conn.nc, without_components(config), replicas=nats.replicas,
                         placement_tags=nats.placement_tags, node=s.node_name,
-                        river_hold=s.river_hold)
+                        river_hold=s.river_hold, tracing=tracing)
         control = Controller(
             nats.conn.nc, forest, node=s.node_name, config_file=forest_path,
             file_config=forest_config, replicas=nats.replicas, placement_tags=nats.placement_tags,
