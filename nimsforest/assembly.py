@@ -24,6 +24,7 @@ from natsembed import NODE_TAG, Credentials, EmbeddedNats, is_witness
 from nimsforest import metrics
 from nimsforest.api.app import create_app
 from nimsforest.api.dashboard import Dashboard
+from nimsforest.api.lineage import Lineages
 from nimsforest.api.readers import Readers
 from nimsforest.api.server import ApiServer
 from nimsforest.connection import ConnectionEvent, ConnectionManager, ConnectionOptions
@@ -171,9 +172,11 @@ class Assembly:
             await record_refused(control, request, message)
 
         readers = Readers(nats.conn.nc)
+        lineages = Lineages(nats.conn.nc)
         dashboard = Dashboard(snapshot, control.status, control.guard(cookie=True),
                               control.accepts_token, control.needs_token, control.check_rate)
         routers = [*control.routers(make_router(forest)), readers.router(control.guard(cookie=True)),
+                   lineages.router(control.guard(cookie=True)),
                    dashboard.router()]
         app = asyncio.ensure_future(asyncio.to_thread(create_app, snapshot, routers, refused))
         try:
