@@ -88,10 +88,15 @@ class LimitsSpec(_Spec):
     memory: Size = Field(64 * 1024 * 1024, ge=1024 * 1024)
 
 
+ACK_WAIT = 5.0  # seconds
+
+
 class _Delivery(_Spec):
     """Delivery settings of a durable consumer."""
 
-    ack_wait: Duration = Field(30.0, gt=0, description="e.g. 30s (nims: 60s)")
+    # short: a node that dies mid-way holds its events this long; slow work (an LLM call,
+    # an output's retries) stays alive with in-progress acks every ack_wait / 3
+    ack_wait: Duration = Field(ACK_WAIT, gt=0, description="e.g. 5s: how long a dead node's events wait")
     max_deliver: int = Field(5, ge=1, le=1000, description="Attempts per event")
 
 
@@ -228,7 +233,7 @@ class NimSpec(_Consuming):
                             "({{.score}}, {{range .signals}}), else Jinja2")
     brain: Annotated[BrainSpec, BeforeValidator(_brain_shorthand)] = RulesBrainSpec()
     humus: HumusSpec = HumusSpec()
-    ack_wait: Duration = Field(60.0, gt=0)
+    ack_wait: Duration = Field(ACK_WAIT, gt=0)
     max_deliver: int = Field(10, ge=1)
     # default: 256 for the rules brain, twice the brain's concurrency for LLM brains (so
     # a node does not hoard leaves other nodes could take)
