@@ -48,6 +48,7 @@ class Component:
         self._closers = closers
         self.loop = loop  # a source that runs (schedule, http_poll, nats)
         self._runner: ConsumerRunner | None = None
+        self._last_failure: str | None = None
         self._log = logging.getLogger(f"nimsforest.forest.{kind.value}")
 
     @property
@@ -95,9 +96,12 @@ class Component:
             if self._runner is not None:
                 await self._runner.stop(0.5)
             self._runner = None
-            self.fail(f"cannot start: {exc or type(exc).__name__}")
+            # built, so NATS was busy or away (a consumer not found while a cluster forms):
+            # the forest tries it again, which is not an error yet
+            self.fail(f"cannot start: {exc or type(exc).__name__}", retried=True)
             raise
         self.state = ComponentState.RUNNING
+        self._last_failure = None
         self.stats.started_at = datetime.now(UTC)
         where = (
             f" (consumer {self.consumer.durable} on {self.consumer.filter_subject})"
@@ -106,10 +110,16 @@ class Component:
         )
         self._log.info("%s running%s", self.label, where)
 
-    def fail(self, reason: str) -> None:
+    def fail(self, reason: str, *, retried: bool = False) -> None:
+        """FAILED with `reason`. `retried`: the forest tries it again (a start NATS was not
+        ready for), logged once per reason as a warning; else an error someone must fix."""
         self.state = ComponentState.FAILED
         self.stats.error(reason)
-        self._log.error("%s failed: %s", self.label, reason)
+        if not retried:
+            self._log.error("%s failed: %s", self.label, reason)
+        elif reason != self._last_failure:
+            self._log.warning("%s %s; trying again every few seconds", self.label, reason)
+        self._last_failure = reason
 
     async def stop(self, grace: float = 5.0) -> None:
         runner, self._runner = self._runner, None

@@ -3,6 +3,7 @@ removing components, atomic validation, durable consumers reused, typed snapshot
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -251,7 +252,9 @@ async def test_flow_refuses_bad_input(forest_factory) -> None:  # type: ignore[n
     assert receipt.stream == "RIVER" and again.duplicate and again.seq == receipt.seq
 
 
-async def test_a_component_that_could_not_start_is_retried_until_it_runs(tmp_path: Path, nc) -> None:  # type: ignore[no-untyped-def]
+async def test_a_component_that_could_not_start_is_retried_until_it_runs(tmp_path: Path, nc, caplog) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
     from nats.js.api import ConsumerConfig
 
     from nimsforest.streams import CORE_STREAMS, ensure_streams
@@ -275,9 +278,11 @@ async def test_a_component_that_could_not_start_is_retried_until_it_runs(tmp_pat
     cfg = load_forest_config(path)
     (tmp_path / "f" / "gone.lua").unlink()  # a bad spec: not retried
     forest = Forest(nc, cfg, stop_grace=1.0, retry_interval=0.2)
+    caplog.set_level(logging.INFO, logger="nimsforest.forest")
     await forest.start()
     try:
         assert forest.get("treehouse", "blocked").state is ComponentState.FAILED
+        await asyncio.sleep(0.7)  # tried again, and again
         await js.delete_consumer("WIND", "treehouse-blocked")
         await eventually(
             lambda: forest.get("treehouse", "blocked").state is ComponentState.RUNNING,
@@ -285,5 +290,10 @@ async def test_a_component_that_could_not_start_is_retried_until_it_runs(tmp_pat
         )
         assert forest.get("treehouse", "gone").state is ComponentState.FAILED
         assert await consumers(nc, "WIND") == {"treehouse-blocked"}
+        # a start that is tried again is a warning, said once; a bad spec is an error
+        said = [(r.levelno, r.getMessage()) for r in caplog.records if "treehouse 'blocked'" in r.getMessage()]
+        waits = [m for lvl, m in said if "cannot start" in m]
+        assert len(waits) == 1 and all(lvl < logging.ERROR for lvl, _ in said), said
+        assert any(r.levelno == logging.ERROR and "treehouse 'gone'" in r.getMessage() for r in caplog.records)
     finally:
         await forest.stop()
