@@ -166,7 +166,7 @@ class ControllerCore:
                 self._note_file_drift()
                 return
             entries = file_entries(read_forest_config(self.config_file), by="startup",
-                                   node=self.node)
+                                   node=self.node, keep_unreadable=True)
         except (OSError, ForestConfigError) as exc:
             log.error("Cannot seed the desired forest state from %s: %s", self.config_file, exc)
             return

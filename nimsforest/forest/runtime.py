@@ -128,11 +128,15 @@ class Forest:
             log.info("forest stopped")
 
     # the one way to change a running forest ---------------------------------------
-    async def reload(self, new_config: ForestConfig) -> ReloadDiff:
+    async def reload(self, new_config: ForestConfig, *, fail_alone: bool = False) -> ReloadDiff:
         """Bring the forest to `new_config`. Everything added or changed (a changed spec, or
         a changed script or prompt file) is built first; any error raises and changes
         nothing. Then removed components stop, changed ones restart alone, added ones start.
-        FAILED components are retried as changed."""
+        FAILED components are retried as changed.
+
+        With `fail_alone` (the control plane's watcher applying the desired state), a
+        component that cannot be built does not stop the rest: it is FAILED with its
+        sentence (in `list()`, /health and the log) and listed in the diff's `failed`."""
         async with self._lock:
             added: builtins.list[ComponentRef] = []
             removed: builtins.list[ComponentRef] = []
@@ -158,11 +162,22 @@ class Forest:
                     if (
                         name in old_specs
                         and was == spec_fingerprint(new_config, kind, name, spec, self._env)
-                        and (current is None or current.state is not ComponentState.FAILED)
+                        and (
+                            current is None
+                            or current.state is not ComponentState.FAILED
+                            # the same spec and files cannot build better this time
+                            or (fail_alone and current.handler is None and current.consumer is None
+                                and current.fingerprint is not None)
+                        )
                     ):
                         unchanged.append(ref)
                         continue
-                    builds[(kind, name)] = build_component(new_config, kind, name, spec, self._env)
+                    if fail_alone:
+                        builds[(kind, name)] = self._build_or_failed(kind, name, spec, new_config)
+                    else:
+                        builds[(kind, name)] = build_component(
+                            new_config, kind, name, spec, self._env
+                        )
                     (changed if name in old_specs else added).append(ref)
             decomposer_changed = new_config.decomposer != self._config.decomposer
             failed: builtins.list[ComponentRef] = []
@@ -180,7 +195,7 @@ class Forest:
                     await self._restart_decomposer()
                 for ref in [*changed, *added]:
                     comp = builds[(ref.kind, ref.name)]
-                    if not await self._start_quietly(comp):
+                    if comp.state is ComponentState.FAILED or not await self._start_quietly(comp):
                         failed.append(ref)
                     self._components[(ref.kind, ref.name)] = comp
             else:
@@ -247,11 +262,14 @@ class Forest:
     def _sources(self) -> Sequence[Component]:
         return [c for (k, _), c in self._components.items() if k is ComponentKind.SOURCE]
 
-    def _build_or_failed(self, kind: ComponentKind, name: str, spec: ComponentSpec) -> Component:
+    def _build_or_failed(self, kind: ComponentKind, name: str, spec: ComponentSpec,
+                         config: ForestConfig | None = None) -> Component:
         try:
-            return build_component(self._config, kind, name, spec, self._env)
+            return build_component(config or self._config, kind, name, spec, self._env)
         except ForestConfigError as exc:
-            comp = Component(kind, name, spec, publishes=spec.publishes)
+            cfg = config or self._config
+            comp = Component(kind, name, spec, publishes=spec.publishes,
+                             fingerprint=spec_fingerprint(cfg, kind, name, spec, self._env))
             comp.fail(str(exc))
             return comp
 
