@@ -25,6 +25,7 @@ _COMMANDS: dict[str, str] = {
     "cluster": "nimsforest.cli.cluster:cluster",
     "registry": "nimsforest.cli.registry:registry",
     "flow": "nimsforest.cli.flow:flow",
+    "lint": "nimsforest.cli.lint:lint",
     "nats-config": "nimsforest.cli.nats_config:nats_config",
     "systemd-unit": "nimsforest.cli.systemd_unit:systemd_unit",
     "cloud-init": "nimsforest.cli.cloud_init:cloud_init",

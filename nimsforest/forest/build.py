@@ -24,11 +24,11 @@ from typing import Any, TypeVar
 from nats.js.api import DeliverPolicy
 from pydantic import BaseModel, ValidationError
 
-from nimsforest.forest.brains import BrainConfigError, build_brain
+from nimsforest.forest.brains import BrainConfigError, MissingKey, build_brain
 from nimsforest.forest.component import Component
 from nimsforest.forest.config import ForestConfig, config_error
 from nimsforest.forest.delivery import ConsumerSpec, Handler, Stats
-from nimsforest.forest.errors import ForestConfigError
+from nimsforest.forest.errors import ForestConfigError, MissingVariable
 from nimsforest.forest.handlers import DecomposerHandler, NimHandler, TreeHandler, TreeHouseHandler
 from nimsforest.forest.model import ComponentKind, ComponentRef
 from nimsforest.forest.prompt import Prompt, PromptError
@@ -61,8 +61,10 @@ class BuildContext:
     def durable(self) -> str:
         return durable_name(self.ref.kind, self.ref.name)
 
-    def error(self, message: str, field: str | None = None) -> ForestConfigError:
-        return ForestConfigError(message, file=self.cfg.label, component=self.ref, field=field)
+    def error(self, message: str, field: str | None = None,
+              line: int | None = None) -> ForestConfigError:
+        return ForestConfigError(message, file=self.cfg.label, component=self.ref, field=field,
+                                 line=line)
 
 
 # --- ${VAR} ----------------------------------------------------------------------------------
@@ -74,8 +76,7 @@ def expand_env(spec: ComponentSpec, ref: ComponentRef, env: Mapping[str, str],
     def expand(value: str, field: str) -> str:
         def sub(m: re.Match[str]) -> str:
             if m.group(1) not in env:
-                raise ForestConfigError(f"environment variable {m.group(1)} is not set",
-                                        file=file, component=ref, field=field)
+                raise MissingVariable(m.group(1), file=file, component=ref, field=field)
             return env[m.group(1)]
 
         return _ENV_RE.sub(sub, value)
@@ -179,7 +180,7 @@ def _sandbox(ctx: BuildContext, spec: TreeSpec | TreeHouseSpec) -> tuple[LuaSand
         sandbox = LuaSandbox(source, chunk, limits, lambda text: lua_log.info("%s: %s", label, text))
         return sandbox, (source if spec.script is not None else None)
     except ScriptLoadError as exc:
-        raise ctx.error(str(exc), field) from None
+        raise ctx.error(str(exc), field, exc.line) from None
 
 
 # --- one builder per kind --------------------------------------------------------------------
@@ -227,9 +228,12 @@ def _nim(spec: NimSpec, ctx: BuildContext) -> Component:
     try:
         prompt = Prompt(text, str(spec.prompt) if spec.prompt is not None else f"{ctx.ref} template")
     except PromptError as exc:
-        raise ctx.error(str(exc), field) from None
+        raise ctx.error(str(exc), field, exc.line) from None
     try:
         brain = build_brain(spec.brain, prompt, label=str(ctx.ref), env=ctx.env)
+    except MissingKey as exc:
+        raise MissingVariable(exc.variable, file=ctx.cfg.label, component=ctx.ref,
+                              field=exc.field) from None
     except BrainConfigError as exc:
         raise ctx.error(str(exc), exc.field) from None
     stats = Stats()

@@ -99,6 +99,14 @@ class NimHandler(Handler):
         self._sem = asyncio.Semaphore(brain.concurrency)
         self.is_async = brain.needs_prompt
 
+    @property
+    def prompt(self) -> Prompt:
+        return self._prompt
+
+    @property
+    def brain(self) -> Brain:
+        return self._brain
+
     def handle_sync(self, d: Delivery) -> Sequence[Output]:
         leaf = Leaf.from_json(d.data)
         return self._outputs(d, leaf, self._brain.decide(context_for(leaf)))

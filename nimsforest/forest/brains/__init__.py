@@ -46,6 +46,14 @@ class BrainConfigError(ValueError):
         super().__init__(message)
 
 
+class MissingKey(BrainConfigError):
+    """The environment variable holding the brain's key is not set."""
+
+    def __init__(self, variable: str, field: str) -> None:
+        self.variable = variable
+        super().__init__(f"environment variable {variable} is not set", field)
+
+
 def build_brain(
     spec: RulesBrainSpec | OpenAIBrainSpec | AnthropicBrainSpec,
     prompt: Prompt,
@@ -67,4 +75,4 @@ def build_brain(
     return AnthropicBrain(spec, env, label)
 
 
-__all__ = ["Brain", "BrainConfigError", "build_brain"]
+__all__ = ["Brain", "BrainConfigError", "MissingKey", "build_brain"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from nimsforest.forest.brains import Brain, BrainConfigError
+from nimsforest.forest.brains import Brain, MissingKey
 from nimsforest.forest.errors import EventError
 from nimsforest.forest.specs import _HttpBrain
 
@@ -36,7 +36,7 @@ def api_key(
     var = spec.api_key_env or default_var
     key = env.get(var)
     if not key and (required or spec.api_key_env):
-        raise BrainConfigError(f"environment variable {var} is not set", "brain.api_key_env")
+        raise MissingKey(var, "brain.api_key_env")
     return key
 
 
