@@ -26,6 +26,7 @@ _COMMANDS: dict[str, str] = {
     "registry": "nimsforest.cli.registry:registry",
     "flow": "nimsforest.cli.flow:flow",
     "lint": "nimsforest.cli.lint:lint",
+    "test": "nimsforest.cli.testcmd:test",
     "nats-config": "nimsforest.cli.nats_config:nats_config",
     "systemd-unit": "nimsforest.cli.systemd_unit:systemd_unit",
     "cloud-init": "nimsforest.cli.cloud_init:cloud_init",

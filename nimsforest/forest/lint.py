@@ -50,7 +50,7 @@ from nimsforest.forest.specs import (
     TreeHouseSpec,
     TreeSpec,
 )
-from nimsforest.forest.subjects import RIVER_PREFIX
+from nimsforest.forest.subjects import RIVER_PREFIX, overlap
 
 
 class Severity(StrEnum):
@@ -332,17 +332,6 @@ def _unknown_globals(cfg: ForestConfig, ref: ComponentRef, spec: TreeSpec | Tree
 
 
 # --- wiring ------------------------------------------------------------------------------------
-def overlap(a: str, b: str) -> bool:
-    """Whether two NATS subjects or patterns can match one same subject."""
-    ta, tb = a.split("."), b.split(".")
-    for x, y in zip(ta, tb, strict=False):
-        if ">" in (x, y):
-            return True
-        if x != y and "*" not in (x, y):
-            return False
-    return len(ta) == len(tb)
-
-
 def _leaf_out(spec: ComponentSpec) -> str | None:
     """The leaf subject a component publishes (placeholders as `*`), None for the River."""
     pub = spec.publishes
@@ -418,7 +407,6 @@ __all__ = [
     "LintReport",
     "Severity",
     "lint_forest",
-    "overlap",
     "sample_context",
     "wiring",
 ]

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from nimsforest.forest import demo_config_path
-from nimsforest.forest.lint import Check, Severity, lint_forest, overlap, wiring
+from nimsforest.forest.lint import Check, Severity, lint_forest, wiring
 from nimsforest.forest.model import ComponentKind, ComponentRef
 from nimsforest.forest.specs import NimSpec, TreeHouseSpec
+from nimsforest.forest.subjects import overlap
 
 
 @pytest.fixture
