@@ -533,7 +533,8 @@ def _stats(s: ComponentStatus) -> dict[str, Any]:
     return dict(
         state=ComponentView(s.state.value), consumes=s.consumes, publishes=s.publishes, consumer=s.consumer,
         events_in=s.events_in, events_out=s.events_out, dropped=s.dropped, errors=s.errors,
-        dead=s.dead, last_error=s.last_error,
+        dead=s.dead, last_error=s.last_error, prompt_tokens=s.prompt_tokens,
+        completion_tokens=s.completion_tokens, cost=s.cost,
     )
 
 

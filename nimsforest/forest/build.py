@@ -27,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 from nimsforest.forest.brains import BrainConfigError, MissingKey, build_brain
 from nimsforest.forest.component import Component
 from nimsforest.forest.config import ForestConfig, config_error
+from nimsforest.forest.decide import Contract, Decider
 from nimsforest.forest.delivery import ConsumerSpec, Handler, Stats
 from nimsforest.forest.errors import ForestConfigError, MissingVariable
 from nimsforest.forest.handlers import DecomposerHandler, NimHandler, TreeHandler, TreeHouseHandler
@@ -85,15 +86,21 @@ def expand_env(spec: ComponentSpec, ref: ComponentRef, env: Mapping[str, str],
         raw = spec.secret.get_secret_value()
         if "${" in raw:
             return _revalidate(spec, {"secret": expand(raw, "secret")}, ref, file)
-    if isinstance(spec, NimSpec) and isinstance(spec.brain, _HttpBrain):
-        brain = spec.brain
-        changes = {
-            f: expand(v, f"brain.{f}")
-            for f in ("base_url", "model", "system")
-            if isinstance(v := getattr(brain, f), str) and "${" in v
-        }
-        if changes:
-            return spec.model_copy(update={"brain": _revalidate(brain, changes, ref, file)})
+    if isinstance(spec, NimSpec):
+        def expanded(brain: Any, prefix: str) -> Any:
+            if not isinstance(brain, _HttpBrain):
+                return brain
+            changes = {
+                f: expand(v, f"{prefix}.{f}")
+                for f in ("base_url", "model", "system")
+                if isinstance(v := getattr(brain, f), str) and "${" in v
+            }
+            return _revalidate(brain, changes, ref, file) if changes else brain
+
+        brain = expanded(spec.brain, "brain")
+        fallback = tuple(expanded(b, f"fallback.{i}") for i, b in enumerate(spec.fallback))
+        if brain is not spec.brain or fallback != spec.fallback:
+            return spec.model_copy(update={"brain": brain, "fallback": fallback})
     return spec
 
 
@@ -229,21 +236,31 @@ def _nim(spec: NimSpec, ctx: BuildContext) -> Component:
         prompt = Prompt(text, str(spec.prompt) if spec.prompt is not None else f"{ctx.ref} template")
     except PromptError as exc:
         raise ctx.error(str(exc), field, exc.line) from None
-    try:
-        brain = build_brain(spec.brain, prompt, label=str(ctx.ref), env=ctx.env)
-    except MissingKey as exc:
-        raise MissingVariable(exc.variable, file=ctx.cfg.label, component=ctx.ref,
-                              field=exc.field) from None
-    except BrainConfigError as exc:
-        raise ctx.error(str(exc), exc.field) from None
+    brains = []
+    for i, brain_spec in enumerate(spec.chain):
+        prefix = "brain" if i == 0 else f"fallback.{i - 1}"
+        try:
+            brains.append(build_brain(brain_spec, prompt, label=str(ctx.ref), env=ctx.env))
+        except MissingKey as exc:
+            raise MissingVariable(exc.variable, file=ctx.cfg.label, component=ctx.ref,
+                                  field=exc.field.replace("brain", prefix, 1)) from None
+        except BrainConfigError as exc:
+            raise ctx.error(str(exc), exc.field.replace("brain", prefix, 1)) from None
     stats = Stats()
+    contract = Contract(
+        schema=spec.output_schema, schema_retries=spec.schema_retries,
+        timeout=spec.decision_timeout, fallback_after=spec.fallback_after,
+        cooldown=spec.cooldown,
+    )
+    decider = Decider(ctx.ref.name, brains, contract, stats)
     subject = wind_subject(spec.subscribes, pattern=True)
-    handler = NimHandler(ctx.ref.name, ctx.durable, spec.publishes, prompt, brain, spec.humus,
+    handler = NimHandler(ctx.ref.name, ctx.durable, spec.publishes, prompt, decider, spec.humus,
                          stats)
     return Component(
         ctx.ref.kind, ctx.ref.name, spec,
         consumer=_consumer(ctx, WIND.name, subject, spec, spec.inflight),
-        handler=handler, stats=stats, publishes=spec.publishes, closers=(brain.aclose,),
+        handler=handler, stats=stats, publishes=spec.publishes,
+        closers=tuple(b.aclose for b in brains),
         fingerprint=fingerprint(spec, text if spec.prompt is not None else None),
     )
 

@@ -128,6 +128,9 @@ class Component:
             last_error=s.last_error,
             last_error_at=s.last_error_at,
             started_at=s.started_at,
+            prompt_tokens=s.prompt_tokens,
+            completion_tokens=s.completion_tokens,
+            cost=s.cost,
         )
 
 

@@ -159,6 +159,8 @@ def config_error(
     # drop union branch names pydantic adds for the brain (e.g. brain.rules.rules -> brain.rules)
     if len(loc) >= 2 and loc[0] == "brain" and loc[1] in ("rules", "openai", "anthropic"):
         loc = [loc[0], *loc[2:]]
+    if len(loc) >= 3 and loc[0] == "fallback" and loc[2] in ("rules", "openai", "anthropic"):
+        loc = [*loc[:2], *loc[3:]]
     msg = err.message
     if err.type == "union_tag_invalid":
         msg = "brain type must be one of rules, openai, anthropic"

@@ -83,6 +83,9 @@ class Stats:
     last_error: str | None = None
     last_error_at: datetime | None = None
     started_at: datetime | None = None
+    prompt_tokens: int = 0  # nims: tokens their brains' answers cost
+    completion_tokens: int = 0
+    cost: float = 0.0
 
     def error(self, text: str) -> None:
         self.errors += 1

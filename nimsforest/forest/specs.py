@@ -179,6 +179,9 @@ class _HttpBrain(_Spec):
     retries: int = Field(3, ge=0, le=10)
     backoff: Duration = Field(0.5, ge=0)  # first retry delay; doubles each time, at most 30 s
     concurrency: int = Field(4, ge=1, le=256)
+    # prices per million tokens (in any currency), for the nim's cost in /metrics
+    price_prompt: float = Field(0.0, ge=0)
+    price_completion: float = Field(0.0, ge=0)
 
 
 class OpenAIBrainSpec(_HttpBrain):
@@ -222,6 +225,21 @@ class NimSpec(_Consuming):
     prompt: Path | None = Field(None, description="A Jinja2 template file, relative to forest.yaml")
     template: str | None = Field(None, max_length=MAX_TEXT, description="The template inline")
     brain: Annotated[BrainSpec, BeforeValidator(_brain_shorthand)] = RulesBrainSpec()
+    # the brains asked, in order, when the one before cannot answer (e.g. a local Ollama,
+    # then OpenAI, then rules); a brain that failed `fallback_after` decisions in a row is
+    # skipped for `cooldown`
+    fallback: tuple[Annotated[BrainSpec, BeforeValidator(_brain_shorthand)], ...] = Field(
+        (), max_length=8
+    )
+    fallback_after: int = Field(3, ge=1, le=100)
+    cooldown: Duration = Field(60.0, ge=0)
+    # a JSON Schema the output must match: sent to the brain when it takes one, always
+    # checked here; an answer that does not match is asked again with the error, up to
+    # `schema_retries` times, then the event is dead with the answer kept
+    output_schema: dict[str, Any] | None = None
+    schema_retries: int = Field(2, ge=0, le=10)
+    # the whole decision (every brain, retry and schema retry) within this, else it fails
+    decision_timeout: Duration | None = Field(None, gt=0)
     humus: HumusSpec = HumusSpec()
     ack_wait: Duration = Field(60.0, gt=0)
     max_deliver: int = Field(10, ge=1)
@@ -233,7 +251,9 @@ class NimSpec(_Consuming):
     def inflight(self) -> int:
         if self.max_inflight is not None:
             return self.max_inflight
-        return 256 if isinstance(self.brain, RulesBrainSpec) else 2 * self.brain.concurrency
+        if isinstance(self.brain, RulesBrainSpec) and not self.fallback:
+            return 256
+        return 2 * max(getattr(b, "concurrency", 4) for b in self.chain)
 
     @field_validator("subscribes")
     @classmethod
@@ -250,6 +270,25 @@ class NimSpec(_Consuming):
     def _one_prompt(self) -> NimSpec:
         _exactly_one(self.prompt, self.template, "'prompt' (a file) or 'template' (inline)")
         return self
+
+    @field_validator("output_schema")
+    @classmethod
+    def _schema(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            import jsonschema  # only forests that give a schema pay for the import
+
+            try:
+                jsonschema.validators.validator_for(v).check_schema(v)
+            except jsonschema.SchemaError as exc:
+                where = "/".join(str(p) for p in exc.path)
+                raise ValueError(f"is not a valid JSON Schema{' at ' + where if where else ''}: "
+                                 f"{exc.message}") from None
+        return v
+
+    @property
+    def chain(self) -> tuple[RulesBrainSpec | OpenAIBrainSpec | AnthropicBrainSpec, ...]:
+        """The brains asked in order: `brain`, then `fallback`."""
+        return (self.brain, *self.fallback)
 
 
 class SignatureKind(StrEnum):

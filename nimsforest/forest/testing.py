@@ -29,8 +29,9 @@ Each message is handled by the real component built from forest.yaml (its Lua in
 sandbox, its template rendered, the rules brain deciding), messages routed by their
 subjects as the streams would, Humus applied to an in-memory Soil by the decomposer's
 rule. An HTTP brain (openai, anthropic) answers from the fixtures file, keyed by brain,
-model and the rendered prompt; `record=True` asks the real brain once and stores its
-answer. Components are built once per test file.
+model, the conversation (the rendered prompt, and a schema retry's turns) and the schema;
+`record=True` asks the real brain once and stores its answer (text and token usage). The
+nim's contract (output_schema, fallback, decision_timeout) applies as on a node. Components are built once per test file.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ import yaml
 from nats.aio.msg import Msg
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from nimsforest.forest.brains import Brain
+from nimsforest.forest.brains import Brain, Reply, Usage
 from nimsforest.forest.build import build_component
 from nimsforest.forest.component import Component
 from nimsforest.forest.config import ForestConfig, read_forest_config
@@ -58,7 +59,7 @@ from nimsforest.forest.handlers import SOURCE_HEADER, DecomposerHandler, NimHand
 from nimsforest.forest.leaf import Compost, CompostAction, Leaf, dumps, soil_key
 from nimsforest.forest.model import ComponentKind, ComponentRef
 from nimsforest.forest.soil import SoilEntry
-from nimsforest.forest.specs import USER_KINDS, NimSpec, RulesBrainSpec
+from nimsforest.forest.specs import USER_KINDS, NimSpec
 from nimsforest.forest.subjects import (
     HUMUS_PREFIX,
     RIVER_PREFIX,
@@ -214,9 +215,11 @@ class Fixtures:
             self.path.write_text(json.dumps(self.data, indent=2, sort_keys=True) + "\n")
 
 
-def fixture_key(brain: Brain, prompt: str) -> str:
-    model = str(getattr(brain, "model", "") or "")
-    return hashlib.sha256(f"{brain.kind}\n{model}\n{prompt}".encode()).hexdigest()[:32]
+def fixture_key(brain: Brain, messages: Sequence[tuple[str, str]],
+                schema: dict[str, Any] | None) -> str:
+    """The key of one question: the brain, its model, the conversation and the schema."""
+    text = json.dumps([brain.kind, brain.model, list(messages), schema], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 class FixtureBrain(Brain):
@@ -228,20 +231,35 @@ class FixtureBrain(Brain):
         self._nim, self._real, self._fixtures = nim, real, fixtures
         self.kind, self.concurrency = real.kind, real.concurrency
 
-    async def think(self, prompt: str, context: dict[str, Any]) -> dict[str, Any] | None:
-        key = fixture_key(self._real, prompt)
+    @property
+    def model(self) -> str:
+        return self._real.model
+
+    @property
+    def prices(self) -> tuple[float, float]:
+        return self._real.prices
+
+    async def ask(self, messages: Sequence[tuple[str, str]],
+                  schema: dict[str, Any] | None = None) -> Reply:
+        key = fixture_key(self._real, messages, schema)
         known = self._fixtures.data.get(self._nim, {})
         if key in known and not self._fixtures.record:
-            answer: dict[str, Any] | None = known[key]["answer"]
-            return answer
+            rec = known[key]
+            usage = rec.get("usage") or {}
+            return Reply(str(rec["answer"]), Usage(int(usage.get("prompt_tokens", 0)),
+                                                   int(usage.get("completion_tokens", 0))))
         if not self._fixtures.record:
             raise FixtureMissing(
-                f"nim '{self._nim}' has no recorded answer for this prompt in "
+                f"nim '{self._nim}' has no recorded answer of {self.kind} for this prompt in "
                 f"{self._fixtures.path}; run `nimsforest test --record` once to record it")
-        answer = await self._real.think(prompt, context)
-        self._fixtures.data.setdefault(self._nim, {})[key] = {"prompt": prompt, "answer": answer}
+        reply = await self._real.ask(messages, schema)
+        self._fixtures.data.setdefault(self._nim, {})[key] = {
+            "prompt": messages[-1][1], "turns": len(messages), "answer": reply.text,
+            "usage": {"prompt_tokens": reply.usage.prompt_tokens,
+                      "completion_tokens": reply.usage.completion_tokens},
+        }
         self._fixtures.changed = True
-        return answer
+        return reply
 
     async def aclose(self) -> None:
         await self._real.aclose()
@@ -279,13 +297,14 @@ class Simulation:
         for kind in USER_KINDS:
             for name, spec in config.specs(kind).items():
                 comp = build_component(config, kind, name, spec)
-                if isinstance(spec, NimSpec) and not isinstance(spec.brain, RulesBrainSpec) \
-                        and isinstance(comp.handler, NimHandler):
+                if isinstance(spec, NimSpec) and isinstance(comp.handler, NimHandler):
                     h = comp.handler
+                    chain = [FixtureBrain(name, b, fixtures) if b.needs_prompt else b
+                             for b in h.decider.chain]
                     comp.handler = NimHandler(name, comp.consumer.durable if comp.consumer
                                               else name, spec.publishes, h.prompt,
-                                              FixtureBrain(name, h.brain, fixtures),
-                                              spec.humus, comp.stats)
+                                              h.decider.with_chain(chain), spec.humus,
+                                              comp.stats)
                 self.components.append(comp)
         self._seq = 0
 

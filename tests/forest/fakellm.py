@@ -27,6 +27,8 @@ class Seen:
 class FakeLLM:
     protocol: str  # "openai" | "anthropic"
     reply: Callable[[Any], str] = lambda body: '{"ok": true}'
+    # the answer's token usage, e.g. lambda body: (12, 5): (prompt, completion)
+    usage: Callable[[Any], tuple[int, int]] | None = None
     plan: list[Any] = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
     active: int = 0
@@ -98,6 +100,14 @@ class FakeLLM:
                     "content": [{"type": "text", "text": self.reply(body)}],
                     "stop_reason": "end_turn",
                 }
+            if status == 200 and self.usage is not None:
+                p_tok, c_tok = self.usage(body)
+                payload["usage"] = (
+                    {"prompt_tokens": p_tok, "completion_tokens": c_tok,
+                     "total_tokens": p_tok + c_tok}
+                    if self.protocol == "openai"
+                    else {"input_tokens": p_tok, "output_tokens": c_tok}
+                )
             data = json.dumps(payload).encode()
             hdrs = {
                 "Content-Type": "application/json",

@@ -12,11 +12,28 @@ A brain returns None to drop the event (the rules brain when no rule matches).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from nimsforest.forest.prompt import Prompt
 from nimsforest.forest.specs import AnthropicBrainSpec, OpenAIBrainSpec, RulesBrainSpec
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens an answer cost, as the server counted them (0 when it does not say)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP brain's answer: its text (the JSON object, parsed by the nim) and usage."""
+
+    text: str
+    usage: Usage = Usage()
 
 
 class Brain:
@@ -33,6 +50,21 @@ class Brain:
 
     def decide(self, context: dict[str, Any]) -> dict[str, Any] | None:
         raise NotImplementedError(f"the {self.kind} brain needs the rendered prompt")
+
+    async def ask(self, messages: Sequence[tuple[str, str]],
+                  schema: dict[str, Any] | None = None) -> Reply:
+        """The answer to a conversation of (role, text) turns, `schema` sent to the server
+        when it takes one (HTTP brains)."""
+        raise NotImplementedError(f"the {self.kind} brain decides from the input alone")
+
+    @property
+    def model(self) -> str:
+        return ""
+
+    @property
+    def prices(self) -> tuple[float, float]:
+        """Prices per million prompt and completion tokens (for the nim's cost)."""
+        return (0.0, 0.0)
 
     async def aclose(self) -> None:
         """Nothing to release by default."""
@@ -75,4 +107,4 @@ def build_brain(
     return AnthropicBrain(spec, env, label)
 
 
-__all__ = ["Brain", "BrainConfigError", "MissingKey", "build_brain"]
+__all__ = ["Brain", "BrainConfigError", "MissingKey", "Reply", "Usage", "build_brain"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from nimsforest.forest.brains import Brain, MissingKey
+from nimsforest.forest.brains import Brain, MissingKey, Usage
 from nimsforest.forest.errors import EventError
 from nimsforest.forest.specs import _HttpBrain
 
@@ -49,6 +49,10 @@ class HttpBrain(Brain):
         self.concurrency = spec.concurrency
         self._label = label
         self._client: httpx.AsyncClient | None = None
+
+    @property
+    def prices(self) -> tuple[float, float]:
+        return (self.spec.price_prompt, self.spec.price_completion)
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -101,3 +105,15 @@ class HttpBrain(Brain):
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+def usage_of(usage: Any, prompt: str, completion: str) -> Usage:
+    """The token counts of an answer's `usage` object (0 for what it lacks)."""
+    if not isinstance(usage, dict):
+        return Usage()
+
+    def count(key: str) -> int:
+        v = usage.get(key)
+        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
+
+    return Usage(count(prompt), count(completion))

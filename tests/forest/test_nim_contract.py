@@ -1,0 +1,210 @@
+"""The nim contract against real local OpenAI-compatible and Anthropic servers with
+scripted answers: output_schema (sent, checked, an invalid answer repaired by a retry that
+feeds the error back, dead with the answer kept when it is not), fallback chains with a
+cool-down, token and cost accounting (status, /metrics, leaf headers), the whole-decision
+timeout, and the contract built from forest.yaml."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nimsforest import metrics
+from nimsforest.forest.brains import Brain, build_brain
+from nimsforest.forest.decide import (
+    BrainHealth,
+    Contract,
+    Decider,
+    DecisionFailed,
+    SchemaRejected,
+    after_failure,
+    after_success,
+    usable,
+)
+from nimsforest.forest.delivery import Stats
+from nimsforest.forest.prompt import Prompt
+from nimsforest.forest.specs import AnthropicBrainSpec, OpenAIBrainSpec, Rule, RulesBrainSpec
+from nimsforest.forest.testing import run_test_file
+from tests.forest.conftest import write_forest
+from tests.forest.fakellm import FakeLLM
+from tests.support import free_port
+
+PROMPT = Prompt("Qualify {{ id }}", "t")
+SCHEMA = {"type": "object", "required": ["pursue"],
+          "properties": {"pursue": {"type": "boolean"}}}
+
+
+class Scripted:
+    """Answers in order (the last one again when they run out)."""
+
+    def __init__(self, *answers: str) -> None:
+        self.answers = list(answers)
+
+    def __call__(self, body: Any) -> str:
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[FakeLLM]:
+    server = await FakeLLM("openai", usage=lambda body: (10, 3)).start()
+    yield server
+    await server.stop()
+
+
+def openai(server: FakeLLM, model: str = "m1", **kw: Any) -> Brain:
+    spec = OpenAIBrainSpec(type="openai", base_url=server.url + "/v1", model=model, backoff=0,
+                           **kw)
+    return build_brain(spec, PROMPT, label="nim 'q'", env={})
+
+
+def decider(chain: list[Brain], clock: Any = None, **contract: Any) -> tuple[Decider, Stats]:
+    stats = Stats()
+    kw = {"clock": clock} if clock else {}
+    return Decider("q", chain, Contract(**contract), stats, **kw), stats
+
+
+async def test_schema_is_sent_checked_and_an_invalid_answer_repaired(llm: FakeLLM) -> None:
+    llm.reply = Scripted('{"pursue": "yes"}', "Sure! ```json\n{\"pursue\": true}\n```")
+    d, stats = decider([openai(llm)], schema=SCHEMA, schema_retries=2)
+    decision = await d.decide("Qualify c-1", {"id": "c-1"})
+    assert decision.output == {"pursue": True}
+    first, second = (s.body for s in llm.seen)
+    assert first["response_format"] == {
+        "type": "json_schema", "json_schema": {"name": "output", "schema": SCHEMA}}
+    assert [m["role"] for m in second["messages"]] == ["user", "assistant", "user"]
+    assert second["messages"][1]["content"] == '{"pursue": "yes"}'
+    assert "at pursue: 'yes' is not of type 'boolean'" in second["messages"][2]["content"]
+    # tokens: both answers counted, as the server said
+    assert (stats.prompt_tokens, stats.completion_tokens) == (20, 6)
+    assert decision.usage.prompt_tokens == 20
+    assert decision.headers() == {"Nimsforest-Brain": "openai/m1", "Nimsforest-Tokens": "20/6"}
+
+
+async def test_an_answer_that_stays_invalid_is_dead_with_the_answer_kept(llm: FakeLLM) -> None:
+    llm.reply = Scripted("not json at all", '{"pursue": 1}')
+    d, _ = decider([openai(llm)], schema=SCHEMA, schema_retries=1)
+    with pytest.raises(SchemaRejected, match="does not match output_schema after 2 attempts") as e:
+        await d.decide("Qualify c-1", {"id": "c-1"})
+    assert e.value.answer == '{"pursue": 1}' and "'{\"pursue\": 1}'" in str(e.value)
+    assert len(llm.seen) == 2
+    assert "did not answer with a JSON object" in llm.seen[1].body["messages"][2]["content"]
+
+
+async def test_fallback_to_the_next_brain_and_a_cool_down(llm: FakeLLM) -> None:
+    down = await FakeLLM("openai", plan=[500] * 100).start()
+    anthropic = await FakeLLM("anthropic", reply=lambda b: '{"pursue": false}',
+                              usage=lambda b: (7, 2)).start()
+    now = [1000.0]
+    try:
+        primary = openai(down, retries=0)
+        second = build_brain(
+            AnthropicBrainSpec(type="anthropic", base_url=anthropic.url, model="c1", backoff=0,
+                               price_prompt=3.0, price_completion=15.0),
+            PROMPT, label="nim 'q'", env={"ANTHROPIC_API_KEY": "k"})
+        rules = build_brain(RulesBrainSpec(rules=(Rule(output={"pursue": True, "by": "rules"}),)),
+                            PROMPT, label="nim 'q'")
+        d, stats = decider([primary, second, rules], clock=lambda: now[0],
+                           fallback_after=2, cooldown=60)
+        for _ in range(2):
+            assert (await d.decide("x", {})).output == {"pursue": False}
+        assert len(down.seen) == 2 and len(anthropic.seen) == 2
+        (await d.decide("x", {}))  # the primary is cooling down: not asked
+        assert len(down.seen) == 2 and len(anthropic.seen) == 3
+        now[0] += 61  # cooled down: asked again
+        await d.decide("x", {})
+        assert len(down.seen) == 3
+        await anthropic.stop()  # the second brain gone too: the rules answer
+        decision = await d.decide("x", {})
+        assert decision.output == {"pursue": True, "by": "rules"} and decision.brain == "rules"
+        assert (stats.prompt_tokens, stats.completion_tokens) == (28, 8)
+        assert stats.cost == pytest.approx((28 * 3.0 + 8 * 15.0) / 1e6)
+        sample = metrics.REGISTRY.get_sample_value(
+            "nimsforest_nim_tokens_total",
+            {"name": "q", "brain": "anthropic", "model": "c1", "type": "prompt"})
+        assert sample is not None and sample >= 28
+        assert metrics.REGISTRY.get_sample_value(
+            "nimsforest_nim_fallbacks_total", {"name": "q", "brain": "rules"}) >= 1
+    finally:
+        await down.stop()
+        await anthropic.stop()
+
+
+async def test_when_no_brain_answers_the_event_is_retried_later() -> None:
+    gone = free_port()
+    spec = OpenAIBrainSpec(type="openai", base_url=f"http://127.0.0.1:{gone}/v1", retries=0)
+    d, _ = decider([build_brain(spec, PROMPT, label="nim 'q'", env={})] * 2)
+    with pytest.raises(DecisionFailed, match="no brain could answer: nim 'q': cannot reach"):
+        await d.decide("x", {})
+
+
+async def test_the_whole_decision_has_a_timeout(llm: FakeLLM) -> None:
+    llm.plan = [("hold",)]
+    d, _ = decider([openai(llm, timeout=30)], timeout=0.2)
+    with pytest.raises(DecisionFailed, match="no decision within decision_timeout 0.2s"):
+        await d.decide("x", {})
+
+
+def test_cool_down_bookkeeping_is_pure() -> None:
+    h = BrainHealth()
+    h = after_failure(h, 10.0, fallback_after=2, cooldown=5)
+    assert h.failures == 1 and usable(h, 10.0)
+    h = after_failure(h, 11.0, fallback_after=2, cooldown=5)
+    assert not usable(h, 15.9) and usable(h, 16.0) and h.failures == 0
+    assert after_success(after_failure(BrainHealth(), 0, 3, 1)) == BrainHealth()
+
+
+async def test_the_contract_from_forest_yaml(tmp_path: Path, llm: FakeLLM) -> None:
+    """A nim with a schema and a fallback, built from forest.yaml and run by the test
+    runner: the primary brain is down, the fallback's answer is checked and repaired."""
+    llm.reply = Scripted('{"pursue": "maybe", "id": "c-1"}', '{"pursue": true, "id": "c-1"}')
+    write_forest(tmp_path, {"nims": {"q": {
+        "subscribes": "lead", "publishes": "lead.q", "template": "Qualify {{ id }}",
+        "brain": {"type": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1",
+                  "retries": 0},
+        "fallback": [{"type": "openai", "base_url": llm.url + "/v1", "model": "m2"}],
+        "output_schema": SCHEMA, "decision_timeout": "20s"}}})
+    (tmp_path / "q.test.yaml").write_text("""
+tests:
+  - name: repaired by the fallback
+    wind: {subject: lead, data: {id: c-1}}
+    expect:
+      leaves: [{subject: lead.q, data: {pursue: true}}]
+      soil: {c-1: {pursue: true}}
+""")
+    (result,) = await run_test_file(tmp_path / "q.test.yaml", record=True)
+    assert result.passed, result.failures
+    assert len(llm.seen) == 2 and llm.seen[0].body["model"] == "m2"
+    fixtures = json.loads((tmp_path / "q.fixtures.json").read_text())
+    assert len(fixtures["q"]) == 2  # both turns of the fallback recorded
+
+
+async def test_a_running_nim_counts_tokens_and_gives_them_to_its_leaf(
+    forest_factory: Any, nc: Any, llm: FakeLLM
+) -> None:
+    """On real NATS: the leaf's headers name the brain and its tokens; status counts them."""
+    from nimsforest.forest.leaf import Leaf
+    from tests.support import eventually
+
+    llm.reply = lambda body: '{"pursue": true}'
+    forest = await forest_factory({"nims": {"q": {
+        "subscribes": "lead", "publishes": "lead.q", "template": "Qualify {{ id }}",
+        "brain": {"type": "openai", "base_url": llm.url + "/v1", "model": "m9",
+                  "price_prompt": 1.0, "price_completion": 2.0},
+        "output_schema": SCHEMA}}})
+    got: list[Any] = []
+
+    async def keep(msg: Any) -> None:
+        got.append(msg)
+
+    await nc.subscribe("wind.lead.q", cb=keep)
+    await nc.jetstream().publish("wind.lead", Leaf.new("lead", {"id": "c-1"}, "test").to_json())
+    await eventually(lambda: got, what="the nim's leaf")
+    assert got[0].headers["Nimsforest-Brain"] == "openai/m9"
+    assert got[0].headers["Nimsforest-Tokens"] == "10/3"
+    status = forest.get("nim", "q")
+    assert (status.prompt_tokens, status.completion_tokens) == (10, 3)
+    assert status.cost == pytest.approx((10 * 1.0 + 3 * 2.0) / 1e6)
