@@ -66,6 +66,7 @@ class Forest:
         self._env = env
         self._grace = stop_grace
         self._components: dict[_Key, Component] = {}
+        self._invalid: dict[_Key, Component] = {}  # config.invalid, shown FAILED
         self._decomposer: Component | None = None
         self._lock = asyncio.Lock()
         self._running = False
@@ -102,6 +103,7 @@ class Forest:
                     if comp.state is not ComponentState.FAILED:
                         await self._start_quietly(comp)
                     self._components[(kind, name)] = comp
+            self._show_invalid(self._config)
             failed = sum(c.state is ComponentState.FAILED for c in self._all())
             log.info("forest running: %d components, %d failed", len(self._all()), failed)
             self._retry_task = asyncio.create_task(self._retry_loop(), name="forest-retry")
@@ -122,6 +124,7 @@ class Forest:
             if self._decomposer is not None:
                 await self._decomposer.stop(self._grace)
             self._components.clear()
+            self._invalid.clear()
             self._decomposer = None
             await self._publisher.close()
             self._publisher = Publisher(self._nc)
@@ -198,6 +201,7 @@ class Forest:
                     if comp.state is ComponentState.FAILED or not await self._start_quietly(comp):
                         failed.append(ref)
                     self._components[(ref.kind, ref.name)] = comp
+                self._show_invalid(new_config)
             else:
                 self._config = new_config
             diff = ReloadDiff(
@@ -257,7 +261,23 @@ class Forest:
 
     # internals ------------------------------------------------------------------------------
     def _all(self) -> Sequence[Component]:
-        return ([self._decomposer] if self._decomposer else []) + list(self._components.values())
+        return ([self._decomposer] if self._decomposer else []) + list(
+            self._components.values()) + [
+            c for k, c in self._invalid.items() if k not in self._components]
+
+    def _show_invalid(self, config: ForestConfig) -> None:
+        """The components `config` left out as invalid, FAILED with their sentences (a
+        valid component of the same name wins)."""
+        wanted = {(p.ref.kind, p.ref.name): p for p in config.invalid
+                  if p.ref.name not in config.specs(p.ref.kind)}
+        for key in list(self._invalid):
+            if key not in wanted or wanted[key].sentence != self._invalid[key].stats.last_error:
+                del self._invalid[key]
+        for key, problem in wanted.items():
+            if key not in self._invalid:
+                comp = Component(problem.ref.kind, problem.ref.name, None)
+                comp.fail(problem.sentence)
+                self._invalid[key] = comp
 
     def _sources(self) -> Sequence[Component]:
         return [c for (k, _), c in self._components.items() if k is ComponentKind.SOURCE]

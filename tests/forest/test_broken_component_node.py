@@ -1,6 +1,7 @@
 """A broken component never stops a node: `nimsforest standalone` with a forest.yaml whose
-one script does not compile starts, reports that component FAILED with its sentence (in
-/health, the control status and the log) and runs the others."""
+one script does not compile and one component's settings are invalid starts, reports
+those components FAILED with their sentences (in /health, the control status and the
+log) and runs the others."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ async def test_a_node_runs_with_one_broken_script_and_reports_it(tmp_path: Path)
             "trees": {
                 "good": {"watches": "river.in", "publishes": "got.it", "script": "good.lua"},
                 "broken": {"watches": "river.in", "publishes": "never", "script": "broken.lua"},
+                "typo": {"watches": "river.in", "publishs": "x", "script": "good.lua"},
             }
         },
         {"good.lua": ECHO, "broken.lua": "function process(i) return { end"},
@@ -29,16 +31,17 @@ async def test_a_node_runs_with_one_broken_script_and_reports_it(tmp_path: Path)
     node.start()
     try:
         body = await node.wait_healthy()  # started (exit 2 before)
-        assert body["forest"]["components"] == 2
-        failed = body["forest"]["failed"]
-        assert len(failed) == 1 and failed[0].startswith("tree 'broken': ")
-        assert "line 1: unexpected symbol" in failed[0]
+        assert body["forest"]["components"] == 3
+        broken, typo = sorted(body["forest"]["failed"])
+        assert broken.startswith("tree 'broken': ") and "line 1: unexpected symbol" in broken
+        assert typo.startswith("tree 'typo': ") and "field 'publishes': is required" in typo
 
         status = httpx.get(node.api_url + "/api/v1/status", timeout=5).json()
         comps = {c["name"]: c for c in status["components"]}
         assert comps["broken"]["state"] == "failed"
         assert "line 1: unexpected symbol" in comps["broken"]["last_error"]
         assert comps["good"]["state"] == "running"
+        assert comps["typo"]["state"] == "failed" and "is required" in comps["typo"]["last_error"]
 
         r = httpx.post(node.api_url + "/api/v1/river/in", json={"id": "x1"}, timeout=5)
         assert r.status_code == 202, r.text
