@@ -80,6 +80,7 @@ class FakeLLM:
             elif step is None and self.latency:
                 step = ("sleep", self.latency)
             status, extra = 200, {}
+            payload: dict[str, Any]
             if isinstance(step, int):
                 status = step
                 if step == 429:
