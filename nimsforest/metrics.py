@@ -61,3 +61,7 @@ nim_schema_retries = Counter(
     "nimsforest_nim_schema_retries", "Answers asked again because they did not match the schema",
     ("name", "brain"), registry=REGISTRY,
 )
+nim_cache_hits = Counter(
+    "nimsforest_nim_cache_hits", "Decisions answered from the nim answer cache",
+    ("name", "brain"), registry=REGISTRY,
+)

@@ -124,6 +124,10 @@ HUMUS = StreamSpec(
 )
 SOIL = kv_spec("SOIL", history=10, description="NimsForest current state storage")
 
+# Answers of nims with `cache` set (created when such a nim runs; a cache may be lost).
+NIM_CACHE = kv_spec("NIMCACHE", history=1, ttl=7 * DAY,
+                    description="NimsForest nim answers, by brain, model and prompt")
+
 # The streams a node creates at start, in order.
 CORE_STREAMS: tuple[StreamSpec, ...] = (RIVER, WIND, HUMUS, SOIL)
 
@@ -257,6 +261,7 @@ __all__ = [
     "RIVER",
     "WIND",
     "HUMUS",
+    "NIM_CACHE",
     "SOIL",
     "CORE_STREAMS",
     "NODE_TAG",

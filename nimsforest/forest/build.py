@@ -250,7 +250,7 @@ def _nim(spec: NimSpec, ctx: BuildContext) -> Component:
     contract = Contract(
         schema=spec.output_schema, schema_retries=spec.schema_retries,
         timeout=spec.decision_timeout, fallback_after=spec.fallback_after,
-        cooldown=spec.cooldown,
+        cooldown=spec.cooldown, cache_ttl=spec.cache,
     )
     decider = Decider(ctx.ref.name, brains, contract, stats)
     subject = wind_subject(spec.subscribes, pattern=True)

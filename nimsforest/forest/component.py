@@ -67,6 +67,7 @@ class Component:
         FAILED (with the reason as its last error) and the error is raised."""
         try:
             if self.consumer is not None and self.handler is not None:
+                await self.handler.attach(js)
                 self._runner = ConsumerRunner(
                     nc,
                     js,

@@ -8,6 +8,10 @@
               with the validation error fed back, up to `schema_retries` times, then the
               next brain is asked; when none gives a valid answer the event is dead
               (SchemaRejected, terminated at once) with the last answer in its sentence
+    cache     `cache` (a TTL): a valid answer of an HTTP brain is kept in the KV bucket
+              NIMCACHE, shared by the cluster, keyed by brain, model, rendered prompt and
+              schema; the same question within the TTL is answered from it (no request,
+              no tokens); off by default
     timeout   `decision_timeout` bounds the whole decision: every brain, HTTP retry and
               schema retry together (the event then fails and is redelivered later)
     tokens    each answer's usage (prompt and completion tokens, as the server counted
@@ -22,6 +26,7 @@ frozen `BrainHealth`; `Decider` only asks, checks and records.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -93,6 +98,38 @@ class Contract:
     timeout: float | None = None
     fallback_after: int = 3
     cooldown: float = 60.0
+    cache_ttl: float | None = None  # seconds; None: no answer cache
+
+
+class AnswerCache:
+    """Valid answers of HTTP brains in the KV bucket NIMCACHE, by `cache_key`; shared by
+    every node. Never fails a decision: a bucket that cannot be read or written is a miss."""
+
+    def __init__(self, kv: Any, ttl: float, wall: Callable[[], float] = time.time) -> None:
+        self._kv, self._ttl, self._wall = kv, ttl, wall
+
+    async def get(self, key: str) -> str | None:
+        try:
+            entry = await self._kv.get(key)
+            value = json.loads(entry.value or b"null")
+        except Exception:  # noqa: BLE001 - missing, unreadable or bucket away: a miss
+            return None
+        if not isinstance(value, dict) or self._wall() - float(value.get("at", 0)) > self._ttl:
+            return None
+        text = value.get("text")
+        return text if isinstance(text, str) else None
+
+    async def put(self, key: str, text: str) -> None:
+        try:
+            await self._kv.put(key, json.dumps({"at": self._wall(), "text": text}).encode())
+        except Exception as exc:  # noqa: BLE001 - the answer was given; only the cache is lost
+            log.debug("the answer cache cannot be written: %s", exc)
+
+
+def cache_key(brain: Brain, prompt: str, schema: dict[str, Any] | None) -> str:
+    """The brain, its model, the rendered prompt and the schema, hashed (a KV key)."""
+    text = json.dumps([brain.kind, brain.model, prompt, schema], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass
@@ -108,6 +145,7 @@ class Decider:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.nim, self.contract, self._stats, self._clock = nim, contract, stats, clock
         self.members = [_Member(b, _brain_label(b), b.prices) for b in chain]
+        self.cache: AnswerCache | None = None  # set when the nim starts (NimHandler.attach)
         self._validator: Any = None
         if contract.schema is not None:
             import jsonschema  # only nims with a schema pay for the import
@@ -193,6 +231,17 @@ class Decider:
                                      f"output_schema: {problem}", json.dumps(output))
             return Decision(output, m.label)
         schema = self.contract.schema
+        key = cache_key(m.brain, prompt, schema) if self.cache is not None else ""
+        if self.cache is not None:
+            cached = await self.cache.get(key)
+            if cached is not None:
+                try:
+                    output = parse_json_object(cached, f"nim '{self.nim}' ({m.label})")
+                except EventError:
+                    output = None
+                if output is not None and self._problem(output) is None:
+                    metrics.nim_cache_hits.labels(self.nim, m.label).inc()
+                    return Decision(output, m.label)
         messages: list[tuple[str, str]] = [("user", prompt)]
         total = Usage()
         attempts = (self.contract.schema_retries if schema is not None else 0) + 1
@@ -212,6 +261,8 @@ class Decider:
             else:
                 found = self._problem(output)
                 if found is None:
+                    if self.cache is not None:
+                        await self.cache.put(key, text)
                     return Decision(output, m.label, total)
                 problem = found
             metrics.nim_schema_retries.labels(self.nim, m.label).inc()
@@ -256,6 +307,7 @@ def _brain_label(b: Brain) -> str:
 
 
 __all__ = [
+    "AnswerCache",
     "BrainHealth",
     "Contract",
     "Decider",
@@ -264,5 +316,6 @@ __all__ = [
     "SchemaRejected",
     "after_failure",
     "after_success",
+    "cache_key",
     "usable",
 ]

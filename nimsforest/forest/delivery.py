@@ -116,6 +116,10 @@ class Handler:
     async def handle_async(self, d: Delivery) -> Sequence[Output]:
         raise NotImplementedError(f"{type(self).__name__} handles every message synchronously")
 
+    async def attach(self, js: Any) -> None:
+        """Called once before the component starts, with JetStream (a nim opens its answer
+        cache here); no-op by default."""
+
     def stored(self, d: Delivery, acks: Sequence[Any]) -> None:
         """The outputs of `d` are stored; `acks` are JetStream's publish acks, in order."""
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from nats.js.errors import APIError
 
-from nimsforest.forest.decide import Decider, Decision
+from nimsforest.forest.decide import AnswerCache, Decider, Decision
 from nimsforest.forest.delivery import Delivery, Handler, Handoff, Output, Stats
 from nimsforest.forest.errors import BadEvent
 from nimsforest.forest.leaf import Compost, CompostAction, Leaf, loads, soil_key
@@ -26,8 +26,10 @@ from nimsforest.forest.sandbox import LuaSandbox
 from nimsforest.forest.soil import WRONG_LAST_SEQUENCE, Soil, SoilConflict, SoilEntry
 from nimsforest.forest.specs import HumusSpec
 from nimsforest.forest.subjects import WIND_PREFIX, humus_subject, wind_subject
+from nimsforest.streams import NIM_CACHE
 
 SOURCE_HEADER = "Nimsforest-Source"
+log = logging.getLogger("nimsforest.forest.nim")
 
 
 class TreeHandler(Handler):
@@ -107,6 +109,19 @@ class NimHandler(Handler):
     @property
     def decider(self) -> Decider:
         return self._decider
+
+    async def attach(self, js: Any) -> None:
+        """Open the answer cache when the nim has one (a bucket that cannot be opened is
+        logged: the nim then asks its brains every time)."""
+        ttl = self._decider.contract.cache_ttl
+        if ttl is None or self._decider.cache is not None:
+            return
+        try:
+            kv = await js.key_value(NIM_CACHE.kv_bucket)
+        except Exception as exc:  # noqa: BLE001 - runs without the cache
+            log.warning("nim '%s': the answer cache cannot be opened: %s", self._name, exc)
+            return
+        self._decider.cache = AnswerCache(kv, ttl)
 
     def handle_sync(self, d: Delivery) -> Sequence[Output]:
         leaf = Leaf.from_json(d.data)

@@ -37,7 +37,7 @@ from nimsforest.forest.model import (
 from nimsforest.forest.publisher import Publisher
 from nimsforest.forest.soil import Soil
 from nimsforest.forest.specs import USER_KINDS, ComponentSpec
-from nimsforest.streams import CORE_STREAMS, ensure_streams
+from nimsforest.streams import CORE_STREAMS, NIM_CACHE, ensure_stream, ensure_streams
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -94,6 +94,7 @@ class Forest:
                 self._js, CORE_STREAMS, self._replicas, self._placement, rescale=False
             )
             self._running = True
+            await self._ensure_cache(self._config)
             if self._config.decomposer.enabled:
                 self._decomposer = build_decomposer(self._config, self.soil)
                 await self._start_quietly(self._decomposer)
@@ -185,6 +186,7 @@ class Forest:
             decomposer_changed = new_config.decomposer != self._config.decomposer
             failed: builtins.list[ComponentRef] = []
             if self._running:
+                await self._ensure_cache(new_config)
                 for ref in removed:
                     comp = self._components.pop((ref.kind, ref.name), None)
                     if comp is not None:
@@ -318,6 +320,17 @@ class Forest:
             return True
         except Exception:  # noqa: BLE001 - the component is FAILED with the reason
             return False
+
+    async def _ensure_cache(self, config: ForestConfig) -> None:
+        """The answer cache bucket, when a nim of `config` uses it (a cache that cannot be
+        created is logged: those nims then ask their brains every time)."""
+        if not any(getattr(s, "cache", None) for s in config.specs(ComponentKind.NIM).values()):
+            return
+        try:
+            await ensure_stream(self._js, NIM_CACHE, self._replicas, self._placement,
+                                rescale=False)
+        except Exception as exc:  # noqa: BLE001 - the nims run without it
+            log.warning("the nim answer cache %s cannot be created: %s", NIM_CACHE.kv_bucket, exc)
 
     async def _restart_decomposer(self) -> None:
         if self._decomposer is not None:

@@ -240,6 +240,9 @@ class NimSpec(_Consuming):
     schema_retries: int = Field(2, ge=0, le=10)
     # the whole decision (every brain, retry and schema retry) within this, else it fails
     decision_timeout: Duration | None = Field(None, gt=0)
+    # answers of HTTP brains kept this long in the KV bucket NIMCACHE, shared by the
+    # cluster, keyed by brain, model, prompt and schema (off by default; at most 7 days)
+    cache: Duration | None = Field(None, gt=0, le=7 * 24 * 3600)
     humus: HumusSpec = HumusSpec()
     ack_wait: Duration = Field(60.0, gt=0)
     max_deliver: int = Field(10, ge=1)

@@ -208,3 +208,39 @@ async def test_a_running_nim_counts_tokens_and_gives_them_to_its_leaf(
     status = forest.get("nim", "q")
     assert (status.prompt_tokens, status.completion_tokens) == (10, 3)
     assert status.cost == pytest.approx((10 * 1.0 + 3 * 2.0) / 1e6)
+
+
+async def test_the_answer_cache_skips_the_server_and_is_shared(
+    forest_factory: Any, nc: Any, llm: FakeLLM
+) -> None:
+    """A nim asks its brain once; the same question again, by it or by a nim of another
+    forest (as on another node) with the same brain, is answered from the KV bucket
+    NIMCACHE without a request and without tokens."""
+    from nimsforest.forest.leaf import Leaf
+    from tests.support import eventually
+
+    llm.reply = lambda body: '{"pursue": true}'
+
+    def nim(publishes: str) -> dict[str, Any]:
+        return {"subscribes": "lead", "publishes": publishes,
+                "template": "Qualify {{ id }}", "humus": {"enabled": False}, "cache": "1h",
+                "brain": {"type": "openai", "base_url": llm.url + "/v1", "model": "m1"}}
+
+    js = nc.jetstream()
+    one = await forest_factory({"nims": {"a": nim("lead.a")}}, subdir="one")
+    await js.publish("wind.lead", Leaf.new("lead", {"id": "c-1"}, "test").to_json())
+    await eventually(lambda: one.get("nim", "a").events_out == 1, what="the first answer")
+    assert len(llm.seen) == 1 and one.get("nim", "a").prompt_tokens == 10
+    two = await forest_factory({"nims": {"b": nim("lead.b")}}, subdir="two")
+    await js.publish("wind.lead", Leaf.new("lead", {"id": "c-1"}, "test").to_json())
+    await eventually(lambda: one.get("nim", "a").events_out == 2
+                     and two.get("nim", "b").events_out == 1, what="both answer again")
+    assert len(llm.seen) == 1  # both from the cache
+    assert one.get("nim", "a").prompt_tokens == 10 and two.get("nim", "b").prompt_tokens == 0
+    hits = sum(metrics.REGISTRY.get_sample_value(
+        "nimsforest_nim_cache_hits_total", {"name": n, "brain": "openai/m1"}) or 0
+        for n in ("a", "b"))
+    assert hits >= 2
+    await js.publish("wind.lead", Leaf.new("lead", {"id": "c-2"}, "test").to_json())
+    await eventually(lambda: two.get("nim", "b").events_out == 2, what="a new question")
+    assert len(llm.seen) >= 2  # not in the cache: asked
