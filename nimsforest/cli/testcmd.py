@@ -27,9 +27,13 @@ EXIT_NO_TESTS = 5  # as pytest
 @click.option("--record", is_flag=True,
               help="Ask the real HTTP brains (openai, anthropic) and store their answers in "
                    "the fixtures files, instead of answering from them.")
+@click.option("--live", is_flag=True,
+              help="Run against a real node instead (a nats-server started for each test "
+                   "file, the forest on it, real HTTP brains); slower, end to end.")
 @click.option("--junit-xml", "junit", type=click.Path(path_type=Path, dir_okay=False),
               default=None, help="Also write the results as JUnit XML (for CI).")
-def test(paths: tuple[Path, ...], verbose: bool, record: bool, junit: Path | None) -> None:
+def test(paths: tuple[Path, ...], verbose: bool, record: bool, live: bool,
+         junit: Path | None) -> None:
     """Run the forest's tests: every `*.test.yaml` under PATH (a folder, a forest.yaml's
     folder, or test files; default: FOREST_CONFIG's folder, else the current one).
 
@@ -41,7 +45,7 @@ def test(paths: tuple[Path, ...], verbose: bool, record: bool, junit: Path | Non
     \b
     Exit status: 0 all passed, 1 a test failed or could not run, 2 usage, 5 no tests.
     """
-    from nimsforest.forest.testing import find_test_files, run_test_file
+    from nimsforest.forest.testing import find_test_files, run_test_file, run_test_file_live
 
     began = time.perf_counter()
     if not paths:
@@ -59,7 +63,7 @@ def test(paths: tuple[Path, ...], verbose: bool, record: bool, junit: Path | Non
         raise SystemExit(EXIT_NO_TESTS)
     results = []
     for f in files:
-        got = asyncio.run(run_test_file(f, record=record))
+        got = asyncio.run(run_test_file_live(f) if live else run_test_file(f, record=record))
         results += got
         shown = _relative(f)
         if verbose:

@@ -462,6 +462,118 @@ async def run_test_file(path: Path, *, record: bool = False) -> list[CaseResult]
     return results
 
 
+# --- --live: the same file against a real embedded node ---------------------------------------
+async def run_test_file_live(path: Path, *, settle: float = 15.0) -> list[CaseResult]:
+    """Every test of the file at `path` against a real node: a nats-server started for
+    the file (natsembed, as a node runs it) and the Forest on it; each test starts from
+    purged streams and Soil, publishes its inputs to JetStream, waits until every
+    component's consumer has nothing pending (or the component failed), then checks what
+    arrived on the Wind, in Humus and in Soil. HTTP brains ask their real servers."""
+    import tempfile
+
+    import nats
+
+    from natsembed import EmbeddedConfig, EmbeddedNats, find_nats_server, free_port
+    from nimsforest.forest.runtime import Forest
+
+    began = time.perf_counter()
+    try:
+        tf, forest_path, _ = read_test_file(path)
+        config = read_forest_config(forest_path)
+    except (TestFileError, ForestConfigError) as exc:
+        return [CaseResult(path, "(the test file)", (str(exc),), time.perf_counter() - began,
+                           error=True)]
+    results: list[CaseResult] = []
+    with tempfile.TemporaryDirectory(prefix="nimsforest-test-") as tmp:
+        node = EmbeddedNats(EmbeddedConfig(
+            name="test", data_dir=Path(tmp), binary=find_nats_server(), client_port=free_port(),
+            cluster_port=free_port(), monitor_port=0))
+        await node.start()
+        nc = await nats.connect(node.client_url)
+        forest = Forest(nc, config, stop_grace=1.0)
+        try:
+            await forest.start()
+            for case in tf.tests:
+                t0 = time.perf_counter()
+                try:
+                    trace = await _live_case(forest, nc, case, tf.soil, settle)
+                    failures = check(case.expect, trace)
+                except ValueError as exc:
+                    failures = [f"the test's input is invalid: {exc}"]
+                results.append(CaseResult(path, case.name, tuple(failures),
+                                          time.perf_counter() - t0))
+        finally:
+            await forest.stop()
+            await nc.close()
+            await node.stop()
+            await node.close()
+    return results
+
+
+async def _live_case(forest: Any, nc: Any, case: Case, soil: dict[str, Any],
+                     settle: float) -> Trace:
+    js = nc.jetstream()
+    for stream in ("RIVER", "WIND", "HUMUS", "KV_SOIL"):
+        await js.purge_stream(stream)
+    kv = await js.key_value("SOIL")
+    for entity, value in soil.items():
+        await kv.put(soil_key(entity), dumps(value))
+    trace = Trace()
+    errors_before = {c.ref: c.errors for c in forest.list()}
+    seen = [0]
+
+    async def on_wind(msg: Any) -> None:
+        seen[0] += 1
+        trace.leaves.append(Leaf.from_json(msg.data))
+
+    async def on_humus(msg: Any) -> None:
+        seen[0] += 1
+        trace.humus.append(Compost.from_json(msg.data))
+
+    subs = [await nc.subscribe("wind.>", cb=on_wind), await nc.subscribe("humus.>", cb=on_humus)]
+    try:
+        for subject, payload, headers in inputs_of(case):
+            await js.publish(subject, payload, headers=headers or None)
+        await _settled(forest, js, errors_before, seen, settle)
+    finally:
+        for sub in subs:
+            await sub.unsubscribe()
+    for entity in [*case.expect.soil, *soil]:
+        entry = await forest.soil.dig(entity)
+        if entry.value is not None and not entry.deleted:
+            trace.soil[soil_key(entity)] = entry.value
+    for c in forest.list():
+        if c.errors > errors_before.get(c.ref, 0):
+            trace.errors.append((c.ref, c.last_error or "failed"))
+    return trace
+
+
+async def _settled(forest: Any, js: Any, errors_before: dict[ComponentRef, int],
+                   seen: list[int], timeout: float) -> None:
+    """Until every consumer has nothing pending or unacknowledged (a component that
+    failed an event counts as done with it) and no new message came for two looks."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    quiet, last = 0, -1
+    while time.monotonic() < deadline:
+        busy = False
+        for c in forest.list():
+            if not c.consumer or not c.consumes:
+                continue
+            stream = ("RIVER" if c.consumes.startswith(RIVER_PREFIX) else
+                      "HUMUS" if c.consumes.startswith(HUMUS_PREFIX) else "WIND")
+            info = await js.consumer_info(stream, c.consumer)
+            failed = c.errors > errors_before.get(c.ref, 0)
+            if info.num_pending or (info.num_ack_pending and not failed):
+                busy = True
+        quiet = quiet + 1 if not busy and seen[0] == last else 0
+        last = seen[0]
+        if quiet >= 2:
+            return
+        await asyncio.sleep(0.05)
+
+
 __all__ = [
     "CaseResult",
     "Expect",
@@ -473,4 +585,5 @@ __all__ = [
     "matches",
     "read_test_file",
     "run_test_file",
+    "run_test_file_live",
 ]

@@ -136,3 +136,30 @@ def test_the_cli_output_exit_codes_and_junit_xml(demo: Path, tmp_path: Path) -> 
     assert run(str(tmp_path / "nothing")).returncode == 2
     (tmp_path / "empty").mkdir()
     assert run(str(tmp_path / "empty")).returncode == 5
+
+
+async def test_live_runs_the_same_file_against_a_real_node(demo: Path) -> None:
+    """`--live`: the demo's tests pass end to end on a real node; a broken copy fails them
+    there too, and a script error is reported by its component."""
+    from nimsforest.forest.testing import run_test_file_live
+
+    results = await run_test_file_live(DEMO_TESTS)
+    assert [r.passed for r in results] == [True] * 5, [r.failures for r in results]
+    scoring = demo / "treehouses" / "scoring.lua"
+    scoring.write_text(scoring.read_text().replace(
+        "local size = contact.company_size or 0", "local size = contact.company_size .. 0"
+    ).replace("score = score + 40", "score = score + 4"))
+    (demo / "tests" / "demo.test.yaml").write_text("""
+tests:
+  - name: a number is joined to a string
+    river: {subject: contacts, data: {event: contact.created, contact: {id: c-9, title: VP}}}
+    expect:
+      errors: [{component: "treehouse 'scoring'", message: "attempt to compare"}]
+      no_leaves: [lead.>]
+  - name: a script error not expected
+    river: {subject: contacts, data: {event: contact.created, contact: {id: c-8, title: VP}}}
+""")
+    expected, unexpected = await run_test_file_live(demo / "tests" / "demo.test.yaml")
+    assert expected.passed, expected.failures
+    assert len(unexpected.failures) == 1
+    assert unexpected.failures[0].startswith("treehouse 'scoring' failed: ")
