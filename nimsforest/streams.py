@@ -128,6 +128,10 @@ SOIL = kv_spec("SOIL", history=10, description="NimsForest current state storage
 NIM_CACHE = kv_spec("NIMCACHE", history=1, ttl=7 * DAY,
                     description="NimsForest nim answers, by brain, model and prompt")
 
+# Request and token counts of brains with a rate_limit, per window, shared by the nodes.
+NIM_RATE = kv_spec("NIMRATE", history=1, ttl=DAY,
+                   description="NimsForest brain rate-limit windows")
+
 # The streams a node creates at start, in order.
 CORE_STREAMS: tuple[StreamSpec, ...] = (RIVER, WIND, HUMUS, SOIL)
 
@@ -262,6 +266,7 @@ __all__ = [
     "WIND",
     "HUMUS",
     "NIM_CACHE",
+    "NIM_RATE",
     "SOIL",
     "CORE_STREAMS",
     "NODE_TAG",

@@ -14,6 +14,8 @@
               no tokens); off by default
     timeout   `decision_timeout` bounds the whole decision: every brain, HTTP retry and
               schema retry together (the event then fails and is redelivered later)
+    limits    a brain's `rate_limit` is the brain's own (brains/ratelimit.py): shared by
+              every node through the KV bucket NIMRATE
     tokens    each answer's usage (prompt and completion tokens, as the server counted
               them) and its cost (the brain's prices per million tokens) are counted per
               nim, brain and model in /metrics and in the component's status, and given

@@ -17,6 +17,8 @@ from typing import Any
 
 from nats.js.errors import APIError
 
+from nimsforest.forest.brains.httpbase import HttpBrain
+from nimsforest.forest.brains.ratelimit import Limit, RateLimiter
 from nimsforest.forest.decide import AnswerCache, Decider, Decision
 from nimsforest.forest.delivery import Delivery, Handler, Handoff, Output, Stats
 from nimsforest.forest.errors import BadEvent
@@ -26,7 +28,7 @@ from nimsforest.forest.sandbox import LuaSandbox
 from nimsforest.forest.soil import WRONG_LAST_SEQUENCE, Soil, SoilConflict, SoilEntry
 from nimsforest.forest.specs import HumusSpec
 from nimsforest.forest.subjects import WIND_PREFIX, humus_subject, wind_subject
-from nimsforest.streams import NIM_CACHE
+from nimsforest.streams import NIM_CACHE, NIM_RATE
 
 SOURCE_HEADER = "Nimsforest-Source"
 log = logging.getLogger("nimsforest.forest.nim")
@@ -114,14 +116,25 @@ class NimHandler(Handler):
         """Open the answer cache when the nim has one (a bucket that cannot be opened is
         logged: the nim then asks its brains every time)."""
         ttl = self._decider.contract.cache_ttl
-        if ttl is None or self._decider.cache is not None:
-            return
-        try:
-            kv = await js.key_value(NIM_CACHE.kv_bucket)
-        except Exception as exc:  # noqa: BLE001 - runs without the cache
-            log.warning("nim '%s': the answer cache cannot be opened: %s", self._name, exc)
-            return
-        self._decider.cache = AnswerCache(kv, ttl)
+        if ttl is not None and self._decider.cache is None:
+            try:
+                kv = await js.key_value(NIM_CACHE.kv_bucket)
+            except Exception as exc:  # noqa: BLE001 - runs without the cache
+                log.warning("nim '%s': the answer cache cannot be opened: %s", self._name, exc)
+            else:
+                self._decider.cache = AnswerCache(kv, ttl)
+        for brain in self._decider.chain:
+            limit = getattr(getattr(brain, "spec", None), "rate_limit", None)
+            if not isinstance(brain, HttpBrain) or limit is None or brain.limiter is not None:
+                continue
+            try:  # without its bucket a limit cannot be shared: the attempt fails, retried
+                kv = await js.key_value(NIM_RATE.kv_bucket)
+            except Exception as exc:
+                raise RuntimeError(f"nim '{self._name}': the rate-limit bucket cannot be "
+                                   f"opened: {exc}") from exc
+            brain.limiter = RateLimiter(kv, brain.endpoint, Limit(limit.requests, limit.tokens,
+                                                                   limit.per),
+                                        f"nim '{self._name}' ({brain.kind})")
 
     def handle_sync(self, d: Delivery) -> Sequence[Output]:
         leaf = Leaf.from_json(d.data)

@@ -37,7 +37,7 @@ from nimsforest.forest.model import (
 from nimsforest.forest.publisher import Publisher
 from nimsforest.forest.soil import Soil
 from nimsforest.forest.specs import USER_KINDS, ComponentSpec
-from nimsforest.streams import CORE_STREAMS, NIM_CACHE, ensure_stream, ensure_streams
+from nimsforest.streams import CORE_STREAMS, NIM_CACHE, NIM_RATE, ensure_stream, ensure_streams
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -322,15 +322,21 @@ class Forest:
             return False
 
     async def _ensure_cache(self, config: ForestConfig) -> None:
-        """The answer cache bucket, when a nim of `config` uses it (a cache that cannot be
-        created is logged: those nims then ask their brains every time)."""
-        if not any(getattr(s, "cache", None) for s in config.specs(ComponentKind.NIM).values()):
-            return
-        try:
-            await ensure_stream(self._js, NIM_CACHE, self._replicas, self._placement,
-                                rescale=False)
-        except Exception as exc:  # noqa: BLE001 - the nims run without it
-            log.warning("the nim answer cache %s cannot be created: %s", NIM_CACHE.kv_bucket, exc)
+        """The buckets of the nims' answer cache and rate limits, when a nim of `config`
+        uses them (one that cannot be created is logged: a nim then runs without its cache,
+        and one with a rate limit fails to start until it can)."""
+        nims = config.specs(ComponentKind.NIM).values()
+        wanted = []
+        if any(getattr(s, "cache", None) for s in nims):
+            wanted.append(NIM_CACHE)
+        if any(getattr(b, "rate_limit", None) for s in nims for b in getattr(s, "chain", ())):
+            wanted.append(NIM_RATE)
+        for spec in wanted:
+            try:
+                await ensure_stream(self._js, spec, self._replicas, self._placement,
+                                    rescale=False)
+            except Exception as exc:  # noqa: BLE001 - see above
+                log.warning("the bucket %s cannot be created: %s", spec.kv_bucket, exc)
 
     async def _restart_decomposer(self) -> None:
         if self._decomposer is not None:

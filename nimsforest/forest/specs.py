@@ -168,6 +168,20 @@ class RulesBrainSpec(_Spec):
     rules: tuple[Rule, ...] = ()
 
 
+class RateLimitSpec(_Spec):
+    """A brain's quota for the whole cluster: requests and/or tokens per `per`."""
+
+    requests: int | None = Field(None, ge=1)
+    tokens: int | None = Field(None, ge=1)
+    per: Duration = Field(60.0, gt=0, le=24 * 3600)
+
+    @model_validator(mode="after")
+    def _something(self) -> RateLimitSpec:
+        if self.requests is None and self.tokens is None:
+            raise ValueError("give requests, tokens or both")
+        return self
+
+
 class _HttpBrain(_Spec):
     base_url: str | None = None
     model: str | None = None
@@ -182,6 +196,8 @@ class _HttpBrain(_Spec):
     # prices per million tokens (in any currency), for the nim's cost in /metrics
     price_prompt: float = Field(0.0, ge=0)
     price_completion: float = Field(0.0, ge=0)
+    # shared by every node and nim asking the same endpoint, model and key (KV NIMRATE)
+    rate_limit: RateLimitSpec | None = None
 
 
 class OpenAIBrainSpec(_HttpBrain):
@@ -378,6 +394,7 @@ __all__ = [
     "LimitsSpec",
     "NimSpec",
     "OpenAIBrainSpec",
+    "RateLimitSpec",
     "Rule",
     "RulesBrainSpec",
     "SignatureKind",

@@ -244,3 +244,73 @@ async def test_the_answer_cache_skips_the_server_and_is_shared(
     await js.publish("wind.lead", Leaf.new("lead", {"id": "c-2"}, "test").to_json())
     await eventually(lambda: two.get("nim", "b").events_out == 2, what="a new question")
     assert len(llm.seen) >= 2  # not in the cache: asked
+
+
+async def test_three_nodes_share_one_rate_limit(plain_nats: Any, tmp_path: Path,
+                                                llm: FakeLLM) -> None:
+    """Three nodes (three connections, each running the same forest) share the nim's
+    brain's quota of 3 requests per window through the KV bucket NIMRATE: every window
+    counted at most 3, every request counted, and every event completed."""
+    import nats
+
+    from nimsforest.forest import Forest, load_forest_config
+    from nimsforest.forest.leaf import Leaf
+    from tests.support import eventually
+
+    llm.reply = lambda body: '{"pursue": true}'
+    path = write_forest(tmp_path / "f", {"nims": {"q": {
+        "subscribes": "lead", "publishes": "lead.q", "template": "Qualify {{ id }}",
+        "humus": {"enabled": False},
+        "brain": {"type": "openai", "base_url": llm.url + "/v1", "model": "m1",
+                  "rate_limit": {"requests": 3, "per": "1s"}}}}})
+    conns = [await nats.connect(plain_nats.url) for _ in range(3)]
+    forests = [Forest(nc, load_forest_config(path), stop_grace=1.0) for nc in conns]
+    try:
+        for f in forests:
+            await f.start()
+        js = conns[0].jetstream()
+        for i in range(9):
+            await js.publish("wind.lead", Leaf.new("lead", {"id": f"c-{i}"}, "t").to_json())
+        await eventually(lambda: sum(f.get("nim", "q").events_out for f in forests) == 9,
+                         timeout=30, what="every event answered")
+        kv = await js.key_value("NIMRATE")
+        counts = [json.loads((await kv.get(k)).value)["requests"] for k in await kv.keys()]
+        assert sum(counts) == len(llm.seen) == 9
+        assert max(counts) <= 3 and len(counts) >= 3
+        assert sum(1 for f in forests if f.get("nim", "q").events_out) >= 2  # shared work
+    finally:
+        for f in forests:
+            await f.stop()
+        for nc in conns:
+            await nc.close()
+
+
+def test_the_rate_limit_rule_is_pure() -> None:
+    from nimsforest.forest.brains.ratelimit import Counts, Limit, Take, Wait, decide
+
+    lim = Limit(requests=2, tokens=100, per=60.0)
+    assert decide(Counts(1, 10), lim, 125.0) == Take(window=2)
+    assert decide(Counts(2, 10), lim, 125.0) == Wait(seconds=55.0)
+    assert decide(Counts(0, 100), lim, 179.5) == Wait(seconds=0.5)  # tokens spent
+    assert decide(Counts(5, 0), Limit(None, 10, 1.0), 3.2) == Take(window=3)
+
+
+async def test_a_token_limit_waits_for_the_next_window(forest_factory: Any, nc: Any,
+                                                       llm: FakeLLM) -> None:
+    from nimsforest.forest.leaf import Leaf
+    from tests.support import eventually
+
+    llm.reply = lambda body: '{"pursue": true}'  # 10 + 3 tokens each (the fixture's usage)
+    forest = await forest_factory({"nims": {"q": {
+        "subscribes": "lead", "publishes": "lead.q", "template": "Qualify {{ id }}",
+        "humus": {"enabled": False},
+        "brain": {"type": "openai", "base_url": llm.url + "/v1", "model": "m1",
+                  "rate_limit": {"tokens": 13, "per": "1s"}}}}})
+    js = nc.jetstream()
+    for i in range(2):  # one after the other (tokens are known once an answer came)
+        await js.publish("wind.lead", Leaf.new("lead", {"id": f"c-{i}"}, "t").to_json())
+        await eventually(lambda n=i: forest.get("nim", "q").events_out == n + 1, timeout=20,
+                         what="answered")
+    kv = await js.key_value("NIMRATE")
+    windows = [json.loads((await kv.get(k)).value) for k in await kv.keys()]
+    assert sorted(w["tokens"] for w in windows) == [13, 13]  # one answer per window

@@ -55,4 +55,6 @@ class AnthropicBrain(HttpBrain):
         except (KeyError, TypeError, AttributeError):
             raise BrainError(f"{self._label}: the message has no text content") from None
         usage = answer.get("usage") if isinstance(answer, dict) else None
-        return Reply(text, usage_of(usage, "input_tokens", "output_tokens"))
+        counted = usage_of(usage, "input_tokens", "output_tokens")
+        await self.spent(counted)
+        return Reply(text, counted)

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from nimsforest.forest.brains import Brain, MissingKey, Usage
+from nimsforest.forest.brains.ratelimit import RateLimiter, brain_id
 from nimsforest.forest.errors import EventError
 from nimsforest.forest.specs import _HttpBrain
 
@@ -49,6 +50,17 @@ class HttpBrain(Brain):
         self.concurrency = spec.concurrency
         self._label = label
         self._client: httpx.AsyncClient | None = None
+        self.limiter: RateLimiter | None = None  # set when the nim starts (rate_limit)
+
+    @property
+    def endpoint(self) -> str:
+        """What a rate limit is shared by: the endpoint, the model and the key variable."""
+        return brain_id(self.kind, getattr(self, "url", ""), self.model,
+                        self.spec.api_key_env or "")
+
+    async def spent(self, usage: Usage) -> None:
+        if self.limiter is not None:
+            await self.limiter.spent(usage.prompt_tokens + usage.completion_tokens)
 
     @property
     def prices(self) -> tuple[float, float]:
@@ -68,6 +80,8 @@ class HttpBrain(Brain):
         last = ""
         for attempt in range(retries + 1):
             delay = min(MAX_DELAY, backoff * 2**attempt) * (0.8 + 0.4 * random.random())
+            if self.limiter is not None:
+                await self.limiter.acquire()
             try:
                 resp = await self._http().post(url, headers=headers, json=body)
             except httpx.TimeoutException:

@@ -62,5 +62,7 @@ class OpenAIBrain(HttpBrain):
                 f"{self._label}: the chat completion has no choices[0].message.content"
             ) from None
         usage = answer.get("usage") if isinstance(answer, dict) else None
-        return Reply(str(text), usage_of(usage, "prompt_tokens", "completion_tokens"))
+        counted = usage_of(usage, "prompt_tokens", "completion_tokens")
+        await self.spent(counted)
+        return Reply(str(text), counted)
 
