@@ -27,7 +27,7 @@ class Seen:
 
 @dataclass
 class FakeLLM:
-    protocol: str  # "openai" | "anthropic"
+    protocol: str  # "openai" | "anthropic" | "ollama"
     reply: Callable[[Any], str] = lambda body: '{"ok": true}'
     # the answer's token usage, e.g. lambda body: (12, 5): (prompt, completion)
     usage: Callable[[Any], tuple[int, int]] | None = None
@@ -91,6 +91,9 @@ class FakeLLM:
                 await self._gate.wait()
             if status != 200:
                 payload = {"error": {"message": f"fake error {status}"}}
+            elif self.protocol == "ollama":
+                payload = {"model": (body or {}).get("model", ""), "done": True,
+                           "message": {"role": "assistant", "content": self.reply(body)}}
             elif self.protocol == "openai":
                 payload = {
                     "id": "x",
@@ -113,12 +116,15 @@ class FakeLLM:
                 }
             if status == 200 and self.usage is not None:
                 p_tok, c_tok = self.usage(body)
-                payload["usage"] = (
-                    {"prompt_tokens": p_tok, "completion_tokens": c_tok,
-                     "total_tokens": p_tok + c_tok}
-                    if self.protocol == "openai"
-                    else {"input_tokens": p_tok, "output_tokens": c_tok}
-                )
+                if self.protocol == "ollama":
+                    payload.update(prompt_eval_count=p_tok, eval_count=c_tok)
+                else:
+                    payload["usage"] = (
+                        {"prompt_tokens": p_tok, "completion_tokens": c_tok,
+                         "total_tokens": p_tok + c_tok}
+                        if self.protocol == "openai"
+                        else {"input_tokens": p_tok, "output_tokens": c_tok}
+                    )
             data = json.dumps(payload).encode()
             hdrs = {
                 "Content-Type": "application/json",

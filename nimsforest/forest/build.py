@@ -124,7 +124,7 @@ def fingerprint(spec: ComponentSpec, text: str | None) -> str:
         h.update(text.encode())
     if isinstance(spec, NimSpec):
         brain_env = sorted(
-            (k, v) for k, v in os.environ.items() if k.startswith(("OPENAI_", "ANTHROPIC_"))
+            (k, v) for k, v in os.environ.items() if k.startswith(("OPENAI_", "ANTHROPIC_", "OLLAMA_"))
         )
         h.update(json.dumps(brain_env).encode())
     return h.hexdigest()

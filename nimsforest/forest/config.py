@@ -18,7 +18,7 @@ nims:
     subscribes: lead.scored
     publishes: lead.qualified  # may hold {field} placeholders filled from the output
     prompt: nims/qualify.md.j2
-    brain:                     # rules (default, offline) | openai | anthropic
+    brain:                     # rules (default, offline) | openai | anthropic | ollama
       type: rules
       rules: [{when: "score >= 70", output: {pursue: true}}, {output: {pursue: false}}]
 ```
@@ -153,6 +153,9 @@ def parse_spec(kind: ComponentKind, name: str, raw: Any, *, file: str | None = N
         raise config_error(exc, file, label) from None
 
 
+_BRAIN_TYPES = ("rules", "openai", "anthropic", "ollama")
+
+
 def config_error(
     exc: ValidationError, file: str | None, label: ComponentRef | str
 ) -> ForestConfigError:
@@ -160,13 +163,13 @@ def config_error(
     assert err is not None  # a ValidationError has at least one error
     loc = list(err.loc)
     # drop union branch names pydantic adds for the brain (e.g. brain.rules.rules -> brain.rules)
-    if len(loc) >= 2 and loc[0] == "brain" and loc[1] in ("rules", "openai", "anthropic"):
+    if len(loc) >= 2 and loc[0] == "brain" and loc[1] in _BRAIN_TYPES:
         loc = [loc[0], *loc[2:]]
-    if len(loc) >= 3 and loc[0] == "fallback" and loc[2] in ("rules", "openai", "anthropic"):
+    if len(loc) >= 3 and loc[0] == "fallback" and loc[2] in _BRAIN_TYPES:
         loc = [*loc[:2], *loc[3:]]
     msg = err.message
     if err.type == "union_tag_invalid":
-        msg = "brain type must be one of rules, openai, anthropic"
+        msg = f"brain type must be one of {', '.join(_BRAIN_TYPES)}"
     return ForestConfigError(msg, file=file, component=label, field=".".join(loc) or None)
 
 

@@ -216,8 +216,17 @@ class AnthropicBrainSpec(_HttpBrain):
     version: str = "2023-06-01"
 
 
+class OllamaBrainSpec(_HttpBrain):
+    """Ollama's own chat API (POST /api/chat): a nim's output_schema goes as its `format`.
+    Defaults: OLLAMA_HOST (http://localhost:11434), OLLAMA_MODEL (llama3.2); no key."""
+
+    type: Literal["ollama"]
+    json_mode: bool = False  # send format "json" when there is no output_schema
+
+
 BrainSpec = Annotated[
-    RulesBrainSpec | OpenAIBrainSpec | AnthropicBrainSpec, Field(discriminator="type")
+    RulesBrainSpec | OpenAIBrainSpec | AnthropicBrainSpec | OllamaBrainSpec,
+    Field(discriminator="type"),
 ]
 
 
@@ -305,7 +314,9 @@ class NimSpec(_Consuming):
         return v
 
     @property
-    def chain(self) -> tuple[RulesBrainSpec | OpenAIBrainSpec | AnthropicBrainSpec, ...]:
+    def chain(
+        self,
+    ) -> tuple[RulesBrainSpec | OpenAIBrainSpec | AnthropicBrainSpec | OllamaBrainSpec, ...]:
         """The brains asked in order: `brain`, then `fallback`."""
         return (self.brain, *self.fallback)
 
@@ -393,6 +404,7 @@ __all__ = [
     "HumusSpec",
     "LimitsSpec",
     "NimSpec",
+    "OllamaBrainSpec",
     "OpenAIBrainSpec",
     "RateLimitSpec",
     "Rule",

@@ -314,3 +314,24 @@ async def test_a_token_limit_waits_for_the_next_window(forest_factory: Any, nc: 
     kv = await js.key_value("NIMRATE")
     windows = [json.loads((await kv.get(k)).value) for k in await kv.keys()]
     assert sorted(w["tokens"] for w in windows) == [13, 13]  # one answer per window
+
+
+async def test_ollama_takes_the_schema_as_its_format() -> None:
+    from nimsforest.forest.specs import OllamaBrainSpec
+
+    server = await FakeLLM("ollama", reply=Scripted('{"pursue": 2}', '{"pursue": false}'),
+                           usage=lambda body: (30, 4)).start()
+    try:
+        brain = build_brain(OllamaBrainSpec(type="ollama", temperature=0, backoff=0),
+                            PROMPT, label="nim 'q'", env={"OLLAMA_HOST": f"127.0.0.1:{server.port}",
+                                                          "OLLAMA_MODEL": "llama3.2"})
+        d, stats = decider([brain], schema=SCHEMA)
+        decision = await d.decide("Qualify c-1", {})
+        assert decision.output == {"pursue": False} and decision.brain == "ollama/llama3.2"
+        first = server.seen[0]
+        assert first.path == "/api/chat"
+        assert first.body["format"] == SCHEMA and first.body["stream"] is False
+        assert first.body["options"] == {"temperature": 0}
+        assert (stats.prompt_tokens, stats.completion_tokens) == (60, 8)
+    finally:
+        await server.stop()

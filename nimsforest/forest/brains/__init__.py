@@ -3,6 +3,7 @@
     rules      deterministic and offline (the default): first matching rule's output
     openai     OpenAI-compatible /v1/chat/completions (OpenAI, Ollama, vLLM, llama.cpp)
     anthropic  Anthropic Messages API
+    ollama     Ollama's own /api/chat (an output schema goes as its `format`)
 
 HTTP brains have a timeout per request, retry 429, 5xx, timeouts and connection errors
 with exponential backoff (honouring Retry-After), and a per-nim concurrency limit.
@@ -17,7 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from nimsforest.forest.prompt import Prompt
-from nimsforest.forest.specs import AnthropicBrainSpec, OpenAIBrainSpec, RulesBrainSpec
+from nimsforest.forest.specs import (
+    AnthropicBrainSpec,
+    OllamaBrainSpec,
+    OpenAIBrainSpec,
+    RulesBrainSpec,
+)
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,7 @@ class MissingKey(BrainConfigError):
 
 
 def build_brain(
-    spec: RulesBrainSpec | OpenAIBrainSpec | AnthropicBrainSpec,
+    spec: RulesBrainSpec | OpenAIBrainSpec | AnthropicBrainSpec | OllamaBrainSpec,
     prompt: Prompt,
     *,
     label: str,
@@ -102,6 +108,10 @@ def build_brain(
         from nimsforest.forest.brains.openai import OpenAIBrain
 
         return OpenAIBrain(spec, env, label)
+    if isinstance(spec, OllamaBrainSpec):
+        from nimsforest.forest.brains.ollama import OllamaBrain
+
+        return OllamaBrain(spec, env, label)
     from nimsforest.forest.brains.anthropic import AnthropicBrain
 
     return AnthropicBrain(spec, env, label)
