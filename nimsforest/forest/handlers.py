@@ -17,7 +17,6 @@ from typing import Any
 
 from nats.js.errors import APIError
 
-from nimsforest.forest.brains.httpbase import HttpBrain
 from nimsforest.forest.brains.ratelimit import Limit, RateLimiter
 from nimsforest.forest.decide import AnswerCache, Decider, Decision
 from nimsforest.forest.delivery import Delivery, Handler, Handoff, Output, Stats
@@ -124,8 +123,8 @@ class NimHandler(Handler):
             else:
                 self._decider.cache = AnswerCache(kv, ttl)
         for brain in self._decider.chain:
-            limit = getattr(getattr(brain, "spec", None), "rate_limit", None)
-            if not isinstance(brain, HttpBrain) or limit is None or brain.limiter is not None:
+            limit = brain.rate_limit
+            if limit is None or brain.limiter is not None:
                 continue
             try:  # without its bucket a limit cannot be shared: the attempt fails, retried
                 kv = await js.key_value(NIM_RATE.kv_bucket)

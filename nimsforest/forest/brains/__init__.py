@@ -22,6 +22,7 @@ from nimsforest.forest.specs import (
     AnthropicBrainSpec,
     OllamaBrainSpec,
     OpenAIBrainSpec,
+    RateLimitSpec,
     RulesBrainSpec,
 )
 
@@ -50,6 +51,9 @@ class Brain:
     kind: str
     concurrency: int
     needs_prompt: bool = True
+    rate_limit: RateLimitSpec | None = None  # HTTP brains: their cluster-wide quota
+    limiter: Any = None  # its RateLimiter, set when the nim starts
+    endpoint: str = ""  # what a rate limit is shared by
 
     async def think(self, prompt: str, context: dict[str, Any]) -> dict[str, Any] | None:
         raise NotImplementedError

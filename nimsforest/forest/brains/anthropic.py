@@ -26,6 +26,7 @@ class AnthropicBrain(HttpBrain):
         self._model = resolve(env, spec.model, "ANTHROPIC_MODEL", "claude-3-5-haiku-latest") or ""
         key = api_key(env, spec, "ANTHROPIC_API_KEY", required=True)
         self._headers = {"x-api-key": key or "", "anthropic-version": spec.version}
+        self._shared_by(self.url)
         self._aspec = spec
 
     @property

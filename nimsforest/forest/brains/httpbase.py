@@ -50,13 +50,12 @@ class HttpBrain(Brain):
         self.concurrency = spec.concurrency
         self._label = label
         self._client: httpx.AsyncClient | None = None
+        self.rate_limit = spec.rate_limit
         self.limiter: RateLimiter | None = None  # set when the nim starts (rate_limit)
 
-    @property
-    def endpoint(self) -> str:
-        """What a rate limit is shared by: the endpoint, the model and the key variable."""
-        return brain_id(self.kind, getattr(self, "url", ""), self.model,
-                        self.spec.api_key_env or "")
+    def _shared_by(self, url: str) -> None:
+        """Subclasses call this once `url` and the model are known."""
+        self.endpoint = brain_id(self.kind, url, self.model, self.spec.api_key_env or "")
 
     async def spent(self, usage: Usage) -> None:
         if self.limiter is not None:

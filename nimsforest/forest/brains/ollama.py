@@ -29,6 +29,7 @@ class OllamaBrain(HttpBrain):
         self._model = resolve(env, spec.model, "OLLAMA_MODEL", "llama3.2") or ""
         key = api_key(env, spec, "OLLAMA_API_KEY", required=False) if spec.api_key_env else None
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._shared_by(self.url)
         self._lspec = spec
 
     @property

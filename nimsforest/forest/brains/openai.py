@@ -26,6 +26,7 @@ class OpenAIBrain(HttpBrain):
         self._model = resolve(env, spec.model, "OPENAI_MODEL", "gpt-4o-mini") or ""
         key = api_key(env, spec, "OPENAI_API_KEY", required=False)
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._shared_by(self.url)
         self._ospec = spec
 
     @property
