@@ -32,6 +32,7 @@ from nimsforest.observer import NatsObserver
 from nimsforest.settings import Settings
 from nimsforest.streams import (
     CORE_STREAMS,
+    RIVER,
     choose_replicas,
     describe_streams,
     ensure_streams,
@@ -70,6 +71,7 @@ class Assembly:
     """The builders of a node's heavy half, for one node's settings."""
 
     required_streams = REQUIRED_STREAMS  # what /health requires
+    ingest_streams = (RIVER.name,)  # what a River API request or webhook writes to
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -82,6 +84,7 @@ class Assembly:
             reconnect_wait=s.nats_reconnect_wait,
             max_reconnects=s.nats_max_reconnects,
             name=f"nimsforest-{s.node_name}",
+            stay_on_configured=True,  # the node's API uses the server its /health reads
         )
 
     @staticmethod
@@ -151,7 +154,8 @@ class Assembly:
         s = self.settings
         config = forest_config or ForestConfig.empty()
         forest = Forest(nats.conn.nc, without_components(config), replicas=nats.replicas,
-                        placement_tags=nats.placement_tags)
+                        placement_tags=nats.placement_tags, node=s.node_name,
+                        river_hold=s.river_hold)
         control = Controller(
             nats.conn.nc, forest, node=s.node_name, config_file=forest_path,
             file_config=forest_config, replicas=nats.replicas, placement_tags=nats.placement_tags,

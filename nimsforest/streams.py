@@ -123,6 +123,18 @@ HUMUS = StreamSpec(
     max_msgs=1_000_000,
 )
 SOIL = kv_spec("SOIL", history=10, description="NimsForest current state storage")
+# DEAD keeps every event a component gave up on (`dead.<kind>.<name>`, one JSON dead
+# letter each: see nimsforest.forest.dead), until it is replayed, purged or 30 days old.
+DEAD = StreamSpec(
+    name="DEAD",
+    subjects=("dead.>",),
+    description="NimsForest dead letters",
+    max_age=30 * DAY,
+    max_msgs=1_000_000,
+)
+
+# What sources keep cluster-wide: http_poll cursors and leases, schedules' last ticks.
+SOURCES = kv_spec("SOURCES", history=1, description="NimsForest source state")
 
 # Answers of nims with `cache` set (created when such a nim runs; a cache may be lost).
 NIM_CACHE = kv_spec("NIMCACHE", history=1, ttl=7 * DAY,
@@ -133,7 +145,7 @@ NIM_RATE = kv_spec("NIMRATE", history=1, ttl=DAY,
                    description="NimsForest brain rate-limit windows")
 
 # The streams a node creates at start, in order.
-CORE_STREAMS: tuple[StreamSpec, ...] = (RIVER, WIND, HUMUS, SOIL)
+CORE_STREAMS: tuple[StreamSpec, ...] = (RIVER, WIND, HUMUS, SOIL, DEAD, SOURCES)
 
 
 def replication_factor(cluster_size: int) -> int:
@@ -268,6 +280,8 @@ __all__ = [
     "NIM_CACHE",
     "NIM_RATE",
     "SOIL",
+    "DEAD",
+    "SOURCES",
     "CORE_STREAMS",
     "NODE_TAG",
     "WITNESS_TAG",

@@ -26,10 +26,14 @@ def test_bench_startup_reports_both_starts_and_the_difference() -> None:
 
 
 def test_bench_pipeline_reports_a_ratio_to_raw_nats_py() -> None:
-    out = _bench("pipeline", "--events", "200", "--warmup", "20", "--rounds", "1", "--window", "32")
+    out = _bench("pipeline", "--events", "200", "--warmup", "20", "--rounds", "1", "--window", "32",
+                 "--outputs", "100", "--concurrency", "8")
     assert re.search(r"baseline \(raw nats-py\):\s+\d+ events/s", out)
     assert re.search(r"pipeline \(NimsForest\):\s+\d+ events/s", out)
     assert re.search(r"ratio pipeline/baseline: \d+%", out)
+    assert re.search(r"raw httpx posts:\s+\d+ events/s\s+p50\s+\d+\.\d ms\s+p99\s+\d+\.\d ms", out)
+    assert re.search(r"http output \(forest\):\s+\d+ events/s", out)
+    assert re.search(r"ratio output/raw httpx: \d+%", out)
 
 
 def test_bench_nim_reports_its_rate_against_the_ceiling_and_completes_every_event() -> None:

@@ -37,6 +37,8 @@ _COMMANDS: dict[str, str] = {
     "status": "nimsforest.cli.control:status",
     "reload": "nimsforest.cli.control:reload",
     "audit": "nimsforest.cli.control:audit",
+    "dead": "nimsforest.cli.dead:dead",
+    "replay": "nimsforest.cli.replay:replay",
     "stack": "nimsforest.cli.stack:stack",
     "service": "nimsforest.cli.stack:service",
 }

@@ -8,6 +8,8 @@
     DELETE /api/v1/{kinds}/{name}           remove
     POST   /-/reload                        reload this node's forest.yaml
     GET    /api/v1/audit?limit=N            the newest audit records
+    /api/v1/dead...                         dead letters: list, show, replay, purge (_dead.py)
+    POST   /api/v1/replay                   re-feed one component from its input (_replay.py)
 
 With NIMSFOREST_API_TOKEN set, each of these (and POST /api/v1/river) needs
 `Authorization: Bearer <token>` (401 otherwise). Changes are rate limited per client
@@ -26,6 +28,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from nimsforest.control._audit import Action, Actor, AuditRecord, Refusal, Via
 from nimsforest.control._controller import ControllerCore
+from nimsforest.control._dead import DeadDesk, dead_router
+from nimsforest.control._replay import ReplayDesk, replay_router
 from nimsforest.control._schemas import (
     MAX_BODY,
     REQUEST_MODELS,
@@ -128,7 +132,9 @@ def make_routers(ctl: ControllerCore, river: APIRouter | None = None) -> list[AP
         except ControlError as exc:
             return _error(exc)
 
-    routers = [api, reload]
+    routers = [api, reload, dead_router(DeadDesk(ctl.forest.dead, ctl.audit_log, ctl.node),
+                                        caller, changer),
+               replay_router(ReplayDesk(ctl.forest, ctl.audit_log, ctl.node), changer)]
     if river is not None:
         routers.append(_guard_api_routes(river, caller))
     return routers
@@ -251,6 +257,10 @@ def _action(request: Request) -> Action:
     """The change a request asks for (only called for requests where is_change holds)."""
     if request.url.path.endswith("/-/reload"):
         return Action.RELOAD
+    if request.url.path == "/api/v1/replay":
+        return Action.REPLAY
+    if request.url.path.startswith("/api/v1/dead"):
+        return Action.REPLAY if request.method == "POST" else Action.PURGE
     return {"POST": Action.ADD, "PUT": Action.REPLACE}.get(request.method, Action.REMOVE)
 
 

@@ -14,6 +14,7 @@ class ComponentKind(StrEnum):
     TREE = "tree"
     TREEHOUSE = "treehouse"
     NIM = "nim"
+    OUTPUT = "output"  # the Go original's songbird: a leaf sent to the world
     DECOMPOSER = "decomposer"  # built in, one per forest; not added or removed by name
 
     @property
@@ -64,6 +65,7 @@ class ComponentStatus(_Frozen):
     prompt_tokens: int = 0  # nims: tokens their brains' answers cost (as servers counted)
     completion_tokens: int = 0
     cost: float = 0.0  # nims: at their brains' prices per million tokens
+    activity: str | None = None  # a source that runs: what it does now (one sentence)
 
     @property
     def ref(self) -> ComponentRef:

@@ -97,6 +97,7 @@ class Prompt:
         lenient = SandboxedEnvironment(undefined=ChainableUndefined, autoescape=False,
                                        keep_trailing_newline=True)
         lenient.filters.update(self.env.filters)
+        lenient.globals.update(self.env.globals)  # e.g. a Go template's functions
         try:
             return lenient.from_string(self.body).render(context)
         except TemplateError as exc:

@@ -71,9 +71,11 @@ def api_schema(fuzz_node: NodeProcess) -> schemathesis.BaseSchema:
 def _operations() -> list[str]:
     return [
         "GET /api/v1/status", "GET /api/v1/audit", "POST /-/reload",
-        *(f"{m} /api/v1/{k}" for k in ("trees", "treehouses", "nims", "sources")
+        "GET /api/v1/dead", "DELETE /api/v1/dead", "GET /api/v1/dead/{seq}",
+        "DELETE /api/v1/dead/{seq}", "POST /api/v1/dead/{seq}/replay", "POST /api/v1/replay",
+        *(f"{m} /api/v1/{k}" for k in ("trees", "treehouses", "nims", "outputs", "sources")
           for m in ("GET", "POST")),
-        *(f"{m} /api/v1/{k}/{{name}}" for k in ("trees", "treehouses", "nims", "sources")
+        *(f"{m} /api/v1/{k}/{{name}}" for k in ("trees", "treehouses", "nims", "outputs", "sources")
           for m in ("GET", "PUT", "DELETE")),
     ]
 
