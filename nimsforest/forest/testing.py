@@ -17,6 +17,7 @@ tests:
       no_leaves: [lead.rejected]  # subjects (or patterns) no leaf may have
       humus: [{nim: qualify, action: update, entity: c-1, data: {pursue: true}}]
       soil: {c-1: {priority: high}, c-9: null}   # null: no such key
+      outputs: [{output: crm, body: {contact_id: c-1}}]   # rendered, never sent
       errors: [{component: "treehouse 'scoring'", message: "attempt to compare"}]
 ```
 
@@ -28,7 +29,9 @@ expects it.
 Each message is handled by the real component built from forest.yaml (its Lua in the
 sandbox, its template rendered, the rules brain deciding), messages routed by their
 subjects as the streams would, Humus applied to an in-memory Soil by the decomposer's
-rule. An HTTP brain (openai, anthropic) answers from the fixtures file, keyed by brain,
+rule. An output renders its request (body, text, chat id) for each leaf, which is
+recorded, never sent; sources that run (schedules, pollers) do not run. An HTTP brain
+(openai, anthropic, ollama) answers from the fixtures file, keyed by brain,
 model, the conversation (the rendered prompt, and a schema retry's turns) and the schema;
 `record=True` asks the real brain once and stores its answer (text and token usage). The
 nim's contract (output_schema, fallback, decision_timeout) applies as on a node. Components are built once per test file.
@@ -58,6 +61,7 @@ from nimsforest.forest.errors import ForestConfigError
 from nimsforest.forest.handlers import SOURCE_HEADER, DecomposerHandler, NimHandler
 from nimsforest.forest.leaf import Compost, CompostAction, Leaf, dumps, soil_key
 from nimsforest.forest.model import ComponentKind, ComponentRef
+from nimsforest.forest.outputs import OutputHandler
 from nimsforest.forest.soil import SoilEntry
 from nimsforest.forest.specs import USER_KINDS, NimSpec
 from nimsforest.forest.subjects import (
@@ -104,8 +108,15 @@ class ExpectedError(_Model):
     message: str = ""  # a part of the error's sentence
 
 
+class ExpectedOutput(_Model):
+    output: str  # the output's name
+    body: Any = None  # matched against the request body: partially when it is JSON, else
+    #                   a string the body contains; None: any body
+
+
 class Expect(_Model):
     leaves: tuple[ExpectedLeaf, ...] = ()
+    outputs: tuple[ExpectedOutput, ...] = ()
     no_leaves: tuple[str, ...] = ()
     humus: tuple[ExpectedHumus, ...] = ()
     soil: dict[str, Any] = {}
@@ -274,6 +285,7 @@ class Trace:
     humus: list[Compost] = field(default_factory=list)
     soil: dict[str, Any] = field(default_factory=dict)  # soil key -> value
     errors: list[tuple[ComponentRef, str]] = field(default_factory=list)
+    outputs: list[tuple[str, bytes]] = field(default_factory=list)  # (output, request body)
 
 
 @dataclass(frozen=True)
@@ -343,6 +355,13 @@ class Simulation:
     async def _handle(self, comp: Component, subject: str, payload: bytes,
                       headers: dict[str, str], trace: Trace) -> Sequence[Output]:
         assert comp.handler is not None and comp.consumer is not None
+        if isinstance(comp.handler, OutputHandler):  # rendered, recorded, never sent
+            try:
+                trace.outputs.append((comp.name, comp.handler.render(Leaf.from_json(payload),
+                                                                      payload)))
+            except Exception as exc:  # noqa: BLE001 - the leaf fails in that output
+                trace.errors.append((comp.ref, str(exc) or type(exc).__name__))
+            return ()
         self._seq += 1
         reply = f"$JS.ACK.{comp.consumer.stream}.{comp.consumer.durable}.1.{self._seq}.{self._seq}.0.0"
         d = Delivery(Msg(_client=None, subject=subject, reply=reply,  # type: ignore[arg-type]
@@ -405,6 +424,13 @@ def check(expect: Expect, trace: Trace) -> list[str]:
                             + f"; the leaves were: {'; '.join(shown) or 'none'}")
         else:
             unused.remove(hit)
+    for want_o in expect.outputs:
+        if not any(name == want_o.output and _body_matches(want_o.body, body)
+                   for name, body in trace.outputs):
+            got = [f"{name} {body[:120]!r}" for name, body in trace.outputs]
+            failures.append(f"expected output '{want_o.output}' to send"
+                            + (f" {_short(want_o.body)}" if want_o.body is not None else "")
+                            + f"; the outputs sent: {'; '.join(got) or 'nothing'}")
     for pattern in expect.no_leaves:
         for leaf in trace.leaves:
             if overlap(pattern, leaf.subject):
@@ -427,6 +453,15 @@ def check(expect: Expect, trace: Trace) -> list[str]:
             failures.append(f"expected Soil {entity} to match {_short(value)}, it holds "
                             f"{_short(have) if have is not None else 'nothing'}")
     return failures
+
+
+def _body_matches(expected: Any, body: bytes) -> bool:
+    if expected is None:
+        return True
+    try:
+        return matches(expected, json.loads(body))
+    except ValueError:
+        return isinstance(expected, str) and expected in body.decode(errors="replace")
 
 
 def _short(value: Any) -> str:

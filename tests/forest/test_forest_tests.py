@@ -163,3 +163,34 @@ tests:
     assert expected.passed, expected.failures
     assert len(unexpected.failures) == 1
     assert unexpected.failures[0].startswith("treehouse 'scoring' failed: ")
+
+
+async def test_outputs_render_their_requests_which_are_recorded_never_sent(
+    tmp_path: Path,
+) -> None:
+    write_forest(tmp_path, {
+        "treehouses": {"t": {"subscribes": "in", "publishes": "lead.ok",
+                             "code": "function process(i) return {id = i.id, n = 2} end"}},
+        "outputs": {
+            "crm": {"type": "http", "subscribes": "lead.ok", "url": "http://127.0.0.1:9/x",
+                    "body": '{"contact": "{{ id }}", "n": {{ n }}}'},
+            "chat": {"type": "slack", "subscribes": "lead.ok", "url": "http://127.0.0.1:9/s",
+                     "text": "Lead {{ id }} is ready"},
+        }})
+    (tmp_path / "o.test.yaml").write_text("""
+tests:
+  - name: both outputs send
+    wind: {subject: in, data: {id: c-1}}
+    expect:
+      outputs:
+        - {output: crm, body: {contact: c-1, n: 2}}
+        - {output: chat, body: {text: Lead c-1 is ready}}
+  - name: a body that differs
+    wind: {subject: in, data: {id: c-2}}
+    expect:
+      outputs: [{output: crm, body: {contact: c-1}}]
+""")
+    ok, differs = await run_test_file(tmp_path / "o.test.yaml")
+    assert ok.passed, ok.failures
+    assert differs.failures and differs.failures[0].startswith(
+        "expected output 'crm' to send {\"contact\": \"c-1\"}; the outputs sent: crm ")
