@@ -33,16 +33,15 @@ from nimsforest.forest.errors import ForestConfigError, MissingVariable
 from nimsforest.forest.gotemplate import GoTemplateError, go_globals, looks_like_go, translate
 from nimsforest.forest.handlers import DecomposerHandler, NimHandler, TreeHandler, TreeHouseHandler
 from nimsforest.forest.model import ComponentKind, ComponentRef
-from nimsforest.forest.outputs import OutputHandler, template_fields
 from nimsforest.forest.prompt import Prompt, PromptError, environment
 from nimsforest.forest.sandbox import LuaLimits, LuaSandbox, ScriptLoadError
 from nimsforest.forest.soil import Soil
-from nimsforest.forest.sources import source_loop
 from nimsforest.forest.specs import (
     ComponentSpec,
     NimSpec,
     OutputSpec,
     SourceSpec,
+    SourceType,
     TreeHouseSpec,
     TreeSpec,
     _HttpBrain,
@@ -213,6 +212,18 @@ def _sandbox(ctx: BuildContext, spec: TreeSpec | TreeHouseSpec) -> tuple[LuaSand
         raise ctx.error(str(exc), field, exc.line) from None
 
 
+def _source_loop(name: str, spec: SourceSpec, stats: Stats) -> Any:
+    """The loop of a source that runs (None for those the API hands requests to). The
+    loops and outputs (and the HTTP client they bring) are imported when such a component
+    is built, so that `nimsforest lint` and `nimsforest test` of a forest without them
+    start quickly."""
+    if spec.type in (SourceType.HTTP_WEBHOOK, SourceType.TELEGRAM):
+        return None
+    from nimsforest.forest.sources import source_loop
+
+    return source_loop(name, spec, stats)
+
+
 # --- one builder per kind --------------------------------------------------------------------
 @functools.singledispatch
 def builder(spec: ComponentSpec, ctx: BuildContext) -> Component:
@@ -225,7 +236,7 @@ def _source(spec: SourceSpec, ctx: BuildContext) -> Component:
     stats = Stats()
     return Component(ctx.ref.kind, ctx.ref.name, spec, publishes=spec.publishes, stats=stats,
                      fingerprint=fingerprint(spec, None),
-                     loop=source_loop(ctx.ref.name, spec, stats))
+                     loop=_source_loop(ctx.ref.name, spec, stats))
 
 
 @builder.register
@@ -303,6 +314,8 @@ def _nim(spec: NimSpec, ctx: BuildContext) -> Component:
 def _output(spec: OutputSpec, ctx: BuildContext) -> Component:
     """An output reads the Wind and sends each leaf to the world."""
     templates: dict[str, Prompt | None] = {}
+    from nimsforest.forest.outputs import OutputHandler, template_fields  # see _source_loop
+
     for field in template_fields(spec):
         text = getattr(spec, field)
         try:

@@ -61,7 +61,6 @@ from nimsforest.forest.errors import ForestConfigError
 from nimsforest.forest.handlers import SOURCE_HEADER, DecomposerHandler, NimHandler
 from nimsforest.forest.leaf import Compost, CompostAction, Leaf, dumps, soil_key
 from nimsforest.forest.model import ComponentKind, ComponentRef
-from nimsforest.forest.outputs import OutputHandler
 from nimsforest.forest.soil import SoilEntry
 from nimsforest.forest.specs import USER_KINDS, NimSpec
 from nimsforest.forest.subjects import (
@@ -355,7 +354,10 @@ class Simulation:
     async def _handle(self, comp: Component, subject: str, payload: bytes,
                       headers: dict[str, str], trace: Trace) -> Sequence[Output]:
         assert comp.handler is not None and comp.consumer is not None
-        if isinstance(comp.handler, OutputHandler):  # rendered, recorded, never sent
+        if comp.kind is ComponentKind.OUTPUT:  # rendered, recorded, never sent
+            from nimsforest.forest.outputs import OutputHandler  # only forests with outputs
+
+            assert isinstance(comp.handler, OutputHandler)
             try:
                 trace.outputs.append((comp.name, comp.handler.render(Leaf.from_json(payload),
                                                                       payload)))
