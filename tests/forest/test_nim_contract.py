@@ -335,3 +335,28 @@ async def test_ollama_takes_the_schema_as_its_format() -> None:
         assert (stats.prompt_tokens, stats.completion_tokens) == (60, 8)
     finally:
         await server.stop()
+
+
+async def test_an_answer_never_valid_is_a_dead_letter_with_the_answer_kept(
+    forest_factory: Any, nc: Any, llm: FakeLLM
+) -> None:
+    from nimsforest.forest.leaf import Leaf
+    from tests.support import eventually
+
+    llm.reply = lambda body: '{"pursue": "perhaps"}'
+    forest = await forest_factory({"nims": {"q": {
+        "subscribes": "lead", "publishes": "lead.q", "template": "Qualify {{ id }}",
+        "brain": {"type": "openai", "base_url": llm.url + "/v1", "model": "m1"},
+        "output_schema": SCHEMA, "schema_retries": 1}}})
+    await nc.jetstream().publish("wind.lead", Leaf.new("lead", {"id": "c-1"}, "t").to_json())
+    await eventually(lambda: forest.get("nim", "q").dead == 1, what="the event given up")
+
+    async def letters() -> list[Any]:
+        return list(await forest.dead.list())
+
+    (entry,) = await eventually(letters, what="the dead letter")
+    letter = entry.letter
+    assert letter.reason.value == "malformed" and letter.attempts == 1  # not redelivered
+    assert "does not match output_schema after 2 attempts" in letter.error
+    assert '{"pursue": "perhaps"}' in letter.error  # the answer kept
+    assert len(llm.seen) == 2
