@@ -34,7 +34,13 @@ import yaml
 from pydantic import ValidationError
 
 from nimsforest.forest.build import build_component
-from nimsforest.forest.config import ForestConfig, config_error, parse_spec
+from nimsforest.forest.config import (
+    SECTION_ALIASES,
+    ForestConfig,
+    config_error,
+    parse_forest_config,
+    parse_spec,
+)
 from nimsforest.forest.errors import ForestConfigError, MissingVariable
 from nimsforest.forest.handlers import NimHandler
 from nimsforest.forest.luacheck import missing_globals
@@ -115,6 +121,12 @@ class _Lines:
 
     keys: dict[tuple[str, ...], int] = field(default_factory=dict)
     values: dict[tuple[str, ...], yaml.Node] = field(default_factory=dict)
+    # the key of each component's section in the file (an alias such as `songbirds`)
+    sections: dict[ComponentRef, str] = field(default_factory=dict)
+
+    def path(self, ref: ComponentRef, field_: str | None) -> tuple[str, ...]:
+        key = self.sections.get(ref, ref.kind.plural)
+        return (key, ref.name, *(field_.split(".") if field_ else ()))
 
     @classmethod
     def of(cls, root: yaml.Node | None) -> _Lines:
@@ -152,8 +164,7 @@ class _Lines:
         return node.start_mark.line + (1 if block else 0) + line
 
 
-def _component_path(ref: ComponentRef, field_: str | None) -> tuple[str, ...]:
-    return (ref.kind.plural, ref.name, *(field_.split(".") if field_ else ()))
+
 
 
 def _sentence(exc: ForestConfigError) -> str:
@@ -196,26 +207,32 @@ def lint_forest(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         add(Severity.ERROR, Check.CONFIG,
             "must be a mapping with sources, trees, treehouses and nims.", 1)
         return LintReport(file, tuple(findings))
-    known = {*(k.plural for k in USER_KINDS), "decomposer"}
-    for key in sorted(set(map(str, data)) - known):
-        add(Severity.ERROR, Check.CONFIG,
-            f"'{key}' is not a known section (expected {', '.join(sorted(known))}).",
-            lines.at(key))
+    # the file's sections by forest.yaml's own rules (config.py): its components left out
+    skeleton: dict[str, Any] = {k: ({} if k != "decomposer" else None) for k in map(str, data)}
+    try:
+        parse_forest_config(skeleton, base_dir=p.parent, path=p)
+    except ForestConfigError as exc:
+        known = {*(k.plural for k in USER_KINDS), *SECTION_ALIASES, "decomposer"}
+        odd = next((k for k in map(str, data) if k not in known), None)
+        add(Severity.ERROR, Check.CONFIG, f"{exc.reason}.", lines.at(odd) if odd else 1)
+        return LintReport(file, tuple(findings))
+    written = {SECTION_ALIASES.get(k, k): k for k in map(str, data)}  # section -> its key
     specs: dict[ComponentRef, ComponentSpec] = {}
     for kind in USER_KINDS:
-        entries = data.get(kind.plural) or {}
+        key = written.get(kind.plural, kind.plural)
+        entries = data.get(key) or {}
         if not isinstance(entries, dict):
             add(Severity.ERROR, Check.CONFIG,
-                f"section '{kind.plural}' must be a mapping of name: settings.",
-                lines.at(kind.plural))
+                f"section '{key}' must be a mapping of name: settings.", lines.at(key))
             continue
         for name, raw in entries.items():
             ref = ComponentRef(kind=kind, name=str(name))
+            lines.sections[ref] = key
             try:
                 specs[ref] = parse_spec(kind, str(name), raw, file=file)
             except ForestConfigError as exc:
                 add(Severity.ERROR, Check.CONFIG, _sentence(exc),
-                    lines.at(*_component_path(ref, exc.field)), ref, exc.field)
+                    lines.at(*lines.path(ref, exc.field)), ref, exc.field)
     try:
         decomposer = DecomposerSpec.model_validate(data.get("decomposer") or {})
     except ValidationError as exc:
@@ -225,7 +242,7 @@ def lint_forest(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         decomposer = DecomposerSpec()
     for problem in check_components(specs.items()):
         add(Severity.ERROR, Check.CLASH, problem.sentence,
-            lines.at(*_component_path(problem.ref, problem.field)), problem.ref, problem.field)
+            lines.at(*lines.path(problem.ref, problem.field)), problem.ref, problem.field)
     sections: dict[ComponentKind, dict[str, ComponentSpec]] = {}
     for ref, spec in specs.items():
         sections.setdefault(ref.kind, {})[ref.name] = spec
@@ -233,7 +250,7 @@ def lint_forest(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     for ref, spec in specs.items():
         findings += _lint_component(cfg, ref, spec, lines, os.environ if env is None else env)
     for ref, field_, severity, check, sentence in wiring(specs):
-        add(severity, check, sentence, lines.at(*_component_path(ref, field_)), ref, field_)
+        add(severity, check, sentence, lines.at(*lines.path(ref, field_)), ref, field_)
     findings.sort(key=lambda f: (f.file != file, f.file, f.line or 0, f.sentence))
     return LintReport(file, tuple(findings), components=len(specs))
 
@@ -267,7 +284,7 @@ def _lint_component(cfg: ForestConfig, ref: ComponentRef, spec: ComponentSpec, l
             break
         except MissingVariable as exc:
             out.append(Finding(Severity.WARNING, Check.ENV, file,
-                               lines.at(*_component_path(ref, exc.field)),
+                               lines.at(*lines.path(ref, exc.field)),
                                _sentence(MissingVariable(exc.variable, component=ref,
                                                          field=exc.field)).rstrip(".")
                                + " here; the node that runs it needs it.", ref,
@@ -308,8 +325,8 @@ def _where_inside(cfg: ForestConfig, ref: ComponentRef, spec: ComponentSpec, fld
     if fld in file_fields and getattr(spec, fld) is not None:
         return str(cfg.resolve(getattr(spec, fld))), line
     if fld in file_fields.values() and line is not None:
-        return cfg.label, lines.inline(_component_path(ref, fld), line)
-    return cfg.label, lines.at(*_component_path(ref, fld))
+        return cfg.label, lines.inline(lines.path(ref, fld), line)
+    return cfg.label, lines.at(*lines.path(ref, fld))
 
 
 def _unknown_globals(cfg: ForestConfig, ref: ComponentRef, spec: TreeSpec | TreeHouseSpec,

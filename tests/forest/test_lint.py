@@ -161,3 +161,22 @@ def test_the_cli_exit_codes_and_json(demo: Path) -> None:
     assert as_json["errors"] == 1 and as_json["findings"][0]["line"] == 12
     usage = lint(str(demo / "nope.yaml"))
     assert usage.returncode == 2 and "does not exist" in usage.stderr
+
+
+def test_sections_follow_forest_yaml_rules(tmp_path: Path) -> None:
+    """Lint takes the file's sections by config.py's own rules: an alias (songbirds) is
+    its section, a section forest.yaml refuses is one finding with its line."""
+    f = tmp_path / "forest.yaml"
+    f.write_text("treehouses:\n  t: {subscribes: a, publishes: b, code: 'function process(i) return i end'}\n"
+                 "songbirds:\n  out:\n    type: http\n    subscribes: b\n    url: http://127.0.0.1:9/x\n"
+                 "    bogus: 1\n")
+    got = {(x.check, x.line, x.sentence) for x in lint_forest(f).findings}
+    assert got == {(Check.UNFED, 2, "treehouse 't' subscribes to a, which no component "
+                    "publishes (leaves may still come from outside the forest)."),
+                   (Check.CONFIG, 8, "output 'out', field 'bogus': is not a known setting.")}
+    f.write_text("trees: {}\nviewer: {port: 1}\n")
+    (finding,) = lint_forest(f).findings
+    assert finding.line == 2 and "section 'viewer'" in finding.sentence
+    f.write_text("trees: {}\n\ntreehouse: {}\n")
+    (finding,) = lint_forest(f).findings
+    assert finding.line == 3 and "'treehouse' is not a known section" in finding.sentence
