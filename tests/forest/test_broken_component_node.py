@@ -52,5 +52,12 @@ async def test_a_node_runs_with_one_broken_script_and_reports_it(tmp_path: Path)
 
         await eventually(good_done, timeout=30, what="the good tree handles the event")
         assert "tree 'broken' failed" in node.log() and "line 1: unexpected symbol" in node.log()
+        # started again on the same data dir (its state already there, as under systemd's
+        # Restart=always): it starts, with the same two components failed
+        assert node.stop() == 0
+        node.start()
+        body = await node.wait_healthy()
+        assert sorted(f.split(":")[0] for f in body["forest"]["failed"]) == [
+            "tree 'broken'", "tree 'typo'"]
     finally:
         node.stop()
