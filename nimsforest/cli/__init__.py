@@ -25,6 +25,8 @@ _COMMANDS: dict[str, str] = {
     "cluster": "nimsforest.cli.cluster:cluster",
     "registry": "nimsforest.cli.registry:registry",
     "flow": "nimsforest.cli.flow:flow",
+    "lint": "nimsforest.cli.lint:lint",
+    "test": "nimsforest.cli.testcmd:test",
     "nats-config": "nimsforest.cli.nats_config:nats_config",
     "nats-context": "nimsforest.cli.nats_context:nats_context",
     "systemd-unit": "nimsforest.cli.systemd_unit:systemd_unit",

@@ -165,8 +165,8 @@ class ControllerCore:
             if await self.store.last_revision() > 0:
                 self._note_file_drift()
                 return
-            entries = file_entries(read_forest_config(self.config_file), by="startup",
-                                   node=self.node)
+            entries = file_entries(read_forest_config(self.config_file, tolerant=True),
+                                   by="startup", node=self.node, keep_unreadable=True)
         except (OSError, ForestConfigError) as exc:
             log.error("Cannot seed the desired forest state from %s: %s", self.config_file, exc)
             return
@@ -187,8 +187,8 @@ class ControllerCore:
         async def check() -> None:
             assert self.config_file is not None
             with contextlib.suppress(Exception):
-                wanted = file_entries(read_forest_config(self.config_file), by="",
-                                      node=self.node)
+                wanted = file_entries(read_forest_config(self.config_file, tolerant=True),
+                                      by="", node=self.node, keep_unreadable=True)
                 snap = await self.store.snapshot()
                 plan = plan_file_reload(wanted, {k: s.entry for k, s in snap.entries.items()})
                 n = len(plan.add) + len(plan.change) + len(plan.remove) + len(plan.conflicts)
@@ -533,7 +533,8 @@ def _stats(s: ComponentStatus) -> dict[str, Any]:
     return dict(
         state=ComponentView(s.state.value), consumes=s.consumes, publishes=s.publishes, consumer=s.consumer,
         events_in=s.events_in, events_out=s.events_out, dropped=s.dropped, errors=s.errors,
-        dead=s.dead, last_error=s.last_error,
+        dead=s.dead, last_error=s.last_error, prompt_tokens=s.prompt_tokens,
+        completion_tokens=s.completion_tokens, cost=s.cost,
     )
 
 

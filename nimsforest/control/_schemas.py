@@ -151,6 +151,9 @@ class ComponentOut(BaseModel):
     errors: int = 0
     dead: int = 0
     last_error: str | None = None
+    prompt_tokens: int = 0  # nims: tokens their brains' answers cost on this node
+    completion_tokens: int = 0
+    cost: float = 0.0
     files: dict[str, str] = {}
     digest: str | None = None
     revision: int | None = None

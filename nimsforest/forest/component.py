@@ -74,6 +74,7 @@ class Component:
         the error is raised."""
         try:
             if self.consumer is not None and self.handler is not None:
+                await self.handler.attach(js)
                 self._runner = ConsumerRunner(
                     nc,
                     js,
@@ -154,6 +155,9 @@ class Component:
             last_error=s.last_error,
             last_error_at=s.last_error_at,
             started_at=s.started_at,
+            prompt_tokens=s.prompt_tokens,
+            completion_tokens=s.completion_tokens,
+            cost=s.cost,
             activity=self.loop.activity if self.loop is not None else None,
         )
 

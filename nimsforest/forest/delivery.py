@@ -86,6 +86,9 @@ class Stats:
     last_error: str | None = None
     last_error_at: datetime | None = None
     started_at: datetime | None = None
+    prompt_tokens: int = 0  # nims: tokens their brains' answers cost
+    completion_tokens: int = 0
+    cost: float = 0.0
 
     def error(self, text: str) -> None:
         self.errors += 1
@@ -115,6 +118,10 @@ class Handler:
 
     async def handle_async(self, d: Delivery) -> Sequence[Output]:
         raise NotImplementedError(f"{type(self).__name__} handles every message synchronously")
+
+    async def attach(self, js: Any) -> None:
+        """Called once before the component starts, with JetStream (a nim opens its answer
+        cache here); no-op by default."""
 
     def stored(self, d: Delivery, acks: Sequence[Any]) -> None:
         """The outputs of `d` are stored; `acks` are JetStream's publish acks, in order."""

@@ -62,6 +62,9 @@ class ComponentStatus(_Frozen):
     last_error: str | None = None
     last_error_at: datetime | None = None
     started_at: datetime | None = None
+    prompt_tokens: int = 0  # nims: tokens their brains' answers cost (as servers counted)
+    completion_tokens: int = 0
+    cost: float = 0.0  # nims: at their brains' prices per million tokens
     activity: str | None = None  # a source that runs: what it does now (one sentence)
 
     @property

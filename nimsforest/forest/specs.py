@@ -175,6 +175,20 @@ class RulesBrainSpec(_Spec):
     rules: tuple[Rule, ...] = ()
 
 
+class RateLimitSpec(_Spec):
+    """A brain's quota for the whole cluster: requests and/or tokens per `per`."""
+
+    requests: int | None = Field(None, ge=1)
+    tokens: int | None = Field(None, ge=1)
+    per: Duration = Field(60.0, gt=0, le=24 * 3600)
+
+    @model_validator(mode="after")
+    def _something(self) -> RateLimitSpec:
+        if self.requests is None and self.tokens is None:
+            raise ValueError("give requests, tokens or both")
+        return self
+
+
 class _HttpBrain(_Spec):
     base_url: str | None = None
     model: str | None = None
@@ -186,6 +200,11 @@ class _HttpBrain(_Spec):
     retries: int = Field(3, ge=0, le=10)
     backoff: Duration = Field(0.5, ge=0)  # first retry delay; doubles each time, at most 30 s
     concurrency: int = Field(4, ge=1, le=256)
+    # prices per million tokens (in any currency), for the nim's cost in /metrics
+    price_prompt: float = Field(0.0, ge=0)
+    price_completion: float = Field(0.0, ge=0)
+    # shared by every node and nim asking the same endpoint, model and key (KV NIMRATE)
+    rate_limit: RateLimitSpec | None = None
 
 
 class OpenAIBrainSpec(_HttpBrain):
@@ -204,8 +223,17 @@ class AnthropicBrainSpec(_HttpBrain):
     version: str = "2023-06-01"
 
 
+class OllamaBrainSpec(_HttpBrain):
+    """Ollama's own chat API (POST /api/chat): a nim's output_schema goes as its `format`.
+    Defaults: OLLAMA_HOST (http://localhost:11434), OLLAMA_MODEL (llama3.2); no key."""
+
+    type: Literal["ollama"]
+    json_mode: bool = False  # send format "json" when there is no output_schema
+
+
 BrainSpec = Annotated[
-    RulesBrainSpec | OpenAIBrainSpec | AnthropicBrainSpec, Field(discriminator="type")
+    RulesBrainSpec | OpenAIBrainSpec | AnthropicBrainSpec | OllamaBrainSpec,
+    Field(discriminator="type"),
 ]
 
 
@@ -232,6 +260,24 @@ class NimSpec(_Consuming):
         "auto", description="The prompt's template language; auto: Go when it looks like one "
                             "({{.score}}, {{range .signals}}), else Jinja2")
     brain: Annotated[BrainSpec, BeforeValidator(_brain_shorthand)] = RulesBrainSpec()
+    # the brains asked, in order, when the one before cannot answer (e.g. a local Ollama,
+    # then OpenAI, then rules); a brain that failed `fallback_after` decisions in a row is
+    # skipped for `cooldown`
+    fallback: tuple[Annotated[BrainSpec, BeforeValidator(_brain_shorthand)], ...] = Field(
+        (), max_length=8
+    )
+    fallback_after: int = Field(3, ge=1, le=100)
+    cooldown: Duration = Field(60.0, ge=0)
+    # a JSON Schema the output must match: sent to the brain when it takes one, always
+    # checked here; an answer that does not match is asked again with the error, up to
+    # `schema_retries` times, then the event is dead with the answer kept
+    output_schema: dict[str, Any] | None = None
+    schema_retries: int = Field(2, ge=0, le=10)
+    # the whole decision (every brain, retry and schema retry) within this, else it fails
+    decision_timeout: Duration | None = Field(None, gt=0)
+    # answers of HTTP brains kept this long in the KV bucket NIMCACHE, shared by the
+    # cluster, keyed by brain, model, prompt and schema (off by default; at most 7 days)
+    cache: Duration | None = Field(None, gt=0, le=7 * 24 * 3600)
     humus: HumusSpec = HumusSpec()
     ack_wait: Duration = Field(ACK_WAIT, gt=0)
     max_deliver: int = Field(10, ge=1)
@@ -243,7 +289,9 @@ class NimSpec(_Consuming):
     def inflight(self) -> int:
         if self.max_inflight is not None:
             return self.max_inflight
-        return 256 if isinstance(self.brain, RulesBrainSpec) else 2 * self.brain.concurrency
+        if isinstance(self.brain, RulesBrainSpec) and not self.fallback:
+            return 256
+        return 2 * max(getattr(b, "concurrency", 4) for b in self.chain)
 
     @field_validator("subscribes")
     @classmethod
@@ -260,6 +308,27 @@ class NimSpec(_Consuming):
     def _one_prompt(self) -> NimSpec:
         _exactly_one(self.prompt, self.template, "'prompt' (a file) or 'template' (inline)")
         return self
+
+    @field_validator("output_schema")
+    @classmethod
+    def _schema(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            import jsonschema  # only forests that give a schema pay for the import
+
+            try:
+                jsonschema.validators.validator_for(v).check_schema(v)
+            except jsonschema.SchemaError as exc:
+                where = "/".join(str(p) for p in exc.path)
+                raise ValueError(f"is not a valid JSON Schema{' at ' + where if where else ''}: "
+                                 f"{exc.message}") from None
+        return v
+
+    @property
+    def chain(
+        self,
+    ) -> tuple[RulesBrainSpec | OpenAIBrainSpec | AnthropicBrainSpec | OllamaBrainSpec, ...]:
+        """The brains asked in order: `brain`, then `fallback`."""
+        return (self.brain, *self.fallback)
 
 
 class SignatureKind(StrEnum):
@@ -623,9 +692,11 @@ __all__ = [
     "HumusSpec",
     "LimitsSpec",
     "NimSpec",
+    "OllamaBrainSpec",
     "OpenAIBrainSpec",
     "OutputSpec",
     "OutputType",
+    "RateLimitSpec",
     "Rule",
     "RulesBrainSpec",
     "SignatureKind",

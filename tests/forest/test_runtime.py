@@ -126,6 +126,28 @@ async def test_bad_component_changes_nothing(tmp_path: Path, forest_factory, nc)
     assert await consumers(nc, "WIND") == {"treehouse-scoring"}
 
 
+async def test_fail_alone_applies_the_rest_and_keeps_the_broken_one_failed(
+    tmp_path: Path, forest_factory, nc
+) -> None:  # type: ignore[no-untyped-def]
+    forest = await forest_factory({"treehouses": {"scoring": TH}})
+    broken = {"subscribes": "a", "publishes": "b", "code": "function process("}
+    ok = {"subscribes": "a", "publishes": "c", "code": ECHO}
+    new = config({"treehouses": {"scoring": TH, "bad": broken, "ok": ok}}, tmp_path)
+    diff = await forest.reload(new, fail_alone=True)
+    assert sorted(r.name for r in diff.added) == ["bad", "ok"]
+    assert [r.name for r in diff.failed] == ["bad"]
+    bad = forest.get("treehouse", "bad")
+    assert bad.state is ComponentState.FAILED and "line 1" in (bad.last_error or "")
+    assert forest.get("treehouse", "ok").state is ComponentState.RUNNING
+    assert await consumers(nc, "WIND") == {"treehouse-scoring", "treehouse-ok"}
+    again = await forest.reload(new, fail_alone=True)  # the same spec cannot build better
+    assert again.empty and {r.name for r in again.unchanged} == {"scoring", "bad", "ok"}
+    fixed = {"treehouses": {"scoring": TH, "bad": {**broken, "code": ECHO}, "ok": ok}}
+    diff = await forest.reload(config(fixed, tmp_path), fail_alone=True)
+    assert [r.name for r in diff.changed] == ["bad"] and not diff.failed
+    assert forest.get("treehouse", "bad").state is ComponentState.RUNNING
+
+
 async def test_changed_logic_runs_on_the_same_durable(
     tmp_path: Path, forest_factory, nc, wind: Wind
 ) -> None:  # type: ignore[no-untyped-def]
