@@ -12,13 +12,14 @@ changes: rate limited like the others and audited (`replay`, `purge`).
 # no `from __future__ import annotations`: FastAPI reads the route signatures.
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from nimsforest.control._audit import Action, Actor, AuditLog, AuditRecord
+from nimsforest.control._audit import Action, Actor, AuditLog, AuditRecord, Refusal
+from nimsforest.control._replay import ReplayDesk, ReplayIn
 from nimsforest.control._schemas import ErrorOut, parse_kind
 from nimsforest.control.errors import ControlError, Invalid, NotFound, Unavailable
 from nimsforest.forest import (
@@ -31,6 +32,9 @@ from nimsforest.forest import (
     DeadReason,
     entry_json,
 )
+
+if TYPE_CHECKING:
+    from nimsforest.control._controller import ControllerCore
 
 
 class _Out(BaseModel):
@@ -245,3 +249,54 @@ def dead_router(desk: DeadDesk, caller: Any, changer: Any) -> APIRouter:
 
 
 __all__ = ["DeadDesk", "DeadListOut", "DeadLetterOut", "PurgeOut", "ReplayOut", "dead_router"]
+
+
+async def nats_request(ctl: "ControllerCore", action: str, rest: list[str], body: Any,
+                       who: Actor) -> tuple[int, dict[str, Any]]:
+    """The dead letters and replay on NATS (control/_nats.py hands these over):
+
+        forest.control.dead.list      {"kind", "name", "limit", "after"} (all optional)
+        forest.control.dead.show      {"seq"}
+        forest.control.dead.replay    {"seq"}
+        forest.control.dead.purge     {"seq"} | {"kind", "name"} | {"all": true}
+        forest.control.replay         as POST /api/v1/replay
+    Replays and purges are rate limited and audited like every change."""
+    b = body if isinstance(body, dict) else {}
+    verb = rest[0] if action == "dead" and len(rest) == 1 else ("" if rest else action)
+    if verb in ("replay", "purge"):
+        try:
+            ctl.check_rate(f"nats:{who.client}")
+        except ControlError as exc:
+            await ctl.refused(Action.REPLAY if verb == "replay" else Action.PURGE, who,
+                              Refusal.RATE_LIMITED, exc.message)
+            raise
+    if action == "replay" and not rest:
+        try:
+            req = ReplayIn.model_validate(b)
+        except ValueError as exc:
+            raise Invalid(f"The replay request is not valid: {exc}.") from None
+        out = await ReplayDesk(ctl.forest, ctl.audit_log, ctl.node).replay(req, who)
+        return 200, out.model_dump(mode="json")
+    desk = DeadDesk(ctl.forest.dead, ctl.audit_log, ctl.node)
+    seq = b.get("seq")
+    if verb == "list":
+        limit, after = b.get("limit", 100), b.get("after", 0)
+        if not (isinstance(limit, int) and 1 <= limit <= 1000 and isinstance(after, int)
+                and after >= 0):
+            raise Invalid("'limit' must be 1 to 1000 and 'after' a sequence.")
+        listed = await desk.list(component_filter(b.get("kind"), b.get("name")), limit, after)
+        return 200, listed.model_dump(mode="json")
+    if verb in ("show", "replay") or (verb == "purge" and seq is not None):
+        if not (isinstance(seq, int) and 1 <= seq <= MAX_SEQ):
+            raise Invalid("The request needs the dead letter's 'seq' (a positive integer).")
+        if verb == "show":
+            return 200, (await desk.show(seq)).model_dump(mode="json")
+        if verb == "replay":
+            return 200, (await desk.replay(seq, who)).model_dump(mode="json")
+        return 200, (await desk.purge(None, seq, who)).model_dump(mode="json")
+    if verb == "purge":
+        ref = component_filter(b.get("kind"), b.get("name"))
+        if (ref is None) == (b.get("all") is not True):
+            raise Invalid("Say which dead letters to purge: seq, kind and name, or all: true.")
+        return 200, (await desk.purge(ref, None, who)).model_dump(mode="json")
+    raise NotFound("Use forest.control.dead.<list|show|replay|purge> or forest.control.replay.")

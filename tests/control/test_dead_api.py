@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import nats
 import yaml
 
 from tests.receiver import receiver
@@ -58,6 +59,17 @@ async def test_dead_letters_through_the_cli_and_the_api(tmp_path: Path) -> None:
             assert json.loads(letter["data"])["data"] == {"id": "c9"}
             seq = letter["seq"]
 
+            nc = await nats.connect(node.client_url())
+            try:  # the same over NATS control
+                reply = await nc.request("forest.control.dead.list",
+                                         b'{"kind": "output", "name": "hook"}', timeout=10)
+                listed = json.loads(reply.data)
+                assert listed["status"] == 200 and [d["seq"] for d in listed["letters"]] == [seq]
+                reply = await nc.request("forest.control.dead.show", b'{"seq": 999}', timeout=10)
+                assert json.loads(reply.data) == {"error": "There is no dead letter #999.",
+                                                  "status": 404}
+            finally:
+                await nc.close()
             table = (await acli(node, "dead", "list", "output", "hook")).stdout
             assert "max deliveries" in table and "output 'hook'" in table
             status = json.loads((await acli(node, "status", "--json")).stdout)
