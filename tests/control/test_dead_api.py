@@ -114,6 +114,16 @@ async def test_dead_letters_through_the_cli_and_the_api(tmp_path: Path) -> None:
             assert [(r["ok"], r["name"]) for r in replays] == [
                 (True, "hook"), (True, "hook"), (False, "nope")]  # dead replay, replay, refused
             assert any(r["action"] == "purge" for r in records)
+            # outputs and sources of every type from the CLI
+            (tmp_path / "tick.yaml").write_text("interval: 1h\npayload: {kind: tick}\n")
+            out = await acli(node, "add", "source", "tick", "--type", "schedule", "--publishes",
+                             "river.tick", "--config", str(tmp_path / "tick.yaml"))
+            assert out.returncode == 0 and "Added source 'tick'" in out.stdout, out.stderr
+            out = await acli(node, "add", "songbird", "chat", "--type", "slack", "--subscribes",
+                             "lead.>", "--url", f"{rx.url}/slack")
+            assert out.returncode == 0 and "Added output 'chat'" in out.stdout, out.stderr
+            out = await acli(node, "add", "output", "bad", "--subscribes", "x", "--type", "email")
+            assert out.returncode == 1 and "an email output needs 'smtp_host'" in out.stderr
             r = httpx.delete(node.api_url + "/api/v1/dead", timeout=5)
             assert r.status_code == 422 and "kind and name, or all=true" in r.json()["error"]
         finally:
