@@ -128,3 +128,29 @@ async def test_dead_letters_through_the_cli_and_the_api(tmp_path: Path) -> None:
             assert r.status_code == 422 and "kind and name, or all=true" in r.json()["error"]
         finally:
             node.stop()
+
+
+async def test_a_dead_letter_of_a_component_gone_is_kept_not_replayed(nc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from nimsforest.control._audit import Actor, AuditLog, Via
+    from nimsforest.control._dead import DeadDesk
+    from nimsforest.control.errors import Conflict
+    from nimsforest.forest import ComponentKind, ComponentRef, DeadReason, Forest, ForestConfig
+    from nimsforest.forest.dead import new_letter
+
+    forest = Forest(nc, ForestConfig.empty(tmp_path), node="n1")
+    await forest.start()
+    try:
+        gone = ComponentRef(kind=ComponentKind.TREE, name="gone")
+        seq = await forest.dead.bury(new_letter(
+            ref=gone, consumer="tree-gone", node="n1", reason=DeadReason.MALFORMED, error="bad.",
+            attempts=1, stream="RIVER", stream_seq=1, subject="river.x", headers={}, data=b"x"))
+        audit = AuditLog(nc)
+        await audit.open()
+        desk = DeadDesk(forest.dead, audit, "n1", exists=lambda ref: ref != gone)
+        with pytest.raises(Conflict, match="which this forest no longer has"):
+            await desk.replay(seq, Actor(via=Via.HTTP))
+        assert (await forest.dead.show(seq)).letter.component == gone
+    finally:
+        await forest.stop()
