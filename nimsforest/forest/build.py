@@ -38,9 +38,12 @@ from nimsforest.forest.sandbox import LuaLimits, LuaSandbox, ScriptLoadError
 from nimsforest.forest.soil import Soil
 from nimsforest.forest.sources import source_loop
 from nimsforest.forest.specs import (
+    AnthropicBrainSpec,
     ComponentSpec,
     NimSpec,
+    OpenAIBrainSpec,
     OutputSpec,
+    RulesBrainSpec,
     SourceSpec,
     TreeHouseSpec,
     TreeSpec,
@@ -263,7 +266,8 @@ def _nim(spec: NimSpec, ctx: BuildContext) -> Component:
     except PromptError as exc:
         raise ctx.error(str(exc), field) from None
     try:
-        brain = build_brain(spec.brain, prompt, label=str(ctx.ref), env=ctx.env)
+        brain = build_brain(_brain_spec(spec, prompt, ctx.env), prompt, label=str(ctx.ref),
+                            env=ctx.env)
     except BrainConfigError as exc:
         raise ctx.error(str(exc), exc.field) from None
     stats = Stats()
@@ -296,6 +300,20 @@ def _output(spec: OutputSpec, ctx: BuildContext) -> Component:
         handler=handler, stats=Stats(), publishes=spec.publishes, closers=(handler.aclose,),
         fingerprint=fingerprint(spec, None),
     )
+
+
+def _brain_spec(spec: NimSpec, prompt: Prompt, env: Mapping[str, str]) -> Any:
+    """The nim's brain. A rules brain with no rules anywhere (the Go original's nims name
+    no brain) is, as the Go original chose: anthropic when ANTHROPIC_API_KEY is set, else
+    openai when OPENAI_API_KEY is set; otherwise it stays (and says it needs rules)."""
+    brain = spec.brain
+    if not isinstance(brain, RulesBrainSpec) or brain.rules or prompt.front.get("rules"):
+        return brain
+    if env.get("ANTHROPIC_API_KEY"):
+        return AnthropicBrainSpec(type="anthropic")
+    if env.get("OPENAI_API_KEY"):
+        return OpenAIBrainSpec(type="openai")
+    return brain
 
 
 def build_component(
