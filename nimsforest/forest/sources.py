@@ -255,10 +255,11 @@ class ScheduleLoop(SourceLoop):
     async def _run(self) -> None:
         last = await self._catch_up()
         every = f"cron '{self.spec.cron}'" if self.spec.cron else f"every {self.spec.interval:g}s"
+        self._state(f"firing {every}")
         while True:
             now = _now()
             tick = next_tick(self.spec, max(now, last) if last else now)
-            self._state(f"{every}: next tick at {tick.isoformat()}")
+            self.activity = f"{every}: next tick at {tick.isoformat()}"  # shown, not logged
             await asyncio.sleep(max(0.0, (tick - now).total_seconds()))
             while _now() < tick:  # woken a little early
                 await asyncio.sleep(max(0.001, (tick - _now()).total_seconds()))
