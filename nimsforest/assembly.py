@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,16 +23,20 @@ from fastapi import Request
 from natsembed import NODE_TAG, Credentials, EmbeddedNats, is_witness
 from nimsforest import metrics
 from nimsforest.api.app import create_app
+from nimsforest.api.dashboard import Dashboard
+from nimsforest.api.lineage import Lineages
+from nimsforest.api.readers import Readers
 from nimsforest.api.server import ApiServer
 from nimsforest.connection import ConnectionEvent, ConnectionManager, ConnectionOptions
 from nimsforest.control import Controller, record_refused, without_components
-from nimsforest.forest import Forest, ForestConfig, ForestStatus
+from nimsforest.forest import Forest, ForestConfig, ForestStatus, tracing_from_env
 from nimsforest.forest.http import make_router
 from nimsforest.health import NodeSnapshot
 from nimsforest.observer import NatsObserver
 from nimsforest.settings import Settings
 from nimsforest.streams import (
     CORE_STREAMS,
+    RIVER,
     choose_replicas,
     describe_streams,
     ensure_streams,
@@ -70,6 +75,7 @@ class Assembly:
     """The builders of a node's heavy half, for one node's settings."""
 
     required_streams = REQUIRED_STREAMS  # what /health requires
+    ingest_streams = (RIVER.name,)  # what a River API request or webhook writes to
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -82,6 +88,7 @@ class Assembly:
             reconnect_wait=s.nats_reconnect_wait,
             max_reconnects=s.nats_max_reconnects,
             name=f"nimsforest-{s.node_name}",
+            stay_on_configured=True,  # the node's API uses the server its /health reads
         )
 
     @staticmethod
@@ -150,8 +157,11 @@ class Assembly:
         The web app (FastAPI analyses every route) is built in a thread meanwhile."""
         s = self.settings
         config = forest_config or ForestConfig.empty()
+        tracing = tracing_from_env(os.environ, "nimsforest", s.node_name)
+        stack.callback(tracing.shutdown)  # after the forest stopped: its last spans flushed
         forest = Forest(nats.conn.nc, without_components(config), replicas=nats.replicas,
-                        placement_tags=nats.placement_tags, node=s.node_name)
+                        placement_tags=nats.placement_tags, node=s.node_name,
+                        river_hold=s.river_hold, tracing=tracing)
         control = Controller(
             nats.conn.nc, forest, node=s.node_name, config_file=forest_path,
             file_config=forest_config, replicas=nats.replicas, placement_tags=nats.placement_tags,
@@ -161,9 +171,14 @@ class Assembly:
         async def refused(request: Request, message: str) -> None:
             await record_refused(control, request, message)
 
-        app = asyncio.ensure_future(asyncio.to_thread(
-            create_app, snapshot, control.routers(make_router(forest)), refused
-        ))
+        readers = Readers(nats.conn.nc)
+        lineages = Lineages(nats.conn.nc)
+        dashboard = Dashboard(snapshot, control.status, control.guard(cookie=True),
+                              control.accepts_token, control.needs_token, control.check_rate)
+        routers = [*control.routers(make_router(forest)), readers.router(control.guard(cookie=True)),
+                   lineages.router(control.guard(cookie=True)),
+                   dashboard.router()]
+        app = asyncio.ensure_future(asyncio.to_thread(create_app, snapshot, routers, refused))
         try:
             stack.push_async_callback(forest.stop)
             await forest.start()
@@ -179,6 +194,8 @@ class Assembly:
         host, port = s.api_host_port
         api = ApiServer(built, host, port)
         stack.push_async_callback(api.stop)
+        stack.callback(readers.close)  # open streams end before the API stops
+        stack.callback(dashboard.close)
         await api.start()
         log.info("Management API at http://%s:%d", host, api.port)
         return Running(forest, control, api)

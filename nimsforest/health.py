@@ -8,7 +8,8 @@ worst a stuck server can do is make the view stale, which is itself unhealthy.
 
 Meaning for load balancers:
 - /health           200: this node serves (nats-server ready, connected, JetStream has a
-                    meta leader, the core streams exist). 503 otherwise, with `reasons`.
+                    meta leader, the core streams exist, and the stream it ingests into
+                    has a leader its server can reach). 503 otherwise, with `reasons`.
 - /health/cluster   200: the cluster is whole as seen from here (meta leader, no peer
                     offline, every owned stream led, current and at the replication
                     factor). 503: degraded, with `problems`; the node may still serve.
@@ -62,6 +63,7 @@ class NodeSnapshot:
     state: NodeState
     replicas: int
     required_streams: tuple[str, ...] = ()  # the streams this node serves from
+    ingest_streams: tuple[str, ...] = ()  # the streams a request writes to: they need a leader
     nats: NatsView | None = None  # None until NATS was first observed
     nats_stale: bool = False
     nats_url: str | None = None  # sidecar mode: the NATS it uses, password hidden
@@ -76,8 +78,14 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat() if ts else None
 
 
-def problems(view: NatsView, required_streams: tuple[str, ...], stale: bool) -> list[str]:
-    """Why the node is not healthy (empty when it is)."""
+def problems(view: NatsView, required_streams: tuple[str, ...], stale: bool,
+             ingest_streams: tuple[str, ...] = ()) -> list[str]:
+    """Why the node is not healthy (empty when it is).
+
+    An ingest stream whose leader is gone fails every write while it elects a new one
+    (seconds): readiness follows that. The election itself is seen late (the last stream
+    listing still names the old leader), the loss of the leader's route at once, so a
+    leader this server has no route to counts as gone."""
     out: list[str] = []
     if stale:
         age = time.time() - view.observed_at
@@ -97,6 +105,22 @@ def problems(view: NatsView, required_streams: tuple[str, ...], stale: bool) -> 
     missing = [s for s in required_streams if s not in have]
     if missing and not view.error and view.streams_listed:
         out.append("missing streams: " + ", ".join(missing))
+    if view.streams_listed:
+        out += _leaderless(view, ingest_streams)
+    return out
+
+
+def _leaderless(view: NatsView, ingest_streams: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    for stream in view.streams:
+        if stream.name not in ingest_streams:
+            continue
+        if stream.leader is None:
+            out.append(f"stream {stream.name} has no leader: writes to it fail until one is elected")
+        elif (view.monitor_ok and view.server_name and stream.leader != view.server_name
+              and stream.leader not in view.routed):
+            out.append(f"stream {stream.name}'s leader {stream.leader} is not reachable from this "
+                       "server: writes to it fail until a new leader is elected")
     return out
 
 
@@ -108,7 +132,7 @@ def node_health(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
     if view is None:
         reasons.append("NATS not observed yet")
     else:
-        reasons += problems(view, s.required_streams, s.nats_stale)
+        reasons += problems(view, s.required_streams, s.nats_stale, s.ingest_streams)
     members = view.members if view else ()
     sidecar = s.mode is NodeMode.SIDECAR
     body: dict[str, Any] = {

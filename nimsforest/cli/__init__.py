@@ -26,6 +26,7 @@ _COMMANDS: dict[str, str] = {
     "registry": "nimsforest.cli.registry:registry",
     "flow": "nimsforest.cli.flow:flow",
     "nats-config": "nimsforest.cli.nats_config:nats_config",
+    "nats-context": "nimsforest.cli.nats_context:nats_context",
     "systemd-unit": "nimsforest.cli.systemd_unit:systemd_unit",
     "cloud-init": "nimsforest.cli.cloud_init:cloud_init",
     "grow": "nimsforest.cli.grow:grow",
@@ -39,6 +40,8 @@ _COMMANDS: dict[str, str] = {
     "replay": "nimsforest.cli.replay:replay",
     "stack": "nimsforest.cli.stack:stack",
     "service": "nimsforest.cli.stack:service",
+    "why": "nimsforest.cli.lineage:why", "trace": "nimsforest.cli.lineage:trace",
+    "soil": "nimsforest.cli.readers:soil", "leaves": "nimsforest.cli.readers:leaves", "river": "nimsforest.cli.readers:river",  # noqa: E501
 }
 _ALIASES: dict[str, str] = {"start": "run", "rm": "remove", "ls": "list"}
 _DEFAULT_COMMAND = "run"

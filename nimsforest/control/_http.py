@@ -63,7 +63,14 @@ def _error(exc: ControlError) -> JSONResponse:
     return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
 
 
-def make_routers(ctl: ControllerCore, river: APIRouter | None = None) -> list[APIRouter]:
+TOKEN_COOKIE = "nimsforest_token"
+
+
+def make_caller(ctl: ControllerCore, *, cookie: bool = False) -> Any:
+    """The API's one check of who calls (a FastAPI dependency returning the Actor): with
+    NIMSFOREST_API_TOKEN set, `Authorization: Bearer <token>` (401 otherwise). `cookie`: the
+    token may also come in the dashboard's cookie (TOKEN_COOKIE), for read-only GET routes
+    only, which a browser's page and EventSource reach without a header."""
     bearer = HTTPBearer(
         auto_error=False,
         description="NIMSFOREST_API_TOKEN; required when the node was started with one",
@@ -76,13 +83,26 @@ def make_routers(ctl: ControllerCore, river: APIRouter | None = None) -> list[AP
         _no_unknown_query(request)
         if ctl.token is not None:
             given = creds.credentials if creds is not None else ""
-            if not hmac.compare_digest(given.encode(), ctl.token.encode()):
+            if not given and cookie and request.method == "GET":
+                given = request.cookies.get(TOKEN_COOKIE, "")
+            if not token_matches(ctl, given):
                 who = Actor(via=Via.HTTP, address=address)
                 message = "This API needs 'Authorization: Bearer <NIMSFOREST_API_TOKEN>'."
                 if is_change(request):
                     await ctl.refused(_action(request), who, Refusal.UNAUTHORIZED, message)
                 raise HTTPException(401, message, headers={"WWW-Authenticate": "Bearer"})
         return Actor(via=Via.HTTP, address=address, token=ctl.token is not None)
+
+    return caller
+
+
+def token_matches(ctl: ControllerCore, given: str) -> bool:
+    """Whether `given` is this node's API token (always, when it has none)."""
+    return ctl.token is None or hmac.compare_digest(given.encode(), ctl.token.encode())
+
+
+def make_routers(ctl: ControllerCore, river: APIRouter | None = None) -> list[APIRouter]:
+    caller = make_caller(ctl, cookie=True)  # the dashboard reads status and audit (GET only)
 
     async def changer(request: Request, who: Actor = Depends(caller)) -> Actor:
         size = request.headers.get("content-length", "")
@@ -263,4 +283,6 @@ def _action(request: Request) -> Action:
     return {"POST": Action.ADD, "PUT": Action.REPLACE}.get(request.method, Action.REMOVE)
 
 
-__all__ = ["is_change", "make_routers", "record_refused"]
+__all__ = [
+    "TOKEN_COOKIE", "is_change", "make_caller", "make_routers", "record_refused", "token_matches",
+]

@@ -52,10 +52,12 @@ class ComponentNotFound(ForestError):
 
 
 class FlowError(ForestError):
-    """The River refused an input; `status` is the HTTP status that fits."""
+    """The River refused an input; `status` is the HTTP status that fits, `retry_after`
+    (seconds) is set when asking again soon may succeed."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, *, retry_after: int | None = None) -> None:
         self.status = status
+        self.retry_after = retry_after
         super().__init__(message)
 
 

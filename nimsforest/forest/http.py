@@ -7,7 +7,9 @@
                                    checks; 200 {"status": "ok", "stream", "subject", "seq", ...}
 
 Errors are JSON {"error": "<one sentence>"}: 400 bad subject or body, 401 bad signature,
-404 no source at that path, 413 too large, 503 River or NATS unavailable.
+404 no source at that path, 413 too large, 503 River or NATS unavailable (after holding
+the input up to NIMSFOREST_RIVER_HOLD while the River elects a leader; with Retry-After
+when asking again may succeed).
 """
 
 from __future__ import annotations
@@ -18,13 +20,19 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from nimsforest.forest.errors import FlowError
+from nimsforest.forest.trace import TraceContext
 
 if TYPE_CHECKING:
     from nimsforest.forest.runtime import Forest
 
 
-def _error(message: str, status: int) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(message: str, status: int, retry_after: int | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _refused(exc: FlowError) -> JSONResponse:
+    return _error(str(exc), exc.status, exc.retry_after)
 
 
 def make_router(forest: Forest) -> APIRouter:
@@ -39,10 +47,11 @@ def make_router(forest: Forest) -> APIRouter:
         key = request.headers.get("idempotency-key")
         try:
             receipt = await forest.flow(
-                subject, body, source="api", msg_id=f"api:{key}" if key else None
+                subject, body, source="api", msg_id=f"api:{key}" if key else None,
+                trace=TraceContext.of(request.headers),
             )
         except FlowError as exc:
-            return _error(str(exc), exc.status)
+            return _refused(exc)
         return JSONResponse(receipt.model_dump(), status_code=202)
 
     @router.post("/webhooks/{path:path}")
@@ -52,7 +61,7 @@ def make_router(forest: Forest) -> APIRouter:
         try:
             receipt = await forest.receive_webhook(f"/webhooks/{path}", dict(request.headers), body)
         except FlowError as exc:
-            return _error(str(exc), exc.status)
+            return _refused(exc)
         return JSONResponse({"status": "ok", **receipt.model_dump()}, status_code=200)
 
     return router

@@ -64,8 +64,9 @@ def api_schema(fuzz_node: NodeProcess) -> schemathesis.BaseSchema:
     # an oversized body is refused with 413 before it is parsed: a rejection like 4xx
     rejection = schema.config.checks.negative_data_rejection
     rejection.expected_statuses = [*rejection.expected_statuses, "413"]
-    # the management API only: health and metrics are probes, webhooks need signatures
-    return schema.include(path_regex=r"^/(api/v1/(?!river)|-/reload)")
+    # the management API only: health and metrics are probes, webhooks need signatures,
+    # the readers' event streams (watch, tail) never end
+    return schema.include(path_regex=r"^/(api/v1/(?!river)(?!.*/(watch|tail)$)|-/reload)")
 
 
 def _operations() -> list[str]:
@@ -73,6 +74,8 @@ def _operations() -> list[str]:
         "GET /api/v1/status", "GET /api/v1/audit", "POST /-/reload",
         "GET /api/v1/dead", "DELETE /api/v1/dead", "GET /api/v1/dead/{seq}",
         "DELETE /api/v1/dead/{seq}", "POST /api/v1/dead/{seq}/replay", "POST /api/v1/replay",
+        "GET /api/v1/soil/keys", "GET /api/v1/soil/value/{key}", "GET /api/v1/soil/history/{key}",
+        "GET /api/v1/why/{key}", "GET /api/v1/trace/{trace_id}",
         *(f"{m} /api/v1/{k}" for k in ("trees", "treehouses", "nims", "outputs", "sources")
           for m in ("GET", "POST")),
         *(f"{m} /api/v1/{k}/{{name}}" for k in ("trees", "treehouses", "nims", "outputs", "sources")
