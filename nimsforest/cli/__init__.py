@@ -84,6 +84,8 @@ def main() -> None:
     Changing a running forest (through NIMSFOREST_API):
       nimsforest add treehouse NAME --subscribes S --publishes P --script FILE
       nimsforest remove KIND NAME | list [KIND] | status | reload | audit
+      nimsforest dead list|show|replay|purge    what components gave up on
+      nimsforest replay KIND NAME --from-seq N | --since TIME
 
     Every command has its own --help.
     """

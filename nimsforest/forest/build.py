@@ -37,9 +37,12 @@ from nimsforest.forest.prompt import Prompt, PromptError, environment
 from nimsforest.forest.sandbox import LuaLimits, LuaSandbox, ScriptLoadError
 from nimsforest.forest.soil import Soil
 from nimsforest.forest.specs import (
+    AnthropicBrainSpec,
     ComponentSpec,
     NimSpec,
+    OpenAIBrainSpec,
     OutputSpec,
+    RulesBrainSpec,
     SourceSpec,
     SourceType,
     TreeHouseSpec,
@@ -282,7 +285,7 @@ def _nim(spec: NimSpec, ctx: BuildContext) -> Component:
     except PromptError as exc:
         raise ctx.error(str(exc), field, exc.line) from None
     brains = []
-    for i, brain_spec in enumerate(spec.chain):
+    for i, brain_spec in enumerate((_brain_spec(spec, prompt, ctx.env), *spec.fallback)):
         prefix = "brain" if i == 0 else f"fallback.{i - 1}"
         try:
             brains.append(build_brain(brain_spec, prompt, label=str(ctx.ref), env=ctx.env))
@@ -330,6 +333,20 @@ def _output(spec: OutputSpec, ctx: BuildContext) -> Component:
         handler=handler, stats=Stats(), publishes=spec.publishes, closers=(handler.aclose,),
         fingerprint=fingerprint(spec, None),
     )
+
+
+def _brain_spec(spec: NimSpec, prompt: Prompt, env: Mapping[str, str]) -> Any:
+    """The nim's brain. A rules brain with no rules anywhere (the Go original's nims name
+    no brain) is, as the Go original chose: anthropic when ANTHROPIC_API_KEY is set, else
+    openai when OPENAI_API_KEY is set; otherwise it stays (and says it needs rules)."""
+    brain = spec.brain
+    if not isinstance(brain, RulesBrainSpec) or brain.rules or prompt.front.get("rules"):
+        return brain
+    if env.get("ANTHROPIC_API_KEY"):
+        return AnthropicBrainSpec(type="anthropic")
+    if env.get("OPENAI_API_KEY"):
+        return OpenAIBrainSpec(type="openai")
+    return brain
 
 
 def build_component(

@@ -397,7 +397,8 @@ class SourceSpec(ComponentSpec):
     headers: tuple[str, ...] = Field((), max_length=64, description="Headers copied in")
     tolerance: Duration = Field(300.0, gt=0, description="Stripe timestamp tolerance")
     # schedule, http_poll
-    interval: Duration | None = Field(None, gt=0, description="schedule, http_poll: e.g. 30s, 1h")
+    interval: Duration | None = Field(
+        None, gt=0, description="schedule, http_poll: e.g. 30s, 1h (http_poll: 5m by default)")
     cron: str | None = Field(None, max_length=256, description="schedule: a cron expression (UTC)")
     payload: Any = Field(None, description="schedule: the JSON each tick puts in the River")
     catch_up: CatchUp = Field(CatchUp.SKIP, description="schedule: skip | fire_one")
@@ -479,11 +480,16 @@ class SourceSpec(ComponentSpec):
                 data = {**data, "signature": "sha256" if webhook and data.get("secret") else "none"}
         return data
 
+    @property
+    def every(self) -> float:
+        """How often a schedule or a poll runs (seconds)."""
+        return self.interval if self.interval is not None else 300.0
+
     @model_validator(mode="after")
     def _settings(self) -> SourceSpec:
         t = self.type
         needs = {SourceType.HTTP_WEBHOOK: ("path",), SourceType.TELEGRAM: ("path",),
-                 SourceType.SCHEDULE: (), SourceType.HTTP_POLL: ("url", "interval"),
+                 SourceType.SCHEDULE: (), SourceType.HTTP_POLL: ("url",),
                  SourceType.NATS: ("subject",)}[t]
         for f in needs:
             if getattr(self, f) is None:
