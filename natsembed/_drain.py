@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from natsembed._supervisor import is_witness
 from natsembed.errors import NatsEmbedError, reason
 
 if TYPE_CHECKING:
@@ -92,6 +93,8 @@ def leaderships(server: str, jsz: Jsz) -> Leaderships:
     meta_successor = None
     if meta is not None:
         good = [p.name for p in meta.replicas if p.current and not p.offline and p.name != server]
+        # a witness may lead the meta group, but a node that can also lead streams is better
+        good.sort(key=is_witness)
         meta_successor = good[0] if good else None
     return Leaderships(server, is_meta, meta_successor, tuple(led))
 

@@ -37,6 +37,7 @@ _COMMANDS: dict[str, str] = {
     "audit": "nimsforest.cli.control:audit",
     "stack": "nimsforest.cli.stack:stack",
     "service": "nimsforest.cli.stack:service",
+    "drain": "nimsforest.cli.drain:drain", "undrain": "nimsforest.cli.drain:undrain",
 }
 _ALIASES: dict[str, str] = {"start": "run", "rm": "remove", "ls": "list"}
 _DEFAULT_COMMAND = "run"
