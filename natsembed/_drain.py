@@ -87,6 +87,9 @@ def leaderships(server: str, jsz: Jsz) -> Leaderships:
             ccluster = consumer.get("cluster") or {}
             if ccluster.get("leader") == server:
                 successor, count = _successor(ccluster, server)
+                durable = bool((consumer.get("config") or {}).get("durable_name"))
+                if count <= 1 and not durable:
+                    continue  # a client's ephemeral consumer (a KV watch): it goes with its client
                 led.append(Led(detail.name, str(consumer.get("name")), successor, count))
     meta = jsz.meta_cluster
     is_meta = meta is not None and meta.leader == server

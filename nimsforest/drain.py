@@ -91,6 +91,7 @@ def plan(obs: DrainObservation) -> DrainPlan:
         actions.append(DrainAction.PAUSE_WORK)
         waiting.append("stopping the forest's components")
     single: tuple[str, ...] = ()
+    notes: list[str] = []
     hand_over: Leaderships | None = None
     meta_stays = False
     if obs.own_server:
@@ -101,13 +102,19 @@ def plan(obs: DrainObservation) -> DrainPlan:
             single = tuple(str(x) for x in now.single)
             # the meta group goes to another node, never to this node's own witness
             meta_stays = now.meta and now.meta_successor in (None, obs.own_witness)
+            ready = tuple(x for x in now.movable if x.successor is not None)
+            stuck = [str(x) for x in now.movable if x.successor is None]
             leads = (["the meta group"] if now.meta and not meta_stays else []) + [
-                str(x) for x in now.movable
+                str(x) for x in ready
             ]
             if leads:
                 actions.append(DrainAction.STEP_DOWN)
-                hand_over = replace(now, meta=now.meta and not meta_stays)
+                hand_over = replace(now, meta=now.meta and not meta_stays, led=ready)
                 waiting.append("handing over " + ", ".join(leads))
+            if stuck and obs.wanted is DrainReason.OPERATOR:
+                waiting.append("no current replica elsewhere yet for " + ", ".join(stuck))
+            elif stuck:  # a stop does not wait for replicas that are not there
+                notes.append("no current replica elsewhere for " + ", ".join(stuck))
     if waiting:
         return DrainPlan(DrainState.DRAINING, tuple(actions), "draining: " + "; ".join(waiting),
                          hand_over)
@@ -115,6 +122,8 @@ def plan(obs: DrainObservation) -> DrainPlan:
     if meta_stays:
         sentence = ("drained: the forest is stopped; the meta group stays led here (no other "
                     "node can lead it)")
+    for note in notes:
+        sentence += f"; {note}"
     if single:
         sentence += (
             "; single-replica assets stay here (no other copy can lead them): "
@@ -131,7 +140,7 @@ class DrainStatus:
     reason: DrainReason | None
     since: float | None  # time.time() the drain was asked for
     sentence: str
-    leads: tuple[str, ...] = ()  # what the node still leads (stream, stream/consumer, meta)
+    leads: tuple[str, ...] = ()  # what it still leads that can move (meta, stream, stream/consumer)
     single: tuple[str, ...] = ()  # single-replica assets it leads
 
     @property
@@ -282,7 +291,7 @@ class Drainer:
             await self._perform(action, decided)
         leads: tuple[str, ...] = ()
         if obs.held is not None:
-            leads = (("meta",) if obs.held.meta else ()) + tuple(str(x) for x in obs.held.led)
+            leads = (("meta",) if obs.held.meta else ()) + tuple(str(x) for x in obs.held.movable)
         single = tuple(str(x) for x in obs.held.single) if obs.held else ()
         self._publish(DrainStatus(decided.state, obs.wanted, self._since, decided.sentence,
                                   leads, single))

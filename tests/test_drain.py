@@ -39,7 +39,7 @@ def test_a_drain_pauses_work_and_hands_over_every_movable_leadership() -> None:
     p = plan(DrainObservation(OPERATOR, work_running=True, own_server=True, held=now))
     assert p.state is DrainState.DRAINING
     assert p.actions == (DrainAction.PAUSE_WORK, DrainAction.STEP_DOWN)
-    assert p.hand_over == now
+    assert p.hand_over is not None and p.hand_over.meta and p.hand_over.led == (RIVER, CONSUMER)
     assert "the meta group, RIVER, WIND/tree-contacts" in p.sentence
 
 
@@ -56,6 +56,15 @@ def test_the_meta_group_is_never_handed_to_the_nodes_own_witness() -> None:
     assert p.hand_over is not None and not p.hand_over.meta and p.hand_over.led == (RIVER,)
     alone = plan(DrainObservation(OPERATOR, False, True, held=holding(meta=True, successor=None)))
     assert alone.state is DrainState.DRAINED and "meta group stays" in alone.sentence
+
+
+def test_a_leadership_with_no_current_replica_elsewhere_holds_an_operators_drain_not_a_stop() -> None:
+    lagging = holding(Led("RIVER", None, None, 3), CONSUMER)
+    p = plan(DrainObservation(OPERATOR, False, True, held=lagging))
+    assert p.state is DrainState.DRAINING and "no current replica elsewhere yet for RIVER" in p.sentence
+    assert p.hand_over is not None and p.hand_over.led == (CONSUMER,)  # what can move, moves
+    alone = plan(DrainObservation(DrainReason.STOP, False, True, held=holding(Led("RIVER", None, None, 3))))
+    assert alone.state is DrainState.DRAINED and alone.actions == ()
 
 
 def test_unread_leaderships_keep_the_node_draining() -> None:

@@ -1,0 +1,135 @@
+"""Drain with real nodes under a steady writer: the node leading RIVER hands everything over
+while writes keep being stored, none fails and none is lost or stored twice."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+import httpx
+import nats
+import pytest
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from nimsforest.api.drain import DRAINING_HEADER
+from tests.e2e.conftest import Forest
+from tests.e2e.test_cluster import wait_cluster
+from tests.support import NodeProcess, eventually
+
+pytestmark = pytest.mark.e2e
+SUBJECT = "drain"
+
+
+@dataclass
+class Writer:
+    """Writes {"i": n} with Idempotency-Key w-n, round robin over the nodes; a key is sent
+    again (to the next node) until some node stores it. Every answer but 202 and the
+    documented drain refusal is a failure."""
+
+    nodes: list[NodeProcess]
+    acked: dict[int, str] = field(default_factory=dict)
+    refused_draining: int = 0
+    failures: list[str] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        i = 0
+        async with httpx.AsyncClient(timeout=10) as http:
+            while not self.stop.is_set():
+                turn = i
+                while True:
+                    node = self.nodes[turn % len(self.nodes)]
+                    turn += 1
+                    try:
+                        r = await http.post(f"{node.api_url}/api/v1/river/{SUBJECT}", json={"i": i},
+                                            headers={"Idempotency-Key": f"w-{i}"})
+                    except httpx.HTTPError as exc:
+                        self.failures.append(f"{node.name}: {type(exc).__name__}")
+                        await asyncio.sleep(0.05)
+                        continue
+                    if r.status_code == 202:
+                        self.acked[i] = node.name
+                        break
+                    if r.status_code == 503 and DRAINING_HEADER.lower() in r.headers:
+                        self.refused_draining += 1
+                        continue
+                    self.failures.append(f"{node.name}: {r.status_code} {r.text}")
+                    await asyncio.sleep(0.05)
+                i += 1
+                await asyncio.sleep(0.01)
+
+
+async def stored_counts(node: NodeProcess) -> collections.Counter[int]:
+    async def read() -> tuple[collections.Counter[int]]:
+        nc = await nats.connect(node.client_url())
+        try:
+            js = nc.jetstream()
+            sub = await js.pull_subscribe(f"river.{SUBJECT}",
+                                          config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+            out: collections.Counter[int] = collections.Counter()
+            while True:
+                try:
+                    msgs = await sub.fetch(500, timeout=2)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    return (out,)
+                out.update(json.loads(m.data)["i"] for m in msgs)
+        finally:
+            await nc.close()
+
+    return (await eventually(read, timeout=30, what="read back the River"))[0]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nimsforest", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+async def test_draining_the_river_leader_under_writes_fails_none_and_loses_none(
+    forest: Forest,
+) -> None:
+    nodes = [forest.node(f"n{i}", f"127.0.0.{i}") for i in (1, 2, 3)]
+    for n in nodes:
+        await n.wait_healthy(120)
+    body = await wait_cluster(nodes[0], 3, 3, timeout=120)
+    leader = next(s for s in body["streams"] if s["name"] == "RIVER")["leader"]
+    victim = next(n for n in nodes if n.name == leader)
+    others = [n for n in nodes if n is not victim]
+
+    writer = Writer(nodes)
+    task = asyncio.create_task(writer.run())
+    try:
+        await eventually(lambda: len(writer.acked) >= 50, what="writes flowing")
+        done = cli("drain", victim.name, "--registry-url", forest.registry.url, "--json")
+        assert done.returncode == 0, done.stderr
+        drained = json.loads(done.stdout)
+        assert drained["state"] == "drained" and drained["leads"] == [], drained
+        code, health = victim.health()
+        assert code == 503 and health["status"] == "drained"
+        # every stream and the meta group are led elsewhere (as soon as the survivors look again)
+        def led_elsewhere() -> bool:
+            view = others[0].cluster()
+            return view["meta_leader"] not in (None, victim.name) and all(
+                s["leader"] not in (None, victim.name) for s in view["streams"])
+
+        await eventually(led_elsewhere, timeout=10, what=f"everything led away from {victim.name}")
+        at_drain = len(writer.acked)
+        await eventually(lambda: len(writer.acked) >= at_drain + 50, what="writes flowing while drained")
+        assert writer.refused_draining > 0  # the drained node turned input away, retried elsewhere
+
+        back = cli("undrain", victim.name, "--registry-url", forest.registry.url)
+        assert back.returncode == 0, back.stderr
+        await victim.wait_healthy(30)
+        at_undrain = len(writer.acked)
+        await eventually(lambda: len(writer.acked) >= at_undrain + 30, what="writes after the undrain")
+    finally:
+        writer.stop.set()
+        await task
+    assert writer.failures == [], writer.failures
+    counts = await stored_counts(others[0])
+    missing = [i for i in writer.acked if counts[i] == 0]
+    twice = {i: c for i, c in counts.items() if c > 1}
+    assert not missing and not twice, (missing[:10], twice)
