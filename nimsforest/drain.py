@@ -30,15 +30,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from natsembed import Leaderships, held, step_down
+from natsembed import Leaderships, Led, held, step_down
 from natsembed.errors import reason
 
 if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+
     from natsembed import EmbeddedNats
 
 log = logging.getLogger("nimsforest")
 
 MARKER = "drained"  # the file in the data directory that keeps an operator's drain
+# Each draining node says so every cycle on ANNOUNCE.<node> ({"state": ...}), and once
+# when it serves again; the others never hand a leadership to a node heard draining
+# within PEER_TTL seconds (it would hand it straight back).
+ANNOUNCE = "forest.node.drain"
+PEER_TTL = 5.0
 
 
 class DrainState(enum.Enum):
@@ -68,6 +76,7 @@ class DrainObservation:
     held: Leaderships | None = None  # what that server leads; None: not read
     error: str | None = None  # why it could not be read
     own_witness: str | None = None  # this node's witness (it stops with the node)
+    peers_draining: frozenset[str] = frozenset()  # other nodes that said they drain
 
 
 @dataclass(frozen=True)
@@ -100,21 +109,31 @@ def plan(obs: DrainObservation) -> DrainPlan:
         else:
             now = obs.held
             single = tuple(str(x) for x in now.single)
-            # the meta group goes to another node, never to this node's own witness
-            meta_stays = now.meta and now.meta_successor in (None, obs.own_witness)
-            ready = tuple(x for x in now.movable if x.successor is not None)
-            stuck = [str(x) for x in now.movable if x.successor is None]
+            # successors: current replicas on nodes that do not drain themselves; the meta
+            # group never goes to this node's own witness (it stops with the node)
+            avoid = obs.peers_draining | {obs.own_witness or ""}
+            meta_to = next((c for c in now.meta_candidates if c not in avoid), None)
+            meta_stays = now.meta and meta_to is None
+            ready: list[Led] = []
+            stuck: list[str] = []
+            for x in now.movable:
+                to = next((c for c in x.candidates if c not in avoid), None)
+                if to is None:
+                    stuck.append(str(x))
+                else:
+                    ready.append(replace(x, candidates=(to,)))
             leads = (["the meta group"] if now.meta and not meta_stays else []) + [
                 str(x) for x in ready
             ]
             if leads:
                 actions.append(DrainAction.STEP_DOWN)
-                hand_over = replace(now, meta=now.meta and not meta_stays, led=ready)
+                hand_over = replace(now, meta=now.meta and not meta_stays, led=tuple(ready),
+                                    meta_candidates=(meta_to,) if meta_to else ())
                 waiting.append("handing over " + ", ".join(leads))
             if stuck and obs.wanted is DrainReason.OPERATOR:
-                waiting.append("no current replica elsewhere yet for " + ", ".join(stuck))
+                waiting.append("no current replica on a serving node yet for " + ", ".join(stuck))
             elif stuck:  # a stop does not wait for replicas that are not there
-                notes.append("no current replica elsewhere for " + ", ".join(stuck))
+                notes.append("no current replica on a serving node for " + ", ".join(stuck))
     if waiting:
         return DrainPlan(DrainState.DRAINING, tuple(actions), "draining: " + "; ".join(waiting),
                          hand_over)
@@ -171,6 +190,14 @@ class Work(Protocol):
     async def stop(self) -> None: ...
 
 
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Until `event` is set or `seconds` pass. (Not asyncio.wait_for: on Python 3.11 it
+    swallows a cancellation that arrives as the event is set, and the task never ends.)"""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+
+
 def marker_path(data_dir: Path) -> Path:
     return data_dir / MARKER
 
@@ -199,9 +226,13 @@ class Drainer:
         data_dir: Path,
         embedded: EmbeddedNats | None,
         *,
+        nc: Client | None = None,
         interval: float = 1.0,
     ) -> None:
         self.node = node
+        self._nc = nc
+        self._peers: dict[str, tuple[DrainState, float]] = {}
+        self._announced = DrainState.SERVING
         self._data_dir = data_dir
         self._embedded = embedded
         self._interval = interval
@@ -262,13 +293,51 @@ class Drainer:
                             self._status.sentence)
                 break
             self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), left)
+            await _wait(self._changed, left)
         return self._status
 
     # --- the loop --------------------------------------------------------------------------
+    def peers_draining(self) -> frozenset[str]:
+        """Other nodes heard draining (or drained) within PEER_TTL seconds."""
+        now = time.monotonic()
+        return frozenset(n for n, (state, at) in self._peers.items()
+                         if state is not DrainState.SERVING and now - at < PEER_TTL)
+
+    async def _heard(self, msg: Msg) -> None:
+        node = msg.subject[len(ANNOUNCE) + 1:]
+        if node == self.node:
+            return
+        try:
+            state = DrainState(json.loads(msg.data)["state"])
+        except (ValueError, KeyError, TypeError):
+            return  # not an announcement of ours
+        self._peers[node] = (state, time.monotonic())
+
+    async def _announce(self) -> None:
+        state = self._status.state
+        if self._nc is None or (state is DrainState.SERVING and self._announced is state):
+            return
+        with contextlib.suppress(Exception):  # best effort: peers forget after PEER_TTL
+            await self._nc.publish(f"{ANNOUNCE}.{self.node}",
+                                   json.dumps({"state": state.value}).encode())
+            self._announced = state
+
     async def run(self) -> None:
         """Observe, plan, perform; every `interval` or when woken. Lives through errors."""
+        sub = None
+        if self._nc is not None:
+            try:
+                sub = await self._nc.subscribe(f"{ANNOUNCE}.*", cb=self._heard)
+            except Exception as exc:  # noqa: BLE001 - drains still work, less well
+                log.warning("Cannot hear other nodes' drains (%s)", reason(exc))
+        try:
+            await self._loop()
+        finally:
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _loop(self) -> None:
         while True:
             try:
                 await self.cycle()
@@ -280,9 +349,9 @@ class Drainer:
                     f"{'draining' if self._wanted else 'serving'}: the drain cycle failed "
                     f"({reason(exc)})",
                 ))
+            await self._announce()
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+            await _wait(self._wake, self._interval)
 
     async def cycle(self) -> DrainPlan:
         obs = await self.observe()
@@ -303,12 +372,14 @@ class Drainer:
         embedded = self._embedded
         if wanted is None or embedded is None:
             return DrainObservation(wanted, running, embedded is not None)
-        witness = embedded.witness_name
+        witness, peers = embedded.witness_name, self.peers_draining()
         try:
             now = await held(embedded)
         except Exception as exc:  # noqa: BLE001 - reported in the sentence
-            return DrainObservation(wanted, running, True, error=reason(exc), own_witness=witness)
-        return DrainObservation(wanted, running, True, held=now, own_witness=witness)
+            return DrainObservation(wanted, running, True, error=reason(exc), own_witness=witness,
+                                    peers_draining=peers)
+        return DrainObservation(wanted, running, True, held=now, own_witness=witness,
+                                peers_draining=peers)
 
     async def _perform(self, action: DrainAction, decided: DrainPlan) -> None:
         if action is DrainAction.PAUSE_WORK and self._work is not None:
@@ -332,7 +403,9 @@ class Drainer:
 
 
 __all__ = [
+    "ANNOUNCE",
     "MARKER",
+    "PEER_TTL",
     "DrainAction",
     "DrainObservation",
     "DrainPlan",

@@ -15,13 +15,13 @@ from nimsforest.drain import DrainAction, DrainObservation, DrainReason, DrainSt
 from tests.support import NodeProcess, eventually
 
 OPERATOR = DrainReason.OPERATOR
-RIVER = Led("RIVER", None, "n2", 3)
-CONSUMER = Led("WIND", "tree-contacts", "n3", 3)
-ONE = Led("ONE", None, None, 1)
+RIVER = Led("RIVER", None, ("n2", "n3"), 3)
+CONSUMER = Led("WIND", "tree-contacts", ("n3",), 3)
+ONE = Led("ONE", None, (), 1)
 
 
 def holding(*led: Led, meta: bool = False, successor: str | None = "n2") -> Leaderships:
-    return Leaderships("n1", meta, successor if meta else None, led)
+    return Leaderships("n1", meta, (successor,) if meta and successor else (), led)
 
 
 def test_serving_with_the_forest_running_does_nothing() -> None:
@@ -39,7 +39,8 @@ def test_a_drain_pauses_work_and_hands_over_every_movable_leadership() -> None:
     p = plan(DrainObservation(OPERATOR, work_running=True, own_server=True, held=now))
     assert p.state is DrainState.DRAINING
     assert p.actions == (DrainAction.PAUSE_WORK, DrainAction.STEP_DOWN)
-    assert p.hand_over is not None and p.hand_over.meta and p.hand_over.led == (RIVER, CONSUMER)
+    assert p.hand_over is not None and p.hand_over.meta and p.hand_over.meta_successor == "n2"
+    assert [(str(x), x.candidates) for x in p.hand_over.led] == [("RIVER", ("n2",)), ("WIND/tree-contacts", ("n3",))]
     assert "the meta group, RIVER, WIND/tree-contacts" in p.sentence
 
 
@@ -53,18 +54,27 @@ def test_the_meta_group_is_never_handed_to_the_nodes_own_witness() -> None:
     now = holding(RIVER, meta=True, successor="n1-witness")
     p = plan(DrainObservation(OPERATOR, False, True, held=now, own_witness="n1-witness"))
     assert p.actions == (DrainAction.STEP_DOWN,)
-    assert p.hand_over is not None and not p.hand_over.meta and p.hand_over.led == (RIVER,)
+    assert p.hand_over is not None and not p.hand_over.meta and [str(x) for x in p.hand_over.led] == ["RIVER"]
     alone = plan(DrainObservation(OPERATOR, False, True, held=holding(meta=True, successor=None)))
     assert alone.state is DrainState.DRAINED and "meta group stays" in alone.sentence
 
 
 def test_a_leadership_with_no_current_replica_elsewhere_holds_an_operators_drain_not_a_stop() -> None:
-    lagging = holding(Led("RIVER", None, None, 3), CONSUMER)
+    lagging = holding(Led("RIVER", None, (), 3), CONSUMER)
     p = plan(DrainObservation(OPERATOR, False, True, held=lagging))
-    assert p.state is DrainState.DRAINING and "no current replica elsewhere yet for RIVER" in p.sentence
+    assert p.state is DrainState.DRAINING and "no current replica on a serving node yet for RIVER" in p.sentence
     assert p.hand_over is not None and p.hand_over.led == (CONSUMER,)  # what can move, moves
-    alone = plan(DrainObservation(DrainReason.STOP, False, True, held=holding(Led("RIVER", None, None, 3))))
+    alone = plan(DrainObservation(DrainReason.STOP, False, True, held=holding(Led("RIVER", None, (), 3))))
     assert alone.state is DrainState.DRAINED and alone.actions == ()
+
+
+def test_successors_are_never_nodes_that_drain_themselves() -> None:
+    now = holding(RIVER, CONSUMER, meta=True, successor="n2")
+    p = plan(DrainObservation(OPERATOR, False, True, held=now, peers_draining=frozenset({"n2"})))
+    assert p.hand_over is not None and not p.hand_over.meta  # n2 was the only meta successor
+    assert [(str(x), x.candidates) for x in p.hand_over.led] == [("RIVER", ("n3",)), ("WIND/tree-contacts", ("n3",))]
+    both = plan(DrainObservation(OPERATOR, False, True, held=holding(RIVER), peers_draining=frozenset({"n2", "n3"})))
+    assert both.state is DrainState.DRAINING and both.actions == ()
 
 
 def test_unread_leaderships_keep_the_node_draining() -> None:

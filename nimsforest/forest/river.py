@@ -3,12 +3,15 @@
 Every input is stored in the RIVER stream on `river.<subject>` as the JSON it arrived as,
 with header `Nimsforest-Source` (`api` or `source:<name>`) and, when the sender gave an
 idempotency key or delivery id, `Nats-Msg-Id` (stored once within the duplicate window).
-`flow` returns only after JetStream confirmed the store.
+`flow` returns only after JetStream confirmed the store. While no stream answers (a
+leader being elected or handed over) it waits up to HOLD seconds for one, then answers 503.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -28,9 +31,12 @@ from nimsforest.forest.webhooks import (
     verify,
 )
 
+HOLD = 2.0  # seconds an input waits for the River to have a leader again
+
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js import JetStreamContext
+    from nats.js.api import PubAck
 
     from nimsforest.forest.component import Component
 
@@ -69,7 +75,7 @@ async def flow(
     if msg_id:
         headers["Nats-Msg-Id"] = msg_id
     try:
-        ack = await js.publish(subj, data, headers=headers, timeout=5.0)
+        ack = await _publish_held(js, subj, data, headers)
     except NoStreamResponseError:
         raise FlowError(
             "The River is not available (no JetStream stream answers on river.>).", 503
@@ -83,6 +89,24 @@ async def flow(
     except Exception as exc:  # noqa: BLE001 - connection closed and similar
         raise FlowError(f"NATS is not reachable: {exc or type(exc).__name__}.", 503) from None
     return FlowReceipt(stream=ack.stream, subject=subj, seq=ack.seq, duplicate=bool(ack.duplicate))
+
+
+async def _publish_held(
+    js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str]
+) -> PubAck:
+    """Publish; while no stream answers (its leader is being elected or handed over: a
+    drain's step-down, a lost server), ask again for up to HOLD seconds. No answer means
+    nothing was stored, so asking again cannot store an input twice."""
+    deadline = time.monotonic() + HOLD
+    pause = 0.05
+    while True:
+        try:
+            return await js.publish(subject, data, headers=headers, timeout=5.0)
+        except NoStreamResponseError:
+            if time.monotonic() + pause > deadline:
+                raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.4)
 
 
 async def receive(

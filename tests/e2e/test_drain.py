@@ -1,5 +1,6 @@
-"""Drain with real nodes under a steady writer: the node leading RIVER hands everything over
-while writes keep being stored, none fails and none is lost or stored twice."""
+"""Drain and the rolling restart with real nodes under a steady writer: the node leading
+RIVER hands everything over, then every node is restarted one at a time, while writes keep
+being stored; none fails and none is lost or stored twice."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import collections
 import json
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 
 import httpx
 import nats
 import pytest
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from nimsforest.api.drain import DRAINING_HEADER
+from nimsforest.deploy.rolling import Target, rolling_restart
 from tests.e2e.conftest import Forest
 from tests.e2e.test_cluster import wait_cluster
 from tests.support import NodeProcess, eventually
@@ -26,23 +29,41 @@ SUBJECT = "drain"
 
 @dataclass
 class Writer:
-    """Writes {"i": n} with Idempotency-Key w-n, round robin over the nodes; a key is sent
-    again (to the next node) until some node stores it. Every answer but 202 and the
-    documented drain refusal is a failure."""
+    """Writes {"i": n} with Idempotency-Key w-n, round robin over the nodes a load balancer
+    polling /health every 0.5 s would send to; a key is sent again (to the next node) until
+    some node stores it. Every answer but 202 and the documented drain refusal is a failure."""
 
     nodes: list[NodeProcess]
     acked: dict[int, str] = field(default_factory=dict)
     refused_draining: int = 0
     failures: list[str] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: set[str] = field(default_factory=set)
+
+    async def balance(self) -> None:
+        async with httpx.AsyncClient(timeout=1) as http:
+            while not self.stop.is_set():
+                for n in self.nodes:
+                    try:
+                        ok = (await http.get(f"{n.api_url}/health")).status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    (self.ready.add if ok else self.ready.discard)(n.name)
+                await asyncio.sleep(0.5)
 
     async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.balance())
+            tasks.create_task(self.write())
+
+    async def write(self) -> None:
         i = 0
         async with httpx.AsyncClient(timeout=10) as http:
             while not self.stop.is_set():
                 turn = i
                 while True:
-                    node = self.nodes[turn % len(self.nodes)]
+                    pool = [n for n in self.nodes if n.name in self.ready] or self.nodes
+                    node = pool[turn % len(pool)]
                     turn += 1
                     try:
                         r = await http.post(f"{node.api_url}/api/v1/river/{SUBJECT}", json={"i": i},
@@ -69,7 +90,8 @@ async def stored_counts(node: NodeProcess) -> collections.Counter[int]:
         try:
             js = nc.jetstream()
             sub = await js.pull_subscribe(f"river.{SUBJECT}",
-                                          config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+                                          config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL,
+                                                                ack_policy=AckPolicy.NONE))
             out: collections.Counter[int] = collections.Counter()
             while True:
                 try:
@@ -88,7 +110,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120)
 
 
-async def test_draining_the_river_leader_under_writes_fails_none_and_loses_none(
+async def test_drain_of_the_river_leader_then_a_rolling_restart_under_writes_fail_none_lose_none(
     forest: Forest,
 ) -> None:
     nodes = [forest.node(f"n{i}", f"127.0.0.{i}") for i in (1, 2, 3)]
@@ -118,13 +140,37 @@ async def test_draining_the_river_leader_under_writes_fails_none_and_loses_none(
         await eventually(led_elsewhere, timeout=10, what=f"everything led away from {victim.name}")
         at_drain = len(writer.acked)
         await eventually(lambda: len(writer.acked) >= at_drain + 50, what="writes flowing while drained")
-        assert writer.refused_draining > 0  # the drained node turned input away, retried elsewhere
+        # a client that still reaches the drained node is told to go elsewhere
+        refused = httpx.post(f"{victim.api_url}/api/v1/river/{SUBJECT}", json={"i": -1}, timeout=10)
+        assert refused.status_code == 503 and refused.headers[DRAINING_HEADER] == victim.name
 
         back = cli("undrain", victim.name, "--registry-url", forest.registry.url)
         assert back.returncode == 0, back.stderr
         await victim.wait_healthy(30)
-        at_undrain = len(writer.acked)
-        await eventually(lambda: len(writer.acked) >= at_undrain + 30, what="writes after the undrain")
+        await wait_cluster(nodes[0], 3, 3, timeout=60)
+
+        # a rolling restart of all three (the restart: SIGTERM, then start the same node again)
+        by_name = {n.name: n for n in nodes}
+        before = {n.name: n.proc.pid for n in nodes if n.proc}
+
+        async def restart(target: Target) -> None:
+            node = by_name[target.name]
+            await asyncio.to_thread(node.stop, 30)
+            node.start()
+
+        meta_leader = nodes[0].cluster()["meta_leader"]
+        said: list[str] = []
+        began = time.monotonic()
+        result = await rolling_restart([Target(n.name, n.api_url) for n in nodes], restart,
+                                       say=lambda line: said.append(f"{time.monotonic() - began:5.1f}s {line}"),
+                                       poll=0.2)
+        print("\n".join(said))
+        assert result.ok, (result.sentence, said)
+        assert sorted(result.restarted) == ["n1", "n2", "n3"]
+        assert "restarting one at a time" in said[0] and said[0].endswith(meta_leader), said
+        assert all(n.proc and n.proc.pid != before[n.name] for n in nodes)
+        at_roll = len(writer.acked)
+        await eventually(lambda: len(writer.acked) >= at_roll + 30, what="writes after the restart")
     finally:
         writer.stop.set()
         await task
