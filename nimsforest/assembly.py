@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 
 from natsembed import NODE_TAG, Credentials, EmbeddedNats, is_witness
 from nimsforest import metrics
@@ -165,9 +165,9 @@ class Assembly:
         async def refused(request: Request, message: str) -> None:
             await record_refused(control, request, message)
 
-        ingest = APIRouter()
-        ingest.include_router(make_router(forest))
-        ingest.include_router(make_drain_router(drainer))
+        # one flat router (the control plane guards its /api/ routes with the token)
+        ingest = make_router(forest)
+        ingest.routes.extend(make_drain_router(drainer).routes)
         app = asyncio.ensure_future(asyncio.to_thread(
             create_app, snapshot, control.routers(ingest), refused
         ))

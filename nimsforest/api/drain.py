@@ -34,18 +34,18 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def make_drain_router(drainer: Drainer) -> APIRouter:
-    router = APIRouter(prefix="/api/v1/node", tags=["node"])
+    router = APIRouter(tags=["node"])
 
-    @router.get("/drain", summary="This node's drain: state, sentence, what it still leads")
+    @router.get("/api/v1/node/drain", summary="This node's drain: state, sentence, what it still leads")
     async def drain_status() -> JSONResponse:
         return JSONResponse(_doc(drainer.node, drainer.status()))
 
-    @router.post("/drain", status_code=202,
+    @router.post("/api/v1/node/drain", status_code=202,
                  summary="Drain this node: no new work, hand over every leadership (kept)")
     async def drain() -> JSONResponse:
         return JSONResponse(_doc(drainer.node, drainer.drain()), status_code=202)
 
-    @router.post("/undrain", summary="Serve again after a drain")
+    @router.post("/api/v1/node/undrain", summary="Serve again after a drain")
     async def undrain() -> JSONResponse:
         return JSONResponse(_doc(drainer.node, drainer.undrain()))
 
