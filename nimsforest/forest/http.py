@@ -7,7 +7,9 @@
                                    checks; 200 {"status": "ok", "stream", "subject", "seq", ...}
 
 Errors are JSON {"error": "<one sentence>"}: 400 bad subject or body, 401 bad signature,
-404 no source at that path, 413 too large, 503 River or NATS unavailable.
+404 no source at that path, 409 an earlier request with the same Idempotency-Key is still
+being stored (ask again: the answer is then 202 with "duplicate": true), 413 too large,
+503 River or NATS unavailable (a drained node adds Retry-After and Nimsforest-Draining).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from nimsforest.forest.webhooks import (
 )
 
 HOLD = 2.0  # seconds an input waits for the River to have a leader again
+DUPLICATE_IN_PROCESS = 10158  # JetStream: "duplicate message id is in process"
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -85,6 +86,11 @@ async def flow(
             "JetStream did not confirm the input in time; it may not be stored.", 503
         ) from None
     except APIError as exc:
+        if exc.err_code == DUPLICATE_IN_PROCESS:
+            raise FlowError(
+                "An earlier request with the same idempotency key is still being stored; ask "
+                "again: it will be answered as a duplicate.", 409
+            ) from None
         raise FlowError(f"JetStream refused the input: {exc.description or exc}.", 503) from None
     except Exception as exc:  # noqa: BLE001 - connection closed and similar
         raise FlowError(f"NATS is not reachable: {exc or type(exc).__name__}.", 503) from None
@@ -102,11 +108,20 @@ async def _publish_held(
     while True:
         try:
             return await js.publish(subject, data, headers=headers, timeout=5.0)
-        except NoStreamResponseError:
-            if time.monotonic() + pause > deadline:
+        except (NoStreamResponseError, APIError) as exc:
+            if not ask_again(exc) or time.monotonic() + pause > deadline:
                 raise
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.4)
+
+
+def ask_again(exc: Exception) -> bool:
+    """Whether the same publish may be sent again at once: no stream answered (nothing was
+    stored), or JetStream is still storing an earlier copy with the same message id (the
+    next answer is then its duplicate ack)."""
+    if isinstance(exc, NoStreamResponseError):
+        return True
+    return isinstance(exc, APIError) and exc.err_code == DUPLICATE_IN_PROCESS
 
 
 async def receive(
