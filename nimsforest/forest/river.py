@@ -32,6 +32,8 @@ from nimsforest.forest.webhooks import (
 )
 
 HOLD = 2.0  # seconds an input waits for the River to have a leader again
+PUBLISH_TIMEOUT = 5.0  # seconds an input waits for JetStream's answer in all
+ATTEMPT = 1.0  # seconds one attempt of an input with a message id waits for its answer
 DUPLICATE_IN_PROCESS = 10158  # JetStream: "duplicate message id is in process"
 
 if TYPE_CHECKING:
@@ -102,17 +104,27 @@ async def _publish_held(
 ) -> PubAck:
     """Publish; while no stream answers (its leader is being elected or handed over: a
     drain's step-down, a lost server), ask again for up to HOLD seconds. No answer means
-    nothing was stored, so asking again cannot store an input twice."""
-    deadline = time.monotonic() + HOLD
+    nothing was stored, so asking again cannot store an input twice. An input with a
+    message id is also sent again when an attempt goes unanswered for ATTEMPT seconds (a
+    leader that hands over may drop what it was given; the message id keeps a second copy
+    out), within PUBLISH_TIMEOUT in all."""
+    idempotent = "Nats-Msg-Id" in headers
+    start = time.monotonic()
     pause = 0.05
     while True:
+        left = start + PUBLISH_TIMEOUT - time.monotonic()
         try:
-            return await js.publish(subject, data, headers=headers, timeout=5.0)
+            return await js.publish(subject, data, headers=headers,
+                                    timeout=min(ATTEMPT, left) if idempotent else left)
         except (NoStreamResponseError, APIError) as exc:
-            if not ask_again(exc) or time.monotonic() + pause > deadline:
+            if not ask_again(exc) or time.monotonic() + pause > start + HOLD:
                 raise
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.4)
+        except (TimeoutError, NatsTimeoutError):
+            if not idempotent or time.monotonic() + 0.1 > start + PUBLISH_TIMEOUT:
+                raise
+            continue
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.4)
 
 
 def ask_again(exc: Exception) -> bool:
