@@ -264,8 +264,12 @@ class Drainer:
         if why is DrainReason.OPERATOR:
             if self._wanted is not DrainReason.OPERATOR:
                 self._since = time.time()
-            self._data_dir.mkdir(parents=True, exist_ok=True)
-            marker_path(self._data_dir).write_text(json.dumps({"since": self._since}) + "\n")
+            try:
+                self._data_dir.mkdir(parents=True, exist_ok=True)
+                marker_path(self._data_dir).write_text(json.dumps({"since": self._since}) + "\n")
+            except OSError as exc:
+                log.warning("Drained, but the drain cannot be kept across a restart: %s",
+                            exc.strerror or exc)
             self._wanted = why
         elif self._wanted is None:
             self._since, self._wanted = time.time(), why
@@ -286,7 +290,7 @@ class Drainer:
         """Drain before a graceful stop; returns when drained or after `timeout`."""
         self.drain(DrainReason.STOP)
         deadline = time.monotonic() + timeout
-        while self._status.state is not DrainState.DRAINED:
+        while self._status.state is not DrainState.DRAINED and self._wanted is not None:
             left = deadline - time.monotonic()
             if left <= 0:
                 log.warning("Stopping before the drain finished (%.0fs): %s", timeout,

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import nats
 import pytest
 
 from natsembed import Leaderships, Led
-from nimsforest.drain import DrainAction, DrainObservation, DrainReason, DrainState, plan
+from nimsforest.drain import DrainAction, Drainer, DrainObservation, DrainReason, DrainState, plan
 from tests.support import NodeProcess, eventually
 
 OPERATOR = DrainReason.OPERATOR
@@ -149,3 +151,38 @@ def test_drain_says_in_one_sentence_when_no_daemon_answers(tmp_path: Path) -> No
     result = subprocess.run([sys.executable, "-m", "nimsforest", "drain", "nX", "--api", "127.0.0.1:1"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and "No NimsForest daemon is running" in result.stderr
+
+
+# --- the loop, with a real NATS for the announcements --------------------------------------
+
+
+class Forestish:
+    """The work a drain pauses: started and stopped, nothing else."""
+
+    def __init__(self) -> None:
+        self.running = True
+
+    async def start(self) -> None:
+        self.running = True
+
+    async def stop(self) -> None:
+        self.running = False
+
+
+async def test_a_drain_is_heard_by_the_other_nodes_and_so_is_its_end(nc: nats.NATS, tmp_path: Path) -> None:
+    a, b = (Drainer(name, tmp_path / name, None, nc=nc, interval=0.1) for name in ("a", "b"))
+    work = Forestish()
+    a.attach(work)
+    b.attach(Forestish())
+    async with asyncio.TaskGroup() as tasks:
+        runs = [tasks.create_task(d.run()) for d in (a, b)]
+        a.drain()
+        await eventually(lambda: a.status().state is DrainState.DRAINED, what="a drained")
+        assert not work.running and (tmp_path / "a" / "drained").exists()
+        await eventually(lambda: b.peers_draining() == {"a"}, what="b hears a drain")
+        assert Drainer("a", tmp_path / "a", None).wanted is DrainReason.OPERATOR  # kept
+        a.undrain()
+        await eventually(lambda: work.running and b.peers_draining() == frozenset(),
+                         what="a serves again and b hears it")
+        for run in runs:
+            run.cancel()
