@@ -81,3 +81,16 @@ def test_it_stops_when_a_node_does_not_drain_or_does_not_catch_up() -> None:
 def test_a_node_that_lost_its_undrain_is_undrained_again() -> None:
     p = Progress(("n1",), phase=Phase.CATCH_UP, since=0)
     assert next_step(p, fine("n1", drain=DRAINED), 1, LIMITS).kind is StepKind.UNDRAIN
+
+
+def test_the_command_line_refuses_what_it_cannot_do_in_one_sentence() -> None:
+    from click.testing import CliRunner
+
+    from nimsforest.cli import main
+
+    runner = CliRunner()
+    base = ["cluster", "restart", "--registry-url", "http://127.0.0.1:1", "--command", "true"]
+    no_rolling = runner.invoke(main, base)
+    assert no_rolling.exit_code == 2 and "Only rolling restarts" in no_rolling.output
+    bad = runner.invoke(main, [*base[:-1], "ssh {machine} restart", "--rolling"])
+    assert bad.exit_code == 2 and "{node}, {host} and {api} only" in bad.output
