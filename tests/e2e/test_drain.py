@@ -164,7 +164,6 @@ async def test_drain_of_the_river_leader_then_a_rolling_restart_under_writes_fai
         result = await rolling_restart([Target(n.name, n.api_url) for n in nodes], restart,
                                        say=lambda line: said.append(f"{time.monotonic() - began:5.1f}s {line}"),
                                        poll=0.2)
-        print("\n".join(said))
         assert result.ok, (result.sentence, said)
         assert sorted(result.restarted) == ["n1", "n2", "n3"]
         assert "restarting one at a time" in said[0] and said[0].endswith(meta_leader), said
