@@ -9,7 +9,7 @@ DATA   ?= .nimsforest/standalone
 PYTEST_ARGS ?=
 JOBS   ?= 2
 
-.PHONY: run test lint install bench units clean help
+.PHONY: run test lint install bench units clean help browser-deps
 
 help:
 	@echo "make run    - start a standalone node with the demo forest (data in $(DATA))"
@@ -39,7 +39,15 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint
+# Debian's Chromium and its driver for the dashboard's browser test (tests/api/test_ui_browser.py),
+# installed once when missing; nothing is downloaded at test time.
+browser-deps:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		echo "Installing Debian's chromium and chromium-driver for the browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver > /dev/null; \
+	fi
+
+test: lint browser-deps
 	$(BIN)/python -m pytest -n $(JOBS) $(PYTEST_ARGS)
 
 bench: $(STAMP)

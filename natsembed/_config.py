@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jinja2
 from pydantic import BaseModel, ConfigDict, Field
 
 from natsembed._credentials import Credentials, write_private
 from natsembed.errors import ConfigInvalid
+
+if TYPE_CHECKING:
+    import jinja2
 
 _FROZEN = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 SYSTEM_ACCOUNT = "SYS"  # also the name of the system account's directory in the store
@@ -88,19 +92,28 @@ def _quote(value: object) -> str:
     return json.dumps(str(value))
 
 
-_env = jinja2.Environment(
-    loader=jinja2.PackageLoader("natsembed", "templates"),
-    undefined=jinja2.StrictUndefined,
-    autoescape=False,
-    keep_trailing_newline=True,
-    trim_blocks=False,
-)
-_env.filters["q"] = _quote
+@functools.cache
+def _template() -> jinja2.Template:
+    """The nats.conf template, compiled at the first render.
+
+    jinja2 is imported here, not with the package: what imports natsembed only to spawn
+    or watch (the stack supervisor, the CLI) does not pay for it."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("natsembed", "templates"),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=False,
+    )
+    env.filters["q"] = _quote
+    return env.get_template("nats.conf.j2")
 
 
 def render_config(config: ServerConfig, generator: str = "natsembed") -> str:
     """The nats.conf text for `config`."""
-    return _env.get_template("nats.conf.j2").render(
+    return _template().render(
         c=config, generator=generator, system_account=SYSTEM_ACCOUNT, app_account=APP_ACCOUNT
     )
 

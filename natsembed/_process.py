@@ -61,6 +61,9 @@ _BENIGN_RE = re.compile(
     r"is not current with the meta leader"
 )
 
+# What nats-server says when it was removed from the meta group (peer-remove).
+_REMOVED_RE = re.compile(r"our server was removed from the cluster")
+
 
 class ProcessState(enum.Enum):
     STOPPED = "stopped"
@@ -163,8 +166,12 @@ class ServerProcess:
         policy: RestartPolicy = RestartPolicy(),
         timeouts: Timeouts = Timeouts(),
         on_change: Callable[[ProcessSnapshot], None] | None = None,
+        removal_expected: bool = False,
     ) -> None:
+        # removal_expected: a witness, which its node removes from the meta group when a
+        # peer joins; nats-server's ERROR about that removal is then logged at INFO.
         self.name = name
+        self._removal_expected = removal_expected
         self.binary = binary
         self.config_path = config_path
         self.monitor = monitor
@@ -313,6 +320,8 @@ class ServerProcess:
             lvl = _LEVELS.get(level, logging.INFO)
             if lvl >= logging.WARNING and level != "FTL" and _BENIGN_RE.search(msg):
                 lvl = logging.DEBUG
+            elif lvl >= logging.WARNING and self._removal_expected and _REMOVED_RE.search(msg):
+                lvl = logging.INFO
             self._child_log.log(lvl, "[%s] %s", self.name, msg)
 
     async def _wait_ready(self) -> None:

@@ -131,6 +131,7 @@ class _Witness:
             pid_file=self.dir / "witness.pid",
             policy=cfg.policy,
             timeouts=cfg.timeouts,
+            removal_expected=True,  # retire_witness removes it from the meta group
         )
 
     @property

@@ -22,7 +22,9 @@ from fastapi import Request
 from natsembed import NODE_TAG, Credentials, EmbeddedNats, is_witness
 from nimsforest import metrics
 from nimsforest.api.app import create_app
+from nimsforest.api.dashboard import Dashboard
 from nimsforest.api.drain import DrainGate, make_drain_router
+from nimsforest.api.readers import Readers
 from nimsforest.api.server import ApiServer
 from nimsforest.connection import ConnectionEvent, ConnectionManager, ConnectionOptions
 from nimsforest.control import Controller, record_refused, without_components
@@ -34,6 +36,7 @@ from nimsforest.observer import NatsObserver
 from nimsforest.settings import Settings
 from nimsforest.streams import (
     CORE_STREAMS,
+    RIVER,
     choose_replicas,
     describe_streams,
     ensure_streams,
@@ -72,6 +75,7 @@ class Assembly:
     """The builders of a node's heavy half, for one node's settings."""
 
     required_streams = REQUIRED_STREAMS  # what /health requires
+    ingest_streams = (RIVER.name,)  # what a River API request or webhook writes to
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -84,6 +88,7 @@ class Assembly:
             reconnect_wait=s.nats_reconnect_wait,
             max_reconnects=s.nats_max_reconnects,
             name=f"nimsforest-{s.node_name}",
+            stay_on_configured=True,  # the node's API uses the server its /health reads
         )
 
     @staticmethod
@@ -155,7 +160,8 @@ class Assembly:
         s = self.settings
         config = forest_config or ForestConfig.empty()
         forest = Forest(nats.conn.nc, without_components(config), replicas=nats.replicas,
-                        placement_tags=nats.placement_tags)
+                        placement_tags=nats.placement_tags, node=s.node_name,
+                        river_hold=s.river_hold)
         control = Controller(
             nats.conn.nc, forest, node=s.node_name, config_file=forest_path,
             file_config=forest_config, replicas=nats.replicas, placement_tags=nats.placement_tags,
@@ -168,9 +174,12 @@ class Assembly:
         # one flat router (the control plane guards its /api/ routes with the token)
         ingest = make_router(forest)
         ingest.routes.extend(make_drain_router(drainer).routes)
-        app = asyncio.ensure_future(asyncio.to_thread(
-            create_app, snapshot, control.routers(ingest), refused
-        ))
+        readers = Readers(nats.conn.nc)
+        dashboard = Dashboard(snapshot, control.status, control.guard(cookie=True),
+                              control.accepts_token, control.needs_token, control.check_rate)
+        routers = [*control.routers(ingest), readers.router(control.guard(cookie=True)),
+                   dashboard.router()]
+        app = asyncio.ensure_future(asyncio.to_thread(create_app, snapshot, routers, refused))
         drainer.attach(forest)
         try:
             stack.push_async_callback(forest.stop)
@@ -192,6 +201,8 @@ class Assembly:
         host, port = s.api_host_port
         api = ApiServer(built, host, port)
         stack.push_async_callback(api.stop)
+        stack.callback(readers.close)  # open streams end before the API stops
+        stack.callback(dashboard.close)
         await api.start()
         log.info("Management API at http://%s:%d", host, api.port)
         return Running(forest, control, api)

@@ -4,6 +4,11 @@
 (`NATS_RETRY_ATTEMPTS` x `NATS_RETRY_INTERVAL`), then lets nats-py reconnect
 (`NATS_RECONNECT_WAIT`, `NATS_MAX_RECONNECTS`, -1 = forever). Every change is one log
 line, a metric, and an event for subscribers.
+
+With `stay_on_configured` (what a node uses) a reconnect goes only to the servers it was
+given, never to one a server advertised: a node's client comes home to its own
+nats-server once that is back, instead of staying on a peer whose trouble its API would
+then share while its `/health` (which reads its own server) says it is fine.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
 
-from nats.aio.client import Client
+from nats.aio.client import Client, Server
 
 from natsembed.errors import reason
 from nimsforest import metrics
@@ -48,6 +55,7 @@ class ConnectionOptions:
     max_reconnects: int = -1
     connect_timeout: float = 2.0
     name: str = "nimsforest"
+    stay_on_configured: bool = False  # reconnect to the given servers only (see above)
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,7 @@ class ConnectionManager:
         self._closing = False
         self._connecting = False
         self._ever_connected = False
+        self._configured = frozenset(_netloc(u) for u in servers)
 
     # --- observing -------------------------------------------------------------------------
     @property
@@ -144,6 +153,16 @@ class ConnectionManager:
         self._last_error = text
         self._emit(ConnectionEvent.ERROR)
 
+    def _reconnect_to(self, servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
+        """nats-py's reconnect choice when `stay_on_configured`: of the given servers, the
+        one tried least since it last worked; at once the first time, then every
+        `reconnect_wait` (as nats-py's own choice waits between attempts at one server)."""
+        ours = [s for s in servers if s.uri.netloc in self._configured]
+        if not ours:  # cannot happen: the given servers stay in the pool
+            return None, self.options.reconnect_wait
+        pick = min(ours, key=lambda s: s.reconnects)
+        return pick, self.options.reconnect_wait if pick.reconnects else 0.0
+
     # --- connecting -----------------------------------------------------------------------------
     async def connect(self) -> Client:
         """Connect, retrying `retry_attempts` times; raise NatsUnavailable when all fail.
@@ -173,6 +192,8 @@ class ConnectionManager:
                         reconnected_cb=self._reconnected,
                         closed_cb=self._closed,
                         error_cb=self._error,
+                        reconnect_to_server_handler=(
+                            self._reconnect_to if opts.stay_on_configured else None),
                     ),
                     bound,
                 )
@@ -214,6 +235,12 @@ class ConnectionManager:
             except OSError as exc:  # the transport was lost meanwhile: it is closed all the same
                 log.debug("NATS connection closed with its transport already gone: %s", exc)
         self._emit(ConnectionEvent.CLOSED, ConnectionState.CLOSED)
+
+
+def _netloc(url: str) -> str:
+    """A server URL's host:port as nats-py keeps it (nats:// and port 4222 when left out)."""
+    parsed = urlparse(url if "://" in url else f"nats://{url}")
+    return f"{parsed.hostname}:{parsed.port or 4222}" if parsed.username is None else parsed.netloc
 
 
 def _redact(servers: list[str]) -> str:

@@ -8,9 +8,10 @@ worst a stuck server can do is make the view stale, which is itself unhealthy.
 
 Meaning for load balancers:
 - /health           200: this node serves (nats-server ready, connected, JetStream has a
-                    meta leader, the core streams exist, not drained). 503 otherwise, with
-                    `reasons`; a draining or drained node that is otherwise fine reports
-                    status `draining` / `drained` (a load balancer sees it leave).
+                    meta leader, the core streams exist, the stream it ingests into
+                    has a leader its server can reach, and it is not drained). 503
+                    otherwise, with `reasons`; a draining or drained node that is otherwise
+                    fine reports status `draining` / `drained` (a load balancer sees it leave).
 - /health/cluster   200: the cluster is whole as seen from here (meta leader, no peer
                     offline, every owned stream led, current and at the replication
                     factor). 503: degraded, with `problems`; the node may still serve.
@@ -67,6 +68,7 @@ class NodeSnapshot:
     state: NodeState
     replicas: int
     required_streams: tuple[str, ...] = ()  # the streams this node serves from
+    ingest_streams: tuple[str, ...] = ()  # the streams a request writes to: they need a leader
     nats: NatsView | None = None  # None until NATS was first observed
     nats_stale: bool = False
     nats_url: str | None = None  # sidecar mode: the NATS it uses, password hidden
@@ -83,8 +85,14 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat() if ts else None
 
 
-def problems(view: NatsView, required_streams: tuple[str, ...], stale: bool) -> list[str]:
-    """Why the node is not healthy (empty when it is)."""
+def problems(view: NatsView, required_streams: tuple[str, ...], stale: bool,
+             ingest_streams: tuple[str, ...] = ()) -> list[str]:
+    """Why the node is not healthy (empty when it is).
+
+    An ingest stream whose leader is gone fails every write while it elects a new one
+    (seconds): readiness follows that. The election itself is seen late (the last stream
+    listing still names the old leader), the loss of the leader's route at once, so a
+    leader this server has no route to counts as gone."""
     out: list[str] = []
     if stale:
         age = time.time() - view.observed_at
@@ -104,6 +112,22 @@ def problems(view: NatsView, required_streams: tuple[str, ...], stale: bool) -> 
     missing = [s for s in required_streams if s not in have]
     if missing and not view.error and view.streams_listed:
         out.append("missing streams: " + ", ".join(missing))
+    if view.streams_listed:
+        out += _leaderless(view, ingest_streams)
+    return out
+
+
+def _leaderless(view: NatsView, ingest_streams: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    for stream in view.streams:
+        if stream.name not in ingest_streams:
+            continue
+        if stream.leader is None:
+            out.append(f"stream {stream.name} has no leader: writes to it fail until one is elected")
+        elif (view.monitor_ok and view.server_name and stream.leader != view.server_name
+              and stream.leader not in view.routed):
+            out.append(f"stream {stream.name}'s leader {stream.leader} is not reachable from this "
+                       "server: writes to it fail until a new leader is elected")
     return out
 
 
@@ -115,7 +139,7 @@ def node_health(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
     if view is None:
         reasons.append("NATS not observed yet")
     else:
-        reasons += problems(view, s.required_streams, s.nats_stale)
+        reasons += problems(view, s.required_streams, s.nats_stale, s.ingest_streams)
     status = HealthStatus.UNHEALTHY if reasons else HealthStatus.HEALTHY
     drain = s.drain
     if drain is not None and drain.state is not DrainState.SERVING:
@@ -160,6 +184,11 @@ def node_health(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
             "running": s.forest.running,
             "components": len(s.forest.user_components),
             "failed": [f"{c.ref}: {c.last_error}" for c in s.forest.failed],
+            # events each component gave up on here (kept in the DEAD stream): a growing
+            # count is visible without failing the node's health
+            "dead": {str(c.ref): c.dead for c in s.forest.components if c.dead},
+            # what each source that runs does now (polling, standing by, next tick)
+            "sources": {str(c.ref): c.activity for c in s.forest.components if c.activity},
         }
     if drain is not None:
         body["drain"] = drain.doc()

@@ -36,6 +36,9 @@ component_events_out = Counter(
 component_errors = Counter(
     "nimsforest_component_errors", "Errors raised while a component handled an event", _LABELS, registry=REGISTRY
 )
+component_dead = Counter(
+    "nimsforest_component_dead", "Events a forest component gave up on (kept in DEAD)", _LABELS, registry=REGISTRY
+)
 component_latency = Histogram(
     "nimsforest_component_latency_seconds",
     "Time a forest component spent on one event",

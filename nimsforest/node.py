@@ -179,6 +179,7 @@ class Node:
             state=self.state,
             replicas=self._replicas,
             required_streams=self._assembly.required_streams if self._assembly else (),
+            ingest_streams=self._assembly.ingest_streams if self._assembly else (),
             nats=observer.view if observer and observer.view.observed_at else None,
             nats_stale=observer.is_stale() if observer else False,
             nats_url=self.mode.nats_url,

@@ -74,6 +74,7 @@ class NatsView(BaseModel):
     witness: str | None = None
     connected: bool = False
     monitor_ok: bool = False  # the monitoring port answered (False in sidecar mode)
+    server_name: str = ""  # the local server's name, from its monitoring port
     meta_leader: str | None = None
     members: tuple[str, ...] = ()  # JetStream servers in the meta group, witness excluded
     meta_peers: tuple[MetaPeerView, ...] = ()  # the other servers of the group, witness included
@@ -191,6 +192,7 @@ class NatsObserver:
                 fields["monitor_ok"] = True
                 fields["routed"] = frozenset(routez.remote_names)
                 fields["jetstream_disabled"] = jsz.disabled
+                fields["server_name"] = jsz.server_name
                 meta = jsz.meta_cluster
                 if meta is not None:
                     own = jsz.server_name or self.node_name

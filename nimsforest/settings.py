@@ -224,6 +224,8 @@ class Settings(BaseSettings):
     # changes through the management API, per client address (a `limits` rate string)
     api_rate_limit: str = _env("NIMSFOREST_API_RATE_LIMIT", default="60/minute")
     forest_config: Path | None = _env("FOREST_CONFIG", default=None)
+    # how long a River input is held (asked again) while the River cannot store it
+    river_hold: Duration = _env("NIMSFOREST_RIVER_HOLD", default=15.0)
     log_level: str = _env("NIMSFOREST_LOG_LEVEL", default="info")
 
     @field_validator("server_tags")

@@ -123,9 +123,21 @@ HUMUS = StreamSpec(
     max_msgs=1_000_000,
 )
 SOIL = kv_spec("SOIL", history=10, description="NimsForest current state storage")
+# DEAD keeps every event a component gave up on (`dead.<kind>.<name>`, one JSON dead
+# letter each: see nimsforest.forest.dead), until it is replayed, purged or 30 days old.
+DEAD = StreamSpec(
+    name="DEAD",
+    subjects=("dead.>",),
+    description="NimsForest dead letters",
+    max_age=30 * DAY,
+    max_msgs=1_000_000,
+)
+
+# What sources keep cluster-wide: http_poll cursors and leases, schedules' last ticks.
+SOURCES = kv_spec("SOURCES", history=1, description="NimsForest source state")
 
 # The streams a node creates at start, in order.
-CORE_STREAMS: tuple[StreamSpec, ...] = (RIVER, WIND, HUMUS, SOIL)
+CORE_STREAMS: tuple[StreamSpec, ...] = (RIVER, WIND, HUMUS, SOIL, DEAD, SOURCES)
 
 
 def replication_factor(cluster_size: int) -> int:
@@ -258,6 +270,8 @@ __all__ = [
     "WIND",
     "HUMUS",
     "SOIL",
+    "DEAD",
+    "SOURCES",
     "CORE_STREAMS",
     "NODE_TAG",
     "WITNESS_TAG",

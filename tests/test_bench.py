@@ -26,7 +26,22 @@ def test_bench_startup_reports_both_starts_and_the_difference() -> None:
 
 
 def test_bench_pipeline_reports_a_ratio_to_raw_nats_py() -> None:
-    out = _bench("pipeline", "--events", "200", "--warmup", "20", "--rounds", "1", "--window", "32")
+    out = _bench("pipeline", "--events", "200", "--warmup", "20", "--rounds", "1", "--window", "32",
+                 "--outputs", "100", "--concurrency", "8")
     assert re.search(r"baseline \(raw nats-py\):\s+\d+ events/s", out)
     assert re.search(r"pipeline \(NimsForest\):\s+\d+ events/s", out)
     assert re.search(r"ratio pipeline/baseline: \d+%", out)
+    assert re.search(r"raw httpx posts:\s+\d+ events/s\s+p50\s+\d+\.\d ms\s+p99\s+\d+\.\d ms", out)
+    assert re.search(r"http output \(forest\):\s+\d+ events/s", out)
+    assert re.search(r"ratio output/raw httpx: \d+%", out)
+
+
+def test_bench_dashboard_reports_its_cost_next_to_the_node_without_it() -> None:
+    out = _bench("dashboard", "--components", "5", "--rounds", "1", "--seconds", "1")
+    assert "a forest of 5 components" in out
+    assert re.search(r"GET /health \(baseline\):\s+median \d+\.\d+ ms", out)
+    assert re.search(r"/ui/events to its first state:\s+median \d+\.\d+ ms", out)
+    assert re.search(r"browser, /ui showing 5 components: median \d+\.\d+s", out) or (
+        "first paint: skipped" in out)
+    assert re.search(r"node CPU, nothing open \(baseline\):\s+\d+\.\d+% of a core", out)
+    assert re.search(r"node CPU, one dashboard open:\s+\d+\.\d+% of a core \([+-]\d+\.\d+%", out)

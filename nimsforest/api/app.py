@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
@@ -32,7 +33,8 @@ def create_app(
     routers: Sequence[APIRouter] = (),
     on_refused: RefusedHook = _ignore,
 ) -> FastAPI:
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from the package, never from a CDN
+    app = FastAPIOffline(
         title="NimsForest node API",
         version=__version__,
         description="Health, metrics and management of one NimsForest node.",

@@ -15,12 +15,11 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import statistics
 import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,28 +28,12 @@ import httpx
 import nats
 
 from natsembed import find_nats_server, free_port
+from nimsforest.bench.outputs import Receiver, output_hop, raw_posts
+from nimsforest.bench.results import Result
 from nimsforest.streams import StreamSpec, ensure_stream
 
 PUBLISHES, CONSUMES = 6, 4
 FETCH = (256, 0.01)  # baseline fetch batch and timeout (the best of those tried on this machine)
-
-
-@dataclass(frozen=True)
-class Result:
-    events: int
-    seconds: float
-    latencies: list[float]
-
-    @property
-    def rate(self) -> float:
-        return self.events / self.seconds
-
-    def pct(self, q: float) -> float:
-        return (
-            statistics.quantiles(self.latencies, n=100)[int(q) - 1] * 1000
-            if len(self.latencies) > 1
-            else 0.0
-        )
 
 
 def _contact(n: int) -> bytes:
@@ -213,24 +196,39 @@ def _start_server(store: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise click.ClickException("nats-server did not become healthy for the benchmark.")
 
 
-async def _run(
-    events: int, window: int, warmup: int, rounds: int
-) -> tuple[list[Result], list[Result]]:
-    """`rounds` times, on a fresh nats-server each: a baseline run, then a pipeline run."""
-    bases, pipes = [], []
+@dataclass
+class Runs:
+    bases: list[Result] = field(default_factory=list)
+    pipes: list[Result] = field(default_factory=list)
+    posts: list[Result] = field(default_factory=list)  # the output hop's baseline: raw httpx
+    outs: list[Result] = field(default_factory=list)  # the output hop
+
+
+async def _run(events: int, window: int, warmup: int, rounds: int, outputs: int,
+               concurrency: int) -> Runs:
+    """`rounds` times, on a fresh nats-server each: a baseline run, then a pipeline run;
+    then (with `outputs`) raw httpx posts, then the output hop, to one local receiver."""
+    runs = Runs()
     for _ in range(rounds):
         store = Path(tempfile.mkdtemp(prefix="nimsforest-bench-"))
         proc, url = _start_server(store)
+        receiver = await Receiver().start()
         try:
             if warmup:
                 await _baseline(url, warmup, window)
-            bases.append(await _baseline(url, events, window))
-            pipes.append(await _pipeline(url, events, window))
+            runs.bases.append(await _baseline(url, events, window))
+            runs.pipes.append(await _pipeline(url, events, window))
+            if outputs:
+                if warmup:
+                    await raw_posts(receiver, warmup, window, concurrency)
+                runs.posts.append(await raw_posts(receiver, outputs, window, concurrency))
+                runs.outs.append(await output_hop(url, receiver, outputs, window, concurrency))
         finally:
+            await receiver.stop()
             proc.terminate()
             proc.wait(10)
             shutil.rmtree(store, ignore_errors=True)
-    return bases, pipes
+    return runs
 
 
 def _merge(results: list[Result]) -> Result:
@@ -260,10 +258,18 @@ def _runner(coro: Awaitable[Any]) -> Any:
     show_default=True,
     help="Rounds (fresh nats-server each); medians are shown.",
 )
-def command(events: int, window: int, warmup: int, rounds: int) -> None:
+@click.option("--outputs", default=2000, show_default=True,
+              help="Leaves for the output hop (0: skip it).")
+@click.option("--concurrency", default=32, show_default=True,
+              help="Requests in flight for the output hop (the output's and raw httpx's).")
+def command(events: int, window: int, warmup: int, rounds: int, outputs: int,
+            concurrency: int) -> None:
     """River -> Tree -> TreeHouse -> Nim (rules) -> Humus -> Soil on one node, next to a
-    raw nats-py baseline with the same JetStream hops, from the same run."""
-    bases, pipes = _runner(_run(events, window, warmup, rounds))
+    raw nats-py baseline with the same JetStream hops, from the same run. Then the output
+    hop: an http output delivering leaves to a local receiver, next to raw httpx posting
+    the same bodies with the same concurrency."""
+    runs = _runner(_run(events, window, warmup, rounds, outputs, concurrency))
+    bases, pipes = runs.bases, runs.pipes
     base, pipe = _merge(bases), _merge(pipes)
     click.echo(
         f"hops per event: {PUBLISHES} JetStream publishes + {CONSUMES} pull fetch/ack consumptions"
@@ -280,3 +286,13 @@ def command(events: int, window: int, warmup: int, rounds: int) -> None:
             f"{label} {r.rate:8.0f} events/s   p50 {r.pct(50):7.1f} ms   p99 {r.pct(99):7.1f} ms"
         )
     click.echo(f"ratio pipeline/baseline: {pipe.rate / base.rate:.0%} (target at least 70%)")
+    if not runs.outs:
+        return
+    post, out = _merge(runs.posts), _merge(runs.outs)
+    click.echo(f"output hop: {outputs} leaves per run, {concurrency} requests in flight, to a "
+               "local HTTP receiver")
+    for label, r in (("raw httpx posts:       ", post), ("http output (forest):  ", out)):
+        click.echo(
+            f"{label} {r.rate:8.0f} events/s   p50 {r.pct(50):7.1f} ms   p99 {r.pct(99):7.1f} ms"
+        )
+    click.echo(f"ratio output/raw httpx: {out.rate / post.rate:.0%} (target at least 70%)")

@@ -185,6 +185,15 @@ def _wait_status(paths: StackPaths, proc: subprocess.Popen[bytes],
     raise click.ClickException(f"the stack was not as expected within {timeout:g}s")
 
 
+def _has_route(admin: str, path: str) -> bool:
+    """Whether Caddy's admin API shows `path` in its config (False while it is reloading:
+    Caddy may reset the connection of a request that arrives during a load)."""
+    try:
+        return path in httpx.get(admin, trust_env=False).text
+    except httpx.HTTPError:
+        return False
+
+
 def stack_round(workdir: Path) -> StackRound:
     paths = _root(workdir)
     specs = desired_services(paths, _env()).by_name()
@@ -223,7 +232,7 @@ def stack_round(workdir: Path) -> StackRound:
             sent = time.monotonic()
             os.kill(proc.pid, signal.SIGHUP)
             deadline = time.monotonic() + 30
-            while "/bench/*" not in httpx.get(admin, trust_env=False).text:
+            while not _has_route(admin, "/bench/*"):
                 if time.monotonic() > deadline:
                     raise click.ClickException("the new route was not applied within 30s")
                 time.sleep(0.005)

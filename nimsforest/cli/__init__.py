@@ -26,6 +26,7 @@ _COMMANDS: dict[str, str] = {
     "registry": "nimsforest.cli.registry:registry",
     "flow": "nimsforest.cli.flow:flow",
     "nats-config": "nimsforest.cli.nats_config:nats_config",
+    "nats-context": "nimsforest.cli.nats_context:nats_context",
     "systemd-unit": "nimsforest.cli.systemd_unit:systemd_unit",
     "cloud-init": "nimsforest.cli.cloud_init:cloud_init",
     "grow": "nimsforest.cli.grow:grow",
@@ -35,8 +36,11 @@ _COMMANDS: dict[str, str] = {
     "status": "nimsforest.cli.control:status",
     "reload": "nimsforest.cli.control:reload",
     "audit": "nimsforest.cli.control:audit",
+    "dead": "nimsforest.cli.dead:dead",
+    "replay": "nimsforest.cli.replay:replay",
     "stack": "nimsforest.cli.stack:stack",
     "service": "nimsforest.cli.stack:service",
+    "soil": "nimsforest.cli.readers:soil", "leaves": "nimsforest.cli.readers:leaves", "river": "nimsforest.cli.readers:river",  # noqa: E501
     "drain": "nimsforest.cli.drain:drain", "undrain": "nimsforest.cli.drain:undrain",
 }
 _ALIASES: dict[str, str] = {"start": "run", "rm": "remove", "ls": "list"}

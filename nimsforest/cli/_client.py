@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+from httpx_sse import ServerSentEvent, SSEError, aconnect_sse
 
-from nimsforest.cli._common import EXIT_FAILURE, fail
+from nimsforest.cli._common import EXIT_FAILURE, EXIT_USAGE, fail
 from nimsforest.settings import api_headers, local_http_url
 
 
@@ -49,12 +51,35 @@ class DaemonClient:
         resp = await self.request("GET", path)
         return self.json_or_fail(resp, ok)
 
-    def json_or_fail(self, resp: httpx.Response, ok: tuple[int, ...]) -> Any:
+    def json_or_fail(self, resp: httpx.Response, ok: tuple[int, ...],
+                     usage: tuple[int, ...] = ()) -> Any:
+        """The answer's JSON, or exit with its sentence (code 2 for the `usage` statuses: the
+        daemon refused an argument)."""
         try:
             body = resp.json()
         except ValueError:
             fail(f"The daemon at {self.base} answered {resp.status_code} with something that is not JSON.")
         if resp.status_code not in ok:
             message = body.get("error") if isinstance(body, dict) else None
-            fail(message or f"The daemon at {self.base} answered {resp.status_code}.")
+            fail(message or f"The daemon at {self.base} answered {resp.status_code}.",
+                 EXIT_USAGE if resp.status_code in usage else EXIT_FAILURE)
         return body
+
+    async def events(self, path: str, params: dict[str, Any] | None = None
+                     ) -> AsyncIterator[ServerSentEvent]:
+        """The Server-Sent Events of a streaming GET, until the daemon ends the stream.
+        An error answer fails with the daemon's sentence."""
+        try:
+            async with aconnect_sse(self._client, "GET", path, params=params,
+                                    timeout=httpx.Timeout(10.0, read=None)) as source:
+                if source.response.status_code != 200:
+                    await source.response.aread()
+                    self.json_or_fail(source.response, (200,), usage=(422,))
+                async for event in source.aiter_sse():
+                    yield event
+        except httpx.ConnectError:
+            fail(f"No NimsForest daemon is running at {self.base} (set NIMSFOREST_API or --api).", EXIT_FAILURE)
+        except SSEError as exc:
+            fail(f"The daemon at {self.base} did not answer with an event stream: {exc}.")
+        except httpx.HTTPError as exc:
+            fail(f"The stream from the NimsForest daemon at {self.base} broke: {exc}.", EXIT_FAILURE)

@@ -15,6 +15,7 @@ _BENCHES: dict[str, str] = {
     "cluster": "nimsforest.bench.cluster:command",
     "pipeline": "nimsforest.bench.pipeline:command",
     "stack": "nimsforest.bench.stack:command",
+    "dashboard": "nimsforest.bench.dashboard:command",
 }
 
 

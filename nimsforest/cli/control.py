@@ -19,8 +19,10 @@ _KINDS = {
     "treehouse": "treehouse", "treehouses": "treehouse", "th": "treehouse",
     "nim": "nim", "nims": "nim",
     "source": "source", "sources": "source", "src": "source",
+    "output": "output", "outputs": "output", "songbird": "output", "songbirds": "output",
 }
-_PLURAL = {"tree": "trees", "treehouse": "treehouses", "nim": "nims", "source": "sources"}
+_PLURAL = {"tree": "trees", "treehouse": "treehouses", "nim": "nims", "source": "sources",
+           "output": "outputs"}
 _API_HELP = "The daemon's management address [NIMSFOREST_API, 127.0.0.1:8080]."
 
 
@@ -35,7 +37,7 @@ def _json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _kind(value: str) -> str:
     kind = _KINDS.get(value.lower())
     if kind is None:
-        fail(f"'{value}' is not a component kind (tree, treehouse, nim, source).", EXIT_USAGE)
+        fail(f"'{value}' is not a component kind (tree, treehouse, nim, output, source).", EXIT_USAGE)
     return kind
 
 
@@ -181,7 +183,8 @@ def add_source(name: str, path: str, publishes: str, secret: str | None, signatu
 @_api_option
 @_json_option
 def remove(kind: str, name: str, api: str | None, as_json: bool) -> None:
-    """Remove component NAME of KIND (tree, treehouse/th, nim, source/src) everywhere."""
+    """Remove component NAME of KIND (tree, treehouse/th, nim, output/songbird, source/src)
+    everywhere."""
     k = _kind(kind)
     answer = run_async(_call(api, "DELETE", f"/api/v1/{_PLURAL[k]}/{name}", ok=(200, 202)))
     _report_change(answer, as_json)
@@ -194,9 +197,9 @@ def _flow(c: dict[str, Any]) -> str:
 def _table(comps: list[dict[str, Any]]) -> str:
     rows = [[c["kind"], c["name"], c["state"], c.get("origin") or "-", _flow(c),
              c.get("events_in", 0), c.get("events_out", 0), c.get("errors", 0),
-             (c.get("last_error") or "")[:60]] for c in comps]
+             c.get("dead", 0), (c.get("last_error") or "")[:60]] for c in comps]
     return tabulate(rows, headers=["KIND", "NAME", "STATE", "ORIGIN", "FLOW", "IN", "OUT",
-                                   "ERRORS", "LAST ERROR"])
+                                   "ERRORS", "DEAD", "LAST ERROR"])
 
 
 @click.command("list")

@@ -11,7 +11,8 @@ Public API:
     Controller(nc, forest, node=..., config_file=..., file_config=..., replicas=...,
                placement_tags=..., token=..., rate=...)
         await start() / stop(); add / replace / remove / reload_file / status / list /
-        get / audit; routers(river_router); reload_from_signal(); resync()
+        get / audit; routers(river_router); reload_from_signal(); resync();
+        guard(cookie=...) (the API's caller check, for routes other layers add)
     without_components(config)      the Forest to start with (the controller fills it)
     Origin, DesiredComponent, AuditRecord, Actor, Via
     ControlError and its subclasses (nimsforest.control.errors)
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from nimsforest.control._audit import AUDIT, Actor, AuditRecord, Via
 from nimsforest.control._desired import DesiredComponent, Origin, without_components
-from nimsforest.control._http import record_refused
+from nimsforest.control._http import TOKEN_COOKIE, record_refused
 from nimsforest.control._nats import CLIENT_HEADER, PREFIX, QUEUE
 from nimsforest.control._plane import Controller
 from nimsforest.control._schemas import KIND_NAMES, parse_kind, validation_sentence
@@ -49,6 +50,7 @@ __all__ = [
     "KIND_NAMES",
     "QUEUE_GROUP",
     "SUBJECT_PREFIX",
+    "TOKEN_COOKIE",
     "Actor",
     "AuditRecord",
     "Conflict",

@@ -48,6 +48,8 @@ class Action(StrEnum):
     REMOVE = "remove"
     RELOAD = "reload"
     SEED = "seed"
+    REPLAY = "replay"  # a dead letter put back on its component's input
+    PURGE = "purge"  # dead letters deleted
 
 
 class Refusal(StrEnum):

@@ -544,9 +544,10 @@ def _local_view(s: ComponentStatus) -> ComponentOut:
 def _redacted(spec: ComponentSpec) -> dict[str, Any]:
     """The spec as the API shows it: a secret given inline is hidden (a ${VAR} is not)."""
     out = spec.model_dump(mode="json", exclude_none=True)
-    secret = out.get("secret")
-    if isinstance(secret, str) and not (secret.startswith("${") and secret.endswith("}")):
-        out["secret"] = "********"
+    for field in ("secret", "token", "password"):  # a source's, an output's
+        secret = out.get(field)
+        if isinstance(secret, str) and not (secret.startswith("${") and secret.endswith("}")):
+            out[field] = "********"
     return out
 
 

@@ -8,6 +8,8 @@
     DELETE /api/v1/{kinds}/{name}           remove
     POST   /-/reload                        reload this node's forest.yaml
     GET    /api/v1/audit?limit=N            the newest audit records
+    /api/v1/dead...                         dead letters: list, show, replay, purge (_dead.py)
+    POST   /api/v1/replay                   re-feed one component from its input (_replay.py)
 
 With NIMSFOREST_API_TOKEN set, each of these (and POST /api/v1/river) needs
 `Authorization: Bearer <token>` (401 otherwise). Changes are rate limited per client
@@ -26,6 +28,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from nimsforest.control._audit import Action, Actor, AuditRecord, Refusal, Via
 from nimsforest.control._controller import ControllerCore
+from nimsforest.control._dead import DeadDesk, dead_router
+from nimsforest.control._replay import ReplayDesk, replay_router
 from nimsforest.control._schemas import (
     MAX_BODY,
     REQUEST_MODELS,
@@ -59,7 +63,14 @@ def _error(exc: ControlError) -> JSONResponse:
     return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
 
 
-def make_routers(ctl: ControllerCore, river: APIRouter | None = None) -> list[APIRouter]:
+TOKEN_COOKIE = "nimsforest_token"
+
+
+def make_caller(ctl: ControllerCore, *, cookie: bool = False) -> Any:
+    """The API's one check of who calls (a FastAPI dependency returning the Actor): with
+    NIMSFOREST_API_TOKEN set, `Authorization: Bearer <token>` (401 otherwise). `cookie`: the
+    token may also come in the dashboard's cookie (TOKEN_COOKIE), for read-only GET routes
+    only, which a browser's page and EventSource reach without a header."""
     bearer = HTTPBearer(
         auto_error=False,
         description="NIMSFOREST_API_TOKEN; required when the node was started with one",
@@ -72,13 +83,26 @@ def make_routers(ctl: ControllerCore, river: APIRouter | None = None) -> list[AP
         _no_unknown_query(request)
         if ctl.token is not None:
             given = creds.credentials if creds is not None else ""
-            if not hmac.compare_digest(given.encode(), ctl.token.encode()):
+            if not given and cookie and request.method == "GET":
+                given = request.cookies.get(TOKEN_COOKIE, "")
+            if not token_matches(ctl, given):
                 who = Actor(via=Via.HTTP, address=address)
                 message = "This API needs 'Authorization: Bearer <NIMSFOREST_API_TOKEN>'."
                 if is_change(request):
                     await ctl.refused(_action(request), who, Refusal.UNAUTHORIZED, message)
                 raise HTTPException(401, message, headers={"WWW-Authenticate": "Bearer"})
         return Actor(via=Via.HTTP, address=address, token=ctl.token is not None)
+
+    return caller
+
+
+def token_matches(ctl: ControllerCore, given: str) -> bool:
+    """Whether `given` is this node's API token (always, when it has none)."""
+    return ctl.token is None or hmac.compare_digest(given.encode(), ctl.token.encode())
+
+
+def make_routers(ctl: ControllerCore, river: APIRouter | None = None) -> list[APIRouter]:
+    caller = make_caller(ctl, cookie=True)  # the dashboard reads status and audit (GET only)
 
     async def changer(request: Request, who: Actor = Depends(caller)) -> Actor:
         size = request.headers.get("content-length", "")
@@ -128,7 +152,9 @@ def make_routers(ctl: ControllerCore, river: APIRouter | None = None) -> list[AP
         except ControlError as exc:
             return _error(exc)
 
-    routers = [api, reload]
+    routers = [api, reload, dead_router(DeadDesk(ctl.forest.dead, ctl.audit_log, ctl.node),
+                                        caller, changer),
+               replay_router(ReplayDesk(ctl.forest, ctl.audit_log, ctl.node), changer)]
     if river is not None:
         routers.append(_guard_api_routes(river, caller))
     return routers
@@ -251,7 +277,13 @@ def _action(request: Request) -> Action:
     """The change a request asks for (only called for requests where is_change holds)."""
     if request.url.path.endswith("/-/reload"):
         return Action.RELOAD
+    if request.url.path == "/api/v1/replay":
+        return Action.REPLAY
+    if request.url.path.startswith("/api/v1/dead"):
+        return Action.REPLAY if request.method == "POST" else Action.PURGE
     return {"POST": Action.ADD, "PUT": Action.REPLACE}.get(request.method, Action.REMOVE)
 
 
-__all__ = ["is_change", "make_routers", "record_refused"]
+__all__ = [
+    "TOKEN_COOKIE", "is_change", "make_caller", "make_routers", "record_refused", "token_matches",
+]

@@ -7,10 +7,12 @@ and the management API's routers.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from nimsforest.control._controller import ControllerCore
-from nimsforest.control._http import make_routers
+from nimsforest.control._http import make_caller, make_routers, token_matches
 from nimsforest.control._nats import NatsControl
 
 
@@ -39,6 +41,20 @@ class Controller(ControllerCore):
         """The management API routers; `river`, the forest's HTTP router, is included with
         the token check on its /api/ routes."""
         return make_routers(self, river)
+
+    def guard(self, *, cookie: bool = False) -> Any:
+        """The API's check of who calls, as a FastAPI dependency, for routes other layers
+        add (the readers, the dashboard); `cookie`: read-only GET routes that also take the
+        token from the dashboard's cookie."""
+        return make_caller(self, cookie=cookie)
+
+    def accepts_token(self, given: str) -> bool:
+        """Whether `given` is this node's API token (always, when it has none)."""
+        return token_matches(self, given)
+
+    @property
+    def needs_token(self) -> bool:
+        return self.token is not None
 
 
 __all__ = ["Controller"]

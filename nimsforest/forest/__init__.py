@@ -10,6 +10,9 @@ Public API:
     FlowReceipt
     Problem, ProblemKind, check_components(components)   typed problems, the one check
     ForestError, ForestConfigError, ComponentNotFound, FlowError
+    DeadLetters (Forest.dead), DeadEntry, DeadLetter, DeadReason, DeadLetterMissing,
+    ReplayReceipt, entry_json      the DEAD stream (dead.py)
+    ReplayRange, ReplayDone, NothingToReplay      Forest.replay: one component re-fed
     demo_config_path(), load_demo_config()                   the demo forest
 """
 
@@ -24,6 +27,15 @@ from nimsforest.forest.config import (
     parse_forest_config,
     parse_spec,
     read_forest_config,
+)
+from nimsforest.forest.dead import (
+    DeadEntry,
+    DeadLetter,
+    DeadLetterMissing,
+    DeadLetters,
+    DeadReason,
+    ReplayReceipt,
+    entry_json,
 )
 from nimsforest.forest.errors import (
     ComponentNotFound,
@@ -43,6 +55,7 @@ from nimsforest.forest.model import (
     component_label,
 )
 from nimsforest.forest.problems import Problem, ProblemKind, check_components
+from nimsforest.forest.replay import NothingToReplay, ReplayDone, ReplayRange
 from nimsforest.forest.runtime import Forest
 from nimsforest.forest.specs import (
     MAX_TEXT,
@@ -80,6 +93,13 @@ __all__ = [
     "ComponentRef",
     "ComponentState",
     "ComponentStatus",
+    "DeadEntry",
+    "DeadLetter",
+    "DeadLetterMissing",
+    "DeadLetters",
+    "DeadReason",
+    "ReplayReceipt",
+    "entry_json",
     "FlowError",
     "FlowReceipt",
     "Forest",
@@ -89,7 +109,10 @@ __all__ = [
     "ForestStatus",
     "Problem",
     "ProblemKind",
+    "NothingToReplay",
     "ReloadDiff",
+    "ReplayDone",
+    "ReplayRange",
     "Spec",
     "check_components",
     "demo_config_path",

@@ -29,14 +29,18 @@ from nimsforest.forest.component import Component
 from nimsforest.forest.config import ForestConfig, config_error
 from nimsforest.forest.delivery import ConsumerSpec, Handler, Stats
 from nimsforest.forest.errors import ForestConfigError
+from nimsforest.forest.gotemplate import GoTemplateError, go_globals, looks_like_go, translate
 from nimsforest.forest.handlers import DecomposerHandler, NimHandler, TreeHandler, TreeHouseHandler
 from nimsforest.forest.model import ComponentKind, ComponentRef
-from nimsforest.forest.prompt import Prompt, PromptError
+from nimsforest.forest.outputs import OutputHandler, template_fields
+from nimsforest.forest.prompt import Prompt, PromptError, environment
 from nimsforest.forest.sandbox import LuaLimits, LuaSandbox, ScriptLoadError
 from nimsforest.forest.soil import Soil
+from nimsforest.forest.sources import source_loop
 from nimsforest.forest.specs import (
     ComponentSpec,
     NimSpec,
+    OutputSpec,
     SourceSpec,
     TreeHouseSpec,
     TreeSpec,
@@ -80,10 +84,29 @@ def expand_env(spec: ComponentSpec, ref: ComponentRef, env: Mapping[str, str],
 
         return _ENV_RE.sub(sub, value)
 
-    if isinstance(spec, SourceSpec) and spec.secret is not None:
-        raw = spec.secret.get_secret_value()
-        if "${" in raw:
-            return _revalidate(spec, {"secret": expand(raw, "secret")}, ref, file)
+    if isinstance(spec, SourceSpec):
+        changes: dict[str, Any] = {}
+        for f in ("secret", "bot_token"):
+            value = getattr(spec, f)
+            if value is not None and "${" in (raw := value.get_secret_value()):
+                changes[f] = expand(raw, f)
+        if spec.url and "${" in spec.url:
+            changes["url"] = expand(spec.url, "url")
+        if any("${" in v for v in spec.request_headers.values()):
+            changes["request_headers"] = {k: expand(v, f"request_headers.{k}")
+                                          for k, v in spec.request_headers.items()}
+        return _revalidate(spec, changes, ref, file) if changes else spec
+    if isinstance(spec, OutputSpec):
+        changes = {}
+        if spec.url and "${" in spec.url:
+            changes["url"] = expand(spec.url, "url")
+        for f in ("secret", "token", "password"):
+            value = getattr(spec, f)
+            if value is not None and "${" in (raw := value.get_secret_value()):
+                changes[f] = expand(raw, f)
+        if any("${" in v for v in spec.headers.values()):
+            changes["headers"] = {k: expand(v, f"headers.{k}") for k, v in spec.headers.items()}
+        return _revalidate(spec, changes, ref, file) if changes else spec
     if isinstance(spec, NimSpec) and isinstance(spec.brain, _HttpBrain):
         brain = spec.brain
         changes = {
@@ -190,8 +213,11 @@ def builder(spec: ComponentSpec, ctx: BuildContext) -> Component:
 
 @builder.register
 def _source(spec: SourceSpec, ctx: BuildContext) -> Component:
-    return Component(ctx.ref.kind, ctx.ref.name, spec, publishes=spec.publishes,
-                     fingerprint=fingerprint(spec, None))
+    """A webhook source is requests the API hands over; the others run a loop."""
+    stats = Stats()
+    return Component(ctx.ref.kind, ctx.ref.name, spec, publishes=spec.publishes, stats=stats,
+                     fingerprint=fingerprint(spec, None),
+                     loop=source_loop(ctx.ref.name, spec, stats))
 
 
 @builder.register
@@ -224,8 +250,16 @@ def _lua_component(spec: TreeSpec | TreeHouseSpec, ctx: BuildContext, stream: st
 def _nim(spec: NimSpec, ctx: BuildContext) -> Component:
     field = "prompt" if spec.prompt is not None else "template"
     text = _read(ctx, spec.prompt, field) if spec.prompt is not None else (spec.template or "")
+    name = str(spec.prompt) if spec.prompt is not None else f"{ctx.ref} template"
     try:
-        prompt = Prompt(text, str(spec.prompt) if spec.prompt is not None else f"{ctx.ref} template")
+        if spec.syntax == "go" or (spec.syntax == "auto" and looks_like_go(text)):
+            env = environment()
+            env.globals.update(go_globals())
+            prompt = Prompt(translate(text), name, env)
+        else:
+            prompt = Prompt(text, name)
+    except GoTemplateError as exc:
+        raise ctx.error(f"{name} (a Go template) {exc}", field) from None
     except PromptError as exc:
         raise ctx.error(str(exc), field) from None
     try:
@@ -241,6 +275,26 @@ def _nim(spec: NimSpec, ctx: BuildContext) -> Component:
         consumer=_consumer(ctx, WIND.name, subject, spec, spec.inflight),
         handler=handler, stats=stats, publishes=spec.publishes, closers=(brain.aclose,),
         fingerprint=fingerprint(spec, text if spec.prompt is not None else None),
+    )
+
+
+@builder.register
+def _output(spec: OutputSpec, ctx: BuildContext) -> Component:
+    """An output reads the Wind and sends each leaf to the world."""
+    templates: dict[str, Prompt | None] = {}
+    for field in template_fields(spec):
+        text = getattr(spec, field)
+        try:
+            templates[field] = Prompt(text, f"{ctx.ref} {field}") if text is not None else None
+        except PromptError as exc:
+            raise ctx.error(str(exc), field) from None
+    handler = OutputHandler(ctx.ref.name, ctx.durable, spec, templates)
+    subject = wind_subject(spec.subscribes, pattern=True)
+    return Component(
+        ctx.ref.kind, ctx.ref.name, spec,
+        consumer=_consumer(ctx, WIND.name, subject, spec, spec.inflight),
+        handler=handler, stats=Stats(), publishes=spec.publishes, closers=(handler.aclose,),
+        fingerprint=fingerprint(spec, None),
     )
 
 

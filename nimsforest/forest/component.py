@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js import JetStreamContext
 
+    from nimsforest.forest.dead import DeadLetters
     from nimsforest.forest.publisher import Publisher
+    from nimsforest.forest.sources import FlowFn, SourceLoop
 
 
 class Component:
@@ -34,6 +36,7 @@ class Component:
         publishes: str | None = None,
         closers: tuple[Callable[[], Awaitable[None]], ...] = (),
         fingerprint: str | None = None,
+        loop: SourceLoop | None = None,
     ) -> None:
         self.kind, self.name, self.spec = kind, name, spec
         self.consumer, self.handler = consumer, handler
@@ -42,16 +45,15 @@ class Component:
         self.fingerprint = fingerprint  # what it runs (spec + file text), for reload diffs
         self.state = ComponentState.STOPPED
         self._closers = closers
+        self.loop = loop  # a source that runs (schedule, http_poll, nats)
         self._runner: ConsumerRunner | None = None
         self._log = logging.getLogger(f"nimsforest.forest.{kind.value}")
 
     @property
     def can_retry(self) -> bool:
         """FAILED at start although it was built: NATS was busy or away, not a bad spec."""
-        return (
-            self.state is ComponentState.FAILED
-            and self.consumer is not None
-            and self.handler is not None
+        return self.state is ComponentState.FAILED and (
+            (self.consumer is not None and self.handler is not None) or self.loop is not None
         )
 
     @property
@@ -62,9 +64,12 @@ class Component:
     def label(self) -> str:
         return str(self.ref)
 
-    async def start(self, nc: Client, js: JetStreamContext, publisher: Publisher) -> None:
-        """Bind the shared durable consumer and start handling. On failure the component is
-        FAILED (with the reason as its last error) and the error is raised."""
+    async def start(self, nc: Client, js: JetStreamContext, publisher: Publisher,
+                    dead: DeadLetters | None = None, *, node: str = "",
+                    flow: FlowFn | None = None) -> None:
+        """Bind the shared durable consumer and start handling (what it gives up on goes to
+        `dead`). On failure the component is FAILED (with the reason as its last error) and
+        the error is raised."""
         try:
             if self.consumer is not None and self.handler is not None:
                 self._runner = ConsumerRunner(
@@ -77,9 +82,15 @@ class Component:
                     label=self.label,
                     kind=self.kind.value,
                     name=self.name,
+                    dead=dead,
                 )
                 await self._runner.start()
+            if self.loop is not None:
+                assert flow is not None, "a source that runs needs the River's flow"
+                await self.loop.start(nc, js, node, flow)
         except Exception as exc:
+            if self._runner is not None:
+                await self._runner.stop(0.5)
             self._runner = None
             self.fail(f"cannot start: {exc or type(exc).__name__}")
             raise
@@ -99,6 +110,8 @@ class Component:
 
     async def stop(self, grace: float = 5.0) -> None:
         runner, self._runner = self._runner, None
+        if self.loop is not None:
+            await self.loop.stop()
         if runner is not None:
             await runner.stop(grace)
         for close in self._closers:
@@ -128,6 +141,7 @@ class Component:
             last_error=s.last_error,
             last_error_at=s.last_error_at,
             started_at=s.started_at,
+            activity=self.loop.activity if self.loop is not None else None,
         )
 
 

@@ -9,6 +9,8 @@ sources:                       # ways into the River besides `flow` and POST /ap
     secret: ${CONTACTS_SECRET} # optional; ${VAR} is taken from the environment
     signature: sha256          # sha256 (X-Signature-256) | github | stripe | none
     headers: [X-Request-Id]    # request headers copied into the payload
+outputs:                       # or `songbirds:` (the Go original's name)
+  crm: {subscribes: lead.qualified, type: http, url: "https://crm.example/hook", secret: ${CRM_SECRET}}
 trees:
   contacts: {watches: river.contacts, publishes: contact.created, script: trees/contacts.lua}
 treehouses:
@@ -165,7 +167,9 @@ def config_error(
     return ForestConfigError(msg, file=file, component=label, field=".".join(loc) or None)
 
 
-_TOP_KEYS = {*(k.plural for k in USER_KINDS), "decomposer"}
+# other names of a section (the Go original's): name -> the section it is
+SECTION_ALIASES: dict[str, str] = {"songbirds": ComponentKind.OUTPUT.plural}
+_TOP_KEYS = {*(k.plural for k in USER_KINDS), *SECTION_ALIASES, "decomposer"}
 
 
 def parse_forest_config(data: Any, *, base_dir: Path, path: Path | None = None) -> ForestConfig:
@@ -177,12 +181,25 @@ def parse_forest_config(data: Any, *, base_dir: Path, path: Path | None = None) 
         raise ForestConfigError(
             "must be a mapping with trees, treehouses, nims and sources", file=file
         )
+    if "viewer" in data:
+        raise ForestConfigError(
+            "section 'viewer' (the Go original's live view) is not supported: every node "
+            "shows the forest in /health, /metrics and `nimsforest status`; remove the section",
+            file=file,
+        )
     unknown = sorted(set(map(str, data)) - _TOP_KEYS)
     if unknown:
         raise ForestConfigError(
             f"'{unknown[0]}' is not a known section (expected {', '.join(sorted(_TOP_KEYS))})",
             file=file,
         )
+    for alias, section in SECTION_ALIASES.items():
+        if alias in data:
+            if section in data:
+                raise ForestConfigError(
+                    f"give '{section}' or '{alias}' (the same section), not both", file=file
+                )
+            data = {**{k: v for k, v in data.items() if k != alias}, section: data[alias]}
     sections: dict[ComponentKind, dict[str, ComponentSpec]] = {}
     for kind in USER_KINDS:
         entries = data.get(kind.plural) or {}

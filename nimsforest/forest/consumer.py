@@ -10,9 +10,14 @@ Delivery contract (the same for trees, treehouses, nims and the decomposer):
   duplicate window (2 minutes).
 - A node that dies mid-way never acks: JetStream redelivers after `ack_wait` to any node.
   Slow handlers send in-progress acks so they are not redelivered while still working.
-- A failed attempt is nak'd with a growing delay (0.5 s, 1 s, 2 s ... 60 s); at
-  `max_deliver` attempts, or at once for a malformed message, it is terminated and
-  reported as dead (status, log line, metric) instead of being redelivered forever.
+- A failed attempt is nak'd with a growing delay (0.5 s, 1 s, 2 s ... 60 s, or the
+  `RetryLater` delay the handler asks for); at `max_deliver` attempts, or at once for a
+  malformed (`BadEvent`) or refused (`Refused`) message, it is stored in the DEAD stream
+  (dead.py), then terminated and reported as dead (status, log line, metric) instead of
+  being redelivered forever. A dead letter JetStream does not confirm leaves the event
+  un-terminated (nak'd), so it is tried again, or buried from the MAX_DELIVERIES advisory.
+- A replayed event (header `Nimsforest-Replay-For`) is handled only by the consumer it
+  names; every other consumer acks it unseen.
 
 Pulling is in pull.py. Publish acks are awaited, in order, by one completer task per
 consumer (no task per message on the synchronous path).
@@ -28,8 +33,10 @@ from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nimsforest import metrics
+from nimsforest.forest.dead import REPLAY_FOR, DeadLetters, DeadReason, new_letter
 from nimsforest.forest.delivery import ConsumerSpec, Delivery, Handler, Handoff, Output, Stats
-from nimsforest.forest.errors import BadEvent, EventError
+from nimsforest.forest.errors import BadEvent, EventError, Refused, RetryLater
+from nimsforest.forest.model import ComponentKind, ComponentRef
 from nimsforest.forest.publisher import Publisher
 from nimsforest.forest.pull import HEARTBEAT, Puller
 
@@ -81,6 +88,7 @@ class ConsumerRunner:
         label: str,
         kind: str,
         name: str,
+        dead: DeadLetters | None = None,
     ) -> None:
         self._nc, self._js, self._pub, self.spec, self._handler, self.stats = (
             nc,
@@ -91,12 +99,15 @@ class ConsumerRunner:
             stats,
         )
         self._label = label
+        self._ref = ComponentRef(kind=ComponentKind(kind), name=name)
+        self._dead = dead
         self._log = logging.getLogger(f"nimsforest.forest.{kind}")
         self._rl = _RateLimitedLog(self._log)
         self._m_in = metrics.component_events_in.labels(kind, name)
         self._m_out = metrics.component_events_out.labels(kind, name)
         self._m_err = metrics.component_errors.labels(kind, name)
         self._m_lat = metrics.component_latency.labels(kind, name)
+        self._m_dead = metrics.component_dead.labels(kind, name)
         self._pull = Puller(nc, js, spec, self._on_msg, self._spawn, self._log, label)
         self._advisory: Any = None
         self._inflight: dict[int, _Job] = {}  # id(msg) -> job
@@ -181,6 +192,9 @@ class ConsumerRunner:
     async def _on_msg(self, msg: Msg) -> None:
         if self._stopping:
             await self._quietly(msg.nak())
+            return
+        if msg.headers and msg.headers.get(REPLAY_FOR, self.spec.durable) != self.spec.durable:
+            await self._quietly(msg.ack())  # replayed for another component
             return
         try:
             job = _Job(Delivery(msg), time.perf_counter())
@@ -298,13 +312,28 @@ class ConsumerRunner:
         self.stats.error(text)
         self._m_err.inc()
         where = f"{self.spec.stream} #{d.stream_seq}"
-        if isinstance(exc, BadEvent) or d.num_delivered >= self.spec.max_deliver:
+        reason = (
+            DeadReason.MALFORMED if isinstance(exc, BadEvent)
+            else DeadReason.REFUSED if isinstance(exc, Refused)
+            else DeadReason.MAX_DELIVERIES if d.num_delivered >= self.spec.max_deliver
+            else None
+        )
+        if reason is not None:
+            if not await self._bury(reason, text, d.num_delivered, d.subject, d.stream_seq,
+                                    d.headers, d.data):
+                await self._quietly(d.msg.nak(delay=1.0))
+                return
             await self._quietly(d.msg.term())
             self.stats.dead += 1
-            why = "it is malformed" if isinstance(exc, BadEvent) else f"{d.num_delivered} attempts"
-            self._log.warning("%s gave up on %s after %s: %s", self._label, where, why, text)
+            self._m_dead.inc()
+            why = {DeadReason.MALFORMED: "it is malformed", DeadReason.REFUSED: "it was refused"}
+            self._log.warning("%s gave up on %s after %s: %s", self._label, where,
+                              why.get(reason, f"{d.num_delivered} attempts"), text)
         else:
-            delay = min(60.0, 0.5 * 2 ** (d.num_delivered - 1))
+            delay = (
+                exc.delay if isinstance(exc, RetryLater)
+                else min(60.0, 0.5 * 2 ** (d.num_delivered - 1))
+            )
             await self._quietly(d.msg.nak(delay=delay))
             self._rl.warning(
                 "fail",
@@ -315,12 +344,27 @@ class ConsumerRunner:
             self._log.debug("%s: %s", self._label, text, exc_info=exc)
 
     async def _on_max_deliveries(self, msg: Msg) -> None:
-        """JetStream itself gave up (the last attempt's node died before it could answer)."""
+        """JetStream itself gave up (the last attempt's node died before it could answer):
+        bury the event from the stream (every node does; DEAD keeps one)."""
         try:
             seq = json.loads(msg.data).get("stream_seq", "?")
         except ValueError:
             seq = "?"
+        if isinstance(seq, int):
+            try:
+                raw = await self._js.get_msg(self.spec.stream, seq)
+                await self._bury(
+                    DeadReason.ABANDONED,
+                    f"the last of {self.spec.max_deliver} attempts did not answer in time "
+                    "(its node may have stopped)",
+                    self.spec.max_deliver, raw.subject or "", seq, dict(raw.headers or {}),
+                    raw.data or b"",
+                )
+            except Exception as exc:  # noqa: BLE001 - reported; the event is still in its stream
+                self._log.warning("%s: could not keep %s #%s as a dead letter: %s",
+                                  self._label, self.spec.stream, seq, exc)
         self.stats.dead += 1
+        self._m_dead.inc()
         self._log.warning(
             "%s: JetStream gave up on %s #%s after %d deliveries",
             self._label,
@@ -328,6 +372,24 @@ class ConsumerRunner:
             seq,
             self.spec.max_deliver,
         )
+
+    async def _bury(self, reason: DeadReason, error: str, attempts: int, subject: str,
+                    seq: int, headers: dict[str, str], data: bytes) -> bool:
+        """Store the event in DEAD; False when JetStream did not confirm it."""
+        if self._dead is None:
+            return True
+        letter = new_letter(
+            ref=self._ref, consumer=self.spec.durable, node=self._dead.node, reason=reason,
+            error=error, attempts=attempts, stream=self.spec.stream, stream_seq=seq,
+            subject=subject, headers=headers, data=data,
+        )
+        try:
+            await self._dead.bury(letter)
+            return True
+        except Exception as exc:  # noqa: BLE001 - the event is kept (nak'd) and tried again
+            self._rl.warning("dead", f"{self._label}: could not store {self.spec.stream} "
+                                     f"#{seq} as a dead letter, keeping it: {exc}")
+            return False
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

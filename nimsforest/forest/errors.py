@@ -6,7 +6,8 @@
     ├── ComponentNotFound            a name this node's forest does not have
     └── FlowError                    input the River refuses (bad subject, not JSON, too big)
 
-Errors raised while one event is handled are not ForestErrors; see `EventError` below.
+Errors raised while one event is handled are not ForestErrors; see `EventError` below
+(`BadEvent` and `Refused` end the event at once, `RetryLater` sets the next attempt's delay).
 """
 
 from __future__ import annotations
@@ -51,10 +52,12 @@ class ComponentNotFound(ForestError):
 
 
 class FlowError(ForestError):
-    """The River refused an input; `status` is the HTTP status that fits."""
+    """The River refused an input; `status` is the HTTP status that fits, `retry_after`
+    (seconds) is set when asking again soon may succeed."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, *, retry_after: int | None = None) -> None:
         self.status = status
+        self.retry_after = retry_after
         super().__init__(message)
 
 
@@ -68,8 +71,24 @@ class BadEvent(EventError):
     terminated at once and reported as dead."""
 
 
+class Refused(EventError):
+    """The far side refused the event for good (an output's 4xx other than 408 and 429):
+    it is terminated at once and reported as dead."""
+
+
+class RetryLater(EventError):
+    """The attempt failed and the next one should wait `delay` seconds (a Retry-After, or
+    the component's own backoff) instead of the runner's default."""
+
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
 __all__ = [
     "BadEvent",
+    "Refused",
+    "RetryLater",
     "ComponentNotFound",
     "EventError",
     "FlowError",

@@ -7,9 +7,10 @@
                                    checks; 200 {"status": "ok", "stream", "subject", "seq", ...}
 
 Errors are JSON {"error": "<one sentence>"}: 400 bad subject or body, 401 bad signature,
-404 no source at that path, 409 an earlier request with the same Idempotency-Key is still
-being stored (ask again: the answer is then 202 with "duplicate": true), 413 too large,
-503 River or NATS unavailable (a drained node adds Retry-After and Nimsforest-Draining).
+404 no source at that path, 413 too large, 503 River or NATS unavailable (after holding
+the input up to NIMSFOREST_RIVER_HOLD while the River elects a leader; with Retry-After
+when asking again may succeed; a drained node answers 503 with Retry-After and
+Nimsforest-Draining at once: nothing was stored, send it to another node).
 """
 
 from __future__ import annotations
@@ -25,8 +26,13 @@ if TYPE_CHECKING:
     from nimsforest.forest.runtime import Forest
 
 
-def _error(message: str, status: int) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(message: str, status: int, retry_after: int | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _refused(exc: FlowError) -> JSONResponse:
+    return _error(str(exc), exc.status, exc.retry_after)
 
 
 def make_router(forest: Forest) -> APIRouter:
@@ -44,7 +50,7 @@ def make_router(forest: Forest) -> APIRouter:
                 subject, body, source="api", msg_id=f"api:{key}" if key else None
             )
         except FlowError as exc:
-            return _error(str(exc), exc.status)
+            return _refused(exc)
         return JSONResponse(receipt.model_dump(), status_code=202)
 
     @router.post("/webhooks/{path:path}")
@@ -54,7 +60,7 @@ def make_router(forest: Forest) -> APIRouter:
         try:
             receipt = await forest.receive_webhook(f"/webhooks/{path}", dict(request.headers), body)
         except FlowError as exc:
-            return _error(str(exc), exc.status)
+            return _refused(exc)
         return JSONResponse({"status": "ok", **receipt.model_dump()}, status_code=200)
 
     return router

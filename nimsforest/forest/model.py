@@ -14,6 +14,7 @@ class ComponentKind(StrEnum):
     TREE = "tree"
     TREEHOUSE = "treehouse"
     NIM = "nim"
+    OUTPUT = "output"  # the Go original's songbird: a leaf sent to the world
     DECOMPOSER = "decomposer"  # built in, one per forest; not added or removed by name
 
     @property
@@ -61,6 +62,7 @@ class ComponentStatus(_Frozen):
     last_error: str | None = None
     last_error_at: datetime | None = None
     started_at: datetime | None = None
+    activity: str | None = None  # a source that runs: what it does now (one sentence)
 
     @property
     def ref(self) -> ComponentRef:

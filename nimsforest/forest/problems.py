@@ -36,7 +36,7 @@ def check_components(components: Iterable[tuple[ComponentRef, Spec]]) -> tuple[P
     problems: list[Problem] = []
     paths: dict[str, ComponentRef] = {}
     for ref, spec in sorted(components, key=lambda c: (c[0].kind.value, c[0].name)):
-        if ref.kind is ComponentKind.SOURCE and isinstance(spec, SourceSpec):
+        if ref.kind is ComponentKind.SOURCE and isinstance(spec, SourceSpec) and spec.path:
             holder = paths.setdefault(spec.path, ref)
             if holder != ref:
                 problems.append(

@@ -1,20 +1,30 @@
 """The ways into the River: `flow` (CLI, POST /api/v1/river) and webhook sources.
 
 Every input is stored in the RIVER stream on `river.<subject>` as the JSON it arrived as,
-with header `Nimsforest-Source` (`api` or `source:<name>`) and, when the sender gave an
-idempotency key or delivery id, `Nats-Msg-Id` (stored once within the duplicate window).
-`flow` returns only after JetStream confirmed the store. While no stream answers (a
-leader being elected or handed over) it waits up to HOLD seconds for one, then answers 503.
+with header `Nimsforest-Source` (`api` or `source:<name>`) and `Nats-Msg-Id`: the sender's
+idempotency key or delivery id when it gave one (stored once within the duplicate window),
+else one made for this input. `flow` returns only after JetStream confirmed the store.
+
+While the River's leader is being elected (seconds after the server leading it died) a
+publish gets no answer, or no stream answers at all. `flow` holds the input for up to
+`hold` seconds, asking again (attempts of at most ATTEMPT_TIMEOUT) under the same message
+id, so an attempt that was stored although its answer was lost is not stored twice: a
+client sees a slower 2xx instead of a 503 it must retry. A 2xx still means stored, once.
+What is a decision of the server (limits, a bad subject) is answered at once; after
+`hold`, the answer is 503 with Retry-After.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from nats.errors import ConnectionClosedError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError, NoStreamResponseError
 
@@ -31,17 +41,66 @@ from nimsforest.forest.webhooks import (
     verify,
 )
 
-HOLD = 2.0  # seconds an input waits for the River to have a leader again
-PUBLISH_TIMEOUT = 5.0  # seconds an input waits for JetStream's answer in all
-ATTEMPT = 1.0  # seconds one attempt of an input with a message id waits for its answer
-DUPLICATE_IN_PROCESS = 10158  # JetStream: "duplicate message id is in process"
-
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js import JetStreamContext
-    from nats.js.api import PubAck
 
     from nimsforest.forest.component import Component
+
+
+RIVER_HOLD = 15.0  # seconds an input is held while the River cannot store it
+ATTEMPT_TIMEOUT = 2.0
+_PAUSES = (0.05, 0.1, 0.2, 0.4)  # between attempts (then the last, repeated)
+# JetStream's error codes for an answer that is not a decision about the input
+_IN_PROCESS = 10158  # "duplicate message id is in process": this id is being stored
+_TOO_MANY_REQUESTS = 10167  # the stream's ingest queue is full
+_INSUFFICIENT_RESOURCES = 10023
+
+
+class Attempt(enum.Enum):
+    """What one failed publish says about the input (read once, here)."""
+
+    NOT_STORED = "no stream answered"  # no leader (yet): nothing was stored
+    UNKNOWN = "no answer in time"  # maybe stored: asking again under the same id is safe
+    IN_PROCESS = "being stored"  # this id's first attempt is still being stored
+    BUSY = "busy"  # a full ingest queue, a leader changing
+    CLOSED = "connection closed"  # the node's NATS connection is closed (it is stopping)
+    REFUSED = "refused"  # a decision of the server: asking again would not change it
+
+
+def attempt_outcome(exc: BaseException) -> Attempt:
+    if isinstance(exc, NoStreamResponseError):
+        return Attempt.NOT_STORED
+    if isinstance(exc, (TimeoutError, NatsTimeoutError)):
+        return Attempt.UNKNOWN
+    if isinstance(exc, ConnectionClosedError):
+        return Attempt.CLOSED
+    if isinstance(exc, APIError):
+        if exc.err_code == _IN_PROCESS:
+            return Attempt.IN_PROCESS
+        if exc.err_code == _TOO_MANY_REQUESTS or (exc.code == 503 and exc.err_code != _INSUFFICIENT_RESOURCES):
+            return Attempt.BUSY
+        return Attempt.REFUSED
+    return Attempt.UNKNOWN  # a reconnecting connection and the like: the client recovers
+
+
+def _given_up(outcome: Attempt, exc: BaseException, held: float) -> FlowError:
+    waited = f" (held {held:.1f}s)" if held >= 0.5 else ""
+    if outcome is Attempt.REFUSED:
+        assert isinstance(exc, APIError)
+        return FlowError(f"JetStream refused the input: {exc.description or exc}.", 503)
+    if outcome is Attempt.CLOSED:
+        return FlowError("NATS is not reachable: the node's connection is closed.", 503)
+    if outcome is Attempt.NOT_STORED:
+        return FlowError("The River is not available (no JetStream stream answers on river.>)"
+                         f"{waited}; try again.", 503, retry_after=1)
+    if outcome is Attempt.IN_PROCESS:
+        return FlowError("JetStream is still storing this input's first attempt; it may yet be "
+                         f"stored: try again with the same Idempotency-Key{waited}.", 503, retry_after=1)
+    if outcome is Attempt.BUSY:
+        return FlowError(f"The River is busy ({exc}){waited}; try again.", 503, retry_after=1)
+    return FlowError(f"JetStream did not confirm the input in time{waited}; it may not be stored: "
+                     "try again with the same Idempotency-Key.", 503, retry_after=1)
 
 
 async def flow(
@@ -52,9 +111,11 @@ async def flow(
     *,
     source: str = "api",
     msg_id: str | None = None,
+    hold: float = RIVER_HOLD,
 ) -> FlowReceipt:
     """Store one input in the River. `payload` is JSON bytes or a JSON-able value.
-    Returns once JetStream has stored it; raises FlowError otherwise."""
+    Returns once JetStream has stored it (holding it up to `hold` seconds while the River
+    cannot store it); raises FlowError otherwise."""
     try:
         subj = river_subject(subject)
     except ValueError as exc:
@@ -74,66 +135,26 @@ async def flow(
             raise FlowError(f"The payload cannot be encoded as JSON: {exc}.") from None
     if len(data) > (nc.max_payload or 1_048_576) - 512:
         raise FlowError("The payload is larger than the NATS maximum payload.", 413)
-    headers = {SOURCE_HEADER: source}
-    if msg_id:
-        headers["Nats-Msg-Id"] = msg_id
-    try:
-        ack = await _publish_held(js, subj, data, headers)
-    except NoStreamResponseError:
-        raise FlowError(
-            "The River is not available (no JetStream stream answers on river.>).", 503
-        ) from None
-    except (TimeoutError, NatsTimeoutError):
-        raise FlowError(
-            "JetStream did not confirm the input in time; it may not be stored.", 503
-        ) from None
-    except APIError as exc:
-        if exc.err_code == DUPLICATE_IN_PROCESS:
-            raise FlowError(
-                "An earlier request with the same idempotency key is still being stored; ask "
-                "again: it will be answered as a duplicate.", 409
-            ) from None
-        raise FlowError(f"JetStream refused the input: {exc.description or exc}.", 503) from None
-    except Exception as exc:  # noqa: BLE001 - connection closed and similar
-        raise FlowError(f"NATS is not reachable: {exc or type(exc).__name__}.", 503) from None
-    return FlowReceipt(stream=ack.stream, subject=subj, seq=ack.seq, duplicate=bool(ack.duplicate))
-
-
-async def _publish_held(
-    js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str]
-) -> PubAck:
-    """Publish; while no stream answers (its leader is being elected or handed over: a
-    drain's step-down, a lost server), ask again for up to HOLD seconds. No answer means
-    nothing was stored, so asking again cannot store an input twice. An input with a
-    message id is also sent again when an attempt goes unanswered for ATTEMPT seconds (a
-    leader that hands over may drop what it was given; the message id keeps a second copy
-    out), within PUBLISH_TIMEOUT in all."""
-    idempotent = "Nats-Msg-Id" in headers
-    start = time.monotonic()
-    pause = 0.05
+    ours = not msg_id  # an id made here: a duplicate is only our own retry
+    headers = {SOURCE_HEADER: source, "Nats-Msg-Id": msg_id or f"river:{uuid.uuid4().hex}"}
+    started = time.monotonic()
+    deadline = started + max(0.0, hold)
+    attempt = 0
     while True:
-        left = start + PUBLISH_TIMEOUT - time.monotonic()
+        left = deadline - time.monotonic()
         try:
-            return await js.publish(subject, data, headers=headers,
-                                    timeout=min(ATTEMPT, left) if idempotent else left)
-        except (NoStreamResponseError, APIError) as exc:
-            if not ask_again(exc) or time.monotonic() + pause > start + HOLD:
-                raise
-        except (TimeoutError, NatsTimeoutError):
-            if not idempotent or time.monotonic() + 0.1 > start + PUBLISH_TIMEOUT:
-                raise
+            ack = await js.publish(subj, data, headers=headers,
+                                   timeout=max(0.2, min(ATTEMPT_TIMEOUT, left)) if hold else 5.0)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            outcome = attempt_outcome(exc)
+            pause = _PAUSES[min(attempt, len(_PAUSES) - 1)]
+            if outcome in (Attempt.REFUSED, Attempt.CLOSED) or time.monotonic() + pause >= deadline:
+                raise _given_up(outcome, exc, time.monotonic() - started) from None
+            await asyncio.sleep(pause)
+            attempt += 1
             continue
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, 0.4)
-
-
-def ask_again(exc: Exception) -> bool:
-    """Whether the same publish may be sent again at once: no stream answered (nothing was
-    stored), or JetStream is still storing an earlier copy with the same message id (the
-    next answer is then its duplicate ack)."""
-    if isinstance(exc, NoStreamResponseError):
-        return True
-    return isinstance(exc, APIError) and exc.err_code == DUPLICATE_IN_PROCESS
+        return FlowReceipt(stream=ack.stream, subject=subj, seq=ack.seq,
+                           duplicate=bool(ack.duplicate) and not ours)
 
 
 async def receive(

@@ -20,6 +20,7 @@ from nimsforest.forest import river
 from nimsforest.forest.build import build_component, build_decomposer, spec_fingerprint
 from nimsforest.forest.component import Component
 from nimsforest.forest.config import ForestConfig, component_label
+from nimsforest.forest.dead import DeadLetters
 from nimsforest.forest.errors import (
     ComponentNotFound,
     FlowError,
@@ -35,6 +36,7 @@ from nimsforest.forest.model import (
     ReloadDiff,
 )
 from nimsforest.forest.publisher import Publisher
+from nimsforest.forest.replay import NothingToReplay, ReplayDone, ReplayRange, replay
 from nimsforest.forest.soil import Soil
 from nimsforest.forest.specs import USER_KINDS, ComponentSpec
 from nimsforest.streams import CORE_STREAMS, ensure_streams
@@ -57,9 +59,12 @@ class Forest:
         env: Mapping[str, str] | None = None,
         stop_grace: float = 5.0,
         retry_interval: float = 5.0,
+        river_hold: float = river.RIVER_HOLD,
+        node: str = "",
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
+        self.dead = DeadLetters(self._js, node)  # the DEAD stream: what components gave up on
         self._publisher = Publisher(nc)
         self._config = config
         self._replicas, self._placement = replicas, placement_tags
@@ -70,6 +75,7 @@ class Forest:
         self._lock = asyncio.Lock()
         self._running = False
         self._retry_interval = retry_interval
+        self._river_hold = river_hold
         self._retry_task: asyncio.Task[None] | None = None
         self.soil = Soil(self._js)
 
@@ -84,7 +90,7 @@ class Forest:
         return self._running
 
     async def start(self) -> None:
-        """Ensure RIVER, WIND, HUMUS and SOIL, then start the decomposer and every component.
+        """Ensure RIVER, WIND, HUMUS, SOIL and DEAD, then start the decomposer and every component.
         A component that cannot be built or started is FAILED; the others run."""
         async with self._lock:
             if self._running:
@@ -227,18 +233,30 @@ class Forest:
     ) -> FlowReceipt:
         """Store one input in the River. `payload` is JSON bytes or a JSON-able value.
         Returns once JetStream has stored it; raises FlowError otherwise."""
-        return await river.flow(self._nc, self._js, subject, payload, source=source, msg_id=msg_id)
+        return await river.flow(self._nc, self._js, subject, payload, source=source, msg_id=msg_id,
+                                hold=self._river_hold)
 
     async def receive_webhook(
         self, path: str, headers: Mapping[str, str], body: bytes
     ) -> FlowReceipt:
         """Verify and store one webhook delivery for the source mounted at `path`."""
-        comp = next((c for c in self._sources() if c.spec.path == path.rstrip("/")), None)
+        comp = next((c for c in self._sources() if c.spec.path and c.spec.path == path.rstrip("/")),
+                    None)
         if comp is None:
             raise FlowError(f"No webhook source is mounted at {path}.", 404)
         if comp.state is not ComponentState.RUNNING:
             raise FlowError(f"Source '{comp.name}' is not running.", 503)
         return await river.receive(comp, headers, body, self.flow)
+
+    async def replay(self, kind: ComponentKind | str, name: str, rng: ReplayRange) -> ReplayDone:
+        """Re-feed one component from its input stream (replay.py); NothingToReplay when it
+        has no input (a source) or the range is wrong."""
+        comp = self._components.get((ComponentKind(kind), name))
+        if comp is None:
+            raise ComponentNotFound(f"There is no {component_label(ComponentKind(kind), name)}.")
+        if comp.consumer is None:
+            raise NothingToReplay(f"{comp.label} has no input stream to replay.")
+        return await replay(self._js, comp.ref, comp.consumer, rng)
 
     # internals ------------------------------------------------------------------------------
     def _all(self) -> Sequence[Component]:
@@ -276,7 +294,8 @@ class Forest:
 
     async def _start_quietly(self, comp: Component) -> bool:
         try:
-            await comp.start(self._nc, self._js, self._publisher)
+            await comp.start(self._nc, self._js, self._publisher, self.dead,
+                             node=self.dead.node, flow=self.flow)
             return True
         except Exception:  # noqa: BLE001 - the component is FAILED with the reason
             return False

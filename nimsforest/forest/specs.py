@@ -16,6 +16,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
+from croniter import croniter
+from limits import parse as parse_rate
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -221,6 +223,9 @@ class NimSpec(_Consuming):
     publishes: Subject = Field(description="A leaf subject; may hold {field} placeholders")
     prompt: Path | None = Field(None, description="A Jinja2 template file, relative to forest.yaml")
     template: str | None = Field(None, max_length=MAX_TEXT, description="The template inline")
+    syntax: Literal["auto", "jinja", "go"] = Field(
+        "auto", description="The prompt's template language; auto: Go when it looks like one "
+                            "({{.score}}, {{range .signals}}), else Jinja2")
     brain: Annotated[BrainSpec, BeforeValidator(_brain_shorthand)] = RulesBrainSpec()
     humus: HumusSpec = HumusSpec()
     ack_wait: Duration = Field(60.0, gt=0)
@@ -259,21 +264,98 @@ class SignatureKind(StrEnum):
     NONE = "none"
 
 
+def _http_url(v: str | None) -> str | None:
+    if v is None:
+        return None
+    v = v.strip()
+    if "${" not in v and not re.match(r"^https?://[^/\s]+", v):
+        raise ValueError(f"'{v}' is not an http:// or https:// URL")
+    return v
+
+
+class SourceType(StrEnum):
+    HTTP_WEBHOOK = "http_webhook"  # POST /webhooks/<path> -> the River
+    SCHEDULE = "schedule"  # a payload on every tick (interval or cron), once per cluster
+    HTTP_POLL = "http_poll"  # poll a URL; each item one River message; one poller at a time
+    NATS = "nats"  # a core NATS subject bridged into the River
+    TELEGRAM = "telegram"  # the Bot API webhook (secret-token header verified)
+
+
+_SOURCE_TYPE_ALIASES = {"ceremony": "schedule"}  # the Go original's name
+
+
+class CatchUp(StrEnum):
+    SKIP = "skip"  # ticks missed while the whole cluster was down are not fired
+    FIRE_ONE = "fire_one"  # the last missed tick is fired once at start
+
+
+class SplitMode(StrEnum):
+    ITEMS = "items"  # each item of the page is one River message
+    PAGE = "page"  # the whole page is one River message
+
+
+class CursorSpec(_Spec):
+    """Where polling resumes: `extract` (a dot path such as `meta.next` or `$.meta.next`
+    into the response, or `last.<field>` of the last item) is stored cluster-wide and sent
+    as query parameter `param` on the next poll."""
+
+    param: str = Field(min_length=1, max_length=128)
+    extract: str = Field(min_length=1, max_length=256)
+    initial: str | None = Field(None, max_length=1024, description="Sent before any is stored")
+    store: str | None = Field(None, description="Accepted for the Go original; always KV")
+
+
 class SourceSpec(ComponentSpec):
+    """A way into the River. `type` decides which settings apply (the others must be left
+    out); see docs/FOREST.md for each type's settings and guarantee."""
+
     kind = ComponentKind.SOURCE
     aliases = ("src",)
-    type: Literal["http_webhook"] = "http_webhook"
-    path: Subject = Field(description="Under /webhooks/")
+    type: SourceType = SourceType.HTTP_WEBHOOK
+    path: Subject | None = Field(None, description="http_webhook, telegram: under /webhooks/")
     publishes: Subject = Field(description="A River subject")
     secret: SecretStr | None = Field(
-        None, max_length=1024, description="Write ${VAR} to keep the secret out of the bucket"
+        None, max_length=1024,
+        description="http_webhook: the HMAC key; telegram: the secret token. Write ${VAR}",
     )
     # default: sha256 with a secret, none without
     signature: SignatureKind = SignatureKind.NONE
     headers: tuple[str, ...] = Field((), max_length=64, description="Headers copied in")
     tolerance: Duration = Field(300.0, gt=0, description="Stripe timestamp tolerance")
+    # schedule, http_poll
+    interval: Duration | None = Field(None, gt=0, description="schedule, http_poll: e.g. 30s, 1h")
+    cron: str | None = Field(None, max_length=256, description="schedule: a cron expression (UTC)")
+    payload: Any = Field(None, description="schedule: the JSON each tick puts in the River")
+    catch_up: CatchUp = Field(CatchUp.SKIP, description="schedule: skip | fire_one")
+    hz: int | None = Field(None, description="Accepted for the Go original's ceremony; unused")
+    script: str | None = Field(None, description="Accepted for the Go original's ceremony; unused")
+    # http_poll
+    url: str | None = Field(None, max_length=2048, description="http_poll: the URL")
+    method: Literal["GET", "POST"] = "GET"
+    request_headers: dict[str, str] = Field(default_factory=dict,
+                                            description="http_poll: sent with every poll")
+    body: Any = Field(None, description="http_poll: a JSON body sent with every poll")
+    timeout: Duration = Field(30.0, gt=0, description="http_poll: per request")
+    cursor: CursorSpec | None = None
+    items: str | None = Field(
+        None, max_length=256,
+        description="http_poll: a dot path to the list of items (default: the response if "
+                    "it is a list, else the response as one item)",
+    )
+    split: SplitMode = SplitMode.ITEMS
+    id_field: str = Field("id", max_length=128,
+                          description="http_poll: the item field its idempotency key comes from")
+    lease: Duration = Field(10.0, ge=1, le=300,
+                            description="http_poll: another node takes over this long after "
+                                        "the poller stops answering")
+    # nats
+    subject: Subject | None = Field(None, description="nats: the core subject (pattern) bridged")
+    # telegram
+    bot_token: SecretStr | None = Field(None, max_length=256,
+                                        description="telegram: accepted for the Go original")
+    secret_path: str | None = Field(None, description="Accepted for the Go original; unused")
 
-    @field_serializer("secret", when_used="json")
+    @field_serializer("secret", "bot_token", when_used="json")
     def _reveal(self, secret: SecretStr | None) -> str | None:
         """JSON carries the secret (the bucket must); SecretStr hides it everywhere else."""
         return secret.get_secret_value() if secret is not None else None
@@ -285,25 +367,224 @@ class SourceSpec(ComponentSpec):
 
     @field_validator("path")
     @classmethod
-    def _path(cls, v: str) -> str:
+    def _path(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
         if not re.match(r"^/webhooks/[A-Za-z0-9_\-./]+$", v) or ".." in v:
             raise ValueError(f"'{v}' must be a path under /webhooks/, such as /webhooks/contacts")
         return v.rstrip("/")
 
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return _http_url(v)
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, v: str | None) -> str | None:
+        return check_subject(v.strip(), pattern=True) if v is not None else None
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if not croniter.is_valid(v.strip()):
+            raise ValueError(f"'{v}' is not a cron expression such as '0 * * * *'")
+        return v.strip()
+
     @model_validator(mode="before")
     @classmethod
-    def _default_signature(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("signature") is None:
-            data = {**data, "signature": "sha256" if data.get("secret") else "none"}
+    def _defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            kind = data.get("type")
+            if isinstance(kind, str) and kind in _SOURCE_TYPE_ALIASES:
+                data = {**data, "type": _SOURCE_TYPE_ALIASES[kind]}
+            if data.get("signature") is None:
+                webhook = data.get("type", "http_webhook") == "http_webhook"
+                data = {**data, "signature": "sha256" if webhook and data.get("secret") else "none"}
         return data
 
     @model_validator(mode="after")
-    def _signature(self) -> SourceSpec:
+    def _settings(self) -> SourceSpec:
+        t = self.type
+        needs = {SourceType.HTTP_WEBHOOK: ("path",), SourceType.TELEGRAM: ("path",),
+                 SourceType.SCHEDULE: (), SourceType.HTTP_POLL: ("url", "interval"),
+                 SourceType.NATS: ("subject",)}[t]
+        for f in needs:
+            if getattr(self, f) is None:
+                raise ValueError(f"{_a(t.value)} source needs '{f}'")
+        allowed = _SOURCE_FIELDS[t] | _COMMON_SOURCE_FIELDS
+        for f in sorted(self.model_fields_set - allowed):  # a stored spec repeats defaults
+            if getattr(self, f) != type(self).model_fields[f].get_default(call_default_factory=True):
+                raise ValueError(f"'{f}' is not a setting of {_a(t.value)} source")
+        if t is SourceType.SCHEDULE:
+            _exactly_one(self.interval, self.cron, "'interval' or 'cron'")
+        if self.signature is not SignatureKind.NONE and t is not SourceType.HTTP_WEBHOOK:
+            raise ValueError(f"{_a(t.value)} source takes no 'signature'")
         if self.signature is not SignatureKind.NONE and not (
             self.secret and self.secret.get_secret_value()
         ):
             raise ValueError(f"signature '{self.signature}' needs a secret")
         return self
+
+
+def _a(word: str) -> str:
+    """`a schedule`, `an http_poll`."""
+    return ("an " if word[0] in "aeiou" or word.startswith("http") else "a ") + word
+
+
+_COMMON_SOURCE_FIELDS = {"type", "publishes", "signature"}
+_SOURCE_FIELDS: dict[SourceType, set[str]] = {
+    SourceType.HTTP_WEBHOOK: {"path", "secret", "signature", "headers", "tolerance"},
+    SourceType.TELEGRAM: {"path", "secret", "bot_token", "secret_path"},
+    SourceType.SCHEDULE: {"interval", "cron", "payload", "catch_up", "hz", "script"},
+    SourceType.HTTP_POLL: {"url", "method", "interval", "request_headers", "body", "timeout",
+                           "cursor", "items", "split", "id_field", "lease"},
+    SourceType.NATS: {"subject"},
+}
+
+
+class OutputType(StrEnum):
+    HTTP = "http"  # POST/PUT the leaf (or a rendered body) to a URL
+    SLACK = "slack"  # an incoming webhook: {"text": <rendered text>}
+    TELEGRAM = "telegram"  # the Bot API's sendMessage, the chat id from the leaf
+    EMAIL = "email"  # SMTP (STARTTLS or TLS, with auth)
+
+
+class OutputSpec(_Consuming):
+    """Sends each leaf on `subscribes` to the world (the Go original's songbird). One
+    durable consumer shared by the cluster; an attempt that fails is retried with backoff
+    (honouring Retry-After) until `max_deliver`, a 4xx other than 408/429 goes to DEAD at
+    once. Templates are Jinja2 (sandboxed, the nims' variables: the leaf's data fields,
+    `data`, `leaf`)."""
+
+    kind = ComponentKind.OUTPUT
+    aliases = ("songbird", "songbirds")
+    type: OutputType = OutputType.HTTP
+    subscribes: Subject = Field(description="A leaf subject or pattern")
+    publishes: Subject = Field(
+        "", description="Shown in status as where it sends (default: the type and host)"
+    )
+    url: str | None = Field(None, max_length=2048,
+                            description="http: the URL; slack: the incoming webhook URL")
+    method: Literal["POST", "PUT"] = "POST"
+    body: str | None = Field(
+        None, max_length=MAX_TEXT,
+        description="http: a Jinja2 template of the body (default: the leaf as JSON)",
+    )
+    text: str | None = Field(
+        None, max_length=MAX_TEXT,
+        description="slack, telegram, email: a Jinja2 template of the message "
+                    "(default: the subject and the data as JSON)",
+    )
+    # telegram
+    token: SecretStr | None = Field(None, max_length=256,
+                                    description="telegram: the bot token; write ${VAR}")
+    chat_id: str = Field("{{ chat_id }}", max_length=1024,
+                         description="telegram: a Jinja2 template of the chat id")
+    base_url: str = Field("https://api.telegram.org", max_length=2048,
+                          description="telegram: the Bot API's address")
+    parse_mode: Literal["HTML", "MarkdownV2", "Markdown"] | None = None
+    # email
+    smtp_host: str | None = Field(None, max_length=255, description="email: the SMTP server")
+    smtp_port: int | None = Field(None, ge=1, le=65535,
+                                  description="email: default 587 (465 with tls)")
+    starttls: bool = Field(True, description="email: upgrade the connection with STARTTLS "
+                                             "(not with tls)")
+    tls: bool = Field(False, description="email: TLS from the start (port 465)")
+    verify_tls: bool = Field(True, description="email: check the server's certificate")
+    username: str | None = Field(None, max_length=256, description="email: the SMTP login")
+    password: SecretStr | None = Field(None, max_length=1024,
+                                       description="email: the SMTP password; write ${VAR}")
+    sender: str | None = Field(None, max_length=320, description="email: the From address")
+    to: str | None = Field(None, max_length=4096,
+                           description="email: a Jinja2 template of the recipients, comma separated")
+    subject: str = Field("{{ leaf.subject }}", max_length=4096,
+                         description="email: a Jinja2 template of the subject")
+    content_type: str = Field("application/json", max_length=256)
+    headers: dict[str, str] = Field(default_factory=dict, description="Request headers; ${VAR} expanded")
+    secret: SecretStr | None = Field(
+        None, max_length=1024,
+        description="Signs the body: X-Signature-256: sha256=<hex HMAC-SHA256>; write ${VAR}",
+    )
+    signature_header: str = Field("X-Signature-256", max_length=128)
+    timeout: Duration = Field(10.0, gt=0, description="Per request")
+    backoff: Duration = Field(1.0, ge=0, description="First retry delay; doubles, at most 5m")
+    concurrency: int = Field(4, ge=1, le=256, description="Requests in flight per node")
+    rate: str | None = Field(None, max_length=64,
+                             description="At most this many requests per node, e.g. 10/second, "
+                                         "30/minute (Telegram and Slack limit senders)")
+
+    @property
+    def inflight(self) -> int:
+        return 2 * self.concurrency
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        try:
+            parse_rate(v)
+        except ValueError:
+            raise ValueError(f"'{v}' is not a rate such as 10/second or 30/minute") from None
+        return v.strip()
+
+    @field_serializer("secret", "token", "password", when_used="json")
+    def _reveal(self, secret: SecretStr | None) -> str | None:
+        return secret.get_secret_value() if secret is not None else None
+
+    @field_validator("subscribes")
+    @classmethod
+    def _subscribes(cls, v: str) -> str:
+        return _leaf_pattern(v)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        return (_http_url(v) or v).rstrip("/")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return _http_url(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_publishes(cls, data: Any) -> Any:
+        if isinstance(data, dict):  # the Go original's songbird: listens, bot_token
+            for old, new in (("listens", "subscribes"), ("bot_token", "token")):
+                if old in data:
+                    if new in data:
+                        raise ValueError(f"give '{new}' or '{old}' (the same setting), not both")
+                    data = {**{k: v for k, v in data.items() if k != old}, new: data[old]}
+        if isinstance(data, dict) and not data.get("publishes"):
+            where = {"telegram": data.get("base_url") or "https://api.telegram.org",
+                     "email": data.get("smtp_host")}.get(str(data.get("type")), data.get("url"))
+            host = re.sub(r"^https?://([^/]+).*$", r"\1", str(where or ""))
+            data = {**data, "publishes": f"{data.get('type') or 'http'} {host}".strip()}
+        return data
+
+    @model_validator(mode="after")
+    def _needs(self) -> OutputSpec:
+        if self.type in (OutputType.HTTP, OutputType.SLACK) and self.url is None:
+            raise ValueError(f"a {self.type.value} output needs a 'url'")
+        if self.type is not OutputType.HTTP and self.body is not None:
+            raise ValueError(f"a {self.type.value} output takes 'text', not 'body'")
+        if self.type is OutputType.TELEGRAM and self.token is None:
+            raise ValueError("a telegram output needs a 'token' (write ${VAR})")
+        if self.type is OutputType.EMAIL:
+            for f in ("smtp_host", "sender", "to"):
+                if getattr(self, f) is None:
+                    raise ValueError(f"an email output needs '{f}'")
+            if (self.username is None) != (self.password is None):
+                raise ValueError("give both 'username' and 'password', or neither")
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.smtp_port or (465 if self.tls else 587)
 
 
 class DecomposerSpec(_Delivery, _Inflight):
@@ -312,7 +593,9 @@ class DecomposerSpec(_Delivery, _Inflight):
 
 
 # The component kinds, in start order: the one registration of a kind.
-COMPONENT_SPECS: tuple[type[ComponentSpec], ...] = (TreeSpec, TreeHouseSpec, NimSpec, SourceSpec)
+COMPONENT_SPECS: tuple[type[ComponentSpec], ...] = (
+    TreeSpec, TreeHouseSpec, NimSpec, OutputSpec, SourceSpec
+)
 
 Spec = ComponentSpec  # any component's spec
 SPEC_TYPES: dict[ComponentKind, type[ComponentSpec]] = {s.kind: s for s in COMPONENT_SPECS}
@@ -336,11 +619,17 @@ __all__ = [
     "LimitsSpec",
     "NimSpec",
     "OpenAIBrainSpec",
+    "OutputSpec",
+    "OutputType",
     "Rule",
     "RulesBrainSpec",
     "SignatureKind",
     "Size",
+    "CatchUp",
+    "CursorSpec",
     "SourceSpec",
+    "SourceType",
+    "SplitMode",
     "Spec",
     "TreeHouseSpec",
     "TreeSpec",

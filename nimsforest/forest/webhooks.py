@@ -9,6 +9,10 @@ River payload: {"source", "path", "headers": {configured headers}, "body": <the 
 "received_at"}. A delivery id (Idempotency-Key, X-GitHub-Delivery, or the Stripe event
 id) becomes the River message id, so a webhook retried by its sender is stored once
 within the River's duplicate window.
+
+Telegram sources (the Bot API webhook): with a `secret` (the `secret_token` given to
+setWebhook) a request must carry it in X-Telegram-Bot-Api-Secret-Token; the update's
+`update_id` is its message id.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from typing import Any
 
 from nimsforest.forest.config import SignatureKind, SourceSpec
 from nimsforest.forest.leaf import utc_now
+from nimsforest.forest.specs import SourceType
+
+TELEGRAM_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
 
 class WebhookRejected(Exception):
@@ -41,7 +48,15 @@ def _same(expected: str, given: str) -> bool:
 def verify(
     spec: SourceSpec, headers: Mapping[str, str], body: bytes, now: float | None = None
 ) -> None:
-    """Raise WebhookRejected unless the request carries a valid signature."""
+    """Raise WebhookRejected unless the request carries a valid signature (a telegram
+    source: the secret token Telegram sends back, when the source has a secret)."""
+    if spec.type is SourceType.TELEGRAM:
+        if spec.secret is None:
+            return
+        token = {k.lower(): v for k, v in headers.items()}.get(TELEGRAM_HEADER.lower(), "")
+        if not hmac.compare_digest(token.encode(), spec.secret.get_secret_value().encode()):
+            raise WebhookRejected(f"The request has no valid {TELEGRAM_HEADER} header.")
+        return
     kind = spec.signature
     if kind is SignatureKind.NONE:
         return
@@ -99,6 +114,9 @@ def river_payload(
 def delivery_id(name: str, spec: SourceSpec, headers: Mapping[str, str], body: Any) -> str | None:
     h = {k.lower(): v for k, v in headers.items()}
     ident = h.get("idempotency-key") or h.get("x-github-delivery")
+    if spec.type is SourceType.TELEGRAM and isinstance(body, dict):
+        update = body.get("update_id")
+        ident = str(update) if isinstance(update, int) and not isinstance(update, bool) else None
     if not ident and spec.signature is SignatureKind.STRIPE and isinstance(body, dict):
         ident = body.get("id") if isinstance(body.get("id"), str) else None
     return f"{name}:{ident}" if ident else None

@@ -17,7 +17,7 @@ _PAGE = 500
 
 
 class PocketBaseError(Exception):
-    """PocketBase answered an error; the message is one sentence."""
+    """PocketBase answered an error, or could not be asked; the message is one sentence."""
 
 
 class PocketBase:
@@ -31,9 +31,16 @@ class PocketBase:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    async def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            return await self._http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise PocketBaseError(f"PocketBase at {self.url} could not be asked "
+                                  f"({type(exc).__name__}).") from exc
+
     async def _auth(self) -> None:
-        resp = await self._http.post("/api/collections/_superusers/auth-with-password",
-                                     json={"identity": self._email, "password": self._password})
+        resp = await self._send("POST", "/api/collections/_superusers/auth-with-password",
+                                json={"identity": self._email, "password": self._password})
         if resp.status_code != 200:
             raise PocketBaseError(f"PocketBase refused the superuser {self._email} "
                                   f"(HTTP {resp.status_code}).")
@@ -42,12 +49,10 @@ class PocketBase:
     async def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         if self._token is None:
             await self._auth()
-        resp = await self._http.request(method, path, headers={"authorization": f"{self._token}"},
-                                        **kw)
+        resp = await self._send(method, path, headers={"authorization": f"{self._token}"}, **kw)
         if resp.status_code == 401:
             await self._auth()
-            resp = await self._http.request(method, path,
-                                            headers={"authorization": f"{self._token}"}, **kw)
+            resp = await self._send(method, path, headers={"authorization": f"{self._token}"}, **kw)
         return resp
 
     @staticmethod

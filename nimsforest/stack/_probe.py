@@ -1,10 +1,15 @@
-"""One probe check (http_get, exec or tcp): True when it passes within its timeout."""
+"""The stack's HTTP half: probe checks (http_get, exec or tcp) and a live config POST.
+
+The supervisor imports this module at the first probe, after the first services were
+spawned (`Stack.prober`), so httpx is not on the path to the first spawn.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -12,8 +17,23 @@ import httpx
 from nimsforest.stack._manifest import Probe
 
 
+@dataclass(frozen=True)
+class ConfigReply:
+    """What a service's admin endpoint answered to a new config: its HTTP status and body,
+    or (status None) why it could not be asked."""
+
+    status: int | None
+    text: str = ""
+    unreachable: str = ""
+
+    @property
+    def applied(self) -> bool:
+        return self.status is not None and self.status < 400
+
+
 class Prober:
-    """Runs checks; owns the HTTP clients (one per CA file) and closes them in `aclose`."""
+    """Runs checks and config POSTs; owns the HTTP clients (one per CA file) and closes them
+    in `aclose`."""
 
     def __init__(self) -> None:
         self._clients: dict[str | None, httpx.AsyncClient] = {}
@@ -61,6 +81,15 @@ class Prober:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
+
+    async def post_config(self, url: str, text: str) -> ConfigReply:
+        """POST a JSON config to a service's admin endpoint (Caddy's /load)."""
+        try:
+            async with httpx.AsyncClient(trust_env=False, timeout=10.0) as client:
+                resp = await client.post(url, content=text, headers={"content-type": "application/json"})
+        except httpx.HTTPError as exc:
+            return ConfigReply(None, unreachable=type(exc).__name__)
+        return ConfigReply(resp.status_code, resp.text.strip()[:300])
 
     async def aclose(self) -> None:
         for client in self._clients.values():

@@ -26,14 +26,15 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-
-import httpx
+from typing import TYPE_CHECKING
 
 from natsembed import die_with_parent
 from nimsforest.stack._manifest import Condition, Probe, Restart
-from nimsforest.stack._probe import Prober
 from nimsforest.stack._resolve import ServiceSpec, StackPaths
 from nimsforest.stack._state import Health, ServiceState, ServiceStatus
+
+if TYPE_CHECKING:
+    from nimsforest.stack._probe import Prober
 
 log = logging.getLogger("nimsforest.stack")
 
@@ -46,8 +47,8 @@ WaitFor = Callable[[str, Condition], Awaitable[None]]
 class ServiceRunner:
     """Runs one ServiceSpec until `stop()`; `on_change` is called on every state change."""
 
-    def __init__(self, spec: ServiceSpec, paths: StackPaths, prober: Prober, wait_for: WaitFor,
-                 on_change: Callable[[], None]) -> None:
+    def __init__(self, spec: ServiceSpec, paths: StackPaths, prober: Callable[[], Prober],
+                 wait_for: WaitFor, on_change: Callable[[], None]) -> None:
         self.spec = spec
         self.paths = paths
         self._prober = prober
@@ -196,7 +197,7 @@ class ServiceRunner:
         await asyncio.sleep(probe.initial_delay_seconds)
         failures = 0
         while True:
-            if await self._prober.check(probe):
+            if await self._prober().check(probe):
                 failures = 0
                 if self.health is not Health.READY:
                     if self.ready_at is None:
@@ -217,7 +218,7 @@ class ServiceRunner:
         await asyncio.sleep(probe.initial_delay_seconds)
         failures = 0
         while True:
-            if await self._prober.check(probe):
+            if await self._prober().check(probe):
                 failures = 0
             else:
                 failures += 1
@@ -235,17 +236,13 @@ class ServiceRunner:
         self._write_config()
         if spec.reload_url is None or spec.config_file is None or self.pid is None:
             return
-        try:
-            async with httpx.AsyncClient(trust_env=False, timeout=10.0) as client:
-                resp = await client.post(spec.reload_url, content=spec.config_file.text,
-                                         headers={"content-type": "application/json"})
-        except httpx.HTTPError as exc:
+        reply = await self._prober().post_config(spec.reload_url, spec.config_file.text)
+        if reply.status is None:
             log.error("Service %s did not take its new configuration (%s); it applies at its "
-                      "next start", self.name, type(exc).__name__)
-            return
-        if resp.status_code >= 400:
+                      "next start", self.name, reply.unreachable)
+        elif not reply.applied:
             log.error("Service %s refused its new configuration (HTTP %d): %s", self.name,
-                      resp.status_code, resp.text.strip()[:300])
+                      reply.status, reply.text)
         else:
             log.info("Service %s applied its new configuration without a restart", self.name)
 

@@ -19,17 +19,18 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-
-import httpx
+from typing import TYPE_CHECKING
 
 from nimsforest.stack._compose import to_process_compose
 from nimsforest.stack._manifest import Condition, load_manifests
 from nimsforest.stack._plan import Plan, plan
-from nimsforest.stack._probe import Prober
 from nimsforest.stack._resolve import Desired, StackPaths, resolve, with_records
 from nimsforest.stack._runner import ServiceRunner
 from nimsforest.stack._state import Lock, StackPhase, StackStatus, write_status
 from nimsforest.stack.errors import StackError, StackRunning
+
+if TYPE_CHECKING:
+    from nimsforest.stack._probe import Prober
 
 log = logging.getLogger("nimsforest.stack")
 
@@ -83,10 +84,19 @@ class Stack:
         self._runners: dict[str, ServiceRunner] = {}
         self._order: tuple[str, ...] = ()
         self._changed = asyncio.Event()  # set (and replaced) on every change
-        self._prober = Prober()
+        self._prober: Prober | None = None
         self._apply_lock = asyncio.Lock()
         self.desired = Desired()  # as last applied
         self.records = RecordSet()  # services from a PocketBase collection, as last read
+
+    def prober(self) -> Prober:
+        """The HTTP half (httpx), made at the first probe: after the first services were
+        spawned, as a node spawns nats-server before it imports its heavy half."""
+        if self._prober is None:
+            from nimsforest.stack._probe import Prober
+
+            self._prober = Prober()
+        return self._prober
 
     def runner(self, name: str) -> ServiceRunner | None:
         return self._runners.get(name)
@@ -130,7 +140,7 @@ class Stack:
                 await self._runners[name].reconfigure(wanted[name])
             for name in desired.names():
                 if name in p.restart or name in p.start:
-                    runner = ServiceRunner(wanted[name], self.paths, self._prober, self.wait_for,
+                    runner = ServiceRunner(wanted[name], self.paths, self.prober, self.wait_for,
                                            self._on_change)
                     self._runners[name] = runner
                     runner.start()
@@ -155,7 +165,8 @@ class Stack:
         self._runners.clear()
         self.phase = StackPhase.STOPPED
         write_status(self.paths.stack, self.status())
-        await self._prober.aclose()
+        if self._prober is not None:
+            await self._prober.aclose()
 
 
 async def supervise(paths: StackPaths, env: EnvLoader, first: Desired | None = None) -> None:
@@ -282,7 +293,7 @@ async def _collection_loop(stack: Stack, reload: asyncio.Event, stop: asyncio.Ev
                 if problem is not None:
                     log.info("Reading the desired services from PocketBase works again")
                 problem = None
-            except (PocketBaseError, httpx.HTTPError, ValueError) as exc:
+            except (PocketBaseError, ValueError) as exc:
                 text = str(exc) or type(exc).__name__
                 if text != problem:
                     log.warning("Cannot read the desired services from PocketBase: %s", text)

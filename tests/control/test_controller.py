@@ -122,7 +122,7 @@ async def test_bad_input_changes_nothing_and_is_audited(make_controller: MakeCtl
         (ctl.add("treehouse", th("one"), WHO), Conflict, "already exists"),
         (ctl.add("treehouse", {**th("sub"), "subscribes": "bad subject"}, WHO), Invalid,
          "subscribes"),
-        (ctl.add("songbird", th("x"), WHO), NotFound, "not a component kind"),
+        (ctl.add("ceremonies", th("x"), WHO), NotFound, "not a component kind"),
         (ctl.add("nim", {"name": "n", "subscribes": "a", "publishes": "b",
                          "prompt": "{% if %}"}, WHO), Invalid, "prompt"),
         (ctl.remove("treehouse", "ghost", WHO), NotFound, "There is no treehouse 'ghost'"),

@@ -156,8 +156,9 @@ def test_requests_map_to_forest_yaml_settings() -> None:
 
 def test_kinds_have_aliases_and_unknown_kinds_are_one_sentence() -> None:
     assert parse_kind("th") is TH and parse_kind("Nims") is ComponentKind.NIM
-    with pytest.raises(NotFound, match="'songbird' is not a component kind"):
-        parse_kind("songbird")
+    assert parse_kind("songbird") is ComponentKind.OUTPUT
+    with pytest.raises(NotFound, match="'ceremonies' is not a component kind"):
+        parse_kind("ceremonies")
 
 
 def test_the_rate_limit_says_when_to_retry() -> None:

@@ -3,7 +3,8 @@
     python -m tests.forest.forest_proc NATS_URL FOREST_YAML STATUS_FILE
 
 Runs the Forest until SIGTERM/SIGINT and rewrites STATUS_FILE (JSON list of component
-statuses) every 100 ms, so the test can see what this process handled."""
+statuses) every 100 ms, so the test can see what this process handled. Its node name is
+FOREST_PROC_NODE (default `proc`)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from nimsforest.forest import Forest, load_forest_config
 
 async def main(url: str, config: str, status_file: str) -> None:
     nc = await nats.connect(url)
-    forest = Forest(nc, load_forest_config(config), stop_grace=1.0)
+    forest = Forest(nc, load_forest_config(config), stop_grace=1.0,
+                    node=os.environ.get("FOREST_PROC_NODE", "proc"))
     await forest.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -177,7 +177,9 @@ def test_lua_syntax_error_names_script_file_and_line(tmp_path: Path) -> None:
 
 
 def test_unknown_section_and_bad_name(tmp_path: Path) -> None:
-    assert "'songbirds' is not a known section" in str(error(tmp_path, {"songbirds": {}}))
+    assert "'windwaker' is not a known section" in str(error(tmp_path, {"windwaker": {}}))
+    assert "section 'viewer' (the Go original's live view) is not supported" in str(
+        error(tmp_path, {"viewer": {"enabled": True}}))
     assert "not a valid tree name" in str(error(tmp_path, {"trees": {"a b": {}}}))
 
 

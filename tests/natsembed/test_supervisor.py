@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import signal
 import stat
@@ -14,10 +16,12 @@ import pytest
 
 from natsembed import (
     EmbeddedNats,
+    MonitorClient,
     NotReady,
     ProcessState,
     ReloadRejected,
     RestartPolicy,
+    ServerProcess,
     StartFailed,
     Timeouts,
     find_nats_server,
@@ -294,3 +298,20 @@ async def test_a_witness_port_taken_meanwhile_is_picked_again(
             await nc.close()
     finally:
         squatter.close()
+
+
+async def test_a_witness_removed_by_its_node_is_not_logged_as_an_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # what nats-server prints when its node retires it (peer-remove), fed through the
+    # output drain of a witness and of a node's own server
+    line = b"[42] 2026/12/01 23:00:00.000000 [ERR] JetStream being DISABLED, our server was removed from the cluster\n"
+    for name, expected in (("n1-witness-1", True), ("n1", False)):
+        proc = ServerProcess(name=name, binary=tmp_path / "nats-server", config_path=tmp_path / "c.conf",
+                             monitor=MonitorClient("http://127.0.0.1:1"), pid_file=tmp_path / "p",
+                             removal_expected=expected)
+        reader = asyncio.StreamReader()
+        reader.feed_data(line)
+        reader.feed_eof()
+        with caplog.at_level(logging.DEBUG, logger=f"nats-server.{name}"):
+            await proc._drain_lines(reader)  # noqa: SLF001 - the drain is the unit here
+    levels = {r.name: r.levelno for r in caplog.records if "removed from the cluster" in r.getMessage()}
+    assert levels == {"nats-server.n1-witness-1": logging.INFO, "nats-server.n1": logging.ERROR}

@@ -1,0 +1,183 @@
+"""W3C trace context on every hop; OpenTelemetry spans only when an OTLP endpoint is set.
+
+Every River input carries a `traceparent` header: the HTTP request's when it sent a valid
+one (its trace goes on through the forest), a new trace otherwise. Each component that
+handles a message is one hop: a span whose parent is the message's `traceparent`, and
+whose own id is the `traceparent` of every output it stores, with `Nimsforest-Hop`
+naming the component and the node. So the stored headers alone are the trace:
+`nimsforest trace ID` reads them back from the streams, with or without a collector.
+
+Spans are exported over OTLP/HTTP only when `OTEL_EXPORTER_OTLP_ENDPOINT` or
+`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (the standard variables, read by the SDK);
+otherwise the SDK is not even imported and a hop costs one random number and a string.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+    from opentelemetry.trace import Tracer as OtelTracer
+
+TRACEPARENT = "traceparent"
+HOP_HEADER = "Nimsforest-Hop"  # the component that stored the message: <kind>:<name>@<node>
+OTLP_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+
+# version-traceid-parentid-flags (https://www.w3.org/TR/trace-context/#traceparent-header)
+_TRACEPARENT_RE = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+_rand = random.SystemRandom()
+
+
+@dataclass(frozen=True, slots=True)
+class TraceContext:
+    """One position in a trace: the trace and the span that a message's producer was."""
+
+    trace_id: str  # 32 lowercase hex digits, not all zero
+    span_id: str  # 16 lowercase hex digits, not all zero
+    sampled: bool = True
+
+    @classmethod
+    def parse(cls, value: str | None) -> TraceContext | None:
+        """A `traceparent` header's context, or None when it is missing or invalid (then
+        the receiver starts a new trace, as the W3C rules say)."""
+        if not value:
+            return None
+        m = _TRACEPARENT_RE.match(value.strip().lower())
+        if m is None:
+            return None
+        version, trace_id, span_id, flags, rest = m.groups()
+        if version == "ff" or (version == "00" and rest) or set(trace_id) == {"0"} or set(span_id) == {"0"}:
+            return None
+        return cls(trace_id, span_id, bool(int(flags, 16) & 1))
+
+    @classmethod
+    def of(cls, headers: Mapping[str, str] | None) -> TraceContext | None:
+        if not headers:
+            return None
+        value = headers.get(TRACEPARENT)
+        if value is None:  # HTTP headers may come in any case
+            value = next((v for k, v in headers.items() if k.lower() == TRACEPARENT), None)
+        return cls.parse(value)
+
+    @classmethod
+    def new(cls) -> TraceContext:
+        return cls(f"{_nonzero(128):032x}", f"{_nonzero(64):016x}")
+
+    def child(self) -> TraceContext:
+        """The same trace, a new span: the context of what this hop stores."""
+        return TraceContext(self.trace_id, f"{_nonzero(64):016x}", self.sampled)
+
+    @property
+    def header(self) -> str:
+        return f"00-{self.trace_id}-{self.span_id}-{'01' if self.sampled else '00'}"
+
+
+def _nonzero(bits: int) -> int:
+    return _rand.getrandbits(bits) or 1
+
+
+def hop_name(kind: str, name: str, node: str) -> str:
+    return f"{kind}:{name}@{node}"
+
+
+class Hop:
+    """One component handling one message: `context` goes on its outputs; `end` once the
+    message is acked or failed."""
+
+    __slots__ = ("context",)
+
+    def __init__(self, context: TraceContext) -> None:
+        self.context = context
+
+    def headers(self, hop: str) -> dict[str, str]:
+        return {TRACEPARENT: self.context.header, HOP_HEADER: hop}
+
+    def end(self, error: str | None = None) -> None:
+        """Nothing to record without an exporter."""
+
+
+class _SpanHop(Hop):
+    __slots__ = ("_span",)
+
+    def __init__(self, span: Span) -> None:
+        ctx = span.get_span_context()
+        super().__init__(TraceContext(f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}",
+                                      bool(ctx.trace_flags & 1)))
+        self._span = span
+
+    def end(self, error: str | None = None) -> None:
+        if error is not None:
+            from opentelemetry.trace import Status, StatusCode
+
+            self._span.set_status(Status(StatusCode.ERROR, error))
+        self._span.end()
+
+
+class Tracing:
+    """The node's tracing: without an exporter, hops only carry the headers."""
+
+    enabled = False
+
+    def hop(self, name: str, parent: TraceContext | None, attributes: Mapping[str, Any]) -> Hop:
+        return Hop(parent.child() if parent is not None else TraceContext.new())
+
+    def shutdown(self) -> None:
+        """Nothing to flush."""
+
+
+class OtlpTracing(Tracing):
+    """Spans exported over OTLP/HTTP in batches (the SDK reads the standard variables)."""
+
+    enabled = True
+
+    def __init__(self, service: str, node: str) -> None:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        self._provider = TracerProvider(resource=Resource.create({
+            "service.name": service, "service.instance.id": node}))
+        self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        self._tracer: OtelTracer = self._provider.get_tracer("nimsforest")
+
+    def hop(self, name: str, parent: TraceContext | None, attributes: Mapping[str, Any]) -> Hop:
+        from opentelemetry import trace
+        from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+
+        context = None
+        if parent is not None:
+            remote = SpanContext(int(parent.trace_id, 16), int(parent.span_id, 16), is_remote=True,
+                                 trace_flags=TraceFlags(1 if parent.sampled else 0))
+            context = trace.set_span_in_context(NonRecordingSpan(remote))
+        span = self._tracer.start_span(name, context=context, kind=SpanKind.CONSUMER,
+                                       attributes=dict(attributes))
+        return _SpanHop(span)
+
+    def shutdown(self) -> None:
+        self._provider.shutdown()  # flushes what is batched
+
+
+def tracing_from_env(env: Mapping[str, str], service: str, node: str) -> Tracing:
+    """OTLP export when one of the standard endpoint variables is set; headers only else."""
+    if any(env.get(v) for v in OTLP_VARIABLES):
+        return OtlpTracing(service, node)
+    return Tracing()
+
+
+__all__ = [
+    "HOP_HEADER",
+    "OTLP_VARIABLES",
+    "TRACEPARENT",
+    "Hop",
+    "OtlpTracing",
+    "TraceContext",
+    "Tracing",
+    "hop_name",
+    "tracing_from_env",
+]

@@ -1,0 +1,160 @@
+"""The dashboard at /ui in a real headless Chromium (Debian's chromium and chromium-driver,
+installed by `make browser-deps`), against one real demo node: the page shows the node and
+its streams, an event posted appears in the leaf tail, a Soil key opens. The screenshot is
+kept in test-artifacts/ (NIMSFOREST_ARTIFACTS to put it elsewhere)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from nimsforest.forest import demo_config_path
+from tests.support import NodeProcess
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = Path(os.environ.get("NIMSFOREST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
+PAYLOAD = json.loads((demo_config_path().parent / "payloads" / "contact_created.json").read_text())
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+    reason="Debian's chromium and chromium-driver are missing: run `make browser-deps`",
+)
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    root = tmp_path_factory.mktemp("ui")
+    proc = NodeProcess("standalone", root / "data", extra=["--demo"],
+                       env={"NIMSFOREST_API_TOKEN": ""}).start()
+    try:
+        asyncio.run(proc.wait_healthy())
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1500,1300", "--no-first-run", "--disable-extensions",
+                f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_the_dashboard_shows_the_cluster_the_leaves_and_soil(node: NodeProcess, browser) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    browser.get(node.api_url + "/ui")
+
+    # the cluster: this node, healthy, and every stream with its leader
+    wait.until(ec.text_to_be_present_in_element((By.ID, "node-name"), "n1"))
+    wait.until(ec.text_to_be_present_in_element((By.ID, "node-status"), "healthy"))
+    for stream in ("RIVER", "WIND", "HUMUS", "KV_SOIL"):
+        row = wait.until(ec.presence_of_element_located(
+            (By.CSS_SELECTOR, f'#streams tr[data-stream="{stream}"]')))
+        assert "n1" in row.text  # its leader
+    # the forest: the demo's four components, running
+    for comp in ("source/contacts", "tree/contacts", "treehouse/scoring", "nim/qualify"):
+        card = wait.until(ec.presence_of_element_located(
+            (By.CSS_SELECTOR, f'[data-component="{comp}"]')))
+        assert "running" in card.text
+    # each card names the components its output feeds (the graph's edges)
+    edges = {"source/contacts": "→ tree contacts", "tree/contacts": "→ treehouse scoring",
+             "treehouse/scoring": "→ nim qualify"}
+    for comp, edge in edges.items():
+        assert edge in browser.find_element(By.CSS_SELECTOR, f'[data-component="{comp}"]').text
+
+    # a posted event appears in the leaf tail, live
+    wait.until(ec.text_to_be_present_in_element((By.ID, "tail-status"), "listening on wind.>"))
+    resp = httpx.post(node.api_url + "/webhooks/contacts", json=PAYLOAD, timeout=5)
+    assert resp.status_code == 200, resp.text
+    qualified = wait.until(ec.presence_of_element_located(
+        (By.CSS_SELECTOR, '#tail li[data-subject="lead.qualified"]')))
+    assert "c-1001" in qualified.text and "nim:qualify" in qualified.text
+    qualified.click()  # opens its JSON
+    assert '"pursue": true' in qualified.find_element(By.CSS_SELECTOR, "pre").text
+
+    # the Soil key the nim wrote shows up (the page watches Soil) and opens
+    key = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, '#soil-keys li[data-key="c-1001"]')))
+    key.click()
+    value = wait.until(ec.presence_of_element_located((By.ID, "soil-value")))
+    assert json.loads(value.text)["contact_id"] == "c-1001"
+    assert "Humus entry #1" in browser.find_element(By.ID, "soil-entry").text
+    # the counts the page shows are those of /api/v1/status
+    wait.until(ec.text_to_be_present_in_element(
+        (By.CSS_SELECTOR, '[data-component="nim/qualify"] .counts'), "in 1 "))
+
+    # the cluster pane follows too: the three leaves are in WIND's message count
+    wait.until(lambda b: b.find_element(
+        By.CSS_SELECTOR, '#streams tr[data-stream="WIND"] td:nth-child(6)').text == "3")
+    # the audit log: the demo forest seeded from forest.yaml at start-up
+    audit = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#audit-rows tr")))
+    assert "seed" in audit.text and "4 components" in audit.text, audit.text
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "dashboard.png"
+    assert browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("NIMSFOREST_DOCS_SCREENSHOT"):  # refresh the README's picture
+        shutil.copy(shot, Path(__file__).parents[2] / "docs" / "dashboard.png")
+
+
+def test_the_dashboard_asks_for_the_token_when_the_node_has_one(tmp_path: Path) -> None:
+    """Pure HTTP: the sign-in form, a wrong token refused, the right one sets the cookie."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from nimsforest.api.dashboard import Dashboard
+    from nimsforest.control import TOKEN_COOKIE
+
+    async def allowed() -> None:
+        return None
+
+    from nimsforest.control import RateLimited
+
+    tries: list[str] = []
+
+    def check_rate(client: str) -> None:
+        tries.append(client)
+        if len(tries) > 3:
+            raise RateLimited("Too many changes from testclient; try again in 5 s.", retry_after=5)
+
+    board = Dashboard(lambda: None, lambda: None, allowed, lambda t: t == "s3cret", True, check_rate)
+    app = FastAPI()
+    app.include_router(board.router())
+    client = TestClient(app)
+    first = client.get("/ui")
+    assert first.status_code == 401 and 'name="token"' in first.text
+    wrong = client.post("/ui/login", data={"token": "nope"}, follow_redirects=False)
+    assert wrong.status_code == 401 and "not this node's API token" in wrong.text
+    right = client.post("/ui/login", data={"token": "s3cret"}, follow_redirects=False)
+    assert right.status_code == 303 and right.cookies[TOKEN_COOKIE] == "s3cret"
+    assert "samesite=strict" in right.headers["set-cookie"].lower()
+    client.cookies.set(TOKEN_COOKIE, "s3cret")
+    page = client.get("/ui")
+    assert page.status_code == 200 and "/ui/assets/app.js" in page.text
+    # sign-ins are rate limited as changes are: a token is not guessed at speed
+    client.post("/ui/login", data={"token": "guess"})
+    limited = client.post("/ui/login", data={"token": "guess-again"})
+    assert limited.status_code == 429 and limited.headers["retry-after"] == "5"
