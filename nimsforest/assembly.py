@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +25,13 @@ from nimsforest import metrics
 from nimsforest.api.app import create_app
 from nimsforest.api.dashboard import Dashboard
 from nimsforest.api.drain import DrainGate, make_drain_router
+from nimsforest.api.lineage import Lineages
 from nimsforest.api.readers import Readers
 from nimsforest.api.server import ApiServer
 from nimsforest.connection import ConnectionEvent, ConnectionManager, ConnectionOptions
 from nimsforest.control import Controller, record_refused, without_components
 from nimsforest.drain import Drainer
-from nimsforest.forest import Forest, ForestConfig, ForestStatus
+from nimsforest.forest import Forest, ForestConfig, ForestStatus, tracing_from_env
 from nimsforest.forest.http import make_router
 from nimsforest.health import NodeSnapshot
 from nimsforest.observer import NatsObserver
@@ -159,9 +161,11 @@ class Assembly:
         kept drained starts with its forest stopped (the drainer starts it when undrained)."""
         s = self.settings
         config = forest_config or ForestConfig.empty()
+        tracing = tracing_from_env(os.environ, "nimsforest", s.node_name)
+        stack.callback(tracing.shutdown)  # after the forest stopped: its last spans flushed
         forest = Forest(nats.conn.nc, without_components(config), replicas=nats.replicas,
                         placement_tags=nats.placement_tags, node=s.node_name,
-                        river_hold=s.river_hold)
+                        river_hold=s.river_hold, tracing=tracing)
         control = Controller(
             nats.conn.nc, forest, node=s.node_name, config_file=forest_path,
             file_config=forest_config, replicas=nats.replicas, placement_tags=nats.placement_tags,
@@ -175,9 +179,11 @@ class Assembly:
         ingest = make_router(forest)
         ingest.routes.extend(make_drain_router(drainer).routes)
         readers = Readers(nats.conn.nc)
+        lineages = Lineages(nats.conn.nc)
         dashboard = Dashboard(snapshot, control.status, control.guard(cookie=True),
                               control.accepts_token, control.needs_token, control.check_rate)
         routers = [*control.routers(ingest), readers.router(control.guard(cookie=True)),
+                   lineages.router(control.guard(cookie=True)),
                    dashboard.router()]
         app = asyncio.ensure_future(asyncio.to_thread(create_app, snapshot, routers, refused))
         drainer.attach(forest)

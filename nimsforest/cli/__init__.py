@@ -40,6 +40,7 @@ _COMMANDS: dict[str, str] = {
     "replay": "nimsforest.cli.replay:replay",
     "stack": "nimsforest.cli.stack:stack",
     "service": "nimsforest.cli.stack:service",
+    "why": "nimsforest.cli.lineage:why", "trace": "nimsforest.cli.lineage:trace",
     "soil": "nimsforest.cli.readers:soil", "leaves": "nimsforest.cli.readers:leaves", "river": "nimsforest.cli.readers:river",  # noqa: E501
     "drain": "nimsforest.cli.drain:drain", "undrain": "nimsforest.cli.drain:undrain",
 }

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from nimsforest.forest.consumer import ConsumerRunner
 from nimsforest.forest.delivery import ConsumerSpec, Handler, Stats
 from nimsforest.forest.model import ComponentKind, ComponentRef, ComponentState, ComponentStatus
+from nimsforest.forest.trace import NO_TRACING, Tracing
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -66,7 +67,7 @@ class Component:
 
     async def start(self, nc: Client, js: JetStreamContext, publisher: Publisher,
                     dead: DeadLetters | None = None, *, node: str = "",
-                    flow: FlowFn | None = None) -> None:
+                    flow: FlowFn | None = None, tracing: Tracing = NO_TRACING) -> None:
         """Bind the shared durable consumer and start handling (what it gives up on goes to
         `dead`). On failure the component is FAILED (with the reason as its last error) and
         the error is raised."""
@@ -83,6 +84,8 @@ class Component:
                     kind=self.kind.value,
                     name=self.name,
                     dead=dead,
+                    tracing=tracing,
+                    node=node,
                 )
                 await self._runner.start()
             if self.loop is not None:

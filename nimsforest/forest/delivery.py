@@ -13,6 +13,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
+    from nimsforest.forest.trace import TraceContext
+
 
 @dataclass(frozen=True)
 class ConsumerSpec:
@@ -60,10 +62,11 @@ class Delivery:
     subject ($JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>,
     or the longer form with domain and account hash)."""
 
-    __slots__ = ("data", "headers", "msg", "num_delivered", "stream_seq", "subject")
+    __slots__ = ("data", "headers", "msg", "num_delivered", "stream_seq", "subject", "trace")
 
     def __init__(self, msg: Msg) -> None:
         self.msg = msg
+        self.trace: TraceContext | None = None  # this hop's, set by the runner (outputs send it on)
         self.data: bytes = msg.data
         self.subject: str = msg.subject
         self.headers: dict[str, str] = msg.headers or {}

@@ -21,6 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from nimsforest.forest.errors import FlowError
+from nimsforest.forest.trace import TraceContext
 
 if TYPE_CHECKING:
     from nimsforest.forest.runtime import Forest
@@ -47,7 +48,8 @@ def make_router(forest: Forest) -> APIRouter:
         key = request.headers.get("idempotency-key")
         try:
             receipt = await forest.flow(
-                subject, body, source="api", msg_id=f"api:{key}" if key else None
+                subject, body, source="api", msg_id=f"api:{key}" if key else None,
+                trace=TraceContext.of(request.headers),
             )
         except FlowError as exc:
             return _refused(exc)

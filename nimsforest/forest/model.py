@@ -117,6 +117,7 @@ class FlowReceipt(_Frozen):
     subject: str
     seq: int
     duplicate: bool = False
+    trace_id: str | None = None  # `nimsforest trace ID` shows its way through the forest
 
 
 __all__ = [

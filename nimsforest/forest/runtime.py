@@ -39,6 +39,7 @@ from nimsforest.forest.publisher import Publisher
 from nimsforest.forest.replay import NothingToReplay, ReplayDone, ReplayRange, replay
 from nimsforest.forest.soil import Soil
 from nimsforest.forest.specs import USER_KINDS, ComponentSpec
+from nimsforest.forest.trace import NO_TRACING, TraceContext, Tracing, hop_name
 from nimsforest.streams import CORE_STREAMS, ensure_streams
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class Forest:
         retry_interval: float = 5.0,
         river_hold: float = river.RIVER_HOLD,
         node: str = "",
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
@@ -76,6 +78,7 @@ class Forest:
         self._running = False
         self._retry_interval = retry_interval
         self._river_hold = river_hold
+        self._tracing = tracing
         self._retry_task: asyncio.Task[None] | None = None
         self.soil = Soil(self._js)
 
@@ -229,12 +232,23 @@ class Forest:
 
     # the River ------------------------------------------------------------------------------
     async def flow(
-        self, subject: str, payload: Any, *, source: str = "api", msg_id: str | None = None
+        self, subject: str, payload: Any, *, source: str = "api", msg_id: str | None = None,
+        trace: TraceContext | None = None,
     ) -> FlowReceipt:
-        """Store one input in the River. `payload` is JSON bytes or a JSON-able value.
-        Returns once JetStream has stored it; raises FlowError otherwise."""
-        return await river.flow(self._nc, self._js, subject, payload, source=source, msg_id=msg_id,
-                                hold=self._river_hold)
+        """Store one input in the River. `payload` is JSON bytes or a JSON-able value;
+        `trace` is the sender's trace context (a request's `traceparent`), else the input
+        starts a trace. Returns once JetStream has stored it; raises FlowError otherwise."""
+        hop = self._tracing.hop(f"river {subject}", trace, {"nimsforest.source": source,
+                                                            "nimsforest.node": self.dead.node})
+        try:
+            receipt = await river.flow(self._nc, self._js, subject, payload, source=source,
+                                       msg_id=msg_id, hold=self._river_hold,
+                                       headers=hop.headers(hop_name(source, self.dead.node)))
+        except FlowError as exc:
+            hop.end(str(exc))
+            raise
+        hop.end()
+        return receipt
 
     async def receive_webhook(
         self, path: str, headers: Mapping[str, str], body: bytes
@@ -295,7 +309,7 @@ class Forest:
     async def _start_quietly(self, comp: Component) -> bool:
         try:
             await comp.start(self._nc, self._js, self._publisher, self.dead,
-                             node=self.dead.node, flow=self.flow)
+                             node=self.dead.node, flow=self.flow, tracing=self._tracing)
             return True
         except Exception:  # noqa: BLE001 - the component is FAILED with the reason
             return False

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer as OtelTracer
 
 TRACEPARENT = "traceparent"
-HOP_HEADER = "Nimsforest-Hop"  # the component that stored the message: <kind>:<name>@<node>
+HOP_HEADER = "Nimsforest-Hop"  # who stored the message: <kind>:<name>@<node>, api@<node>, ...
+INPUT_HEADER = "Nimsforest-Input"  # the message a component's output answers: <stream>:<seq>
 OTLP_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
 # version-traceid-parentid-flags (https://www.w3.org/TR/trace-context/#traceparent-header)
@@ -81,8 +82,10 @@ def _nonzero(bits: int) -> int:
     return _rand.getrandbits(bits) or 1
 
 
-def hop_name(kind: str, name: str, node: str) -> str:
-    return f"{kind}:{name}@{node}"
+def hop_name(who: str, node: str) -> str:
+    """`Nimsforest-Hop`'s value: a component (`tree:contacts`) or a way into the River
+    (`api`, `source:github`), at a node."""
+    return f"{who}@{node}" if node else who
 
 
 class Hop:
@@ -163,6 +166,9 @@ class OtlpTracing(Tracing):
         self._provider.shutdown()  # flushes what is batched
 
 
+NO_TRACING = Tracing()
+
+
 def tracing_from_env(env: Mapping[str, str], service: str, node: str) -> Tracing:
     """OTLP export when one of the standard endpoint variables is set; headers only else."""
     if any(env.get(v) for v in OTLP_VARIABLES):
@@ -172,6 +178,8 @@ def tracing_from_env(env: Mapping[str, str], service: str, node: str) -> Tracing
 
 __all__ = [
     "HOP_HEADER",
+    "INPUT_HEADER",
+    "NO_TRACING",
     "OTLP_VARIABLES",
     "TRACEPARENT",
     "Hop",
