@@ -62,6 +62,8 @@ class Node:
         self._reload: Callable[[], Coroutine[Any, Any, Any]] | None = None
         self._tasks: TaskOwner | None = None
         self._drainer: Drainer | None = None
+        self._stop_drain: asyncio.Future[Any] | None = None  # a graceful stop's drain
+        self._drain_cut = False
 
     # --- running ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -108,12 +110,23 @@ class Node:
         if drainer is None or self.mode.kind is not NodeMode.CLUSTER:
             return
         began = time.monotonic()
-        done = await drainer.drain_for_stop(self.settings.drain_timeout)
+        self._stop_drain = asyncio.ensure_future(drainer.drain_for_stop(self.settings.drain_timeout))
+        try:
+            done = await self._stop_drain
+        except asyncio.CancelledError:
+            if not self._drain_cut:  # the node itself is being cancelled
+                raise
+            # a second SIGINT/SIGTERM: stop now
+            log.info("Stopping without waiting for the drain (asked again)")
+            return
         log.info("Drained for the stop in %.1fs: %s", time.monotonic() - began, done.sentence)
 
     def request_stop(self, sig: signal.Signals | None = None) -> None:
         if not self._stop.is_set():
             log.info("Received %s, shutting down", sig.name if sig else "stop request")
+        elif self._stop_drain is not None and not self._stop_drain.done():
+            self._drain_cut = True  # asked twice: do not wait for the drain
+            self._stop_drain.cancel()
         self._stop.set()
 
     def _on_sighup(self) -> None:
