@@ -119,6 +119,9 @@ async def test_a_drained_node_refuses_input_stays_drained_across_a_restart_until
     await node.wait_healthy()
     assert river(node).status_code == 202
 
+    other = cli(node, "drain", "n9")
+    assert other.returncode == 2 and "is node 'n1', not 'n9'" in other.stderr
+
     done = cli(node, "drain", "--json")
     assert done.returncode == 0, done.stderr
     assert '"state": "drained"' in done.stdout
