@@ -44,6 +44,7 @@ _COMMANDS: dict[str, str] = {
     "service": "nimsforest.cli.stack:service",
     "why": "nimsforest.cli.lineage:why", "trace": "nimsforest.cli.lineage:trace",
     "soil": "nimsforest.cli.readers:soil", "leaves": "nimsforest.cli.readers:leaves", "river": "nimsforest.cli.readers:river",  # noqa: E501
+    "drain": "nimsforest.cli.drain:drain", "undrain": "nimsforest.cli.drain:undrain",
 }
 _ALIASES: dict[str, str] = {"start": "run", "rm": "remove", "ls": "list"}
 _DEFAULT_COMMAND = "run"

@@ -9,7 +9,8 @@
 Errors are JSON {"error": "<one sentence>"}: 400 bad subject or body, 401 bad signature,
 404 no source at that path, 413 too large, 503 River or NATS unavailable (after holding
 the input up to NIMSFOREST_RIVER_HOLD while the River elects a leader; with Retry-After
-when asking again may succeed).
+when asking again may succeed; a drained node answers 503 with Retry-After and
+Nimsforest-Draining at once: nothing was stored, send it to another node).
 """
 
 from __future__ import annotations

@@ -50,7 +50,9 @@ if TYPE_CHECKING:
 
 
 RIVER_HOLD = 15.0  # seconds an input is held while the River cannot store it
-ATTEMPT_TIMEOUT = 2.0
+# an attempt unanswered this long is sent again: a leader handing over (a drain's step-down)
+# may drop what it was given, and the client would wait the whole attempt for nothing
+ATTEMPT_TIMEOUT = 1.0
 _PAUSES = (0.05, 0.1, 0.2, 0.4)  # between attempts (then the last, repeated)
 # JetStream's error codes for an answer that is not a decision about the input
 _IN_PROCESS = 10158  # "duplicate message id is in process": this id is being stored
