@@ -31,6 +31,8 @@ are errors. A bad file raises ForestConfigError naming the file, the component a
 
 from __future__ import annotations
 
+import logging
+
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -177,7 +179,14 @@ def config_error(
 
 # other names of a section (the Go original's): name -> the section it is
 SECTION_ALIASES: dict[str, str] = {"songbirds": ComponentKind.OUTPUT.plural}
+log = logging.getLogger("nimsforest.forest")
+
 _TOP_KEYS = {*(k.plural for k in USER_KINDS), *SECTION_ALIASES, "decomposer"}
+# sections of the Go original's forest.yaml that load and do nothing here, with why
+IGNORED_SECTIONS = {
+    "viewer": "the Go original's live view is ignored: every node serves a live dashboard "
+              "at /ui (docs/OBSERVABILITY.md)",
+}
 
 
 def parse_forest_config(data: Any, *, base_dir: Path, path: Path | None = None,
@@ -192,12 +201,9 @@ def parse_forest_config(data: Any, *, base_dir: Path, path: Path | None = None,
         raise ForestConfigError(
             "must be a mapping with trees, treehouses, nims and sources", file=file
         )
-    if "viewer" in data:
-        raise ForestConfigError(
-            "section 'viewer' (the Go original's live view) is not supported: every node "
-            "shows the forest in /health, /metrics and `nimsforest status`; remove the section",
-            file=file,
-        )
+    ignored = [k for k in IGNORED_SECTIONS if k in data]
+    if ignored:
+        data = {k: v for k, v in data.items() if k not in IGNORED_SECTIONS}
     unknown = sorted(set(map(str, data)) - _TOP_KEYS)
     if unknown:
         raise ForestConfigError(
@@ -268,6 +274,9 @@ def read_forest_config(path: str | os.PathLike[str], *, tolerant: bool = False) 
         where = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ForestConfigError(f"is not valid YAML{where}: {problem}", file=str(p)) from None
+    if isinstance(data, dict):
+        for key in IGNORED_SECTIONS.keys() & data.keys():
+            log.info("%s: section '%s': %s", p, key, IGNORED_SECTIONS[key])
     return parse_forest_config(data, base_dir=p.parent, path=p, tolerant=tolerant)
 
 

@@ -35,6 +35,7 @@ from pydantic import ValidationError
 
 from nimsforest.forest.build import build_component
 from nimsforest.forest.config import (
+    IGNORED_SECTIONS,
     SECTION_ALIASES,
     ForestConfig,
     config_error,
@@ -207,12 +208,15 @@ def lint_forest(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         add(Severity.ERROR, Check.CONFIG,
             "must be a mapping with sources, trees, treehouses and nims.", 1)
         return LintReport(file, tuple(findings))
+    for key, why in IGNORED_SECTIONS.items():
+        if key in data:
+            add(Severity.WARNING, Check.CONFIG, f"section '{key}': {why}.", lines.at(key))
     # the file's sections by forest.yaml's own rules (config.py): its components left out
     skeleton: dict[str, Any] = {k: ({} if k != "decomposer" else None) for k in map(str, data)}
     try:
         parse_forest_config(skeleton, base_dir=p.parent, path=p)
     except ForestConfigError as exc:
-        known = {*(k.plural for k in USER_KINDS), *SECTION_ALIASES, "decomposer"}
+        known = {*(k.plural for k in USER_KINDS), *SECTION_ALIASES, "decomposer", *IGNORED_SECTIONS}
         odd = next((k for k in map(str, data) if k not in known), None)
         add(Severity.ERROR, Check.CONFIG, f"{exc.reason}.", lines.at(odd) if odd else 1)
         return LintReport(file, tuple(findings))

@@ -4,10 +4,11 @@ Each script gets its own Lua runtime whose globals are only:
     assert error ipairs next pairs pcall xpcall rawequal rawget rawlen rawset select
     setmetatable getmetatable tonumber tostring type _VERSION
     string (without dump) table math utf8 coroutine
+    os.time os.date os.clock os.difftime (the clock, nothing else of os)
     log(...) print(...) json.encode json.decode json.array json.object contains(s, sub)
-There is no os, io, debug, package, require, load, loadfile, dofile, collectgarbage or
-string.dump: scripts cannot load code or bytecode, touch files, run programs or reach
-Python.
+There is no io, debug, package, require, load, loadfile, dofile, collectgarbage,
+string.dump or the rest of os: scripts cannot load code or bytecode, touch files, run
+programs or reach Python.
 
 Every call (including the script's top level when it is loaded) is bounded:
 - instructions: a count hook stops the call after `instructions` VM instructions or
@@ -131,6 +132,7 @@ env.string = string
 env.table = {}; for k, v in pairs(table) do env.table[k] = v end
 env.math = {}; for k, v in pairs(math) do env.math[k] = v end
 env.utf8 = {}; for k, v in pairs(utf8) do env.utf8[k] = v end
+env.os = {time = os.time, date = os.date, clock = os.clock, difftime = os.difftime}
 
 env.getmetatable = getmetatable
 env.setmetatable = function(t, mt)
@@ -360,6 +362,9 @@ def sandbox_globals() -> frozenset[str]:
     return frozenset(str(k) for k in api.env.keys())
 
 
+SAFE_OS = frozenset({"time", "date", "clock", "difftime"})  # what scripts have of `os`
+
+
 @functools.cache
 def removed_globals() -> frozenset[str]:
     """Standard Lua globals the sandbox takes away (`os`, `io`, `require`, `load` ...),
@@ -374,8 +379,9 @@ def check_globals(source: str, chunkname: str) -> None:
     """Refuse a script that reads a standard global the sandbox does not have (one
     check: the builder's and `nimsforest lint`'s). A global the script never assigns but
     which is no standard one (a typo, most likely) is left to lint's warnings."""
-    uses = missing_globals(source, sandbox_globals())
-    removed = [u for u in uses or () if u.name in removed_globals()]
+    uses = missing_globals(source, sandbox_globals() - {"os"})
+    removed = [u for u in uses or () if u.name in removed_globals()
+               or (u.name == "os" and u.shown != "os" and u.shown.partition(".")[2] not in SAFE_OS)]
     if removed:
         first = removed[0]
         also = "".join(
@@ -383,8 +389,8 @@ def check_globals(source: str, chunkname: str) -> None:
         )
         where = f"{chunkname} line {first.line}" if first.line else chunkname
         raise ScriptLoadError(
-            f"{where}: uses {first.shown}{also}, which the sandbox does not have (no os, "
-            "io, debug, package, require, load or dofile)",
+            f"{where}: uses {first.shown}{also}, which the sandbox does not have (no io, "
+            "debug, package, require, load or dofile; of os only time, date, clock and difftime)",
             first.line,
         )
 

@@ -26,7 +26,10 @@ def run(body: str, value: object = None) -> object:
 @pytest.mark.parametrize(
     "name",
     [
-        "os",
+        "os.execute",
+        "os.getenv",
+        "os.remove",
+        "os.exit",
         "io",
         "debug",
         "package",
@@ -228,3 +231,12 @@ def test_helpers() -> None:
         "nilsafe": False,
     }
     assert logs == ['seen jane {"a":1}']
+
+
+def test_a_script_has_the_clock_of_os_and_nothing_else() -> None:
+    # the Go original's chat parser stamps its messages with os.date / os.time
+    got = run('return {t = os.date("!%Y", 0), n = os.time({year=2026, month=1, day=1, hour=0}) > 0, '
+              "d = os.difftime(2, 1), c = os.clock() >= 0}")
+    assert got == {"t": "1970", "n": True, "d": 1, "c": True}
+    with pytest.raises(ScriptLoadError, match=r"uses os.getenv, which the sandbox does not have"):
+        sandbox("function process(i) return {os.getenv('HOME')} end")
