@@ -32,7 +32,6 @@ are errors. A bad file raises ForestConfigError naming the file, the component a
 from __future__ import annotations
 
 import logging
-
 import os
 from collections.abc import Mapping
 from pathlib import Path
