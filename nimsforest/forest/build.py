@@ -30,10 +30,15 @@ from nimsforest.forest.config import ForestConfig, config_error
 from nimsforest.forest.decide import Contract, Decider
 from nimsforest.forest.delivery import ConsumerSpec, Handler, Stats
 from nimsforest.forest.errors import ForestConfigError, MissingVariable
-from nimsforest.forest.gotemplate import GoTemplateError, go_globals, looks_like_go, translate
+from nimsforest.forest.gotemplate import (
+    GoTemplateError,
+    go_environment,
+    looks_like_go,
+    translate,
+)
 from nimsforest.forest.handlers import DecomposerHandler, NimHandler, TreeHandler, TreeHouseHandler
 from nimsforest.forest.model import ComponentKind, ComponentRef
-from nimsforest.forest.prompt import Prompt, PromptError, environment
+from nimsforest.forest.prompt import Prompt, PromptError
 from nimsforest.forest.sandbox import LuaLimits, LuaSandbox, ScriptLoadError
 from nimsforest.forest.soil import Soil
 from nimsforest.forest.specs import (
@@ -275,9 +280,7 @@ def _nim(spec: NimSpec, ctx: BuildContext) -> Component:
     name = str(spec.prompt) if spec.prompt is not None else f"{ctx.ref} template"
     try:
         if spec.syntax == "go" or (spec.syntax == "auto" and looks_like_go(text)):
-            env = environment()
-            env.globals.update(go_globals())
-            prompt = Prompt(translate(text), name, env)
+            prompt = Prompt(translate(text), name, go_environment())
         else:
             prompt = Prompt(text, name)
     except GoTemplateError as exc:
