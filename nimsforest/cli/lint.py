@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from nimsforest.cli._common import EXIT_FAILURE, EXIT_USAGE, fail
+from nimsforest.cli._exit import EXIT_FAILURE, EXIT_USAGE, fail
 
 
 def default_forest_file() -> Path:

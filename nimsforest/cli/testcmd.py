@@ -16,7 +16,7 @@ import click
 if TYPE_CHECKING:
     from nimsforest.forest.testing import CaseResult
 
-from nimsforest.cli._common import EXIT_FAILURE, EXIT_USAGE, fail
+from nimsforest.cli._exit import EXIT_FAILURE, EXIT_USAGE, fail
 
 EXIT_NO_TESTS = 5  # as pytest
 
