@@ -107,8 +107,9 @@ class DesiredWatcher:
         return self._problems.get(ref)
 
     async def wait_first_apply(self, timeout: float) -> bool:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._first.wait(), timeout)
+        with contextlib.suppress(TimeoutError):  # not wait_for: it can swallow a cancel
+            async with asyncio.timeout(timeout):
+                await self._first.wait()
         return self._first.is_set()
 
     async def wait_applied(self, revision: int, timeout: float) -> bool:
