@@ -162,13 +162,14 @@ class Assembly:
             nats.conn.nc, forest, node=s.node_name, config_file=forest_path,
             file_config=forest_config, replicas=nats.replicas, placement_tags=nats.placement_tags,
             token=s.api_token.get_secret_value() if s.api_token else None, rate=s.api_rate_limit,
+            zone=s.zone,
         )
 
         async def refused(request: Request, message: str) -> None:
             await record_refused(control, request, message)
 
         readers = Readers(nats.conn.nc)
-        dashboard = Dashboard(snapshot, control.status, control.guard(cookie=True),
+        dashboard = Dashboard(snapshot, control.cluster_status, control.guard(cookie=True),
                               control.accepts_token, control.needs_token, control.check_rate)
         routers = [*control.routers(make_router(forest)), readers.router(control.guard(cookie=True)),
                    dashboard.router()]

@@ -140,6 +140,7 @@ class Component:
             dead=s.dead,
             last_error=s.last_error,
             last_error_at=s.last_error_at,
+            last_ok_at=s.last_ok_at,
             started_at=s.started_at,
             activity=self.loop.activity if self.loop is not None else None,
         )
