@@ -553,7 +553,7 @@ class ControllerCore:
 
 def _existing_name(kind: ComponentKind, name: str) -> None:
     """A name no component can have names none (and is no valid KV key)."""
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise NotFound(f"There is no {component_label(kind, name)}.")
 
 

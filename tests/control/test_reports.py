@@ -1,6 +1,7 @@
-"""Status reports between two nodes' controllers on one real nats-server: each node's
-report lands in STATUS, the cluster view from either node shows what fails on the other,
-with its node, and an error clears once the component handles an event after it."""
+"""Status reports between two nodes' controllers, each on its own nats-server (two routed
+servers): each node's report lands in STATUS, the cluster view from either node shows
+what fails on the other, with its node, an error clears once the component handles an
+event after it, and a node that stops reporting is said to be silent."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from nimsforest.control._schemas import ComponentView, ErrorState, NodeReport, S
 from nimsforest.control.errors import NotFound
 from nimsforest.forest import Forest, ForestConfig
 from tests.control.test_controller import WHO, th
-from tests.support import eventually, publish_stored
+from tests.support import EmbeddedFactory, eventually, publish_stored, routed_servers
 
 
 def leaf(data: dict) -> bytes:
@@ -29,25 +30,29 @@ HOOK = {"name": "hook", "type": "http_webhook", "path": "/webhooks/hook",
 
 
 @pytest.fixture
-async def pair(nc: nats.NATS, monkeypatch: pytest.MonkeyPatch
+async def pair(embedded: EmbeddedFactory, monkeypatch: pytest.MonkeyPatch
                ) -> AsyncIterator[tuple[Controller, Controller]]:
-    """Nodes a and b; only a has HOOK_SECRET in its environment (the process's, which the
-    controllers also compile changes with)."""
+    """Nodes a and b, each on its own nats-server, the two routed; only a has HOOK_SECRET
+    in its environment (the process's, which the controllers also compile changes with)."""
     monkeypatch.setenv("HOOK_SECRET", "s3cret")
-    made: list[tuple[Controller, Forest]] = []
-    for node, env in (("a", None), ("b", {})):
+    servers = await routed_servers(embedded, "s", count=2)
+    made: list[tuple[Controller, Forest, nats.NATS]] = []
+    for node, env, server in (("a", None, servers[0]), ("b", {}, servers[1])):
+        c = server.credentials
+        nc = await nats.connect(server.system_url, user=c.app_user, password=c.app_password)
         forest = Forest(nc, without_components(ForestConfig.empty()), stop_grace=1.0, env=env)
         await forest.start()
         ctl = Controller(nc, forest, node=node, placement_tags=None, check_interval=0.5,
                          zone=f"zone-{node}", report_interval=0.2)
         await ctl.start()
-        made.append((ctl, forest))
+        made.append((ctl, forest, nc))
     try:
         yield made[0][0], made[1][0]
     finally:
-        for ctl, forest in made:
+        for ctl, forest, nc in made:
             await ctl.stop()
             await forest.stop()
+            await nc.close()
 
 
 def component(ctl: Controller, name: str):  # noqa: ANN201 - a ComponentOut
@@ -55,9 +60,10 @@ def component(ctl: Controller, name: str):  # noqa: ANN201 - a ComponentOut
 
 
 async def test_each_node_sees_what_fails_on_the_other_and_errors_clear(
-    pair: tuple[Controller, Controller], nc: nats.NATS
+    pair: tuple[Controller, Controller]
 ) -> None:
     a, b = pair
+    nc = a.forest._nc  # a's own connection (to server s1)
     await a.add("source", HOOK, WHO)  # runs on a; b lacks the secret: not applied there
     await a.add("treehouse", th("picky", PICKY) | {"max_deliver": 1}, WHO)
 
@@ -119,3 +125,14 @@ async def test_each_node_sees_what_fails_on_the_other_and_errors_clear(
     kv = await js.key_value("STATUS")
     stored = NodeReport.model_validate_json((await kv.get("b")).value)
     assert stored.node == "b" and stored.zone == "zone-b" and stored.status.node == "b"
+
+    # a node that stops reporting is said to be silent; its counts stay, its states do not
+    await b.board.stop()
+    def reporting() -> dict[str, bool]:
+        return {n.node: n.reporting for n in a.cluster_status().nodes}
+
+    await eventually(lambda: reporting() == {"a": True, "b": False}, timeout=10,
+                     what="b silent")
+    assert not a.cluster_status().healthy
+    hook = component(a, "hook")
+    assert hook is not None and hook.state is ComponentView.RUNNING  # b's state no longer counts
