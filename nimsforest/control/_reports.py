@@ -169,6 +169,9 @@ class ReportBoard:
             self._bucket_ready = True
             await self._read_bucket()
         self._resources = self._meter.sample()
+        now = time.time()
+        for name in [n for n, h in self._heard.items() if now - h.at > FORGET_AFTER]:
+            del self._heard[name]  # gone for good (its key expired from the bucket too)
         data = self.report().model_dump_json().encode()
         await self._js.publish(SUBJECT + self.node, data, timeout=2.0)
         self._say(ReportState.REPORTING,
