@@ -174,8 +174,12 @@ class ClusterManager:
             except Exception as exc:  # noqa: BLE001 - the loop lives on; the error is the sentence
                 self._say(f"cycle failed: {reason(exc)}", error=True)
             pause, self._soon = (FOLLOW_UP if self._soon else self.interval), False
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), pause)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that arrives as the event is set (a wake during the node's stop), and the loop
+            # would never end
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def cycle(self) -> str:

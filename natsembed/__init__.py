@@ -7,7 +7,7 @@ Public API:
     ServerConfig, render_config, check_config, write_config
     MonitorClient (+ Varz, Jsz, Routez models)
     SystemClient                   $JS.API system requests (server remove, stepdown, rescue)
-    hand_over_leaderships(), held(), leaderships()   drain: step down every leadership
+    hand_over_leaderships(), held(), leaderships(), step_down()   drain: step down every leadership
     find_nats_server()
     die_with_parent()              a preexec_fn: the child is SIGKILLed when we die
     errors: NatsEmbedError and its subclasses
@@ -25,7 +25,14 @@ from natsembed._config import (
     write_config,
 )
 from natsembed._credentials import Credentials, load_or_create, write_private
-from natsembed._drain import Leaderships, Led, hand_over_leaderships, held, leaderships
+from natsembed._drain import (
+    Leaderships,
+    Led,
+    hand_over_leaderships,
+    held,
+    leaderships,
+    step_down,
+)
 from natsembed._monitor import Jsz, MetaCluster, MonitorClient, Routez, StreamDetail, Varz
 from natsembed._net import advertise_host, detect_address, free_port
 from natsembed._process import (
@@ -120,6 +127,7 @@ __all__ = [
     "load_or_create",
     "render_config",
     "set_aside",
+    "step_down",
     "stored_streams",
     "write_config",
 ]

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from natsembed._supervisor import is_witness
 from natsembed.errors import NatsEmbedError, reason
 
 if TYPE_CHECKING:
@@ -35,8 +36,13 @@ class Led:
 
     stream: str
     consumer: str | None  # None: the stream itself
-    successor: str | None  # a current replica on another server, if any
+    candidates: tuple[str, ...]  # current replicas on other servers, best first
     replicas: int  # servers holding it (the leader included)
+
+    @property
+    def successor(self) -> str | None:
+        """The replica a step-down prefers."""
+        return self.candidates[0] if self.candidates else None
 
     def __str__(self) -> str:
         return f"{self.stream}/{self.consumer}" if self.consumer else self.stream
@@ -46,8 +52,12 @@ class Led:
 class Leaderships:
     server: str
     meta: bool  # the server leads the JetStream meta group
-    meta_successor: str | None
+    meta_candidates: tuple[str, ...]  # current meta members elsewhere, best first
     led: tuple[Led, ...]
+
+    @property
+    def meta_successor(self) -> str | None:
+        return self.meta_candidates[0] if self.meta_candidates else None
 
     @property
     def movable(self) -> tuple[Led, ...]:
@@ -64,14 +74,14 @@ class Leaderships:
         return not self.meta and not self.movable
 
 
-def _successor(cluster: Any, server: str) -> tuple[str | None, int]:
-    """(a current replica on another server, number of servers holding it)."""
+def _candidates(cluster: Any, server: str) -> tuple[tuple[str, ...], int]:
+    """(current replicas on other servers, least lag first; servers holding it)."""
     replicas = list((cluster or {}).get("replicas") or ())
     good = sorted(
         (r for r in replicas if r.get("current") and not r.get("offline") and r.get("name") != server),
         key=lambda r: (int(r.get("lag") or 0), str(r.get("name"))),
     )
-    return (str(good[0]["name"]) if good else None), 1 + len(replicas)
+    return tuple(str(r["name"]) for r in good), 1 + len(replicas)
 
 
 def leaderships(server: str, jsz: Jsz) -> Leaderships:
@@ -80,20 +90,25 @@ def leaderships(server: str, jsz: Jsz) -> Leaderships:
     for detail in jsz.stream_details():
         cluster = detail.cluster
         if cluster is not None and cluster.leader == server:
-            good = [r.name for r in cluster.replicas if r.current and not r.offline and r.name != server]
-            led.append(Led(detail.name, None, good[0] if good else None, 1 + len(cluster.replicas)))
+            good = tuple(r.name for r in cluster.replicas
+                         if r.current and not r.offline and r.name != server)
+            led.append(Led(detail.name, None, good, 1 + len(cluster.replicas)))
         for consumer in detail.consumer_detail:
             ccluster = consumer.get("cluster") or {}
             if ccluster.get("leader") == server:
-                successor, count = _successor(ccluster, server)
-                led.append(Led(detail.name, str(consumer.get("name")), successor, count))
+                candidates, count = _candidates(ccluster, server)
+                durable = bool((consumer.get("config") or {}).get("durable_name"))
+                if count <= 1 and not durable:
+                    continue  # a client's ephemeral consumer (a KV watch): it goes with its client
+                led.append(Led(detail.name, str(consumer.get("name")), candidates, count))
     meta = jsz.meta_cluster
     is_meta = meta is not None and meta.leader == server
-    meta_successor = None
+    meta_candidates: tuple[str, ...] = ()
     if meta is not None:
-        good = [p.name for p in meta.replicas if p.current and not p.offline and p.name != server]
-        meta_successor = good[0] if good else None
-    return Leaderships(server, is_meta, meta_successor, tuple(led))
+        members = [p.name for p in meta.replicas if p.current and not p.offline and p.name != server]
+        # a witness may lead the meta group, but a node that can also lead streams is better
+        meta_candidates = tuple(sorted(members, key=is_witness))
+    return Leaderships(server, is_meta, meta_candidates, tuple(led))
 
 
 async def held(embedded: EmbeddedNats) -> Leaderships:

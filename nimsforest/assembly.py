@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,14 @@ from natsembed import NODE_TAG, Credentials, EmbeddedNats, is_witness
 from nimsforest import metrics
 from nimsforest.api.app import create_app
 from nimsforest.api.dashboard import Dashboard
+from nimsforest.api.drain import DrainGate, make_drain_router
+from nimsforest.api.lineage import Lineages
 from nimsforest.api.readers import Readers
 from nimsforest.api.server import ApiServer
 from nimsforest.connection import ConnectionEvent, ConnectionManager, ConnectionOptions
 from nimsforest.control import Controller, record_refused, without_components
-from nimsforest.forest import Forest, ForestConfig, ForestStatus
+from nimsforest.drain import Drainer
+from nimsforest.forest import Forest, ForestConfig, ForestStatus, tracing_from_env
 from nimsforest.forest.http import make_router
 from nimsforest.health import NodeSnapshot
 from nimsforest.observer import NatsObserver
@@ -149,15 +153,19 @@ class Assembly:
         forest_path: Path | None,
         forest_config: ForestConfig | None,
         snapshot: Callable[[], NodeSnapshot],
+        drainer: Drainer,
     ) -> Running:
         """Start the forest empty, then the controller fills it with the cluster's desired
         state (seeded from forest.yaml when the cluster has none yet); then serve the API.
-        The web app (FastAPI analyses every route) is built in a thread meanwhile."""
+        The web app (FastAPI analyses every route) is built in a thread meanwhile. A node
+        kept drained starts with its forest stopped (the drainer starts it when undrained)."""
         s = self.settings
         config = forest_config or ForestConfig.empty()
+        tracing = tracing_from_env(os.environ, "nimsforest", s.node_name)
+        stack.callback(tracing.shutdown)  # after the forest stopped: its last spans flushed
         forest = Forest(nats.conn.nc, without_components(config), replicas=nats.replicas,
                         placement_tags=nats.placement_tags, node=s.node_name,
-                        river_hold=s.river_hold)
+                        river_hold=s.river_hold, tracing=tracing)
         control = Controller(
             nats.conn.nc, forest, node=s.node_name, config_file=forest_path,
             file_config=forest_config, replicas=nats.replicas, placement_tags=nats.placement_tags,
@@ -168,15 +176,25 @@ class Assembly:
         async def refused(request: Request, message: str) -> None:
             await record_refused(control, request, message)
 
+        # one flat router (the control plane guards its /api/ routes with the token)
+        ingest = make_router(forest)
+        ingest.routes.extend(make_drain_router(drainer).routes)
         readers = Readers(nats.conn.nc)
+        lineages = Lineages(nats.conn.nc)
         dashboard = Dashboard(snapshot, control.cluster_status, control.guard(cookie=True),
                               control.accepts_token, control.needs_token, control.check_rate)
-        routers = [*control.routers(make_router(forest)), readers.router(control.guard(cookie=True)),
+        routers = [*control.routers(ingest), readers.router(control.guard(cookie=True)),
+                   lineages.router(control.guard(cookie=True)),
                    dashboard.router()]
         app = asyncio.ensure_future(asyncio.to_thread(create_app, snapshot, routers, refused))
+        drainer.attach(forest)
         try:
             stack.push_async_callback(forest.stop)
-            await forest.start()
+            if drainer.wanted is None:
+                await forest.start()
+            else:
+                log.info("Node %s is kept drained: its forest stays stopped until "
+                         "`nimsforest undrain`", s.node_name)
             if forest_path:
                 log.info("Forest configuration: %s", forest_path)
             stack.push_async_callback(control.stop)
@@ -186,6 +204,7 @@ class Assembly:
         nats.conn.on_event(
             lambda e: control.resync() if e is ConnectionEvent.RECONNECTED else None
         )
+        built.add_middleware(DrainGate, status=drainer.status, node=s.node_name)
         host, port = s.api_host_port
         api = ApiServer(built, host, port)
         stack.push_async_callback(api.stop)

@@ -99,8 +99,9 @@ class ConnectionManager:
         self._listeners.append(callback)
 
     async def wait_for_connection(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
+        try:  # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
             return True
         except TimeoutError:
             return False

@@ -8,8 +8,10 @@ worst a stuck server can do is make the view stale, which is itself unhealthy.
 
 Meaning for load balancers:
 - /health           200: this node serves (nats-server ready, connected, JetStream has a
-                    meta leader, the core streams exist, and the stream it ingests into
-                    has a leader its server can reach). 503 otherwise, with `reasons`.
+                    meta leader, the core streams exist, the stream it ingests into
+                    has a leader its server can reach, and it is not drained). 503
+                    otherwise, with `reasons`; a draining or drained node that is otherwise
+                    fine reports status `draining` / `drained` (a load balancer sees it leave).
 - /health/cluster   200: the cluster is whole as seen from here (meta leader, no peer
                     offline, every owned stream led, current and at the replication
                     factor). 503: degraded, with `problems`; the node may still serve.
@@ -26,6 +28,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from natsembed import ProcessState
+from nimsforest.drain import DrainState, DrainStatus
 
 if TYPE_CHECKING:
     from cluster import ClusterStatus, StreamState
@@ -38,6 +41,8 @@ class HealthStatus(enum.Enum):
     HEALTHY = "healthy"
     UNHEALTHY = "unhealthy"
     DEGRADED = "degraded"
+    DRAINING = "draining"
+    DRAINED = "drained"
 
 
 class NodeMode(enum.Enum):
@@ -72,6 +77,8 @@ class NodeSnapshot:
     cluster: ClusterStatus | None = None  # the reconcile loop's last cycle (cluster mode)
     reconcile_interval: float = 2.0
     forest: ForestStatus | None = None
+    drain: DrainStatus | None = None
+    started_at: float | None = None  # time.time() this node process started
 
 
 def _iso(ts: float | None) -> str | None:
@@ -133,12 +140,20 @@ def node_health(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
         reasons.append("NATS not observed yet")
     else:
         reasons += problems(view, s.required_streams, s.nats_stale, s.ingest_streams)
+    status = HealthStatus.UNHEALTHY if reasons else HealthStatus.HEALTHY
+    drain = s.drain
+    if drain is not None and drain.state is not DrainState.SERVING:
+        if not reasons:
+            status = (HealthStatus.DRAINED if drain.state is DrainState.DRAINED
+                      else HealthStatus.DRAINING)
+        reasons.append(f"node is {drain.sentence}")
     members = view.members if view else ()
     sidecar = s.mode is NodeMode.SIDECAR
     body: dict[str, Any] = {
-        "status": (HealthStatus.UNHEALTHY if reasons else HealthStatus.HEALTHY).value,
+        "status": status.value,
         "node": s.node,
         "mode": s.mode.value,
+        "started_at": _iso(s.started_at),
         "cluster": {
             "name": s.cluster_name,
             "size": None if sidecar else max(1, len(members)),  # a sidecar's NATS owns it
@@ -175,6 +190,8 @@ def node_health(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
             # what each source that runs does now (polling, standing by, next tick)
             "sources": {str(c.ref): c.activity for c in s.forest.components if c.activity},
         }
+    if drain is not None:
+        body["drain"] = drain.doc()
     if reasons:
         body["reasons"] = reasons
     return (503 if reasons else 200), body

@@ -46,3 +46,25 @@ component_latency = Histogram(
     registry=REGISTRY,
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+
+_NIM = ("name", "brain", "model")
+nim_tokens = Counter(
+    "nimsforest_nim_tokens", "Tokens a nim's brain answers cost, as the server counted them",
+    (*_NIM, "type"), registry=REGISTRY,
+)
+nim_cost = Counter(
+    "nimsforest_nim_cost", "Cost of a nim's answers (the brain's prices per million tokens)",
+    _NIM, registry=REGISTRY,
+)
+nim_fallbacks = Counter(
+    "nimsforest_nim_fallbacks", "Decisions made by a fallback brain", ("name", "brain"),
+    registry=REGISTRY,
+)
+nim_schema_retries = Counter(
+    "nimsforest_nim_schema_retries", "Answers asked again because they did not match the schema",
+    ("name", "brain"), registry=REGISTRY,
+)
+nim_cache_hits = Counter(
+    "nimsforest_nim_cache_hits", "Decisions answered from the nim answer cache",
+    ("name", "brain"), registry=REGISTRY,
+)

@@ -55,12 +55,15 @@ def import_heavy() -> type[Assembly]:
 
 
 def load_forest_config(path: Path | None) -> tuple[Path, ForestConfig]:
-    """forest.yaml at `path`, or the demo forest's (None), parsed and compiled; raises
-    ForestConfigError. (Only a node with a forest configuration imports the forest before
-    its nats-server is spawned.)"""
+    """forest.yaml at `path`, or the demo forest's (None), read and validated; raises
+    ForestConfigError when it cannot be read, is not YAML or not a forest.yaml at all (an
+    unknown section). A component whose settings are invalid is left out and shown
+    FAILED; scripts, prompts and brains are compiled when the forest applies them, and
+    one that does not compile is FAILED alone: the node runs the rest. (Only a node with a
+    forest configuration imports the forest before its nats-server is spawned.)"""
     forest = importlib.import_module("nimsforest.forest")
     chosen: Path = forest.demo_config_path() if path is None else path
-    config: ForestConfig = forest.load_forest_config(chosen)
+    config: ForestConfig = forest.read_forest_config(chosen, tolerant=True)
     return chosen, config
 
 

@@ -11,8 +11,8 @@ Every collaborator is built under one AsyncExitStack, so the node stops in the r
 order of its start by construction: loops -> API (the listener closes first) -> forest
 control -> forest -> deregister -> NATS connection -> nats-server (lame duck first) ->
 registry client. A start cut short (a stop while a joiner waits) tears down just what was
-built. SIGINT/SIGTERM stop the node; SIGHUP reloads forest.yaml through the forest
-control (nimsforest.control).
+built. SIGINT/SIGTERM stop the node (a cluster node drains first: nimsforest.drain);
+SIGHUP reloads forest.yaml through the forest control (nimsforest.control).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nimsforest.api.sockets import bind_socket
+from nimsforest.drain import Drainer
 from nimsforest.health import NodeMode, NodeSnapshot, NodeState
 from nimsforest.modes import load_forest_config, make_mode
 from nimsforest.sdnotify import notify
@@ -60,6 +61,9 @@ class Node:
         self._forest_status: Callable[[], ForestStatus] | None = None
         self._reload: Callable[[], Coroutine[Any, Any, Any]] | None = None
         self._tasks: TaskOwner | None = None
+        self._drainer: Drainer | None = None
+        self._stop_drain: asyncio.Future[Any] | None = None  # a graceful stop's drain
+        self._drain_cut = False
 
     # --- running ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -95,12 +99,34 @@ class Node:
             else:
                 start.result()
                 await stop
+                await self._drain_before_stop()
         finally:
             stop.cancel()
+
+    async def _drain_before_stop(self) -> None:
+        """A cluster node hands over its work and leaderships before it stops (bounded by
+        NIMSFOREST_DRAIN_TIMEOUT); /health turns 503 at once, so load balancers move on."""
+        drainer = self._drainer
+        if drainer is None or self.mode.kind is not NodeMode.CLUSTER:
+            return
+        began = time.monotonic()
+        self._stop_drain = asyncio.ensure_future(drainer.drain_for_stop(self.settings.drain_timeout))
+        try:
+            done = await self._stop_drain
+        except asyncio.CancelledError:
+            if not self._drain_cut:  # the node itself is being cancelled
+                raise
+            # a second SIGINT/SIGTERM: stop now
+            log.info("Stopping without waiting for the drain (asked again)")
+            return
+        log.info("Drained for the stop in %.1fs: %s", time.monotonic() - began, done.sentence)
 
     def request_stop(self, sig: signal.Signals | None = None) -> None:
         if not self._stop.is_set():
             log.info("Received %s, shutting down", sig.name if sig else "stop request")
+        elif self._stop_drain is not None and not self._stop_drain.done():
+            self._drain_cut = True  # asked twice: do not wait for the drain
+            self._stop_drain.cancel()
         self._stop.set()
 
     def _on_sighup(self) -> None:
@@ -127,14 +153,17 @@ class Node:
         nats, assembly = await self.mode.open(stack)
         self._nats, self._assembly = nats, assembly
         self._set_replicas(nats.replicas)
+        drainer = Drainer(s.node_name, s.data_dir, nats.embedded, nc=nats.conn.nc)
+        self._drainer = drainer
         running = await assembly.start_forest(
-            stack, nats, self.forest_path, self.forest_config, self.snapshot
+            stack, nats, self.forest_path, self.forest_config, self.snapshot, drainer
         )
         self._forest_status = running.forest_status
         self._reload = running.control.reload_from_signal
         tasks = await stack.enter_async_context(TaskOwner())  # the loops stop first
         self._tasks = tasks
         tasks.spawn(nats.observer.run(), "nats-observer")  # /health answers from its look
+        tasks.spawn(drainer.run(), "drain")
         self.mode.start_loops(tasks, nats, self._set_replicas)
         self.state = NodeState.READY
         log.info("nimsforest is ready (%.2fs)", time.time() - self.started_at)
@@ -172,6 +201,8 @@ class Node:
             cluster=self.mode.cluster_status(),
             reconcile_interval=self.mode.reconcile_interval,
             forest=self._forest_status() if self._forest_status else None,
+            drain=self._drainer.status() if self._drainer else None,
+            started_at=self.started_at,
         )
 
 

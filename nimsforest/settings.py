@@ -215,6 +215,8 @@ class Settings(BaseSettings):
     min_quorum: int = _env("NIMSFOREST_MIN_QUORUM", default=3, ge=1)
     # a joining node gets replicas once it has been reachable this long
     stabilisation_time: Duration = _env("CLUSTER_STABILISATION_TIME", default=10.0)
+    # a graceful stop of a cluster node drains first, for at most this long
+    drain_timeout: Duration = _env("NIMSFOREST_DRAIN_TIMEOUT", default=15.0)
 
     # --- management API and forest --------------------------------------------------------
     api_address: HostPort = _env("NIMSFOREST_API", default="127.0.0.1:8080")

@@ -136,6 +136,14 @@ DEAD = StreamSpec(
 # What sources keep cluster-wide: http_poll cursors and leases, schedules' last ticks.
 SOURCES = kv_spec("SOURCES", history=1, description="NimsForest source state")
 
+# Answers of nims with `cache` set (created when such a nim runs; a cache may be lost).
+NIM_CACHE = kv_spec("NIMCACHE", history=1, ttl=7 * DAY,
+                    description="NimsForest nim answers, by brain, model and prompt")
+
+# Request and token counts of brains with a rate_limit, per window, shared by the nodes.
+NIM_RATE = kv_spec("NIMRATE", history=1, ttl=DAY,
+                   description="NimsForest brain rate-limit windows")
+
 # The streams a node creates at start, in order.
 CORE_STREAMS: tuple[StreamSpec, ...] = (RIVER, WIND, HUMUS, SOIL, DEAD, SOURCES)
 
@@ -269,6 +277,8 @@ __all__ = [
     "RIVER",
     "WIND",
     "HUMUS",
+    "NIM_CACHE",
+    "NIM_RATE",
     "SOIL",
     "DEAD",
     "SOURCES",

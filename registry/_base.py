@@ -348,8 +348,9 @@ class Registry(abc.ABC):
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep; True (at once) if close() was called meanwhile."""
-        try:
-            await asyncio.wait_for(self._closed.wait(), max(seconds, 0.0))
+        try:  # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            async with asyncio.timeout(max(seconds, 0.0)):
+                await self._closed.wait()
         except TimeoutError:
             return False
         return True

@@ -193,6 +193,11 @@ class NodeProcess:
         finally:
             self._log.close()
 
+    def signal_stop(self) -> None:
+        """SIGTERM without waiting (several nodes stopped at once; then `stop` waits)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 30) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None

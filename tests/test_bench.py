@@ -31,6 +31,8 @@ def test_bench_pipeline_reports_a_ratio_to_raw_nats_py() -> None:
     assert re.search(r"baseline \(raw nats-py\):\s+\d+ events/s", out)
     assert re.search(r"pipeline \(NimsForest\):\s+\d+ events/s", out)
     assert re.search(r"ratio pipeline/baseline: \d+%", out)
+    assert re.search(r"pipeline, spans exported over OTLP:\s+\d+ events/s", out)
+    assert re.search(r"ratio traced/untraced pipeline: \d+%", out)
     assert re.search(r"raw httpx posts:\s+\d+ events/s\s+p50\s+\d+\.\d ms\s+p99\s+\d+\.\d ms", out)
     assert re.search(r"http output \(forest\):\s+\d+ events/s", out)
     assert re.search(r"ratio output/raw httpx: \d+%", out)
@@ -45,3 +47,10 @@ def test_bench_dashboard_reports_its_cost_next_to_the_node_without_it() -> None:
         "first paint: skipped" in out)
     assert re.search(r"node CPU, nothing open \(baseline\):\s+\d+\.\d+% of a core", out)
     assert re.search(r"node CPU, one dashboard open:\s+\d+\.\d+% of a core \([+-]\d+\.\d+%", out)
+
+
+def test_bench_nim_reports_its_rate_against_the_ceiling_and_completes_every_event() -> None:
+    out = _bench("nim", "--events", "40", "--concurrency", "8", "--latency", "0.05")
+    assert re.search(r"ceiling \(concurrency / latency\):\s+160\.0 events/s", out)
+    assert re.search(r"clean:\s+\d+\.\d events/s \(\d+% of the ceiling\).*completed 40/40", out)
+    assert re.search(r"with 10% 429:\s+\d+\.\d events/s .*completed 40/40", out)

@@ -70,12 +70,13 @@ def check_component_metrics(node: NodeProcess) -> None:
         assert ("nimsforest_component_errors_total", kind, name, None) in samples
 
 
-def test_bad_forest_config_is_a_usage_error(tmp_path: Path) -> None:
+def test_a_forest_config_that_is_not_yaml_is_a_usage_error(tmp_path: Path) -> None:
+    # (a component with bad settings is not: it is FAILED alone, tests/forest/test_broken_...)
     bad = tmp_path / "forest.yaml"
-    bad.write_text("treehouses:\n  scoring:\n    subscribes: contact.created\n")
+    bad.write_text("treehouses:\n  scoring: {subscribes: contact.created\n")
     out = subprocess.run([sys.executable, "-m", "nimsforest", "standalone", "--data-dir", str(tmp_path / "d"),
                           "--forest-config", str(bad)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
-    assert str(bad) in out.stderr and "scoring" in out.stderr
+    assert str(bad) in out.stderr and "is not valid YAML at line 3" in out.stderr
     assert out.stderr.strip().count("\n") == 0, out.stderr
     assert not (tmp_path / "d" / "nats.conf").exists()  # nothing was started

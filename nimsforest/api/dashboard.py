@@ -20,6 +20,7 @@ static HTML page, one script (EventSource and fetch) and one style sheet.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -94,10 +95,9 @@ class Dashboard:
             if text != last:
                 last = text
                 yield ServerSentEvent(json.dumps({**state, "at": at}, default=str), event="state")
-            try:
-                await asyncio.wait_for(self._closed.wait(), TICK)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):  # not wait_for: it can swallow a cancel
+                async with asyncio.timeout(TICK):
+                    await self._closed.wait()
 
     def _signed_in(self, request: Request) -> bool:
         if not self._needs_token:

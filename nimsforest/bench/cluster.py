@@ -12,6 +12,13 @@ join     NimsForest: a node's start -> the first node sees the cluster at the ne
 failover kill -9 of the node leading RIVER while a client on a survivor publishes ->
          the first acknowledged publish after the kill (target: bare + 1 s), then every
          acknowledged message is read back (target: none lost).
+write gap  what an HTTP client of the River sees (POST /api/v1/river with an
+         Idempotency-Key, sent to the nodes a load balancer polling /health every 0.5 s
+         would use, sent again to the next node until stored): the longest time between
+         two stored inputs and the failed requests (anything but 202 and a drained node's
+         documented 503), during a drain-based stop (SIGTERM) of RIVER's leader, a rolling
+         restart of all three nodes, and a kill -9 of RIVER's leader, in the same run
+         (targets: 0 failed and a gap <= 1 s for the planned two).
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from typing import Any
 import click
 import httpx
 import nats
-from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from natsembed import (
     ClusterConfig,
@@ -43,6 +50,7 @@ from natsembed import (
     load_or_create,
     render_config,
 )
+from nimsforest.deploy.rolling import Target, rolling_restart
 
 SECRET = "bench-secret"
 # Default settings, except a 1 s registry heartbeat: joins do not depend on it, but the
@@ -204,7 +212,8 @@ async def failover(writer_url: str, victim: Proc, reader_url: str, subject: str)
 
 
 async def read_all(url: str, subject: str, timeout: float = 60.0) -> set[int]:
-    """Every payload on `subject`, retried while JetStream elects leaders after a kill."""
+    """Every payload on `subject`, retried while JetStream elects leaders after a kill (no
+    acks: an acking consumer stops at its 1000 pending messages)."""
     deadline = time.monotonic() + timeout
     while True:
         got: set[int] = set()
@@ -212,7 +221,8 @@ async def read_all(url: str, subject: str, timeout: float = 60.0) -> set[int]:
             rc = await nats.connect(url)
             try:
                 sub = await rc.jetstream(timeout=5).pull_subscribe(
-                    subject, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+                    subject, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL,
+                                                   ack_policy=AckPolicy.NONE))
                 while True:
                     try:
                         msgs = await sub.fetch(1000, timeout=2)
@@ -243,8 +253,117 @@ def river_leader(nodes: list[Proc]) -> str:
     return found[0]
 
 
+# --- the write gap seen by an HTTP client -------------------------------------------------
+@dataclasses.dataclass
+class Gap:
+    longest: float  # seconds between two stored inputs around the operation
+    failed: int
+    acked: int
+    lost: int
+
+
+async def write_gap(nodes: list[Proc], action: Callable[[], Any], reader: Callable[[], str],
+                    tag: str) -> Gap:
+    """Write through the nodes' River API while `action` runs (in a thread)."""
+    ready = {n.name for n in nodes}
+    stop = asyncio.Event()
+    stored: list[float] = []
+    acked: list[int] = []
+    failed = 0
+
+    async def balance() -> None:
+        async with httpx.AsyncClient(timeout=1, trust_env=False) as http:
+            while not stop.is_set():
+                for n in list(nodes):
+                    try:
+                        ok = (await http.get(f"{n.api}/health")).status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    (ready.add if ok else ready.discard)(n.name)
+                await asyncio.sleep(0.5)
+
+    async def write() -> None:
+        nonlocal failed
+        i = 0
+        async with httpx.AsyncClient(timeout=10, trust_env=False) as http:
+            while not stop.is_set():
+                turn = i
+                while not stop.is_set():
+                    pool = [n for n in nodes if n.name in ready] or list(nodes)
+                    node = pool[turn % len(pool)]
+                    turn += 1
+                    try:
+                        r = await http.post(f"{node.api}/api/v1/river/{tag}", content=str(i),
+                                            headers={"Idempotency-Key": f"{tag}-{i}",
+                                                     "Content-Type": "application/json"})
+                    except httpx.HTTPError:
+                        failed += 1
+                        await asyncio.sleep(0.02)
+                        continue
+                    if r.status_code == 202:
+                        stored.append(time.monotonic())
+                        acked.append(i)
+                        break
+                    if r.status_code != 503 or "nimsforest-draining" not in r.headers:
+                        failed += 1
+                        await asyncio.sleep(0.02)
+                i += 1
+
+    tasks = [asyncio.create_task(balance()), asyncio.create_task(write())]
+    while len(acked) < 100:
+        await asyncio.sleep(0.05)
+    began = time.monotonic()
+    await asyncio.to_thread(action)
+    ended = time.monotonic()
+    while len([t for t in stored if t > ended]) < 100 and time.monotonic() - ended < 60:
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.gather(*tasks)
+    around = [t for t in stored if t >= began - 1]
+    longest = max((b - a for a, b in zip(around, around[1:], strict=False)), default=0.0)
+    got = await read_all(reader(), f"river.{tag}")
+    return Gap(longest, failed, len(acked), len([a for a in acked if a not in got]))
+
+
+def restart_node(nodes: list[Proc], name: str, *, kill: bool) -> None:
+    """Stop `name` (SIGTERM: a drain first; or kill -9) and start it again, same data."""
+    i = next(i for i, n in enumerate(nodes) if n.name == name)
+    victim = nodes[i]
+    victim.kill() if kill else victim.stop()
+    nodes[i] = dataclasses.replace(victim, popen=subprocess.Popen(
+        list(victim.popen.args), env=_ENV, stdout=subprocess.DEVNULL,  # type: ignore[arg-type]
+        stderr=subprocess.DEVNULL))
+
+
+def write_gaps(root: Path, nodes: list[Proc]) -> dict[str, Gap]:
+    def whole() -> None:
+        _wait(lambda: all(cluster_ready(n.api, 3) for n in nodes), 120, "cluster whole again",  # type: ignore[arg-type]
+              pause=0.1)
+
+    def reader() -> str:
+        return node_url(root, nodes[0])
+
+    def stop_leader(kill: bool) -> Callable[[], None]:
+        return lambda: restart_node(nodes, river_leader(nodes), kill=kill)
+
+    def rolling() -> None:
+        async def restart(target: Target) -> None:
+            await asyncio.to_thread(restart_node, nodes, target.name, kill=False)
+
+        result = asyncio.run(rolling_restart([Target(n.name, n.api or "") for n in nodes], restart))
+        if not result.ok:
+            raise click.ClickException(f"the rolling restart stopped: {result.sentence}")
+
+    gaps: dict[str, Gap] = {}
+    for key, action in (("drain", stop_leader(False)), ("rolling", rolling),
+                        ("kill", stop_leader(True))):
+        whole()
+        gaps[key] = asyncio.run(write_gap(nodes, action, reader, f"gap{key}"))
+    return gaps
+
+
 # --- the benchmark -------------------------------------------------------------------------
-def run_nimsforest(root: Path, rounds: int) -> dict[str, Any]:
+def run_nimsforest(root: Path, rounds: int, write_gap_too: bool = True) -> dict[str, Any]:
     reg, reg_url = start_registry(root)
     nodes: list[Proc] = []
     try:
@@ -261,8 +380,9 @@ def run_nimsforest(root: Path, rounds: int) -> dict[str, Any]:
             whole=lambda p: _wait(lambda: cluster_ready(p.api, 3), 120, "cluster whole again"),  # type: ignore[arg-type]
             env=_ENV,
         )
+        gaps = write_gaps(root, nodes) if write_gap_too else {}
         return {"join_1_2": join2, "join_2_3": join3, "failover": statistics.median(times),
-                "failovers": times, "acked": acked, "lost": lost}
+                "failovers": times, "acked": acked, "lost": lost, "gaps": gaps}
     finally:
         for n in nodes:
             n.stop()
@@ -339,7 +459,8 @@ async def bare_leader(url: str) -> str:
                    "printed). A failover waits for NATS's randomised raft election timer "
                    "(seconds apart from one kill to the next), so a median wants several rounds.")
 def command(rounds: int) -> None:
-    """Peer join latency and failover after kill -9, with bare nats-server figures."""
+    """Peer join latency, failover after kill -9 and the write gap of planned stops, with
+    bare nats-server figures."""
     with tempfile.TemporaryDirectory(prefix="nimsforest-bench-cluster-") as tmp:
         root = Path(tmp)
         bare = run_bare(root / "bare", rounds)
@@ -351,6 +472,18 @@ def command(rounds: int) -> None:
     click.echo(f"failover after kill -9 (median)        {nf['failover']:8.2f}s      {bare['failover']:8.2f}s")
     click.echo(f"  each round                           {fmt(nf['failovers'])}  |  {fmt(bare['failovers'])}")
     click.echo(f"acknowledged messages lost             {nf['lost']} of {nf['acked']}      {bare['lost']} of {bare['acked']}")
+    gaps: dict[str, Gap] = nf["gaps"]
+    for key, label in (("drain", "drain-based stop of RIVER's leader"),
+                       ("rolling", "rolling restart of three nodes  "),
+                       ("kill", "kill -9 of RIVER's leader        ")):
+        g = gaps[key]
+        click.echo(f"HTTP write gap, {label}  {g.longest:6.2f}s, {g.failed} failed, "
+                   f"{g.lost} of {g.acked} lost")
+    planned = [gaps["drain"], gaps["rolling"]]
+    click.echo(f"targets: planned stops 0 failed and gap <= 1s: "
+               f"{'met' if all(g.failed == 0 and g.longest <= 1 for g in planned) else 'NOT met'}; "
+               f"kill -9 gap <= bare failover: "
+               f"{'met' if gaps['kill'].longest <= bare['failover'] else 'NOT met'}")
     click.echo(f"targets: join 1->2 <= 3s: {'met' if nf['join_1_2'] <= 3 else 'NOT met'}; "
                f"failover <= bare + 1s: {'met' if nf['failover'] <= bare['failover'] + 1 else 'NOT met'}; "
                f"nothing lost: {'met' if nf['lost'] == 0 else 'NOT met'}")

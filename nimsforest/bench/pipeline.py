@@ -17,6 +17,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -86,13 +87,44 @@ async def _drive(
     return Result(n_events, seconds, latencies)
 
 
-async def _pipeline(url: str, n_events: int, window: int) -> Result:
-    from nimsforest.forest import Forest, load_demo_config
+class OtlpSink:
+    """A local OTLP/HTTP receiver that takes every export (and counts its bytes)."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                sink.received += len(self.rfile.read(int(self.headers["content-length"])))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.received = 0
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_port}/v1/traces"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+async def _pipeline(url: str, n_events: int, window: int, otlp: str | None = None) -> Result:
+    """The demo pipeline; with `otlp`, every hop's span exported to that receiver."""
+    from nimsforest.forest import Forest, Tracing, load_demo_config
+    from nimsforest.forest.trace import OtlpTracing
 
     nc = await nats.connect(url)
     cfg = load_demo_config()
     cfg = cfg.model_copy(update={"sources": {}})
-    forest = Forest(nc, cfg)
+    tracing = OtlpTracing("nimsforest-bench", "bench", otlp) if otlp else Tracing()
+    forest = Forest(nc, cfg, tracing=tracing)
     await forest.start()
     js = nc.jetstream()
     try:
@@ -106,6 +138,7 @@ async def _pipeline(url: str, n_events: int, window: int) -> Result:
     finally:
         await forest.stop()
         await nc.close()
+        tracing.shutdown()
 
 
 async def _baseline(url: str, n_events: int, window: int) -> Result:
@@ -202,10 +235,11 @@ class Runs:
     pipes: list[Result] = field(default_factory=list)
     posts: list[Result] = field(default_factory=list)  # the output hop's baseline: raw httpx
     outs: list[Result] = field(default_factory=list)  # the output hop
+    traced: list[Result] = field(default_factory=list)  # the pipeline exporting its spans
 
 
 async def _run(events: int, window: int, warmup: int, rounds: int, outputs: int,
-               concurrency: int) -> Runs:
+               concurrency: int, traced: bool = True) -> Runs:
     """`rounds` times, on a fresh nats-server each: a baseline run, then a pipeline run;
     then (with `outputs`) raw httpx posts, then the output hop, to one local receiver."""
     runs = Runs()
@@ -218,6 +252,12 @@ async def _run(events: int, window: int, warmup: int, rounds: int, outputs: int,
                 await _baseline(url, warmup, window)
             runs.bases.append(await _baseline(url, events, window))
             runs.pipes.append(await _pipeline(url, events, window))
+            if traced:
+                sink = OtlpSink()
+                try:
+                    runs.traced.append(await _pipeline(url, events, window, sink.url))
+                finally:
+                    sink.stop()
             if outputs:
                 if warmup:
                     await raw_posts(receiver, warmup, window, concurrency)
@@ -262,13 +302,15 @@ def _runner(coro: Awaitable[Any]) -> Any:
               help="Leaves for the output hop (0: skip it).")
 @click.option("--concurrency", default=32, show_default=True,
               help="Requests in flight for the output hop (the output's and raw httpx's).")
+@click.option("--traced/--no-traced", default=True, show_default=True,
+              help="Also run the pipeline exporting every span over OTLP to a local receiver.")
 def command(events: int, window: int, warmup: int, rounds: int, outputs: int,
-            concurrency: int) -> None:
+            concurrency: int, traced: bool) -> None:
     """River -> Tree -> TreeHouse -> Nim (rules) -> Humus -> Soil on one node, next to a
     raw nats-py baseline with the same JetStream hops, from the same run. Then the output
     hop: an http output delivering leaves to a local receiver, next to raw httpx posting
     the same bodies with the same concurrency."""
-    runs = _runner(_run(events, window, warmup, rounds, outputs, concurrency))
+    runs = _runner(_run(events, window, warmup, rounds, outputs, concurrency, traced))
     bases, pipes = runs.bases, runs.pipes
     base, pipe = _merge(bases), _merge(pipes)
     click.echo(
@@ -286,6 +328,11 @@ def command(events: int, window: int, warmup: int, rounds: int, outputs: int,
             f"{label} {r.rate:8.0f} events/s   p50 {r.pct(50):7.1f} ms   p99 {r.pct(99):7.1f} ms"
         )
     click.echo(f"ratio pipeline/baseline: {pipe.rate / base.rate:.0%} (target at least 70%)")
+    if runs.traced:
+        tr = _merge(runs.traced)
+        click.echo(f"pipeline, spans exported over OTLP: {tr.rate:8.0f} events/s   p50 "
+                   f"{tr.pct(50):7.1f} ms   p99 {tr.pct(99):7.1f} ms")
+        click.echo(f"ratio traced/untraced pipeline: {tr.rate / pipe.rate:.0%} (target at least 85%)")
     if not runs.outs:
         return
     post, out = _merge(runs.posts), _merge(runs.outs)

@@ -25,6 +25,8 @@ _COMMANDS: dict[str, str] = {
     "cluster": "nimsforest.cli.cluster:cluster",
     "registry": "nimsforest.cli.registry:registry",
     "flow": "nimsforest.cli.flow:flow",
+    "lint": "nimsforest.cli.lint:lint",
+    "test": "nimsforest.cli.testcmd:test",
     "nats-config": "nimsforest.cli.nats_config:nats_config",
     "nats-context": "nimsforest.cli.nats_context:nats_context",
     "systemd-unit": "nimsforest.cli.systemd_unit:systemd_unit",
@@ -40,7 +42,9 @@ _COMMANDS: dict[str, str] = {
     "replay": "nimsforest.cli.replay:replay",
     "stack": "nimsforest.cli.stack:stack",
     "service": "nimsforest.cli.stack:service",
+    "why": "nimsforest.cli.lineage:why", "trace": "nimsforest.cli.lineage:trace",
     "soil": "nimsforest.cli.readers:soil", "leaves": "nimsforest.cli.readers:leaves", "river": "nimsforest.cli.readers:river",  # noqa: E501
+    "drain": "nimsforest.cli.drain:drain", "undrain": "nimsforest.cli.drain:undrain",
 }
 _ALIASES: dict[str, str] = {"start": "run", "rm": "remove", "ls": "list"}
 _DEFAULT_COMMAND = "run"
@@ -81,6 +85,8 @@ def main() -> None:
     Changing a running forest (through NIMSFOREST_API):
       nimsforest add treehouse NAME --subscribes S --publishes P --script FILE
       nimsforest remove KIND NAME | list [KIND] | status | reload | audit
+      nimsforest dead list|show|replay|purge    what components gave up on
+      nimsforest replay KIND NAME --from-seq N | --since TIME
 
     Every command has its own --help.
     """

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 
+from nimsforest.cli._exit import EXIT_FAILURE, EXIT_USAGE, fail
 from nimsforest.settings import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
-
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-
-
-def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
-    """Print `nimsforest: <message>` on stderr and exit with `code`."""
-    click.echo(f"nimsforest: {message}", err=True)
-    sys.exit(code)
 
 
 def emit(text: str, output: Path | None, *, private: bool = False) -> None:

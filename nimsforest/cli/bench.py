@@ -14,6 +14,7 @@ _BENCHES: dict[str, str] = {
     "startup": "nimsforest.bench.startup:command",
     "cluster": "nimsforest.bench.cluster:command",
     "pipeline": "nimsforest.bench.pipeline:command",
+    "nim": "nimsforest.bench.nim:command",
     "stack": "nimsforest.bench.stack:command",
     "dashboard": "nimsforest.bench.dashboard:command",
 }

@@ -12,11 +12,12 @@ from tabulate import tabulate
 
 from nimsforest.cli._client import DaemonClient
 from nimsforest.cli._common import run_async
+from nimsforest.cli.rolling import restart
 
 
 @click.group()
 def cluster() -> None:
-    """Look at the cluster this node belongs to."""
+    """Look at the cluster this node belongs to, or restart it one node at a time."""
 
 
 async def _probe_node(name: str, monitor_url: str | None) -> dict[str, Any]:
@@ -95,3 +96,6 @@ def status(api: str | None, as_json: bool) -> None:
     """
     result = run_async(_status(api))
     click.echo(json.dumps(result, indent=2) if as_json else _render(result))
+
+
+cluster.add_command(restart)

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 import click
+import yaml
 from tabulate import tabulate
 
 from nimsforest.cli._client import DaemonClient
@@ -73,7 +74,7 @@ def _report_change(answer: dict[str, Any], as_json: bool) -> None:
 
 # --- add -------------------------------------------------------------------------------------
 class _AliasGroup(click.Group):
-    aliases = {"th": "treehouse", "src": "source"}
+    aliases = {"th": "treehouse", "src": "source", "songbird": "output"}
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return super().get_command(ctx, self.aliases.get(cmd_name, cmd_name))
@@ -81,7 +82,7 @@ class _AliasGroup(click.Group):
 
 @click.group("add", cls=_AliasGroup)
 def add() -> None:
-    """Add a tree, treehouse (th), nim or source to the running forest.
+    """Add a tree, treehouse (th), nim, output (songbird) or source to the running forest.
 
     The script or prompt FILE is read here and its content sent, so the daemon (and
     every node of the cluster) runs it without the file. The change is stored in the
@@ -158,10 +159,35 @@ def add_nim(name: str, subscribes: str, publishes: str, prompt: str, brain: str 
           replace, api, as_json)
 
 
+def _settings(path: str | None) -> dict[str, Any]:
+    """More settings from a YAML mapping (the keys of one forest.yaml entry)."""
+    if path is None:
+        return {}
+    try:
+        doc = yaml.safe_load(_read(path, "settings"))
+    except yaml.YAMLError:
+        fail(f"The settings file {path} is not valid YAML.", EXIT_USAGE)
+    if not isinstance(doc, dict):
+        fail(f"The settings file {path} must be a mapping of settings.", EXIT_USAGE)
+    return doc
+
+
+def _merged(config: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    """The --config file's settings, with the options given on the command line over them."""
+    return {**_settings(config), **{k: v for k, v in options.items() if v is not None}}
+
+
+_CONFIG_HELP = "A YAML file with more settings (the keys of its forest.yaml entry)."
+
+
 @add.command("source")
 @click.argument("name")
-@click.option("--path", "path", required=True, help="Webhook path under /webhooks/.")
+@click.option("--type", "type_", default="http_webhook", show_default=True,
+              type=click.Choice(["http_webhook", "schedule", "ceremony", "http_poll", "nats",
+                                 "telegram"]), help="What feeds the River.")
+@click.option("--path", "path", default=None, help="Webhook path under /webhooks/.")
 @click.option("--publishes", required=True, help="River subject, e.g. river.contacts.")
+@click.option("--config", "config", default=None, metavar="FILE", help=_CONFIG_HELP)
 @click.option("--secret", default=None,
               help="HMAC secret; write ${VAR} to have each node read it from its environment.")
 @click.option("--signature", type=click.Choice(["sha256", "github", "stripe", "none"]),
@@ -170,12 +196,39 @@ def add_nim(name: str, subscribes: str, publishes: str, prompt: str, brain: str 
 @click.option("--replace", is_flag=True, help="Replace an existing source's settings.")
 @_api_option
 @_json_option
-def add_source(name: str, path: str, publishes: str, secret: str | None, signature: str | None,
-               headers: tuple[str, ...], replace: bool, api: str | None, as_json: bool) -> None:
-    """Add a webhook source: POST /webhooks/... -> the River on PUBLISHES."""
-    _send("source", {"name": name, "type": "http_webhook", "path": path, "publishes": publishes,
-                     "secret": secret, "signature": signature,
-                     "headers": list(headers) or None}, replace, api, as_json)
+def add_source(name: str, type_: str, path: str | None, publishes: str, config: str | None,
+               secret: str | None, signature: str | None, headers: tuple[str, ...],
+               replace: bool, api: str | None, as_json: bool) -> None:
+    """Add a source: a webhook (POST /webhooks/...), a schedule, an http_poll, a nats
+    bridge or a telegram webhook -> the River on PUBLISHES. The settings of the other types
+    (interval, cron, url, cursor, subject, ...) come from --config FILE."""
+    _send("source", _merged(config, {"name": name, "type": type_, "path": path,
+                                     "publishes": publishes, "secret": secret,
+                                     "signature": signature, "headers": list(headers) or None}),
+          replace, api, as_json)
+
+
+@add.command("output")
+@click.argument("name")
+@click.option("--subscribes", required=True, help="Leaf subject or pattern.")
+@click.option("--type", "type_", default="http", show_default=True,
+              type=click.Choice(["http", "slack", "telegram", "email"]), help="Where it sends.")
+@click.option("--url", default=None, help="http: the URL; slack: the incoming webhook URL.")
+@click.option("--secret", default=None, help="Signs the body (HMAC-SHA256); write ${VAR}.")
+@click.option("--config", "config", default=None, metavar="FILE", help=_CONFIG_HELP)
+@click.option("--replace", is_flag=True, help="Replace an existing output's settings.")
+@click.option("--max-deliver", type=int, default=None, help="Attempts per leaf.")
+@_api_option
+@_json_option
+def add_output(name: str, subscribes: str, type_: str, url: str | None, secret: str | None,
+               config: str | None, replace: bool, max_deliver: int | None, api: str | None,
+               as_json: bool) -> None:
+    """Add an output (songbird): leaves on SUBSCRIBES -> an HTTP request, a Slack or
+    Telegram message, or a mail. Other settings (body, text, token, smtp_host, ...) come
+    from --config FILE."""
+    _send("output", _merged(config, {"name": name, "type": type_, "subscribes": subscribes,
+                                     "url": url, "secret": secret, "max_deliver": max_deliver}),
+          replace, api, as_json)
 
 
 # --- remove, list, status, reload, audit ---------------------------------------------------------

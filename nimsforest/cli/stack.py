@@ -19,19 +19,13 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 
+from nimsforest.cli._exit import EXIT_USAGE, fail
+
 F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_USAGE = 2  # as nimsforest.cli._common, imported only to fail: `stack up` starts faster
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    from nimsforest.cli._common import fail as common_fail
-
-    common_fail(message, code)
 
 UP_TIMEOUT_S = 180.0
 

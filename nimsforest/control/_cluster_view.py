@@ -89,6 +89,7 @@ def _row(c: ComponentOut, node: str, reporting: bool) -> ComponentOnNode:
     return ComponentOnNode(
         node=node, reporting=reporting, state=c.state, events_in=c.events_in,
         events_out=c.events_out, dropped=c.dropped, errors=c.errors, dead=c.dead,
+        prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens, cost=c.cost,
         last_error=c.last_error, last_error_at=c.last_error_at, error_state=c.error_state,
         last_ok_at=c.last_ok_at,
     )
@@ -113,7 +114,9 @@ def _merge(base: ComponentOut, rows: Sequence[ComponentOnNode]) -> ComponentOut:
         state=state,
         events_in=sum(r.events_in for r in rows), events_out=sum(r.events_out for r in rows),
         dropped=sum(r.dropped for r in rows), errors=sum(r.errors for r in rows),
-        dead=sum(r.dead for r in rows),
+        dead=sum(r.dead for r in rows), prompt_tokens=sum(r.prompt_tokens for r in rows),
+        completion_tokens=sum(r.completion_tokens for r in rows),
+        cost=sum(r.cost for r in rows),
         last_error=err.last_error if err else None,
         last_error_at=err.last_error_at if err else None,
         last_error_node=err.node if err else None,

@@ -172,8 +172,8 @@ class ControllerCore:
             if await self.store.last_revision() > 0:
                 self._note_file_drift()
                 return
-            entries = file_entries(read_forest_config(self.config_file), by="startup",
-                                   node=self.node)
+            entries = file_entries(read_forest_config(self.config_file, tolerant=True),
+                                   by="startup", node=self.node, keep_unreadable=True)
         except (OSError, ForestConfigError) as exc:
             log.error("Cannot seed the desired forest state from %s: %s", self.config_file, exc)
             return
@@ -194,8 +194,8 @@ class ControllerCore:
         async def check() -> None:
             assert self.config_file is not None
             with contextlib.suppress(Exception):
-                wanted = file_entries(read_forest_config(self.config_file), by="",
-                                      node=self.node)
+                wanted = file_entries(read_forest_config(self.config_file, tolerant=True),
+                                      by="", node=self.node, keep_unreadable=True)
                 snap = await self.store.snapshot()
                 plan = plan_file_reload(wanted, {k: s.entry for k, s in snap.entries.items()})
                 n = len(plan.add) + len(plan.change) + len(plan.remove) + len(plan.conflicts)
@@ -565,6 +565,7 @@ def _stats(s: ComponentStatus, node: str) -> dict[str, Any]:
         dead=s.dead, last_error=s.last_error, last_error_at=s.last_error_at,
         last_error_node=node if s.last_error else None, last_ok_at=s.last_ok_at,
         error_state=error_state(state, s.last_error, s.last_error_at, s.last_ok_at),
+        prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens, cost=s.cost,
     )
 
 

@@ -11,16 +11,18 @@ changes: rate limited like the others and audited (`replay`, `purge`).
 
 # no `from __future__ import annotations`: FastAPI reads the route signatures.
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from nimsforest.control._audit import Action, Actor, AuditLog, AuditRecord
+from nimsforest.control._audit import Action, Actor, AuditLog, AuditRecord, Refusal
+from nimsforest.control._replay import ReplayDesk, ReplayIn
 from nimsforest.control._schemas import ErrorOut, parse_kind
-from nimsforest.control.errors import ControlError, Invalid, NotFound, Unavailable
+from nimsforest.control.errors import Conflict, ControlError, Invalid, NotFound, Unavailable
 from nimsforest.forest import (
     NAME_RE,
     ComponentKind,
@@ -31,6 +33,9 @@ from nimsforest.forest import (
     DeadReason,
     entry_json,
 )
+
+if TYPE_CHECKING:
+    from nimsforest.control._controller import ControllerCore
 
 
 class _Out(BaseModel):
@@ -89,8 +94,9 @@ def letter_out(entry: DeadEntry) -> DeadLetterOut:
 class DeadDesk:
     """The dead-letter actions of one node, audited."""
 
-    def __init__(self, dead: DeadLetters, audit: AuditLog, node: str) -> None:
-        self._dead, self._audit, self.node = dead, audit, node
+    def __init__(self, dead: DeadLetters, audit: AuditLog, node: str,
+                 exists: Callable[[ComponentRef], bool] = lambda ref: True) -> None:
+        self._dead, self._audit, self.node, self._exists = dead, audit, node, exists
 
     async def list(self, ref: ComponentRef | None, limit: int, after: int) -> DeadListOut:
         counts, entries = await _nats(self._dead.counts()), await _nats(
@@ -107,6 +113,10 @@ class DeadDesk:
 
     async def replay(self, seq: int, who: Actor) -> ReplayOut:
         try:
+            letter = (await _nats(self._dead.show(seq))).letter
+            if not self._exists(letter.component):  # nothing would take it: keep the letter
+                raise Conflict(f"Dead letter #{seq} belongs to {letter.component}, which this "
+                               "forest no longer has; add it again, or purge the letter.")
             receipt = await _nats(self._dead.replay(seq))
         except ControlError as exc:
             await self._record(Action.REPLAY, None, who, exc.message, f"dead letter #{seq}")
@@ -152,6 +162,14 @@ async def _nats(aw: Any) -> Any:
         raise Unavailable(f"The DEAD stream cannot be reached: {reason(exc)}.") from None
 
 
+def dead_desk(ctl: "ControllerCore") -> DeadDesk:
+    """The desk of `ctl`'s node: a replay needs its component in the forest."""
+    def exists(ref: ComponentRef) -> bool:
+        return any(s.name == ref.name for s in ctl.forest.list(ref.kind))
+
+    return DeadDesk(ctl.forest.dead, ctl.audit_log, ctl.node, exists)
+
+
 def component_filter(kind: str | None, name: str | None) -> ComponentRef | None:
     """`?kind=&name=` as a component (both or neither)."""
     if kind is None and name is None:
@@ -170,7 +188,8 @@ def _error(exc: ControlError) -> JSONResponse:
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {400: "Not a possible request", 401: "A bearer token is required",
-            404: "No such dead letter or component", 422: "Invalid parameters",
+            404: "No such dead letter or component", 409: "Its component is gone",
+            422: "Invalid parameters",
             429: "Too many changes; see Retry-After", 503: "JetStream unavailable"}
     return {c: {"model": ErrorOut, "description": text[c]} for c in codes}
 
@@ -207,7 +226,7 @@ def dead_router(desk: DeadDesk, caller: Any, changer: Any) -> APIRouter:
             return _error(exc)
 
     @api.post("/{seq}/replay", response_model=ReplayOut, operation_id="replay_dead",
-              responses=_responses(401, 404, 429, 503),
+              responses=_responses(401, 404, 409, 429, 503),
               summary="Put a dead letter back on its component's input (that component only)")
     async def replay_dead(seq: int = _SEQ, who: Actor = Depends(changer)) -> Any:
         try:
@@ -245,3 +264,54 @@ def dead_router(desk: DeadDesk, caller: Any, changer: Any) -> APIRouter:
 
 
 __all__ = ["DeadDesk", "DeadListOut", "DeadLetterOut", "PurgeOut", "ReplayOut", "dead_router"]
+
+
+async def nats_request(ctl: "ControllerCore", action: str, rest: list[str], body: Any,
+                       who: Actor) -> tuple[int, dict[str, Any]]:
+    """The dead letters and replay on NATS (control/_nats.py hands these over):
+
+        forest.control.dead.list      {"kind", "name", "limit", "after"} (all optional)
+        forest.control.dead.show      {"seq"}
+        forest.control.dead.replay    {"seq"}
+        forest.control.dead.purge     {"seq"} | {"kind", "name"} | {"all": true}
+        forest.control.replay         as POST /api/v1/replay
+    Replays and purges are rate limited and audited like every change."""
+    b = body if isinstance(body, dict) else {}
+    verb = rest[0] if action == "dead" and len(rest) == 1 else ("" if rest else action)
+    if verb in ("replay", "purge"):
+        try:
+            ctl.check_rate(f"nats:{who.client}")
+        except ControlError as exc:
+            await ctl.refused(Action.REPLAY if verb == "replay" else Action.PURGE, who,
+                              Refusal.RATE_LIMITED, exc.message)
+            raise
+    if action == "replay" and not rest:
+        try:
+            req = ReplayIn.model_validate(b)
+        except ValueError as exc:
+            raise Invalid(f"The replay request is not valid: {exc}.") from None
+        out = await ReplayDesk(ctl.forest, ctl.audit_log, ctl.node).replay(req, who)
+        return 200, out.model_dump(mode="json")
+    desk = dead_desk(ctl)
+    seq = b.get("seq")
+    if verb == "list":
+        limit, after = b.get("limit", 100), b.get("after", 0)
+        if not (isinstance(limit, int) and 1 <= limit <= 1000 and isinstance(after, int)
+                and after >= 0):
+            raise Invalid("'limit' must be 1 to 1000 and 'after' a sequence.")
+        listed = await desk.list(component_filter(b.get("kind"), b.get("name")), limit, after)
+        return 200, listed.model_dump(mode="json")
+    if verb in ("show", "replay") or (verb == "purge" and seq is not None):
+        if not (isinstance(seq, int) and 1 <= seq <= MAX_SEQ):
+            raise Invalid("The request needs the dead letter's 'seq' (a positive integer).")
+        if verb == "show":
+            return 200, (await desk.show(seq)).model_dump(mode="json")
+        if verb == "replay":
+            return 200, (await desk.replay(seq, who)).model_dump(mode="json")
+        return 200, (await desk.purge(None, seq, who)).model_dump(mode="json")
+    if verb == "purge":
+        ref = component_filter(b.get("kind"), b.get("name"))
+        if (ref is None) == (b.get("all") is not True):
+            raise Invalid("Say which dead letters to purge: seq, kind and name, or all: true.")
+        return 200, (await desk.purge(ref, None, who)).model_dump(mode="json")
+    raise NotFound("Use forest.control.dead.<list|show|replay|purge> or forest.control.replay.")

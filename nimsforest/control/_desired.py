@@ -127,10 +127,12 @@ def make_entry(
 
 
 def inline_files(
-    spec: ComponentSpec, ref: ComponentRef, config: ForestConfig
+    spec: ComponentSpec, ref: ComponentRef, config: ForestConfig, *, keep_unreadable: bool = False
 ) -> tuple[ComponentSpec, dict[str, str]]:
     """`spec` with the files it names (`script`, `prompt`) replaced by their content.
-    Returns (spec, {field: original file name})."""
+    Returns (spec, {field: original file name}). A file that cannot be read raises, or
+    with `keep_unreadable` stays named by its path (the node that builds it then fails
+    that component alone, saying why)."""
     files: dict[str, str] = {}
     update: dict[str, Any] = {}
     for path_field, inline_field in type(spec).file_fields.items():
@@ -141,23 +143,26 @@ def inline_files(
         try:
             update[inline_field] = full.read_text()
         except (OSError, UnicodeDecodeError) as exc:
-            raise ForestConfigError(
-                f"file {full} cannot be read: {getattr(exc, 'strerror', None) or exc}",
-                file=config.label, component=ref, field=path_field,
-            ) from None
+            if not keep_unreadable:
+                raise ForestConfigError(
+                    f"file {full} cannot be read: {getattr(exc, 'strerror', None) or exc}",
+                    file=config.label, component=ref, field=path_field,
+                ) from None
+            continue  # the path stays: building it says what is wrong (FAILED)
         update[path_field] = None
         files[path_field] = str(rel)
     return (spec.model_copy(update=update) if update else spec), files
 
 
-def file_entries(config: ForestConfig, *, by: str, node: str) -> dict[str, DesiredComponent]:
+def file_entries(config: ForestConfig, *, by: str, node: str,
+                 keep_unreadable: bool = False) -> dict[str, DesiredComponent]:
     """The components of a forest.yaml (read, not expanded) as desired entries of origin
-    `file`."""
+    `file` (`keep_unreadable`: see inline_files)."""
     out: dict[str, DesiredComponent] = {}
     for kind, specs in config.components.items():
         for name, spec in specs.items():
             ref = ComponentRef(kind=kind, name=name)
-            inlined, files = inline_files(spec, ref, config)
+            inlined, files = inline_files(spec, ref, config, keep_unreadable=keep_unreadable)
             e = make_entry(kind, name, inlined, origin=Origin.FILE, by=by, node=node,
                            files=files)
             out[e.key] = e

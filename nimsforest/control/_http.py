@@ -28,7 +28,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from nimsforest.control._audit import Action, Actor, AuditRecord, Refusal, Via
 from nimsforest.control._controller import ControllerCore
-from nimsforest.control._dead import DeadDesk, dead_router
+from nimsforest.control._dead import dead_desk, dead_router
 from nimsforest.control._replay import ReplayDesk, replay_router
 from nimsforest.control._schemas import (
     MAX_BODY,
@@ -161,8 +161,7 @@ def make_routers(ctl: ControllerCore, river: APIRouter | None = None) -> list[AP
         except ControlError as exc:
             return _error(exc)
 
-    routers = [api, reload, dead_router(DeadDesk(ctl.forest.dead, ctl.audit_log, ctl.node),
-                                        caller, changer),
+    routers = [api, reload, dead_router(dead_desk(ctl), caller, changer),
                replay_router(ReplayDesk(ctl.forest, ctl.audit_log, ctl.node), changer)]
     if river is not None:
         routers.append(_guard_api_routes(river, caller))

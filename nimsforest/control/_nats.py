@@ -8,6 +8,7 @@
     forest.control.get.<kind>       body: {"name": "..."}
     forest.control.reload           body: empty (the answering node's forest.yaml)
     forest.control.status           body: empty (every node's), or {"node": "..."}
+    forest.control.dead.<list|show|replay|purge>, forest.control.replay   (control/_dead.py)
 
 Answers are JSON: the HTTP answer's document with `"status": <HTTP status>`, or
 `{"error": "<one sentence>", "status": <4xx/5xx>}`. The header `Nimsforest-Client`
@@ -22,6 +23,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from nimsforest.control._audit import Action, Actor, Refusal, Via
+from nimsforest.control._dead import nats_request as dead_request
 from nimsforest.control._schemas import MAX_BODY
 from nimsforest.control.errors import ControlError, Invalid, NotFound, TooLarge
 
@@ -102,6 +104,8 @@ class NatsControl:
             return 200, ctl.cluster_status(_node(body)).model_dump(mode="json")
         if action == "reload" and not rest:
             return 200, (await ctl.reload_file(who)).model_dump(mode="json")
+        if action in ("dead", "replay"):
+            return await dead_request(ctl, action, rest, body, who)
         if action == "list" and len(rest) <= 1:
             comps = ctl.cluster_list(rest[0] if rest else None, _node(body))
             return 200, {"components": [c.model_dump(mode="json") for c in comps]}

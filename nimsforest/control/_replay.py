@@ -99,7 +99,8 @@ class ReplayDesk:
 def replay_router(desk: ReplayDesk, changer: Any) -> APIRouter:
     api = APIRouter(prefix="/api/v1", tags=["dead letters"])
     errors = {c: {"model": ErrorOut, "description": d} for c, d in (
-        (400, "The body is not JSON"), (401, "A bearer token is required"), (404, "No such component"),
+        (400, "The body is not JSON"), (401, "A bearer token is required"),
+        (404, "No such component"), (413, "Too large"),
         (422, "Invalid range or component"), (429, "Too many changes; see Retry-After"),
         (503, "JetStream unavailable"))}
 

@@ -160,8 +160,9 @@ class ReportBoard:
                 self._say(ReportState.NOT_STORED,
                           f"the report of node {self.node} was not stored in {STATUS_BUCKET}: "
                           f"{reason(exc)}; sent again every {self.interval:g}s")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.interval)
+            with contextlib.suppress(TimeoutError):  # not wait_for: it can swallow a cancel
+                async with asyncio.timeout(self.interval):
+                    await self._stopping.wait()
 
     async def _publish_once(self) -> None:
         if not self._bucket_ready:

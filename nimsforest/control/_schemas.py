@@ -153,6 +153,9 @@ class ComponentOnNode(BaseModel):
     dropped: int = 0
     errors: int = 0
     dead: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
     last_error: str | None = None
     last_error_at: datetime | None = None
     error_state: ErrorState | None = None
@@ -181,6 +184,9 @@ class ComponentOut(BaseModel):
     last_error_node: str | None = Field(None, description="The node the last error happened on")
     error_state: ErrorState | None = Field(None, description="None when there is no error")
     last_ok_at: datetime | None = None
+    prompt_tokens: int = 0  # nims: tokens their brains' answers cost (on every node)
+    completion_tokens: int = 0
+    cost: float = 0.0
     files: dict[str, str] = {}
     digest: str | None = None
     revision: int | None = None

@@ -8,8 +8,9 @@ way. Changes that arrive together (a reload writes several keys) are applied tog
 It keeps going through errors: a lost watch, JetStream unavailable or a reconnect start
 a new cycle with a fresh snapshot (a resync). A cycle also resyncs when the bucket has
 moved past what the watch delivered for two checks in a row (a watch that silently
-stopped). An entry this node cannot build (an environment variable it lacks, a brain
-key) is left out and reported; the others apply.
+stopped). An entry this node cannot build (a script that does not compile, an
+environment variable it lacks, a brain key) is FAILED here with its sentence; the others
+apply.
 """
 
 from __future__ import annotations
@@ -106,8 +107,9 @@ class DesiredWatcher:
         return self._problems.get(ref)
 
     async def wait_first_apply(self, timeout: float) -> bool:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._first.wait(), timeout)
+        with contextlib.suppress(TimeoutError):  # not wait_for: it can swallow a cancel
+            async with asyncio.timeout(timeout):
+                await self._first.wait()
         return self._first.is_set()
 
     async def wait_applied(self, revision: int, timeout: float) -> bool:
@@ -210,7 +212,7 @@ class DesiredWatcher:
         diff: ReloadDiff | None = None
         for _ in range(len(entries) + 1):
             try:
-                diff = await self._forest.reload(config)
+                diff = await self._forest.reload(config, fail_alone=True)
                 break
             except ForestConfigError as exc:  # left out on this node; the others apply
                 if exc.ref is None:

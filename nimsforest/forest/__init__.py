@@ -14,6 +14,7 @@ Public API:
     ReplayReceipt, entry_json      the DEAD stream (dead.py)
     ReplayRange, ReplayDone, NothingToReplay      Forest.replay: one component re-fed
     demo_config_path(), load_demo_config()                   the demo forest
+    tracing_from_env(env, service, node) -> Tracing, TraceContext   trace context on every hop
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from nimsforest.forest.specs import (
     ComponentSpec,
     Spec,
 )
+from nimsforest.forest.trace import TraceContext, Tracing, tracing_from_env
 
 
 def demo_config_path() -> Path:
@@ -78,6 +80,9 @@ def load_demo_config() -> ForestConfig:
 
 
 __all__ = [
+    "TraceContext",
+    "Tracing",
+    "tracing_from_env",
     "MAX_TEXT",
     "NAME_PATTERN",
     "NAME_RE",

@@ -24,24 +24,32 @@ from typing import Any, TypeVar
 from nats.js.api import DeliverPolicy
 from pydantic import BaseModel, ValidationError
 
-from nimsforest.forest.brains import BrainConfigError, build_brain
+from nimsforest.forest.brains import BrainConfigError, MissingKey, build_brain
 from nimsforest.forest.component import Component
 from nimsforest.forest.config import ForestConfig, config_error
+from nimsforest.forest.decide import Contract, Decider
 from nimsforest.forest.delivery import ConsumerSpec, Handler, Stats
-from nimsforest.forest.errors import ForestConfigError
-from nimsforest.forest.gotemplate import GoTemplateError, go_globals, looks_like_go, translate
+from nimsforest.forest.errors import ForestConfigError, MissingVariable
+from nimsforest.forest.gotemplate import (
+    GoTemplateError,
+    go_environment,
+    looks_like_go,
+    translate,
+)
 from nimsforest.forest.handlers import DecomposerHandler, NimHandler, TreeHandler, TreeHouseHandler
 from nimsforest.forest.model import ComponentKind, ComponentRef
-from nimsforest.forest.outputs import OutputHandler, template_fields
-from nimsforest.forest.prompt import Prompt, PromptError, environment
+from nimsforest.forest.prompt import Prompt, PromptError
 from nimsforest.forest.sandbox import LuaLimits, LuaSandbox, ScriptLoadError
 from nimsforest.forest.soil import Soil
-from nimsforest.forest.sources import source_loop
 from nimsforest.forest.specs import (
+    AnthropicBrainSpec,
     ComponentSpec,
     NimSpec,
+    OpenAIBrainSpec,
     OutputSpec,
+    RulesBrainSpec,
     SourceSpec,
+    SourceType,
     TreeHouseSpec,
     TreeSpec,
     _HttpBrain,
@@ -65,8 +73,10 @@ class BuildContext:
     def durable(self) -> str:
         return durable_name(self.ref.kind, self.ref.name)
 
-    def error(self, message: str, field: str | None = None) -> ForestConfigError:
-        return ForestConfigError(message, file=self.cfg.label, component=self.ref, field=field)
+    def error(self, message: str, field: str | None = None,
+              line: int | None = None) -> ForestConfigError:
+        return ForestConfigError(message, file=self.cfg.label, component=self.ref, field=field,
+                                 line=line)
 
 
 # --- ${VAR} ----------------------------------------------------------------------------------
@@ -78,8 +88,7 @@ def expand_env(spec: ComponentSpec, ref: ComponentRef, env: Mapping[str, str],
     def expand(value: str, field: str) -> str:
         def sub(m: re.Match[str]) -> str:
             if m.group(1) not in env:
-                raise ForestConfigError(f"environment variable {m.group(1)} is not set",
-                                        file=file, component=ref, field=field)
+                raise MissingVariable(m.group(1), file=file, component=ref, field=field)
             return env[m.group(1)]
 
         return _ENV_RE.sub(sub, value)
@@ -107,15 +116,21 @@ def expand_env(spec: ComponentSpec, ref: ComponentRef, env: Mapping[str, str],
         if any("${" in v for v in spec.headers.values()):
             changes["headers"] = {k: expand(v, f"headers.{k}") for k, v in spec.headers.items()}
         return _revalidate(spec, changes, ref, file) if changes else spec
-    if isinstance(spec, NimSpec) and isinstance(spec.brain, _HttpBrain):
-        brain = spec.brain
-        changes = {
-            f: expand(v, f"brain.{f}")
-            for f in ("base_url", "model", "system")
-            if isinstance(v := getattr(brain, f), str) and "${" in v
-        }
-        if changes:
-            return spec.model_copy(update={"brain": _revalidate(brain, changes, ref, file)})
+    if isinstance(spec, NimSpec):
+        def expanded(brain: Any, prefix: str) -> Any:
+            if not isinstance(brain, _HttpBrain):
+                return brain
+            changes = {
+                f: expand(v, f"{prefix}.{f}")
+                for f in ("base_url", "model", "system")
+                if isinstance(v := getattr(brain, f), str) and "${" in v
+            }
+            return _revalidate(brain, changes, ref, file) if changes else brain
+
+        brain = expanded(spec.brain, "brain")
+        fallback = tuple(expanded(b, f"fallback.{i}") for i, b in enumerate(spec.fallback))
+        if brain is not spec.brain or fallback != spec.fallback:
+            return spec.model_copy(update={"brain": brain, "fallback": fallback})
     return spec
 
 
@@ -139,7 +154,7 @@ def fingerprint(spec: ComponentSpec, text: str | None) -> str:
         h.update(text.encode())
     if isinstance(spec, NimSpec):
         brain_env = sorted(
-            (k, v) for k, v in os.environ.items() if k.startswith(("OPENAI_", "ANTHROPIC_"))
+            (k, v) for k, v in os.environ.items() if k.startswith(("OPENAI_", "ANTHROPIC_", "OLLAMA_"))
         )
         h.update(json.dumps(brain_env).encode())
     return h.hexdigest()
@@ -202,7 +217,19 @@ def _sandbox(ctx: BuildContext, spec: TreeSpec | TreeHouseSpec) -> tuple[LuaSand
         sandbox = LuaSandbox(source, chunk, limits, lambda text: lua_log.info("%s: %s", label, text))
         return sandbox, (source if spec.script is not None else None)
     except ScriptLoadError as exc:
-        raise ctx.error(str(exc), field) from None
+        raise ctx.error(str(exc), field, exc.line) from None
+
+
+def _source_loop(name: str, spec: SourceSpec, stats: Stats) -> Any:
+    """The loop of a source that runs (None for those the API hands requests to). The
+    loops and outputs (and the HTTP client they bring) are imported when such a component
+    is built, so that `nimsforest lint` and `nimsforest test` of a forest without them
+    start quickly."""
+    if spec.type in (SourceType.HTTP_WEBHOOK, SourceType.TELEGRAM):
+        return None
+    from nimsforest.forest.sources import source_loop
+
+    return source_loop(name, spec, stats)
 
 
 # --- one builder per kind --------------------------------------------------------------------
@@ -217,7 +244,7 @@ def _source(spec: SourceSpec, ctx: BuildContext) -> Component:
     stats = Stats()
     return Component(ctx.ref.kind, ctx.ref.name, spec, publishes=spec.publishes, stats=stats,
                      fingerprint=fingerprint(spec, None),
-                     loop=source_loop(ctx.ref.name, spec, stats))
+                     loop=_source_loop(ctx.ref.name, spec, stats))
 
 
 @builder.register
@@ -253,27 +280,38 @@ def _nim(spec: NimSpec, ctx: BuildContext) -> Component:
     name = str(spec.prompt) if spec.prompt is not None else f"{ctx.ref} template"
     try:
         if spec.syntax == "go" or (spec.syntax == "auto" and looks_like_go(text)):
-            env = environment()
-            env.globals.update(go_globals())
-            prompt = Prompt(translate(text), name, env)
+            prompt = Prompt(translate(text), name, go_environment())
         else:
             prompt = Prompt(text, name)
     except GoTemplateError as exc:
         raise ctx.error(f"{name} (a Go template) {exc}", field) from None
     except PromptError as exc:
-        raise ctx.error(str(exc), field) from None
-    try:
-        brain = build_brain(spec.brain, prompt, label=str(ctx.ref), env=ctx.env)
-    except BrainConfigError as exc:
-        raise ctx.error(str(exc), exc.field) from None
+        raise ctx.error(str(exc), field, exc.line) from None
+    brains = []
+    for i, brain_spec in enumerate((_brain_spec(spec, prompt, ctx.env), *spec.fallback)):
+        prefix = "brain" if i == 0 else f"fallback.{i - 1}"
+        try:
+            brains.append(build_brain(brain_spec, prompt, label=str(ctx.ref), env=ctx.env))
+        except MissingKey as exc:
+            raise MissingVariable(exc.variable, file=ctx.cfg.label, component=ctx.ref,
+                                  field=exc.field.replace("brain", prefix, 1)) from None
+        except BrainConfigError as exc:
+            raise ctx.error(str(exc), exc.field.replace("brain", prefix, 1)) from None
     stats = Stats()
+    contract = Contract(
+        schema=spec.output_schema, schema_retries=spec.schema_retries,
+        timeout=spec.decision_timeout, fallback_after=spec.fallback_after,
+        cooldown=spec.cooldown, cache_ttl=spec.cache,
+    )
+    decider = Decider(ctx.ref.name, brains, contract, stats)
     subject = wind_subject(spec.subscribes, pattern=True)
-    handler = NimHandler(ctx.ref.name, ctx.durable, spec.publishes, prompt, brain, spec.humus,
+    handler = NimHandler(ctx.ref.name, ctx.durable, spec.publishes, prompt, decider, spec.humus,
                          stats)
     return Component(
         ctx.ref.kind, ctx.ref.name, spec,
         consumer=_consumer(ctx, WIND.name, subject, spec, spec.inflight),
-        handler=handler, stats=stats, publishes=spec.publishes, closers=(brain.aclose,),
+        handler=handler, stats=stats, publishes=spec.publishes,
+        closers=tuple(b.aclose for b in brains),
         fingerprint=fingerprint(spec, text if spec.prompt is not None else None),
     )
 
@@ -282,6 +320,8 @@ def _nim(spec: NimSpec, ctx: BuildContext) -> Component:
 def _output(spec: OutputSpec, ctx: BuildContext) -> Component:
     """An output reads the Wind and sends each leaf to the world."""
     templates: dict[str, Prompt | None] = {}
+    from nimsforest.forest.outputs import OutputHandler, template_fields  # see _source_loop
+
     for field in template_fields(spec):
         text = getattr(spec, field)
         try:
@@ -296,6 +336,20 @@ def _output(spec: OutputSpec, ctx: BuildContext) -> Component:
         handler=handler, stats=Stats(), publishes=spec.publishes, closers=(handler.aclose,),
         fingerprint=fingerprint(spec, None),
     )
+
+
+def _brain_spec(spec: NimSpec, prompt: Prompt, env: Mapping[str, str]) -> Any:
+    """The nim's brain. A rules brain with no rules anywhere (the Go original's nims name
+    no brain) is, as the Go original chose: anthropic when ANTHROPIC_API_KEY is set, else
+    openai when OPENAI_API_KEY is set; otherwise it stays (and says it needs rules)."""
+    brain = spec.brain
+    if not isinstance(brain, RulesBrainSpec) or brain.rules or prompt.front.get("rules"):
+        return brain
+    if env.get("ANTHROPIC_API_KEY"):
+        return AnthropicBrainSpec(type="anthropic")
+    if env.get("OPENAI_API_KEY"):
+        return OpenAIBrainSpec(type="openai")
+    return brain
 
 
 def build_component(

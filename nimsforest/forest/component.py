@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from nimsforest.forest.consumer import ConsumerRunner
 from nimsforest.forest.delivery import ConsumerSpec, Handler, Stats
 from nimsforest.forest.model import ComponentKind, ComponentRef, ComponentState, ComponentStatus
+from nimsforest.forest.trace import NO_TRACING, Tracing
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -47,6 +48,7 @@ class Component:
         self._closers = closers
         self.loop = loop  # a source that runs (schedule, http_poll, nats)
         self._runner: ConsumerRunner | None = None
+        self._last_failure: str | None = None
         self._log = logging.getLogger(f"nimsforest.forest.{kind.value}")
 
     @property
@@ -66,12 +68,13 @@ class Component:
 
     async def start(self, nc: Client, js: JetStreamContext, publisher: Publisher,
                     dead: DeadLetters | None = None, *, node: str = "",
-                    flow: FlowFn | None = None) -> None:
+                    flow: FlowFn | None = None, tracing: Tracing = NO_TRACING) -> None:
         """Bind the shared durable consumer and start handling (what it gives up on goes to
         `dead`). On failure the component is FAILED (with the reason as its last error) and
         the error is raised."""
         try:
             if self.consumer is not None and self.handler is not None:
+                await self.handler.attach(js)
                 self._runner = ConsumerRunner(
                     nc,
                     js,
@@ -83,6 +86,8 @@ class Component:
                     kind=self.kind.value,
                     name=self.name,
                     dead=dead,
+                    tracing=tracing,
+                    node=node,
                 )
                 await self._runner.start()
             if self.loop is not None:
@@ -92,9 +97,12 @@ class Component:
             if self._runner is not None:
                 await self._runner.stop(0.5)
             self._runner = None
-            self.fail(f"cannot start: {exc or type(exc).__name__}")
+            # built, so NATS was busy or away (a consumer not found while a cluster forms):
+            # the forest tries it again, which is not an error yet
+            self.fail(f"cannot start: {exc or type(exc).__name__}", retried=True)
             raise
         self.state = ComponentState.RUNNING
+        self._last_failure = None
         self.stats.started_at = datetime.now(UTC)
         where = (
             f" (consumer {self.consumer.durable} on {self.consumer.filter_subject})"
@@ -103,10 +111,16 @@ class Component:
         )
         self._log.info("%s running%s", self.label, where)
 
-    def fail(self, reason: str) -> None:
+    def fail(self, reason: str, *, retried: bool = False) -> None:
+        """FAILED with `reason`. `retried`: the forest tries it again (a start NATS was not
+        ready for), logged once per reason as a warning; else an error someone must fix."""
         self.state = ComponentState.FAILED
         self.stats.error(reason)
-        self._log.error("%s failed: %s", self.label, reason)
+        if not retried:
+            self._log.error("%s failed: %s", self.label, reason)
+        elif reason != self._last_failure:
+            self._log.warning("%s %s; trying again every few seconds", self.label, reason)
+        self._last_failure = reason
 
     async def stop(self, grace: float = 5.0) -> None:
         runner, self._runner = self._runner, None
@@ -142,6 +156,9 @@ class Component:
             last_error_at=s.last_error_at,
             last_ok_at=s.last_ok_at,
             started_at=s.started_at,
+            prompt_tokens=s.prompt_tokens,
+            completion_tokens=s.completion_tokens,
+            cost=s.cost,
             activity=self.loop.activity if self.loop is not None else None,
         )
 

@@ -20,7 +20,7 @@ nims:
     subscribes: lead.scored
     publishes: lead.qualified  # may hold {field} placeholders filled from the output
     prompt: nims/qualify.md.j2
-    brain:                     # rules (default, offline) | openai | anthropic
+    brain:                     # rules (default, offline) | openai | anthropic | ollama
       type: rules
       rules: [{when: "score >= 70", output: {pursue: true}}, {output: {pursue: false}}]
 ```
@@ -31,6 +31,7 @@ are errors. A bad file raises ForestConfigError naming the file, the component a
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,7 +42,7 @@ from pydantic import Field, SerializeAsAny, ValidationError
 
 from nimsforest.forest.errors import ForestConfigError
 from nimsforest.forest.model import ComponentKind, ComponentRef, component_label
-from nimsforest.forest.problems import check_components
+from nimsforest.forest.problems import Problem, ProblemKind, check_components
 from nimsforest.forest.specs import (  # noqa: F401 - re-exported: the config vocabulary
     NAME_RE,
     SPEC_TYPES,
@@ -77,6 +78,9 @@ class ForestConfig(_Spec):
         default_factory=dict
     )
     decomposer: DecomposerSpec = DecomposerSpec()
+    # components of the file left out because their settings are invalid (read with
+    # `tolerant`): a node shows each one FAILED with its sentence and runs the others
+    invalid: tuple[Problem, ...] = ()
 
     @classmethod
     def empty(cls, base_dir: Path | None = None) -> ForestConfig:
@@ -152,6 +156,9 @@ def parse_spec(kind: ComponentKind, name: str, raw: Any, *, file: str | None = N
         raise config_error(exc, file, label) from None
 
 
+_BRAIN_TYPES = ("rules", "openai", "anthropic", "ollama")
+
+
 def config_error(
     exc: ValidationError, file: str | None, label: ComponentRef | str
 ) -> ForestConfigError:
@@ -159,21 +166,33 @@ def config_error(
     assert err is not None  # a ValidationError has at least one error
     loc = list(err.loc)
     # drop union branch names pydantic adds for the brain (e.g. brain.rules.rules -> brain.rules)
-    if len(loc) >= 2 and loc[0] == "brain" and loc[1] in ("rules", "openai", "anthropic"):
+    if len(loc) >= 2 and loc[0] == "brain" and loc[1] in _BRAIN_TYPES:
         loc = [loc[0], *loc[2:]]
+    if len(loc) >= 3 and loc[0] == "fallback" and loc[2] in _BRAIN_TYPES:
+        loc = [*loc[:2], *loc[3:]]
     msg = err.message
     if err.type == "union_tag_invalid":
-        msg = "brain type must be one of rules, openai, anthropic"
+        msg = f"brain type must be one of {', '.join(_BRAIN_TYPES)}"
     return ForestConfigError(msg, file=file, component=label, field=".".join(loc) or None)
 
 
 # other names of a section (the Go original's): name -> the section it is
 SECTION_ALIASES: dict[str, str] = {"songbirds": ComponentKind.OUTPUT.plural}
+log = logging.getLogger("nimsforest.forest")
+
 _TOP_KEYS = {*(k.plural for k in USER_KINDS), *SECTION_ALIASES, "decomposer"}
+# sections of the Go original's forest.yaml that load and do nothing here, with why
+IGNORED_SECTIONS = {
+    "viewer": "the Go original's live view is ignored: every node serves a live dashboard "
+              "at /ui (docs/OBSERVABILITY.md)",
+}
 
 
-def parse_forest_config(data: Any, *, base_dir: Path, path: Path | None = None) -> ForestConfig:
-    """Build a ForestConfig from already-parsed YAML (no files are read)."""
+def parse_forest_config(data: Any, *, base_dir: Path, path: Path | None = None,
+                        tolerant: bool = False) -> ForestConfig:
+    """Build a ForestConfig from already-parsed YAML (no files are read). The first bad
+    component raises; with `tolerant`, bad components are left out and listed in the
+    config's `invalid` (the file's shape, its sections and the decomposer still raise)."""
     file = str(path) if path else None
     if data is None:
         data = {}
@@ -181,12 +200,9 @@ def parse_forest_config(data: Any, *, base_dir: Path, path: Path | None = None) 
         raise ForestConfigError(
             "must be a mapping with trees, treehouses, nims and sources", file=file
         )
-    if "viewer" in data:
-        raise ForestConfigError(
-            "section 'viewer' (the Go original's live view) is not supported: every node "
-            "shows the forest in /health, /metrics and `nimsforest status`; remove the section",
-            file=file,
-        )
+    ignored = [k for k in IGNORED_SECTIONS if k in data]
+    if ignored:
+        data = {k: v for k, v in data.items() if k not in IGNORED_SECTIONS}
     unknown = sorted(set(map(str, data)) - _TOP_KEYS)
     if unknown:
         raise ForestConfigError(
@@ -201,36 +217,48 @@ def parse_forest_config(data: Any, *, base_dir: Path, path: Path | None = None) 
                 )
             data = {**{k: v for k, v in data.items() if k != alias}, section: data[alias]}
     sections: dict[ComponentKind, dict[str, ComponentSpec]] = {}
+    invalid: list[Problem] = []
     for kind in USER_KINDS:
         entries = data.get(kind.plural) or {}
         if not isinstance(entries, dict):
             raise ForestConfigError(
                 f"section '{kind.plural}' must be a mapping of name: settings", file=file
             )
-        sections[kind] = {
-            str(n): parse_spec(kind, str(n), raw, file=file) for n, raw in entries.items()
-        }
+        sections[kind] = {}
+        for n, raw in entries.items():
+            try:
+                sections[kind][str(n)] = parse_spec(kind, str(n), raw, file=file)
+            except ForestConfigError as exc:
+                if not tolerant or exc.ref is None:
+                    raise
+                invalid.append(Problem(ref=exc.ref, kind=ProblemKind.INVALID,
+                                       sentence=str(exc), field=exc.field))
     for problem in check_components(
         (ComponentRef(kind=kind, name=name), spec)
         for kind, specs in sections.items()
         for name, spec in specs.items()
     ):
-        raise ForestConfigError(
+        error = ForestConfigError(
             problem.sentence.removeprefix(f"{problem.ref}: "),
             file=file, component=problem.ref, field=problem.field,
         )
+        if not tolerant:
+            raise error
+        sections[problem.ref.kind].pop(problem.ref.name, None)
+        invalid.append(Problem(ref=problem.ref, kind=problem.kind, sentence=str(error),
+                               field=problem.field))
     try:
         decomposer = DecomposerSpec.model_validate(data.get("decomposer") or {})
     except ValidationError as exc:
         raise config_error(exc, file, "decomposer") from None
-    return ForestConfig(base_dir=base_dir, path=path, decomposer=decomposer).with_components(
-        sections
-    )
+    return ForestConfig(
+        base_dir=base_dir, path=path, decomposer=decomposer, invalid=tuple(invalid)
+    ).with_components(sections)
 
 
-def read_forest_config(path: str | os.PathLike[str]) -> ForestConfig:
+def read_forest_config(path: str | os.PathLike[str], *, tolerant: bool = False) -> ForestConfig:
     """Read and validate forest.yaml (its scripts and prompts are compiled by
-    nimsforest.forest.loading.load_forest_config)."""
+    nimsforest.forest.loading.load_forest_config); `tolerant`: see parse_forest_config."""
     p = Path(path).expanduser().resolve()
     try:
         text = p.read_text()
@@ -245,7 +273,10 @@ def read_forest_config(path: str | os.PathLike[str]) -> ForestConfig:
         where = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ForestConfigError(f"is not valid YAML{where}: {problem}", file=str(p)) from None
-    return parse_forest_config(data, base_dir=p.parent, path=p)
+    if isinstance(data, dict):
+        for key in IGNORED_SECTIONS.keys() & data.keys():
+            log.info("%s: section '%s': %s", p, key, IGNORED_SECTIONS[key])
+    return parse_forest_config(data, base_dir=p.parent, path=p, tolerant=tolerant)
 
 
 __all__ = [

@@ -39,6 +39,7 @@ from nimsforest.forest.errors import BadEvent, EventError, Refused, RetryLater
 from nimsforest.forest.model import ComponentKind, ComponentRef
 from nimsforest.forest.publisher import Publisher
 from nimsforest.forest.pull import HEARTBEAT, Puller
+from nimsforest.forest.trace import INPUT_HEADER, NO_TRACING, Hop, TraceContext, Tracing, hop_name
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -49,12 +50,13 @@ PUBLISH_TIMEOUT = 10.0
 
 
 class _Job:
-    __slots__ = ("d", "futures", "published_at", "t0", "touched")
+    __slots__ = ("d", "futures", "hop", "published_at", "t0", "touched")
 
-    def __init__(self, d: Delivery, t0: float) -> None:
-        self.d, self.t0, self.touched = d, t0, time.monotonic()
+    def __init__(self, d: Delivery, t0: float, hop: Hop) -> None:
+        self.d, self.t0, self.touched, self.hop = d, t0, time.monotonic(), hop
         self.futures: list[asyncio.Future[Any]] = []
         self.published_at = 0.0
+        d.trace = hop.context
 
 
 class _RateLimitedLog:
@@ -89,6 +91,8 @@ class ConsumerRunner:
         kind: str,
         name: str,
         dead: DeadLetters | None = None,
+        tracing: Tracing = NO_TRACING,
+        node: str = "",
     ) -> None:
         self._nc, self._js, self._pub, self.spec, self._handler, self.stats = (
             nc,
@@ -101,6 +105,10 @@ class ConsumerRunner:
         self._label = label
         self._ref = ComponentRef(kind=ComponentKind(kind), name=name)
         self._dead = dead
+        self._tracing, self._span = tracing, f"{kind} {name}"
+        self._who = hop_name(f"{kind}:{name}", node)
+        self._attributes = {"nimsforest.component": f"{kind}:{name}", "nimsforest.node": node,
+                            "messaging.destination.name": spec.stream}
         self._log = logging.getLogger(f"nimsforest.forest.{kind}")
         self._rl = _RateLimitedLog(self._log)
         self._m_in = metrics.component_events_in.labels(kind, name)
@@ -197,9 +205,11 @@ class ConsumerRunner:
             await self._quietly(msg.ack())  # replayed for another component
             return
         try:
-            job = _Job(Delivery(msg), time.perf_counter())
+            d = Delivery(msg)
         except (ValueError, IndexError):  # not a JetStream delivery
             return
+        job = _Job(d, time.perf_counter(), self._tracing.hop(
+            self._span, TraceContext.of(d.headers), self._attributes))
         self._inflight[id(msg)] = job
         self.stats.events_in += 1
         if self._handler.is_async:
@@ -217,11 +227,14 @@ class ConsumerRunner:
         self._queue.put_nowait((job, None))
 
     async def _publish(self, job: _Job, outputs: Sequence[Output]) -> None:
+        """Store the outputs, each with this hop's trace context and its input's position
+        (`Nimsforest-Input: <stream>:<seq>`, what lineage walks back along)."""
         publish = self._pub.publish
+        hop = {**job.hop.headers(self._who), INPUT_HEADER: f"{self.spec.stream}:{job.d.stream_seq}"}
         for o in outputs:
-            headers = o.headers
+            headers = {**o.headers, **hop} if o.headers else dict(hop)
             if o.msg_id:
-                headers = {**(headers or {}), "Nats-Msg-Id": o.msg_id}
+                headers["Nats-Msg-Id"] = o.msg_id
             job.futures.append(await publish(o.subject, o.payload, headers))
         job.published_at = time.monotonic()
 
@@ -286,11 +299,13 @@ class ConsumerRunner:
             await self._quietly(job.d.msg.ack())
             self.stats.events_out += len(job.futures)
             self._m_lat.observe(time.perf_counter() - job.t0)
+            job.hop.end()
         elif self._handler.retry_async(job.d, exc):
             job.futures, job.published_at = [], 0.0
             self._spawn(self._run_async(job))
             return Handoff.ASYNC
         else:
+            job.hop.end(str(exc) or type(exc).__name__)
             await self._failed(job.d, exc)
         return None
 

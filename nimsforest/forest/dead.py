@@ -26,6 +26,7 @@ from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ConfigDict, Field
 
 from nimsforest.forest.model import ComponentKind, ComponentRef
+from nimsforest.forest.trace import TRACEPARENT
 from nimsforest.streams import DEAD
 
 if TYPE_CHECKING:
@@ -134,6 +135,12 @@ def new_letter(
     )
 
 
+def _traced(letter: DeadLetter) -> dict[str, str]:
+    """The event's trace context, on the dead letter itself (`nimsforest trace` finds it)."""
+    parent = letter.headers.get(TRACEPARENT)
+    return {TRACEPARENT: parent} if parent else {}
+
+
 def replay_headers(letter: DeadLetter, replay_id: str) -> dict[str, str]:
     """The original headers, without those that would make JetStream dedupe or refuse it,
     with the replay's target and its new id."""
@@ -155,7 +162,7 @@ class DeadLetters:
         confirm it (the caller keeps the event)."""
         ack = await self._js.publish(
             dead_subject(letter.component), letter.model_dump_json().encode(),
-            timeout=timeout, headers={"Nats-Msg-Id": letter_msg_id(letter)},
+            timeout=timeout, headers={"Nats-Msg-Id": letter_msg_id(letter), **_traced(letter)},
         )
         return int(ack.seq)
 

@@ -14,6 +14,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
+    from nimsforest.forest.trace import TraceContext
+
 
 @dataclass(frozen=True)
 class ConsumerSpec:
@@ -61,10 +63,11 @@ class Delivery:
     subject ($JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>,
     or the longer form with domain and account hash)."""
 
-    __slots__ = ("data", "headers", "msg", "num_delivered", "stream_seq", "subject")
+    __slots__ = ("data", "headers", "msg", "num_delivered", "stream_seq", "subject", "trace")
 
     def __init__(self, msg: Msg) -> None:
         self.msg = msg
+        self.trace: TraceContext | None = None  # this hop's, set by the runner (outputs send it on)
         self.data: bytes = msg.data
         self.subject: str = msg.subject
         self.headers: dict[str, str] = msg.headers or {}
@@ -90,6 +93,9 @@ class Stats:
     last_error: str | None = None
     last_error_at: datetime | None = None
     started_at: datetime | None = None
+    prompt_tokens: int = 0  # nims: tokens their brains' answers cost
+    completion_tokens: int = 0
+    cost: float = 0.0
     _out: int = 0
     _ok_at: float = 0.0  # time.time() of the last success (0: none yet)
 
@@ -134,6 +140,10 @@ class Handler:
 
     async def handle_async(self, d: Delivery) -> Sequence[Output]:
         raise NotImplementedError(f"{type(self).__name__} handles every message synchronously")
+
+    async def attach(self, js: Any) -> None:
+        """Called once before the component starts, with JetStream (a nim opens its answer
+        cache here); no-op by default."""
 
     def stored(self, d: Delivery, acks: Sequence[Any]) -> None:
         """The outputs of `d` are stored; `acks` are JetStream's publish acks, in order."""

@@ -2,7 +2,8 @@
 
     ForestError                      anything the forest refuses or cannot do
     ├── ForestConfigError            a bad forest.yaml, script, prompt or component spec
-    │                                (names the file, the component and the field)
+    │   │                            (names the file, the component and the field)
+    │   └── MissingVariable          an environment variable it needs is not set here
     ├── ComponentNotFound            a name this node's forest does not have
     └── FlowError                    input the River refuses (bad subject, not JSON, too big)
 
@@ -30,8 +31,10 @@ class ForestConfigError(ForestError):
         file: str | None = None,
         component: ComponentRef | str | None = None,
         field: str | None = None,
+        line: int | None = None,
     ) -> None:
         self.file = file
+        self.line = line  # the line in the script or prompt named by `field`, when known
         self.ref = component if isinstance(component, ComponentRef) else None
         self.component = str(component) if component is not None else None
         self.field = field
@@ -45,6 +48,23 @@ class ForestConfigError(ForestError):
             where.append(f"field '{field}'")
         prefix = ", ".join(where)
         super().__init__(f"{prefix}: {self.reason}." if prefix else f"{self.reason}.")
+
+
+class MissingVariable(ForestConfigError):
+    """An environment variable the component needs (`${VAR}`, a brain's key) is not set
+    on this node; `variable` names it."""
+
+    def __init__(
+        self,
+        variable: str,
+        *,
+        file: str | None = None,
+        component: ComponentRef | str | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.variable = variable
+        super().__init__(f"environment variable {variable} is not set", file=file,
+                         component=component, field=field)
 
 
 class ComponentNotFound(ForestError):
@@ -94,4 +114,5 @@ __all__ = [
     "FlowError",
     "ForestConfigError",
     "ForestError",
+    "MissingVariable",
 ]

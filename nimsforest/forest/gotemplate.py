@@ -23,6 +23,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from jinja2 import ChainableUndefined
+from jinja2.sandbox import SandboxedEnvironment
+
+from nimsforest.forest.prompt import environment
+
 _ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.DOTALL)
 _GO_HINT = re.compile(
     r"\{\{-?\s*(?:\.|\$|range\b|with\b|end\b|/\*|else\s+if\b|[^}]*?[\s(]\.[A-Za-z_])")
@@ -321,6 +326,16 @@ _FUNCS: dict[str, _Func] = {
 }
 
 
+class NoValue(ChainableUndefined):
+    """A field the data lacks, printed as Go's text/template prints a missing map key
+    (`<no value>`) instead of failing the event; false in a condition, empty in a range."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return "<no value>"
+
+
 def go_globals() -> dict[str, object]:
     """What the translated template calls (added to the environment's globals)."""
     return {"_go_true": _true, "_go_iter": _iter, "_go_items": _items, "_go_print": _print,
@@ -391,3 +406,12 @@ def _go_printf(fmt: str, *args: object) -> str:
 
 
 __all__ = ["GoTemplateError", "go_globals", "looks_like_go", "translate"]
+
+
+def go_environment() -> SandboxedEnvironment:
+    """The sandboxed Jinja2 a translated Go template renders in: Go's functions, and a
+    missing field printed as `<no value>`."""
+    env = environment()
+    env.undefined = NoValue
+    env.globals.update(go_globals())
+    return env

@@ -17,7 +17,8 @@ from typing import Any
 
 from nats.js.errors import APIError
 
-from nimsforest.forest.brains import Brain
+from nimsforest.forest.brains.ratelimit import Limit, RateLimiter
+from nimsforest.forest.decide import AnswerCache, Decider, Decision
 from nimsforest.forest.delivery import Delivery, Handler, Handoff, Output, Stats
 from nimsforest.forest.errors import BadEvent
 from nimsforest.forest.leaf import Compost, CompostAction, Leaf, loads, soil_key
@@ -26,8 +27,10 @@ from nimsforest.forest.sandbox import LuaSandbox
 from nimsforest.forest.soil import WRONG_LAST_SEQUENCE, Soil, SoilConflict, SoilEntry
 from nimsforest.forest.specs import HumusSpec
 from nimsforest.forest.subjects import WIND_PREFIX, humus_subject, wind_subject
+from nimsforest.streams import NIM_CACHE, NIM_RATE
 
 SOURCE_HEADER = "Nimsforest-Source"
+log = logging.getLogger("nimsforest.forest.nim")
 
 
 class TreeHandler(Handler):
@@ -78,9 +81,10 @@ class TreeHouseHandler(Handler):
 
 
 class NimHandler(Handler):
-    """Leaf -> prompt -> brain -> leaf (+ Humus entry). With a brain that needs no prompt
-    (rules) the whole nim runs synchronously, in order, like a treehouse; otherwise each
-    event is a task and the brain's concurrency limit applies."""
+    """Leaf -> prompt -> decision (brains, schema, fallback: decide.py) -> leaf (+ Humus
+    entry). With a lone brain that needs no prompt (rules) the whole nim runs
+    synchronously, in order, like a treehouse; otherwise each event is a task and the
+    brains' concurrency limit applies."""
 
     def __init__(
         self,
@@ -88,36 +92,70 @@ class NimHandler(Handler):
         durable: str,
         publishes: str,
         prompt: Prompt,
-        brain: Brain,
+        decider: Decider,
         humus: HumusSpec,
         stats: Stats,
     ) -> None:
         self._name, self._source = name, f"nim:{name}"
         self._durable, self._publishes = durable, publishes
         self._static_subject = None if placeholders(publishes) else publishes
-        self._prompt, self._brain, self._humus, self._stats = prompt, brain, humus, stats
-        self._sem = asyncio.Semaphore(brain.concurrency)
-        self.is_async = brain.needs_prompt
+        self._prompt, self._decider, self._humus, self._stats = prompt, decider, humus, stats
+        self._sem = asyncio.Semaphore(max(b.concurrency for b in decider.chain))
+        self.is_async = decider.needs_prompt or len(decider.chain) > 1
+
+    @property
+    def prompt(self) -> Prompt:
+        return self._prompt
+
+    @property
+    def decider(self) -> Decider:
+        return self._decider
+
+    async def attach(self, js: Any) -> None:
+        """Open the answer cache when the nim has one (a bucket that cannot be opened is
+        logged: the nim then asks its brains every time)."""
+        ttl = self._decider.contract.cache_ttl
+        if ttl is not None and self._decider.cache is None:
+            try:
+                kv = await js.key_value(NIM_CACHE.kv_bucket)
+            except Exception as exc:  # noqa: BLE001 - runs without the cache
+                log.warning("nim '%s': the answer cache cannot be opened: %s", self._name, exc)
+            else:
+                self._decider.cache = AnswerCache(kv, ttl)
+        for brain in self._decider.chain:
+            limit = brain.rate_limit
+            if limit is None or brain.limiter is not None:
+                continue
+            try:  # without its bucket a limit cannot be shared: the attempt fails, retried
+                kv = await js.key_value(NIM_RATE.kv_bucket)
+            except Exception as exc:
+                raise RuntimeError(f"nim '{self._name}': the rate-limit bucket cannot be "
+                                   f"opened: {exc}") from exc
+            brain.limiter = RateLimiter(kv, brain.endpoint, Limit(limit.requests, limit.tokens,
+                                                                   limit.per),
+                                        f"nim '{self._name}' ({brain.kind})")
 
     def handle_sync(self, d: Delivery) -> Sequence[Output]:
         leaf = Leaf.from_json(d.data)
-        return self._outputs(d, leaf, self._brain.decide(context_for(leaf)))
+        return self._outputs(d, leaf, self._decider.decide_sync(context_for(leaf)))
 
     async def handle_async(self, d: Delivery) -> Sequence[Output]:
         leaf = Leaf.from_json(d.data)
         ctx = context_for(leaf)
-        prompt = self._prompt.render(ctx)
+        prompt = self._prompt.render(ctx) if self._decider.needs_prompt else ""
         async with self._sem:
-            output = await self._brain.think(prompt, ctx)
-        return self._outputs(d, leaf, output)
+            decision = await self._decider.decide(prompt, ctx)
+        return self._outputs(d, leaf, decision)
 
-    def _outputs(self, d: Delivery, leaf: Leaf, output: dict[str, Any] | None) -> Sequence[Output]:
+    def _outputs(self, d: Delivery, leaf: Leaf, decision: Decision) -> Sequence[Output]:
+        output = decision.output
         if output is None:
             self._stats.dropped += 1
             return ()
         subject = self._static_subject or fill_subject(self._publishes, output)
         out = Leaf.new(subject, output, self._source, trusted=True)
-        outputs = [Output(WIND_PREFIX + subject, out.to_json(), f"{self._durable}:{d.stream_seq}")]
+        outputs = [Output(WIND_PREFIX + subject, out.to_json(), f"{self._durable}:{d.stream_seq}",
+                          headers=decision.headers())]
         entity = self._entity(leaf.data, output) if self._humus.enabled else None
         if entity:
             action = CompostAction(self._humus.action)

@@ -9,7 +9,8 @@
 Errors are JSON {"error": "<one sentence>"}: 400 bad subject or body, 401 bad signature,
 404 no source at that path, 413 too large, 503 River or NATS unavailable (after holding
 the input up to NIMSFOREST_RIVER_HOLD while the River elects a leader; with Retry-After
-when asking again may succeed).
+when asking again may succeed; a drained node answers 503 with Retry-After and
+Nimsforest-Draining at once: nothing was stored, send it to another node).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from nimsforest.forest.errors import FlowError
+from nimsforest.forest.trace import TraceContext
 
 if TYPE_CHECKING:
     from nimsforest.forest.runtime import Forest
@@ -46,7 +48,8 @@ def make_router(forest: Forest) -> APIRouter:
         key = request.headers.get("idempotency-key")
         try:
             receipt = await forest.flow(
-                subject, body, source="api", msg_id=f"api:{key}" if key else None
+                subject, body, source="api", msg_id=f"api:{key}" if key else None,
+                trace=TraceContext.of(request.headers),
             )
         except FlowError as exc:
             return _refused(exc)

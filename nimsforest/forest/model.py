@@ -63,6 +63,9 @@ class ComponentStatus(_Frozen):
     last_error_at: datetime | None = None
     last_ok_at: datetime | None = None  # the last event it completed successfully
     started_at: datetime | None = None
+    prompt_tokens: int = 0  # nims: tokens their brains' answers cost (as servers counted)
+    completion_tokens: int = 0
+    cost: float = 0.0  # nims: at their brains' prices per million tokens
     activity: str | None = None  # a source that runs: what it does now (one sentence)
 
     @property
@@ -118,6 +121,7 @@ class FlowReceipt(_Frozen):
     subject: str
     seq: int
     duplicate: bool = False
+    trace_id: str | None = None  # `nimsforest trace ID` shows its way through the forest
 
 
 __all__ = [

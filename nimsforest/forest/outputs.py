@@ -39,6 +39,7 @@ from nimsforest.forest.errors import BadEvent, EventError, Refused, RetryLater
 from nimsforest.forest.leaf import Leaf, dumps
 from nimsforest.forest.prompt import Prompt, context_for
 from nimsforest.forest.specs import OutputSpec, OutputType
+from nimsforest.forest.trace import TRACEPARENT
 
 MAX_BACKOFF = 300.0
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -172,6 +173,8 @@ class OutputHandler(Handler):
                    "X-Nimsforest-Subject": leaf.subject}
         if spec.secret is not None:
             headers[spec.signature_header] = signature(spec.secret.get_secret_value(), body)
+        if d.trace is not None:  # the receiver's work joins the event's trace
+            headers[TRACEPARENT] = d.trace.header
         return headers
 
     async def handle_async(self, d: Delivery) -> tuple[Output, ...]:

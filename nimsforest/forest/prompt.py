@@ -17,7 +17,14 @@ import re
 from typing import Any
 
 import yaml
-from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError
+from jinja2 import (
+    ChainableUndefined,
+    StrictUndefined,
+    TemplateError,
+    TemplateSyntaxError,
+    UndefinedError,
+    meta,
+)
 from jinja2.sandbox import SandboxedEnvironment
 
 from nimsforest.forest.errors import EventError
@@ -29,7 +36,11 @@ _TOKEN_OK = re.compile(r"^[A-Za-z0-9_\-:@$+=~]+$")
 
 
 class PromptError(Exception):
-    """The template cannot be used; one sentence naming the file and line."""
+    """The template cannot be used; one sentence naming the file and line (`line`)."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        self.line = line
+        super().__init__(message)
 
 
 def environment() -> SandboxedEnvironment:
@@ -51,17 +62,20 @@ class Prompt:
                 front = yaml.safe_load(m.group(1)) or {}
             except yaml.YAMLError as exc:
                 mark = getattr(exc, "problem_mark", None)
-                line = f" line {mark.line + 2}" if mark else ""
-                raise PromptError(f"{name}{line}: the front matter is not valid YAML") from None
+                at = mark.line + 2 if mark else None
+                line = f" line {at}" if at else ""
+                raise PromptError(f"{name}{line}: the front matter is not valid YAML", at) from None
             if not isinstance(front, dict):
                 raise PromptError(f"{name}: the front matter must be a mapping")
             self.front = front
             body = text[m.end() :]
             offset = text[: m.end()].count("\n")
+        self.body, self.body_line = body, offset + 1  # the body starts at this line
         try:
             self._template = self.env.from_string(body)
         except TemplateSyntaxError as exc:
-            raise PromptError(f"{name} line {(exc.lineno or 0) + offset}: {exc.message}") from None
+            at = (exc.lineno or 0) + offset
+            raise PromptError(f"{name} line {at}: {exc.message}", at) from None
 
     def render(self, context: dict[str, Any]) -> str:
         try:
@@ -70,6 +84,37 @@ class Prompt:
             raise EventError(f"prompt {self.name}: {exc.message}") from None
         except TemplateError as exc:
             raise EventError(f"prompt {self.name}: {exc}") from None
+
+
+    def variables(self) -> frozenset[str]:
+        """The top-level variables the template reads (the leaf's fields, `data`, `leaf`)."""
+        return frozenset(meta.find_undeclared_variables(self.env.parse(self.body)))
+
+    def render_sample(self, context: dict[str, Any]) -> str:
+        """Render with `context` where any variable it lacks is an empty value that any
+        attribute, item or filter accepts: what lint uses to render a template with sample
+        inputs (its strict rendering of real events stays `render`). Raises PromptError."""
+        lenient = SandboxedEnvironment(undefined=ChainableUndefined, autoescape=False,
+                                       keep_trailing_newline=True)
+        lenient.filters.update(self.env.filters)
+        lenient.globals.update(self.env.globals)  # e.g. a Go template's functions
+        try:
+            return lenient.from_string(self.body).render(context)
+        except TemplateError as exc:
+            line = getattr(exc, "lineno", None)
+            at = line + self.body_line - 1 if line else None
+            where = f" line {at}" if at else ""
+            raise PromptError(f"{self.name}{where}: {exc}", at) from None
+        except Exception as exc:  # noqa: BLE001 - e.g. a division by zero in the template
+            # Jinja rewrites the traceback so that its frames carry the template's lines
+            tb, line = exc.__traceback__, None
+            while tb is not None:
+                if tb.tb_frame.f_code.co_filename == "<template>":
+                    line = tb.tb_lineno
+                tb = tb.tb_next
+            at = line + self.body_line - 1 if line else None
+            where = f" line {at}" if at else ""
+            raise PromptError(f"{self.name}{where}: rendering fails: {exc}", at) from None
 
 
 def context_for(leaf: Leaf) -> dict[str, Any]:

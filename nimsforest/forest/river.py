@@ -33,6 +33,7 @@ from nimsforest.forest.errors import FlowError
 from nimsforest.forest.handlers import SOURCE_HEADER
 from nimsforest.forest.model import FlowReceipt
 from nimsforest.forest.subjects import river_subject
+from nimsforest.forest.trace import TraceContext
 from nimsforest.forest.webhooks import (
     WebhookRejected,
     delivery_id,
@@ -49,7 +50,9 @@ if TYPE_CHECKING:
 
 
 RIVER_HOLD = 15.0  # seconds an input is held while the River cannot store it
-ATTEMPT_TIMEOUT = 2.0
+# an attempt unanswered this long is sent again: a leader handing over (a drain's step-down)
+# may drop what it was given, and the client would wait the whole attempt for nothing
+ATTEMPT_TIMEOUT = 1.0
 _PAUSES = (0.05, 0.1, 0.2, 0.4)  # between attempts (then the last, repeated)
 # JetStream's error codes for an answer that is not a decision about the input
 _IN_PROCESS = 10158  # "duplicate message id is in process": this id is being stored
@@ -112,10 +115,11 @@ async def flow(
     source: str = "api",
     msg_id: str | None = None,
     hold: float = RIVER_HOLD,
+    headers: Mapping[str, str] | None = None,
 ) -> FlowReceipt:
     """Store one input in the River. `payload` is JSON bytes or a JSON-able value.
     Returns once JetStream has stored it (holding it up to `hold` seconds while the River
-    cannot store it); raises FlowError otherwise."""
+    cannot store it); raises FlowError otherwise. `headers` go with it (the trace context)."""
     try:
         subj = river_subject(subject)
     except ValueError as exc:
@@ -136,14 +140,15 @@ async def flow(
     if len(data) > (nc.max_payload or 1_048_576) - 512:
         raise FlowError("The payload is larger than the NATS maximum payload.", 413)
     ours = not msg_id  # an id made here: a duplicate is only our own retry
-    headers = {SOURCE_HEADER: source, "Nats-Msg-Id": msg_id or f"river:{uuid.uuid4().hex}"}
+    sent = {**(headers or {}), SOURCE_HEADER: source,
+            "Nats-Msg-Id": msg_id or f"river:{uuid.uuid4().hex}"}
     started = time.monotonic()
     deadline = started + max(0.0, hold)
     attempt = 0
     while True:
         left = deadline - time.monotonic()
         try:
-            ack = await js.publish(subj, data, headers=headers,
+            ack = await js.publish(subj, data, headers=sent,
                                    timeout=max(0.2, min(ATTEMPT_TIMEOUT, left)) if hold else 5.0)
         except Exception as exc:  # noqa: BLE001 - classified below
             outcome = attempt_outcome(exc)
@@ -153,8 +158,10 @@ async def flow(
             await asyncio.sleep(pause)
             attempt += 1
             continue
+        trace = TraceContext.of(sent)
         return FlowReceipt(stream=ack.stream, subject=subj, seq=ack.seq,
-                           duplicate=bool(ack.duplicate) and not ours)
+                           duplicate=bool(ack.duplicate) and not ours,
+                           trace_id=trace.trace_id if trace else None)
 
 
 async def receive(
@@ -179,6 +186,7 @@ async def receive(
         river_payload(comp.name, spec, headers, value),
         source=f"source:{comp.name}",
         msg_id=delivery_id(comp.name, spec, headers, value),
+        trace=TraceContext.of(headers),
     )
     comp.stats.events_out += 1
     metrics.component_events_out.labels("source", comp.name).inc()

@@ -39,7 +39,8 @@ from nimsforest.forest.publisher import Publisher
 from nimsforest.forest.replay import NothingToReplay, ReplayDone, ReplayRange, replay
 from nimsforest.forest.soil import Soil
 from nimsforest.forest.specs import USER_KINDS, ComponentSpec
-from nimsforest.streams import CORE_STREAMS, ensure_streams
+from nimsforest.forest.trace import NO_TRACING, TraceContext, Tracing, hop_name
+from nimsforest.streams import CORE_STREAMS, NIM_CACHE, NIM_RATE, ensure_stream, ensure_streams
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -61,6 +62,7 @@ class Forest:
         retry_interval: float = 5.0,
         river_hold: float = river.RIVER_HOLD,
         node: str = "",
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
@@ -71,11 +73,13 @@ class Forest:
         self._env = env
         self._grace = stop_grace
         self._components: dict[_Key, Component] = {}
+        self._invalid: dict[_Key, Component] = {}  # config.invalid, shown FAILED
         self._decomposer: Component | None = None
         self._lock = asyncio.Lock()
         self._running = False
         self._retry_interval = retry_interval
         self._river_hold = river_hold
+        self._tracing = tracing
         self._retry_task: asyncio.Task[None] | None = None
         self.soil = Soil(self._js)
 
@@ -99,6 +103,7 @@ class Forest:
                 self._js, CORE_STREAMS, self._replicas, self._placement, rescale=False
             )
             self._running = True
+            await self._ensure_cache(self._config)
             if self._config.decomposer.enabled:
                 self._decomposer = build_decomposer(self._config, self.soil)
                 await self._start_quietly(self._decomposer)
@@ -108,6 +113,7 @@ class Forest:
                     if comp.state is not ComponentState.FAILED:
                         await self._start_quietly(comp)
                     self._components[(kind, name)] = comp
+            self._show_invalid(self._config)
             failed = sum(c.state is ComponentState.FAILED for c in self._all())
             log.info("forest running: %d components, %d failed", len(self._all()), failed)
             self._retry_task = asyncio.create_task(self._retry_loop(), name="forest-retry")
@@ -128,17 +134,22 @@ class Forest:
             if self._decomposer is not None:
                 await self._decomposer.stop(self._grace)
             self._components.clear()
+            self._invalid.clear()
             self._decomposer = None
             await self._publisher.close()
             self._publisher = Publisher(self._nc)
             log.info("forest stopped")
 
     # the one way to change a running forest ---------------------------------------
-    async def reload(self, new_config: ForestConfig) -> ReloadDiff:
+    async def reload(self, new_config: ForestConfig, *, fail_alone: bool = False) -> ReloadDiff:
         """Bring the forest to `new_config`. Everything added or changed (a changed spec, or
         a changed script or prompt file) is built first; any error raises and changes
         nothing. Then removed components stop, changed ones restart alone, added ones start.
-        FAILED components are retried as changed."""
+        FAILED components are retried as changed.
+
+        With `fail_alone` (the control plane's watcher applying the desired state), a
+        component that cannot be built does not stop the rest: it is FAILED with its
+        sentence (in `list()`, /health and the log) and listed in the diff's `failed`."""
         async with self._lock:
             added: builtins.list[ComponentRef] = []
             removed: builtins.list[ComponentRef] = []
@@ -164,15 +175,27 @@ class Forest:
                     if (
                         name in old_specs
                         and was == spec_fingerprint(new_config, kind, name, spec, self._env)
-                        and (current is None or current.state is not ComponentState.FAILED)
+                        and (
+                            current is None
+                            or current.state is not ComponentState.FAILED
+                            # the same spec and files cannot build better this time
+                            or (fail_alone and current.handler is None and current.consumer is None
+                                and current.fingerprint is not None)
+                        )
                     ):
                         unchanged.append(ref)
                         continue
-                    builds[(kind, name)] = build_component(new_config, kind, name, spec, self._env)
+                    if fail_alone:
+                        builds[(kind, name)] = self._build_or_failed(kind, name, spec, new_config)
+                    else:
+                        builds[(kind, name)] = build_component(
+                            new_config, kind, name, spec, self._env
+                        )
                     (changed if name in old_specs else added).append(ref)
             decomposer_changed = new_config.decomposer != self._config.decomposer
             failed: builtins.list[ComponentRef] = []
             if self._running:
+                await self._ensure_cache(new_config)
                 for ref in removed:
                     comp = self._components.pop((ref.kind, ref.name), None)
                     if comp is not None:
@@ -186,9 +209,10 @@ class Forest:
                     await self._restart_decomposer()
                 for ref in [*changed, *added]:
                     comp = builds[(ref.kind, ref.name)]
-                    if not await self._start_quietly(comp):
+                    if comp.state is ComponentState.FAILED or not await self._start_quietly(comp):
                         failed.append(ref)
                     self._components[(ref.kind, ref.name)] = comp
+                self._show_invalid(new_config)
             else:
                 self._config = new_config
             diff = ReloadDiff(
@@ -229,12 +253,23 @@ class Forest:
 
     # the River ------------------------------------------------------------------------------
     async def flow(
-        self, subject: str, payload: Any, *, source: str = "api", msg_id: str | None = None
+        self, subject: str, payload: Any, *, source: str = "api", msg_id: str | None = None,
+        trace: TraceContext | None = None,
     ) -> FlowReceipt:
-        """Store one input in the River. `payload` is JSON bytes or a JSON-able value.
-        Returns once JetStream has stored it; raises FlowError otherwise."""
-        return await river.flow(self._nc, self._js, subject, payload, source=source, msg_id=msg_id,
-                                hold=self._river_hold)
+        """Store one input in the River. `payload` is JSON bytes or a JSON-able value;
+        `trace` is the sender's trace context (a request's `traceparent`), else the input
+        starts a trace. Returns once JetStream has stored it; raises FlowError otherwise."""
+        hop = self._tracing.hop(f"river {subject}", trace, {"nimsforest.source": source,
+                                                            "nimsforest.node": self.dead.node})
+        try:
+            receipt = await river.flow(self._nc, self._js, subject, payload, source=source,
+                                       msg_id=msg_id, hold=self._river_hold,
+                                       headers=hop.headers(hop_name(source, self.dead.node)))
+        except FlowError as exc:
+            hop.end(str(exc))
+            raise
+        hop.end()
+        return receipt
 
     async def receive_webhook(
         self, path: str, headers: Mapping[str, str], body: bytes
@@ -260,16 +295,35 @@ class Forest:
 
     # internals ------------------------------------------------------------------------------
     def _all(self) -> Sequence[Component]:
-        return ([self._decomposer] if self._decomposer else []) + list(self._components.values())
+        return ([self._decomposer] if self._decomposer else []) + list(
+            self._components.values()) + [
+            c for k, c in self._invalid.items() if k not in self._components]
+
+    def _show_invalid(self, config: ForestConfig) -> None:
+        """The components `config` left out as invalid, FAILED with their sentences (a
+        valid component of the same name wins)."""
+        wanted = {(p.ref.kind, p.ref.name): p for p in config.invalid
+                  if p.ref.name not in config.specs(p.ref.kind)}
+        for key in list(self._invalid):
+            if key not in wanted or wanted[key].sentence != self._invalid[key].stats.last_error:
+                del self._invalid[key]
+        for key, problem in wanted.items():
+            if key not in self._invalid:
+                comp = Component(problem.ref.kind, problem.ref.name, None)
+                comp.fail(problem.sentence)
+                self._invalid[key] = comp
 
     def _sources(self) -> Sequence[Component]:
         return [c for (k, _), c in self._components.items() if k is ComponentKind.SOURCE]
 
-    def _build_or_failed(self, kind: ComponentKind, name: str, spec: ComponentSpec) -> Component:
+    def _build_or_failed(self, kind: ComponentKind, name: str, spec: ComponentSpec,
+                         config: ForestConfig | None = None) -> Component:
         try:
-            return build_component(self._config, kind, name, spec, self._env)
+            return build_component(config or self._config, kind, name, spec, self._env)
         except ForestConfigError as exc:
-            comp = Component(kind, name, spec, publishes=spec.publishes)
+            cfg = config or self._config
+            comp = Component(kind, name, spec, publishes=spec.publishes,
+                             fingerprint=spec_fingerprint(cfg, kind, name, spec, self._env))
             comp.fail(str(exc))
             return comp
 
@@ -295,10 +349,27 @@ class Forest:
     async def _start_quietly(self, comp: Component) -> bool:
         try:
             await comp.start(self._nc, self._js, self._publisher, self.dead,
-                             node=self.dead.node, flow=self.flow)
+                             node=self.dead.node, flow=self.flow, tracing=self._tracing)
             return True
         except Exception:  # noqa: BLE001 - the component is FAILED with the reason
             return False
+
+    async def _ensure_cache(self, config: ForestConfig) -> None:
+        """The buckets of the nims' answer cache and rate limits, when a nim of `config`
+        uses them (one that cannot be created is logged: a nim then runs without its cache,
+        and one with a rate limit fails to start until it can)."""
+        nims = config.specs(ComponentKind.NIM).values()
+        wanted = []
+        if any(getattr(s, "cache", None) for s in nims):
+            wanted.append(NIM_CACHE)
+        if any(getattr(b, "rate_limit", None) for s in nims for b in getattr(s, "chain", ())):
+            wanted.append(NIM_RATE)
+        for spec in wanted:
+            try:
+                await ensure_stream(self._js, spec, self._replicas, self._placement,
+                                    rescale=False)
+            except Exception as exc:  # noqa: BLE001 - see above
+                log.warning("the bucket %s cannot be created: %s", spec.kv_bucket, exc)
 
     async def _restart_decomposer(self) -> None:
         if self._decomposer is not None:

@@ -4,10 +4,11 @@ Each script gets its own Lua runtime whose globals are only:
     assert error ipairs next pairs pcall xpcall rawequal rawget rawlen rawset select
     setmetatable getmetatable tonumber tostring type _VERSION
     string (without dump) table math utf8 coroutine
+    os.time os.date os.clock os.difftime (the clock, nothing else of os)
     log(...) print(...) json.encode json.decode json.array json.object contains(s, sub)
-There is no os, io, debug, package, require, load, loadfile, dofile, collectgarbage or
-string.dump: scripts cannot load code or bytecode, touch files, run programs or reach
-Python.
+There is no io, debug, package, require, load, loadfile, dofile, collectgarbage,
+string.dump or the rest of os: scripts cannot load code or bytecode, touch files, run
+programs or reach Python.
 
 Every call (including the script's top level when it is loaded) is bounded:
 - instructions: a count hook stops the call after `instructions` VM instructions or
@@ -23,6 +24,7 @@ A stopped or failing call raises ScriptError for that one event; the runtime sta
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from typing import Any
 import lupa
 
 from nimsforest.forest.errors import EventError
+from nimsforest.forest.luacheck import missing_globals
 from nimsforest.forest.luaconv import ConversionError, Converter
 
 try:  # prefer the newest Lua the installed lupa provides
@@ -52,7 +55,12 @@ class LuaLimits:
 
 
 class ScriptLoadError(Exception):
-    """The script cannot be used (syntax error, failing top level, no process function)."""
+    """The script cannot be used (syntax error, a global the sandbox does not have,
+    failing top level, no process function). `line` is the script's line, when known."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        self.line = line
+        super().__init__(message)
 
 
 class ScriptError(EventError):
@@ -124,6 +132,7 @@ env.string = string
 env.table = {}; for k, v in pairs(table) do env.table[k] = v end
 env.math = {}; for k, v in pairs(math) do env.math[k] = v end
 env.utf8 = {}; for k, v in pairs(utf8) do env.utf8[k] = v end
+env.os = {time = os.time, date = os.date, clock = os.clock, difftime = os.difftime}
 
 env.getmetatable = getmetatable
 env.setmetatable = function(t, mt)
@@ -233,7 +242,8 @@ class LuaSandbox:
 
         compiled = api.compile(source, chunkname)
         if isinstance(compiled, tuple):  # (nil, message)
-            raise ScriptLoadError(_syntax_sentence(str(compiled[1]), chunkname))
+            raise ScriptLoadError(*_syntax_sentence(str(compiled[1]), chunkname))
+        check_globals(source, chunkname)
         chunk = compiled
         try:
             self._call_raw(chunk)
@@ -331,13 +341,58 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _syntax_sentence(err: str, chunkname: str) -> str:
+def _syntax_sentence(err: str, chunkname: str) -> tuple[str, int | None]:
     # "scoring.lua:3: '=' expected near 'x'" -> "scoring.lua line 3: '=' expected near 'x'"
     rest = err.removeprefix(chunkname + ":")
     line, sep, msg = rest.partition(":")
     if rest != err and sep and line.strip().isdigit():
-        return f"{chunkname} line {line.strip()}: {msg.strip()}"
-    return err
+        return f"{chunkname} line {line.strip()}: {msg.strip()}", int(line.strip())
+    return err, None
+
+
+@functools.cache
+def sandbox_globals() -> frozenset[str]:
+    """The globals a script has: those of a real sandbox (the prelude's environment)."""
+    rt = _lua.LuaRuntime(register_eval=False, register_builtins=False)
+    g = rt.globals()
+    for name in ("__json_encode", "__json_decode", "__log", "__plainfind"):
+        g[name] = lambda *a: None
+    g["__pattern_limit"] = PATTERN_WORK_LIMIT
+    api = rt.execute(_PRELUDE, g)
+    return frozenset(str(k) for k in api.env.keys())
+
+
+SAFE_OS = frozenset({"time", "date", "clock", "difftime"})  # what scripts have of `os`
+
+
+@functools.cache
+def removed_globals() -> frozenset[str]:
+    """Standard Lua globals the sandbox takes away (`os`, `io`, `require`, `load` ...),
+    and those of older Lua versions."""
+    rt = _lua.LuaRuntime(register_eval=False, register_builtins=False)
+    standard = {str(k) for k in rt.globals().keys()}
+    legacy = {"loadstring", "module", "setfenv", "getfenv", "unpack", "bit32", "gcinfo"}
+    return frozenset((standard | legacy) - sandbox_globals())
+
+
+def check_globals(source: str, chunkname: str) -> None:
+    """Refuse a script that reads a standard global the sandbox does not have (one
+    check: the builder's and `nimsforest lint`'s). A global the script never assigns but
+    which is no standard one (a typo, most likely) is left to lint's warnings."""
+    uses = missing_globals(source, sandbox_globals() - {"os"})
+    removed = [u for u in uses or () if u.name in removed_globals()
+               or (u.name == "os" and u.shown != "os" and u.shown.partition(".")[2] not in SAFE_OS)]
+    if removed:
+        first = removed[0]
+        also = "".join(
+            f", {u.shown} (line {u.line})" if u.line else f", {u.shown}" for u in removed[1:]
+        )
+        where = f"{chunkname} line {first.line}" if first.line else chunkname
+        raise ScriptLoadError(
+            f"{where}: uses {first.shown}{also}, which the sandbox does not have (no io, "
+            "debug, package, require, load or dofile; of os only time, date, clock and difftime)",
+            first.line,
+        )
 
 
 def _mb(n: int) -> str:
@@ -351,4 +406,7 @@ __all__ = [
     "LuaSandbox",
     "ScriptError",
     "ScriptLoadError",
+    "check_globals",
+    "removed_globals",
+    "sandbox_globals",
 ]

@@ -255,10 +255,11 @@ class ScheduleLoop(SourceLoop):
     async def _run(self) -> None:
         last = await self._catch_up()
         every = f"cron '{self.spec.cron}'" if self.spec.cron else f"every {self.spec.interval:g}s"
+        self._state(f"firing {every}")
         while True:
             now = _now()
             tick = next_tick(self.spec, max(now, last) if last else now)
-            self._state(f"{every}: next tick at {tick.isoformat()}")
+            self.activity = f"{every}: next tick at {tick.isoformat()}"  # shown, not logged
             await asyncio.sleep(max(0.0, (tick - now).total_seconds()))
             while _now() < tick:  # woken a little early
                 await asyncio.sleep(max(0.001, (tick - _now()).total_seconds()))
@@ -397,7 +398,7 @@ class HttpPollLoop(SourceLoop):
         self._rev = rev
         self._held.set()
         took = f" (took over from node {was.node})" if was and was.node != self._node else ""
-        self._state(f"polling {self.spec.url} every {self.spec.interval:g}s{took}")
+        self._state(f"polling {self.spec.url} every {self.spec.every:g}s{took}")
 
     def _drop(self) -> None:
         self._rev = None
@@ -416,20 +417,19 @@ class HttpPollLoop(SourceLoop):
 
     # polling -------------------------------------------------------------------------------------
     async def _poll_loop(self) -> None:
-        assert self.spec.interval is not None
         while True:
             await self._held.wait()
             started = time.monotonic()
             try:
                 n = await self.poll_once()
-                if self.holding:
-                    self._state(f"polling {self.spec.url} every {self.spec.interval:g}s "
-                                f"(last poll: {n} new)")
+                if self.holding:  # shown, not logged: the count changes every poll
+                    self.activity = (f"polling {self.spec.url} every {self.spec.every:g}s "
+                                     f"(last poll: {n} new)")
             except PollFailed as exc:
                 self._failed(str(exc))
             except Exception as exc:  # noqa: BLE001 - KV or NATS trouble: the next poll tries again
                 self._failed(f"could not poll: {exc or type(exc).__name__}")
-            await asyncio.sleep(max(0.0, self.spec.interval - (time.monotonic() - started)))
+            await asyncio.sleep(max(0.0, self.spec.every - (time.monotonic() - started)))
 
     async def poll_once(self) -> int:
         """Fetch pages from the stored cursor on; store each page's items in the River,

@@ -88,10 +88,15 @@ class LimitsSpec(_Spec):
     memory: Size = Field(64 * 1024 * 1024, ge=1024 * 1024)
 
 
+ACK_WAIT = 5.0  # seconds
+
+
 class _Delivery(_Spec):
     """Delivery settings of a durable consumer."""
 
-    ack_wait: Duration = Field(30.0, gt=0, description="e.g. 30s (nims: 60s)")
+    # short: a node that dies mid-way holds its events this long; slow work (an LLM call,
+    # an output's retries) stays alive with in-progress acks every ack_wait / 3
+    ack_wait: Duration = Field(ACK_WAIT, gt=0, description="e.g. 5s: how long a dead node's events wait")
     max_deliver: int = Field(5, ge=1, le=1000, description="Attempts per event")
 
 
@@ -170,6 +175,20 @@ class RulesBrainSpec(_Spec):
     rules: tuple[Rule, ...] = ()
 
 
+class RateLimitSpec(_Spec):
+    """A brain's quota for the whole cluster: requests and/or tokens per `per`."""
+
+    requests: int | None = Field(None, ge=1)
+    tokens: int | None = Field(None, ge=1)
+    per: Duration = Field(60.0, gt=0, le=24 * 3600)
+
+    @model_validator(mode="after")
+    def _something(self) -> RateLimitSpec:
+        if self.requests is None and self.tokens is None:
+            raise ValueError("give requests, tokens or both")
+        return self
+
+
 class _HttpBrain(_Spec):
     base_url: str | None = None
     model: str | None = None
@@ -181,6 +200,11 @@ class _HttpBrain(_Spec):
     retries: int = Field(3, ge=0, le=10)
     backoff: Duration = Field(0.5, ge=0)  # first retry delay; doubles each time, at most 30 s
     concurrency: int = Field(4, ge=1, le=256)
+    # prices per million tokens (in any currency), for the nim's cost in /metrics
+    price_prompt: float = Field(0.0, ge=0)
+    price_completion: float = Field(0.0, ge=0)
+    # shared by every node and nim asking the same endpoint, model and key (KV NIMRATE)
+    rate_limit: RateLimitSpec | None = None
 
 
 class OpenAIBrainSpec(_HttpBrain):
@@ -199,8 +223,17 @@ class AnthropicBrainSpec(_HttpBrain):
     version: str = "2023-06-01"
 
 
+class OllamaBrainSpec(_HttpBrain):
+    """Ollama's own chat API (POST /api/chat): a nim's output_schema goes as its `format`.
+    Defaults: OLLAMA_HOST (http://localhost:11434), OLLAMA_MODEL (llama3.2); no key."""
+
+    type: Literal["ollama"]
+    json_mode: bool = False  # send format "json" when there is no output_schema
+
+
 BrainSpec = Annotated[
-    RulesBrainSpec | OpenAIBrainSpec | AnthropicBrainSpec, Field(discriminator="type")
+    RulesBrainSpec | OpenAIBrainSpec | AnthropicBrainSpec | OllamaBrainSpec,
+    Field(discriminator="type"),
 ]
 
 
@@ -227,8 +260,26 @@ class NimSpec(_Consuming):
         "auto", description="The prompt's template language; auto: Go when it looks like one "
                             "({{.score}}, {{range .signals}}), else Jinja2")
     brain: Annotated[BrainSpec, BeforeValidator(_brain_shorthand)] = RulesBrainSpec()
+    # the brains asked, in order, when the one before cannot answer (e.g. a local Ollama,
+    # then OpenAI, then rules); a brain that failed `fallback_after` decisions in a row is
+    # skipped for `cooldown`
+    fallback: tuple[Annotated[BrainSpec, BeforeValidator(_brain_shorthand)], ...] = Field(
+        (), max_length=8
+    )
+    fallback_after: int = Field(3, ge=1, le=100)
+    cooldown: Duration = Field(60.0, ge=0)
+    # a JSON Schema the output must match: sent to the brain when it takes one, always
+    # checked here; an answer that does not match is asked again with the error, up to
+    # `schema_retries` times, then the event is dead with the answer kept
+    output_schema: dict[str, Any] | None = None
+    schema_retries: int = Field(2, ge=0, le=10)
+    # the whole decision (every brain, retry and schema retry) within this, else it fails
+    decision_timeout: Duration | None = Field(None, gt=0)
+    # answers of HTTP brains kept this long in the KV bucket NIMCACHE, shared by the
+    # cluster, keyed by brain, model, prompt and schema (off by default; at most 7 days)
+    cache: Duration | None = Field(None, gt=0, le=7 * 24 * 3600)
     humus: HumusSpec = HumusSpec()
-    ack_wait: Duration = Field(60.0, gt=0)
+    ack_wait: Duration = Field(ACK_WAIT, gt=0)
     max_deliver: int = Field(10, ge=1)
     # default: 256 for the rules brain, twice the brain's concurrency for LLM brains (so
     # a node does not hoard leaves other nodes could take)
@@ -238,7 +289,9 @@ class NimSpec(_Consuming):
     def inflight(self) -> int:
         if self.max_inflight is not None:
             return self.max_inflight
-        return 256 if isinstance(self.brain, RulesBrainSpec) else 2 * self.brain.concurrency
+        if isinstance(self.brain, RulesBrainSpec) and not self.fallback:
+            return 256
+        return 2 * max(getattr(b, "concurrency", 4) for b in self.chain)
 
     @field_validator("subscribes")
     @classmethod
@@ -255,6 +308,27 @@ class NimSpec(_Consuming):
     def _one_prompt(self) -> NimSpec:
         _exactly_one(self.prompt, self.template, "'prompt' (a file) or 'template' (inline)")
         return self
+
+    @field_validator("output_schema")
+    @classmethod
+    def _schema(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            import jsonschema  # only forests that give a schema pay for the import
+
+            try:
+                jsonschema.validators.validator_for(v).check_schema(v)
+            except jsonschema.SchemaError as exc:
+                where = "/".join(str(p) for p in exc.path)
+                raise ValueError(f"is not a valid JSON Schema{' at ' + where if where else ''}: "
+                                 f"{exc.message}") from None
+        return v
+
+    @property
+    def chain(
+        self,
+    ) -> tuple[RulesBrainSpec | OpenAIBrainSpec | AnthropicBrainSpec | OllamaBrainSpec, ...]:
+        """The brains asked in order: `brain`, then `fallback`."""
+        return (self.brain, *self.fallback)
 
 
 class SignatureKind(StrEnum):
@@ -323,7 +397,8 @@ class SourceSpec(ComponentSpec):
     headers: tuple[str, ...] = Field((), max_length=64, description="Headers copied in")
     tolerance: Duration = Field(300.0, gt=0, description="Stripe timestamp tolerance")
     # schedule, http_poll
-    interval: Duration | None = Field(None, gt=0, description="schedule, http_poll: e.g. 30s, 1h")
+    interval: Duration | None = Field(
+        None, gt=0, description="schedule, http_poll: e.g. 30s, 1h (http_poll: 5m by default)")
     cron: str | None = Field(None, max_length=256, description="schedule: a cron expression (UTC)")
     payload: Any = Field(None, description="schedule: the JSON each tick puts in the River")
     catch_up: CatchUp = Field(CatchUp.SKIP, description="schedule: skip | fire_one")
@@ -405,11 +480,16 @@ class SourceSpec(ComponentSpec):
                 data = {**data, "signature": "sha256" if webhook and data.get("secret") else "none"}
         return data
 
+    @property
+    def every(self) -> float:
+        """How often a schedule or a poll runs (seconds)."""
+        return self.interval if self.interval is not None else 300.0
+
     @model_validator(mode="after")
     def _settings(self) -> SourceSpec:
         t = self.type
         needs = {SourceType.HTTP_WEBHOOK: ("path",), SourceType.TELEGRAM: ("path",),
-                 SourceType.SCHEDULE: (), SourceType.HTTP_POLL: ("url", "interval"),
+                 SourceType.SCHEDULE: (), SourceType.HTTP_POLL: ("url",),
                  SourceType.NATS: ("subject",)}[t]
         for f in needs:
             if getattr(self, f) is None:
@@ -618,9 +698,11 @@ __all__ = [
     "HumusSpec",
     "LimitsSpec",
     "NimSpec",
+    "OllamaBrainSpec",
     "OpenAIBrainSpec",
     "OutputSpec",
     "OutputType",
+    "RateLimitSpec",
     "Rule",
     "RulesBrainSpec",
     "SignatureKind",

@@ -66,6 +66,17 @@ def wind_subject(leaf_subject: str, *, pattern: bool = False) -> str:
     return WIND_PREFIX + check_subject(leaf_subject, pattern=pattern)
 
 
+def overlap(a: str, b: str) -> bool:
+    """Whether two NATS subjects or patterns can match one same subject."""
+    ta, tb = a.split("."), b.split(".")
+    for x, y in zip(ta, tb, strict=False):
+        if ">" in (x, y):
+            return True
+        if x != y and "*" not in (x, y):
+            return False
+    return len(ta) == len(tb)
+
+
 def humus_subject(nim: str, action: str) -> str:
     return f"{HUMUS_PREFIX}{nim}.{action}"
 
@@ -76,6 +87,7 @@ __all__ = [
     "WIND_PREFIX",
     "check_subject",
     "humus_subject",
+    "overlap",
     "river_subject",
     "wind_subject",
 ]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,12 +25,13 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer as OtelTracer
 
 TRACEPARENT = "traceparent"
-HOP_HEADER = "Nimsforest-Hop"  # the component that stored the message: <kind>:<name>@<node>
+HOP_HEADER = "Nimsforest-Hop"  # who stored the message: <kind>:<name>@<node>, api@<node>, ...
+INPUT_HEADER = "Nimsforest-Input"  # the message a component's output answers: <stream>:<seq>
 OTLP_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
 # version-traceid-parentid-flags (https://www.w3.org/TR/trace-context/#traceparent-header)
 _TRACEPARENT_RE = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
-_rand = random.SystemRandom()
+_rand = random.Random()  # ids need to be unique, not secret (as the OpenTelemetry SDK's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +82,10 @@ def _nonzero(bits: int) -> int:
     return _rand.getrandbits(bits) or 1
 
 
-def hop_name(kind: str, name: str, node: str) -> str:
-    return f"{kind}:{name}@{node}"
+def hop_name(who: str, node: str) -> str:
+    """`Nimsforest-Hop`'s value: a component (`tree:contacts`) or a way into the River
+    (`api`, `source:github`), at a node."""
+    return f"{who}@{node}" if node else who
 
 
 class Hop:
@@ -102,19 +105,17 @@ class Hop:
 
 
 class _SpanHop(Hop):
-    __slots__ = ("_span",)
+    __slots__ = ("_failed", "_span")
 
-    def __init__(self, span: Span) -> None:
+    def __init__(self, span: Span, failed: Callable[[str], Any]) -> None:
         ctx = span.get_span_context()
         super().__init__(TraceContext(f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}",
                                       bool(ctx.trace_flags & 1)))
-        self._span = span
+        self._span, self._failed = span, failed  # failed(text): an ERROR status
 
     def end(self, error: str | None = None) -> None:
         if error is not None:
-            from opentelemetry.trace import Status, StatusCode
-
-            self._span.set_status(Status(StatusCode.ERROR, error))
+            self._span.set_status(self._failed(error))
         self._span.end()
 
 
@@ -131,36 +132,53 @@ class Tracing:
 
 
 class OtlpTracing(Tracing):
-    """Spans exported over OTLP/HTTP in batches (the SDK reads the standard variables)."""
+    """Spans exported over OTLP/HTTP in batches. The SDK reads the standard variables:
+    `OTEL_EXPORTER_OTLP_*` for where, `OTEL_TRACES_SAMPLER(_ARG)` for how many (a span
+    sampled out costs little and its ids still go on in the headers)."""
 
     enabled = True
 
-    def __init__(self, service: str, node: str) -> None:
+    def __init__(self, service: str, node: str, endpoint: str | None = None) -> None:
+        """`endpoint`: the traces URL (…/v1/traces); else the standard variables say."""
+        from opentelemetry import trace
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.trace import (
+            NonRecordingSpan,
+            SpanContext,
+            SpanKind,
+            Status,
+            StatusCode,
+            TraceFlags,
+        )
 
         self._provider = TracerProvider(resource=Resource.create({
             "service.name": service, "service.instance.id": node}))
-        self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        exporter = OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter()
+        self._provider.add_span_processor(BatchSpanProcessor(exporter))
         self._tracer: OtelTracer = self._provider.get_tracer("nimsforest")
+        self._in_context = trace.set_span_in_context
+        self._remote, self._remote_span = SpanContext, NonRecordingSpan
+        self._flags = (TraceFlags(0), TraceFlags(1))
+        self._consumer = SpanKind.CONSUMER
+        self._failed = lambda text: Status(StatusCode.ERROR, text)
 
     def hop(self, name: str, parent: TraceContext | None, attributes: Mapping[str, Any]) -> Hop:
-        from opentelemetry import trace
-        from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
-
         context = None
         if parent is not None:
-            remote = SpanContext(int(parent.trace_id, 16), int(parent.span_id, 16), is_remote=True,
-                                 trace_flags=TraceFlags(1 if parent.sampled else 0))
-            context = trace.set_span_in_context(NonRecordingSpan(remote))
-        span = self._tracer.start_span(name, context=context, kind=SpanKind.CONSUMER,
-                                       attributes=dict(attributes))
-        return _SpanHop(span)
+            remote = self._remote(int(parent.trace_id, 16), int(parent.span_id, 16), is_remote=True,
+                                  trace_flags=self._flags[parent.sampled])
+            context = self._in_context(self._remote_span(remote))
+        return _SpanHop(self._tracer.start_span(name, context=context, kind=self._consumer,
+                                                attributes=attributes), self._failed)
 
     def shutdown(self) -> None:
         self._provider.shutdown()  # flushes what is batched
+
+
+NO_TRACING = Tracing()
 
 
 def tracing_from_env(env: Mapping[str, str], service: str, node: str) -> Tracing:
@@ -172,6 +190,8 @@ def tracing_from_env(env: Mapping[str, str], service: str, node: str) -> Tracing
 
 __all__ = [
     "HOP_HEADER",
+    "INPUT_HEADER",
+    "NO_TRACING",
     "OTLP_VARIABLES",
     "TRACEPARENT",
     "Hop",

@@ -298,8 +298,9 @@ async def _collection_loop(stack: Stack, reload: asyncio.Event, stop: asyncio.Ev
                 if text != problem:
                     log.warning("Cannot read the desired services from PocketBase: %s", text)
                 problem = text
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), COLLECTION_POLL_S)
+            with contextlib.suppress(TimeoutError):  # not wait_for: it can swallow a cancel
+                async with asyncio.timeout(COLLECTION_POLL_S):
+                    await stop.wait()
     finally:
         if client is not None:
             await client.aclose()

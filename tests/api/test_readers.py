@@ -206,3 +206,37 @@ async def test_nats_context_holds_what_a_nats_client_needs(node: NodeProcess, tm
 
     missing = cli(node, "nats-context", "--data-dir", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "credentials" in missing.stderr
+
+
+async def test_why_walks_a_soil_value_back_to_its_river_input_and_trace_shows_every_hop(
+    node: NodeProcess,
+) -> None:
+    sent = "00-5e1f9a3c2b7d4e8f9a0b1c2d3e4f5a6b-1a2b3c4d5e6f7a8b-01"
+    contact = {**PAYLOAD, "contact": {**PAYLOAD["contact"], "id": "c-why"}}
+    resp = httpx.post(node.api_url + "/webhooks/contacts", json=contact, timeout=5,
+                      headers={"traceparent": sent})
+    assert resp.status_code == 200 and resp.json()["trace_id"] == "5e1f9a3c2b7d4e8f9a0b1c2d3e4f5a6b"
+
+    def walked() -> dict | None:
+        out = cli(node, "why", "c-why", "--json")
+        return json.loads(out.stdout) if out.returncode == 0 else None
+
+    found = await eventually(walked, timeout=30, what="c-why in Soil")
+    assert found["complete"] and found["gap"] is None
+    streams = [s["stream"] for s in found["steps"]]
+    assert streams[0] == "HUMUS" and streams[-1] == "RIVER" and streams.count("WIND") == 2, streams
+    by = [s["by"].split("@")[0] for s in found["steps"]]
+    assert by == ["nim:qualify", "treehouse:scoring", "tree:contacts", "source:contacts"]
+    assert all(s["by"].endswith("@n1") for s in found["steps"])
+    assert {s["trace_id"] for s in found["steps"]} == {"5e1f9a3c2b7d4e8f9a0b1c2d3e4f5a6b"}
+    assert found["steps"][-1]["data"]["body"]["contact"]["id"] == "c-why"  # the River input itself
+    text = cli(node, "why", "c-why")
+    assert text.returncode == 0 and "source:contacts@n1" in text.stdout and "trace: 5e1f9a3c" in text.stdout
+
+    out = cli(node, "trace", "5e1f9a3c2b7d4e8f9a0b1c2d3e4f5a6b", "--json")
+    assert out.returncode == 0, out.stderr
+    hops = json.loads(out.stdout)["steps"]
+    assert [h["stream"] for h in hops][0] == "RIVER" and len(hops) == 5  # river, 3 leaves, humus
+    assert [h["time"] for h in hops] == sorted(h["time"] for h in hops)
+    assert cli(node, "why", "no-such-key").returncode == 1
+    assert cli(node, "trace", "not-hex").returncode == 2

@@ -119,6 +119,8 @@ async def test_bad_input_changes_nothing_and_is_audited(make_controller: MakeCtl
         (ctl.add("treehouse", th("bad", script="function process(i"), WHO), Invalid,
          "field 'script'"),
         (ctl.add("treehouse", th("noproc", script="x = 1"), WHO), Invalid, "process"),
+        (ctl.add("treehouse", th("osx", script="function process(i)\n os.execute('x')\nend"),
+                 WHO), Invalid, "line 2: uses os.execute, which the sandbox does not have"),
         (ctl.add("treehouse", th("one"), WHO), Conflict, "already exists"),
         (ctl.add("treehouse", {**th("sub"), "subscribes": "bad subject"}, WHO), Invalid,
          "subscribes"),
@@ -135,7 +137,7 @@ async def test_bad_input_changes_nothing_and_is_audited(make_controller: MakeCtl
     assert await ctl.store.last_revision() == before
     assert running(ctl) == {"treehouse.one"}
     refused = [r for r in await ctl.audit(20) if not r.ok]
-    assert len(refused) == 8  # the unknown kind is refused before it names a component
+    assert len(refused) == 9  # the unknown kind is refused before it names a component
     assert all(r.result.endswith(".") for r in refused)
 
 

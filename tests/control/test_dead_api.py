@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import nats
 import yaml
 
 from tests.receiver import receiver
@@ -58,6 +59,17 @@ async def test_dead_letters_through_the_cli_and_the_api(tmp_path: Path) -> None:
             assert json.loads(letter["data"])["data"] == {"id": "c9"}
             seq = letter["seq"]
 
+            nc = await nats.connect(node.client_url())
+            try:  # the same over NATS control
+                reply = await nc.request("forest.control.dead.list",
+                                         b'{"kind": "output", "name": "hook"}', timeout=10)
+                listed = json.loads(reply.data)
+                assert listed["status"] == 200 and [d["seq"] for d in listed["letters"]] == [seq]
+                reply = await nc.request("forest.control.dead.show", b'{"seq": 999}', timeout=10)
+                assert json.loads(reply.data) == {"error": "There is no dead letter #999.",
+                                                  "status": 404}
+            finally:
+                await nc.close()
             table = (await acli(node, "dead", "list", "output", "hook")).stdout
             assert "max deliveries" in table and "output 'hook'" in table
             status = json.loads((await acli(node, "status", "--json")).stdout)
@@ -102,7 +114,43 @@ async def test_dead_letters_through_the_cli_and_the_api(tmp_path: Path) -> None:
             assert [(r["ok"], r["name"]) for r in replays] == [
                 (True, "hook"), (True, "hook"), (False, "nope")]  # dead replay, replay, refused
             assert any(r["action"] == "purge" for r in records)
+            # outputs and sources of every type from the CLI
+            (tmp_path / "tick.yaml").write_text("interval: 1h\npayload: {kind: tick}\n")
+            out = await acli(node, "add", "source", "tick", "--type", "schedule", "--publishes",
+                             "river.tick", "--config", str(tmp_path / "tick.yaml"))
+            assert out.returncode == 0 and "Added source 'tick'" in out.stdout, out.stderr
+            out = await acli(node, "add", "songbird", "chat", "--type", "slack", "--subscribes",
+                             "lead.>", "--url", f"{rx.url}/slack")
+            assert out.returncode == 0 and "Added output 'chat'" in out.stdout, out.stderr
+            out = await acli(node, "add", "output", "bad", "--subscribes", "x", "--type", "email")
+            assert out.returncode == 1 and "an email output needs 'smtp_host'" in out.stderr
             r = httpx.delete(node.api_url + "/api/v1/dead", timeout=5)
             assert r.status_code == 422 and "kind and name, or all=true" in r.json()["error"]
         finally:
             node.stop()
+
+
+async def test_a_dead_letter_of_a_component_gone_is_kept_not_replayed(nc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from nimsforest.control._audit import Actor, AuditLog, Via
+    from nimsforest.control._dead import DeadDesk
+    from nimsforest.control.errors import Conflict
+    from nimsforest.forest import ComponentKind, ComponentRef, DeadReason, Forest, ForestConfig
+    from nimsforest.forest.dead import new_letter
+
+    forest = Forest(nc, ForestConfig.empty(tmp_path), node="n1")
+    await forest.start()
+    try:
+        gone = ComponentRef(kind=ComponentKind.TREE, name="gone")
+        seq = await forest.dead.bury(new_letter(
+            ref=gone, consumer="tree-gone", node="n1", reason=DeadReason.MALFORMED, error="bad.",
+            attempts=1, stream="RIVER", stream_seq=1, subject="river.x", headers={}, data=b"x"))
+        audit = AuditLog(nc)
+        await audit.open()
+        desk = DeadDesk(forest.dead, audit, "n1", exists=lambda ref: ref != gone)
+        with pytest.raises(Conflict, match="which this forest no longer has"):
+            await desk.replay(seq, Actor(via=Via.HTTP))
+        assert (await forest.dead.show(seq)).letter.component == gone
+    finally:
+        await forest.stop()

@@ -132,6 +132,7 @@ async def test_token_rate_limit_and_audit_off_localhost(tmp_path: Path) -> None:
                       headers={"Authorization": "Bearer wrong"})
         assert r.status_code == 401
         assert httpx.post(node.api_url + "/api/v1/river/x", json={}, timeout=5).status_code == 401
+        assert httpx.post(node.api_url + "/api/v1/node/drain", timeout=5).status_code == 401
         assert httpx.post(node.api_url + "/api/v1/river/x", json={}, timeout=5,
                           headers=auth).status_code == 202
         assert httpx.post(node.api_url + "/-/reload", timeout=5).status_code == 401

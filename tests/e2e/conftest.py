@@ -49,6 +49,9 @@ class Forest:
         return n
 
     def stop_all(self) -> None:
+        """Every node stopped at once (a test's end, not what it tests)."""
+        for n in self.nodes.values():
+            n.signal_stop()
         for n in self.nodes.values():
             n.stop(20)
 

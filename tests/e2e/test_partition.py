@@ -149,5 +149,7 @@ async def test_partitioned_node_stops_writes_majority_serves_healed_node_catches
         assert sorted(x for x in got if x >= 0) == sorted(list(range(50)) + list(range(100)))
     finally:
         for n in nodes:
+            n.signal_stop()
+        for n in nodes:
             n.stop(20)
         registry.stop()

@@ -172,11 +172,14 @@ async def test_non_json_answer_is_an_event_error() -> None:
 
 async def test_concurrency_limit_per_nim(openai_server: FakeLLM) -> None:
     """The nim's semaphore is sized from the brain; the HTTP pool never exceeds it."""
+    from nimsforest.forest.decide import Contract, Decider
+    from nimsforest.forest.delivery import Stats
     from nimsforest.forest.handlers import NimHandler  # the semaphore lives in the handler
 
     openai_server.plan = [("sleep", 0.1)] * 12
     brain = openai(openai_server, concurrency=3)
-    handler = NimHandler("q", "nim-q", "out", PROMPT, brain, None, None)  # type: ignore[arg-type]
+    decider = Decider("q", [brain], Contract(), Stats())
+    handler = NimHandler("q", "nim-q", "out", PROMPT, decider, None, None)  # type: ignore[arg-type]
 
     async def one() -> None:
         async with handler._sem:

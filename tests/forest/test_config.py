@@ -178,8 +178,6 @@ def test_lua_syntax_error_names_script_file_and_line(tmp_path: Path) -> None:
 
 def test_unknown_section_and_bad_name(tmp_path: Path) -> None:
     assert "'windwaker' is not a known section" in str(error(tmp_path, {"windwaker": {}}))
-    assert "section 'viewer' (the Go original's live view) is not supported" in str(
-        error(tmp_path, {"viewer": {"enabled": True}}))
     assert "not a valid tree name" in str(error(tmp_path, {"trees": {"a b": {}}}))
 
 
@@ -214,3 +212,17 @@ def test_secret_from_environment_and_signature_default(
     assert built.spec.secret.get_secret_value() == "s3cret"
     assert cfg.sources["a"].signature is SignatureKind.SHA256
     assert cfg.sources["b"].signature is SignatureKind.NONE
+
+
+def test_the_go_originals_viewer_section_loads_and_is_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_forest(tmp_path / "f", {"viewer": {"enabled": True, "update_interval": 90},
+                                         "treehouses": {"scoring": {"subscribes": "contact.created",
+                                                                    "publishes": "lead.scored",
+                                                                    "script": "scoring.lua"}}},
+                        {"scoring.lua": SCORING})
+    with caplog.at_level("INFO", logger="nimsforest.forest"):
+        cfg = load_forest_config(path)
+    assert list(cfg.treehouses) == ["scoring"]  # the rest of the file is what it says
+    assert any("section 'viewer'" in r.getMessage() and "/ui" in r.getMessage() for r in caplog.records)

@@ -190,3 +190,36 @@ async def test_router_errors_are_json_sentences(demo_api: Api) -> None:
         assert signed.status_code == 200, signed.text
     source = demo_api.forest.get("source", "gh")
     assert (source.events_in, source.events_out, source.errors) == (3, 1, 2)
+
+
+async def _stored(nc: Any, stream: str) -> list[Any]:
+    js = nc.jetstream()
+    last = (await js.stream_info(stream)).state.last_seq
+    return [await js.get_msg(stream, seq) for seq in range(1, last + 1)]
+
+
+async def test_one_trace_through_every_hop_of_the_demo(demo_api: Api, wind: Wind, nc: Any) -> None:
+    from nimsforest.forest.trace import HOP_HEADER, INPUT_HEADER, TRACEPARENT, TraceContext
+
+    sender = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with httpx.AsyncClient(base_url=demo_api.url) as http:
+        resp = await http.post("/webhooks/contacts", json=PAYLOAD, headers={TRACEPARENT: sender})
+    assert resp.status_code == 200 and resp.json()["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+    await eventually(lambda: soil_value(demo_api.forest, "c-1001"), what="Soil c-1001")
+    hops: dict[str, list[Any]] = {s: await _stored(nc, s) for s in ("RIVER", "WIND", "HUMUS")}
+    spans: dict[str, set[str]] = {}  # span -> the inputs of the hop it is
+    for stream, msgs in hops.items():
+        assert msgs, stream
+        for m in msgs:
+            ctx = TraceContext.of(m.headers)
+            assert ctx is not None and ctx.trace_id == "0af7651916cd43dd8448eb211c80319c", (stream, m.headers)
+            spans.setdefault(ctx.span_id, set()).add(m.headers.get(INPUT_HEADER, "sender"))
+            if stream != "RIVER":  # a component's output names its component, node and input
+                assert m.headers[HOP_HEADER].split("@")[0] in (
+                    "tree:contacts", "treehouse:scoring", "nim:qualify"), m.headers
+                src, seq = m.headers[INPUT_HEADER].split(":")
+                assert src in ("RIVER", "WIND") and int(seq) >= 1
+    # each hop is its own span: the River input's, the tree's, the treehouse's and the nim's
+    # (whose leaf and Humus entry are two outputs of one hop)
+    assert len(spans) == 4 and all(len(inputs) == 1 for inputs in spans.values())
+    assert hops["RIVER"][0].headers[HOP_HEADER] == "source:contacts"  # a Forest without a node name

@@ -4,8 +4,8 @@ and bot_token, Go-template prompts) loads, and its chat path works end to end ag
 real local servers: Telegram webhook -> tree chat-parser -> nim chat (an LLM, Go prompt)
 -> leaf song.telegram.<chat_id> -> songbird telegram -> the Bot API's sendMessage.
 
-One deviation from the Go file: each nim names its brain (the Go original picked one
-from ANTHROPIC_API_KEY / OPENAI_API_KEY for every nim)."""
+Its nims name no brain: as in the Go original, OPENAI_API_KEY (or ANTHROPIC_API_KEY)
+picks the LLM; here OPENAI_BASE_URL points at a local OpenAI-compatible server."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nimsforest.forest import ComponentKind, load_forest_config
+import pytest
+
+from nimsforest.forest import ComponentKind, ForestConfigError, load_forest_config
 from tests.forest.fakellm import FakeLLM
 from tests.receiver import receiver
 from tests.support import eventually
@@ -38,8 +40,7 @@ QUALIFY_PROMPT = """Qualify lead {{.contact_id}} ({{.email}}), score {{.score}}.
 """
 
 
-def go_config(llm: str, bot: str) -> dict[str, Any]:
-    brain = {"type": "openai", "base_url": f"{llm}/v1", "model": "m", "retries": 0}
+def go_config(bot: str) -> dict[str, Any]:
     return {
         "sources": {
             "telegram": {"type": "telegram", "path": "/webhooks/telegram",
@@ -62,9 +63,9 @@ def go_config(llm: str, bot: str) -> dict[str, Any]:
                                    "script": "scripts/treehouses/scoring.lua"}},
         "nims": {
             "qualify": {"subscribes": "lead.scored", "publishes": "lead.qualified",
-                        "prompt": "scripts/nims/qualify.md", "brain": brain},
+                        "prompt": "scripts/nims/qualify.md"},
             "chat": {"subscribes": "song.incoming", "publishes": "song.telegram.{chat_id}",
-                     "prompt": "scripts/nims/chat.md", "brain": brain},
+                     "prompt": "scripts/nims/chat.md"},
         },
         "songbirds": {"telegram": {"type": "telegram", "listens": "song.telegram.>",
                                    "bot_token": "${TELEGRAM_BOT_TOKEN}", "base_url": bot}},
@@ -90,9 +91,12 @@ async def test_the_go_originals_chat_path_runs(forest_factory, nc, monkeypatch) 
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "123:ABC")
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec")
     llm = await FakeLLM("openai", reply=answer).start()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", f"{llm.url}/v1")
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     try:
         async with receiver() as bot:
-            forest = await forest_factory(go_config(llm.url, bot.url), FILES)
+            forest = await forest_factory(go_config(bot.url), FILES)
             assert {s.name for s in forest.list(ComponentKind.OUTPUT)} == {"telegram"}
             assert all(s.state.value == "running" for s in forest.list())
             update = {"update_id": 7, "message": {"chat": {"id": 42}, "from": {"username": "ada"},
@@ -125,7 +129,11 @@ def test_the_go_config_loads_with_its_file(tmp_path: Path, monkeypatch) -> None:
 
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "1:x")
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "s")
-    cfg = load_forest_config(write_forest(tmp_path, go_config("http://127.0.0.1:9", "http://b"),
-                                          FILES))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    cfg = load_forest_config(write_forest(tmp_path, go_config("http://b"), FILES))
     assert set(cfg.sources) == {"telegram", "stripe", "github", "heartbeat", "hourly-sync"}
     assert cfg.specs(ComponentKind.OUTPUT)["telegram"].subscribes == "song.telegram.>"  # type: ignore[attr-defined]
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with pytest.raises(ForestConfigError, match="the rules brain needs rules"):
+        load_forest_config(tmp_path / "forest.yaml")

@@ -7,19 +7,16 @@ from typing import Any
 
 import pytest
 
-from nimsforest.forest.errors import EventError
-from nimsforest.forest.gotemplate import GoTemplateError, go_globals, looks_like_go, translate
+from nimsforest.forest.gotemplate import GoTemplateError, go_environment, looks_like_go, translate
 from nimsforest.forest.leaf import Leaf
-from nimsforest.forest.prompt import Prompt, context_for, environment
+from nimsforest.forest.prompt import Prompt, context_for
 from tests.forest.conftest import Wind
 from tests.support import eventually
 
 
 def render(text: str, data: Any) -> str:
-    env = environment()
-    env.globals.update(go_globals())
     leaf = Leaf.new("lead.scored", data, "test")
-    return Prompt(translate(text), "t", env).render(context_for(leaf))
+    return Prompt(translate(text), "t", go_environment()).render(context_for(leaf))
 
 
 LEAD = {"name": "Ada", "score": 85, "ratio": 0.5, "signals": ["cto", "budget"],
@@ -59,8 +56,9 @@ def test_detection_and_errors() -> None:
         translate("a\n{{if .x}}b")
     with pytest.raises(GoTemplateError, match=r"\$nope is not declared"):
         translate("{{$nope}}")
-    with pytest.raises(EventError, match="undefined"):
-        render("{{.missing}}", LEAD)  # Go prints <no value>; a prompt fails the event
+    # a missing field prints as Go prints it, and is false and empty where Go's is
+    assert render("[{{.missing}}] [{{.company.missing}}]", LEAD) == "[<no value>] [<no value>]"
+    assert render("{{if .missing}}yes{{else}}no{{end}}{{range .missing}}x{{end}}", LEAD) == "no"
 
 
 async def test_a_go_prompt_runs_in_a_nim(forest_factory, nc, wind: Wind, tmp_path) -> None:  # type: ignore[no-untyped-def]

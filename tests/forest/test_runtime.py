@@ -3,6 +3,7 @@ removing components, atomic validation, durable consumers reused, typed snapshot
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,28 @@ async def test_bad_component_changes_nothing(tmp_path: Path, forest_factory, nc)
         config({"treehouses": {"bad": {"subscribes": "a", "code": ECHO}}}, tmp_path)
     assert forest.status() == before
     assert await consumers(nc, "WIND") == {"treehouse-scoring"}
+
+
+async def test_fail_alone_applies_the_rest_and_keeps_the_broken_one_failed(
+    tmp_path: Path, forest_factory, nc
+) -> None:  # type: ignore[no-untyped-def]
+    forest = await forest_factory({"treehouses": {"scoring": TH}})
+    broken = {"subscribes": "a", "publishes": "b", "code": "function process("}
+    ok = {"subscribes": "a", "publishes": "c", "code": ECHO}
+    new = config({"treehouses": {"scoring": TH, "bad": broken, "ok": ok}}, tmp_path)
+    diff = await forest.reload(new, fail_alone=True)
+    assert sorted(r.name for r in diff.added) == ["bad", "ok"]
+    assert [r.name for r in diff.failed] == ["bad"]
+    bad = forest.get("treehouse", "bad")
+    assert bad.state is ComponentState.FAILED and "line 1" in (bad.last_error or "")
+    assert forest.get("treehouse", "ok").state is ComponentState.RUNNING
+    assert await consumers(nc, "WIND") == {"treehouse-scoring", "treehouse-ok"}
+    again = await forest.reload(new, fail_alone=True)  # the same spec cannot build better
+    assert again.empty and {r.name for r in again.unchanged} == {"scoring", "bad", "ok"}
+    fixed = {"treehouses": {"scoring": TH, "bad": {**broken, "code": ECHO}, "ok": ok}}
+    diff = await forest.reload(config(fixed, tmp_path), fail_alone=True)
+    assert [r.name for r in diff.changed] == ["bad"] and not diff.failed
+    assert forest.get("treehouse", "bad").state is ComponentState.RUNNING
 
 
 async def test_changed_logic_runs_on_the_same_durable(
@@ -251,7 +274,9 @@ async def test_flow_refuses_bad_input(forest_factory) -> None:  # type: ignore[n
     assert receipt.stream == "RIVER" and again.duplicate and again.seq == receipt.seq
 
 
-async def test_a_component_that_could_not_start_is_retried_until_it_runs(tmp_path: Path, nc) -> None:  # type: ignore[no-untyped-def]
+async def test_a_component_that_could_not_start_is_retried_until_it_runs(tmp_path: Path, nc, caplog) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
     from nats.js.api import ConsumerConfig
 
     from nimsforest.streams import CORE_STREAMS, ensure_streams
@@ -275,9 +300,11 @@ async def test_a_component_that_could_not_start_is_retried_until_it_runs(tmp_pat
     cfg = load_forest_config(path)
     (tmp_path / "f" / "gone.lua").unlink()  # a bad spec: not retried
     forest = Forest(nc, cfg, stop_grace=1.0, retry_interval=0.2)
+    caplog.set_level(logging.INFO, logger="nimsforest.forest")
     await forest.start()
     try:
         assert forest.get("treehouse", "blocked").state is ComponentState.FAILED
+        await asyncio.sleep(0.7)  # tried again, and again
         await js.delete_consumer("WIND", "treehouse-blocked")
         await eventually(
             lambda: forest.get("treehouse", "blocked").state is ComponentState.RUNNING,
@@ -285,5 +312,10 @@ async def test_a_component_that_could_not_start_is_retried_until_it_runs(tmp_pat
         )
         assert forest.get("treehouse", "gone").state is ComponentState.FAILED
         assert await consumers(nc, "WIND") == {"treehouse-blocked"}
+        # a start that is tried again is a warning, said once; a bad spec is an error
+        said = [(r.levelno, r.getMessage()) for r in caplog.records if "treehouse 'blocked'" in r.getMessage()]
+        waits = [m for lvl, m in said if "cannot start" in m]
+        assert len(waits) == 1 and all(lvl < logging.ERROR for lvl, _ in said), said
+        assert any(r.levelno == logging.ERROR and "treehouse 'gone'" in r.getMessage() for r in caplog.records)
     finally:
         await forest.stop()

@@ -26,7 +26,10 @@ def run(body: str, value: object = None) -> object:
 @pytest.mark.parametrize(
     "name",
     [
-        "os",
+        "os.execute",
+        "os.getenv",
+        "os.remove",
+        "os.exit",
         "io",
         "debug",
         "package",
@@ -41,7 +44,35 @@ def run(body: str, value: object = None) -> object:
     ],
 )
 def test_dangerous_globals_are_absent(name: str) -> None:
-    assert run(f"return {{tostring({name})}}") == ["nil"]
+    # looked up by a computed name, which no check of the source can see: absent at run time
+    table, _, key = name.rpartition(".")
+    assert run(f"return {{tostring({table or '_G'}['{key}'])}}") == ["nil"]
+
+
+@pytest.mark.parametrize(
+    ("body", "shown", "line"),
+    [
+        ("local x = 1\nreturn {os.execute('rm -rf /')}", "os.execute", 3),
+        ("return {io.open('/etc/passwd')}", "io.open", 2),
+        ("local m = require('socket')\nreturn {}", "require", 2),
+        ("return {python}", "python", 2),
+    ],
+)
+def test_a_script_reading_a_global_the_sandbox_lacks_is_refused_at_load(
+    body: str, shown: str, line: int
+) -> None:
+    with pytest.raises(ScriptLoadError, match=rf"t.lua line {line}: uses {shown}, which the sandbox") as e:
+        run(body)
+    assert e.value.line == line
+
+
+def test_globals_the_script_defines_or_declares_local_are_its_own() -> None:
+    script = (
+        "local os = {time = function() return 1 end}\n"
+        "function helper(x) return x end\n"
+        "function process(input) return {t = os.time(), h = helper(2), n = json.encode({})} end"
+    )
+    assert sandbox(script).call({}) == {"t": 1, "h": 2, "n": "[]"}
 
 
 @pytest.mark.parametrize(
@@ -61,7 +92,9 @@ def test_escape_routes_are_refused(escape: str) -> None:
 def test_bytecode_cannot_be_loaded_or_dumped() -> None:
     with pytest.raises(ScriptError):
         run("return {string.dump(function() end)}")
-    with pytest.raises(ScriptError):
+    with pytest.raises(ScriptError):  # a computed name: absent at run time
+        run("return {_G['lo' .. 'ad']('\\27Lua')}")
+    with pytest.raises(ScriptLoadError, match="uses load"):  # a plain one: refused at load
         run("return {load('\\27Lua')}")
 
 
@@ -198,3 +231,12 @@ def test_helpers() -> None:
         "nilsafe": False,
     }
     assert logs == ['seen jane {"a":1}']
+
+
+def test_a_script_has_the_clock_of_os_and_nothing_else() -> None:
+    # the Go original's chat parser stamps its messages with os.date / os.time
+    got = run('return {t = os.date("!%Y", 0), n = os.time({year=2026, month=1, day=1, hour=0}) > 0, '
+              "d = os.difftime(2, 1), c = os.clock() >= 0}")
+    assert got == {"t": "1970", "n": True, "d": 1, "c": True}
+    with pytest.raises(ScriptLoadError, match=r"uses os.getenv, which the sandbox does not have"):
+        sandbox("function process(i) return {os.getenv('HOME')} end")

@@ -273,3 +273,25 @@ async def test_a_telegram_webhook_needs_its_secret_token(forest_factory, nc) -> 
     assert not first.duplicate and again.duplicate  # Telegram's retry is stored once
     [msg] = await river(nc.jetstream(), "river.telegram.messages")
     assert msg["body"]["message"]["text"] == "hi" and msg["source"] == "tg"
+
+
+async def test_a_page_fetched_again_is_stored_once(forest_factory, nc) -> None:  # type: ignore[no-untyped-def]
+    async with paged_api(3) as api:
+        url = f"http://127.0.0.1:{api.port}/items"
+        forest = await forest_factory({"sources": {
+            "pages": {"type": "http_poll", "url": url, "interval": "100ms", "split": "page",
+                      "publishes": "pages"},
+            "items": {"type": "http_poll", "url": url, "interval": "100ms", "items": "items",
+                      "publishes": "items"},
+        }})
+        # no cursor: every poll fetches the same first page
+        await eventually(lambda: forest.get("source", "items").events_in >= 4
+                         and forest.get("source", "pages").events_in >= 2,
+                         what="several polls of each")
+        js = nc.jetstream()
+        [page] = await river(js, "river.pages")
+        assert [i["id"] for i in page["body"]["items"]] == [1, 2] and page["status"] == 200
+        assert [m["item"]["id"] for m in await river(js, "river.items")] == [1, 2]
+        assert forest.get("source", "items").events_out == 2
+        # each was offered again (events_in) and stored once (events_out)
+        assert forest.get("source", "pages").events_out == 1

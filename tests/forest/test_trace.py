@@ -39,7 +39,7 @@ def test_a_hop_continues_its_parents_trace_with_a_span_of_its_own() -> None:
     assert parent is not None
     hop = Tracing().hop("tree t", parent, {})
     assert hop.context.trace_id == parent.trace_id and hop.context.span_id != parent.span_id
-    headers = hop.headers(hop_name("tree", "t", "n1"))
+    headers = hop.headers(hop_name("tree:t", "n1"))
     assert headers == {TRACEPARENT: hop.context.header, HOP_HEADER: "tree:t@n1"}
     assert TraceContext.of(headers) == hop.context
     fresh = Tracing().hop("river x", None, {}).context

@@ -3,6 +3,7 @@
     rules      deterministic and offline (the default): first matching rule's output
     openai     OpenAI-compatible /v1/chat/completions (OpenAI, Ollama, vLLM, llama.cpp)
     anthropic  Anthropic Messages API
+    ollama     Ollama's own /api/chat (an output schema goes as its `format`)
 
 HTTP brains have a timeout per request, retry 429, 5xx, timeouts and connection errors
 with exponential backoff (honouring Retry-After), and a per-nim concurrency limit.
@@ -12,11 +13,34 @@ A brain returns None to drop the event (the rules brain when no rule matches).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from nimsforest.forest.prompt import Prompt
-from nimsforest.forest.specs import AnthropicBrainSpec, OpenAIBrainSpec, RulesBrainSpec
+from nimsforest.forest.specs import (
+    AnthropicBrainSpec,
+    OllamaBrainSpec,
+    OpenAIBrainSpec,
+    RateLimitSpec,
+    RulesBrainSpec,
+)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens an answer cost, as the server counted them (0 when it does not say)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP brain's answer: its text (the JSON object, parsed by the nim) and usage."""
+
+    text: str
+    usage: Usage = Usage()
 
 
 class Brain:
@@ -27,12 +51,30 @@ class Brain:
     kind: str
     concurrency: int
     needs_prompt: bool = True
+    rate_limit: RateLimitSpec | None = None  # HTTP brains: their cluster-wide quota
+    limiter: Any = None  # its RateLimiter, set when the nim starts
+    endpoint: str = ""  # what a rate limit is shared by
 
     async def think(self, prompt: str, context: dict[str, Any]) -> dict[str, Any] | None:
         raise NotImplementedError
 
     def decide(self, context: dict[str, Any]) -> dict[str, Any] | None:
         raise NotImplementedError(f"the {self.kind} brain needs the rendered prompt")
+
+    async def ask(self, messages: Sequence[tuple[str, str]],
+                  schema: dict[str, Any] | None = None) -> Reply:
+        """The answer to a conversation of (role, text) turns, `schema` sent to the server
+        when it takes one (HTTP brains)."""
+        raise NotImplementedError(f"the {self.kind} brain decides from the input alone")
+
+    @property
+    def model(self) -> str:
+        return ""
+
+    @property
+    def prices(self) -> tuple[float, float]:
+        """Prices per million prompt and completion tokens (for the nim's cost)."""
+        return (0.0, 0.0)
 
     async def aclose(self) -> None:
         """Nothing to release by default."""
@@ -46,8 +88,16 @@ class BrainConfigError(ValueError):
         super().__init__(message)
 
 
+class MissingKey(BrainConfigError):
+    """The environment variable holding the brain's key is not set."""
+
+    def __init__(self, variable: str, field: str) -> None:
+        self.variable = variable
+        super().__init__(f"environment variable {variable} is not set", field)
+
+
 def build_brain(
-    spec: RulesBrainSpec | OpenAIBrainSpec | AnthropicBrainSpec,
+    spec: RulesBrainSpec | OpenAIBrainSpec | AnthropicBrainSpec | OllamaBrainSpec,
     prompt: Prompt,
     *,
     label: str,
@@ -62,9 +112,13 @@ def build_brain(
         from nimsforest.forest.brains.openai import OpenAIBrain
 
         return OpenAIBrain(spec, env, label)
+    if isinstance(spec, OllamaBrainSpec):
+        from nimsforest.forest.brains.ollama import OllamaBrain
+
+        return OllamaBrain(spec, env, label)
     from nimsforest.forest.brains.anthropic import AnthropicBrain
 
     return AnthropicBrain(spec, env, label)
 
 
-__all__ = ["Brain", "BrainConfigError", "build_brain"]
+__all__ = ["Brain", "BrainConfigError", "MissingKey", "Reply", "Usage", "build_brain"]

@@ -12,7 +12,8 @@ from typing import Any
 
 import httpx
 
-from nimsforest.forest.brains import Brain, BrainConfigError
+from nimsforest.forest.brains import Brain, MissingKey, Usage
+from nimsforest.forest.brains.ratelimit import RateLimiter, brain_id
 from nimsforest.forest.errors import EventError
 from nimsforest.forest.specs import _HttpBrain
 
@@ -36,7 +37,7 @@ def api_key(
     var = spec.api_key_env or default_var
     key = env.get(var)
     if not key and (required or spec.api_key_env):
-        raise BrainConfigError(f"environment variable {var} is not set", "brain.api_key_env")
+        raise MissingKey(var, "brain.api_key_env")
     return key
 
 
@@ -49,6 +50,20 @@ class HttpBrain(Brain):
         self.concurrency = spec.concurrency
         self._label = label
         self._client: httpx.AsyncClient | None = None
+        self.rate_limit = spec.rate_limit
+        self.limiter: RateLimiter | None = None  # set when the nim starts (rate_limit)
+
+    def _shared_by(self, url: str) -> None:
+        """Subclasses call this once `url` and the model are known."""
+        self.endpoint = brain_id(self.kind, url, self.model, self.spec.api_key_env or "")
+
+    async def spent(self, usage: Usage) -> None:
+        if self.limiter is not None:
+            await self.limiter.spent(usage.prompt_tokens + usage.completion_tokens)
+
+    @property
+    def prices(self) -> tuple[float, float]:
+        return (self.spec.price_prompt, self.spec.price_completion)
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -64,6 +79,8 @@ class HttpBrain(Brain):
         last = ""
         for attempt in range(retries + 1):
             delay = min(MAX_DELAY, backoff * 2**attempt) * (0.8 + 0.4 * random.random())
+            if self.limiter is not None:
+                await self.limiter.acquire()
             try:
                 resp = await self._http().post(url, headers=headers, json=body)
             except httpx.TimeoutException:
@@ -101,3 +118,15 @@ class HttpBrain(Brain):
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+def usage_of(usage: Any, prompt: str, completion: str) -> Usage:
+    """The token counts of an answer's `usage` object (0 for what it lacks)."""
+    if not isinstance(usage, dict):
+        return Usage()
+
+    def count(key: str) -> int:
+        v = usage.get(key)
+        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
+
+    return Usage(count(prompt), count(completion))

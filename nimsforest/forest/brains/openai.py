@@ -7,10 +7,11 @@ brain.api_key_env (default OPENAI_API_KEY), sent as a Bearer token when set."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from nimsforest.forest.brains.httpbase import BrainError, HttpBrain, api_key, resolve
+from nimsforest.forest.brains import Reply
+from nimsforest.forest.brains.httpbase import BrainError, HttpBrain, api_key, resolve, usage_of
 from nimsforest.forest.prompt import parse_json_object
 from nimsforest.forest.specs import OpenAIBrainSpec
 
@@ -22,21 +23,37 @@ class OpenAIBrain(HttpBrain):
         super().__init__(spec, label)
         base = resolve(env, spec.base_url, "OPENAI_BASE_URL", "https://api.openai.com/v1") or ""
         self.url = base.rstrip("/") + "/chat/completions"
-        self.model = resolve(env, spec.model, "OPENAI_MODEL", "gpt-4o-mini")
+        self._model = resolve(env, spec.model, "OPENAI_MODEL", "gpt-4o-mini") or ""
         key = api_key(env, spec, "OPENAI_API_KEY", required=False)
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._shared_by(self.url)
         self._ospec = spec
 
+    @property
+    def model(self) -> str:
+        return self._model
+
     async def think(self, prompt: str, context: dict[str, Any]) -> dict[str, Any] | None:
+        reply = await self.ask([("user", prompt)])
+        return parse_json_object(reply.text, self._label)
+
+    async def ask(self, messages: Sequence[tuple[str, str]],
+                  schema: dict[str, Any] | None = None) -> Reply:
+        """POST /chat/completions; a schema goes as `response_format: json_schema` (OpenAI,
+        vLLM, llama.cpp and Ollama's OpenAI endpoint take it)."""
         s = self._ospec
-        messages = [{"role": "system", "content": s.system}] if s.system else []
-        messages.append({"role": "user", "content": prompt})
-        body: dict[str, Any] = {"model": self.model, "messages": messages}
+        turns = [{"role": "system", "content": s.system}] if s.system else []
+        turns += [{"role": role, "content": text} for role, text in messages]
+        body: dict[str, Any] = {"model": self.model, "messages": turns}
         if s.temperature is not None:
             body["temperature"] = s.temperature
         if s.max_tokens is not None:
             body["max_tokens"] = s.max_tokens
-        if s.json_mode:
+        if schema is not None:
+            body["response_format"] = {
+                "type": "json_schema", "json_schema": {"name": "output", "schema": schema},
+            }
+        elif s.json_mode:
             body["response_format"] = {"type": "json_object"}
         answer = await self.post(self.url, self._headers, body)
         try:
@@ -45,4 +62,8 @@ class OpenAIBrain(HttpBrain):
             raise BrainError(
                 f"{self._label}: the chat completion has no choices[0].message.content"
             ) from None
-        return parse_json_object(str(text), self._label)
+        usage = answer.get("usage") if isinstance(answer, dict) else None
+        counted = usage_of(usage, "prompt_tokens", "completion_tokens")
+        await self.spent(counted)
+        return Reply(str(text), counted)
+

@@ -36,7 +36,8 @@ class RulesBrain(Brain):
             if not raw:
                 raise BrainConfigError(
                     "the rules brain needs rules: give brain.rules, or a rules: list in the "
-                    f"front matter of {prompt.name}",
+                    f"front matter of {prompt.name}, or a brain (with none named, a nim asks "
+                    "Anthropic when ANTHROPIC_API_KEY is set, else OpenAI with OPENAI_API_KEY)",
                     "brain.rules",
                 )
             try:

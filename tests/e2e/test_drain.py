@@ -1,0 +1,180 @@
+"""Drain and the rolling restart with real nodes under a steady writer: the node leading
+RIVER hands everything over, then every node is restarted one at a time, while writes keep
+being stored; none fails and none is lost or stored twice."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import nats
+import pytest
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from nimsforest.api.drain import DRAINING_HEADER
+from nimsforest.deploy.rolling import Target, rolling_restart
+from tests.e2e.conftest import Forest
+from tests.e2e.test_cluster import wait_cluster
+from tests.support import NodeProcess, eventually
+
+pytestmark = pytest.mark.e2e
+SUBJECT = "drain"
+
+
+@dataclass
+class Writer:
+    """Writes {"i": n} with Idempotency-Key w-n, round robin over the nodes a load balancer
+    polling /health every 0.5 s would send to; a key is sent again (to the next node) until
+    some node stores it. Every answer but 202 and the documented drain refusal is a failure."""
+
+    nodes: list[NodeProcess]
+    acked: dict[int, str] = field(default_factory=dict)
+    refused_draining: int = 0
+    failures: list[str] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: set[str] = field(default_factory=set)
+
+    async def balance(self) -> None:
+        async with httpx.AsyncClient(timeout=1) as http:
+            while not self.stop.is_set():
+                for n in self.nodes:
+                    try:
+                        ok = (await http.get(f"{n.api_url}/health")).status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    (self.ready.add if ok else self.ready.discard)(n.name)
+                await asyncio.sleep(0.5)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.balance())
+            tasks.create_task(self.write())
+
+    async def write(self) -> None:
+        i = 0
+        async with httpx.AsyncClient(timeout=10) as http:
+            while not self.stop.is_set():
+                turn = i
+                while True:
+                    pool = [n for n in self.nodes if n.name in self.ready] or self.nodes
+                    node = pool[turn % len(pool)]
+                    turn += 1
+                    try:
+                        r = await http.post(f"{node.api_url}/api/v1/river/{SUBJECT}", json={"i": i},
+                                            headers={"Idempotency-Key": f"w-{i}"})
+                    except httpx.HTTPError as exc:
+                        self.failures.append(f"{node.name}: {type(exc).__name__}")
+                        await asyncio.sleep(0.05)
+                        continue
+                    if r.status_code == 202:
+                        self.acked[i] = node.name
+                        break
+                    if r.status_code == 503 and DRAINING_HEADER.lower() in r.headers:
+                        self.refused_draining += 1
+                        continue
+                    self.failures.append(f"{node.name}: {r.status_code} {r.text}")
+                    await asyncio.sleep(0.05)
+                i += 1
+                await asyncio.sleep(0.01)
+
+
+async def stored_counts(node: NodeProcess) -> collections.Counter[int]:
+    async def read() -> tuple[collections.Counter[int]]:
+        nc = await nats.connect(node.client_url())
+        try:
+            js = nc.jetstream()
+            sub = await js.pull_subscribe(f"river.{SUBJECT}",
+                                          config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL,
+                                                                ack_policy=AckPolicy.NONE))
+            out: collections.Counter[int] = collections.Counter()
+            while True:
+                try:
+                    msgs = await sub.fetch(500, timeout=2)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    return (out,)
+                out.update(json.loads(m.data)["i"] for m in msgs)
+        finally:
+            await nc.close()
+
+    return (await eventually(read, timeout=30, what="read back the River"))[0]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nimsforest", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+async def test_drain_of_the_river_leader_then_a_rolling_restart_under_writes_fail_none_lose_none(
+    forest: Forest,
+) -> None:
+    nodes = [forest.node(f"n{i}", f"127.0.0.{i}") for i in (1, 2, 3)]
+    for n in nodes:
+        await n.wait_healthy(120)
+    body = await wait_cluster(nodes[0], 3, 3, timeout=120)
+    leader = next(s for s in body["streams"] if s["name"] == "RIVER")["leader"]
+    victim = next(n for n in nodes if n.name == leader)
+    others = [n for n in nodes if n is not victim]
+
+    writer = Writer(nodes)
+    task = asyncio.create_task(writer.run())
+    try:
+        await eventually(lambda: len(writer.acked) >= 50, what="writes flowing")
+        done = cli("drain", victim.name, "--registry-url", forest.registry.url, "--json")
+        assert done.returncode == 0, done.stderr
+        drained = json.loads(done.stdout)
+        assert drained["state"] == "drained" and drained["leads"] == [], drained
+        code, health = victim.health()
+        assert code == 503 and health["status"] == "drained"
+        # every stream and the meta group are led elsewhere (as soon as the survivors look again)
+        def led_elsewhere() -> bool:
+            view = others[0].cluster()
+            return view["meta_leader"] not in (None, victim.name) and all(
+                s["leader"] not in (None, victim.name) for s in view["streams"])
+
+        await eventually(led_elsewhere, timeout=10, what=f"everything led away from {victim.name}")
+        at_drain = len(writer.acked)
+        await eventually(lambda: len(writer.acked) >= at_drain + 50, what="writes flowing while drained")
+        # a client that still reaches the drained node is told to go elsewhere
+        refused = httpx.post(f"{victim.api_url}/api/v1/river/{SUBJECT}", json={"i": -1}, timeout=10)
+        assert refused.status_code == 503 and refused.headers[DRAINING_HEADER] == victim.name
+
+        back = cli("undrain", victim.name, "--registry-url", forest.registry.url)
+        assert back.returncode == 0, back.stderr
+        await victim.wait_healthy(30)
+        await wait_cluster(nodes[0], 3, 3, timeout=60)
+
+        # a rolling restart of all three (the restart: SIGTERM, then start the same node again)
+        by_name = {n.name: n for n in nodes}
+        before = {n.name: n.proc.pid for n in nodes if n.proc}
+
+        async def restart(target: Target) -> None:
+            node = by_name[target.name]
+            await asyncio.to_thread(node.stop, 30)
+            node.start()
+
+        meta_leader = nodes[0].cluster()["meta_leader"]
+        said: list[str] = []
+        began = time.monotonic()
+        result = await rolling_restart([Target(n.name, n.api_url) for n in nodes], restart,
+                                       say=lambda line: said.append(f"{time.monotonic() - began:5.1f}s {line}"),
+                                       poll=0.2)
+        assert result.ok, (result.sentence, said)
+        assert sorted(result.restarted) == ["n1", "n2", "n3"]
+        assert "restarting one at a time" in said[0] and said[0].endswith(meta_leader), said
+        assert all(n.proc and n.proc.pid != before[n.name] for n in nodes)
+        at_roll = len(writer.acked)
+        await eventually(lambda: len(writer.acked) >= at_roll + 30, what="writes after the restart")
+    finally:
+        writer.stop.set()
+        await task
+    assert writer.failures == [], writer.failures
+    counts = await stored_counts(others[0])
+    missing = [i for i in writer.acked if counts[i] == 0]
+    twice = {i: c for i, c in counts.items() if c > 1}
+    assert not missing and not twice, (missing[:10], twice)

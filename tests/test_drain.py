@@ -1,0 +1,191 @@
+"""Drain: the decision on frozen observations, and a real node drained, restarted and undrained."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+
+from natsembed import Leaderships, Led
+from nimsforest.drain import DrainAction, Drainer, DrainObservation, DrainReason, DrainState, plan
+from tests.support import NodeProcess, eventually
+
+OPERATOR = DrainReason.OPERATOR
+RIVER = Led("RIVER", None, ("n2", "n3"), 3)
+CONSUMER = Led("WIND", "tree-contacts", ("n3",), 3)
+ONE = Led("ONE", None, (), 1)
+
+
+def holding(*led: Led, meta: bool = False, successor: str | None = "n2") -> Leaderships:
+    return Leaderships("n1", meta, (successor,) if meta and successor else (), led)
+
+
+def test_serving_with_the_forest_running_does_nothing() -> None:
+    p = plan(DrainObservation(None, work_running=True, own_server=True))
+    assert (p.state, p.actions) == (DrainState.SERVING, ())
+
+
+def test_undrained_resumes_the_forest() -> None:
+    p = plan(DrainObservation(None, work_running=False, own_server=True))
+    assert (p.state, p.actions) == (DrainState.SERVING, (DrainAction.RESUME_WORK,))
+
+
+def test_a_drain_pauses_work_and_hands_over_every_movable_leadership() -> None:
+    now = holding(RIVER, CONSUMER, ONE, meta=True)
+    p = plan(DrainObservation(OPERATOR, work_running=True, own_server=True, held=now))
+    assert p.state is DrainState.DRAINING
+    assert p.actions == (DrainAction.PAUSE_WORK, DrainAction.STEP_DOWN)
+    assert p.hand_over is not None and p.hand_over.meta and p.hand_over.meta_successor == "n2"
+    assert [(str(x), x.candidates) for x in p.hand_over.led] == [("RIVER", ("n2",)), ("WIND/tree-contacts", ("n3",))]
+    assert "the meta group, RIVER, WIND/tree-contacts" in p.sentence
+
+
+def test_drained_once_nothing_movable_is_led_single_replica_assets_are_named() -> None:
+    p = plan(DrainObservation(OPERATOR, work_running=False, own_server=True, held=holding(ONE)))
+    assert (p.state, p.actions) == (DrainState.DRAINED, ())
+    assert "ONE" in p.sentence and "single-replica" in p.sentence
+
+
+def test_the_meta_group_is_never_handed_to_the_nodes_own_witness() -> None:
+    now = holding(RIVER, meta=True, successor="n1-witness")
+    p = plan(DrainObservation(OPERATOR, False, True, held=now, own_witness="n1-witness"))
+    assert p.actions == (DrainAction.STEP_DOWN,)
+    assert p.hand_over is not None and not p.hand_over.meta and [str(x) for x in p.hand_over.led] == ["RIVER"]
+    alone = plan(DrainObservation(OPERATOR, False, True, held=holding(meta=True, successor=None)))
+    assert alone.state is DrainState.DRAINED and "meta group stays" in alone.sentence
+
+
+def test_a_leadership_with_no_current_replica_elsewhere_holds_an_operators_drain_not_a_stop() -> None:
+    lagging = holding(Led("RIVER", None, (), 3), CONSUMER)
+    p = plan(DrainObservation(OPERATOR, False, True, held=lagging))
+    assert p.state is DrainState.DRAINING and "no current replica on a serving node yet for RIVER" in p.sentence
+    assert p.hand_over is not None and p.hand_over.led == (CONSUMER,)  # what can move, moves
+    alone = plan(DrainObservation(DrainReason.STOP, False, True, held=holding(Led("RIVER", None, (), 3))))
+    assert alone.state is DrainState.DRAINED and alone.actions == ()
+
+
+def test_successors_are_never_nodes_that_drain_themselves() -> None:
+    now = holding(RIVER, CONSUMER, meta=True, successor="n2")
+    p = plan(DrainObservation(OPERATOR, False, True, held=now, peers_draining=frozenset({"n2"})))
+    assert p.hand_over is not None and not p.hand_over.meta  # n2 was the only meta successor
+    assert [(str(x), x.candidates) for x in p.hand_over.led] == [("RIVER", ("n3",)), ("WIND/tree-contacts", ("n3",))]
+    both = plan(DrainObservation(OPERATOR, False, True, held=holding(RIVER), peers_draining=frozenset({"n2", "n3"})))
+    assert both.state is DrainState.DRAINING and both.actions == ()
+
+
+def test_unread_leaderships_keep_the_node_draining() -> None:
+    p = plan(DrainObservation(OPERATOR, False, True, error="connection refused"))
+    assert (p.state, p.actions) == (DrainState.DRAINING, ())
+    assert "connection refused" in p.sentence
+
+
+def test_a_sidecar_is_drained_once_its_forest_stopped() -> None:
+    assert plan(DrainObservation(DrainReason.STOP, True, False)).actions == (DrainAction.PAUSE_WORK,)
+    assert plan(DrainObservation(DrainReason.STOP, False, False)).state is DrainState.DRAINED
+
+
+# --- a real standalone node -------------------------------------------------------------------
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[NodeProcess]:
+    n = NodeProcess("standalone", tmp_path / "data")
+    n.start()
+    try:
+        yield n
+    finally:
+        n.stop()
+
+
+def cli(node: NodeProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nimsforest", *args, "--api", f"127.0.0.1:{node.api_port}"],
+                          capture_output=True, text=True, timeout=60)
+
+
+def river(node: NodeProcess) -> httpx.Response:
+    return httpx.post(f"{node.api_url}/api/v1/river/drain.test", json={"x": 1},
+                      headers={"Idempotency-Key": "k1"}, timeout=10)
+
+
+async def test_a_drained_node_refuses_input_stays_drained_across_a_restart_until_undrained(
+    node: NodeProcess,
+) -> None:
+    await node.wait_healthy()
+    assert river(node).status_code == 202
+
+    other = cli(node, "drain", "n9")
+    assert other.returncode == 2 and "is node 'n1', not 'n9'" in other.stderr
+
+    done = cli(node, "drain", "--json")
+    assert done.returncode == 0, done.stderr
+    assert '"state": "drained"' in done.stdout
+    code, body = node.health()
+    assert code == 503 and body["status"] == "drained" and body["drain"]["state"] == "drained"
+    assert body["forest"]["running"] is False
+    refused = river(node)
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.headers["nimsforest-draining"] == node.name
+    assert "takes no new input" in refused.json()["error"]
+
+    node.stop()
+    node.start()
+    await eventually(lambda: node.health()[1].get("drain", {}).get("state") == "drained",
+                     timeout=60, what="the restarted node drained again")
+    assert node.health()[1]["forest"]["running"] is False
+    assert "kept drained" in node.log()
+
+    back = cli(node, "undrain")
+    assert back.returncode == 0, back.stderr
+    body = await node.wait_healthy()
+    assert body["status"] == "healthy" and body["drain"]["state"] == "serving"
+    await eventually(lambda: node.health()[1]["forest"]["running"], what="the forest running again")
+    again = river(node)
+    assert again.status_code == 202 and again.json()["duplicate"] is True  # stored once, before
+    assert not (node.data_dir / "drained").exists()
+
+
+def test_drain_says_in_one_sentence_when_no_daemon_answers(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "nimsforest", "drain", "nX", "--api", "127.0.0.1:1"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and "No NimsForest daemon is running" in result.stderr
+
+
+# --- the loop, with a real NATS for the announcements --------------------------------------
+
+
+class Forestish:
+    """The work a drain pauses: started and stopped, nothing else."""
+
+    def __init__(self) -> None:
+        self.running = True
+
+    async def start(self) -> None:
+        self.running = True
+
+    async def stop(self) -> None:
+        self.running = False
+
+
+async def test_a_drain_is_heard_by_the_other_nodes_and_so_is_its_end(nc: nats.NATS, tmp_path: Path) -> None:
+    a, b = (Drainer(name, tmp_path / name, None, nc=nc, interval=0.1) for name in ("a", "b"))
+    work = Forestish()
+    a.attach(work)
+    b.attach(Forestish())
+    async with asyncio.TaskGroup() as tasks:
+        runs = [tasks.create_task(d.run()) for d in (a, b)]
+        a.drain()
+        await eventually(lambda: a.status().state is DrainState.DRAINED, what="a drained")
+        assert not work.running and (tmp_path / "a" / "drained").exists()
+        await eventually(lambda: b.peers_draining() == {"a"}, what="b hears a drain")
+        assert Drainer("a", tmp_path / "a", None).wanted is DrainReason.OPERATOR  # kept
+        a.undrain()
+        await eventually(lambda: work.running and b.peers_draining() == frozenset(),
+                         what="a serves again and b hears it")
+        for run in runs:
+            run.cancel()
