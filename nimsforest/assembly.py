@@ -72,6 +72,11 @@ class Running:
     def forest_status(self) -> ForestStatus:
         return self.forest.status()
 
+    def reports_status(self) -> tuple[str, str]:
+        """The status-report loop's state and sentence, for /health."""
+        st = self.control.board.status()
+        return st.state.value, st.sentence
+
 
 class Assembly:
     """The builders of a node's heavy half, for one node's settings."""

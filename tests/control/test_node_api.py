@@ -73,6 +73,8 @@ async def test_cli_sighup_and_restart(tmp_path: Path) -> None:
         assert "Forest on 1 node(s) reporting: healthy" in shown and "MiB" in shown, shown
         one = cli(node, "ls", "--node", "n1", "--json")
         assert {c["name"] for c in json.loads(one.stdout)} == {"from-file", "mine"}
+        await eventually(lambda: node.health()[1]["status_reports"]["state"] == "reporting",
+                         what="the status-report loop in /health")
         missing = cli(node, "status", "--node", "n9")
         assert missing.returncode == 1 and "No node named 'n9'" in missing.stderr
 

@@ -18,7 +18,6 @@ from nimsforest.forest import Forest, ForestConfig
 from tests.control.test_controller import WHO, th
 from tests.support import EmbeddedFactory, eventually, publish_stored, routed_servers
 
-
 # a component a node cannot build: failed there (or not applied, before it is built)
 BROKEN = (ComponentView.FAILED, ComponentView.NOT_APPLIED)
 
