@@ -72,6 +72,11 @@ class Running:
     def forest_status(self) -> ForestStatus:
         return self.forest.status()
 
+    def reports_status(self) -> tuple[str, str]:
+        """The status-report loop's state and sentence, for /health."""
+        st = self.control.board.status()
+        return st.state.value, st.sentence
+
 
 class Assembly:
     """The builders of a node's heavy half, for one node's settings."""
@@ -170,6 +175,7 @@ class Assembly:
             nats.conn.nc, forest, node=s.node_name, config_file=forest_path,
             file_config=forest_config, replicas=nats.replicas, placement_tags=nats.placement_tags,
             token=s.api_token.get_secret_value() if s.api_token else None, rate=s.api_rate_limit,
+            zone=s.zone,
         )
 
         async def refused(request: Request, message: str) -> None:
@@ -180,7 +186,7 @@ class Assembly:
         ingest.routes.extend(make_drain_router(drainer).routes)
         readers = Readers(nats.conn.nc)
         lineages = Lineages(nats.conn.nc)
-        dashboard = Dashboard(snapshot, control.status, control.guard(cookie=True),
+        dashboard = Dashboard(snapshot, control.cluster_status, control.guard(cookie=True),
                               control.accepts_token, control.needs_token, control.check_rate)
         routers = [*control.routers(ingest), readers.router(control.guard(cookie=True)),
                    lineages.router(control.guard(cookie=True)),

@@ -79,6 +79,7 @@ class NodeSnapshot:
     forest: ForestStatus | None = None
     drain: DrainStatus | None = None
     started_at: float | None = None  # time.time() this node process started
+    status_reports: tuple[str, str] | None = None  # the status-report loop: state, sentence
 
 
 def _iso(ts: float | None) -> str | None:
@@ -192,6 +193,8 @@ def node_health(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
         }
     if drain is not None:
         body["drain"] = drain.doc()
+    if s.status_reports is not None:  # this node's report to the STATUS bucket (its loop)
+        body["status_reports"] = {"state": s.status_reports[0], "sentence": s.status_reports[1]}
     if reasons:
         body["reasons"] = reasons
     return (503 if reasons else 200), body

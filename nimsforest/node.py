@@ -59,6 +59,7 @@ class Node:
         self._assembly: Assembly | None = None
         self._nats: Nats | None = None
         self._forest_status: Callable[[], ForestStatus] | None = None
+        self._reports_status: Callable[[], tuple[str, str]] | None = None
         self._reload: Callable[[], Coroutine[Any, Any, Any]] | None = None
         self._tasks: TaskOwner | None = None
         self._drainer: Drainer | None = None
@@ -159,6 +160,7 @@ class Node:
             stack, nats, self.forest_path, self.forest_config, self.snapshot, drainer
         )
         self._forest_status = running.forest_status
+        self._reports_status = running.reports_status
         self._reload = running.control.reload_from_signal
         tasks = await stack.enter_async_context(TaskOwner())  # the loops stop first
         self._tasks = tasks
@@ -203,6 +205,7 @@ class Node:
             forest=self._forest_status() if self._forest_status else None,
             drain=self._drainer.status() if self._drainer else None,
             started_at=self.started_at,
+            status_reports=self._reports_status() if self._reports_status else None,
         )
 
 

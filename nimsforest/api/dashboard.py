@@ -5,11 +5,13 @@ Soil, live, without reloading.
                           browser holds the token's cookie)
     POST /ui/login        form field `token`: sets the cookie, back to /ui
     GET  /ui/events       Server-Sent Events: `state`, the page's whole state, when it
-                          changes (checked every second)
+                          changes (checked every second); `?node=N`: node N's own
+                          figures instead of the cluster's
     GET  /ui/assets/NAME  the page's script and style, from the package
 
 The state is made of the documents /health, /health/cluster and /api/v1/status answer
-(`node_health`, `cluster_health` of the same snapshot, the controller's status), so the page
+(`node_health`, `cluster_health` of the same snapshot, the controller's cluster status:
+every node's status report merged), so the page
 never disagrees with them, nor with /metrics (the same counters). The leaves and Soil panes
 use the readers' endpoints (nimsforest.api.readers). No build step and no library: a
 static HTML page, one script (EventSource and fetch) and one style sheet.
@@ -26,12 +28,12 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from nimsforest.control import TOKEN_COOKIE, RateLimited
+from nimsforest.control import TOKEN_COOKIE, NotFound, RateLimited
 from nimsforest.health import NodeSnapshot, cluster_health, node_health
 
 TICK = 1.0  # seconds between two looks at the state
@@ -56,11 +58,13 @@ class Dashboard:
     """The page and its live state. `close()` ends every open state stream (the node calls
     it before it stops its API)."""
 
-    def __init__(self, snapshot: Callable[[], NodeSnapshot], status: Callable[[], BaseModel],
+    def __init__(self, snapshot: Callable[[], NodeSnapshot],
+                 status: Callable[[str | None], BaseModel],
                  guard: Any, accepts_token: Callable[[str], bool], needs_token: bool,
                  check_rate: Callable[[str], None] = lambda client: None) -> None:
-        """`check_rate(client)` raises RateLimited when a client tried too often (sign-ins
-        count as changes do, so a token cannot be guessed at speed)."""
+        """`status(node)` is /api/v1/status's document (None: the cluster's; a name: that
+        node's, or NotFound); `check_rate(client)` raises RateLimited when a client tried
+        too often (sign-ins count as changes do, so a token cannot be guessed at speed)."""
         self._check_rate = check_rate
         self._snapshot = snapshot
         self._status = status
@@ -72,14 +76,20 @@ class Dashboard:
     def close(self) -> None:
         self._closed.set()
 
-    def state(self) -> dict[str, Any]:
-        return {**dashboard_state(self._snapshot(), self._status()), "at": time.time()}
+    def state(self, node: str | None = None) -> dict[str, Any]:
+        return {**dashboard_state(self._snapshot(), self._status(node)), "at": time.time()}
 
-    async def states(self) -> AsyncIterator[ServerSentEvent]:
+    async def states(self, node: str | None = None) -> AsyncIterator[ServerSentEvent]:
         """The state when it changed, every TICK, until close()."""
         last = ""
         while not self._closed.is_set():
-            state = self.state()
+            try:
+                state = self.state(node)
+            except NotFound as exc:  # the node stopped reporting: say so, keep looking
+                yield ServerSentEvent(json.dumps({"error": exc.message}), event="problem")
+                last = ""
+                await asyncio.sleep(TICK)
+                continue
             at = state.pop("at")
             text = json.dumps(state, sort_keys=True, default=str)
             if text != last:
@@ -123,9 +133,15 @@ class Dashboard:
             resp.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", path="/")
             return resp
 
-        @ui.get("/ui/events", dependencies=[Depends(self._guard)])
-        async def events() -> EventSourceResponse:
-            return EventSourceResponse(self.states(), ping=15, headers={"Cache-Control": "no-store"})
+        @ui.get("/ui/events", dependencies=[Depends(self._guard)], response_model=None)
+        async def events(node: str | None = Query(None, max_length=64)
+                         ) -> EventSourceResponse | JSONResponse:
+            try:
+                self._status(node)
+            except NotFound as exc:
+                return JSONResponse({"error": exc.message}, status_code=404)
+            return EventSourceResponse(self.states(node), ping=15,
+                                       headers={"Cache-Control": "no-store"})
 
         @ui.get("/ui/assets/{name}")
         async def asset(name: str) -> Response:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 import yaml
@@ -247,24 +249,80 @@ def _flow(c: dict[str, Any]) -> str:
     return f"{c.get('consumes') or '-'} -> {c.get('publishes') or '-'}"
 
 
+def _ago(iso: str | None) -> str:
+    """`12:01:02, 3m ago` for an RFC 3339 time (UTC)."""
+    if not iso:
+        return ""
+    at = datetime.fromisoformat(iso)
+    secs = max(0, int((datetime.now(UTC) - at).total_seconds()))
+    age = (f"{secs}s" if secs < 120 else f"{secs // 60}m" if secs < 7200 else f"{secs // 3600}h")
+    return f"{at.astimezone(UTC):%H:%M:%S}, {age} ago"
+
+
+def _last_error(c: dict[str, Any]) -> str:
+    """The last error with its node and time; a cleared one says so (docs/OBSERVABILITY.md)."""
+    if not c.get("last_error"):
+        return ""
+    where = " ".join(x for x in (c.get("last_error_node"), _ago(c.get("last_error_at"))) if x)
+    text = f"{where}: {c['last_error']}" if where else c["last_error"]
+    return ("(cleared) " if c.get("error_state") == "cleared" else "") + text
+
+
+def _state(c: dict[str, Any]) -> str:
+    """The cluster state, and where it differs on some nodes: `failed (n3)`."""
+    odd = [r["node"] for r in c.get("nodes") or [] if r.get("reporting", True)
+           and r["state"] != "running"]
+    return f"{c['state']} ({', '.join(odd)})" if odd and len(odd) < len(c["nodes"]) else c["state"]
+
+
 def _table(comps: list[dict[str, Any]]) -> str:
-    rows = [[c["kind"], c["name"], c["state"], c.get("origin") or "-", _flow(c),
+    rows = [[c["kind"], c["name"], _state(c), c.get("origin") or "-", _flow(c),
              c.get("events_in", 0), c.get("events_out", 0), c.get("errors", 0),
-             c.get("dead", 0), (c.get("last_error") or "")[:60]] for c in comps]
+             c.get("dead", 0), _last_error(c)[:80]] for c in comps]
     return tabulate(rows, headers=["KIND", "NAME", "STATE", "ORIGIN", "FLOW", "IN", "OUT",
                                    "ERRORS", "DEAD", "LAST ERROR"])
 
 
+def _mib(n: int | None) -> str:
+    return f"{n / (1 << 20):.0f} MiB" if n else "-"
+
+
+def _nodes_table(nodes: list[dict[str, Any]]) -> str:
+    rows = []
+    for n in nodes:
+        r = n["resources"]
+        state = ("healthy" if n["healthy"] else "NOT healthy") if n["reporting"] else "SILENT"
+        rows.append([n["node"], n.get("zone") or "-", state,
+                     "-" if r.get("cpu_percent") is None else f"{r['cpu_percent']:.1f}%",
+                     _mib(r.get("memory_bytes")), f"{n['age']:.0f}s ago",
+                     f"{n['control']} at revision {n['revision']}",
+                     f"{n['components'] - n['not_running']}/{n['components']}"])
+    return tabulate(rows, headers=["NODE", "ZONE", "STATE", "CPU", "MEMORY", "REPORTED",
+                                   "CONTROL", "RUNNING"])
+
+
+def _query(node: str | None) -> str:
+    return f"?node={quote(node)}" if node else ""
+
+
+_node_option = click.option(
+    "--node", "node", default=None, metavar="NAME",
+    help="One node's own figures instead of every node's (the cluster view).")
+
+
 @click.command("list")
 @click.argument("kind", required=False)
+@_node_option
 @_api_option
 @_json_option
-def list_(kind: str | None, api: str | None, as_json: bool) -> None:
-    """List the forest's components (all, or one KIND), as this node runs them."""
+def list_(kind: str | None, node: str | None, api: str | None, as_json: bool) -> None:
+    """List the forest's components (all, or one KIND) as every node runs them: the worst
+    state of any node, counts summed, the newest error with its node (--node NAME: as
+    that node runs them)."""
     if kind is None or kind.lower() == "all":
-        comps = run_async(_call(api, "GET", "/api/v1/status"))["components"]
+        comps = run_async(_call(api, "GET", "/api/v1/status" + _query(node)))["components"]
     else:
-        comps = run_async(_call(api, "GET", f"/api/v1/{_PLURAL[_kind(kind)]}"))
+        comps = run_async(_call(api, "GET", f"/api/v1/{_PLURAL[_kind(kind)]}" + _query(node)))
     if as_json:
         click.echo(json.dumps(comps, indent=2))
     elif not comps:
@@ -274,21 +332,34 @@ def list_(kind: str | None, api: str | None, as_json: bool) -> None:
 
 
 @click.command("status")
+@_node_option
 @_api_option
 @_json_option
-def status(api: str | None, as_json: bool) -> None:
-    """The node's forest: the control loop and every component."""
-    doc = run_async(_call(api, "GET", "/api/v1/status"))
+def status(node: str | None, api: str | None, as_json: bool) -> None:
+    """The forest on every node (--node NAME: on that node): the nodes with their zone,
+    CPU and memory, the control loop, and every component."""
+    doc = run_async(_call(api, "GET", "/api/v1/status" + _query(node)))
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return
     ctl = doc["control"]
-    click.echo(f"Node {doc['node']}: forest {'running' if doc['running'] else 'stopped'}, "
-               f"{'healthy' if doc['healthy'] else 'NOT healthy'}; {ctl['sentence']}.")
+    nodes = doc.get("nodes") or []
+    if doc.get("scope") == "cluster":
+        silent = [n["node"] for n in nodes if not n["reporting"]]
+        click.echo(f"Forest on {len(nodes) - len(silent)} node(s) reporting"
+                   + (f", {len(silent)} silent ({', '.join(silent)})" if silent else "")
+                   + f": {'healthy' if doc['healthy'] else 'NOT healthy'}. "
+                   f"Answered by {doc['node']}; {ctl['sentence']}.")
+    else:
+        click.echo(f"Node {doc['node']}: forest {'running' if doc['running'] else 'stopped'}, "
+                   f"{'healthy' if doc['healthy'] else 'NOT healthy'}; {ctl['sentence']}.")
     if doc.get("config_file"):
         click.echo(f"Configuration file: {doc['config_file']}")
     for key, why in ctl.get("problems", {}).items():
-        click.echo(f"Not applied here: {key}: {why}")
+        click.echo(f"Not applied on {doc['node']}: {key}: {why}")
+    if nodes:
+        click.echo("")
+        click.echo(_nodes_table(nodes))
     click.echo("")
     click.echo(_table(doc["components"]) if doc["components"] else "No components.")
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nimsforest.control._audit import Action, Actor, AuditLog, AuditRecord, Refusal, Via
+from nimsforest.control._cluster_view import cluster_view, error_state, node_view
 from nimsforest.control._desired import (
     DesiredComponent,
     Origin,
@@ -33,12 +34,14 @@ from nimsforest.control._desired import (
     without_components,
 )
 from nimsforest.control._ratelimit import ChangeLimiter
+from nimsforest.control._reports import INTERVAL, ReportBoard
 from nimsforest.control._schemas import (
     ChangeOut,
     ComponentDetail,
     ComponentOut,
     ComponentView,
     ControlOut,
+    ErrorState,
     ReloadOut,
     StatusOut,
     parse_kind,
@@ -102,6 +105,8 @@ class ControllerCore:
         rate: str = "60/minute",
         apply_timeout: float = 10.0,
         check_interval: float = 5.0,
+        zone: str | None = None,
+        report_interval: float = INTERVAL,
     ) -> None:
         self.node = node
         self.forest = forest
@@ -115,6 +120,8 @@ class ControllerCore:
         self.watcher = DesiredWatcher(
             self.store, forest, lambda: self._base, check_interval=check_interval
         )
+        self.board = ReportBoard(nc, node, self.status, zone=zone, interval=report_interval,
+                                 replicas=replicas, placement_tags=placement_tags)
         self._apply_timeout = apply_timeout
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -271,7 +278,27 @@ class ControllerCore:
             components=comps,
         )
 
+    def cluster_status(self, node: str | None = None) -> StatusOut:
+        """The forest as every node reports it (control/_cluster_view.py), or node `node`'s
+        own report (NotFound when no node of that name reports)."""
+        return self._merged(node, None)
+
+    def cluster_list(self, kind: str | ComponentKind | None = None,
+                     node: str | None = None) -> list[ComponentOut]:
+        """`cluster_status(node)`'s components, all or of one kind."""
+        return self._merged(node, self._kind(kind) if kind is not None else None).components
+
+    def _merged(self, node: str | None, kind: ComponentKind | None) -> StatusOut:
+        b = self.board
+        me, heard, now = b.report(), b.heard(), time.time()
+        if node is None:
+            return cluster_view(me, heard, now, stale_after=b.stale_after,
+                                forget_after=b.forget_after, kind=kind)
+        return node_view(me, heard, now, node, stale_after=b.stale_after,
+                         forget_after=b.forget_after, kind=kind)
+
     def list(self, kind: str | ComponentKind | None = None) -> list[ComponentOut]:
+        """This node's view of the components (the cluster's: `cluster_list`)."""
         k = self._kind(kind) if kind is not None else None
         local = {
             entry_key(s.kind, s.name): s
@@ -282,7 +309,7 @@ class ControllerCore:
         for key, stored in sorted(self.watcher.entries.items()):
             if k is None or stored.entry.kind is k:
                 out.append(self._view(stored, local.pop(key, None)))
-        out += [_local_view(s) for s in local.values()]
+        out += [_local_view(s, self.node) for s in local.values()]
         order = {kind: i for i, kind in enumerate(ComponentKind)}
         return sorted(out, key=lambda c: (order[c.kind], c.name))
 
@@ -292,7 +319,7 @@ class ControllerCore:
         local = next((s for s in self.forest.list(k) if s.name == name), None)
         if stored is None and local is None:
             raise NotFound(f"There is no {component_label(k, name)}.")
-        view = self._view(stored, local) if stored else _local_view(local)  # type: ignore[arg-type]
+        view = self._view(stored, local) if stored else _local_view(local, self.node)  # type: ignore[arg-type]
         spec = _redacted(stored.entry.spec) if stored else {}
         return ComponentDetail(**view.model_dump(), spec=spec)
 
@@ -515,9 +542,10 @@ class ControllerCore:
             revision=stored.revision, by=e.by, node=e.node, at=e.at,
         )
         if local is not None:
-            base.update(_stats(local))
+            base.update(_stats(local, self.node))
         elif problem is not None:
-            base.update(state=ComponentView.NOT_APPLIED, last_error=problem.sentence)
+            base.update(state=ComponentView.NOT_APPLIED, last_error=problem.sentence,
+                        last_error_node=self.node, error_state=ErrorState.CURRENT)
         else:
             base.update(state=ComponentView.PENDING)
         return ComponentOut(**base)
@@ -525,21 +553,24 @@ class ControllerCore:
 
 def _existing_name(kind: ComponentKind, name: str) -> None:
     """A name no component can have names none (and is no valid KV key)."""
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise NotFound(f"There is no {component_label(kind, name)}.")
 
 
-def _stats(s: ComponentStatus) -> dict[str, Any]:
+def _stats(s: ComponentStatus, node: str) -> dict[str, Any]:
+    state = ComponentView(s.state.value)
     return dict(
-        state=ComponentView(s.state.value), consumes=s.consumes, publishes=s.publishes, consumer=s.consumer,
+        state=state, consumes=s.consumes, publishes=s.publishes, consumer=s.consumer,
         events_in=s.events_in, events_out=s.events_out, dropped=s.dropped, errors=s.errors,
-        dead=s.dead, last_error=s.last_error, prompt_tokens=s.prompt_tokens,
-        completion_tokens=s.completion_tokens, cost=s.cost,
+        dead=s.dead, last_error=s.last_error, last_error_at=s.last_error_at,
+        last_error_node=node if s.last_error else None, last_ok_at=s.last_ok_at,
+        error_state=error_state(state, s.last_error, s.last_error_at, s.last_ok_at),
+        prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens, cost=s.cost,
     )
 
 
-def _local_view(s: ComponentStatus) -> ComponentOut:
-    return ComponentOut(kind=s.kind, name=s.name, **_stats(s))
+def _local_view(s: ComponentStatus, node: str) -> ComponentOut:
+    return ComponentOut(kind=s.kind, name=s.name, **_stats(s, node))
 
 
 def _redacted(spec: ComponentSpec) -> dict[str, Any]:

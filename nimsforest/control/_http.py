@@ -1,7 +1,7 @@
 """The management API, as FastAPI routers the node's app includes.
 
-    GET    /api/v1/status                   this node's forest and control loop
-    GET    /api/v1/{kinds}                  trees | treehouses | nims | sources
+    GET    /api/v1/status[?node=N]          the forest on every node (or node N), the control loop
+    GET    /api/v1/{kinds}[?node=N]         trees | treehouses | nims | outputs | sources
     POST   /api/v1/{kinds}                  add (201 applied here, 202 stored, not yet applied)
     GET    /api/v1/{kinds}/{name}           one component, with its settings
     PUT    /api/v1/{kinds}/{name}           replace its settings
@@ -42,6 +42,10 @@ from nimsforest.control._schemas import (
 )
 from nimsforest.control.errors import ControlError, RateLimited
 from nimsforest.forest import ComponentKind
+
+NODE_QUERY = Query(
+    None, description="One node's own report instead of the cluster's merged view",
+    max_length=64)
 
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -118,11 +122,16 @@ def make_routers(ctl: ControllerCore, river: APIRouter | None = None) -> list[AP
     api = APIRouter(prefix="/api/v1", tags=["forest management"])
 
     @api.get(
-        "/status", response_model=StatusOut, operation_id="status", responses=_responses(401),
-        summary="This node's forest: every component and the control loop",
+        "/status", response_model=StatusOut, operation_id="status",
+        responses=_responses(401, 404),
+        summary="The forest on every node (or one node's): each component, the nodes, the "
+        "control loop",
     )
-    async def status(who: Actor = Depends(caller)) -> Any:
-        return ctl.status()
+    async def status(node: str | None = NODE_QUERY, who: Actor = Depends(caller)) -> Any:
+        try:
+            return ctl.cluster_status(node)
+        except ControlError as exc:
+            return _error(exc)
 
     @api.get(
         "/audit", response_model=list[AuditRecord], operation_id="audit",
@@ -164,8 +173,11 @@ def _kind_routes(
 ) -> None:
     plural = kind.plural
 
-    async def list_components(who: Actor = Depends(caller)) -> Any:
-        return ctl.list(kind)
+    async def list_components(node: str | None = NODE_QUERY, who: Actor = Depends(caller)) -> Any:
+        try:
+            return ctl.cluster_list(kind, node)
+        except ControlError as exc:
+            return _error(exc)
 
     async def add_component(
         body: model,  # type: ignore[valid-type]
@@ -204,7 +216,8 @@ def _kind_routes(
     stored: dict[int | str, dict[str, Any]] = {202: {"model": ChangeOut, "description": "Stored; this node has not applied it yet"}}
     router.add_api_route(
         f"/{plural}", list_components, methods=["GET"], response_model=list[ComponentOut],
-        operation_id=f"list_{plural}", summary=f"List the {plural}", responses=_responses(401),
+        operation_id=f"list_{plural}", summary=f"List the {plural}, as every node runs them",
+        responses=_responses(401, 404),
     )
     router.add_api_route(
         f"/{plural}", add_component, methods=["POST"], response_model=ChangeOut,

@@ -4,10 +4,10 @@
     forest.control.add.<kind>       body: as POST /api/v1/<kinds>
     forest.control.replace.<kind>   body: as PUT /api/v1/<kinds>/<name>
     forest.control.remove.<kind>    body: {"name": "..."}
-    forest.control.list[.<kind>]    body: empty
+    forest.control.list[.<kind>]    body: empty, or {"node": "..."} for one node's own view
     forest.control.get.<kind>       body: {"name": "..."}
     forest.control.reload           body: empty (the answering node's forest.yaml)
-    forest.control.status           body: empty
+    forest.control.status           body: empty (every node's), or {"node": "..."}
     forest.control.dead.<list|show|replay|purge>, forest.control.replay   (control/_dead.py)
 
 Answers are JSON: the HTTP answer's document with `"status": <HTTP status>`, or
@@ -101,13 +101,13 @@ class NatsControl:
         body = _json(msg.data)
         ctl = self._ctl
         if action == "status" and not rest:
-            return 200, ctl.status().model_dump(mode="json")
+            return 200, ctl.cluster_status(_node(body)).model_dump(mode="json")
         if action == "reload" and not rest:
             return 200, (await ctl.reload_file(who)).model_dump(mode="json")
         if action in ("dead", "replay"):
             return await dead_request(ctl, action, rest, body, who)
         if action == "list" and len(rest) <= 1:
-            comps = ctl.list(rest[0] if rest else None)
+            comps = ctl.cluster_list(rest[0] if rest else None, _node(body))
             return 200, {"components": [c.model_dump(mode="json") for c in comps]}
         if len(rest) != 1:
             raise NotFound(f"There is no control subject {msg.subject}.")
@@ -125,6 +125,14 @@ class NatsControl:
         if action == "remove":
             return 200, (await ctl.remove(kind, name, who)).model_dump(mode="json")
         raise NotFound(f"There is no control subject {msg.subject}.")
+
+
+def _node(body: Any) -> str | None:
+    """The optional `node` of a status or list request: that node's own report."""
+    node = body.get("node") if isinstance(body, dict) else None
+    if node is not None and not isinstance(node, str):
+        raise Invalid("The request's 'node' must be a node name.")
+    return node
 
 
 def _json(data: bytes) -> Any:

@@ -1,8 +1,9 @@
-"""The control plane as the node runs it: the controller core and its two ways in.
+"""The control plane as the node runs it: the controller core, its two ways in and its
+status reports.
 
 `Controller` is the core (nimsforest.control._controller: validate, write, wait, audit)
-plus NATS request/reply on `forest.control.*` (started after the core, stopped before it)
-and the management API's routers.
+plus NATS request/reply on `forest.control.*` and the status reports (started after the
+core, stopped before it) and the management API's routers.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ class Controller(ControllerCore):
         )
         self._nats = NatsControl(self._nc, self)
         await self._nats.start()
+        await self.board.start()  # this node's status reports (control/_reports.py)
 
     async def stop(self) -> None:
+        await self.board.stop()
         if self._nats is not None:
             await self._nats.stop()
             self._nats = None

@@ -135,8 +135,37 @@ class ComponentView(StrEnum):
     NOT_APPLIED = "not applied"  # desired, but it cannot run here (see last_error)
 
 
+class ErrorState(StrEnum):
+    """Whether a component's last error still holds (docs/OBSERVABILITY.md)."""
+
+    CURRENT = "current"  # nothing completed successfully since, or it does not run
+    CLEARED = "cleared"  # it completed an event successfully after the error
+
+
+class ComponentOnNode(BaseModel):
+    """One component on one node, from that node's status report."""
+
+    node: str
+    reporting: bool = Field(True, description="False: the node's last report is stale")
+    state: ComponentView
+    events_in: int = 0
+    events_out: int = 0
+    dropped: int = 0
+    errors: int = 0
+    dead: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    error_state: ErrorState | None = None
+    last_ok_at: datetime | None = None
+
+
 class ComponentOut(BaseModel):
-    """One component: its desired entry and how it runs on the node that answers."""
+    """One component: its desired entry and how it runs, on the node that answers (a
+    node's view) or on every node that reports (the cluster view: counters summed, the
+    worst state, the newest error with its node, `nodes` with each node's figures)."""
 
     kind: ComponentKind
     name: str
@@ -151,7 +180,11 @@ class ComponentOut(BaseModel):
     errors: int = 0
     dead: int = 0
     last_error: str | None = None
-    prompt_tokens: int = 0  # nims: tokens their brains' answers cost on this node
+    last_error_at: datetime | None = None
+    last_error_node: str | None = Field(None, description="The node the last error happened on")
+    error_state: ErrorState | None = Field(None, description="None when there is no error")
+    last_ok_at: datetime | None = None
+    prompt_tokens: int = 0  # nims: tokens their brains' answers cost (on every node)
     completion_tokens: int = 0
     cost: float = 0.0
     files: dict[str, str] = {}
@@ -160,6 +193,8 @@ class ComponentOut(BaseModel):
     by: str | None = None
     node: str | None = None
     at: datetime | None = None
+    nodes: list[ComponentOnNode] = Field(
+        default_factory=list, description="The cluster view: each reporting node's figures")
 
 
 class ComponentDetail(ComponentOut):
@@ -198,13 +233,73 @@ class ControlOut(BaseModel):
     problems: dict[str, str] = {}
 
 
-class StatusOut(BaseModel):
+class Scope(StrEnum):
+    CLUSTER = "cluster"  # every node's report merged
+    NODE = "node"  # one node's own report
+
+
+class NodeResources(BaseModel):
+    """What a node's processes (the daemon and the nats-server it runs) use."""
+
+    cpu_percent: float | None = Field(None, description="Percent of one core since the last report")
+    memory_bytes: int | None = Field(None, description="Resident memory of the node's processes")
+    host_memory_percent: float | None = None
+    host_memory_bytes: int | None = None
+    cpus: int | None = None
+
+
+class NodeSummary(BaseModel):
+    """One node as its last status report shows it."""
+
     node: str
+    zone: str | None = None
+    reporting: bool = Field(description="False: no report for longer than three intervals")
+    reported_at: datetime
+    age: float = Field(description="Seconds since the answering node heard the report")
+    running: bool
+    healthy: bool
+    control: str = Field(description="The node's control loop: its state")
+    revision: int = Field(description="The desired-state revision the node applied")
+    components: int
+    not_running: int
+    resources: NodeResources
+
+
+class ReportState(StrEnum):
+    STARTING = "starting"  # no report sent yet
+    REPORTING = "reporting"  # its last report is stored in STATUS
+    NOT_STORED = "not stored"  # its last report was sent but STATUS did not store it
+
+
+class ReportsOut(BaseModel):
+    """The answering node's status-report loop (it publishes and hears the reports)."""
+
+    state: ReportState
+    sentence: str
+    interval: float
+
+
+class StatusOut(BaseModel):
+    node: str = Field(description="The node that answers")
+    scope: Scope = Scope.NODE
     running: bool
     healthy: bool
     config_file: str | None
     control: ControlOut
     components: list[ComponentOut]
+    nodes: list[NodeSummary] = Field(default_factory=list)
+    reports: ReportsOut | None = None
+
+
+class NodeReport(BaseModel):
+    """What each node publishes to the STATUS bucket (key: its name) every interval."""
+
+    node: str
+    zone: str | None = None
+    at: datetime
+    interval: float
+    resources: NodeResources
+    status: StatusOut
 
 
 __all__ = [
@@ -215,7 +310,15 @@ __all__ = [
     "ChangeOut",
     "ComponentDetail",
     "ComponentOut",
+    "ComponentOnNode",
     "ComponentView",
+    "ErrorState",
+    "NodeReport",
+    "NodeResources",
+    "NodeSummary",
+    "ReportState",
+    "ReportsOut",
+    "Scope",
     "ControlOut",
     "ErrorOut",
     "ReloadOut",

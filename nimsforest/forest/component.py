@@ -154,6 +154,7 @@ class Component:
             dead=s.dead,
             last_error=s.last_error,
             last_error_at=s.last_error_at,
+            last_ok_at=s.last_ok_at,
             started_at=s.started_at,
             prompt_tokens=s.prompt_tokens,
             completion_tokens=s.completion_tokens,

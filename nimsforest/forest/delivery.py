@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,8 +79,14 @@ class Delivery:
 
 @dataclass
 class Stats:
+    """A component's counters on this node (what /metrics exports and its status shows).
+
+    `events_out` is written once for every event the component completed successfully
+    (the consumer runner on each ack, `+= 0` when it emitted nothing; the River and the
+    source loops on each input stored), so writing it also stamps `last_ok_at`: the last
+    success, which tells whether `last_error` still holds (docs/OBSERVABILITY.md)."""
+
     events_in: int = 0
-    events_out: int = 0
     dropped: int = 0
     errors: int = 0
     dead: int = 0
@@ -89,6 +96,21 @@ class Stats:
     prompt_tokens: int = 0  # nims: tokens their brains' answers cost
     completion_tokens: int = 0
     cost: float = 0.0
+    _out: int = 0
+    _ok_at: float = 0.0  # time.time() of the last success (0: none yet)
+
+    @property
+    def events_out(self) -> int:
+        return self._out
+
+    @events_out.setter
+    def events_out(self, value: int) -> None:
+        self._out = value
+        self._ok_at = time.time()
+
+    @property
+    def last_ok_at(self) -> datetime | None:
+        return datetime.fromtimestamp(self._ok_at, UTC) if self._ok_at else None
 
     def error(self, text: str) -> None:
         self.errors += 1

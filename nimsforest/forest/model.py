@@ -61,6 +61,7 @@ class ComponentStatus(_Frozen):
     dead: int = 0  # events given up on (terminated after max_deliver, or malformed)
     last_error: str | None = None
     last_error_at: datetime | None = None
+    last_ok_at: datetime | None = None  # the last event it completed successfully
     started_at: datetime | None = None
     prompt_tokens: int = 0  # nims: tokens their brains' answers cost (as servers counted)
     completion_tokens: int = 0

@@ -70,6 +70,9 @@ def test_the_dashboard_shows_the_cluster_the_leaves_and_soil(node: NodeProcess, 
     # the cluster: this node, healthy, and every stream with its leader
     wait.until(ec.text_to_be_present_in_element((By.ID, "node-name"), "n1"))
     wait.until(ec.text_to_be_present_in_element((By.ID, "node-status"), "healthy"))
+    # the node's own status report: CPU, memory, when it reported (the STATUS bucket)
+    me = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, '#nodes tr[data-node="n1"]')))
+    wait.until(lambda b: "MiB" in me.text and "s ago" in me.text and "%" in me.text)
     for stream in ("RIVER", "WIND", "HUMUS", "KV_SOIL"):
         row = wait.until(ec.presence_of_element_located(
             (By.CSS_SELECTOR, f'#streams tr[data-stream="{stream}"]')))
@@ -108,6 +111,12 @@ def test_the_dashboard_shows_the_cluster_the_leaves_and_soil(node: NodeProcess, 
     # the cluster pane follows too: the three leaves are in WIND's message count
     wait.until(lambda b: b.find_element(
         By.CSS_SELECTOR, '#streams tr[data-stream="WIND"] td:nth-child(6)').text == "3")
+    # a click on the node: the forest as that node alone runs it (?node=n1), again: all
+    browser.find_element(By.CSS_SELECTOR, '#nodes tr[data-node="n1"]').click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "forest-scope"), "as node n1 alone"))
+    assert "node=n1" in browser.current_url
+    browser.find_element(By.CSS_SELECTOR, '#nodes tr[data-node="n1"]').click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "forest-scope"), "on 1 node(s)"))
     # the audit log: the demo forest seeded from forest.yaml at start-up
     audit = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#audit-rows tr")))
     assert "seed" in audit.text and "4 components" in audit.text, audit.text

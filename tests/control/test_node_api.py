@@ -68,6 +68,15 @@ async def test_cli_sighup_and_restart(tmp_path: Path) -> None:
         assert "mine" in table and "from-file" in table and "ORIGIN" in table
         status = json.loads(cli(node, "status", "--json").stdout)
         assert status["control"]["state"] == "in step" and status["healthy"] is True
+        assert status["scope"] == "cluster" and [n["node"] for n in status["nodes"]] == ["n1"]
+        shown = cli(node, "status").stdout  # the nodes table: every node's report
+        assert "Forest on 1 node(s) reporting: healthy" in shown and "MiB" in shown, shown
+        one = cli(node, "ls", "--node", "n1", "--json")
+        assert {c["name"] for c in json.loads(one.stdout)} == {"from-file", "mine"}
+        await eventually(lambda: node.health()[1]["status_reports"]["state"] == "reporting",
+                         what="the status-report loop in /health")
+        missing = cli(node, "status", "--node", "n9")
+        assert missing.returncode == 1 and "No node named 'n9'" in missing.stderr
 
         # SIGHUP: the file's components follow the file, the API one stays
         write_yaml(config, {"second": {"subscribes": "x.in", "publishes": "x.two",

@@ -80,12 +80,30 @@ function render(state) {
   $("#witness-note").hidden = !cluster.witness;
 
   const peers = cluster.peers || [];
-  const me = el("tr", { "data-node": node.node }, el("td", {}, el("b", {}, node.node), " (this node)"),
-    el("td", { class: state.node_ok ? "ok" : "bad" }, node.status), el("td", {}, "-"), el("td", {}, "-"));
-  fill($("#nodes"), [me, ...peers.map((p) => el("tr", { "data-node": p.name },
-    el("td", {}, p.name),
+  // each node's own report (zone, CPU, memory, when it last reported): /api/v1/status's nodes
+  const reports = Object.fromEntries((state.forest.nodes || []).map((n) => [n.node, n]));
+  const figures = (name) => {
+    const r = reports[name];
+    if (!r) return [el("td", {}, "-"), el("td", {}, "-"), el("td", {}, "-"), el("td", {}, "no report")];
+    const res = r.resources || {};
+    return [el("td", {}, r.zone || "-"),
+      el("td", {}, res.cpu_percent === null || res.cpu_percent === undefined ? "-" : `${res.cpu_percent.toFixed(1)}%`),
+      el("td", {}, res.memory_bytes ? `${Math.round(res.memory_bytes / 1048576)} MiB` : "-"),
+      el("td", { class: r.reporting ? "" : "bad" }, r.reporting ? `${Math.round(r.age)}s ago` : `silent ${Math.round(r.age)}s`)];
+  };
+  const row = (name, label, stateCell, address, routed) => el("tr", {
+    "data-node": name, class: chosenNode === name ? "chosen" : "",
+    onclick: () => chooseNode(chosenNode === name ? null : name),
+  }, el("td", {}, ...label), stateCell, ...figures(name), el("td", {}, address), el("td", {}, routed));
+  const me = row(node.node, [el("b", {}, node.node), " (this node)"],
+    el("td", { class: state.node_ok ? "ok" : "bad" }, node.status), "-", "-");
+  const known = new Set([node.node, ...peers.map((p) => p.name)]);
+  fill($("#nodes"), [me, ...peers.map((p) => row(p.name, [p.name],
     el("td", { class: ["offline", "leaving", "kept"].includes(p.state) ? "bad" : "ok" }, p.state),
-    el("td", {}, p.address || "-"), el("td", {}, p.routed ? "yes" : "no")))]);
+    p.address || "-", p.routed ? "yes" : "no")),
+  // a node that reports but is not a peer here (a sidecar's NATS, a node just gone)
+  ...Object.keys(reports).filter((n) => !known.has(n)).map((n) => row(n, [n],
+    el("td", { class: reports[n].reporting ? "ok" : "bad" }, reports[n].reporting ? "reporting" : "silent"), "-", "-"))]);
 
   fill($("#streams"), (cluster.streams || []).map((s) => el("tr", { "data-stream": s.name },
     el("td", {}, s.name), el("td", {}, s.replicas), el("td", {}, s.leader || "none"),
@@ -100,6 +118,9 @@ function render(state) {
   fs.textContent = `${comps.length} components, ${failed.length ? failed.length + " not running" : "all running"}` +
     ` · control: ${forest.control.sentence}`;
   fs.className = failed.length ? "bad" : "";
+  $("#forest-scope").textContent = forest.scope === "node"
+    ? `as node ${forest.node} alone runs it (click it again for every node)`
+    : `on ${(forest.nodes || []).filter((n) => n.reporting).length} node(s)`;
 
   const kinds = [...new Set([...KIND_ORDER, ...comps.map((c) => c.kind)])]
     .filter((k) => comps.some((c) => c.kind === k));
@@ -118,7 +139,13 @@ function render(state) {
         c.errors ? el("span", { class: "bad" }, ` · ${c.errors} errors`) : "",
         c.dead ? el("span", { class: "bad" }, ` · ${c.dead} dead letters`) : "",
         c.dropped ? ` · ${c.dropped} dropped` : ""),
-      c.last_error ? el("div", { class: "error" }, c.last_error) : null))));
+      ...elsewhere(c),
+      c.last_error ? el("div", {
+        class: "error" + (c.error_state === "cleared" ? " cleared" : ""),
+        title: c.error_state === "cleared" ? "handled events successfully since" : "current",
+      }, (c.error_state === "cleared" ? "cleared · " : "") +
+        [c.last_error_node, ago(c.last_error_at, now)].filter(Boolean).join(" · ") +
+        ": " + c.last_error) : null))));
   const graph = [];
   columns.forEach((col, i) => {
     if (i) graph.push(el("div", { class: "arrow" }, "→"));
@@ -135,9 +162,41 @@ function render(state) {
   loadAudit(forest.control.revision);
 }
 
+// the nodes where a component's state is not the cluster's best: `failed on n3`
+function elsewhere(c) {
+  const odd = (c.nodes || []).filter((r) => r.reporting && r.state !== "running");
+  if (!odd.length || odd.length === (c.nodes || []).length) return [];
+  return [el("div", { class: "where" }, odd.map((r) => `${r.state} on ${r.node}`).join(", "))];
+}
+
+function ago(iso, now) {
+  if (!iso) return "";
+  const secs = Math.max(0, Math.round(now - Date.parse(iso) / 1000));
+  const age = secs < 120 ? `${secs}s` : secs < 7200 ? `${Math.round(secs / 60)}m` : `${Math.round(secs / 3600)}h`;
+  return `${when(iso).slice(11)} (${age} ago)`;
+}
+
+// ?node=NAME: the forest as that node alone runs it (its own report)
+let chosenNode = new URLSearchParams(location.search).get("node");
+let stateSource = null;
+
+function chooseNode(name) {
+  chosenNode = name;
+  const url = new URL(location.href);
+  if (name) url.searchParams.set("node", name); else url.searchParams.delete("node");
+  history.replaceState(null, "", url);
+  previous = null;
+  watchState();
+}
+
 function watchState() {
   const live = $("#live");
-  const source = new EventSource("/ui/events");
+  if (stateSource) stateSource.close();
+  const source = new EventSource("/ui/events" + (chosenNode ? "?node=" + encodeURIComponent(chosenNode) : ""));
+  stateSource = source;
+  source.addEventListener("problem", (e) => {
+    $("#forest-scope").textContent = JSON.parse(e.data).error;
+  });
   source.addEventListener("state", (e) => {
     live.className = "live on";
     render(JSON.parse(e.data));
