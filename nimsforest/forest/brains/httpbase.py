@@ -15,6 +15,7 @@ import httpx
 from nimsforest.forest.brains import Brain, MissingKey, Usage
 from nimsforest.forest.brains.ratelimit import RateLimiter, brain_id
 from nimsforest.forest.errors import EventError
+from nimsforest.forest.prompt import parse_json_object
 from nimsforest.forest.specs import _HttpBrain
 
 log = logging.getLogger("nimsforest.forest.brain")
@@ -52,6 +53,17 @@ class HttpBrain(Brain):
         self._client: httpx.AsyncClient | None = None
         self.rate_limit = spec.rate_limit
         self.limiter: RateLimiter | None = None  # set when the nim starts (rate_limit)
+
+    _model = ""  # set by each kind from its spec or environment
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    async def think(self, prompt: str, context: dict[str, Any]) -> dict[str, Any] | None:
+        """The prompt as one user turn; the answer parsed as a JSON object."""
+        reply = await self.ask([("user", prompt)])
+        return parse_json_object(reply.text, self._label)
 
     def _shared_by(self, url: str) -> None:
         """Subclasses call this once `url` and the model are known."""

@@ -13,7 +13,6 @@ from typing import Any
 
 from nimsforest.forest.brains import Reply
 from nimsforest.forest.brains.httpbase import BrainError, HttpBrain, api_key, resolve, usage_of
-from nimsforest.forest.prompt import parse_json_object
 from nimsforest.forest.specs import OllamaBrainSpec
 
 
@@ -31,14 +30,6 @@ class OllamaBrain(HttpBrain):
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._shared_by(self.url)
         self._lspec = spec
-
-    @property
-    def model(self) -> str:
-        return self._model
-
-    async def think(self, prompt: str, context: dict[str, Any]) -> dict[str, Any] | None:
-        reply = await self.ask([("user", prompt)])
-        return parse_json_object(reply.text, self._label)
 
     async def ask(self, messages: Sequence[tuple[str, str]],
                   schema: dict[str, Any] | None = None) -> Reply:
