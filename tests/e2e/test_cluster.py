@@ -16,7 +16,7 @@ from tests.e2e.conftest import Forest
 from tests.support import NodeProcess, eventually
 
 pytestmark = pytest.mark.e2e
-CORE = ("AUDIT", "DEAD", "HUMUS", "KV_FOREST", "KV_SOIL", "KV_SOURCES", "RIVER", "WIND")  # every stream a node owns
+CORE = ("AUDIT", "DEAD", "HUMUS", "KV_FOREST", "KV_SOIL", "KV_SOURCES", "KV_STATUS", "RIVER", "WIND")  # every stream a node owns
 
 
 def cluster_at(node: NodeProcess, size: int, rf: int) -> dict | None:
