@@ -16,8 +16,8 @@ import asyncio
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -87,32 +87,40 @@ async def _drive(
     return Result(n_events, seconds, latencies)
 
 
+_SINK = """
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class H(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *a):
+        pass
+
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+print("ready", flush=True)
+server.serve_forever()
+"""
+
+
 class OtlpSink:
-    """A local OTLP/HTTP receiver that takes every export (and counts its bytes)."""
+    """A local OTLP/HTTP receiver in a process of its own (so that it does not share the
+    pipeline's interpreter), taking every export."""
 
     def __init__(self) -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                sink.received += len(self.rfile.read(int(self.headers["content-length"])))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.received = 0
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_port}/v1/traces"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        port = free_port()
+        self._proc = subprocess.Popen([sys.executable, "-c", _SINK, str(port)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert self._proc.stdout is not None
+        self._proc.stdout.readline()  # "ready"
+        self.url = f"http://127.0.0.1:{port}/v1/traces"
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._proc.terminate()
+        self._proc.wait(10)
 
 
 async def _pipeline(url: str, n_events: int, window: int, otlp: str | None = None) -> Result:
