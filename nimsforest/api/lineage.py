@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +26,8 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel
 
-from nimsforest.api.readers import key_of
+from nimsforest.api.readers import json_value, key_of
+from nimsforest.forest.handlers import SOURCE_HEADER
 from nimsforest.forest.soil import SEQ_HEADER
 from nimsforest.forest.trace import HOP_HEADER, INPUT_HEADER, TraceContext
 from nimsforest.settings import parse_duration
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
 
-SOURCE_HEADER = "Nimsforest-Source"
 TRACED = {s.name: s.subjects[0] for s in (RIVER, WIND, HUMUS, DEAD)}  # stream -> its subjects
 READ_TIMEOUT = 5.0
 MAX_STEPS = 64  # a walk back longer than this is a loop of leaves
@@ -87,15 +86,6 @@ def _when(value: Any) -> dt.datetime | None:
     return None
 
 
-def _json(raw: bytes | None) -> Any:
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw.decode(errors="replace")
-
-
 def step_of(stream: str, seq: int, subject: str, when: Any, headers: dict[str, str] | None,
             data: bytes | None = None) -> Step:
     h = headers or {}
@@ -103,7 +93,7 @@ def step_of(stream: str, seq: int, subject: str, when: Any, headers: dict[str, s
     return Step(stream=stream, seq=seq, subject=subject, time=_when(when),
                 by=h.get(HOP_HEADER) or h.get(SOURCE_HEADER), input=h.get(INPUT_HEADER),
                 trace_id=ctx.trace_id if ctx else None, span_id=ctx.span_id if ctx else None,
-                data=_json(data))
+                data=json_value(data) if data else None)
 
 
 def _position(value: str) -> tuple[str, int] | None:
@@ -130,7 +120,7 @@ class Lineages:
             return None
         headers = raw.headers or {}
         seq = headers.get(SEQ_HEADER, "")
-        out = Lineage(key=key, revision=int(raw.seq or 0), value=_json(raw.data), steps=[],
+        out = Lineage(key=key, revision=int(raw.seq or 0), value=json_value(raw.data) if raw.data else None, steps=[],
                       complete=False)
         if not seq.isdigit():
             out.gap = "This value was not written by the Decomposer (no Humus entry is named)."

@@ -104,7 +104,8 @@ def _operation(headers: dict[str, str] | None) -> SoilOperation:
     return {"DEL": SoilOperation.DELETE, "PURGE": SoilOperation.PURGE}.get(op or "", SoilOperation.PUT)
 
 
-def _json(raw: bytes) -> Any:
+def json_value(raw: bytes) -> Any:
+    """A stored message's JSON (its text when it is not JSON)."""
     try:
         return loads(raw)
     except ValueError:
@@ -120,7 +121,7 @@ def value_of(key: str, raw: bytes, seq: int, headers: dict[str, str] | None,
              when: dt.datetime | None) -> SoilValue:
     op = _operation(headers)
     return SoilValue(
-        key=key, value=_json(raw) if op is SoilOperation.PUT and raw else None, revision=seq,
+        key=key, value=json_value(raw) if op is SoilOperation.PUT and raw else None, revision=seq,
         operation=op, updated=when, humus_seq=_humus_seq(headers),
     )
 
@@ -133,7 +134,7 @@ def _value_from_msg(msg: Msg) -> SoilValue:
 
 def tail_event(subject: str, raw: bytes, headers: dict[str, str] | None) -> TailEvent:
     shown = subject[len(WIND_PREFIX):] if subject.startswith(WIND_PREFIX) else subject
-    return TailEvent(subject=shown, data=_json(raw), headers=dict(headers or {}),
+    return TailEvent(subject=shown, data=json_value(raw), headers=dict(headers or {}),
                      received=dt.datetime.now(dt.UTC))
 
 

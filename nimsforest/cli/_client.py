@@ -47,9 +47,10 @@ class DaemonClient:
         except httpx.HTTPError as exc:
             fail(f"Cannot talk to the NimsForest daemon at {self.base}: {exc}.", EXIT_FAILURE)
 
-    async def get_json(self, path: str, *, ok: tuple[int, ...] = (200,)) -> Any:
-        resp = await self.request("GET", path)
-        return self.json_or_fail(resp, ok)
+    async def get_json(self, path: str, *, ok: tuple[int, ...] = (200,),
+                       params: dict[str, Any] | None = None, usage: tuple[int, ...] = ()) -> Any:
+        resp = await self.request("GET", path, params=params)
+        return self.json_or_fail(resp, ok, usage)
 
     def json_or_fail(self, resp: httpx.Response, ok: tuple[int, ...],
                      usage: tuple[int, ...] = ()) -> Any:
@@ -64,6 +65,13 @@ class DaemonClient:
             fail(message or f"The daemon at {self.base} answered {resp.status_code}.",
                  EXIT_USAGE if resp.status_code in usage else EXIT_FAILURE)
         return body
+
+    @classmethod
+    async def read(cls, api: str | None, path: str, params: dict[str, Any] | None = None) -> Any:
+        """One GET of a read-only endpoint: its JSON, or exit with the daemon's sentence
+        (code 2 when it refused an argument, 422)."""
+        async with cls(api) as client:
+            return await client.get_json(path, params=params, usage=(422,))
 
     async def events(self, path: str, params: dict[str, Any] | None = None
                      ) -> AsyncIterator[ServerSentEvent]:

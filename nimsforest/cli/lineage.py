@@ -16,12 +16,6 @@ from nimsforest.cli._common import run_async
 _API_HELP = "The daemon's management address [NIMSFOREST_API, 127.0.0.1:8080]."
 
 
-async def _get(api: str | None, path: str, params: dict[str, Any] | None = None) -> Any:
-    async with DaemonClient(api) as client:
-        resp = await client.request("GET", path, params=params)
-        return client.json_or_fail(resp, (200,), usage=(422,))
-
-
 def _when(value: str | None) -> str:
     return value.replace("T", " ")[:23] if value else "-"
 
@@ -46,7 +40,7 @@ def why(key: str, api: str | None, as_json: bool) -> None:
 
     KEY is a Soil key or an entity name (jane@acme.io). Example: nimsforest why c-1001
     """
-    found = run_async(_get(api, f"/api/v1/why/{quote(key, safe='/=-_.')}"))
+    found = run_async(DaemonClient.read(api, f"/api/v1/why/{quote(key, safe='/=-_.')}"))
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return
@@ -71,7 +65,7 @@ def trace(trace_id: str, since: str, api: str | None, as_json: bool) -> None:
     (no collector needed). TRACE_ID is the 32 hex digits the River answered with
     (`trace_id`) or of a traceparent you sent.
     """
-    found = run_async(_get(api, f"/api/v1/trace/{trace_id.lower()}", {"since": since}))
+    found = run_async(DaemonClient.read(api, f"/api/v1/trace/{trace_id.lower()}", {"since": since}))
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return

@@ -50,12 +50,6 @@ def _when(value: str | None) -> str:
     return value.replace("T", " ")[:19] if value else "-"
 
 
-async def _get(api: str | None, path: str, params: dict[str, Any] | None = None) -> Any:
-    async with DaemonClient(api) as client:
-        resp = await client.request("GET", path, params=params)
-        return client.json_or_fail(resp, (200,), usage=(422,))
-
-
 def _key_path(key: str) -> str:
     return quote(key, safe="/=-_.")
 
@@ -79,7 +73,7 @@ def soil() -> None:
 @_options
 def soil_get(key: str, api: str | None, as_json: bool) -> None:
     """Print KEY's current value (with --json: its revision, time and Humus entry too)."""
-    entry = run_async(_get(api, f"/api/v1/soil/value/{_key_path(key)}"))
+    entry = run_async(DaemonClient.read(api, f"/api/v1/soil/value/{_key_path(key)}"))
     if as_json:
         click.echo(json.dumps(entry, indent=2))
     elif entry["operation"] != "put":
@@ -95,7 +89,7 @@ def soil_get(key: str, api: str | None, as_json: bool) -> None:
 @_options
 def soil_ls(prefix: str, limit: int, api: str | None, as_json: bool) -> None:
     """List Soil's keys starting with PREFIX (all of them without it)."""
-    keys = run_async(_get(api, "/api/v1/soil/keys", {"prefix": prefix, "limit": limit}))
+    keys = run_async(DaemonClient.read(api, "/api/v1/soil/keys", {"prefix": prefix, "limit": limit}))
     if as_json:
         click.echo(json.dumps(keys, indent=2))
     elif not keys:
@@ -110,7 +104,7 @@ def soil_ls(prefix: str, limit: int, api: str | None, as_json: bool) -> None:
 @_options
 def soil_history(key: str, api: str | None, as_json: bool) -> None:
     """Every revision Soil keeps of KEY, oldest first."""
-    entries = run_async(_get(api, f"/api/v1/soil/history/{_key_path(key)}"))
+    entries = run_async(DaemonClient.read(api, f"/api/v1/soil/history/{_key_path(key)}"))
     if as_json:
         click.echo(json.dumps(entries, indent=2))
         return
