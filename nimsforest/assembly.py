@@ -167,7 +167,8 @@ class Assembly:
         s = self.settings
         config = forest_config or ForestConfig.empty()
         tracing = tracing_from_env(os.environ, "nimsforest", s.node_name)
-        stack.callback(tracing.shutdown)  # after the forest stopped: its last spans flushed
+        await tracing.start()
+        stack.push_async_callback(tracing.stop)  # after the forest stopped: its last spans go
         forest = Forest(nats.conn.nc, without_components(config), replicas=nats.replicas,
                         placement_tags=nats.placement_tags, node=s.node_name,
                         river_hold=s.river_hold, tracing=tracing)

@@ -190,6 +190,11 @@ def node_health(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
             "dead": {str(c.ref): c.dead for c in s.forest.components if c.dead},
             # what each source that runs does now (polling, standing by, next tick)
             "sources": {str(c.ref): c.activity for c in s.forest.components if c.activity},
+            # the span exporter (OTLP): its state, spans handed to it and spans dropped
+            "tracing": {"state": s.forest.tracing.state.value,
+                        "sentence": s.forest.tracing.sentence,
+                        "spans": s.forest.tracing.spans, "dropped": s.forest.tracing.dropped,
+                        "restarts": s.forest.tracing.restarts},
         }
     if drain is not None:
         body["drain"] = drain.doc()

@@ -132,6 +132,7 @@ async def _pipeline(url: str, n_events: int, window: int, otlp: str | None = Non
     cfg = load_demo_config()
     cfg = cfg.model_copy(update={"sources": {}})
     tracing = OtlpTracing("nimsforest-bench", "bench", otlp) if otlp else Tracing()
+    await tracing.start()
     forest = Forest(nc, cfg, tracing=tracing)
     await forest.start()
     js = nc.jetstream()
@@ -146,7 +147,7 @@ async def _pipeline(url: str, n_events: int, window: int, otlp: str | None = Non
     finally:
         await forest.stop()
         await nc.close()
-        tracing.shutdown()
+        await tracing.stop()
 
 
 async def _baseline(url: str, n_events: int, window: int) -> Result:

@@ -8,6 +8,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
+from nimsforest.forest.trace import TracingState, TracingStatus
+
 
 class ComponentKind(StrEnum):
     SOURCE = "source"
@@ -77,6 +79,7 @@ class ForestStatus(_Frozen):
     running: bool
     config_path: str | None
     components: tuple[ComponentStatus, ...]
+    tracing: TracingStatus = TracingStatus(TracingState.OFF, "tracing is off")
 
     @property
     def healthy(self) -> bool:

@@ -249,7 +249,8 @@ class Forest:
 
     def status(self) -> ForestStatus:
         path = str(self._config.path) if self._config.path else None
-        return ForestStatus(running=self._running, config_path=path, components=self.list())
+        return ForestStatus(running=self._running, config_path=path, components=self.list(),
+                            tracing=self._tracing.status())
 
     # the River ------------------------------------------------------------------------------
     async def flow(

@@ -10,19 +10,24 @@ naming the component and the node. So the stored headers alone are the trace:
 Spans are exported over OTLP/HTTP only when `OTEL_EXPORTER_OTLP_ENDPOINT` or
 `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (the standard variables, read by the SDK);
 otherwise the SDK is not even imported and a hop costs one random number and a string.
+With an endpoint, the SDK's spans are built and exported in a child process (see
+OtlpTracing), so recording a hop costs the forest's interpreter one tuple.
 """
 
 from __future__ import annotations
 
+import asyncio
+import enum
+import logging
+import pickle
 import random
 import re
+import struct
+import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from opentelemetry.trace import Span
-    from opentelemetry.trace import Tracer as OtelTracer
+from typing import Any
 
 TRACEPARENT = "traceparent"
 HOP_HEADER = "Nimsforest-Hop"  # who stored the message: <kind>:<name>@<node>, api@<node>, ...
@@ -104,19 +109,43 @@ class Hop:
         """Nothing to record without an exporter."""
 
 
-class _SpanHop(Hop):
-    __slots__ = ("_failed", "_span")
+class _RecordedHop(Hop):
+    """A sampled hop under an exporter: `end` hands one tuple to the tracing's batch."""
 
-    def __init__(self, span: Span, failed: Callable[[str], Any]) -> None:
-        ctx = span.get_span_context()
-        super().__init__(TraceContext(f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}",
-                                      bool(ctx.trace_flags & 1)))
-        self._span, self._failed = span, failed  # failed(text): an ERROR status
+    __slots__ = ("_attributes", "_name", "_parent", "_record", "_start")
+
+    def __init__(self, context: TraceContext, parent: str | None, name: str,
+                 attributes: Mapping[str, Any], record: Callable[[SpanRecord], None]) -> None:
+        super().__init__(context)
+        self._parent, self._name, self._attributes, self._record = parent, name, attributes, record
+        self._start = time.time_ns()
 
     def end(self, error: str | None = None) -> None:
-        if error is not None:
-            self._span.set_status(self._failed(error))
-        self._span.end()
+        c = self.context
+        self._record((self._name, c.trace_id, c.span_id, self._parent, self._start,
+                      time.time_ns(), self._attributes, error))
+
+
+# What the exporter process gets per span: name, trace id, span id, parent span id (None
+# for a root), start and end (ns since the epoch), attributes, error text (None: ok).
+SpanRecord = tuple[str, str, str, str | None, int, int, Mapping[str, Any], str | None]
+
+
+class TracingState(enum.Enum):
+    OFF = "off"  # no OTLP endpoint: hops carry the headers, nothing is recorded
+    STARTING = "starting"
+    EXPORTING = "exporting"
+    RESTARTING = "restarting"  # the exporter process stopped; it is started again shortly
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class TracingStatus:
+    state: TracingState
+    sentence: str
+    spans: int = 0  # spans handed to the exporter process
+    dropped: int = 0  # spans dropped because the exporter was behind or down
+    restarts: int = 0  # times the exporter process was started again after it stopped
 
 
 class Tracing:
@@ -127,55 +156,164 @@ class Tracing:
     def hop(self, name: str, parent: TraceContext | None, attributes: Mapping[str, Any]) -> Hop:
         return Hop(parent.child() if parent is not None else TraceContext.new())
 
-    def shutdown(self) -> None:
+    async def start(self) -> None:
+        """Nothing to start."""
+
+    async def stop(self) -> None:
         """Nothing to flush."""
+
+    def status(self) -> TracingStatus:
+        return TracingStatus(TracingState.OFF, "tracing is off (no OTLP endpoint is set)")
 
 
 class OtlpTracing(Tracing):
-    """Spans exported over OTLP/HTTP in batches. The SDK reads the standard variables:
-    `OTEL_EXPORTER_OTLP_*` for where, `OTEL_TRACES_SAMPLER(_ARG)` for how many (a span
-    sampled out costs little and its ids still go on in the headers)."""
+    """Spans exported over OTLP/HTTP. A hop records one tuple in the event loop; a child
+    process (`python -m nimsforest.spanexport`) builds the OpenTelemetry SDK's spans from
+    them and exports them with the SDK's OTLP exporter, so the SDK's per-span work (tens
+    of microseconds in Python) is not done by the interpreter that runs the forest.
+
+    The SDK reads the standard variables: `OTEL_EXPORTER_OTLP_*` (in the exporter process)
+    for where, `OTEL_TRACES_SAMPLER(_ARG)` (here) for how many. A trace's sampling is
+    decided where it starts; a hop under a parent-based sampler follows its parent's flag
+    (a hop sampled out costs what a hop without an exporter does, its ids still go on)."""
 
     enabled = True
+    BATCH = 512  # spans per frame to the exporter process
+    FLUSH_EVERY = 0.5  # seconds: the longest a recorded span waits for its frame
+    MAX_BUFFERED = 4 << 20  # bytes waiting for the exporter process before spans are dropped
+    RESTART_AFTER = (1.0, 30.0)  # the exporter process's restart delay: first, longest
 
     def __init__(self, service: str, node: str, endpoint: str | None = None) -> None:
         """`endpoint`: the traces URL (…/v1/traces); else the standard variables say."""
         from opentelemetry import trace
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.trace import (
-            NonRecordingSpan,
-            SpanContext,
-            SpanKind,
-            Status,
-            StatusCode,
-            TraceFlags,
-        )
+        from opentelemetry.sdk.trace.sampling import ParentBased
+        from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-        self._provider = TracerProvider(resource=Resource.create({
-            "service.name": service, "service.instance.id": node}))
-        exporter = OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter()
-        self._provider.add_span_processor(BatchSpanProcessor(exporter))
-        self._tracer: OtelTracer = self._provider.get_tracer("nimsforest")
-        self._in_context = trace.set_span_in_context
-        self._remote, self._remote_span = SpanContext, NonRecordingSpan
-        self._flags = (TraceFlags(0), TraceFlags(1))
-        self._consumer = SpanKind.CONSUMER
-        self._failed = lambda text: Status(StatusCode.ERROR, text)
+        self._argv = [sys.executable, "-m", "nimsforest.spanexport", service, node,
+                      *([endpoint] if endpoint else [])]
+        self._sampler = TracerProvider().sampler  # from OTEL_TRACES_SAMPLER(_ARG), as the SDK
+        self._parent_based = isinstance(self._sampler, ParentBased)
+        self._remote = lambda p: trace.set_span_in_context(NonRecordingSpan(SpanContext(
+            int(p.trace_id, 16), int(p.span_id, 16), is_remote=True,
+            trace_flags=TraceFlags(1 if p.sampled else 0))))
+        self._batch: list[SpanRecord] = []
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._state, self._sentence = TracingState.STARTING, "starting the span exporter"
+        self._spans = self._dropped = self._restarts = 0
+        self._log = logging.getLogger("nimsforest.forest.trace")
+
+    def _sampled(self, name: str, parent: TraceContext | None, trace_id: str) -> bool:
+        if parent is not None and self._parent_based:
+            return parent.sampled
+        context = self._remote(parent) if parent is not None else None
+        return self._sampler.should_sample(context, int(trace_id, 16), name).decision.is_sampled()
 
     def hop(self, name: str, parent: TraceContext | None, attributes: Mapping[str, Any]) -> Hop:
-        context = None
-        if parent is not None:
-            remote = self._remote(int(parent.trace_id, 16), int(parent.span_id, 16), is_remote=True,
-                                  trace_flags=self._flags[parent.sampled])
-            context = self._in_context(self._remote_span(remote))
-        return _SpanHop(self._tracer.start_span(name, context=context, kind=self._consumer,
-                                                attributes=attributes), self._failed)
+        ctx = parent.child() if parent is not None else TraceContext.new()
+        if not self._sampled(name, parent, ctx.trace_id):
+            return Hop(TraceContext(ctx.trace_id, ctx.span_id, False))
+        return _RecordedHop(TraceContext(ctx.trace_id, ctx.span_id, True),
+                            parent.span_id if parent is not None else None, name, attributes,
+                            self._record)
 
-    def shutdown(self) -> None:
-        self._provider.shutdown()  # flushes what is batched
+    def _record(self, span: SpanRecord) -> None:
+        self._batch.append(span)
+        if len(self._batch) >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Hand the batch to the exporter process without waiting: a frame is written to
+        its stdin's transport; while the process is behind or down the batch is dropped."""
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+        proc = self._proc
+        stdin = proc.stdin if proc is not None and proc.returncode is None else None
+        if stdin is None or stdin.is_closing() or (
+                stdin.transport.get_write_buffer_size() > self.MAX_BUFFERED):
+            self._dropped += len(batch)
+            return
+        frame = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+        stdin.write(struct.pack("!I", len(frame)) + frame)
+        self._spans += len(batch)
+
+    async def _spawn(self) -> None:
+        self._proc = await asyncio.create_subprocess_exec(
+            *self._argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+            start_new_session=True)  # a terminal's ^C stops the node, which then ends it
+
+    def _set(self, state: TracingState, sentence: str, level: int = logging.INFO) -> None:
+        if state is not self._state:
+            self._log.log(level, "%s", sentence)
+        self._state, self._sentence = state, sentence
+
+    async def start(self) -> None:
+        await self._spawn()
+        self._set(TracingState.EXPORTING, "exporting spans over OTLP")
+        self._task = asyncio.create_task(self._run(), name="span-export")
+
+    async def _run(self) -> None:
+        """Flush every FLUSH_EVERY; start the exporter process again when it stopped."""
+        delay = self.RESTART_AFTER[0]
+        while not self._stopping.is_set():
+            try:
+                async with asyncio.timeout(self.FLUSH_EVERY):
+                    await self._stopping.wait()
+                return
+            except TimeoutError:
+                pass
+            try:
+                proc = self._proc
+                if proc is None or proc.returncode is not None:
+                    code = proc.returncode if proc is not None else None
+                    self._set(TracingState.RESTARTING,
+                              f"the span exporter process stopped (exit {code}); starting it "
+                              f"again in {delay:.0f}s, spans are dropped until then",
+                              logging.WARNING)
+                    try:
+                        async with asyncio.timeout(delay):
+                            await self._stopping.wait()
+                        return
+                    except TimeoutError:
+                        pass
+                    await self._spawn()
+                    self._restarts += 1
+                    delay = min(delay * 2, self.RESTART_AFTER[1])
+                    self._set(TracingState.EXPORTING, "exporting spans over OTLP again")
+                else:
+                    delay = self.RESTART_AFTER[0]
+                self._flush()
+            except Exception as exc:  # noqa: BLE001 - tracing never stops the node
+                self._set(TracingState.RESTARTING, f"the span exporter failed: {exc}",
+                          logging.WARNING)
+
+    async def stop(self) -> None:
+        """Hand over what is recorded, let the exporter process export it, then end it."""
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+        self._flush()
+        proc = self._proc
+        if proc is not None and proc.returncode is None and proc.stdin is not None:
+            proc.stdin.close()
+            try:
+                async with asyncio.timeout(15):  # the SDK's export timeout is 10 s
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        self._set(TracingState.STOPPED, "the span exporter stopped")
+
+    @property
+    def exporter_pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def status(self) -> TracingStatus:
+        return TracingStatus(self._state, self._sentence, self._spans, self._dropped,
+                             self._restarts)
 
 
 NO_TRACING = Tracing()
@@ -198,6 +336,8 @@ __all__ = [
     "OtlpTracing",
     "TraceContext",
     "Tracing",
+    "TracingState",
+    "TracingStatus",
     "hop_name",
     "tracing_from_env",
 ]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from nimsforest.forest.trace import TraceContext, tracing_from_env
+from nimsforest.forest.trace import OtlpTracing, TraceContext, TracingState, tracing_from_env
+from tests.support import eventually
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -44,20 +47,24 @@ def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
     server.shutdown()
 
 
-def test_hops_are_exported_as_spans_of_the_incoming_trace(receiver: Receiver) -> None:
-    import os
+def _spans(receiver: Receiver) -> list[Span]:
+    return [s for path, req in list(receiver.requests) for rs in req.resource_spans
+            for ss in rs.scope_spans for s in ss.spans if path == "/v1/traces"]
 
+
+async def test_hops_are_exported_as_spans_of_the_incoming_trace(receiver: Receiver) -> None:
     tracing = tracing_from_env(os.environ, "nimsforest", "n1")
     assert tracing.enabled
+    await tracing.start()
     parent = TraceContext.parse(PARENT)
     tree = tracing.hop("tree qualify", parent, {"nimsforest.node": "n1"})
     nim = tracing.hop("nim scorer", tree.context, {})
     nim.end("the brain did not answer")
     tree.end()
-    tracing.shutdown()  # flushes the batch
+    await tracing.stop()  # hands over the batch; the exporter process exports it, then ends
+    assert tracing.status().state is TracingState.STOPPED and tracing.status().spans == 2
 
-    spans = [s for path, req in receiver.requests for rs in req.resource_spans
-             for ss in rs.scope_spans for s in ss.spans if path == "/v1/traces"]
+    spans = _spans(receiver)
     by_name = {s.name: s for s in spans}
     assert set(by_name) == {"tree qualify", "nim scorer"}
     t, n = by_name["tree qualify"], by_name["nim scorer"]
@@ -67,3 +74,43 @@ def test_hops_are_exported_as_spans_of_the_incoming_trace(receiver: Receiver) ->
     assert n.status.message == "the brain did not answer"
     resource = receiver.requests[0][1].resource_spans[0].resource
     assert {a.key: a.value.string_value for a in resource.attributes}["service.name"] == "nimsforest"
+
+
+async def test_a_sampler_that_drops_everything_records_nothing_but_ids_go_on(
+        receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    tracing = tracing_from_env(os.environ, "nimsforest", "n1")
+    await tracing.start()
+    hop = tracing.hop("tree t", None, {})
+    assert not hop.context.sampled and hop.headers("tree:t@n1")["traceparent"].endswith("-00")
+    hop.end()
+    await tracing.stop()
+    assert _spans(receiver) == [] and tracing.status().spans == 0
+
+
+async def test_under_the_default_sampler_a_hop_follows_its_parents_flag(receiver: Receiver) -> None:
+    tracing = tracing_from_env(os.environ, "nimsforest", "n1")
+    await tracing.start()
+    unsampled = TraceContext.parse(PARENT[:-2] + "00")
+    tracing.hop("tree dropped", unsampled, {}).end()
+    tracing.hop("tree kept", TraceContext.parse(PARENT), {}).end()
+    await tracing.stop()
+    assert [s.name for s in _spans(receiver)] == ["tree kept"]
+
+
+async def test_a_dead_exporter_process_is_started_again(receiver: Receiver) -> None:
+    tracing = tracing_from_env(os.environ, "nimsforest", "n1")
+    assert isinstance(tracing, OtlpTracing)
+    tracing.RESTART_AFTER = (0.2, 0.2)
+    await tracing.start()
+    try:
+        tracing.hop("tree before", None, {}).end()
+        await eventually(lambda: tracing.status().spans == 1)  # handed over by the flusher
+        await eventually(lambda: "tree before" in {s.name for s in _spans(receiver)})
+        os.kill(tracing.exporter_pid or 0, 9)
+        await eventually(lambda: tracing.status().restarts == 1
+                         and tracing.status().state is TracingState.EXPORTING)
+        tracing.hop("tree after", None, {}).end()
+    finally:
+        await tracing.stop()
+    assert {"tree before", "tree after"} <= {s.name for s in _spans(receiver)}
