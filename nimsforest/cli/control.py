@@ -56,10 +56,12 @@ def _read(path: str, what: str) -> str:
 
 async def _call(api: str | None, method: str, path: str, body: Any = None,
                 ok: tuple[int, ...] = (200,)) -> Any:
+    """The daemon's answer; a 422 (it refused the arguments: a name, setting, script or
+    prompt) exits 2 like any usage error, other refusals exit 1."""
     async with DaemonClient(api, timeout=30.0) as client:
         resp = await client.request(method, path, json=body) if body is not None else (
             await client.request(method, path))
-        return client.json_or_fail(resp, ok)
+        return client.json_or_fail(resp, ok, usage=(422,))
 
 
 def _report_change(answer: dict[str, Any], as_json: bool) -> None:

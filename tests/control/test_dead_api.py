@@ -123,7 +123,7 @@ async def test_dead_letters_through_the_cli_and_the_api(tmp_path: Path) -> None:
                              "lead.>", "--url", f"{rx.url}/slack")
             assert out.returncode == 0 and "Added output 'chat'" in out.stdout, out.stderr
             out = await acli(node, "add", "output", "bad", "--subscribes", "x", "--type", "email")
-            assert out.returncode == 1 and "an email output needs 'smtp_host'" in out.stderr
+            assert out.returncode == 2 and "an email output needs 'smtp_host'" in out.stderr
             r = httpx.delete(node.api_url + "/api/v1/dead", timeout=5)
             assert r.status_code == 422 and "kind and name, or all=true" in r.json()["error"]
         finally:

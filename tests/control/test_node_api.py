@@ -61,7 +61,7 @@ async def test_cli_sighup_and_restart(tmp_path: Path) -> None:
         assert "missing.lua does not exist" in out.stderr
         out = cli(node, "add", "th", "bad", "--subscribes", "x.in", "--publishes", "x.y",
                   "--script", "mine.lua", "--max-deliver", "0", cwd=work)
-        assert out.returncode == 1 and "max_deliver" in out.stderr, out.stderr
+        assert out.returncode == 2 and "max_deliver" in out.stderr, out.stderr  # a 422
         listed = json.loads(cli(node, "list", "th", "--json").stdout)
         assert {c["name"]: c["origin"] for c in listed} == {"from-file": "file", "mine": "api"}
         table = cli(node, "ls").stdout
