@@ -36,6 +36,7 @@ OTLP_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDP
 
 # version-traceid-parentid-flags (https://www.w3.org/TR/trace-context/#traceparent-header)
 _TRACEPARENT_RE = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 _rand = random.Random()  # ids need to be unique, not secret (as the OpenTelemetry SDK's)
 
 
@@ -53,13 +54,14 @@ class TraceContext:
         the receiver starts a new trace, as the W3C rules say)."""
         if not value:
             return None
-        m = _TRACEPARENT_RE.match(value.strip().lower())
+        m = _TRACEPARENT_RE.match(value) or _TRACEPARENT_RE.match(value.strip().lower())
         if m is None:
             return None
         version, trace_id, span_id, flags, rest = m.groups()
-        if version == "ff" or (version == "00" and rest) or set(trace_id) == {"0"} or set(span_id) == {"0"}:
+        if version == "ff" or (version == "00" and rest) or trace_id == _ZERO_TRACE or (
+                span_id == _ZERO_SPAN):
             return None
-        return cls(trace_id, span_id, bool(int(flags, 16) & 1))
+        return cls(trace_id, span_id, flags != "00" and bool(int(flags, 16) & 1))
 
     @classmethod
     def of(cls, headers: Mapping[str, str] | None) -> TraceContext | None:
