@@ -331,7 +331,12 @@ def command(events: int, window: int, warmup: int, rounds: int, outputs: int,
     )
     for i, (b, p) in enumerate(zip(bases, pipes, strict=True), 1):
         ratio = p.rate / b.rate
-        click.echo(f"  round {i}: baseline {b.rate:6.0f}/s, pipeline {p.rate:6.0f}/s ({ratio:.0%})")
+        traced_round = ""
+        if runs.traced:
+            t = runs.traced[i - 1]
+            traced_round = f", traced {t.rate:6.0f}/s ({t.rate / p.rate:.0%} of untraced)"
+        click.echo(f"  round {i}: baseline {b.rate:6.0f}/s, pipeline {p.rate:6.0f}/s ({ratio:.0%})"
+                   + traced_round)
     for label, r in (("baseline (raw nats-py):", base), ("pipeline (NimsForest): ", pipe)):
         click.echo(
             f"{label} {r.rate:8.0f} events/s   p50 {r.pct(50):7.1f} ms   p99 {r.pct(99):7.1f} ms"
