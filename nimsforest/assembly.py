@@ -183,7 +183,8 @@ class Assembly:
 
         # one flat router (the control plane guards its /api/ routes with the token)
         ingest = make_router(forest)
-        ingest.routes.extend(make_drain_router(drainer).routes)
+        ingest.routes.extend(
+            make_drain_router(drainer, control.guard(), control.audit_log.record).routes)
         readers = Readers(nats.conn.nc)
         lineages = Lineages(nats.conn.nc)
         dashboard = Dashboard(snapshot, control.cluster_status, control.guard(cookie=True),

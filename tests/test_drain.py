@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -93,9 +94,13 @@ def test_a_sidecar_is_drained_once_its_forest_stopped() -> None:
 # --- a real standalone node -------------------------------------------------------------------
 
 
+TOKEN = "drain-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[NodeProcess]:
-    n = NodeProcess("standalone", tmp_path / "data")
+    n = NodeProcess("standalone", tmp_path / "data", env={"NIMSFOREST_API_TOKEN": TOKEN})
     n.start()
     try:
         yield n
@@ -105,12 +110,20 @@ def node(tmp_path: Path) -> Iterator[NodeProcess]:
 
 def cli(node: NodeProcess, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "nimsforest", *args, "--api", f"127.0.0.1:{node.api_port}"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "NIMSFOREST_API_TOKEN": TOKEN})
 
 
 def river(node: NodeProcess) -> httpx.Response:
     return httpx.post(f"{node.api_url}/api/v1/river/drain.test", json={"x": 1},
-                      headers={"Idempotency-Key": "k1"}, timeout=10)
+                      headers={"Idempotency-Key": "k1", **AUTH}, timeout=10)
+
+
+def audited(node: NodeProcess) -> list[tuple[str, bool, str | None, str | None]]:
+    """(action, ok, refusal, name) of the node's drain and undrain audit records."""
+    records = httpx.get(f"{node.api_url}/api/v1/audit?limit=50", headers=AUTH, timeout=10).json()
+    return [(r["action"], r["ok"], r["refusal"], r["name"]) for r in records
+            if r["action"] in ("drain", "undrain", "add")]
 
 
 async def test_a_drained_node_refuses_input_stays_drained_across_a_restart_until_undrained(
@@ -119,12 +132,19 @@ async def test_a_drained_node_refuses_input_stays_drained_across_a_restart_until
     await node.wait_healthy()
     assert river(node).status_code == 202
 
+    anonymous = httpx.post(f"{node.api_url}/api/v1/node/drain", timeout=10)
+    assert anonymous.status_code == 401
+    await eventually(lambda: audited(node) == [("drain", False, "unauthorized", None)],
+                     what="the refused drain audited as a drain")
+
     other = cli(node, "drain", "n9")
     assert other.returncode == 2 and "is node 'n1', not 'n9'" in other.stderr
 
     done = cli(node, "drain", "--json")
     assert done.returncode == 0, done.stderr
     assert '"state": "drained"' in done.stdout
+    await eventually(lambda: audited(node)[1:] == [("drain", True, None, "n1")],
+                     what="the drain audited")
     code, body = node.health()
     assert code == 503 and body["status"] == "drained" and body["drain"]["state"] == "drained"
     assert body["forest"]["running"] is False
@@ -148,6 +168,8 @@ async def test_a_drained_node_refuses_input_stays_drained_across_a_restart_until
     again = river(node)
     assert again.status_code == 202 and again.json()["duplicate"] is True  # stored once, before
     assert not (node.data_dir / "drained").exists()
+    await eventually(lambda: audited(node)[-1] == ("undrain", True, None, "n1"),
+                     what="the undrain audited")
 
 
 def test_drain_says_in_one_sentence_when_no_daemon_answers(tmp_path: Path) -> None:
