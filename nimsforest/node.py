@@ -154,7 +154,8 @@ class Node:
         nats, assembly = await self.mode.open(stack)
         self._nats, self._assembly = nats, assembly
         self._set_replicas(nats.replicas)
-        drainer = Drainer(s.node_name, s.data_dir, nats.embedded, nc=nats.conn.nc)
+        drainer = Drainer(s.node_name, s.data_dir, nats.embedded, nc=nats.conn.nc,
+                          clustered=self.mode.kind is NodeMode.CLUSTER)
         self._drainer = drainer
         running = await assembly.start_forest(
             stack, nats, self.forest_path, self.forest_config, self.snapshot, drainer

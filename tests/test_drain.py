@@ -12,10 +12,21 @@ from pathlib import Path
 import httpx
 import nats
 import pytest
+from nats.js.api import Placement, StreamConfig
 
-from natsembed import Leaderships, Led
-from nimsforest.drain import DrainAction, Drainer, DrainObservation, DrainReason, DrainState, plan
-from tests.support import NodeProcess, eventually
+from natsembed import NODE_TAG, Leaderships, Led
+from nimsforest.drain import (
+    DrainAction,
+    Drainer,
+    DrainObservation,
+    DrainReason,
+    DrainState,
+    Home,
+    Move,
+    moved_placement,
+    plan,
+)
+from tests.support import EmbeddedFactory, NodeProcess, eventually, routed_servers
 
 OPERATOR = DrainReason.OPERATOR
 RIVER = Led("RIVER", None, ("n2", "n3"), 3)
@@ -47,10 +58,49 @@ def test_a_drain_pauses_work_and_hands_over_every_movable_leadership() -> None:
     assert "the meta group, RIVER, WIND/tree-contacts" in p.sentence
 
 
-def test_drained_once_nothing_movable_is_led_single_replica_assets_are_named() -> None:
-    p = plan(DrainObservation(OPERATOR, work_running=False, own_server=True, held=holding(ONE)))
+def test_a_stop_is_drained_once_nothing_movable_is_led_single_replica_assets_are_named() -> None:
+    p = plan(DrainObservation(DrainReason.STOP, work_running=False, own_server=True, held=holding(ONE)))
     assert (p.state, p.actions) == (DrainState.DRAINED, ())
     assert "ONE" in p.sentence and "single-replica" in p.sentence
+
+
+NODES = (Home("n1", (NODE_TAG, "node:n1")), Home("n1-witness-x", ("role:witness",)),
+         Home("n2", (NODE_TAG, "node:n2", "zone:b")), Home("n3", (NODE_TAG, "node:n3")))
+ONE_CONSUMER = Led("ONE", "c", (), 1)
+TWO = Led("TWO", None, (), 1)
+
+
+def test_an_operators_drain_moves_each_single_replica_stream_to_a_serving_node_in_turn() -> None:
+    now = holding(ONE, ONE_CONSUMER, TWO, Led("WIND", "r1-consumer", (), 1))
+    p = plan(DrainObservation(OPERATOR, False, True, held=now, homes=NODES))
+    assert p.state is DrainState.DRAINING and p.actions == (DrainAction.MOVE,)
+    assert [(m.stream, m.to) for m in p.moves] == [("ONE", "n2"), ("TWO", "n3")]
+    assert "moving single-replica ONE to n2, TWO to n3" in p.sentence
+    # never to a node that drains itself, nor to a witness
+    p = plan(DrainObservation(OPERATOR, False, True, held=now, homes=NODES,
+                              peers_draining=frozenset({"n2"})))
+    assert [(m.stream, m.to) for m in p.moves] == [("ONE", "n3"), ("TWO", "n3")]
+    # once moved, an R1 consumer of a replicated stream is named, and the drain is done
+    done = plan(DrainObservation(OPERATOR, False, True, held=holding(Led("WIND", "r1", (), 1)),
+                                 homes=NODES))
+    assert done.state is DrainState.DRAINED and "WIND/r1" in done.sentence
+
+
+def test_with_no_other_serving_node_a_single_replica_stream_keeps_the_drain_from_done() -> None:
+    alone = (NODES[0], NODES[1])
+    p = plan(DrainObservation(OPERATOR, False, True, held=holding(ONE), homes=alone))
+    assert (p.state, p.actions, p.moves) == (DrainState.DRAINING, (), ())
+    assert "no other serving node can take the single-replica stream(s) ONE" in p.sentence
+    unread = plan(DrainObservation(OPERATOR, False, True, held=holding(ONE), homes_error="timeout"))
+    assert unread.state is DrainState.DRAINING and "(timeout)" in unread.sentence
+    standalone = plan(DrainObservation(OPERATOR, False, True, held=holding(ONE), clustered=False))
+    assert standalone.state is DrainState.DRAINED and "ONE" in standalone.sentence
+
+
+def test_a_moved_stream_keeps_the_tags_its_new_server_has_and_names_that_server() -> None:
+    move = Move("ONE", "n2", NODES[2].tags)
+    assert moved_placement((NODE_TAG, "node:n1", "zone:b", "ssd"), move) == (NODE_TAG, "zone:b", "node:n2")
+    assert moved_placement((), move) == ("node:n2",)
 
 
 def test_the_meta_group_is_never_handed_to_the_nodes_own_witness() -> None:
@@ -211,3 +261,52 @@ async def test_a_drain_is_heard_by_the_other_nodes_and_so_is_its_end(nc: nats.NA
                          what="a serves again and b hears it")
         for run in runs:
             run.cancel()
+
+
+# --- single-replica streams moved off a draining server (real routed servers) ---------------
+
+
+async def test_a_drain_moves_a_single_replica_stream_to_the_other_node_losing_nothing(
+    embedded: EmbeddedFactory, tmp_path: Path,
+) -> None:
+    one, two = await routed_servers(embedded, "d", count=2)
+    c = one.credentials
+    nc1 = await nats.connect(one.client_url, user=c.app_user, password=c.app_password)
+    nc2 = await nats.connect(two.client_url, user=c.app_user, password=c.app_password)
+    try:
+        js = nc1.jetstream()
+        await js.add_stream(StreamConfig(name="ONE", subjects=["one.>"], num_replicas=1,
+                                         placement=Placement(tags=[NODE_TAG, "node:d1"])))
+        sent = 300
+        for i in range(sent):
+            await js.publish("one.x", str(i).encode())
+        assert (await js.stream_info("ONE")).cluster.leader == "d1"
+
+        d1 = Drainer("d1", tmp_path / "d1", one, nc=nc1, interval=0.2)
+        d2 = Drainer("d2", tmp_path / "d2", two, nc=nc2, interval=0.2)
+        d1.attach(Forestish())
+        d2.attach(Forestish())
+        async with asyncio.TaskGroup() as tasks:
+            runs = [tasks.create_task(d.run()) for d in (d1, d2)]
+            d1.drain()
+            await eventually(lambda: d1.status().state is DrainState.DRAINED, timeout=60,
+                             what="d1 drained, its R1 stream moved")
+            info = await nc2.jetstream().stream_info("ONE")
+            assert info.cluster.leader == "d2" and not info.cluster.replicas
+            assert info.state.messages == sent
+            got = [(await nc2.jetstream().get_msg("ONE", seq)).data for seq in range(1, sent + 1)]
+            assert got == [str(i).encode() for i in range(sent)]
+
+            # d2 is now the only node that serves: draining it too has nowhere to move ONE
+            await eventually(lambda: d2.peers_draining() == {"d1"}, what="d2 hears d1 drained")
+            d2.drain()
+            await eventually(lambda: "no other serving node can take the single-replica "
+                             "stream(s) ONE" in d2.status().sentence, timeout=30,
+                             what="d2 says it cannot move ONE")
+            assert d2.status().state is DrainState.DRAINING
+            assert (await nc2.jetstream().stream_info("ONE")).state.messages == sent
+            for run in runs:
+                run.cancel()
+    finally:
+        await nc1.close()
+        await nc2.close()
