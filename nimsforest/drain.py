@@ -57,6 +57,10 @@ MARKER = "drained"  # the file in the data directory that keeps an operator's dr
 # within PEER_TTL seconds (it would hand it straight back).
 ANNOUNCE = "forest.node.drain"
 PEER_TTL = 5.0
+# A node restarted through its API (POST /api/v1/node/restart) stops with this exit status
+# (EX_TEMPFAIL) for its supervisor to start it again: the shipped systemd units restart it
+# (Restart=always, RestartForceExitStatus=75); a container needs a restart policy.
+RESTART_EXIT_STATUS = 75
 NAME_TAG = "node:"  # every node's nats-server carries the tag node:<its name> (natsembed)
 
 
@@ -532,6 +536,7 @@ __all__ = [
     "ANNOUNCE",
     "MARKER",
     "PEER_TTL",
+    "RESTART_EXIT_STATUS",
     "DrainAction",
     "DrainObservation",
     "DrainPlan",

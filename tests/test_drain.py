@@ -15,7 +15,9 @@ import pytest
 from nats.js.api import Placement, StreamConfig
 
 from natsembed import NODE_TAG, Leaderships, Led
+from nimsforest.deploy.rolling import Target, api_restart
 from nimsforest.drain import (
+    RESTART_EXIT_STATUS,
     DrainAction,
     Drainer,
     DrainObservation,
@@ -173,7 +175,7 @@ def audited(node: NodeProcess) -> list[tuple[str, bool, str | None, str | None]]
     """(action, ok, refusal, name) of the node's drain and undrain audit records."""
     records = httpx.get(f"{node.api_url}/api/v1/audit?limit=50", headers=AUTH, timeout=10).json()
     return [(r["action"], r["ok"], r["refusal"], r["name"]) for r in records
-            if r["action"] in ("drain", "undrain", "add")]
+            if r["action"] in ("drain", "undrain", "restart", "add")]
 
 
 async def test_a_drained_node_refuses_input_stays_drained_across_a_restart_until_undrained(
@@ -310,3 +312,63 @@ async def test_a_drain_moves_a_single_replica_stream_to_the_other_node_losing_no
     finally:
         await nc1.close()
         await nc2.close()
+
+
+# --- restart through the API, under a supervisor that restarts on exit status 75 ---------------
+
+
+class Supervisor:
+    """What systemd does for the shipped unit: start the node again when it exits with a
+    status in `restart_on` (None: any status, Restart=always), until `stop()`."""
+
+    def __init__(self, node: NodeProcess, restart_on: frozenset[int] | None) -> None:
+        self.node, self.restart_on = node, restart_on
+        self.exits: list[int] = []
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Supervisor:
+        self.node.start()
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def _watch(self) -> None:
+        while not self._stopping:
+            proc = self.node.proc
+            code = proc.poll() if proc is not None else None
+            if code is not None:
+                self.node.wait(1)  # reaped: its log closed
+                self.exits.append(code)
+                if self.restart_on is not None and code not in self.restart_on:
+                    return
+                self.node.start()
+            await asyncio.sleep(0.05)
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self._stopping = True
+        if self._task is not None:
+            await self._task
+        running = self.node.proc is not None and self.node.proc.poll() is None
+        code = self.node.stop()
+        if running and code is not None:
+            self.exits.append(code)
+
+
+async def test_a_restart_through_the_api_exits_75_and_the_supervisor_starts_the_node_again(
+    tmp_path: Path,
+) -> None:
+    node = NodeProcess("standalone", tmp_path / "data", env={"NIMSFOREST_API_TOKEN": TOKEN})
+    async with Supervisor(node, frozenset({RESTART_EXIT_STATUS})) as supervisor:
+        first = await node.wait_healthy()
+        anonymous = httpx.post(f"{node.api_url}/api/v1/node/restart", timeout=10)
+        assert anonymous.status_code == 401
+        await api_restart(AUTH)(Target(node.name, node.api_url))  # what the CLI does without --command
+        await eventually(lambda: supervisor.exits == [RESTART_EXIT_STATUS], timeout=30,
+                         what="the node exited with 75")
+        again = await node.wait_healthy()
+        assert again["started_at"] != first["started_at"] and again["status"] == "healthy"
+        assert "Restart asked through the API" in node.log()
+        await eventually(lambda: [(a, ok, why) for a, ok, why, _ in audited(node) if a == "restart"]
+                         == [("restart", False, "unauthorized"), ("restart", True, None)],
+                         what="the refused and the accepted restart audited")
+    assert supervisor.exits == [RESTART_EXIT_STATUS, 0]  # then stopped (SIGTERM): exit 0
