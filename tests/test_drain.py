@@ -321,14 +321,20 @@ class Supervisor:
     """What systemd does for the shipped unit: start the node again when it exits with a
     status in `restart_on` (None: any status, Restart=always), until `stop()`."""
 
-    def __init__(self, node: NodeProcess, restart_on: frozenset[int] | None) -> None:
-        self.node, self.restart_on = node, restart_on
+    def __init__(self, node: NodeProcess, restart_on: frozenset[int] | None,
+                 pidfile: Path | None = None) -> None:
+        self.node, self.restart_on, self.pidfile = node, restart_on, pidfile
         self.exits: list[int] = []
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> Supervisor:
+    def _start(self) -> None:
         self.node.start()
+        if self.pidfile is not None and self.node.proc is not None:
+            self.pidfile.write_text(f"{self.node.proc.pid}\n")
+
+    async def __aenter__(self) -> Supervisor:
+        self._start()
         self._task = asyncio.create_task(self._watch())
         return self
 
@@ -341,7 +347,7 @@ class Supervisor:
                 self.exits.append(code)
                 if self.restart_on is not None and code not in self.restart_on:
                     return
-                self.node.start()
+                self._start()
             await asyncio.sleep(0.05)
 
     async def __aexit__(self, *_exc: object) -> None:
