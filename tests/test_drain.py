@@ -293,8 +293,12 @@ async def test_a_drain_moves_a_single_replica_stream_to_the_other_node_losing_no
             d1.drain()
             await eventually(lambda: d1.status().state is DrainState.DRAINED, timeout=60,
                              what="d1 drained, its R1 stream moved")
+            async def moved() -> bool:  # d2 leads it; d1's copy is let go right after
+                info = await nc2.jetstream().stream_info("ONE")
+                return info.cluster.leader == "d2" and not info.cluster.replicas
+
+            await eventually(moved, timeout=30, what="ONE on d2 alone")
             info = await nc2.jetstream().stream_info("ONE")
-            assert info.cluster.leader == "d2" and not info.cluster.replicas
             assert info.state.messages == sent
             got = [(await nc2.jetstream().get_msg("ONE", seq)).data for seq in range(1, sent + 1)]
             assert got == [str(i).encode() for i in range(sent)]
