@@ -33,8 +33,9 @@ async def _run(registry_url: str, command: str | None, only: tuple[str, ...],
         unknown = sorted(set(only) - {n.name for n in nodes})
         if unknown:
             fail(f"There is no node '{unknown[0]}' in the registry at {registry_url}.", EXIT_USAGE)
-        nodes = [n for n in nodes if n.name in only]
-    targets = [Target(n.name, local_http_url(n.api)) for n in nodes]
+    every = [Target(n.name, local_http_url(n.api)) for n in nodes]
+    targets = [t for t in every if not only or t.name in only]
+    others = [t for t in every if t not in targets]  # must be whole too, not restarted
 
     async def run_command(target: Target) -> None:
         assert command is not None
@@ -46,7 +47,7 @@ async def _run(registry_url: str, command: str | None, only: tuple[str, ...],
             raise RestartFailed(f"the restart command exited with {code}")
 
     restart = run_command if command is not None else api_restart(api_headers())
-    return await rolling_restart(targets, restart, limits=limits, headers=api_headers(),
+    return await rolling_restart(targets, restart, limits=limits, headers=api_headers(), others=others,
                                  say=lambda s: click.echo(s, err=True))
 
 
@@ -60,7 +61,8 @@ async def _run(registry_url: str, command: str | None, only: tuple[str, ...],
                    "and its supervisor (systemd, a container runtime) starts it again.")
 @click.option("--registry-url", envvar="REGISTRY_URL", required=True,
               help="The registry that lists the nodes and their APIs [REGISTRY_URL].")
-@click.option("--node", "only", multiple=True, help="Restart only this node (repeatable).")
+@click.option("--node", "only", multiple=True,
+              help="Restart only this node (repeatable); the others must be whole all the same.")
 @click.option("--drain-timeout", default=120.0, show_default=True, type=click.FloatRange(min=1),
               help="Seconds a node may take to drain.")
 @click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(min=1),

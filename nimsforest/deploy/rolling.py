@@ -83,10 +83,12 @@ class Step:
     progress: Progress
 
 
-def restart_order(seen: Sequence[NodeSeen]) -> tuple[str, ...]:
-    """By name, the meta leader last (one leader change for the meta group, not three)."""
+def restart_order(seen: Sequence[NodeSeen], only: frozenset[str] | None = None) -> tuple[str, ...]:
+    """By name, the meta leader last (one leader change for the meta group, not three);
+    `only`: just these nodes (the others were observed, not to be restarted)."""
     leaders = {s.meta_leader for s in seen if s.meta_leader}
-    return tuple(sorted((s.name for s in seen), key=lambda n: (n in leaders, n)))
+    names = [s.name for s in seen if only is None or s.name in only]
+    return tuple(sorted(names, key=lambda n: (n in leaders, n)))
 
 
 def precheck(seen: Sequence[NodeSeen]) -> str | None:
@@ -197,16 +199,19 @@ async def rolling_restart(
     say: Callable[[str], None] = lambda _s: None,
     poll: float = 0.5,
     headers: dict[str, str] | None = None,
+    others: Sequence[Target] = (),
 ) -> RollResult:
-    """Restart every target, one at a time; returns how far it got and why it stopped."""
+    """Restart every target, one at a time; returns how far it got and why it stopped.
+    `others`: the cluster's other nodes, not restarted, but whole like the targets before
+    it begins (`--node` restarts some nodes of a cluster)."""
     by_name = {t.name: t for t in targets}
     restarted: list[str] = []
     async with httpx.AsyncClient(timeout=5, headers=headers or {}, trust_env=False) as http:
-        seen = await asyncio.gather(*(observe(http, t) for t in targets))
+        seen = await asyncio.gather(*(observe(http, t) for t in (*targets, *others)))
         refusal = precheck(seen)
         if refusal:
             return RollResult(False, refusal, ())
-        p = Progress(restart_order(seen), since=time.monotonic())
+        p = Progress(restart_order(seen, frozenset(by_name)), since=time.monotonic())
         say(f"restarting one at a time: {', '.join(p.order)}")
         said = ""
         while True:

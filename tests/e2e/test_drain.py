@@ -1,7 +1,8 @@
 """Drain and the rolling restart with real nodes under a steady writer: the node leading
 RIVER hands everything over, then every node is restarted one at a time by
-`nimsforest cluster restart --rolling --command CMD` (CMD stops the node; a supervisor in
-the test starts it again, as systemd would), while writes keep being stored; none fails
+`nimsforest cluster restart --rolling`: two nodes by `--command CMD` (CMD stops the node; a
+supervisor in the test starts it again, as systemd would), the meta leader through its own
+API (it exits 75 and its supervisor starts it), while writes keep being stored; none fails
 and none is lost or stored twice."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from nimsforest.api.drain import DRAINING_HEADER
+from nimsforest.drain import RESTART_EXIT_STATUS
 from tests.e2e.conftest import Forest
 from tests.e2e.test_cluster import wait_cluster
 from tests.support import NodeProcess, eventually
@@ -122,12 +124,13 @@ async def test_drain_of_the_river_leader_then_a_rolling_restart_under_writes_fai
     async with contextlib.AsyncExitStack() as stack:
         # each node under a supervisor that starts it again whenever it exits (systemd's
         # Restart=always), so `--command` only has to stop it, as `systemctl restart` would
-        for n in nodes:
-            await stack.enter_async_context(Supervisor(n, None, pids / f"{n.name}.pid"))
-        await _drain_then_roll(forest, nodes, pids)
+        by_supervisor = {n.name: await stack.enter_async_context(
+            Supervisor(n, None, pids / f"{n.name}.pid")) for n in nodes}
+        await _drain_then_roll(forest, nodes, pids, by_supervisor)
 
 
-async def _drain_then_roll(forest: Forest, nodes: list[NodeProcess], pids: Path) -> None:
+async def _drain_then_roll(forest: Forest, nodes: list[NodeProcess], pids: Path,
+                           by_supervisor: dict[str, Supervisor]) -> None:
     for n in nodes:
         await n.wait_healthy(120)
     body = await wait_cluster(nodes[0], 3, 3, timeout=120)
@@ -163,20 +166,28 @@ async def _drain_then_roll(forest: Forest, nodes: list[NodeProcess], pids: Path)
         await victim.wait_healthy(30)
         await wait_cluster(nodes[0], 3, 3, timeout=60)
 
-        # a rolling restart of all three through the CLI: --command stops the node (SIGTERM,
-        # then waits until it is gone) and its supervisor starts it again
+        # a rolling restart of all three through the CLI: the two other nodes by --command,
+        # which stops the node (SIGTERM, then waits until it is gone) for its supervisor to
+        # start it again; then the meta leader through its own API (no --command): it
+        # drains, exits 75, and its supervisor starts it again
         before = {n.name: n.proc.pid for n in nodes if n.proc}
         stop = (f"pid=$(cat {pids}/{{node}}.pid) && kill -TERM $pid && "
                 "while kill -0 $pid 2>/dev/null; do sleep 0.1; done")
         meta_leader = nodes[0].cluster()["meta_leader"]
-        rolled = await asyncio.to_thread(
-            cli, "cluster", "restart", "--rolling", "--registry-url", forest.registry.url,
-            "--command", stop, "--timeout", "120")
-        said = rolled.stderr.splitlines()
-        assert rolled.returncode == 0, rolled.stderr
-        assert rolled.stdout.startswith("done: every node restarted"), rolled.stdout
-        assert said[0].startswith("restarting one at a time") and said[0].endswith(meta_leader), said
-        assert sum(line.startswith("$ pid=") for line in said) == 3, said
+        first = sorted(n.name for n in nodes if n.name != meta_leader)
+        roll = ("cluster", "restart", "--rolling", "--registry-url", forest.registry.url,
+                "--timeout", "120")
+        by_command = await asyncio.to_thread(
+            cli, *roll, *(a for name in first for a in ("--node", name)), "--command", stop)
+        said = by_command.stderr.splitlines()
+        assert by_command.returncode == 0, by_command.stderr
+        assert by_command.stdout.startswith("done: every node restarted"), by_command.stdout
+        assert said[0] == f"restarting one at a time: {', '.join(first)}", said
+        assert sum(line.startswith("$ pid=") for line in said) == 2, said
+        by_api = await asyncio.to_thread(cli, *roll, "--node", meta_leader)
+        assert by_api.returncode == 0, by_api.stderr
+        assert not any(line.startswith("$ ") for line in by_api.stderr.splitlines())
+        assert by_supervisor[meta_leader].exits == [RESTART_EXIT_STATUS], by_supervisor[meta_leader].exits
         assert all(n.proc and n.proc.pid != before[n.name] for n in nodes)
         at_roll = len(writer.acked)
         await eventually(lambda: len(writer.acked) >= at_roll + 30, what="writes after the restart")
