@@ -159,11 +159,13 @@ class Assembly:
         forest_config: ForestConfig | None,
         snapshot: Callable[[], NodeSnapshot],
         drainer: Drainer,
+        restart: Callable[[], None] | None = None,
     ) -> Running:
         """Start the forest empty, then the controller fills it with the cluster's desired
         state (seeded from forest.yaml when the cluster has none yet); then serve the API.
         The web app (FastAPI analyses every route) is built in a thread meanwhile. A node
-        kept drained starts with its forest stopped (the drainer starts it when undrained)."""
+        kept drained starts with its forest stopped (the drainer starts it when undrained).
+        `restart` stops the node for its supervisor to start it (POST /api/v1/node/restart)."""
         s = self.settings
         config = forest_config or ForestConfig.empty()
         tracing = tracing_from_env(os.environ, "nimsforest", s.node_name)
@@ -184,7 +186,8 @@ class Assembly:
 
         # one flat router (the control plane guards its /api/ routes with the token)
         ingest = make_router(forest)
-        ingest.routes.extend(make_drain_router(drainer).routes)
+        ingest.routes.extend(
+            make_drain_router(drainer, control.guard(), control.audit_log.record, restart).routes)
         readers = Readers(nats.conn.nc)
         lineages = Lineages(nats.conn.nc)
         dashboard = Dashboard(snapshot, control.cluster_status, control.guard(cookie=True),

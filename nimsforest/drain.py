@@ -5,8 +5,16 @@ it is something no client notices.
     DRAINING   its forest stops pulling; it hands over every meta, stream and consumer
                leadership its nats-server holds (with a preferred current successor);
                an operator's drain also refuses new River input (503 + Retry-After)
-    DRAINED    it leads nothing a step-down can hand over. Single-replica assets have
-               no other copy to lead: they are reported, never lost or moved blindly.
+    DRAINED    it leads nothing a step-down can hand over, and (an operator's drain) holds
+               no single-replica stream: each was moved to a serving node first.
+
+A single-replica (R1) stream has no other copy to lead it. An operator's drain moves each
+one whose only replica is here to another serving node (JetStream's own stream move: its
+placement is updated to name that node's `node:<name>` tag; the new server copies it,
+becomes its leader, and this one lets it go; no message is lost) and is drained only once
+none is left here. With no other serving node to take one, it says so and stays draining.
+A graceful stop moves nothing (the node comes back): it names them. Single-replica
+consumers of a replicated stream cannot be moved; they are named.
 
 An operator's drain (`nimsforest drain`, POST /api/v1/node/drain) is kept in the data
 directory (the file `drained`), so the node starts drained until it is undrained. A
@@ -30,7 +38,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from natsembed import Leaderships, Led, held, step_down
+from nats.js.api import Placement
+
+from natsembed import NODE_TAG, Leaderships, Led, held, is_witness, step_down
 from natsembed.errors import reason
 
 if TYPE_CHECKING:
@@ -47,12 +57,21 @@ MARKER = "drained"  # the file in the data directory that keeps an operator's dr
 # within PEER_TTL seconds (it would hand it straight back).
 ANNOUNCE = "forest.node.drain"
 PEER_TTL = 5.0
+# A node restarted through its API (POST /api/v1/node/restart) stops with this exit status
+# (EX_TEMPFAIL) for its supervisor to start it again: the shipped systemd units restart it
+# (Restart=always, RestartForceExitStatus=75); a container needs a restart policy.
+RESTART_EXIT_STATUS = 75
+NAME_TAG = "node:"  # every node's nats-server carries the tag node:<its name> (natsembed)
 
 
 class DrainState(enum.Enum):
     SERVING = "serving"
     DRAINING = "draining"
     DRAINED = "drained"
+
+
+class MoveRefused(Exception):
+    """JetStream refused to move a single-replica stream (the message says which, why)."""
 
 
 class DrainReason(enum.Enum):
@@ -64,6 +83,36 @@ class DrainAction(enum.Enum):
     PAUSE_WORK = "pause work"  # stop the forest's components (they nak what is in flight)
     RESUME_WORK = "resume work"
     STEP_DOWN = "step down"
+    MOVE = "move"  # move single-replica streams to serving nodes (DrainPlan.moves)
+
+
+@dataclass(frozen=True)
+class Home:
+    """Another server of the cluster, as its tags describe it."""
+
+    name: str
+    tags: tuple[str, ...]
+
+    @property
+    def takes_streams(self) -> bool:
+        """A node's nats-server (a witness never holds streams)."""
+        return NODE_TAG in self.tags and not is_witness(self.name)
+
+
+@dataclass(frozen=True)
+class Move:
+    """Move the single-replica stream `stream` to the server `to` (tags: `to_tags`)."""
+
+    stream: str
+    to: str
+    to_tags: tuple[str, ...] = ()
+
+
+def moved_placement(current: tuple[str, ...], move: Move) -> tuple[str, ...]:
+    """The placement tags that move a stream to `move.to` (pure): the tags it had that the
+    new server also carries (a zone, role:node), no other node's name, and the new name."""
+    kept = tuple(t for t in current if not t.startswith(NAME_TAG) and t in move.to_tags)
+    return (*kept, f"{NAME_TAG}{move.to}")
 
 
 @dataclass(frozen=True)
@@ -77,6 +126,11 @@ class DrainObservation:
     error: str | None = None  # why it could not be read
     own_witness: str | None = None  # this node's witness (it stops with the node)
     peers_draining: frozenset[str] = frozenset()  # other nodes that said they drain
+    # the cluster's other servers, read when a single-replica stream must move (None: not
+    # read, or `homes_error` says why)
+    homes: tuple[Home, ...] | None = None
+    homes_error: str | None = None
+    clustered: bool = True  # a cluster node (a standalone node has nowhere to move streams)
 
 
 @dataclass(frozen=True)
@@ -85,6 +139,7 @@ class DrainPlan:
     actions: tuple[DrainAction, ...]
     sentence: str
     hand_over: Leaderships | None = None  # what STEP_DOWN asks to hand over
+    moves: tuple[Move, ...] = ()  # what MOVE asks to move
 
 
 def plan(obs: DrainObservation) -> DrainPlan:
@@ -102,6 +157,7 @@ def plan(obs: DrainObservation) -> DrainPlan:
     single: tuple[str, ...] = ()
     notes: list[str] = []
     hand_over: Leaderships | None = None
+    moves: tuple[Move, ...] = ()
     meta_stays = False
     if obs.own_server:
         if obs.held is None:
@@ -134,9 +190,11 @@ def plan(obs: DrainObservation) -> DrainPlan:
                 waiting.append("no current replica on a serving node yet for " + ", ".join(stuck))
             elif stuck:  # a stop does not wait for replicas that are not there
                 notes.append("no current replica on a serving node for " + ", ".join(stuck))
+            if obs.wanted is DrainReason.OPERATOR and obs.clustered:
+                moves, single = _evacuate(obs, now, waiting)
     if waiting:
-        return DrainPlan(DrainState.DRAINING, tuple(actions), "draining: " + "; ".join(waiting),
-                         hand_over)
+        return DrainPlan(DrainState.DRAINING, tuple(actions) + ((DrainAction.MOVE,) if moves else ()),
+                         "draining: " + "; ".join(waiting), hand_over, moves)
     sentence = "drained: the forest is stopped and this node leads nothing"
     if meta_stays:
         sentence = ("drained: the forest is stopped; the meta group stays led here (no other "
@@ -149,6 +207,35 @@ def plan(obs: DrainObservation) -> DrainPlan:
             + ", ".join(single) + "; scale them up before the node is removed for good"
         )
     return DrainPlan(DrainState.DRAINED, (), sentence)
+
+
+def _evacuate(obs: DrainObservation, now: Leaderships,
+              waiting: list[str]) -> tuple[tuple[Move, ...], tuple[str, ...]]:
+    """An operator's drain: where each single-replica stream held here goes (the serving
+    nodes in turn); appends what it waits for to `waiting`. Returns the moves and the
+    single-replica assets that stay (consumers of replicated streams)."""
+    streams = [x.stream for x in now.single if x.consumer is None]
+    moving = set(streams)
+    # an R1 stream's consumers go with it; an R1 consumer of a replicated stream stays
+    stays = tuple(str(x) for x in now.single if x.consumer is not None and x.stream not in moving)
+    if not streams:
+        return (), stays
+    if obs.homes is None:
+        waiting.append(f"cannot read which nodes could take the single-replica stream(s) "
+                       f"{', '.join(streams)} ({obs.homes_error or 'no answer'})")
+        return (), stays
+    avoid = obs.peers_draining | {now.server, obs.own_witness or ""}
+    homes = sorted((h for h in obs.homes if h.takes_streams and h.name not in avoid),
+                   key=lambda h: h.name)
+    if not homes:
+        waiting.append("no other serving node can take the single-replica stream(s) "
+                       f"{', '.join(streams)}: they stay here, so the drain is not done (start "
+                       "or undrain another node, or scale them up)")
+        return (), stays
+    moves = tuple(Move(name, homes[i % len(homes)].name, homes[i % len(homes)].tags)
+                  for i, name in enumerate(streams))
+    waiting.append("moving single-replica " + ", ".join(f"{m.stream} to {m.to}" for m in moves))
+    return moves, stays
 
 
 @dataclass(frozen=True)
@@ -228,8 +315,12 @@ class Drainer:
         *,
         nc: Client | None = None,
         interval: float = 1.0,
+        clustered: bool = True,
     ) -> None:
+        """`clustered`: a cluster node, whose operator's drain moves its single-replica
+        streams to other nodes (a standalone node keeps them)."""
         self.node = node
+        self._clustered = clustered
         self._nc = nc
         self._peers: dict[str, tuple[DrainState, float]] = {}
         self._announced = DrainState.SERVING
@@ -382,8 +473,19 @@ class Drainer:
         except Exception as exc:  # noqa: BLE001 - reported in the sentence
             return DrainObservation(wanted, running, True, error=reason(exc), own_witness=witness,
                                     peers_draining=peers)
+        homes: tuple[Home, ...] | None = None
+        homes_error: str | None = None
+        if (self._clustered and wanted is DrainReason.OPERATOR
+                and any(x.consumer is None for x in now.single)):
+            try:
+                async with embedded.system_client() as sysc:
+                    tags = await sysc.server_tags()
+                homes = tuple(Home(name, t) for name, t in sorted(tags.items()))
+            except Exception as exc:  # noqa: BLE001 - reported in the sentence
+                homes_error = reason(exc)
         return DrainObservation(wanted, running, True, held=now, own_witness=witness,
-                                peers_draining=peers)
+                                peers_draining=peers, homes=homes, homes_error=homes_error,
+                                clustered=self._clustered)
 
     async def _perform(self, action: DrainAction, decided: DrainPlan) -> None:
         if action is DrainAction.PAUSE_WORK and self._work is not None:
@@ -393,6 +495,30 @@ class Drainer:
         elif action is DrainAction.STEP_DOWN and self._embedded is not None and decided.hand_over:
             for refusal in await step_down(self._embedded, decided.hand_over):
                 log.debug("Step-down refused: %s", refusal)
+        elif action is DrainAction.MOVE and self._nc is not None:
+            await self._move(decided.moves)
+
+    async def _move(self, moves: tuple[Move, ...]) -> None:
+        """Update each stream's placement to its new server (JetStream moves it); asked
+        again every cycle until it left, a no-op once asked. Raises the first refusal."""
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        refused: list[str] = []
+        for m in moves:
+            try:
+                cfg = (await js.stream_info(m.stream)).config
+                have = tuple(cfg.placement.tags or ()) if cfg.placement else ()
+                tags = moved_placement(have, m)
+                if have == tags:
+                    continue  # asked already: JetStream is copying it
+                cfg.placement = Placement(cluster=cfg.placement.cluster if cfg.placement else None,
+                                          tags=list(tags))
+                await js.update_stream(cfg)
+                log.info("Drain: moving the single-replica stream %s to %s", m.stream, m.to)
+            except Exception as exc:  # noqa: BLE001 - said in the drain's sentence
+                refused.append(f"{m.stream} cannot move to {m.to}: {reason(exc)}")
+        if refused:
+            raise MoveRefused("; ".join(refused))
 
     def _planned(self, state: DrainState, sentence: str | None = None) -> DrainStatus:
         s = self._status
@@ -410,6 +536,7 @@ __all__ = [
     "ANNOUNCE",
     "MARKER",
     "PEER_TTL",
+    "RESTART_EXIT_STATUS",
     "DrainAction",
     "DrainObservation",
     "DrainPlan",
@@ -417,8 +544,12 @@ __all__ = [
     "DrainState",
     "DrainStatus",
     "Drainer",
+    "Home",
+    "Move",
+    "MoveRefused",
     "Work",
     "kept_drain",
     "marker_path",
+    "moved_placement",
     "plan",
 ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from cluster import ClusterManager, ClusterStatus, Role, Startup, Tuning, decide_role
@@ -23,7 +23,7 @@ from nimsforest import __version__
 from nimsforest.health import NodeMode
 from nimsforest.modes import Mode, start_embedded
 from nimsforest.node_setup import machine_metadata
-from nimsforest.settings import Settings, SettingsError
+from nimsforest.settings import Settings, SettingsError, ZoneSource, choose_zone, with_zone
 from nimsforest.tasks import TaskOwner
 from registry import NodeInfo, Registry, RegistryStatus, ensure_node_id, open_registry
 
@@ -76,6 +76,7 @@ class ClusterMode(Mode):
         for peer in startup.peers:
             log.info("Discovered peer %s at %s", peer.name, peer.cluster_address)
         log.info("%s", startup.reason)
+        s = self.settings = self._zoned(startup.record.metadata if startup.record else {})
         authorize = s.cluster_secret is not None
         if not authorize:
             log.warning(
@@ -114,6 +115,19 @@ class ClusterMode(Mode):
         async for _event in registry.watch_peers(known=known):
             manager.wake()
 
+    def _zoned(self, metadata: Mapping[str, str]) -> Settings:
+        """The settings with the zone from the registry entry's metadata when
+        NIMSFOREST_ZONE does not give one (before nats-server starts: it reads its tags
+        and unique_tag at start)."""
+        choice = choose_zone(self.settings.zone, metadata)
+        if choice.note:
+            log.warning("%s.", choice.note)
+        if choice.source is ZoneSource.REGISTRY and choice.zone:
+            log.info("Zone %s, from this node's registry entry (NIMSFOREST_ZONE is not set)",
+                     choice.zone)
+            return with_zone(self.settings, choice.zone)
+        return self.settings
+
     def self_info(self) -> NodeInfo:
         s = self.settings
         host = advertise_host(s.bind_address, s.advertise_address)
@@ -126,7 +140,7 @@ class ClusterMode(Mode):
             monitor_url=f"http://{hostport(host, s.monitor_port)}" if s.monitor_port else None,
             api_url=f"http://{hostport(api, api_port)}",
             node_id=ensure_node_id(s.data_dir / "node_id"),
-            metadata=machine_metadata(s.cluster_name),
+            metadata=machine_metadata(s.cluster_name, s.zone),
         )
 
     # --- membership ------------------------------------------------------------------------

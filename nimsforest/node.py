@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nimsforest.api.sockets import bind_socket
-from nimsforest.drain import Drainer
+from nimsforest.drain import RESTART_EXIT_STATUS, Drainer
 from nimsforest.health import NodeMode, NodeSnapshot, NodeState
 from nimsforest.modes import load_forest_config, make_mode
 from nimsforest.sdnotify import notify
@@ -65,6 +65,8 @@ class Node:
         self._drainer: Drainer | None = None
         self._stop_drain: asyncio.Future[Any] | None = None  # a graceful stop's drain
         self._drain_cut = False
+        # set when asked to restart (POST /api/v1/node/restart): the process's exit status
+        self.exit_status: int | None = None
 
     # --- running ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -130,6 +132,15 @@ class Node:
             self._stop_drain.cancel()
         self._stop.set()
 
+    def request_restart(self) -> None:
+        """Stop as a graceful stop does, then exit with RESTART_EXIT_STATUS for the node's
+        supervisor (systemd, a container runtime) to start it again."""
+        if self.exit_status is None:
+            log.info("Restart asked through the API: stopping, then exiting with status %d for "
+                     "the supervisor to start the node again", RESTART_EXIT_STATUS)
+        self.exit_status = RESTART_EXIT_STATUS
+        self.request_stop()
+
     def _on_sighup(self) -> None:
         if self._reload is None or self._tasks is None:
             log.info("Received SIGHUP; no forest configuration to reload")
@@ -154,10 +165,12 @@ class Node:
         nats, assembly = await self.mode.open(stack)
         self._nats, self._assembly = nats, assembly
         self._set_replicas(nats.replicas)
-        drainer = Drainer(s.node_name, s.data_dir, nats.embedded, nc=nats.conn.nc)
+        drainer = Drainer(s.node_name, s.data_dir, nats.embedded, nc=nats.conn.nc,
+                          clustered=self.mode.kind is NodeMode.CLUSTER)
         self._drainer = drainer
         running = await assembly.start_forest(
-            stack, nats, self.forest_path, self.forest_config, self.snapshot, drainer
+            stack, nats, self.forest_path, self.forest_config, self.snapshot, drainer,
+            self.request_restart,
         )
         self._forest_status = running.forest_status
         self._reports_status = running.reports_status

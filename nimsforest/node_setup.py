@@ -7,7 +7,7 @@ import os
 
 from natsembed import EmbeddedConfig, RestartPolicy, Timeouts, find_nats_server
 from nimsforest import __version__
-from nimsforest.settings import Settings
+from nimsforest.settings import ZONE_KEY, Settings
 
 
 def embedded_config(
@@ -36,13 +36,18 @@ def embedded_config(
     )
 
 
-def machine_metadata(cluster_name: str) -> dict[str, str]:
-    """What a node tells the registry about itself and its machine (used by `grow`)."""
+def machine_metadata(cluster_name: str, zone: str | None = None) -> dict[str, str]:
+    """What a node tells the registry about itself and its machine (used by `grow`), with
+    its zone when NIMSFOREST_ZONE sets it (an entry's `zone` is otherwise the registry's
+    to give: the node reads it, settings.choose_zone)."""
     import psutil
 
-    return {
+    meta = {
         "version": __version__,
         "cluster": cluster_name,
         "ram_bytes": str(psutil.virtual_memory().total),
         "cpus": str(os.cpu_count() or 1),
     }
+    if zone:
+        meta[ZONE_KEY] = zone
+    return meta

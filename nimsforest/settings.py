@@ -8,10 +8,13 @@ becomes a `SettingsError` whose message is one plain sentence naming the setting
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import os
 import re
 import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -162,6 +165,57 @@ def _env(name: str, **kw: Any) -> Any:
     return Field(validation_alias=name, **kw)
 
 
+ZONE_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+ZONE_TAG = "zone:"
+ZONE_KEY = "zone"  # the registry entry's metadata key a node reads its zone from
+
+
+def tags_with_zone(tags: list[str], zone: str | None) -> list[str]:
+    """The server tags with the zone's tag `zone:<zone>` (unless a zone tag is given)."""
+    if zone and not any(t.startswith(ZONE_TAG) for t in tags):
+        return [*tags, f"{ZONE_TAG}{zone}"]
+    return tags
+
+
+class ZoneSource(enum.Enum):
+    SETTING = "NIMSFOREST_ZONE"
+    REGISTRY = "registry metadata"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class ZoneChoice:
+    zone: str | None
+    source: ZoneSource
+    note: str | None = None  # one sentence to log: a registry zone refused or overridden
+
+
+def choose_zone(setting: str | None, metadata: Mapping[str, str]) -> ZoneChoice:
+    """A node's zone: NIMSFOREST_ZONE, else its registry entry's metadata `zone` (pure). A
+    metadata zone that is not a valid zone name is ignored, with a sentence saying so."""
+    given = metadata.get(ZONE_KEY)
+    if setting:
+        note = None
+        if given and given != setting:
+            note = (f"NIMSFOREST_ZONE is {setting}; the zone '{given[:64]}' in this node's "
+                    "registry entry (metadata 'zone') is not used")
+        return ZoneChoice(setting, ZoneSource.SETTING, note)
+    if not given:
+        return ZoneChoice(None, ZoneSource.NONE)
+    if not re.match(ZONE_PATTERN, given):
+        return ZoneChoice(None, ZoneSource.NONE,
+                          f"The zone '{given[:64]}' in this node's registry entry (metadata "
+                          "'zone') is not a zone name (lower-case letters, digits, '.', '_', "
+                          "'-'; at most 63): the node runs without a zone")
+    return ZoneChoice(given, ZoneSource.REGISTRY)
+
+
+def with_zone(settings: Settings, zone: str) -> Settings:
+    """`settings` with `zone` (and its server tag), as if NIMSFOREST_ZONE had said it."""
+    return settings.model_copy(update={
+        "zone": zone, "server_tags": tags_with_zone(list(settings.server_tags), zone)})
+
+
 class Settings(BaseSettings):
     """Everything a node needs to know. Immutable once loaded."""
 
@@ -183,7 +237,7 @@ class Settings(BaseSettings):
     advertise_address: Host | None = _env("NATS_ADVERTISE_ADDRESS", default=None)
     cluster_secret: SecretStr | None = _env("NATS_CLUSTER_SECRET", default=None)
     # the node's failure zone: becomes the server tag zone:<zone> (replicas in distinct zones)
-    zone: str | None = _env("NIMSFOREST_ZONE", default=None, pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+    zone: str | None = _env("NIMSFOREST_ZONE", default=None, pattern=ZONE_PATTERN)
     server_tags: Annotated[list[str], NoDecode, BeforeValidator(_split_csv)] = _env(
         "NATS_SERVER_TAGS", default_factory=list
     )
@@ -231,10 +285,7 @@ class Settings(BaseSettings):
     @field_validator("server_tags")
     @classmethod
     def _add_zone(cls, v: list[str], info: ValidationInfo) -> list[str]:
-        zone = info.data.get("zone")
-        if zone and not any(t.startswith("zone:") for t in v):
-            return [*v, f"zone:{zone}"]
-        return v
+        return tags_with_zone(v, info.data.get("zone"))
 
     @field_validator("log_level")
     @classmethod
@@ -424,4 +475,11 @@ __all__ = [
     "parse_hostport",
     "env_name",
     "NAME_RE",
+    "ZONE_KEY",
+    "ZONE_PATTERN",
+    "ZoneChoice",
+    "ZoneSource",
+    "choose_zone",
+    "tags_with_zone",
+    "with_zone",
 ]

@@ -3,8 +3,14 @@
     GET  /api/v1/node/drain      the drain: state, sentence, what the node still leads
     POST /api/v1/node/drain      drain this node (kept across restarts until undrained); 202
     POST /api/v1/node/undrain    serve again; 200
+    POST /api/v1/node/restart    restart this node (for nodes without ssh): it stops as a
+                                 graceful stop does (draining first; an operator's drain
+                                 stays kept) and exits with RESTART_EXIT_STATUS (75) for its
+                                 supervisor (systemd, a container runtime) to start it; 202
 
-These routes sit with the River's /api/ routes, behind the same bearer token.
+These routes sit with the River's /api/ routes, behind the same bearer token. Each
+change leaves an audit record (action `drain` / `undrain` / `restart`: who, when, which node, the
+outcome), and so does a refusal before it (a 401 is audited as the route's own action).
 
 While an operator's drain is on, new input (POST /api/v1/river/..., POST /webhooks/...)
 is answered 503 with `Retry-After: 1` and `Nimsforest-Draining: <node>`: nothing was
@@ -18,10 +24,11 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from nimsforest.drain import Drainer, DrainStatus
+from nimsforest.control import Action, Actor, AuditRecord, audited_as
+from nimsforest.drain import RESTART_EXIT_STATUS, Drainer, DrainStatus
 
 DRAINING_HEADER = "Nimsforest-Draining"
 INPUT_PATHS = ("/api/v1/river/", "/webhooks/")
@@ -33,22 +40,60 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def make_drain_router(drainer: Drainer) -> APIRouter:
+Record = Callable[[AuditRecord], Awaitable[None]]
+
+
+def make_drain_router(drainer: Drainer, guard: Any, record: Record,
+                      restart: Callable[[], None] | None = None) -> APIRouter:
+    """The drain routes; `guard` is the API's caller check (a dependency returning the
+    Actor), `record` writes an audit record (it never raises), `restart` asks the node to
+    stop with RESTART_EXIT_STATUS (None: the node cannot be restarted this way, 409)."""
     router = APIRouter(tags=["node"])
+
+    async def audit(action: Action, who: Actor, status: DrainStatus) -> None:
+        await record(AuditRecord(node=drainer.node, who=who, action=action, kind="node",
+                                 name=drainer.node, ok=True, result="ok",
+                                 detail=status.sentence))
 
     @router.get("/api/v1/node/drain", summary="This node's drain: state, sentence, what it still leads")
     async def drain_status() -> JSONResponse:
         return JSONResponse(_doc(drainer.node, drainer.status()))
 
-    @router.post("/api/v1/node/drain", status_code=202,
-                 summary="Drain this node: no new work, hand over every leadership (kept)")
-    async def drain() -> JSONResponse:
-        return JSONResponse(_doc(drainer.node, drainer.drain()), status_code=202)
+    async def drain(who: Actor = Depends(guard)) -> JSONResponse:
+        status = drainer.drain()
+        await audit(Action.DRAIN, who, status)
+        return JSONResponse(_doc(drainer.node, status), status_code=202)
 
-    @router.post("/api/v1/node/undrain", summary="Serve again after a drain")
-    async def undrain() -> JSONResponse:
-        return JSONResponse(_doc(drainer.node, drainer.undrain()))
+    async def undrain(who: Actor = Depends(guard)) -> JSONResponse:
+        status = drainer.undrain()
+        await audit(Action.UNDRAIN, who, status)
+        return JSONResponse(_doc(drainer.node, status))
 
+    async def restart_node(who: Actor = Depends(guard)) -> JSONResponse:
+        if restart is None:
+            await record(AuditRecord(node=drainer.node, who=who, action=Action.RESTART,
+                                     kind="node", name=drainer.node, ok=False,
+                                     result="this node cannot be restarted through its API"))
+            return JSONResponse({"error": f"Node {drainer.node} cannot be restarted through its "
+                                          "API."}, status_code=409)
+        status = drainer.status()
+        await record(AuditRecord(node=drainer.node, who=who, action=Action.RESTART, kind="node",
+                                 name=drainer.node, ok=True, result="ok",
+                                 detail=f"exit status {RESTART_EXIT_STATUS}; {status.sentence}"))
+        restart()
+        return JSONResponse({**_doc(drainer.node, status), "restarting": True,
+                             "exit_status": RESTART_EXIT_STATUS}, status_code=202)
+
+    router.add_api_route("/api/v1/node/restart", restart_node, methods=["POST"], status_code=202,
+                         route_class_override=audited_as(Action.RESTART),
+                         summary="Restart this node: drain, stop, exit 75 for its supervisor "
+                                 "to start it again")
+    router.add_api_route("/api/v1/node/drain", drain, methods=["POST"], status_code=202,
+                         route_class_override=audited_as(Action.DRAIN),
+                         summary="Drain this node: no new work, hand over every leadership (kept)")
+    router.add_api_route("/api/v1/node/undrain", undrain, methods=["POST"],
+                         route_class_override=audited_as(Action.UNDRAIN),
+                         summary="Serve again after a drain")
     return router
 
 
@@ -85,4 +130,4 @@ class DrainGate:
         await self.app(scope, receive, send)
 
 
-__all__ = ["DRAINING_HEADER", "DrainGate", "make_drain_router"]
+__all__ = ["DRAINING_HEADER", "RESTART_EXIT_STATUS", "DrainGate", "make_drain_router"]

@@ -80,8 +80,8 @@ def drain(node: str | None, api: str | None, registry_url: str | None, wait: boo
     Its forest stops pulling, new River input is answered 503 with Retry-After (send it
     to another node), every meta, stream and consumer leadership it holds moves to a
     current replica elsewhere, and /health answers 503 `drained` so load balancers move
-    on. Single-replica streams it holds are reported (they have no other copy). The
-    drain is kept in the node's data directory: the node starts drained until
+    on. Each single-replica stream held only there is moved to another serving node
+    first (with none to take it, the drain says so and is not done). The drain is kept in the node's data directory: the node starts drained until
     `nimsforest undrain`. Without NODE, the daemon at --api is drained.
 
     \b

@@ -64,6 +64,8 @@ def _serve(
     except Exception as exc:
         _fail_for(exc)
         raise
+    if node.exit_status is not None:  # asked to restart: the supervisor starts it again
+        raise SystemExit(node.exit_status)
 
 
 def _fail_for(exc: Exception) -> None:

@@ -14,16 +14,17 @@ Public API:
         get / audit; routers(river_router); reload_from_signal(); resync();
         guard(cookie=...) (the API's caller check, for routes other layers add)
     without_components(config)      the Forest to start with (the controller fills it)
-    Origin, DesiredComponent, AuditRecord, Actor, Via
+    Origin, DesiredComponent, AuditRecord, Actor, Via, Action
+    audited_as(action)              the route class of a change route other layers add
     ControlError and its subclasses (nimsforest.control.errors)
     BUCKET, AUDIT_STREAM, SUBJECT_PREFIX, QUEUE_GROUP
 """
 
 from __future__ import annotations
 
-from nimsforest.control._audit import AUDIT, Actor, AuditRecord, Via
+from nimsforest.control._audit import AUDIT, Action, Actor, AuditRecord, Via
 from nimsforest.control._desired import DesiredComponent, Origin, without_components
-from nimsforest.control._http import TOKEN_COOKIE, record_refused
+from nimsforest.control._http import TOKEN_COOKIE, audited_as, record_refused
 from nimsforest.control._nats import CLIENT_HEADER, PREFIX, QUEUE
 from nimsforest.control._plane import Controller
 from nimsforest.control._schemas import KIND_NAMES, parse_kind, validation_sentence
@@ -51,6 +52,7 @@ __all__ = [
     "QUEUE_GROUP",
     "SUBJECT_PREFIX",
     "TOKEN_COOKIE",
+    "Action",
     "Actor",
     "AuditRecord",
     "Conflict",
@@ -66,6 +68,7 @@ __all__ = [
     "Unavailable",
     "Via",
     "parse_kind",
+    "audited_as",
     "record_refused",
     "validation_sentence",
     "without_components",

@@ -50,6 +50,9 @@ class Action(StrEnum):
     SEED = "seed"
     REPLAY = "replay"  # a dead letter put back on its component's input
     PURGE = "purge"  # dead letters deleted
+    DRAIN = "drain"  # a node drained (POST /api/v1/node/drain)
+    UNDRAIN = "undrain"  # a node serving again (POST /api/v1/node/undrain)
+    RESTART = "restart"  # a node drained, then restarted (POST /api/v1/node/restart)
 
 
 class Refusal(StrEnum):
@@ -155,4 +158,4 @@ class AuditLog:
         return out
 
 
-__all__ = ["AUDIT", "Actor", "AuditLog", "AuditRecord", "Via"]
+__all__ = ["AUDIT", "Action", "Actor", "AuditLog", "AuditRecord", "Refusal", "Via"]

@@ -20,10 +20,11 @@ address (429 with Retry-After). Errors are {"error": "<one sentence>"}.
 # per-kind routes from annotations evaluated where they are defined.
 
 import hmac
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from nimsforest.control._audit import Action, Actor, AuditRecord, Refusal, Via
@@ -285,8 +286,24 @@ async def record_refused(ctl: ControllerCore, request: Request, message: str) ->
         await ctl.refused(_action(request), who, Refusal.INVALID, message)
 
 
+class AuditedRoute(APIRoute):
+    """A route that names the change it makes, for its audit records (see `audited_as`)."""
+
+    action: ClassVar[Action]
+
+
+def audited_as(action: Action) -> type[APIRoute]:
+    """The route class of a change route other layers add (`route_class_override=`): its
+    audit records, a refusal before the endpoint ran (401, 429) included, carry `action`."""
+    return type(f"Audited{action.name.title()}Route", (AuditedRoute,), {"action": action})
+
+
 def _action(request: Request) -> Action:
-    """The change a request asks for (only called for requests where is_change holds)."""
+    """The change a request asks for (only called for requests where is_change holds): the
+    one its route names, else the control plane's own routes by path and method."""
+    route = request.scope.get("route")
+    if isinstance(route, AuditedRoute):
+        return route.action
     if request.url.path.endswith("/-/reload"):
         return Action.RELOAD
     if request.url.path == "/api/v1/replay":
@@ -297,5 +314,5 @@ def _action(request: Request) -> Action:
 
 
 __all__ = [
-    "TOKEN_COOKIE", "is_change", "make_caller", "make_routers", "record_refused", "token_matches",
+    "TOKEN_COOKIE", "AuditedRoute", "audited_as", "is_change", "make_caller", "make_routers", "record_refused", "token_matches",
 ]

@@ -4,7 +4,9 @@ every stream current -> the next. It stops, saying why, when a node does not com
 `precheck` and `next_step` decide, purely, on frozen observations of the node in turn
 (`NodeSeen`, read from its /health, /health/cluster and drain); `rolling_restart` is the
 thin loop that observes, asks, and performs: POST drain / undrain on the node's API, and
-the restart itself, which the caller supplies (the CLI runs `--command` on each node).
+the restart itself, which the caller supplies: the CLI runs `--command` on each node, or,
+without one, asks the node itself (`api_restart`: POST /api/v1/node/restart; the node exits
+with status 75 and its supervisor starts it again).
 
 A restarted node starts drained (the drain is kept in its data directory), so it takes no
 work and leads nothing until the loop has seen it back and undrains it.
@@ -81,10 +83,12 @@ class Step:
     progress: Progress
 
 
-def restart_order(seen: Sequence[NodeSeen]) -> tuple[str, ...]:
-    """By name, the meta leader last (one leader change for the meta group, not three)."""
+def restart_order(seen: Sequence[NodeSeen], only: frozenset[str] | None = None) -> tuple[str, ...]:
+    """By name, the meta leader last (one leader change for the meta group, not three);
+    `only`: just these nodes (the others were observed, not to be restarted)."""
     leaders = {s.meta_leader for s in seen if s.meta_leader}
-    return tuple(sorted((s.name for s in seen), key=lambda n: (n in leaders, n)))
+    names = [s.name for s in seen if only is None or s.name in only]
+    return tuple(sorted(names, key=lambda n: (n in leaders, n)))
 
 
 def precheck(seen: Sequence[NodeSeen]) -> str | None:
@@ -195,16 +199,19 @@ async def rolling_restart(
     say: Callable[[str], None] = lambda _s: None,
     poll: float = 0.5,
     headers: dict[str, str] | None = None,
+    others: Sequence[Target] = (),
 ) -> RollResult:
-    """Restart every target, one at a time; returns how far it got and why it stopped."""
+    """Restart every target, one at a time; returns how far it got and why it stopped.
+    `others`: the cluster's other nodes, not restarted, but whole like the targets before
+    it begins (`--node` restarts some nodes of a cluster)."""
     by_name = {t.name: t for t in targets}
     restarted: list[str] = []
     async with httpx.AsyncClient(timeout=5, headers=headers or {}, trust_env=False) as http:
-        seen = await asyncio.gather(*(observe(http, t) for t in targets))
+        seen = await asyncio.gather(*(observe(http, t) for t in (*targets, *others)))
         refusal = precheck(seen)
         if refusal:
             return RollResult(False, refusal, ())
-        p = Progress(restart_order(seen), since=time.monotonic())
+        p = Progress(restart_order(seen, frozenset(by_name)), since=time.monotonic())
         say(f"restarting one at a time: {', '.join(p.order)}")
         said = ""
         while True:
@@ -240,6 +247,28 @@ async def _perform(http: httpx.AsyncClient, kind: StepKind, target: Target,
         await restart(target)
 
 
+def api_restart(headers: dict[str, str] | None = None) -> Callable[[Target], Awaitable[None]]:
+    """The restart of a node through its own API (for nodes without ssh): POST
+    /api/v1/node/restart, answered 202 before the node stops and exits for its supervisor
+    to start it again. Anything else is a RestartFailed."""
+
+    async def restart(target: Target) -> None:
+        async with httpx.AsyncClient(timeout=10, headers=headers or {}, trust_env=False) as http:
+            url = f"{target.api_url}/api/v1/node/restart"
+            try:
+                r = await http.post(url)
+            except httpx.HTTPError as exc:
+                raise RestartFailed(f"POST {url} was not answered ({type(exc).__name__})") from None
+            if r.status_code != 202:
+                try:
+                    error = r.json().get("error")
+                except ValueError:
+                    error = None
+                raise RestartFailed(f"POST {url} answered {r.status_code}: {error or r.text[:200]}")
+
+    return restart
+
+
 async def _post(http: httpx.AsyncClient, url: str) -> None:
     try:
         r = await http.post(url)
@@ -263,6 +292,7 @@ __all__ = [
     "Step",
     "StepKind",
     "Target",
+    "api_restart",
     "next_step",
     "observe",
     "precheck",

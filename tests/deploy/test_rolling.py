@@ -26,6 +26,8 @@ def fine(name: str, meta: str = "n2", **kw: object) -> NodeSeen:
 
 def test_the_meta_leader_goes_last() -> None:
     assert restart_order([fine("n2"), fine("n1"), fine("n3")]) == ("n1", "n3", "n2")
+    # --node: only some are restarted, the leader known from all of them
+    assert restart_order([fine("n2"), fine("n1"), fine("n3")], frozenset({"n2", "n3"})) == ("n3", "n2")
 
 
 def test_a_rolling_restart_begins_only_from_a_whole_cluster() -> None:

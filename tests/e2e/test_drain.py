@@ -1,16 +1,20 @@
 """Drain and the rolling restart with real nodes under a steady writer: the node leading
-RIVER hands everything over, then every node is restarted one at a time, while writes keep
-being stored; none fails and none is lost or stored twice."""
+RIVER hands everything over, then every node is restarted one at a time by
+`nimsforest cluster restart --rolling`: two nodes by `--command CMD` (CMD stops the node; a
+supervisor in the test starts it again, as systemd would), the meta leader through its own
+API (it exits 75 and its supervisor starts it), while writes keep being stored; none fails
+and none is lost or stored twice."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import nats
@@ -18,10 +22,11 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from nimsforest.api.drain import DRAINING_HEADER
-from nimsforest.deploy.rolling import Target, rolling_restart
+from nimsforest.drain import RESTART_EXIT_STATUS
 from tests.e2e.conftest import Forest
 from tests.e2e.test_cluster import wait_cluster
 from tests.support import NodeProcess, eventually
+from tests.test_drain import Supervisor
 
 pytestmark = pytest.mark.e2e
 SUBJECT = "drain"
@@ -113,7 +118,19 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 async def test_drain_of_the_river_leader_then_a_rolling_restart_under_writes_fail_none_lose_none(
     forest: Forest,
 ) -> None:
-    nodes = [forest.node(f"n{i}", f"127.0.0.{i}") for i in (1, 2, 3)]
+    nodes = [forest.node(f"n{i}", f"127.0.0.{i}", start=False) for i in (1, 2, 3)]
+    pids = forest.root / "pids"
+    pids.mkdir()
+    async with contextlib.AsyncExitStack() as stack:
+        # each node under a supervisor that starts it again whenever it exits (systemd's
+        # Restart=always), so `--command` only has to stop it, as `systemctl restart` would
+        by_supervisor = {n.name: await stack.enter_async_context(
+            Supervisor(n, None, pids / f"{n.name}.pid")) for n in nodes}
+        await _drain_then_roll(forest, nodes, pids, by_supervisor)
+
+
+async def _drain_then_roll(forest: Forest, nodes: list[NodeProcess], pids: Path,
+                           by_supervisor: dict[str, Supervisor]) -> None:
     for n in nodes:
         await n.wait_healthy(120)
     body = await wait_cluster(nodes[0], 3, 3, timeout=120)
@@ -149,24 +166,28 @@ async def test_drain_of_the_river_leader_then_a_rolling_restart_under_writes_fai
         await victim.wait_healthy(30)
         await wait_cluster(nodes[0], 3, 3, timeout=60)
 
-        # a rolling restart of all three (the restart: SIGTERM, then start the same node again)
-        by_name = {n.name: n for n in nodes}
+        # a rolling restart of all three through the CLI: the two other nodes by --command,
+        # which stops the node (SIGTERM, then waits until it is gone) for its supervisor to
+        # start it again; then the meta leader through its own API (no --command): it
+        # drains, exits 75, and its supervisor starts it again
         before = {n.name: n.proc.pid for n in nodes if n.proc}
-
-        async def restart(target: Target) -> None:
-            node = by_name[target.name]
-            await asyncio.to_thread(node.stop, 30)
-            node.start()
-
+        stop = (f"pid=$(cat {pids}/{{node}}.pid) && kill -TERM $pid && "
+                "while kill -0 $pid 2>/dev/null; do sleep 0.1; done")
         meta_leader = nodes[0].cluster()["meta_leader"]
-        said: list[str] = []
-        began = time.monotonic()
-        result = await rolling_restart([Target(n.name, n.api_url) for n in nodes], restart,
-                                       say=lambda line: said.append(f"{time.monotonic() - began:5.1f}s {line}"),
-                                       poll=0.2)
-        assert result.ok, (result.sentence, said)
-        assert sorted(result.restarted) == ["n1", "n2", "n3"]
-        assert "restarting one at a time" in said[0] and said[0].endswith(meta_leader), said
+        first = sorted(n.name for n in nodes if n.name != meta_leader)
+        roll = ("cluster", "restart", "--rolling", "--registry-url", forest.registry.url,
+                "--timeout", "120")
+        by_command = await asyncio.to_thread(
+            cli, *roll, *(a for name in first for a in ("--node", name)), "--command", stop)
+        said = by_command.stderr.splitlines()
+        assert by_command.returncode == 0, by_command.stderr
+        assert by_command.stdout.startswith("done: every node restarted"), by_command.stdout
+        assert said[0] == f"restarting one at a time: {', '.join(first)}", said
+        assert sum(line.startswith("$ pid=") for line in said) == 2, said
+        by_api = await asyncio.to_thread(cli, *roll, "--node", meta_leader)
+        assert by_api.returncode == 0, by_api.stderr
+        assert not any(line.startswith("$ ") for line in by_api.stderr.splitlines())
+        assert by_supervisor[meta_leader].exits == [RESTART_EXIT_STATUS], by_supervisor[meta_leader].exits
         assert all(n.proc and n.proc.pid != before[n.name] for n in nodes)
         at_roll = len(writer.acked)
         await eventually(lambda: len(writer.acked) >= at_roll + 30, what="writes after the restart")
