@@ -23,6 +23,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: Any
+    at: float = 0.0  # when it arrived (the event loop's monotonic clock)
 
 
 @dataclass
@@ -72,7 +73,8 @@ class FakeLLM:
             }
             raw = await reader.readexactly(int(headers.get("content-length", "0")))
             body = json.loads(raw) if raw else None
-            self.seen.append(Seen(method, path, headers, body))
+            self.seen.append(Seen(method, path, headers, body,
+                                  asyncio.get_running_loop().time()))
             self.requests += 1
             step = self.plan.pop(0) if self.plan else None
             if step is None and self.every_429 and self.requests % self.every_429 == 0:

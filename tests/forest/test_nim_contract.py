@@ -249,8 +249,10 @@ async def test_the_answer_cache_skips_the_server_and_is_shared(
 async def test_three_nodes_share_one_rate_limit(plain_nats: Any, tmp_path: Path,
                                                 llm: FakeLLM) -> None:
     """Three nodes (three connections, each running the same forest) share the nim's
-    brain's quota of 3 requests per window through the KV bucket NIMRATE: every window
-    counted at most 3, every request counted, and every event completed."""
+    brain's quota of 3 requests per second through the KV bucket NIMRATE: no second holds
+    more than 3 (a sliding window: a request is taken at most a connect before the server
+    sees it, so any 4 arrivals in a row span more than the second minus that), every
+    event completed, the work shared."""
     import nats
 
     from nimsforest.forest import Forest, load_forest_config
@@ -273,10 +275,11 @@ async def test_three_nodes_share_one_rate_limit(plain_nats: Any, tmp_path: Path,
             await js.publish("wind.lead", Leaf.new("lead", {"id": f"c-{i}"}, "t").to_json())
         await eventually(lambda: sum(f.get("nim", "q").events_out for f in forests) == 9,
                          timeout=30, what="every event answered")
+        assert len(llm.seen) == 9
+        at = sorted(s.at for s in llm.seen)
+        assert min(b - a for a, b in zip(at, at[3:], strict=False)) > 0.5, at
         kv = await js.key_value("NIMRATE")
-        counts = [json.loads((await kv.get(k)).value)["requests"] for k in await kv.keys()]
-        assert sum(counts) == len(llm.seen) == 9
-        assert max(counts) <= 3 and len(counts) >= 3
+        assert len(await kv.keys()) == 1  # one sliding window for the brain
         assert sum(1 for f in forests if f.get("nim", "q").events_out) >= 2  # shared work
     finally:
         for f in forests:
@@ -286,17 +289,53 @@ async def test_three_nodes_share_one_rate_limit(plain_nats: Any, tmp_path: Path,
 
 
 def test_the_rate_limit_rule_is_pure() -> None:
-    from nimsforest.forest.brains.ratelimit import Counts, Limit, Take, Wait, decide
+    from nimsforest.forest.brains.ratelimit import Limit, Slot, Take, Wait, Window, decide
 
-    lim = Limit(requests=2, tokens=100, per=60.0)
-    assert decide(Counts(1, 10), lim, 125.0) == Take(window=2)
-    assert decide(Counts(2, 10), lim, 125.0) == Wait(seconds=55.0)
-    assert decide(Counts(0, 100), lim, 179.5) == Wait(seconds=0.5)  # tokens spent
-    assert decide(Counts(5, 0), Limit(None, 10, 1.0), 3.2) == Take(window=3)
+    lim = Limit(requests=2, tokens=100, per=60.0)  # 60 slots of 1 s
+    one = Window().add(lim, 125.5, requests=1, tokens=10)
+    assert one == Window((Slot(125, 1, 10),))
+    assert decide(one, lim, 126.0) == Take(slot=126)
+    two = one.add(lim, 130.2, requests=1)
+    # full until the slot of 125.5 has aged out: its end (126) a minute old
+    assert decide(two, lim, 150.0) == Wait(seconds=pytest.approx(36.0))
+    assert decide(two, lim, 186.0) == Take(slot=186)
+    assert two.add(lim, 186.0).slots == (Slot(130, 1, 0), Slot(186, 0, 0))  # aged out, gone
+    spent = Window((Slot(100, 0, 60), Slot(110, 0, 40)))  # tokens full
+    assert decide(spent, lim, 150.0) == Wait(seconds=pytest.approx(11.0))  # slot 100 goes
+    assert decide(Window((Slot(3, 5, 0),)), Limit(None, 10, 1.0), 3.2) == Take(slot=192)
+    assert Window.from_json(two.to_json()) == two
+    with pytest.raises(ValueError, match="not a rate-limit window"):
+        Window.from_json(b'{"requests": 3}x')
 
 
-async def test_a_token_limit_waits_for_the_next_window(forest_factory: Any, nc: Any,
-                                                       llm: FakeLLM) -> None:
+def test_no_span_of_per_seconds_holds_more_than_the_limit() -> None:
+    """Many clients asking at random times, taking when told to and coming back when told
+    to wait: in no span of `per` are more than `requests` taken (a fixed window lets up to
+    twice through across its edge), and the window keeps taking (no starvation)."""
+    import random
+
+    from nimsforest.forest.brains.ratelimit import Limit, Take, Window, decide
+
+    lim = Limit(requests=5, tokens=None, per=60.0)
+    rng = random.Random(16)
+    asks = sorted(rng.uniform(0, 600) for _ in range(400))
+    window, taken = Window(), []
+    while asks:
+        now = asks.pop(0)
+        step = decide(window, lim, now)
+        if isinstance(step, Take):
+            window = window.add(lim, now, requests=1)
+            taken.append(now)
+        else:
+            asks.append(now + step.seconds)
+            asks.sort()
+    assert len(taken) == 400
+    assert max(sum(1 for t in taken if end - 60.0 < t <= end) for end in taken) == 5
+    assert len(taken) / ((taken[-1] - taken[0]) / 60.0) > 4.5  # the quota is used
+
+
+async def test_a_token_limit_waits_until_the_window_has_room(forest_factory: Any, nc: Any,
+                                                             llm: FakeLLM) -> None:
     from nimsforest.forest.leaf import Leaf
     from tests.support import eventually
 
@@ -307,15 +346,17 @@ async def test_a_token_limit_waits_for_the_next_window(forest_factory: Any, nc: 
         "brain": {"type": "openai", "base_url": llm.url + "/v1", "model": "m1",
                   "rate_limit": {"tokens": 13, "per": "1s"}}}}})
     js = nc.jetstream()
-    seen: dict[str, int] = {}  # window -> its tokens, read after each answer (windows expire)
     for i in range(2):  # one after the other (tokens are known once an answer came)
         await js.publish("wind.lead", Leaf.new("lead", {"id": f"c-{i}"}, "t").to_json())
         await eventually(lambda n=i: forest.get("nim", "q").events_out == n + 1, timeout=20,
                          what="answered")
-        kv = await js.key_value("NIMRATE")
-        for k in await kv.keys():
-            seen[k] = json.loads((await kv.get(k)).value)["tokens"]
-    assert sorted(seen.values()) == [13, 13]  # one answer per window
+        if i == 0:
+            kv = await js.key_value("NIMRATE")
+            (key,) = await kv.keys()
+            assert json.loads((await kv.get(key)).value)["slots"][-1][2] == 13
+    # the second asked only once the first's 13 tokens (spent after it arrived) aged out
+    first, second = (s.at for s in llm.seen)
+    assert second - first >= 1.0 - 1 / 60
 
 
 async def test_ollama_takes_the_schema_as_its_format() -> None:
