@@ -6,6 +6,7 @@ timeout, and the contract built from forest.yaml."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -403,3 +404,75 @@ async def test_an_answer_never_valid_is_a_dead_letter_with_the_answer_kept(
     assert "does not match output_schema after 2 attempts" in letter.error
     assert '{"pursue": "perhaps"}' in letter.error  # the answer kept
     assert len(llm.seen) == 2
+
+
+def test_the_single_flight_rule_is_pure() -> None:
+    from nimsforest.forest.decide import (
+        CacheLook,
+        ClaimState,
+        LookStep,
+        claim_state,
+        next_look_step,
+    )
+
+    assert next_look_step(CacheLook(True, ClaimState.HELD)) is LookStep.HIT
+    assert next_look_step(CacheLook(False, ClaimState.NONE)) is LookStep.CLAIM
+    assert next_look_step(CacheLook(False, ClaimState.HELD)) is LookStep.WAIT
+    assert next_look_step(CacheLook(False, ClaimState.STALE)) is LookStep.TAKE_OVER
+    assert claim_state(None, 5.0) is ClaimState.NONE
+    assert claim_state(6.0, 5.0) is ClaimState.HELD and claim_state(5.0, 5.0) is ClaimState.STALE
+
+
+async def test_a_new_question_asked_at_once_makes_one_brain_call(plain_nats: Any) -> None:
+    """Three askers of one new question at once, on two nodes (two connections, each with
+    its own cache handle) and twice on one of them: one request, three answers. A claimer
+    that died (its lease ran out) is taken over; one that failed lets a waiter ask."""
+    import time
+
+    import nats
+
+    from nimsforest.forest.decide import AnswerCache, cache_key
+    from nimsforest.streams import NIM_CACHE, ensure_stream
+    from tests.support import eventually
+
+    server = await FakeLLM("openai", usage=lambda body: (10, 3), latency=0.3).start()
+    server.reply = lambda body: '{"pursue": true}'
+    conns = [await nats.connect(plain_nats.url) for _ in range(2)]
+    try:
+        await ensure_stream(conns[0].jetstream(), NIM_CACHE, 1, None)
+        kvs = [await c.jetstream().key_value("NIMCACHE") for c in conns]
+
+        def asker(node: int, **brain: Any) -> Decider:
+            d, _ = decider([openai(server, **brain)], schema=SCHEMA)
+            d.cache = AnswerCache(kvs[node], 3600.0)
+            return d
+
+        a, b, c = asker(0), asker(1), asker(1)
+        got = await asyncio.gather(*(d.decide("Qualify c-1", {}) for d in (a, b, c)))
+        assert [g.output for g in got] == [{"pursue": True}] * 3
+        assert server.requests == 1
+        assert sum(g.usage.prompt_tokens for g in got) == 10  # one asked, two waited
+        key = cache_key(a.chain[0], "Qualify c-1", SCHEMA)
+        assert f"{key}.claim" not in await kvs[0].keys()  # released once answered
+
+        # a claimer that died: its claim's lease is over, the next asker takes it over
+        key2 = cache_key(a.chain[0], "Qualify c-2", SCHEMA)
+        await kvs[0].put(f"{key2}.claim", json.dumps({"until": time.time() + 0.3}).encode())
+        assert (await b.decide("Qualify c-2", {})).output == {"pursue": True}
+        assert server.requests == 2
+
+        # a claimer whose brain fails releases the question: a waiter then asks it
+        server.reply = Scripted('{"pursue": "no"}', '{"pursue": true}')
+        failing, _ = decider([openai(server)], schema=SCHEMA, schema_retries=0)
+        failing.cache = AnswerCache(kvs[0], 3600.0)
+        first = asyncio.ensure_future(failing.decide("Qualify c-3", {}))
+        key3 = cache_key(a.chain[0], "Qualify c-3", SCHEMA)
+        await eventually(lambda: kvs[1].get(f"{key3}.claim"), what="the first claims it")
+        second = await asker(1).decide("Qualify c-3", {})
+        with pytest.raises(SchemaRejected):
+            await first
+        assert second.output == {"pursue": True} and server.requests == 4
+    finally:
+        await server.stop()
+        for nc in conns:
+            await nc.close()
