@@ -6,7 +6,9 @@ protocols with scripted answers, for `nimsforest bench nim` and the brain tests
 error body), ("sleep", seconds) before answering normally, or ("hold",) to wait until
 `release()` is called. When the plan is empty every request gets the normal answer:
 the content produced by `reply(request_json)`, after `latency` seconds; with
-`every_429` = n, every n-th request is answered 429 (Retry-After: 0) instead."""
+`every_429` = n, every n-th request is answered 429 (Retry-After: 0) instead. An
+Anthropic request forcing a tool (`tools` + `tool_choice`) gets its answer as that tool's
+call (a tool_use block with the answer as `input`) when the answer is a JSON object."""
 
 from __future__ import annotations
 
@@ -109,13 +111,26 @@ class FakeLLM:
                     ],
                 }
             else:
+                text = self.reply(body)
                 payload = {
                     "id": "msg_x",
                     "type": "message",
                     "role": "assistant",
-                    "content": [{"type": "text", "text": self.reply(body)}],
+                    "content": [{"type": "text", "text": text}],
                     "stop_reason": "end_turn",
                 }
+                forced = ((body or {}).get("tool_choice") or {}).get("name")
+                tool = next((t for t in (body or {}).get("tools", [])
+                             if t.get("name") == forced), None)
+                if tool is not None:  # a forced tool call: the answer is its input
+                    try:
+                        given = json.loads(text)
+                    except ValueError:
+                        given = None
+                    if isinstance(given, dict):  # the API always calls with an object
+                        payload["content"] = [{"type": "tool_use", "id": "toolu_x",
+                                               "name": forced, "input": given}]
+                        payload["stop_reason"] = "tool_use"
             if status == 200 and self.usage is not None:
                 p_tok, c_tok = self.usage(body)
                 if self.protocol == "ollama":

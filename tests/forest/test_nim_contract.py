@@ -95,6 +95,48 @@ async def test_an_answer_that_stays_invalid_is_dead_with_the_answer_kept(llm: Fa
     assert "did not answer with a JSON object" in llm.seen[1].body["messages"][2]["content"]
 
 
+async def test_anthropic_takes_the_schema_as_a_forced_tool() -> None:
+    """The schema goes as the input_schema of one tool that tool_choice forces; the
+    answer is read from the tool_use block and still validated here (a call whose input
+    does not match is asked again with the error, as for every brain)."""
+    server = await FakeLLM("anthropic", reply=Scripted('{"pursue": "yes"}', '{"pursue": true}'),
+                           usage=lambda b: (7, 2)).start()
+    try:
+        brain = build_brain(
+            AnthropicBrainSpec(type="anthropic", base_url=server.url, model="c1", backoff=0),
+            PROMPT, label="nim 'q'", env={"ANTHROPIC_API_KEY": "k"})
+        d, stats = decider([brain], schema=SCHEMA, schema_retries=1)
+        decision = await d.decide("Qualify c-1", {})
+        assert decision.output == {"pursue": True} and stats.prompt_tokens == 14
+        first, second = (x.body for x in server.seen)
+        assert first["tools"] == [{"name": "output", "input_schema": SCHEMA,
+                                   "description": "Give the answer: call this with it."}]
+        assert first["tool_choice"] == {"type": "tool", "name": "output"}
+        assert [m["role"] for m in second["messages"]] == ["user", "assistant", "user"]
+        assert second["messages"][1]["content"] == '{"pursue": "yes"}'  # the call's input
+        assert "at pursue: 'yes' is not of type 'boolean'" in second["messages"][2]["content"]
+        # without a schema, no tool: the text blocks are the answer
+        plain, _ = decider([brain])
+        assert (await plain.decide("Qualify c-2", {})).output == {"pursue": True}
+        assert "tools" not in server.seen[-1].body
+    finally:
+        await server.stop()
+
+
+def test_an_anthropic_message_without_the_tool_call_or_text_is_a_brain_error() -> None:
+    from nimsforest.forest.brains.anthropic import answer_text
+    from nimsforest.forest.brains.httpbase import BrainError
+
+    call = {"content": [{"type": "text", "text": "Here:"},
+                        {"type": "tool_use", "name": "output", "input": {"a": 1}}]}
+    assert answer_text(call, "nim 'q'") == '{"a": 1}'
+    assert answer_text({"content": [{"type": "text", "text": "hi"}]}, "nim 'q'") == "hi"
+    with pytest.raises(BrainError, match="no text content and no output call"):
+        answer_text({"content": [{"type": "tool_use", "name": "other", "input": {}}]}, "nim 'q'")
+    with pytest.raises(BrainError, match="has no content"):
+        answer_text({"id": "x"}, "nim 'q'")
+
+
 async def test_fallback_to_the_next_brain_and_a_cool_down(llm: FakeLLM) -> None:
     down = await FakeLLM("openai", plan=[500] * 100).start()
     anthropic = await FakeLLM("anthropic", reply=lambda b: '{"pursue": false}',
