@@ -2,7 +2,8 @@
 scripted answers: output_schema (sent, checked, an invalid answer repaired by a retry that
 feeds the error back, dead with the answer kept when it is not), fallback chains with a
 cool-down, token and cost accounting (status, /metrics, leaf headers), the whole-decision
-timeout, and the contract built from forest.yaml."""
+timeout, the contract built from forest.yaml, Anthropic's schema as a forced tool, the
+sliding-window rate limit and the answer cache's single flight."""
 
 from __future__ import annotations
 
