@@ -20,12 +20,15 @@ a format it does not know raises (tests/forest/test_luacheck.py runs on every lu
 from __future__ import annotations
 
 import functools
+import logging
 import struct
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from lupa import lua55 as _lua
+
+log = logging.getLogger("nimsforest.forest.lua")
 
 
 @dataclass(frozen=True)
@@ -276,14 +279,25 @@ def _accesses(main: _Proto) -> tuple[list[GlobalUse], set[str]]:
     return [u for _, _, u in sorted(reads, key=lambda r: (r[0], r[1]))], writes
 
 
+@functools.cache
+def _warn_once(sentence: str) -> None:
+    log.warning("%s", sentence)
+
+
 def missing_globals(source: str, available: Iterable[str]) -> tuple[GlobalUse, ...] | None:
     """The reads of globals neither in `available` nor assigned by the script, in source
     order, each shown name once. None when Lua cannot compile the script (its compile
-    error is then what is reported)."""
+    error is then what is reported), or when the dump is in a format this reader does not
+    know (logged once; tests/forest/test_luacheck.py fails on such a lupa)."""
     data = _compiler().dump(source)
     if data is None:
         return None
-    reads, writes = _accesses(read_dump(data))
+    try:
+        main = read_dump(data)
+    except DumpFormatError as exc:  # another lupa's Lua: no check rather than no scripts
+        _warn_once(f"the Lua globals check is off: {exc} (Lua {_lua.LUA_VERSION})")
+        return None
+    reads, writes = _accesses(main)
     have = set(available) | writes
     seen: set[str] = set()
     out: list[GlobalUse] = []
