@@ -32,35 +32,18 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from natsembed import WITNESS_MARK
+from nimsforest.durations import parse_duration
 from nimsforest.validation import first_error
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _SIZE_RE = re.compile(r"^\s*\d+(?:\.\d+)?\s*(?:[KMGT]B?|B)?\s*$", re.IGNORECASE)
 _RATE_RE = re.compile(
     r"^\s*[0-9]+\s*(/|\s*per\s*)\s*([0-9]+\s*)?(second|minute|hour|day|month|year)s?\s*$", re.IGNORECASE
 )
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 class SettingsError(ValueError):
     """A setting has a bad value; the message is one sentence meant for the user."""
-
-
-def parse_duration(value: Any) -> float:
-    """'10s', '5m', '250ms', '1h' or a number of seconds -> seconds as a float."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str):
-        m = _DURATION_RE.match(value)
-        if not m:
-            raise ValueError(f"'{value}' is not a duration such as 10s, 5m or 250ms")
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    else:
-        raise ValueError(f"'{value}' is not a duration such as 10s, 5m or 250ms")
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds
 
 
 def _check_size(value: str) -> str:

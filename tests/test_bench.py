@@ -52,5 +52,7 @@ def test_bench_dashboard_reports_its_cost_next_to_the_node_without_it() -> None:
 def test_bench_nim_reports_its_rate_against_the_ceiling_and_completes_every_event() -> None:
     out = _bench("nim", "--events", "40", "--concurrency", "8", "--latency", "0.05")
     assert re.search(r"ceiling \(concurrency / latency\):\s+160\.0 events/s", out)
-    assert re.search(r"clean:\s+\d+\.\d events/s \(\d+% of the ceiling\).*completed 40/40", out)
+    assert re.search(r"baseline, bare httpx:\s+\d+\.\d requests/s \(\d+% of the ceiling", out)
+    assert re.search(r"clean:\s+\d+\.\d events/s \(\d+% of the ceiling, \d+% of the baseline\)"
+                     r".*completed 40/40", out)
     assert re.search(r"with 10% 429:\s+\d+\.\d events/s .*completed 40/40", out)

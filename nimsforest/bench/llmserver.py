@@ -1,12 +1,14 @@
 """A small real HTTP server speaking the OpenAI chat-completions and Anthropic Messages
 protocols with scripted answers, for `nimsforest bench nim` and the brain tests
-(asyncio.start_server; HTTP/1.1, one request per connection).
+(asyncio.start_server; HTTP/1.1 with keep-alive: a client reuses its connections).
 
 `plan` is a list of steps consumed one per request: an int status (answered with an
 error body), ("sleep", seconds) before answering normally, or ("hold",) to wait until
 `release()` is called. When the plan is empty every request gets the normal answer:
 the content produced by `reply(request_json)`, after `latency` seconds; with
-`every_429` = n, every n-th request is answered 429 (Retry-After: 0) instead."""
+`every_429` = n, every n-th request is answered 429 (Retry-After: 0) instead. An
+Anthropic request forcing a tool (`tools` + `tool_choice`) gets its answer as that tool's
+call (a tool_use block with the answer as `input`) when the answer is a JSON object."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: Any
+    at: float = 0.0  # when it arrived (the event loop's monotonic clock)
 
 
 @dataclass
@@ -41,6 +44,7 @@ class FakeLLM:
     port: int = 0
     _server: asyncio.base_events.Server | None = None
     _gate: asyncio.Event = field(default_factory=asyncio.Event)
+    _open: set[asyncio.StreamWriter] = field(default_factory=set)
 
     @property
     def url(self) -> str:
@@ -52,27 +56,45 @@ class FakeLLM:
         return self
 
     async def stop(self) -> None:
+        """Stop listening and close the open connections (a client's pooled one too)."""
         self.release()
         if self._server:
             self._server.close()
+        for writer in list(self._open):
+            writer.close()
 
     def release(self) -> None:
         self._gate.set()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection: its requests one after the other (HTTP/1.1 keep-alive), until
+        the client closes it or asks to (`Connection: close`), or the server stops."""
+        self._open.add(writer)
+        try:
+            while await self._one(reader, writer):
+                pass
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self._open.discard(writer)
+            writer.close()
+
+    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        head = await reader.readuntil(b"\r\n\r\n")
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
             lines = head.decode().split("\r\n")
             method, path, _ = lines[0].split(" ", 2)
             headers = {
                 k.strip().lower(): v.strip()
                 for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)
             }
+            close = headers.get("connection", "").lower() == "close"
             raw = await reader.readexactly(int(headers.get("content-length", "0")))
             body = json.loads(raw) if raw else None
-            self.seen.append(Seen(method, path, headers, body))
+            self.seen.append(Seen(method, path, headers, body,
+                                  asyncio.get_running_loop().time()))
             self.requests += 1
             step = self.plan.pop(0) if self.plan else None
             if step is None and self.every_429 and self.requests % self.every_429 == 0:
@@ -107,13 +129,26 @@ class FakeLLM:
                     ],
                 }
             else:
+                text = self.reply(body)
                 payload = {
                     "id": "msg_x",
                     "type": "message",
                     "role": "assistant",
-                    "content": [{"type": "text", "text": self.reply(body)}],
+                    "content": [{"type": "text", "text": text}],
                     "stop_reason": "end_turn",
                 }
+                forced = ((body or {}).get("tool_choice") or {}).get("name")
+                tool = next((t for t in (body or {}).get("tools", [])
+                             if t.get("name") == forced), None)
+                if tool is not None:  # a forced tool call: the answer is its input
+                    try:
+                        given = json.loads(text)
+                    except ValueError:
+                        given = None
+                    if isinstance(given, dict):  # the API always calls with an object
+                        payload["content"] = [{"type": "tool_use", "id": "toolu_x",
+                                               "name": forced, "input": given}]
+                        payload["stop_reason"] = "tool_use"
             if status == 200 and self.usage is not None:
                 p_tok, c_tok = self.usage(body)
                 if self.protocol == "ollama":
@@ -129,7 +164,7 @@ class FakeLLM:
             hdrs = {
                 "Content-Type": "application/json",
                 "Content-Length": str(len(data)),
-                "Connection": "close",
+                "Connection": "close" if close else "keep-alive",
                 **extra,
             }
             writer.write(
@@ -139,11 +174,9 @@ class FakeLLM:
                 + data
             )
             await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            return not close
         finally:
             self.active -= 1
-            writer.close()
 
 
 async def _serve_forever(port: int, latency: float, every_429: int) -> None:

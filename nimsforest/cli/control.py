@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -371,9 +372,13 @@ def status(node: str | None, api: str | None, as_json: bool) -> None:
 @_json_option
 def reload(api: str | None, as_json: bool) -> None:
     """Re-read the daemon's forest.yaml and apply it (components added through the API
-    stay). The same as `kill -HUP <pid>`, but it says what happened."""
+    stay). The same as `kill -HUP <pid>`, but it says what happened. A component that
+    cannot be built is FAILED alone and named (exit 1); the others are applied. A file
+    that cannot be read or is no forest.yaml changes nothing."""
     answer = run_async(_call(api, "POST", "/-/reload"))
     click.echo(json.dumps(answer, indent=2) if as_json else answer["message"])
+    if answer.get("failed"):
+        sys.exit(EXIT_FAILURE)
 
 
 @click.command("audit")

@@ -64,6 +64,7 @@ from nimsforest.forest import (
     ComponentKind,
     ComponentRef,
     ComponentSpec,
+    ComponentState,
     ComponentStatus,
     ForestConfig,
     ForestConfigError,
@@ -71,7 +72,6 @@ from nimsforest.forest import (
     build_component,
     check_name,
     component_label,
-    load_forest_config,
     read_forest_config,
 )
 from nimsforest.streams import NODE_TAG, with_backoff
@@ -458,9 +458,9 @@ class ControllerCore:
                 "so there is nothing to reload."
             )
         path = self.config_file
-        try:
-            config = load_forest_config(path)  # validates and compiles everything
-            wanted = file_entries(config, by=str(who), node=self.node)
+        try:  # as at start: a bad component is FAILED alone, a bad file is refused whole
+            config = read_forest_config(path, tolerant=True)
+            wanted = file_entries(config, by=str(who), node=self.node, keep_unreadable=True)
         except ForestConfigError as exc:
             raise Invalid(str(exc)) from None
         except OSError as exc:
@@ -492,13 +492,35 @@ class ControllerCore:
             "removed": [e.label for e in plan.remove],
             "adopted": [e.label for e in plan.adopted],
         }
+        failed = self._failed_here(config, wanted)
         summary = ", ".join(f"{k} {len(v)}" for k, v in names.items() if v) or "no change"
+        if failed:
+            summary += f", FAILED {len(failed)}"
+        why = "".join(f" FAILED on node {self.node}: {s}" for s in failed.values())
         return ReloadOut(
             file=str(path), **names, unchanged=len(plan.unchanged), revision=revision,
-            applied=applied,
+            applied=applied, failed=failed,
             message=f"Reloaded {path}: {summary}"
-            + ("" if applied else f"; node {self.node} has not applied it yet") + ".",
+            + ("" if applied else f"; node {self.node} has not applied it yet") + "." + why,
         )
+
+    def _failed_here(
+        self, config: ForestConfig, wanted: dict[str, DesiredComponent]
+    ) -> dict[str, str]:
+        """The file's components that do not run on this node, by label, with their
+        sentences: invalid settings (left out of the desired state), and those the
+        watcher left out or the forest could not build or start."""
+        out = {component_label(p.ref.kind, p.ref.name): p.sentence for p in config.invalid}
+        refs = {e.ref for e in wanted.values()}
+        for s in self.forest.list():
+            ref = ComponentRef(kind=s.kind, name=s.name)
+            if ref in refs and s.state is ComponentState.FAILED:
+                out[component_label(s.kind, s.name)] = s.last_error or "FAILED"
+        for ref in refs:
+            problem = self.watcher.problem(ref)
+            if problem is not None:
+                out[component_label(ref.kind, ref.name)] = problem.sentence
+        return out
 
     async def _write_plan(self, plan: Any, stored: dict[str, Stored], revision: int) -> int:
         """Write a reload plan key by key; a lost race undoes what was written."""

@@ -222,6 +222,7 @@ class ReloadOut(BaseModel):
     unchanged: int = 0
     revision: int
     applied: bool
+    failed: dict[str, str] = {}  # label: why, the file's components FAILED on this node
     message: str
 
 

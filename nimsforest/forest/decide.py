@@ -11,7 +11,9 @@
     cache     `cache` (a TTL): a valid answer of an HTTP brain is kept in the KV bucket
               NIMCACHE, shared by the cluster, keyed by brain, model, rendered prompt and
               schema; the same question within the TTL is answered from it (no request,
-              no tokens); off by default
+              no tokens); off by default. Single flight: the first asker of a new
+              question claims it in the bucket, the others (on any node) wait for its
+              answer (AnswerCache.look; the rule is `next_look_step`)
     timeout   `decision_timeout` bounds the whole decision: every brain, HTTP retry and
               schema retry together (the event then fails and is redelivered later)
     limits    a brain's `rate_limit` is the brain's own (brains/ratelimit.py): shared by
@@ -34,7 +36,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Any
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from nimsforest import metrics
 from nimsforest.forest.brains import Brain, Usage
@@ -103,12 +108,61 @@ class Contract:
     cache_ttl: float | None = None  # seconds; None: no answer cache
 
 
+# --- the answer cache's single flight: pure ------------------------------------------------------
+class ClaimState(Enum):
+    NONE = "none"  # nobody is asking this question
+    HELD = "held"  # someone is asking it, within their lease
+    STALE = "stale"  # someone claimed it and did not answer within their lease (died?)
+
+
+class LookStep(Enum):
+    HIT = "hit"  # the answer is there
+    CLAIM = "claim"  # ask the brain, after claiming the question (create)
+    TAKE_OVER = "take over"  # ask it, after taking the stale claim over (compare-and-set)
+    WAIT = "wait"  # another asker has it: look again shortly
+
+
+@dataclass(frozen=True)
+class CacheLook:
+    """What the cache holds for one question, seen at once."""
+
+    answer: bool  # a usable answer is stored
+    claim: ClaimState
+
+
+def next_look_step(look: CacheLook) -> LookStep:
+    if look.answer:
+        return LookStep.HIT
+    return {ClaimState.NONE: LookStep.CLAIM, ClaimState.STALE: LookStep.TAKE_OVER,
+            ClaimState.HELD: LookStep.WAIT}[look.claim]
+
+
+def claim_state(until: float | None, now: float) -> ClaimState:
+    if until is None:
+        return ClaimState.NONE
+    return ClaimState.HELD if now < until else ClaimState.STALE
+
+
+@dataclass(frozen=True)
+class Claim:
+    """This asker's claim of a question: the key to delete once answered (or failed)."""
+
+    key: str
+
+
 class AnswerCache:
     """Valid answers of HTTP brains in the KV bucket NIMCACHE, by `cache_key`; shared by
-    every node. Never fails a decision: a bucket that cannot be read or written is a miss."""
+    every node. Never fails a decision: a bucket that cannot be read or written is a miss.
 
-    def __init__(self, kv: Any, ttl: float, wall: Callable[[], float] = time.time) -> None:
-        self._kv, self._ttl, self._wall = kv, ttl, wall
+    Single flight: the first asker of a new question claims it (creates `<key>.claim`
+    holding the end of its lease); the others, on any node, wait for the answer key,
+    looking again every 20 ms to 250 ms, until the claim is gone (answered, or failed:
+    then one of them claims it) or its lease has run out (the claimer died: one of them
+    takes the claim over by compare-and-set). One brain call per question and TTL."""
+
+    def __init__(self, kv: Any, ttl: float, wall: Callable[[], float] = time.time,
+                 lease: float = 60.0) -> None:
+        self._kv, self._ttl, self._wall, self.lease = kv, ttl, wall, lease
 
     async def get(self, key: str) -> str | None:
         try:
@@ -126,6 +180,55 @@ class AnswerCache:
             await self._kv.put(key, json.dumps({"at": self._wall(), "text": text}).encode())
         except Exception as exc:  # noqa: BLE001 - the answer was given; only the cache is lost
             log.debug("the answer cache cannot be written: %s", exc)
+
+    async def look(self, key: str, valid: Callable[[str], bool]) -> tuple[str | None, Claim | None]:
+        """The stored answer (usable by the asker), or None and this asker's claim of the
+        question (None when the bucket cannot be used: ask without one)."""
+        pause = 0.02
+        while True:
+            text = await self.get(key)
+            if text is not None and valid(text):
+                return text, None
+            until, revision = await self._claim_of(key)
+            step = next_look_step(CacheLook(False, claim_state(until, self._wall())))
+            if step is LookStep.WAIT:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.25)
+                continue
+            try:
+                return None, await self._claim(key, revision if step is LookStep.TAKE_OVER
+                                               else None)
+            except KeyWrongLastSequenceError:  # another asker claimed it first: wait for it
+                continue
+            except Exception as exc:  # noqa: BLE001 - the bucket is away: ask without a claim
+                log.debug("the answer cache cannot be claimed: %s", exc)
+                return None, None
+
+    async def release(self, claim: Claim) -> None:
+        try:
+            await self._kv.delete(claim.key)
+        except Exception as exc:  # noqa: BLE001 - its lease runs out instead
+            log.debug("the answer cache's claim cannot be deleted: %s", exc)
+
+    async def _claim_of(self, key: str) -> tuple[float | None, int]:
+        try:
+            entry = await self._kv.get(f"{key}.claim")
+            return float(json.loads(entry.value or b"{}")["until"]), int(entry.revision)
+        except KeyNotFoundError:  # never claimed, or deleted (answered or failed)
+            return None, 0
+        except Exception:  # noqa: BLE001 - unreadable: as good as stale
+            return float("-inf"), -1
+
+    async def _claim(self, key: str, revision: int | None) -> Claim:
+        value = json.dumps({"until": self._wall() + self.lease}).encode()
+        claim = Claim(f"{key}.claim")
+        if revision is None:
+            await self._kv.create(claim.key, value)
+        elif revision < 0:  # an unreadable claim: replaced
+            await self._kv.put(claim.key, value)
+        else:
+            await self._kv.update(claim.key, value, last=revision)
+        return claim
 
 
 def cache_key(brain: Brain, prompt: str, schema: dict[str, Any] | None) -> str:
@@ -232,18 +335,32 @@ class Decider:
                 raise SchemaRejected(f"nim '{self.nim}': the {m.label} output does not match "
                                      f"output_schema: {problem}", json.dumps(output))
             return Decision(output, m.label)
+        if self.cache is None:
+            return (await self._ask_brain(m, prompt))[0]
+        key = cache_key(m.brain, prompt, self.contract.schema)
+        cached, claim = await self.cache.look(key, lambda t: self._cached(m, t) is not None)
+        if cached is not None and (output := self._cached(m, cached)) is not None:
+            metrics.nim_cache_hits.labels(self.nim, m.label).inc()
+            return Decision(output, m.label)
+        try:
+            decision, text = await self._ask_brain(m, prompt)
+            await self.cache.put(key, text)
+            return decision
+        finally:
+            if claim is not None:
+                await self.cache.release(claim)
+
+    def _cached(self, m: _Member, text: str) -> dict[str, Any] | None:
+        """A stored answer as an output, None when it is no longer valid (a changed schema)."""
+        try:
+            output = parse_json_object(text, f"nim '{self.nim}' ({m.label})")
+        except EventError:
+            return None
+        return output if output is not None and self._problem(output) is None else None
+
+    async def _ask_brain(self, m: _Member, prompt: str) -> tuple[Decision, str]:
+        """The brain's valid answer (schema retries included), and its text."""
         schema = self.contract.schema
-        key = cache_key(m.brain, prompt, schema) if self.cache is not None else ""
-        if self.cache is not None:
-            cached = await self.cache.get(key)
-            if cached is not None:
-                try:
-                    output = parse_json_object(cached, f"nim '{self.nim}' ({m.label})")
-                except EventError:
-                    output = None
-                if output is not None and self._problem(output) is None:
-                    metrics.nim_cache_hits.labels(self.nim, m.label).inc()
-                    return Decision(output, m.label)
         messages: list[tuple[str, str]] = [("user", prompt)]
         total = Usage()
         attempts = (self.contract.schema_retries if schema is not None else 0) + 1
@@ -263,9 +380,7 @@ class Decider:
             else:
                 found = self._problem(output)
                 if found is None:
-                    if self.cache is not None:
-                        await self.cache.put(key, text)
-                    return Decision(output, m.label, total)
+                    return Decision(output, m.label, total), text
                 problem = found
             metrics.nim_schema_retries.labels(self.nim, m.label).inc()
             messages += [("assistant", text), ("user", (

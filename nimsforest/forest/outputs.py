@@ -29,9 +29,6 @@ from email.utils import parsedate_to_datetime
 
 import aiosmtplib
 import httpx
-from limits import parse as parse_rate
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
 
 from nimsforest.forest.dead import REPLAY_ID
 from nimsforest.forest.delivery import Delivery, Handler, Output
@@ -241,6 +238,10 @@ class Pace:
     next one may go (a moving window, with the `limits` library)."""
 
     def __init__(self, rate: str) -> None:
+        from limits import parse as parse_rate  # only for the outputs with a rate (import cost)
+        from limits.storage import MemoryStorage
+        from limits.strategies import MovingWindowRateLimiter
+
         self._item = parse_rate(rate)
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
 

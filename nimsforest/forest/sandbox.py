@@ -33,6 +33,7 @@ from typing import Any
 import lupa
 
 from nimsforest.forest.errors import EventError
+from nimsforest.forest.luacheck import missing_globals
 from nimsforest.forest.luaconv import ConversionError, Converter
 
 try:  # prefer the newest Lua the installed lupa provides
@@ -378,9 +379,6 @@ def check_globals(source: str, chunkname: str) -> None:
     """Refuse a script that reads a standard global the sandbox does not have (one
     check: the builder's and `nimsforest lint`'s). A global the script never assigns but
     which is no standard one (a typo, most likely) is left to lint's warnings."""
-    # luaparser (~50 ms to import) comes with the first script checked, not with the node
-    from nimsforest.forest.luacheck import missing_globals
-
     uses = missing_globals(source, sandbox_globals() - {"os"})
     removed = [u for u in uses or () if u.name in removed_globals()
                or (u.name == "os" and u.shown != "os" and u.shown.partition(".")[2] not in SAFE_OS)]

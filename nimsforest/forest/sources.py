@@ -41,7 +41,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from croniter import croniter
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from nimsforest import metrics
@@ -67,6 +66,8 @@ MAX_PAGES = 100  # pages one poll follows before it waits for the next interval
 def next_tick(spec: SourceSpec, after: datetime) -> datetime:
     """The first tick strictly after `after` (UTC)."""
     if spec.cron is not None:
+        from croniter import croniter  # only for the sources with a cron (import cost)
+
         return croniter(spec.cron, after.astimezone(UTC)).get_next(datetime)
     assert spec.interval is not None
     n = math.floor(after.timestamp() / spec.interval) + 1
@@ -76,6 +77,8 @@ def next_tick(spec: SourceSpec, after: datetime) -> datetime:
 def last_tick(spec: SourceSpec, now: datetime) -> datetime:
     """The latest tick at or before `now`."""
     if spec.cron is not None:
+        from croniter import croniter
+
         it = croniter(spec.cron, now.astimezone(UTC))
         nxt = it.get_next(datetime)
         return nxt if nxt <= now else croniter(spec.cron, now.astimezone(UTC)).get_prev(datetime)

@@ -16,8 +16,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from croniter import croniter
-from limits import parse as parse_rate
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -29,9 +27,9 @@ from pydantic import (
     model_validator,
 )
 
+from nimsforest.durations import parse_duration
 from nimsforest.forest.model import ComponentKind
 from nimsforest.forest.subjects import check_subject, river_subject
-from nimsforest.settings import parse_duration
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"  # a component's name
 NAME_RE = re.compile(NAME_PATTERN)
@@ -464,6 +462,8 @@ class SourceSpec(ComponentSpec):
     def _cron(cls, v: str | None) -> str | None:
         if v is None:
             return None
+        from croniter import croniter  # imported by the specs that have a cron only
+
         if not croniter.is_valid(v.strip()):
             raise ValueError(f"'{v}' is not a cron expression such as '0 * * * *'")
         return v.strip()
@@ -605,6 +605,8 @@ class OutputSpec(_Consuming):
     def _rate(cls, v: str | None) -> str | None:
         if v is None:
             return None
+        from limits import parse as parse_rate  # imported by the specs that have a rate only
+
         try:
             parse_rate(v)
         except ValueError:

@@ -205,11 +205,36 @@ async def test_reload_makes_file_components_equal_to_the_file_and_keeps_api_ones
     assert out.adopted == ["treehouse 'mine'"] and out.added == ["treehouse 'another'"]
     assert ctl.get("treehouse", "mine").origin is Origin.FILE
     assert ctl.forest.get(TH, "mine").started_at == started["mine"]
-    # a bad file is refused whole
+    # a component that cannot be built is FAILED alone; the good ones of the file apply
     (root / "e.lua").write_text("function process(")
-    with pytest.raises(Invalid, match="e.lua"):
+    config["treehouses"]["late"] = {"subscribes": "a", "publishes": "f", "code": LUA}
+    config["treehouses"]["odd"] = {"subscribes": "a", "publishes": "g", "colour": "red"}
+    write_forest(root, config)
+    out = await ctl.reload_file(WHO)
+    assert out.added == ["treehouse 'late'"] and out.changed == ["treehouse 'edit'"]
+    assert set(out.failed) == {"treehouse 'edit'", "treehouse 'odd'"}
+    assert "expected near" in out.failed["treehouse 'edit'"]
+    assert "colour" in out.failed["treehouse 'odd'"]
+    assert "FAILED 2." in out.message and "expected near" in out.message
+    assert "treehouse.late" in running(ctl) and "treehouse.edit" not in running(ctl)
+    states = {s.name: s for s in ctl.forest.list()}
+    assert states["edit"].state.value == "failed" and "field 'code'" in (states["edit"].last_error or "")
+    assert states["odd"].state.value == "failed"
+    # a file that is not YAML (or no forest.yaml) is refused whole: the running version goes on
+    before = await ctl.store.last_revision()
+    (root / "forest.yaml").write_text("treehouses: [unclosed")
+    with pytest.raises(Invalid, match="not valid YAML"):
         await ctl.reload_file(WHO)
-    assert "treehouse.edit" in running(ctl)
+    (root / "forest.yaml").write_text("gardens: {}")
+    with pytest.raises(Invalid, match="'gardens' is not a known section"):
+        await ctl.reload_file(WHO)
+    assert await ctl.store.last_revision() == before and "treehouse.late" in running(ctl)
+    # fixing the script brings it back
+    (root / "e.lua").write_text(LUA)
+    config["treehouses"].pop("odd")
+    write_forest(root, config)
+    out = await ctl.reload_file(WHO)
+    assert out.failed == {} and "treehouse.edit" in running(ctl)
 
 
 async def test_the_bucket_wins_over_the_file_once_it_was_written(

@@ -1,10 +1,15 @@
 """A broken component never stops a node: `nimsforest standalone` with a forest.yaml whose
 one script does not compile and one component's settings are invalid starts, reports
 those components FAILED with their sentences (in /health, the control status and the
-log) and runs the others."""
+log) and runs the others; a reload of a file with a broken component applies the good
+ones and names the broken one (`nimsforest reload` exits 1, SIGHUP logs it)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -59,5 +64,30 @@ async def test_a_node_runs_with_one_broken_script_and_reports_it(tmp_path: Path)
         body = await node.wait_healthy()
         assert sorted(f.split(":")[0] for f in body["forest"]["failed"]) == [
             "tree 'broken'", "tree 'typo'"]
+
+        # a reload: 'broken' fixed, 'typo' gone, a new good one and a new broken one
+        write_forest(tmp_path / "forest", {"trees": {
+            "good": {"watches": "river.in", "publishes": "got.it", "script": "good.lua"},
+            "broken": {"watches": "river.in", "publishes": "never", "script": "good.lua"},
+            "fresh": {"watches": "river.in", "publishes": "got.too", "script": "good.lua"},
+            "worse": {"watches": "river.in", "publishes": "x", "script": "missing.lua"},
+        }})
+        out = subprocess.run(
+            [sys.executable, "-m", "nimsforest", "reload"], capture_output=True, text=True,
+            timeout=60, env={**os.environ, "NIMSFOREST_API": f"127.0.0.1:{node.api_port}"})
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "FAILED 1." in out.stdout and "tree 'worse', field 'script'" in out.stdout
+        assert "missing.lua" in out.stdout
+        body = (await node.wait_healthy())
+        assert [f.split(":")[0] for f in body["forest"]["failed"]] == ["tree 'worse'"]
+        status = httpx.get(node.api_url + "/api/v1/status", timeout=5).json()
+        comps = {c["name"]: c["state"] for c in status["components"]}
+        assert comps == {"good": "running", "broken": "running", "fresh": "running",
+                         "worse": "failed"}
+        # SIGHUP takes the same path and logs the FAILED component
+        node.signal(signal.SIGHUP)
+        await eventually(lambda: "Forest reload: Reloaded" in node.log()
+                         and "FAILED on node" in node.log(), timeout=30,
+                         what="the SIGHUP reload is logged")
     finally:
         node.stop()

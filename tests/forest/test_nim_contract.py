@@ -2,10 +2,12 @@
 scripted answers: output_schema (sent, checked, an invalid answer repaired by a retry that
 feeds the error back, dead with the answer kept when it is not), fallback chains with a
 cool-down, token and cost accounting (status, /metrics, leaf headers), the whole-decision
-timeout, and the contract built from forest.yaml."""
+timeout, the contract built from forest.yaml, Anthropic's schema as a forced tool, the
+sliding-window rate limit and the answer cache's single flight."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -92,6 +94,48 @@ async def test_an_answer_that_stays_invalid_is_dead_with_the_answer_kept(llm: Fa
     assert e.value.answer == '{"pursue": 1}' and "'{\"pursue\": 1}'" in str(e.value)
     assert len(llm.seen) == 2
     assert "did not answer with a JSON object" in llm.seen[1].body["messages"][2]["content"]
+
+
+async def test_anthropic_takes_the_schema_as_a_forced_tool() -> None:
+    """The schema goes as the input_schema of one tool that tool_choice forces; the
+    answer is read from the tool_use block and still validated here (a call whose input
+    does not match is asked again with the error, as for every brain)."""
+    server = await FakeLLM("anthropic", reply=Scripted('{"pursue": "yes"}', '{"pursue": true}'),
+                           usage=lambda b: (7, 2)).start()
+    try:
+        brain = build_brain(
+            AnthropicBrainSpec(type="anthropic", base_url=server.url, model="c1", backoff=0),
+            PROMPT, label="nim 'q'", env={"ANTHROPIC_API_KEY": "k"})
+        d, stats = decider([brain], schema=SCHEMA, schema_retries=1)
+        decision = await d.decide("Qualify c-1", {})
+        assert decision.output == {"pursue": True} and stats.prompt_tokens == 14
+        first, second = (x.body for x in server.seen)
+        assert first["tools"] == [{"name": "output", "input_schema": SCHEMA,
+                                   "description": "Give the answer: call this with it."}]
+        assert first["tool_choice"] == {"type": "tool", "name": "output"}
+        assert [m["role"] for m in second["messages"]] == ["user", "assistant", "user"]
+        assert second["messages"][1]["content"] == '{"pursue": "yes"}'  # the call's input
+        assert "at pursue: 'yes' is not of type 'boolean'" in second["messages"][2]["content"]
+        # without a schema, no tool: the text blocks are the answer
+        plain, _ = decider([brain])
+        assert (await plain.decide("Qualify c-2", {})).output == {"pursue": True}
+        assert "tools" not in server.seen[-1].body
+    finally:
+        await server.stop()
+
+
+def test_an_anthropic_message_without_the_tool_call_or_text_is_a_brain_error() -> None:
+    from nimsforest.forest.brains.anthropic import answer_text
+    from nimsforest.forest.brains.httpbase import BrainError
+
+    call = {"content": [{"type": "text", "text": "Here:"},
+                        {"type": "tool_use", "name": "output", "input": {"a": 1}}]}
+    assert answer_text(call, "nim 'q'") == '{"a": 1}'
+    assert answer_text({"content": [{"type": "text", "text": "hi"}]}, "nim 'q'") == "hi"
+    with pytest.raises(BrainError, match="no text content and no output call"):
+        answer_text({"content": [{"type": "tool_use", "name": "other", "input": {}}]}, "nim 'q'")
+    with pytest.raises(BrainError, match="has no content"):
+        answer_text({"id": "x"}, "nim 'q'")
 
 
 async def test_fallback_to_the_next_brain_and_a_cool_down(llm: FakeLLM) -> None:
@@ -249,8 +293,10 @@ async def test_the_answer_cache_skips_the_server_and_is_shared(
 async def test_three_nodes_share_one_rate_limit(plain_nats: Any, tmp_path: Path,
                                                 llm: FakeLLM) -> None:
     """Three nodes (three connections, each running the same forest) share the nim's
-    brain's quota of 3 requests per window through the KV bucket NIMRATE: every window
-    counted at most 3, every request counted, and every event completed."""
+    brain's quota of 3 requests per second through the KV bucket NIMRATE: no second holds
+    more than 3 (a sliding window: a request is taken at most a connect before the server
+    sees it, so any 4 arrivals in a row span more than the second minus that), every
+    event completed, the work shared."""
     import nats
 
     from nimsforest.forest import Forest, load_forest_config
@@ -273,10 +319,11 @@ async def test_three_nodes_share_one_rate_limit(plain_nats: Any, tmp_path: Path,
             await js.publish("wind.lead", Leaf.new("lead", {"id": f"c-{i}"}, "t").to_json())
         await eventually(lambda: sum(f.get("nim", "q").events_out for f in forests) == 9,
                          timeout=30, what="every event answered")
+        assert len(llm.seen) == 9
+        at = sorted(s.at for s in llm.seen)
+        assert min(b - a for a, b in zip(at, at[3:], strict=False)) > 0.5, at
         kv = await js.key_value("NIMRATE")
-        counts = [json.loads((await kv.get(k)).value)["requests"] for k in await kv.keys()]
-        assert sum(counts) == len(llm.seen) == 9
-        assert max(counts) <= 3 and len(counts) >= 3
+        assert len(await kv.keys()) == 1  # one sliding window for the brain
         assert sum(1 for f in forests if f.get("nim", "q").events_out) >= 2  # shared work
     finally:
         for f in forests:
@@ -286,17 +333,53 @@ async def test_three_nodes_share_one_rate_limit(plain_nats: Any, tmp_path: Path,
 
 
 def test_the_rate_limit_rule_is_pure() -> None:
-    from nimsforest.forest.brains.ratelimit import Counts, Limit, Take, Wait, decide
+    from nimsforest.forest.brains.ratelimit import Limit, Slot, Take, Wait, Window, decide
 
-    lim = Limit(requests=2, tokens=100, per=60.0)
-    assert decide(Counts(1, 10), lim, 125.0) == Take(window=2)
-    assert decide(Counts(2, 10), lim, 125.0) == Wait(seconds=55.0)
-    assert decide(Counts(0, 100), lim, 179.5) == Wait(seconds=0.5)  # tokens spent
-    assert decide(Counts(5, 0), Limit(None, 10, 1.0), 3.2) == Take(window=3)
+    lim = Limit(requests=2, tokens=100, per=60.0)  # 60 slots of 1 s
+    one = Window().add(lim, 125.5, requests=1, tokens=10)
+    assert one == Window((Slot(125, 1, 10),))
+    assert decide(one, lim, 126.0) == Take(slot=126)
+    two = one.add(lim, 130.2, requests=1)
+    # full until the slot of 125.5 has aged out: its end (126) a minute old
+    assert decide(two, lim, 150.0) == Wait(seconds=pytest.approx(36.0))
+    assert decide(two, lim, 186.0) == Take(slot=186)
+    assert two.add(lim, 186.0).slots == (Slot(130, 1, 0), Slot(186, 0, 0))  # aged out, gone
+    spent = Window((Slot(100, 0, 60), Slot(110, 0, 40)))  # tokens full
+    assert decide(spent, lim, 150.0) == Wait(seconds=pytest.approx(11.0))  # slot 100 goes
+    assert decide(Window((Slot(3, 5, 0),)), Limit(None, 10, 1.0), 3.2) == Take(slot=192)
+    assert Window.from_json(two.to_json()) == two
+    with pytest.raises(ValueError, match="not a rate-limit window"):
+        Window.from_json(b'{"requests": 3}x')
 
 
-async def test_a_token_limit_waits_for_the_next_window(forest_factory: Any, nc: Any,
-                                                       llm: FakeLLM) -> None:
+def test_no_span_of_per_seconds_holds_more_than_the_limit() -> None:
+    """Many clients asking at random times, taking when told to and coming back when told
+    to wait: in no span of `per` are more than `requests` taken (a fixed window lets up to
+    twice through across its edge), and the window keeps taking (no starvation)."""
+    import random
+
+    from nimsforest.forest.brains.ratelimit import Limit, Take, Window, decide
+
+    lim = Limit(requests=5, tokens=None, per=60.0)
+    rng = random.Random(16)
+    asks = sorted(rng.uniform(0, 600) for _ in range(400))
+    window, taken = Window(), []
+    while asks:
+        now = asks.pop(0)
+        step = decide(window, lim, now)
+        if isinstance(step, Take):
+            window = window.add(lim, now, requests=1)
+            taken.append(now)
+        else:
+            asks.append(now + step.seconds)
+            asks.sort()
+    assert len(taken) == 400
+    assert max(sum(1 for t in taken if end - 60.0 < t <= end) for end in taken) == 5
+    assert len(taken) / ((taken[-1] - taken[0]) / 60.0) > 4.5  # the quota is used
+
+
+async def test_a_token_limit_waits_until_the_window_has_room(forest_factory: Any, nc: Any,
+                                                             llm: FakeLLM) -> None:
     from nimsforest.forest.leaf import Leaf
     from tests.support import eventually
 
@@ -307,15 +390,17 @@ async def test_a_token_limit_waits_for_the_next_window(forest_factory: Any, nc: 
         "brain": {"type": "openai", "base_url": llm.url + "/v1", "model": "m1",
                   "rate_limit": {"tokens": 13, "per": "1s"}}}}})
     js = nc.jetstream()
-    seen: dict[str, int] = {}  # window -> its tokens, read after each answer (windows expire)
     for i in range(2):  # one after the other (tokens are known once an answer came)
         await js.publish("wind.lead", Leaf.new("lead", {"id": f"c-{i}"}, "t").to_json())
         await eventually(lambda n=i: forest.get("nim", "q").events_out == n + 1, timeout=20,
                          what="answered")
-        kv = await js.key_value("NIMRATE")
-        for k in await kv.keys():
-            seen[k] = json.loads((await kv.get(k)).value)["tokens"]
-    assert sorted(seen.values()) == [13, 13]  # one answer per window
+        if i == 0:
+            kv = await js.key_value("NIMRATE")
+            (key,) = await kv.keys()
+            assert json.loads((await kv.get(key)).value)["slots"][-1][2] == 13
+    # the second asked only once the first's 13 tokens (spent after it arrived) aged out
+    first, second = (s.at for s in llm.seen)
+    assert second - first >= 1.0 - 1 / 60
 
 
 async def test_ollama_takes_the_schema_as_its_format() -> None:
@@ -362,3 +447,75 @@ async def test_an_answer_never_valid_is_a_dead_letter_with_the_answer_kept(
     assert "does not match output_schema after 2 attempts" in letter.error
     assert '{"pursue": "perhaps"}' in letter.error  # the answer kept
     assert len(llm.seen) == 2
+
+
+def test_the_single_flight_rule_is_pure() -> None:
+    from nimsforest.forest.decide import (
+        CacheLook,
+        ClaimState,
+        LookStep,
+        claim_state,
+        next_look_step,
+    )
+
+    assert next_look_step(CacheLook(True, ClaimState.HELD)) is LookStep.HIT
+    assert next_look_step(CacheLook(False, ClaimState.NONE)) is LookStep.CLAIM
+    assert next_look_step(CacheLook(False, ClaimState.HELD)) is LookStep.WAIT
+    assert next_look_step(CacheLook(False, ClaimState.STALE)) is LookStep.TAKE_OVER
+    assert claim_state(None, 5.0) is ClaimState.NONE
+    assert claim_state(6.0, 5.0) is ClaimState.HELD and claim_state(5.0, 5.0) is ClaimState.STALE
+
+
+async def test_a_new_question_asked_at_once_makes_one_brain_call(plain_nats: Any) -> None:
+    """Three askers of one new question at once, on two nodes (two connections, each with
+    its own cache handle) and twice on one of them: one request, three answers. A claimer
+    that died (its lease ran out) is taken over; one that failed lets a waiter ask."""
+    import time
+
+    import nats
+
+    from nimsforest.forest.decide import AnswerCache, cache_key
+    from nimsforest.streams import NIM_CACHE, ensure_stream
+    from tests.support import eventually
+
+    server = await FakeLLM("openai", usage=lambda body: (10, 3), latency=0.3).start()
+    server.reply = lambda body: '{"pursue": true}'
+    conns = [await nats.connect(plain_nats.url) for _ in range(2)]
+    try:
+        await ensure_stream(conns[0].jetstream(), NIM_CACHE, 1, None)
+        kvs = [await c.jetstream().key_value("NIMCACHE") for c in conns]
+
+        def asker(node: int, **brain: Any) -> Decider:
+            d, _ = decider([openai(server, **brain)], schema=SCHEMA)
+            d.cache = AnswerCache(kvs[node], 3600.0)
+            return d
+
+        a, b, c = asker(0), asker(1), asker(1)
+        got = await asyncio.gather(*(d.decide("Qualify c-1", {}) for d in (a, b, c)))
+        assert [g.output for g in got] == [{"pursue": True}] * 3
+        assert server.requests == 1
+        assert sum(g.usage.prompt_tokens for g in got) == 10  # one asked, two waited
+        key = cache_key(a.chain[0], "Qualify c-1", SCHEMA)
+        assert f"{key}.claim" not in await kvs[0].keys()  # released once answered
+
+        # a claimer that died: its claim's lease is over, the next asker takes it over
+        key2 = cache_key(a.chain[0], "Qualify c-2", SCHEMA)
+        await kvs[0].put(f"{key2}.claim", json.dumps({"until": time.time() + 0.3}).encode())
+        assert (await b.decide("Qualify c-2", {})).output == {"pursue": True}
+        assert server.requests == 2
+
+        # a claimer whose brain fails releases the question: a waiter then asks it
+        server.reply = Scripted('{"pursue": "no"}', '{"pursue": true}')
+        failing, _ = decider([openai(server)], schema=SCHEMA, schema_retries=0)
+        failing.cache = AnswerCache(kvs[0], 3600.0)
+        first = asyncio.ensure_future(failing.decide("Qualify c-3", {}))
+        key3 = cache_key(a.chain[0], "Qualify c-3", SCHEMA)
+        await eventually(lambda: kvs[1].get(f"{key3}.claim"), what="the first claims it")
+        second = await asker(1).decide("Qualify c-3", {})
+        with pytest.raises(SchemaRejected):
+            await first
+        assert second.output == {"pursue": True} and server.requests == 4
+    finally:
+        await server.stop()
+        for nc in conns:
+            await nc.close()

@@ -81,7 +81,10 @@ class HttpBrain(Brain):
         if self._client is None:
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.spec.timeout),
-                limits=httpx.Limits(max_connections=self.spec.concurrency),
+                # every connection kept alive (httpx keeps 20 by default: a brain with a
+                # higher concurrency would otherwise reconnect for most requests)
+                limits=httpx.Limits(max_connections=self.spec.concurrency,
+                                    max_keepalive_connections=self.spec.concurrency),
                 trust_env=False,
             )
         return self._client
