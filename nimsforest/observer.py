@@ -53,6 +53,22 @@ class StreamView(BaseModel):
     lagging: tuple[str, ...] = ()
 
 
+class ConsumerView(BaseModel):
+    """A durable consumer of a stream, as its stream's leader answered for it: what it has
+    not been delivered yet (`pending`) and what was delivered but is not acknowledged yet
+    (`ack_pending`); their sum is the component's lag."""
+
+    model_config = _F
+    stream: str
+    name: str
+    pending: int = 0
+    ack_pending: int = 0
+
+    @property
+    def lag(self) -> int:
+        return self.pending + self.ack_pending
+
+
 class MetaPeerView(BaseModel):
     """Another server of the meta group, as the local server sees it."""
 
@@ -83,6 +99,8 @@ class NatsView(BaseModel):
     routed: frozenset[str] = frozenset()  # servers the local one has live routes to
     streams: tuple[StreamView, ...] = ()
     streams_listed: bool = False  # `streams` comes from a completed listing
+    consumers: tuple[ConsumerView, ...] = ()  # every durable consumer of the listed streams
+    consumers_at: float = 0.0  # time.time() the listing that read `consumers` began
     error: str | None = None
 
     @property
@@ -142,6 +160,52 @@ async def cluster_streams(
     return tuple(sorted(out, key=lambda v: v.name))
 
 
+async def stream_consumers(
+    conn: ConnectionManager, streams: tuple[StreamView, ...],
+    timeout: float = STREAM_LIST_TIMEOUT,
+) -> tuple[ConsumerView, ...]:
+    """The durable consumers of every stream that has consumers (one CONSUMER.LIST a
+    stream, asked concurrently, from the stream's leader: the same answer on every node).
+    A stream whose leader does not answer has its consumers left out of this listing."""
+    js = conn.nc.jetstream(timeout=timeout)
+
+    async def of(stream: str) -> list[ConsumerView]:
+        found: list[ConsumerView] = []
+        while True:
+            page = await js.consumers_info(stream, offset=len(found) or None)
+            found += [
+                ConsumerView(stream=stream, name=c.name, pending=c.num_pending or 0,
+                             ack_pending=c.num_ack_pending or 0)
+                for c in page if c.config.durable_name
+            ]
+            if len(page) < 256:  # the server's page size
+                return found
+
+    wanted = [s.name for s in streams if s.consumers and s.leader]
+    pages = await asyncio.gather(
+        *(asyncio.wait_for(of(n), timeout) for n in wanted), return_exceptions=True)
+    out = [c for p in pages if not isinstance(p, BaseException) for c in p]
+    return tuple(sorted(out, key=lambda c: (c.stream, c.name)))
+
+
+def export_consumers(consumers: tuple[ConsumerView, ...], before: tuple[ConsumerView, ...]
+                     ) -> None:
+    """Set /metrics' consumer gauges to a listing (a consumer gone loses its series)."""
+    now = {(c.stream, c.name) for c in consumers}
+    for c in before:
+        if (c.stream, c.name) not in now:
+            with contextlib.suppress(KeyError):
+                metrics.consumer_pending.remove(c.stream, c.name)
+    for c in consumers:
+        metrics.consumer_pending.labels(c.stream, c.name).set(c.lag)
+
+
+def consumer_lag(view: NatsView) -> tuple[dict[str, int], float]:
+    """A view's consumers' lag by durable name, and when it was read (what the controller
+    puts in the node's status)."""
+    return {c.name: c.lag for c in view.consumers}, view.consumers_at
+
+
 class NatsObserver:
     """Observes the local NATS; see the module's docstring for the contract."""
 
@@ -161,6 +225,8 @@ class NatsObserver:
         self.interval = interval
         self.view = NatsView(observed_at=0.0)
         self._streams: tuple[StreamView, ...] = ()
+        self._consumers: tuple[ConsumerView, ...] = ()
+        self._consumers_at = 0.0
         self._streams_error: str | None = None
         self._listing: asyncio.Task[None] | None = None
         self._listed = False
@@ -224,6 +290,8 @@ class NatsObserver:
         self.view = NatsView.model_validate({
             **fields,
             "streams": self._streams if wanted else (),
+            "consumers": self._consumers if wanted else (),
+            "consumers_at": self._consumers_at,
             "streams_listed": wanted and self._listed,
             "error": "; ".join(problems) or None,
         })
@@ -245,6 +313,10 @@ class NatsObserver:
         try:
             self._streams = await cluster_streams(self.conn, timeout=STREAM_LIST_TIMEOUT)
             self._streams_error, self._listed = None, True
+            began = time.time()
+            consumers = await stream_consumers(self.conn, self._streams, STREAM_LIST_TIMEOUT)
+            export_consumers(consumers, self._consumers)
+            self._consumers, self._consumers_at = consumers, began
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - reported in the view
@@ -292,9 +364,12 @@ class NatsObserver:
 
 __all__ = [
     "STREAM_LIST_TIMEOUT",
+    "ConsumerView",
     "MetaPeerView",
     "NatsObserver",
     "NatsView",
     "StreamView",
     "cluster_streams",
+    "consumer_lag",
+    "stream_consumers",
 ]

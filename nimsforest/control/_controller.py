@@ -17,12 +17,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nimsforest.control._audit import Action, Actor, AuditLog, AuditRecord, Refusal, Via
-from nimsforest.control._cluster_view import cluster_view, error_state, node_view
+from nimsforest.control._cluster_view import cluster_view, error_state, node_view, with_lag
 from nimsforest.control._desired import (
     DesiredComponent,
     Origin,
@@ -107,8 +107,12 @@ class ControllerCore:
         check_interval: float = 5.0,
         zone: str | None = None,
         report_interval: float = INTERVAL,
+        lag: Callable[[], tuple[Mapping[str, int], float]] | None = None,
     ) -> None:
+        """`lag()`: the node's last reading of its consumers' lag (durable name -> num_pending
+        + num_ack_pending, and the time.time() it was read), from the NATS observer."""
         self.node = node
+        self._lag = lag
         self.forest = forest
         self.token = token
         self.config_file = config_file
@@ -311,7 +315,10 @@ class ControllerCore:
                 out.append(self._view(stored, local.pop(key, None)))
         out += [_local_view(s, self.node) for s in local.values()]
         order = {kind: i for i, kind in enumerate(ComponentKind)}
-        return sorted(out, key=lambda c: (order[c.kind], c.name))
+        out.sort(key=lambda c: (order[c.kind], c.name))
+        if self._lag is None:
+            return out
+        return with_lag(out, *self._lag())
 
     def get(self, kind: str | ComponentKind, name: str) -> ComponentDetail:
         k = self._kind(kind)

@@ -15,7 +15,7 @@ from nimsforest.control import Controller, without_components
 from nimsforest.control._schemas import ComponentView, ErrorState, NodeReport, Scope
 from nimsforest.control.errors import NotFound
 from nimsforest.forest import Forest, ForestConfig
-from tests.control.test_controller import WHO, th
+from tests.control.test_controller import WHO, make_controller, th  # noqa: F401 - a fixture
 from tests.support import EmbeddedFactory, eventually, publish_stored, routed_servers
 
 # a component a node cannot build: failed there (or not applied, before it is built)
@@ -139,3 +139,59 @@ async def test_each_node_sees_what_fails_on_the_other_and_errors_clear(
     assert not a.cluster_status().healthy
     hook = component(a, "hook")
     assert hook is not None and hook.state is ComponentView.RUNNING  # b's state no longer counts
+
+
+async def test_a_consumers_lag_from_the_observer_in_status_and_metrics(
+    plain_nats, make_controller  # noqa: ANN001, F811 - conftest's and test_controller's fixtures
+) -> None:
+    """The node's one NATS observer reads every durable consumer's lag (num_pending +
+    num_ack_pending); the controller's status shows it on the component of that consumer
+    and /metrics has the same number."""
+    import asyncio
+
+    from prometheus_client import generate_latest
+
+    from nimsforest import metrics
+    from nimsforest.connection import ConnectionManager
+    from nimsforest.observer import NatsObserver, consumer_lag
+
+    conn = ConnectionManager([plain_nats.url])
+    await conn.connect()
+    observer = NatsObserver("a", conn, interval=0.2)
+    looking = asyncio.create_task(observer.run())
+    try:
+        ctl = await make_controller("a", lag=lambda: consumer_lag(observer.view),
+                                    conn=conn.nc)
+        await ctl.add("treehouse", th("lagged", subscribes="lag.x"), WHO)
+        consumer = component(ctl, "lagged").consumer
+        assert consumer
+        # the treehouse has handled nothing: its consumer has nothing pending, and says so
+        await eventually(lambda: component(ctl, "lagged").pending == 0, timeout=20,
+                         what="the treehouse's lag read as 0")
+        # a second durable consumer on the same stream, fed 5 leaves, 2 taken and not acked
+        js = conn.nc.jetstream()
+        for i in range(5):
+            await publish_stored(js, "wind.lag.y", leaf({"n": i}), msg_id=f"lag-{i}")
+        sub = await js.pull_subscribe("wind.lag.y", durable="by-hand", stream="WIND")
+        taken = await sub.fetch(2, timeout=5)
+        assert len(taken) == 2
+
+        def by_hand() -> int | None:
+            return next((c.lag for c in observer.view.consumers if c.name == "by-hand"), None)
+
+        assert await eventually(lambda: by_hand() == 5, timeout=20, what="3 pending + 2 unacked")
+        text = generate_latest(metrics.REGISTRY).decode()
+        assert 'nimsforest_consumer_pending{consumer="by-hand",stream="WIND"} 5.0' in text
+        assert f'nimsforest_consumer_pending{{consumer="{consumer}",stream="WIND"}} 0.0' in text
+        lagged = component(ctl, "lagged")
+        assert lagged.pending == 0 and lagged.pending_at is not None
+        # a consumer gone loses its series
+        await js.delete_consumer("WIND", "by-hand")
+        await eventually(lambda: by_hand() is None, timeout=20, what="by-hand gone")
+        await eventually(lambda: 'consumer="by-hand"' not in
+                         generate_latest(metrics.REGISTRY).decode(), timeout=5,
+                         what="its series gone")
+    finally:
+        looking.cancel()
+        await asyncio.gather(looking, return_exceptions=True)
+        await conn.close()

@@ -138,7 +138,11 @@ function render(state) {
         `in ${c.events_in}${rate(c, "events_in", now)} · out ${c.events_out}${rate(c, "events_out", now)}`,
         c.errors ? el("span", { class: "bad" }, ` · ${c.errors} errors`) : "",
         c.dead ? el("span", { class: "bad" }, ` · ${c.dead} dead letters`) : "",
-        c.dropped ? ` · ${c.dropped} dropped` : ""),
+        c.dropped ? ` · ${c.dropped} dropped` : "",
+        c.pending === null || c.pending === undefined ? "" : el("span", {
+          class: "lag" + (c.pending ? " behind" : ""), "data-lag": c.pending,
+          title: "its consumer's messages not yet delivered or not yet acknowledged",
+        }, ` · lag ${c.pending}`)),
       ...elsewhere(c),
       c.last_error ? el("div", {
         class: "error" + (c.error_state === "cleared" ? " cleared" : ""),
