@@ -21,6 +21,7 @@ address (429 with Retry-After). Errors are {"error": "<one sentence>"}.
 
 import hmac
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security
 from fastapi.responses import JSONResponse
@@ -68,13 +69,30 @@ def _error(exc: ControlError) -> JSONResponse:
 
 
 TOKEN_COOKIE = "nimsforest_token"
+# The header the dashboard's page sends with the changes it may make with its cookie (the
+# dead-letter replays). A page of another site cannot send it: a custom header makes its
+# request "non-simple", so the browser first asks the API (a CORS preflight), which answers
+# no CORS headers, and the request is never sent.
+PAGE_HEADER = "X-NimsForest-Page"
 
 
-def make_caller(ctl: ControllerCore, *, cookie: bool = False) -> Any:
+def same_origin(request: Request) -> bool:
+    """False when a browser says the request comes from a page of another origin (its
+    `Origin` header names another host:port than the request's `Host`); a request with no
+    Origin (the CLI, curl, a service) is not a browser's cross-site one."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    return urlsplit(origin).netloc.lower() == request.headers.get("host", "").lower()
+
+
+def make_caller(ctl: ControllerCore, *, cookie: bool = False, page_changes: bool = False) -> Any:
     """The API's one check of who calls (a FastAPI dependency returning the Actor): with
     NIMSFOREST_API_TOKEN set, `Authorization: Bearer <token>` (401 otherwise). `cookie`: the
-    token may also come in the dashboard's cookie (TOKEN_COOKIE), for read-only GET routes
-    only, which a browser's page and EventSource reach without a header."""
+    token may also come in the dashboard's cookie (TOKEN_COOKIE), for read-only GET routes,
+    which a browser's page and EventSource reach without a header; `page_changes`: and for
+    the changes of this route when the request carries PAGE_HEADER and comes from the same
+    origin (the dashboard's replay buttons; docs/OBSERVABILITY.md says why that is safe)."""
     bearer = HTTPBearer(
         auto_error=False,
         description="NIMSFOREST_API_TOKEN; required when the node was started with one",
@@ -87,7 +105,9 @@ def make_caller(ctl: ControllerCore, *, cookie: bool = False) -> Any:
         _no_unknown_query(request)
         if ctl.token is not None:
             given = creds.credentials if creds is not None else ""
-            if not given and cookie and request.method == "GET":
+            from_page = (page_changes and request.headers.get(PAGE_HEADER) == "1"
+                         and same_origin(request))
+            if not given and cookie and (request.method == "GET" or from_page):
                 given = request.cookies.get(TOKEN_COOKIE, "")
             if not token_matches(ctl, given):
                 who = Actor(via=Via.HTTP, address=address)
@@ -107,8 +127,19 @@ def token_matches(ctl: ControllerCore, given: str) -> bool:
 
 def make_routers(ctl: ControllerCore, river: APIRouter | None = None) -> list[APIRouter]:
     caller = make_caller(ctl, cookie=True)  # the dashboard reads status and audit (GET only)
+    page = make_caller(ctl, cookie=True, page_changes=True)  # and replays dead letters
 
     async def changer(request: Request, who: Actor = Depends(caller)) -> Actor:
+        return await checked(request, who)
+
+    async def replayer(request: Request, who: Actor = Depends(page)) -> Actor:
+        return await checked(request, who)
+
+    async def checked(request: Request, who: Actor) -> Actor:
+        if not same_origin(request):  # a page of another site, even on an open node
+            message = "A change from a page of another site is refused."
+            await ctl.refused(_action(request), who, Refusal.UNAUTHORIZED, message)
+            raise HTTPException(403, message)
         size = request.headers.get("content-length", "")
         if size.isdigit() and int(size) > MAX_BODY:
             raise HTTPException(413, f"The request is larger than {MAX_BODY // 1024} KiB.")
@@ -161,7 +192,7 @@ def make_routers(ctl: ControllerCore, river: APIRouter | None = None) -> list[AP
         except ControlError as exc:
             return _error(exc)
 
-    routers = [api, reload, dead_router(dead_desk(ctl), caller, changer),
+    routers = [api, reload, dead_router(dead_desk(ctl), caller, changer, replayer),
                replay_router(ReplayDesk(ctl.forest, ctl.audit_log, ctl.node), changer)]
     if river is not None:
         routers.append(_guard_api_routes(river, caller))
@@ -297,5 +328,5 @@ def _action(request: Request) -> Action:
 
 
 __all__ = [
-    "TOKEN_COOKIE", "is_change", "make_caller", "make_routers", "record_refused", "token_matches",
+    "PAGE_HEADER", "TOKEN_COOKIE", "is_change", "make_caller", "make_routers", "record_refused", "token_matches",
 ]
