@@ -3,7 +3,7 @@
     GET    /api/v1/status[?node=N]          the forest on every node (or node N), the control loop
     GET    /api/v1/{kinds}[?node=N]         trees | treehouses | nims | outputs | sources
     POST   /api/v1/{kinds}                  add (201 applied here, 202 stored, not yet applied)
-    GET    /api/v1/{kinds}/{name}           one component, with its settings
+    GET    /api/v1/{kinds}/{name}[?node=N]  one component on every node (or node N), its settings
     PUT    /api/v1/{kinds}/{name}           replace its settings
     DELETE /api/v1/{kinds}/{name}           remove
     POST   /-/reload                        reload this node's forest.yaml
@@ -220,9 +220,10 @@ def _kind_routes(
             return _error(exc)
         return JSONResponse(out.model_dump(mode="json"), status_code=201 if out.applied else 202)
 
-    async def get_component(name: str, who: Actor = Depends(caller)) -> Any:
+    async def get_component(name: str, node: str | None = NODE_QUERY,
+                            who: Actor = Depends(caller)) -> Any:
         try:
-            return ctl.get(kind, name)
+            return ctl.cluster_get(kind, name, node)
         except ControlError as exc:
             return _error(exc)
 
@@ -257,7 +258,8 @@ def _kind_routes(
     )
     router.add_api_route(
         f"/{plural}/{{name}}", get_component, methods=["GET"], response_model=ComponentDetail,
-        operation_id=f"get_{kind.value}", summary=f"One {kind.value}, with its settings",
+        operation_id=f"get_{kind.value}",
+        summary=f"One {kind.value} as every node runs it (or one node), with its settings",
         responses=_responses(401, 404),
     )
     router.add_api_route(

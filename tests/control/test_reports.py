@@ -68,13 +68,25 @@ async def test_each_node_sees_what_fails_on_the_other_and_errors_clear(
     a, b = pair
     nc = a.forest._nc  # a's own connection (to server s1)
     await a.add("source", HOOK, WHO)  # runs on a; b lacks the secret: broken there
-    await a.add("treehouse", th("picky", PICKY) | {"max_deliver": 1}, WHO)
 
     def hook_seen_failing_on_b() -> bool:
         c = component(a, "hook")
         return c is not None and c.state in BROKEN and len(c.nodes) == 2
 
     await eventually(hook_seen_failing_on_b, timeout=20, what="a sees hook not applied on b")
+    # GET /api/v1/sources/hook speaks for the cluster (with its settings), ?node= for one
+    got = a.cluster_get("source", "hook")
+    assert got.state in BROKEN and got.last_error_node == "b" and len(got.nodes) == 2
+    assert got.spec["path"] == "/webhooks/hook" and got.origin is not None
+    assert a.cluster_get("source", "hook", "a").state is ComponentView.RUNNING
+    assert b.cluster_get("source", "hook", "b").state in BROKEN
+    with pytest.raises(NotFound, match="No node named .c."):
+        a.cluster_get("source", "hook", "c")
+    # an add's answer is the cluster view's component, and says what the others do so far
+    added = await a.add("treehouse", th("picky", PICKY) | {"max_deliver": 1}, WHO)
+    assert added.applied and added.component is not None
+    assert "a" in {r.node for r in added.component.nodes}
+    assert "of the 1 other reporting node(s) run it so far" in added.message, added.message
     hook = component(a, "hook")
     assert hook.last_error_node == "b" and "HOOK_SECRET" in (hook.last_error or "")
     assert hook.error_state is ErrorState.CURRENT
@@ -136,6 +148,10 @@ async def test_each_node_sees_what_fails_on_the_other_and_errors_clear(
 
     await eventually(lambda: reporting() == {"a": True, "b": False}, timeout=10,
                      what="b silent")
+    # a removal's answer: the component where it is still reported (never on a), or none
+    gone = await a.remove("treehouse", "picky", WHO)
+    assert gone.applied and (gone.component is None
+                             or {r.node for r in gone.component.nodes} == {"b"})
     assert not a.cluster_status().healthy
     hook = component(a, "hook")
     assert hook is not None and hook.state is ComponentView.RUNNING  # b's state no longer counts
