@@ -63,6 +63,7 @@ class ConsumerView(BaseModel):
     name: str
     pending: int = 0
     ack_pending: int = 0
+    at: float = 0.0  # time.time() its stream's consumers were asked for
 
     @property
     def lag(self) -> int:
@@ -100,7 +101,6 @@ class NatsView(BaseModel):
     streams: tuple[StreamView, ...] = ()
     streams_listed: bool = False  # `streams` comes from a completed listing
     consumers: tuple[ConsumerView, ...] = ()  # every durable consumer of the listed streams
-    consumers_at: float = 0.0  # time.time() the listing that read `consumers` began
     error: str | None = None
 
     @property
@@ -162,29 +162,33 @@ async def cluster_streams(
 
 async def stream_consumers(
     conn: ConnectionManager, streams: tuple[StreamView, ...],
-    timeout: float = STREAM_LIST_TIMEOUT,
+    before: tuple[ConsumerView, ...] = (), timeout: float = STREAM_LIST_TIMEOUT,
 ) -> tuple[ConsumerView, ...]:
     """The durable consumers of every stream that has consumers (one CONSUMER.LIST a
-    stream, asked concurrently, from the stream's leader: the same answer on every node).
-    A stream whose leader does not answer has its consumers left out of this listing."""
+    stream, asked concurrently, from the stream's leader: the same answer on every node),
+    each with the time it was asked for. A stream whose leader does not answer keeps its
+    consumers' readings from `before` (older: the cluster view prefers a fresher one)."""
     js = conn.nc.jetstream(timeout=timeout)
 
     async def of(stream: str) -> list[ConsumerView]:
+        at = time.time()
         found: list[ConsumerView] = []
         while True:
             page = await js.consumers_info(stream, offset=len(found) or None)
             found += [
                 ConsumerView(stream=stream, name=c.name, pending=c.num_pending or 0,
-                             ack_pending=c.num_ack_pending or 0)
+                             ack_pending=c.num_ack_pending or 0, at=at)
                 for c in page if c.config.durable_name
             ]
             if len(page) < 256:  # the server's page size
                 return found
 
-    wanted = [s.name for s in streams if s.consumers and s.leader]
+    wanted = [s.name for s in streams if s.consumers]
     pages = await asyncio.gather(
         *(asyncio.wait_for(of(n), timeout) for n in wanted), return_exceptions=True)
     out = [c for p in pages if not isinstance(p, BaseException) for c in p]
+    unanswered = {n for n, p in zip(wanted, pages, strict=True) if isinstance(p, BaseException)}
+    out += [c for c in before if c.stream in unanswered]
     return tuple(sorted(out, key=lambda c: (c.stream, c.name)))
 
 
@@ -200,10 +204,10 @@ def export_consumers(consumers: tuple[ConsumerView, ...], before: tuple[Consumer
         metrics.consumer_pending.labels(c.stream, c.name).set(c.lag)
 
 
-def consumer_lag(view: NatsView) -> tuple[dict[str, int], float]:
-    """A view's consumers' lag by durable name, and when it was read (what the controller
-    puts in the node's status)."""
-    return {c.name: c.lag for c in view.consumers}, view.consumers_at
+def consumer_lag(view: NatsView) -> dict[str, tuple[int, float]]:
+    """A view's consumers' lag by durable name, with the time each was read (what the
+    controller puts in the node's status)."""
+    return {c.name: (c.lag, c.at) for c in view.consumers}
 
 
 class NatsObserver:
@@ -226,7 +230,6 @@ class NatsObserver:
         self.view = NatsView(observed_at=0.0)
         self._streams: tuple[StreamView, ...] = ()
         self._consumers: tuple[ConsumerView, ...] = ()
-        self._consumers_at = 0.0
         self._streams_error: str | None = None
         self._listing: asyncio.Task[None] | None = None
         self._listed = False
@@ -291,7 +294,6 @@ class NatsObserver:
             **fields,
             "streams": self._streams if wanted else (),
             "consumers": self._consumers if wanted else (),
-            "consumers_at": self._consumers_at,
             "streams_listed": wanted and self._listed,
             "error": "; ".join(problems) or None,
         })
@@ -313,10 +315,10 @@ class NatsObserver:
         try:
             self._streams = await cluster_streams(self.conn, timeout=STREAM_LIST_TIMEOUT)
             self._streams_error, self._listed = None, True
-            began = time.time()
-            consumers = await stream_consumers(self.conn, self._streams, STREAM_LIST_TIMEOUT)
+            consumers = await stream_consumers(self.conn, self._streams, self._consumers,
+                                               STREAM_LIST_TIMEOUT)
             export_consumers(consumers, self._consumers)
-            self._consumers, self._consumers_at = consumers, began
+            self._consumers = consumers
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - reported in the view

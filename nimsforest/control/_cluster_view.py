@@ -97,14 +97,19 @@ def _row(c: ComponentOut, node: str, reporting: bool) -> ComponentOnNode:
     )
 
 
-def with_lag(comps: Sequence[ComponentOut], lag: Mapping[str, int], at: float
+def with_lag(comps: Sequence[ComponentOut], lag: Mapping[str, tuple[int, float]]
              ) -> list[ComponentOut]:
-    """The components with their consumer's lag from one reading (consumer name -> lag,
-    taken at `at`, time.time()); a component without a consumer, or whose consumer the
-    reading does not hold, keeps none."""
-    when = datetime.fromtimestamp(at, UTC) if at else None
-    return [c.model_copy(update=dict(pending=lag[c.consumer], pending_at=when))
-            if c.consumer is not None and c.consumer in lag and when else c for c in comps]
+    """The components with their consumer's lag from the node's reading (consumer name ->
+    its lag and the time.time() it was read); a component without a consumer, or whose
+    consumer the reading does not hold, keeps none."""
+    out = []
+    for c in comps:
+        read = lag.get(c.consumer) if c.consumer is not None else None
+        if read is not None:
+            c = c.model_copy(update=dict(pending=read[0],
+                                         pending_at=datetime.fromtimestamp(read[1], UTC)))
+        out.append(c)
+    return out
 
 
 def freshest_lag(rows: Sequence[ComponentOnNode]) -> ComponentOnNode | None:

@@ -107,10 +107,11 @@ class ControllerCore:
         check_interval: float = 5.0,
         zone: str | None = None,
         report_interval: float = INTERVAL,
-        lag: Callable[[], tuple[Mapping[str, int], float]] | None = None,
+        lag: Callable[[], Mapping[str, tuple[int, float]]] | None = None,
     ) -> None:
-        """`lag()`: the node's last reading of its consumers' lag (durable name -> num_pending
-        + num_ack_pending, and the time.time() it was read), from the NATS observer."""
+        """`lag()`: the node's last reading of its consumers' lag (durable name ->
+        num_pending + num_ack_pending and the time.time() it was read), from the NATS
+        observer."""
         self.node = node
         self._lag = lag
         self.forest = forest
@@ -318,7 +319,7 @@ class ControllerCore:
         out.sort(key=lambda c: (order[c.kind], c.name))
         if self._lag is None:
             return out
-        return with_lag(out, *self._lag())
+        return with_lag(out, self._lag())
 
     def cluster_get(self, kind: str | ComponentKind, name: str,
                     node: str | None = None) -> ComponentDetail:

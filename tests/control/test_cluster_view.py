@@ -176,7 +176,7 @@ def test_with_lag_puts_a_reading_on_the_components_with_that_consumer() -> None:
     a = comp("a").model_copy(update={"consumer": "treehouse-a"})
     b = comp("b").model_copy(update={"consumer": "treehouse-b"})
     src = comp("web", kind=ComponentKind.SOURCE)  # no consumer
-    out = with_lag([a, b, src], {"treehouse-a": 7}, NOW)
+    out = with_lag([a, b, src], {"treehouse-a": (7, NOW), "treehouse-z": (1, NOW)})
     assert [c.pending for c in out] == [7, None, None]
     assert out[0].pending_at == T0
-    assert with_lag([a], {"treehouse-a": 7}, 0.0)[0].pending is None  # never read yet
+    assert with_lag([a], {})[0].pending is None  # never read yet

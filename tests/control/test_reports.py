@@ -201,6 +201,14 @@ async def test_a_consumers_lag_from_the_observer_in_status_and_metrics(
         assert f'nimsforest_consumer_pending{{consumer="{consumer}",stream="WIND"}} 0.0' in text
         lagged = component(ctl, "lagged")
         assert lagged.pending == 0 and lagged.pending_at is not None
+        # a stream that does not answer keeps its consumers' last readings
+        from nimsforest.observer import ConsumerView, StreamView, stream_consumers
+
+        old = ConsumerView(stream="GONE", name="old", pending=4, at=1.0)
+        kept = await stream_consumers(
+            conn, (StreamView(name="GONE", replicas=1, leader=None, current=True, consumers=1),),
+            (old,), timeout=2.0)
+        assert kept == (old,)
         # a consumer gone loses its series
         await js.delete_consumer("WIND", "by-hand")
         await eventually(lambda: by_hand() is None, timeout=20, what="by-hand gone")
