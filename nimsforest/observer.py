@@ -3,7 +3,9 @@ cluster manager all read.
 
 `NatsObserver.look()` reads the local server at once (the supervisor's snapshot, the
 monitoring port's /jsz and /routez, the client connection) and returns a frozen
-`NatsView` with the latest completed cluster-wide stream list. Listing the streams can
+`NatsView` with the latest completed cluster-wide stream list and, read with it at most
+every CONSUMERS_EVERY seconds, every durable consumer's lag (the components' lag in the
+status and `nimsforest_consumer_pending` in /metrics). Listing the streams can
 take seconds while streams move, so it runs in the background: `refresh_streams()`
 starts a new listing, and a look never waits for one. The observer's own loop looks
 every `interval` seconds unless someone (the cluster manager, each cycle) looked more
@@ -39,6 +41,9 @@ _F = ConfigDict(frozen=True, defer_build=True)
 # The meta leader answers a stream list only after asking every stream leader, which can
 # take seconds while streams move (a node joined, a replica count changed).
 STREAM_LIST_TIMEOUT = 5.0
+# The consumers' lag is read at most this often (a listing of the streams runs about every
+# second): it goes out in the status reports, which are sent every 2 s.
+CONSUMERS_EVERY = 2.0
 
 
 class StreamView(BaseModel):
@@ -230,6 +235,7 @@ class NatsObserver:
         self.view = NatsView(observed_at=0.0)
         self._streams: tuple[StreamView, ...] = ()
         self._consumers: tuple[ConsumerView, ...] = ()
+        self._consumers_read = -1e9  # time.monotonic() of the last consumer listing
         self._streams_error: str | None = None
         self._listing: asyncio.Task[None] | None = None
         self._listed = False
@@ -315,10 +321,11 @@ class NatsObserver:
         try:
             self._streams = await cluster_streams(self.conn, timeout=STREAM_LIST_TIMEOUT)
             self._streams_error, self._listed = None, True
-            consumers = await stream_consumers(self.conn, self._streams, self._consumers,
-                                               STREAM_LIST_TIMEOUT)
-            export_consumers(consumers, self._consumers)
-            self._consumers = consumers
+            if time.monotonic() - self._consumers_read >= CONSUMERS_EVERY:
+                consumers = await stream_consumers(self.conn, self._streams, self._consumers,
+                                                   STREAM_LIST_TIMEOUT)
+                export_consumers(consumers, self._consumers)
+                self._consumers, self._consumers_read = consumers, time.monotonic()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - reported in the view
@@ -365,6 +372,7 @@ class NatsObserver:
 
 
 __all__ = [
+    "CONSUMERS_EVERY",
     "STREAM_LIST_TIMEOUT",
     "ConsumerView",
     "MetaPeerView",
