@@ -181,6 +181,13 @@ def test_a_dead_letter_is_replayed_from_the_page(node: NodeProcess, browser) -> 
     fixed = {**LETTER_TREE, "script": "function process(i) return {id = i.id, fixed = true} end"}
     out = api.put("/api/v1/trees/picky", json=fixed)
     assert out.status_code == 200 and out.json()["applied"], out.text
+    assert [r["node"] for r in out.json()["component"]["nodes"]] == ["n1"]  # the cluster view's
+    # one component, cluster-wide with its settings, or one node's; an unknown node is a 404
+    got = api.get("/api/v1/trees/picky").json()
+    assert got["spec"]["code"] == fixed["script"] and got["state"] == "running" and got["nodes"]
+    assert api.get("/api/v1/trees/picky", params={"node": "n1"}).json()["name"] == "picky"
+    nowhere = api.get("/api/v1/trees/picky", params={"node": "n9"})
+    assert nowhere.status_code == 404 and "n9" in nowhere.json()["error"]
     wait.until(ec.text_to_be_present_in_element((By.ID, "tail-status"), "listening"))
     row = browser.find_element(By.CSS_SELECTOR, f'#dead tr[data-dead="{seq}"]')
     row.find_element(By.CSS_SELECTOR, "button.replay").click()
