@@ -144,9 +144,19 @@ def test_a_dead_letter_is_replayed_from_the_page(node: NodeProcess, browser) -> 
     the API); Replay on the page puts the event back: the tree takes it (its leaf in the
     tail) and the letter is gone. The page's POST carries the cookie and the page's header:
     the same POST without the header, or from another origin, is refused."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
+
+    def click(css: str) -> None:
+        """Click what `css` finds (the pane is drawn again when a letter comes or goes)."""
+        def clicked(b) -> bool:  # noqa: ANN001
+            b.find_element(By.CSS_SELECTOR, css).click()
+            return True
+
+        WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)
+                      ).until(clicked)
 
     api = httpx.Client(base_url=node.api_url, headers=AUTH, timeout=15)
     assert api.post("/api/v1/trees", json=LETTER_TREE).status_code in (201, 202)
@@ -155,14 +165,14 @@ def test_a_dead_letter_is_replayed_from_the_page(node: NodeProcess, browser) -> 
         browser.get(node.api_url + "/ui")
     assert api.post("/api/v1/river/picky", json={"bad": True, "id": "d-7"}).status_code == 202
 
-    row = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#dead tr.letter")))
-    assert "tree picky" in row.text and "bad input" in row.text, row.text
+    wait.until(ec.text_to_be_present_in_element((By.ID, "dead-rows"), "bad input"))
+    row = browser.find_element(By.CSS_SELECTOR, "#dead tr.letter")
+    assert "tree picky" in row.text, row.text
     seq = row.get_attribute("data-dead")
-    counts = browser.find_element(By.CSS_SELECTOR, '[data-dead-component="tree/picky"]')
-    assert "tree picky: 1" in counts.text
-    row.click()  # its event as JSON
-    body = browser.find_element(By.CSS_SELECTOR, "#dead tr.letter-body pre")
-    wait.until(lambda b: body.is_displayed())
+    wait.until(ec.text_to_be_present_in_element(
+        (By.CSS_SELECTOR, '[data-dead-component="tree/picky"]'), "tree picky: 1"))
+    click(f'#dead tr[data-dead="{seq}"]')  # its event as JSON
+    body = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#dead tr.letter-body pre")))
     event = json.loads(body.text)
     assert event.get("data", event) == {"bad": True, "id": "d-7"}, event
 
@@ -189,8 +199,7 @@ def test_a_dead_letter_is_replayed_from_the_page(node: NodeProcess, browser) -> 
     nowhere = api.get("/api/v1/trees/picky", params={"node": "n9"})
     assert nowhere.status_code == 404 and "n9" in nowhere.json()["error"]
     wait.until(ec.text_to_be_present_in_element((By.ID, "tail-status"), "listening"))
-    row = browser.find_element(By.CSS_SELECTOR, f'#dead tr[data-dead="{seq}"]')
-    row.find_element(By.CSS_SELECTOR, "button.replay").click()
+    click(f'#dead tr[data-dead="{seq}"] button.replay')
     wait.until(ec.text_to_be_present_in_element((By.ID, "dead-status"), f"#{seq} replayed"))
     took = wait.until(ec.presence_of_element_located(
         (By.CSS_SELECTOR, '#tail li[data-subject="picky.took"]')))
@@ -207,8 +216,7 @@ def test_a_dead_letter_is_replayed_from_the_page(node: NodeProcess, browser) -> 
     wait.until(ec.text_to_be_present_in_element(
         (By.CSS_SELECTOR, '[data-dead-component="tree/picky"]'), "tree picky: 2"))
     api.put("/api/v1/trees/picky", json=fixed).raise_for_status()
-    browser.find_element(By.CSS_SELECTOR,
-                         '[data-dead-component="tree/picky"] button.replay-all').click()
+    click('[data-dead-component="tree/picky"] button.replay-all')
     wait.until(ec.text_to_be_present_in_element((By.ID, "dead-status"),
                                                 "Replayed 2 dead letter(s) of tree 'picky'"))
     for i in (8, 9):

@@ -335,6 +335,7 @@ async function loadAudit(revision) {
 // A replay is a change: the page sends it with its cookie and the X-NimsForest-Page header,
 // which a page of another site cannot send (the API answers no CORS preflight).
 let deadSeen = null;
+const deadOpen = new Set(); // the letters shown open stay open when the list is read again
 
 async function postJSON(url) {
   const resp = await fetch(url, {
@@ -382,11 +383,13 @@ async function loadDead(signature) {
       return;
     }
     fill(rows, doc.letters.flatMap((d) => {
-      const detail = el("tr", { class: "letter-body", hidden: "" }, el("td", { colspan: "8" },
+      const detail = el("tr", { class: "letter-body", ...(deadOpen.has(d.seq) ? {} : { hidden: "" }) }, el("td", { colspan: "8" },
         el("pre", { class: "json" }, letterBody(d)),
         el("div", { class: "hint" }, `${d.stream} #${d.stream_seq} on ${d.subject}, consumer ${d.consumer}`)));
       return [el("tr", {
-        "data-dead": d.seq, class: "letter", onclick: () => detail.toggleAttribute("hidden"),
+        "data-dead": d.seq, class: "letter", onclick: () => {
+          if (detail.toggleAttribute("hidden")) deadOpen.delete(d.seq); else deadOpen.add(d.seq);
+        },
       }, el("td", {}, d.seq), el("td", {}, when(d.at)), el("td", {}, `${d.kind} ${d.name}`),
       el("td", {}, d.node), el("td", {}, d.reason), el("td", {}, d.attempts),
       el("td", { class: "bad" }, d.error.slice(0, 160)),
