@@ -34,7 +34,7 @@ from nimsforest.drain import Drainer
 from nimsforest.forest import Forest, ForestConfig, ForestStatus, tracing_from_env
 from nimsforest.forest.http import make_router
 from nimsforest.health import NodeSnapshot
-from nimsforest.observer import NatsObserver
+from nimsforest.observer import NatsObserver, consumer_lag
 from nimsforest.settings import Settings
 from nimsforest.streams import (
     CORE_STREAMS,
@@ -178,7 +178,7 @@ class Assembly:
             nats.conn.nc, forest, node=s.node_name, config_file=forest_path,
             file_config=forest_config, replicas=nats.replicas, placement_tags=nats.placement_tags,
             token=s.api_token.get_secret_value() if s.api_token else None, rate=s.api_rate_limit,
-            zone=s.zone,
+            zone=s.zone, lag=lambda: consumer_lag(nats.observer.view),
         )
 
         async def refused(request: Request, message: str) -> None:

@@ -1,7 +1,7 @@
 """Prometheus metrics for a node, in one registry served at GET /metrics.
 
 Owners: the connection manager sets the nats_* gauges and counters; the cluster manager
-sets the cluster gauges; every forest component reports through `component_*`.
+sets the cluster gauges; the NATS observer sets `nimsforest_consumer_pending`; every forest component reports through `component_*`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,13 @@ replication_factor = Gauge(
 )
 cluster_size = Gauge(
     "nimsforest_cluster_size", "JetStream cluster size seen by this node", registry=REGISTRY
+)
+
+consumer_pending = Gauge(
+    "nimsforest_consumer_pending",
+    "A durable consumer's lag: messages not yet delivered plus delivered and not acknowledged "
+    "(num_pending + num_ack_pending), as the node's NATS observer last listed it",
+    ("stream", "consumer"), registry=REGISTRY,
 )
 
 _LABELS = ("kind", "name")

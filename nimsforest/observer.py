@@ -3,7 +3,9 @@ cluster manager all read.
 
 `NatsObserver.look()` reads the local server at once (the supervisor's snapshot, the
 monitoring port's /jsz and /routez, the client connection) and returns a frozen
-`NatsView` with the latest completed cluster-wide stream list. Listing the streams can
+`NatsView` with the latest completed cluster-wide stream list and, read with it at most
+every CONSUMERS_EVERY seconds, every durable consumer's lag (the components' lag in the
+status and `nimsforest_consumer_pending` in /metrics). Listing the streams can
 take seconds while streams move, so it runs in the background: `refresh_streams()`
 starts a new listing, and a look never waits for one. The observer's own loop looks
 every `interval` seconds unless someone (the cluster manager, each cycle) looked more
@@ -39,6 +41,9 @@ _F = ConfigDict(frozen=True, defer_build=True)
 # The meta leader answers a stream list only after asking every stream leader, which can
 # take seconds while streams move (a node joined, a replica count changed).
 STREAM_LIST_TIMEOUT = 5.0
+# The consumers' lag is read at most this often (a listing of the streams runs about every
+# second): it goes out in the status reports, which are sent every 2 s.
+CONSUMERS_EVERY = 2.0
 
 
 class StreamView(BaseModel):
@@ -51,6 +56,23 @@ class StreamView(BaseModel):
     consumers: int = 0
     owned: bool = True  # unknown (True) when its leader did not answer: replicas is then 0
     lagging: tuple[str, ...] = ()
+
+
+class ConsumerView(BaseModel):
+    """A durable consumer of a stream, as its stream's leader answered for it: what it has
+    not been delivered yet (`pending`) and what was delivered but is not acknowledged yet
+    (`ack_pending`); their sum is the component's lag."""
+
+    model_config = _F
+    stream: str
+    name: str
+    pending: int = 0
+    ack_pending: int = 0
+    at: float = 0.0  # time.time() its stream's consumers were asked for
+
+    @property
+    def lag(self) -> int:
+        return self.pending + self.ack_pending
 
 
 class MetaPeerView(BaseModel):
@@ -83,6 +105,7 @@ class NatsView(BaseModel):
     routed: frozenset[str] = frozenset()  # servers the local one has live routes to
     streams: tuple[StreamView, ...] = ()
     streams_listed: bool = False  # `streams` comes from a completed listing
+    consumers: tuple[ConsumerView, ...] = ()  # every durable consumer of the listed streams
     error: str | None = None
 
     @property
@@ -142,6 +165,56 @@ async def cluster_streams(
     return tuple(sorted(out, key=lambda v: v.name))
 
 
+async def stream_consumers(
+    conn: ConnectionManager, streams: tuple[StreamView, ...],
+    before: tuple[ConsumerView, ...] = (), timeout: float = STREAM_LIST_TIMEOUT,
+) -> tuple[ConsumerView, ...]:
+    """The durable consumers of every stream that has consumers (one CONSUMER.LIST a
+    stream, asked concurrently, from the stream's leader: the same answer on every node),
+    each with the time it was asked for. A stream whose leader does not answer keeps its
+    consumers' readings from `before` (older: the cluster view prefers a fresher one)."""
+    js = conn.nc.jetstream(timeout=timeout)
+
+    async def of(stream: str) -> list[ConsumerView]:
+        at = time.time()
+        found: list[ConsumerView] = []
+        while True:
+            page = await js.consumers_info(stream, offset=len(found) or None)
+            found += [
+                ConsumerView(stream=stream, name=c.name, pending=c.num_pending or 0,
+                             ack_pending=c.num_ack_pending or 0, at=at)
+                for c in page if c.config.durable_name
+            ]
+            if len(page) < 256:  # the server's page size
+                return found
+
+    wanted = [s.name for s in streams if s.consumers]
+    pages = await asyncio.gather(
+        *(asyncio.wait_for(of(n), timeout) for n in wanted), return_exceptions=True)
+    out = [c for p in pages if not isinstance(p, BaseException) for c in p]
+    unanswered = {n for n, p in zip(wanted, pages, strict=True) if isinstance(p, BaseException)}
+    out += [c for c in before if c.stream in unanswered]
+    return tuple(sorted(out, key=lambda c: (c.stream, c.name)))
+
+
+def export_consumers(consumers: tuple[ConsumerView, ...], before: tuple[ConsumerView, ...]
+                     ) -> None:
+    """Set /metrics' consumer gauges to a listing (a consumer gone loses its series)."""
+    now = {(c.stream, c.name) for c in consumers}
+    for c in before:
+        if (c.stream, c.name) not in now:
+            with contextlib.suppress(KeyError):
+                metrics.consumer_pending.remove(c.stream, c.name)
+    for c in consumers:
+        metrics.consumer_pending.labels(c.stream, c.name).set(c.lag)
+
+
+def consumer_lag(view: NatsView) -> dict[str, tuple[int, float]]:
+    """A view's consumers' lag by durable name, with the time each was read (what the
+    controller puts in the node's status)."""
+    return {c.name: (c.lag, c.at) for c in view.consumers}
+
+
 class NatsObserver:
     """Observes the local NATS; see the module's docstring for the contract."""
 
@@ -161,6 +234,8 @@ class NatsObserver:
         self.interval = interval
         self.view = NatsView(observed_at=0.0)
         self._streams: tuple[StreamView, ...] = ()
+        self._consumers: tuple[ConsumerView, ...] = ()
+        self._consumers_read = -1e9  # time.monotonic() of the last consumer listing
         self._streams_error: str | None = None
         self._listing: asyncio.Task[None] | None = None
         self._listed = False
@@ -224,6 +299,7 @@ class NatsObserver:
         self.view = NatsView.model_validate({
             **fields,
             "streams": self._streams if wanted else (),
+            "consumers": self._consumers if wanted else (),
             "streams_listed": wanted and self._listed,
             "error": "; ".join(problems) or None,
         })
@@ -245,6 +321,11 @@ class NatsObserver:
         try:
             self._streams = await cluster_streams(self.conn, timeout=STREAM_LIST_TIMEOUT)
             self._streams_error, self._listed = None, True
+            if time.monotonic() - self._consumers_read >= CONSUMERS_EVERY:
+                consumers = await stream_consumers(self.conn, self._streams, self._consumers,
+                                                   STREAM_LIST_TIMEOUT)
+                export_consumers(consumers, self._consumers)
+                self._consumers, self._consumers_read = consumers, time.monotonic()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - reported in the view
@@ -291,10 +372,14 @@ class NatsObserver:
 
 
 __all__ = [
+    "CONSUMERS_EVERY",
     "STREAM_LIST_TIMEOUT",
+    "ConsumerView",
     "MetaPeerView",
     "NatsObserver",
     "NatsView",
     "StreamView",
     "cluster_streams",
+    "consumer_lag",
+    "stream_consumers",
 ]

@@ -281,9 +281,10 @@ def _state(c: dict[str, Any]) -> str:
 def _table(comps: list[dict[str, Any]]) -> str:
     rows = [[c["kind"], c["name"], _state(c), c.get("origin") or "-", _flow(c),
              c.get("events_in", 0), c.get("events_out", 0), c.get("errors", 0),
-             c.get("dead", 0), _last_error(c)[:80]] for c in comps]
+             c.get("dead", 0), "-" if c.get("pending") is None else c["pending"],
+             _last_error(c)[:80]] for c in comps]
     return tabulate(rows, headers=["KIND", "NAME", "STATE", "ORIGIN", "FLOW", "IN", "OUT",
-                                   "ERRORS", "DEAD", "LAST ERROR"])
+                                   "ERRORS", "DEAD", "LAG", "LAST ERROR"])
 
 
 def _mib(n: int | None) -> str:

@@ -14,14 +14,16 @@ answering node's own report and the reports it heard, at one moment. The rules:
   counts);
 - its last error is the newest *current* error of any node, else the newest cleared one,
   with its node and time: an error is current until the component completes an event
-  successfully on that node after it (`error_state`), and always while it does not run.
+  successfully on that node after it (`error_state`), and always while it does not run;
+- its consumer lag (`pending`) is the freshest reading of any node, never a sum: every
+  node reads the same shared durable consumer (`with_lag` puts a node's own reading in).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from nimsforest.control._schemas import (
     ComponentOnNode,
@@ -91,8 +93,31 @@ def _row(c: ComponentOut, node: str, reporting: bool) -> ComponentOnNode:
         events_out=c.events_out, dropped=c.dropped, errors=c.errors, dead=c.dead,
         prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens, cost=c.cost,
         last_error=c.last_error, last_error_at=c.last_error_at, error_state=c.error_state,
-        last_ok_at=c.last_ok_at,
+        last_ok_at=c.last_ok_at, pending=c.pending, pending_at=c.pending_at,
     )
+
+
+def with_lag(comps: Sequence[ComponentOut], lag: Mapping[str, tuple[int, float]]
+             ) -> list[ComponentOut]:
+    """The components with their consumer's lag from the node's reading (consumer name ->
+    its lag and the time.time() it was read); a component without a consumer, or whose
+    consumer the reading does not hold, keeps none."""
+    out = []
+    for c in comps:
+        read = lag.get(c.consumer) if c.consumer is not None else None
+        if read is not None:
+            c = c.model_copy(update=dict(pending=read[0],
+                                         pending_at=datetime.fromtimestamp(read[1], UTC)))
+        out.append(c)
+    return out
+
+
+def freshest_lag(rows: Sequence[ComponentOnNode]) -> ComponentOnNode | None:
+    """The row whose lag reading is the newest (a reporting node's before a silent one's)."""
+    read = [r for r in rows if r.pending is not None and r.pending_at is not None]
+    if not read:
+        return None
+    return max(read, key=lambda r: (r.reporting, r.pending_at))
 
 
 def _newest_error(rows: Sequence[ComponentOnNode]) -> ComponentOnNode | None:
@@ -110,7 +135,9 @@ def _merge(base: ComponentOut, rows: Sequence[ComponentOnNode]) -> ComponentOut:
     state = next(s for s in SEVERITY if s in live)
     err = _newest_error(rows)
     oks = [r.last_ok_at for r in rows if r.last_ok_at is not None]
+    lag = freshest_lag(rows)
     return base.model_copy(update=dict(
+        pending=lag.pending if lag else None, pending_at=lag.pending_at if lag else None,
         state=state,
         events_in=sum(r.events_in for r in rows), events_out=sum(r.events_out for r in rows),
         dropped=sum(r.dropped for r in rows), errors=sum(r.errors for r in rows),
@@ -173,4 +200,5 @@ def node_view(me: NodeReport, heard: Iterable[Heard], now: float, name: str, *,
     raise NotFound(f"No node named '{name}' reports its status (nodes that do: {known}).")
 
 
-__all__ = ["SEVERITY", "Heard", "cluster_view", "error_state", "node_view"]
+__all__ = ["SEVERITY", "Heard", "cluster_view", "error_state", "freshest_lag", "node_view",
+           "with_lag"]

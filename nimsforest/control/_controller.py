@@ -17,12 +17,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nimsforest.control._audit import Action, Actor, AuditLog, AuditRecord, Refusal, Via
-from nimsforest.control._cluster_view import cluster_view, error_state, node_view
+from nimsforest.control._cluster_view import cluster_view, error_state, node_view, with_lag
 from nimsforest.control._desired import (
     DesiredComponent,
     Origin,
@@ -107,8 +107,13 @@ class ControllerCore:
         check_interval: float = 5.0,
         zone: str | None = None,
         report_interval: float = INTERVAL,
+        lag: Callable[[], Mapping[str, tuple[int, float]]] | None = None,
     ) -> None:
+        """`lag()`: the node's last reading of its consumers' lag (durable name ->
+        num_pending + num_ack_pending and the time.time() it was read), from the NATS
+        observer."""
         self.node = node
+        self._lag = lag
         self.forest = forest
         self.token = token
         self.config_file = config_file
@@ -311,7 +316,24 @@ class ControllerCore:
                 out.append(self._view(stored, local.pop(key, None)))
         out += [_local_view(s, self.node) for s in local.values()]
         order = {kind: i for i, kind in enumerate(ComponentKind)}
-        return sorted(out, key=lambda c: (order[c.kind], c.name))
+        out.sort(key=lambda c: (order[c.kind], c.name))
+        if self._lag is None:
+            return out
+        return with_lag(out, self._lag())
+
+    def cluster_get(self, kind: str | ComponentKind, name: str,
+                    node: str | None = None) -> ComponentDetail:
+        """One component as every node runs it (the cluster view's entry, with its settings
+        from the desired state), or as node `node` runs it (its own report); NotFound when
+        neither the desired state nor a reporting node has it."""
+        k = self._kind(kind)
+        merged = next((c for c in self.cluster_list(k, node) if c.name == name), None)
+        if merged is None:
+            where = f" on node {node}" if node else ""
+            raise NotFound(f"There is no {component_label(k, name)}{where}.")
+        stored = self.watcher.entries.get(entry_key(k, name))
+        spec = _redacted(stored.entry.spec) if stored else {}
+        return ComponentDetail(**merged.model_dump(), spec=spec)
 
     def get(self, kind: str | ComponentKind, name: str) -> ComponentDetail:
         k = self._kind(kind)
@@ -432,24 +454,47 @@ class ControllerCore:
     async def _answer(
         self, action: Action, ref: ComponentRef, revision: int, verb: str, note: str = ""
     ) -> ChangeOut:
+        """The change's answer: `component` is the cluster view's (as `list` shows it: every
+        node that reports it, the worst state), the message says how this node and the
+        others stand."""
         applied = await self.watcher.wait_applied(revision, self._apply_timeout)
+        here: ComponentOut | None = None
         comp: ComponentOut | None = None
+        with contextlib.suppress(NotFound):
+            comp = ComponentOut(**self.cluster_get(ref.kind, ref.name).model_dump(
+                exclude={"spec"}))
         if action is not Action.REMOVE:
             with contextlib.suppress(NotFound):
-                detail = self.get(ref.kind, ref.name)
-                comp = ComponentOut(**detail.model_dump(exclude={"spec"}))
+                here = ComponentOut(**self.get(ref.kind, ref.name).model_dump(exclude={"spec"}))
         if not applied:
             msg = f"{verb} {ref}; node {self.node} has not applied it yet."
-        elif comp is not None and comp.state in (ComponentView.FAILED, ComponentView.NOT_APPLIED):
-            msg = f"{verb} {ref}, but it does not run on node {self.node}: {comp.last_error}"
+        elif here is not None and here.state in (ComponentView.FAILED, ComponentView.NOT_APPLIED):
+            msg = f"{verb} {ref}, but it does not run on node {self.node}: {here.last_error}"
         elif action is Action.REMOVE:
             msg = f"{verb} {ref}."
         else:
             msg = f"{verb} {ref} (running on node {self.node})."
         return ChangeOut(
             action=action, kind=ref.kind, name=ref.name, revision=revision, applied=applied,
-            message=msg + note, component=comp,
+            message=msg + self._elsewhere(action, comp) + note,
+            component=comp,  # after a removal: where it is still reported, or None
         )
+
+    def _elsewhere(self, action: Action, comp: ComponentOut | None) -> str:
+        """What the other reporting nodes say of the component so far (their reports
+        follow within an interval of applying the change)."""
+        others = [n.node for n in self.cluster_status().nodes
+                  if n.reporting and n.node != self.node]
+        if not others:
+            return ""
+        rows = {r.node: r for r in (comp.nodes if comp else []) if r.node != self.node}
+        if action is Action.REMOVE:
+            still = [n for n in others if n in rows]
+            return (f" Node(s) {', '.join(still)} still report it until they apply the change."
+                    if still else "")
+        running = [n for n in others if n in rows and rows[n].state is ComponentView.RUNNING]
+        return (f" {len(running)} of the {len(others)} other reporting node(s) run it so far"
+                + (f" ({', '.join(running)})" if running else "") + ".")
 
     async def _reload_file(self, who: Actor) -> ReloadOut:
         if self.config_file is None:

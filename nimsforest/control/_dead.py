@@ -5,6 +5,7 @@ changes: rate limited like the others and audited (`replay`, `purge`).
     GET    /api/v1/dead[?kind=K&name=N&limit=L&after=SEQ]   counts per component and letters
     GET    /api/v1/dead/{seq}                             one dead letter
     POST   /api/v1/dead/{seq}/replay                      back on its component's input
+    POST   /api/v1/dead/replay?kind=K&name=N              all of a component's, oldest first
     DELETE /api/v1/dead/{seq}                             delete one
     DELETE /api/v1/dead?kind=K&name=N | ?all=true         delete a component's, or all
 """
@@ -82,6 +83,14 @@ class ReplayOut(_Out):
     seq: int = Field(description="The replayed event's sequence in its stream")
 
 
+class ReplayAllOut(_Out):
+    message: str
+    kind: ComponentKind
+    name: str
+    replayed: list[ReplayOut] = Field(description="Each letter replayed, oldest first")
+    left: int = Field(description="Letters of the component still in DEAD (beyond the limit)")
+
+
 class PurgeOut(_Out):
     message: str
     purged: int
@@ -127,6 +136,32 @@ class DeadDesk:
         await self._record(Action.REPLAY, ref, who, None, message)
         return ReplayOut(message=message, dead_seq=seq, kind=ref.kind, name=ref.name,
                          stream=receipt.stream, subject=receipt.subject, seq=receipt.seq)
+
+    async def replay_all(self, ref: ComponentRef, who: Actor, limit: int = 1000) -> ReplayAllOut:
+        """Every dead letter of `ref` (up to `limit`, oldest first) back on its input: one
+        change (one audit record naming how many), each letter deleted once replayed."""
+        try:
+            if not self._exists(ref):
+                raise Conflict(f"This forest has no {ref}; add it again, or purge its letters.")
+            entries = await _nats(self._dead.list(ref, limit=limit))
+            if not entries:
+                raise NotFound(f"{ref} has no dead letters.")
+            done: list[ReplayOut] = []
+            for e in entries:
+                r = await _nats(self._dead.replay(e.seq))
+                done.append(ReplayOut(
+                    message=f"Dead letter #{e.seq} replayed to {ref}: {r.stream} #{r.seq} on "
+                            f"{r.subject}.", dead_seq=e.seq, kind=ref.kind, name=ref.name,
+                    stream=r.stream, subject=r.subject, seq=r.seq))
+            left = (await _nats(self._dead.counts())).get(ref, 0)
+        except ControlError as exc:
+            await self._record(Action.REPLAY, ref, who, exc.message, f"the dead letters of {ref}")
+            raise
+        message = (f"Replayed {len(done)} dead letter(s) of {ref}"
+                   + (f"; {left} left (replay again for more)." if left else "."))
+        await self._record(Action.REPLAY, ref, who, None, message)
+        return ReplayAllOut(message=message, kind=ref.kind, name=ref.name, replayed=done,
+                            left=left)
 
     async def purge(self, ref: ComponentRef | None, seq: int | None, who: Actor) -> PurgeOut:
         what = (f"dead letter #{seq}" if seq is not None
@@ -198,8 +233,11 @@ MAX_SEQ = 2**63 - 1  # what JetStream takes as a sequence
 _SEQ = Path(ge=1, le=MAX_SEQ, description="The dead letter's sequence in the DEAD stream")
 
 
-def dead_router(desk: DeadDesk, caller: Any, changer: Any) -> APIRouter:
+def dead_router(desk: DeadDesk, caller: Any, changer: Any, replayer: Any = None) -> APIRouter:
+    """`replayer`: the replays' check of who calls (the dashboard's page may replay with
+    its cookie, see control/_http.py); `changer` otherwise."""
     api = APIRouter(prefix="/api/v1/dead", tags=["dead letters"])
+    replayer = replayer or changer
 
     @api.get("", response_model=DeadListOut, operation_id="list_dead",
              responses=_responses(401, 404, 422, 503),
@@ -217,6 +255,22 @@ def dead_router(desk: DeadDesk, caller: Any, changer: Any) -> APIRouter:
         except ControlError as exc:
             return _error(exc)
 
+    @api.post("/replay", response_model=ReplayAllOut, operation_id="replay_dead_of",
+              responses=_responses(401, 404, 409, 422, 429, 503),
+              summary="Put all of a component's dead letters back on its input, oldest first")
+    async def replay_dead_of(
+        kind: str = Query(description="The component's kind"),
+        name: str = Query(description="The component's name"),
+        limit: int = Query(1000, ge=1, le=1000, description="At most this many letters"),
+        who: Actor = Depends(replayer),
+    ) -> Any:
+        try:
+            ref = component_filter(kind, name)
+            assert ref is not None  # both given: FastAPI requires them
+            return await desk.replay_all(ref, who, limit)
+        except ControlError as exc:
+            return _error(exc)
+
     @api.get("/{seq}", response_model=DeadLetterOut, operation_id="show_dead",
              responses=_responses(401, 404, 503), summary="One dead letter")
     async def show_dead(seq: int = _SEQ, who: Actor = Depends(caller)) -> Any:
@@ -228,7 +282,7 @@ def dead_router(desk: DeadDesk, caller: Any, changer: Any) -> APIRouter:
     @api.post("/{seq}/replay", response_model=ReplayOut, operation_id="replay_dead",
               responses=_responses(401, 404, 409, 429, 503),
               summary="Put a dead letter back on its component's input (that component only)")
-    async def replay_dead(seq: int = _SEQ, who: Actor = Depends(changer)) -> Any:
+    async def replay_dead(seq: int = _SEQ, who: Actor = Depends(replayer)) -> Any:
         try:
             return await desk.replay(seq, who)
         except ControlError as exc:
@@ -263,7 +317,8 @@ def dead_router(desk: DeadDesk, caller: Any, changer: Any) -> APIRouter:
     return api
 
 
-__all__ = ["DeadDesk", "DeadListOut", "DeadLetterOut", "PurgeOut", "ReplayOut", "dead_router"]
+__all__ = ["DeadDesk", "DeadListOut", "DeadLetterOut", "PurgeOut", "ReplayAllOut", "ReplayOut",
+           "dead_router"]
 
 
 async def nats_request(ctl: "ControllerCore", action: str, rest: list[str], body: Any,

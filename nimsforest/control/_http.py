@@ -3,7 +3,7 @@
     GET    /api/v1/status[?node=N]          the forest on every node (or node N), the control loop
     GET    /api/v1/{kinds}[?node=N]         trees | treehouses | nims | outputs | sources
     POST   /api/v1/{kinds}                  add (201 applied here, 202 stored, not yet applied)
-    GET    /api/v1/{kinds}/{name}           one component, with its settings
+    GET    /api/v1/{kinds}/{name}[?node=N]  one component on every node (or node N), its settings
     PUT    /api/v1/{kinds}/{name}           replace its settings
     DELETE /api/v1/{kinds}/{name}           remove
     POST   /-/reload                        reload this node's forest.yaml
@@ -21,6 +21,7 @@ address (429 with Retry-After). Errors are {"error": "<one sentence>"}.
 
 import hmac
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security
 from fastapi.responses import JSONResponse
@@ -69,13 +70,30 @@ def _error(exc: ControlError) -> JSONResponse:
 
 
 TOKEN_COOKIE = "nimsforest_token"
+# The header the dashboard's page sends with the changes it may make with its cookie (the
+# dead-letter replays). A page of another site cannot send it: a custom header makes its
+# request "non-simple", so the browser first asks the API (a CORS preflight), which answers
+# no CORS headers, and the request is never sent.
+PAGE_HEADER = "X-NimsForest-Page"
 
 
-def make_caller(ctl: ControllerCore, *, cookie: bool = False) -> Any:
+def same_origin(request: Request) -> bool:
+    """False when a browser says the request comes from a page of another origin (its
+    `Origin` header names another host:port than the request's `Host`); a request with no
+    Origin (the CLI, curl, a service) is not a browser's cross-site one."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    return urlsplit(origin).netloc.lower() == request.headers.get("host", "").lower()
+
+
+def make_caller(ctl: ControllerCore, *, cookie: bool = False, page_changes: bool = False) -> Any:
     """The API's one check of who calls (a FastAPI dependency returning the Actor): with
     NIMSFOREST_API_TOKEN set, `Authorization: Bearer <token>` (401 otherwise). `cookie`: the
-    token may also come in the dashboard's cookie (TOKEN_COOKIE), for read-only GET routes
-    only, which a browser's page and EventSource reach without a header."""
+    token may also come in the dashboard's cookie (TOKEN_COOKIE), for read-only GET routes,
+    which a browser's page and EventSource reach without a header; `page_changes`: and for
+    the changes of this route when the request carries PAGE_HEADER and comes from the same
+    origin (the dashboard's replay buttons; docs/OBSERVABILITY.md says why that is safe)."""
     bearer = HTTPBearer(
         auto_error=False,
         description="NIMSFOREST_API_TOKEN; required when the node was started with one",
@@ -88,7 +106,9 @@ def make_caller(ctl: ControllerCore, *, cookie: bool = False) -> Any:
         _no_unknown_query(request)
         if ctl.token is not None:
             given = creds.credentials if creds is not None else ""
-            if not given and cookie and request.method == "GET":
+            from_page = (page_changes and request.headers.get(PAGE_HEADER) == "1"
+                         and same_origin(request))
+            if not given and cookie and (request.method == "GET" or from_page):
                 given = request.cookies.get(TOKEN_COOKIE, "")
             if not token_matches(ctl, given):
                 who = Actor(via=Via.HTTP, address=address)
@@ -108,8 +128,19 @@ def token_matches(ctl: ControllerCore, given: str) -> bool:
 
 def make_routers(ctl: ControllerCore, river: APIRouter | None = None) -> list[APIRouter]:
     caller = make_caller(ctl, cookie=True)  # the dashboard reads status and audit (GET only)
+    page = make_caller(ctl, cookie=True, page_changes=True)  # and replays dead letters
 
     async def changer(request: Request, who: Actor = Depends(caller)) -> Actor:
+        return await checked(request, who)
+
+    async def replayer(request: Request, who: Actor = Depends(page)) -> Actor:
+        return await checked(request, who)
+
+    async def checked(request: Request, who: Actor) -> Actor:
+        if not same_origin(request):  # a page of another site, even on an open node
+            message = "A change from a page of another site is refused."
+            await ctl.refused(_action(request), who, Refusal.UNAUTHORIZED, message)
+            raise HTTPException(403, message)
         size = request.headers.get("content-length", "")
         if size.isdigit() and int(size) > MAX_BODY:
             raise HTTPException(413, f"The request is larger than {MAX_BODY // 1024} KiB.")
@@ -162,7 +193,7 @@ def make_routers(ctl: ControllerCore, river: APIRouter | None = None) -> list[AP
         except ControlError as exc:
             return _error(exc)
 
-    routers = [api, reload, dead_router(dead_desk(ctl), caller, changer),
+    routers = [api, reload, dead_router(dead_desk(ctl), caller, changer, replayer),
                replay_router(ReplayDesk(ctl.forest, ctl.audit_log, ctl.node), changer)]
     if river is not None:
         routers.append(_guard_api_routes(river, caller))
@@ -190,9 +221,10 @@ def _kind_routes(
             return _error(exc)
         return JSONResponse(out.model_dump(mode="json"), status_code=201 if out.applied else 202)
 
-    async def get_component(name: str, who: Actor = Depends(caller)) -> Any:
+    async def get_component(name: str, node: str | None = NODE_QUERY,
+                            who: Actor = Depends(caller)) -> Any:
         try:
-            return ctl.get(kind, name)
+            return ctl.cluster_get(kind, name, node)
         except ControlError as exc:
             return _error(exc)
 
@@ -227,7 +259,8 @@ def _kind_routes(
     )
     router.add_api_route(
         f"/{plural}/{{name}}", get_component, methods=["GET"], response_model=ComponentDetail,
-        operation_id=f"get_{kind.value}", summary=f"One {kind.value}, with its settings",
+        operation_id=f"get_{kind.value}",
+        summary=f"One {kind.value} as every node runs it (or one node), with its settings",
         responses=_responses(401, 404),
     )
     router.add_api_route(
@@ -314,5 +347,6 @@ def _action(request: Request) -> Action:
 
 
 __all__ = [
-    "TOKEN_COOKIE", "AuditedRoute", "audited_as", "is_change", "make_caller", "make_routers", "record_refused", "token_matches",
+    "PAGE_HEADER", "TOKEN_COOKIE", "AuditedRoute", "audited_as", "is_change", "make_caller",
+    "make_routers", "record_refused", "token_matches",
 ]

@@ -119,7 +119,7 @@ class NatsControl:
         if not isinstance(name, str) or not name:
             raise Invalid("The request needs a JSON body with the component's 'name'.")
         if action == "get":
-            return 200, ctl.get(kind, name).model_dump(mode="json")
+            return 200, ctl.cluster_get(kind, name, _node(body)).model_dump(mode="json")
         if action == "replace":
             return 200, (await ctl.replace(kind, name, body, who)).model_dump(mode="json")
         if action == "remove":

@@ -160,6 +160,8 @@ class ComponentOnNode(BaseModel):
     last_error_at: datetime | None = None
     error_state: ErrorState | None = None
     last_ok_at: datetime | None = None
+    pending: int | None = None
+    pending_at: datetime | None = None
 
 
 class ComponentOut(BaseModel):
@@ -184,6 +186,11 @@ class ComponentOut(BaseModel):
     last_error_node: str | None = Field(None, description="The node the last error happened on")
     error_state: ErrorState | None = Field(None, description="None when there is no error")
     last_ok_at: datetime | None = None
+    pending: int | None = Field(
+        None, description="Its durable consumer's lag: num_pending + num_ack_pending, as the "
+        "freshest node's NATS observer read it (one consumer is shared: never summed); None "
+        "when no node has read it")
+    pending_at: datetime | None = Field(None, description="When that reading was taken")
     prompt_tokens: int = 0  # nims: tokens their brains' answers cost (on every node)
     completion_tokens: int = 0
     cost: float = 0.0

@@ -1,14 +1,15 @@
 """The dashboard at /ui in a real headless Chromium (Debian's chromium and chromium-driver,
 installed by `make browser-deps`), against one real demo node: the page shows the node and
-its streams, an event posted appears in the leaf tail, a Soil key opens. The screenshot is
-kept in test-artifacts/ (NIMSFOREST_ARTIFACTS to put it elsewhere)."""
+its streams, an event posted appears in the leaf tail, a Soil key opens; a dead letter shows
+in its pane and its Replay button puts its event back to its component (through the API,
+with the page's cookie). The node has an API token: the page signs in first. The
+screenshot is kept in test-artifacts/ (NIMSFOREST_ARTIFACTS to put it elsewhere)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from tests.support import NodeProcess
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = Path(os.environ.get("NIMSFOREST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
+TOKEN = "ui-s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PAYLOAD = json.loads((demo_config_path().parent / "payloads" / "contact_created.json").read_text())
 
 pytestmark = pytest.mark.skipif(
@@ -33,7 +36,7 @@ pytestmark = pytest.mark.skipif(
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     root = tmp_path_factory.mktemp("ui")
     proc = NodeProcess("standalone", root / "data", extra=["--demo"],
-                       env={"NIMSFOREST_API_TOKEN": ""}).start()
+                       env={"NIMSFOREST_API_TOKEN": TOKEN}).start()
     try:
         asyncio.run(proc.wait_healthy())
         yield proc
@@ -66,6 +69,9 @@ def test_the_dashboard_shows_the_cluster_the_leaves_and_soil(node: NodeProcess, 
 
     wait = WebDriverWait(browser, 30)
     browser.get(node.api_url + "/ui")
+    # the node has a token: the page asks for it once, then keeps it in a cookie
+    browser.find_element(By.NAME, "token").send_keys(TOKEN)
+    browser.find_element(By.CSS_SELECTOR, "form button").click()
 
     # the cluster: this node, healthy, and every stream with its leader
     wait.until(ec.text_to_be_present_in_element((By.ID, "node-name"), "n1"))
@@ -124,9 +130,99 @@ def test_the_dashboard_shows_the_cluster_the_leaves_and_soil(node: NodeProcess, 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
     assert browser.save_screenshot(str(shot))
-    assert shot.stat().st_size > 10_000
-    if os.environ.get("NIMSFOREST_DOCS_SCREENSHOT"):  # refresh the README's picture
-        shutil.copy(shot, Path(__file__).parents[2] / "docs" / "dashboard.png")
+    assert shot.stat().st_size > 10_000  # docs/dashboard.png: tests/e2e/test_dashboard_cluster.py
+
+
+LETTER_TREE = {"name": "picky", "watches": "river.picky", "publishes": "picky.took",
+               "max_deliver": 1,
+               "script": 'function process(i) if i.bad then error("bad input") end return i end'}
+
+
+def test_a_dead_letter_is_replayed_from_the_page(node: NodeProcess, browser) -> None:
+    """A tree that fails an event gives it up (max_deliver 1); the letter appears in the
+    pane with its reason and, on a click, its event as JSON; the tree is fixed (PUT through
+    the API); Replay on the page puts the event back: the tree takes it (its leaf in the
+    tail) and the letter is gone. The page's POST carries the cookie and the page's header:
+    the same POST without the header, or from another origin, is refused."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def click(css: str) -> None:
+        """Click what `css` finds (the pane is drawn again when a letter comes or goes)."""
+        def clicked(b) -> bool:  # noqa: ANN001
+            b.find_element(By.CSS_SELECTOR, css).click()
+            return True
+
+        WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)
+                      ).until(clicked)
+
+    api = httpx.Client(base_url=node.api_url, headers=AUTH, timeout=15)
+    assert api.post("/api/v1/trees", json=LETTER_TREE).status_code in (201, 202)
+    wait = WebDriverWait(browser, 30)
+    if "/ui" not in browser.current_url:
+        browser.get(node.api_url + "/ui")
+    assert api.post("/api/v1/river/picky", json={"bad": True, "id": "d-7"}).status_code == 202
+
+    wait.until(ec.text_to_be_present_in_element((By.ID, "dead-rows"), "bad input"))
+    row = browser.find_element(By.CSS_SELECTOR, "#dead tr.letter")
+    assert "tree picky" in row.text, row.text
+    seq = row.get_attribute("data-dead")
+    wait.until(ec.text_to_be_present_in_element(
+        (By.CSS_SELECTOR, '[data-dead-component="tree/picky"]'), "tree picky: 1"))
+    click(f'#dead tr[data-dead="{seq}"]')  # its event as JSON
+    body = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#dead tr.letter-body pre")))
+    event = json.loads(body.text)
+    assert event.get("data", event) == {"bad": True, "id": "d-7"}, event
+
+    # the page's cookie alone does not make a change: the header is needed, and same origin
+    cookie = {"nimsforest_token": TOKEN}
+    bare = httpx.post(f"{node.api_url}/api/v1/dead/{seq}/replay", cookies=cookie, timeout=5)
+    assert bare.status_code == 401, bare.text
+    other = httpx.post(f"{node.api_url}/api/v1/dead/{seq}/replay", cookies=cookie, timeout=5,
+                       headers={"X-NimsForest-Page": "1", "Origin": "http://evil.example"})
+    assert other.status_code == 401, other.text
+    # and any change a browser sends from a page of another site is refused, token or not
+    evil = httpx.post(f"{node.api_url}/api/v1/dead/{seq}/replay", timeout=5,
+                      headers={**AUTH, "Origin": "http://evil.example"})
+    assert evil.status_code == 403 and "another site" in evil.json()["error"]
+
+    fixed = {**LETTER_TREE, "script": "function process(i) return {id = i.id, fixed = true} end"}
+    out = api.put("/api/v1/trees/picky", json=fixed)
+    assert out.status_code == 200 and out.json()["applied"], out.text
+    assert [r["node"] for r in out.json()["component"]["nodes"]] == ["n1"]  # the cluster view's
+    # one component, cluster-wide with its settings, or one node's; an unknown node is a 404
+    got = api.get("/api/v1/trees/picky").json()
+    assert got["spec"]["code"] == fixed["script"] and got["state"] == "running" and got["nodes"]
+    assert api.get("/api/v1/trees/picky", params={"node": "n1"}).json()["name"] == "picky"
+    nowhere = api.get("/api/v1/trees/picky", params={"node": "n9"})
+    assert nowhere.status_code == 404 and "n9" in nowhere.json()["error"]
+    wait.until(ec.text_to_be_present_in_element((By.ID, "tail-status"), "listening"))
+    click(f'#dead tr[data-dead="{seq}"] button.replay')
+    wait.until(ec.text_to_be_present_in_element((By.ID, "dead-status"), f"#{seq} replayed"))
+    took = wait.until(ec.presence_of_element_located(
+        (By.CSS_SELECTOR, '#tail li[data-subject="picky.took"]')))
+    assert "d-7" in took.text and "fixed" in took.text
+    wait.until(ec.text_to_be_present_in_element((By.ID, "dead-rows"), "no dead letter"))
+    # the replay is in the audit log, by the page's client
+    records = api.get("/api/v1/audit", params={"limit": 5}).json()
+    assert any(r["action"] == "replay" and r["ok"] and r["name"] == "picky" for r in records)
+
+    # "Replay all" of a component: two more letters, one click
+    api.put("/api/v1/trees/picky", json=LETTER_TREE).raise_for_status()
+    for i in (8, 9):
+        api.post("/api/v1/river/picky", json={"bad": True, "id": f"d-{i}"}).raise_for_status()
+    wait.until(ec.text_to_be_present_in_element(
+        (By.CSS_SELECTOR, '[data-dead-component="tree/picky"]'), "tree picky: 2"))
+    api.put("/api/v1/trees/picky", json=fixed).raise_for_status()
+    click('[data-dead-component="tree/picky"] button.replay-all')
+    wait.until(ec.text_to_be_present_in_element((By.ID, "dead-status"),
+                                                "Replayed 2 dead letter(s) of tree 'picky'"))
+    for i in (8, 9):
+        wait.until(lambda b, i=i: any(f"d-{i}" in li.text for li in b.find_elements(
+            By.CSS_SELECTOR, '#tail li[data-subject="picky.took"]')))
+    api.close()
 
 
 def test_the_dashboard_asks_for_the_token_when_the_node_has_one(tmp_path: Path) -> None:

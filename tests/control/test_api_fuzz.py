@@ -74,7 +74,8 @@ def _operations() -> list[str]:
     return [
         "GET /api/v1/status", "GET /api/v1/audit", "POST /-/reload",
         "GET /api/v1/dead", "DELETE /api/v1/dead", "GET /api/v1/dead/{seq}",
-        "DELETE /api/v1/dead/{seq}", "POST /api/v1/dead/{seq}/replay", "POST /api/v1/replay",
+        "DELETE /api/v1/dead/{seq}", "POST /api/v1/dead/{seq}/replay", "POST /api/v1/dead/replay",
+        "POST /api/v1/replay",
         "GET /api/v1/soil/keys", "GET /api/v1/soil/value/{key}", "GET /api/v1/soil/history/{key}",
         "GET /api/v1/why/{key}", "GET /api/v1/trace/{trace_id}",
         *(f"{m} /api/v1/{k}" for k in ("trees", "treehouses", "nims", "outputs", "sources")

@@ -142,3 +142,41 @@ def test_one_node_on_request_and_a_kind() -> None:
         node_view(n1, heard, NOW, "n9", stale_after=6, forget_after=600)
     only = view(n1, (n2, 1.0), kind=NIM)
     assert [c.name for c in only.components] == ["qualify"]
+
+
+def lagging(c: ComponentOut, pending: int, ago: float) -> ComponentOut:
+    return c.model_copy(update=dict(consumer=f"treehouse-{c.name}", pending=pending,
+                                    pending_at=T0 - timedelta(seconds=ago)))
+
+
+def test_a_consumers_lag_is_the_freshest_reading_never_a_sum() -> None:
+    # every node reads the one shared consumer: 40 read 5 s ago, 12 read 1 s ago, 30 read 3 s ago
+    n1 = report("n1", lagging(comp("scoring"), 40, 5.0))
+    n2 = report("n2", lagging(comp("scoring", node="n2"), 12, 1.0))
+    n3 = report("n3", lagging(comp("scoring", node="n3"), 30, 3.0))
+    scoring = view(n1, (n2, 1.0), (n3, 1.0)).components[0]
+    assert scoring.pending == 12 and scoring.pending_at == T0 - timedelta(seconds=1)
+    assert {r.node: r.pending for r in scoring.nodes} == {"n1": 40, "n2": 12, "n3": 30}
+    # a silent node's reading loses to a reporting one's, however recent its clock says it is
+    n2_silent = report("n2", lagging(comp("scoring", node="n2"), 99, 0.0))
+    assert view(n1, (n2_silent, 60.0)).components[0].pending == 40
+    # one node's view: its own reading
+    assert node_view(n3, [Heard(n1, NOW)], NOW, "n1", stale_after=6.0,
+                     forget_after=600.0).components[0].pending == 40
+
+
+def test_no_reading_no_lag() -> None:
+    v = view(report("n1", comp("scoring")), (report("n2", comp("scoring", node="n2")), 1.0))
+    assert v.components[0].pending is None and v.components[0].pending_at is None
+
+
+def test_with_lag_puts_a_reading_on_the_components_with_that_consumer() -> None:
+    from nimsforest.control._cluster_view import with_lag
+
+    a = comp("a").model_copy(update={"consumer": "treehouse-a"})
+    b = comp("b").model_copy(update={"consumer": "treehouse-b"})
+    src = comp("web", kind=ComponentKind.SOURCE)  # no consumer
+    out = with_lag([a, b, src], {"treehouse-a": (7, NOW), "treehouse-z": (1, NOW)})
+    assert [c.pending for c in out] == [7, None, None]
+    assert out[0].pending_at == T0
+    assert with_lag([a], {})[0].pending is None  # never read yet

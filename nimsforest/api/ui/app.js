@@ -138,7 +138,11 @@ function render(state) {
         `in ${c.events_in}${rate(c, "events_in", now)} · out ${c.events_out}${rate(c, "events_out", now)}`,
         c.errors ? el("span", { class: "bad" }, ` · ${c.errors} errors`) : "",
         c.dead ? el("span", { class: "bad" }, ` · ${c.dead} dead letters`) : "",
-        c.dropped ? ` · ${c.dropped} dropped` : ""),
+        c.dropped ? ` · ${c.dropped} dropped` : "",
+        c.pending === null || c.pending === undefined ? "" : el("span", {
+          class: "lag" + (c.pending ? " behind" : ""), "data-lag": c.pending,
+          title: "its consumer's messages not yet delivered or not yet acknowledged",
+        }, ` · lag ${c.pending}`)),
       ...elsewhere(c),
       c.last_error ? el("div", {
         class: "error" + (c.error_state === "cleared" ? " cleared" : ""),
@@ -160,6 +164,8 @@ function render(state) {
   }
   previous = { at: now, counts };
   loadAudit(forest.control.revision);
+  // the letters are read again when a component gives one up (its `dead` count moves)
+  loadDead(comps.map((c) => `${c.kind}/${c.name}:${c.dead}`).join(","));
 }
 
 // the nodes where a component's state is not the cluster's best: `failed on n3`
@@ -322,6 +328,78 @@ async function loadAudit(revision) {
       el("td", { class: r.ok ? "ok" : "bad" }, r.detail ? `${r.result}: ${r.detail}` : r.result))));
   } catch (err) {
     fill(rows, [el("tr", {}, el("td", { colspan: "6", class: "bad" }, err.message))]);
+  }
+}
+
+// --- dead letters ----------------------------------------------------------------------
+// A replay is a change: the page sends it with its cookie and the X-NimsForest-Page header,
+// which a page of another site cannot send (the API answers no CORS preflight).
+let deadSeen = null;
+const deadOpen = new Set(); // the letters shown open stay open when the list is read again
+
+async function postJSON(url) {
+  const resp = await fetch(url, {
+    method: "POST", credentials: "same-origin", headers: { "X-NimsForest-Page": "1" },
+  });
+  const body = await resp.json();
+  if (!resp.ok) throw new Error(body.error || `HTTP ${resp.status}`);
+  return body;
+}
+
+function letterBody(letter) {
+  if (letter.data === null || letter.data === undefined) return `(base64) ${letter.data_base64}`;
+  try { return json(JSON.parse(letter.data)); } catch { return letter.data; }
+}
+
+async function replay(url, button) {
+  const status = $("#dead-status");
+  button.disabled = true;
+  try {
+    const out = await postJSON(url);
+    status.textContent = out.message;
+    status.className = "ok";
+  } catch (err) {
+    status.textContent = err.message;
+    status.className = "bad";
+  }
+  deadSeen = null;
+  loadDead(null);
+}
+
+async function loadDead(signature) {
+  if (signature !== null && signature === deadSeen) return;
+  deadSeen = signature;
+  const rows = $("#dead-rows");
+  try {
+    const doc = await getJSON("/api/v1/dead?limit=100");
+    fill($("#dead-counts"), doc.counts.map((c) => el("span", {
+      class: "dead-count", "data-dead-component": `${c.kind}/${c.name}`,
+    }, `${c.kind} ${c.name}: ${c.count} `, el("button", {
+      type: "button", class: "replay-all",
+      onclick: (e) => replay(`/api/v1/dead/replay?kind=${encodeURIComponent(c.kind)}&name=${encodeURIComponent(c.name)}`, e.target),
+    }, `Replay all ${c.count}`))));
+    if (!doc.letters.length) {
+      fill(rows, [el("tr", {}, el("td", { colspan: "8", class: "hint" }, "no dead letter"))]);
+      return;
+    }
+    fill(rows, doc.letters.flatMap((d) => {
+      const detail = el("tr", { class: "letter-body", ...(deadOpen.has(d.seq) ? {} : { hidden: "" }) }, el("td", { colspan: "8" },
+        el("pre", { class: "json" }, letterBody(d)),
+        el("div", { class: "hint" }, `${d.stream} #${d.stream_seq} on ${d.subject}, consumer ${d.consumer}`)));
+      return [el("tr", {
+        "data-dead": d.seq, class: "letter", onclick: () => {
+          if (detail.toggleAttribute("hidden")) deadOpen.delete(d.seq); else deadOpen.add(d.seq);
+        },
+      }, el("td", {}, d.seq), el("td", {}, when(d.at)), el("td", {}, `${d.kind} ${d.name}`),
+      el("td", {}, d.node), el("td", {}, d.reason), el("td", {}, d.attempts),
+      el("td", { class: "bad" }, d.error.slice(0, 160)),
+      el("td", {}, el("button", {
+        type: "button", class: "replay",
+        onclick: (e) => { e.stopPropagation(); replay(`/api/v1/dead/${d.seq}/replay`, e.target); },
+      }, "Replay"))), detail];
+    }));
+  } catch (err) {
+    fill(rows, [el("tr", {}, el("td", { colspan: "8", class: "bad" }, err.message))]);
   }
 }
 
