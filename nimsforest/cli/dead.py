@@ -97,15 +97,24 @@ def show(seq: int, api: str | None, as_json: bool) -> None:
 
 
 @dead.command("replay")
-@click.argument("seqs", nargs=-1, required=True, type=click.IntRange(1), metavar="SEQ...")
+@click.argument("target", nargs=-1, required=True, metavar="SEQ... | KIND NAME")
 @_api_option
 @_json_option
-def replay(seqs: tuple[int, ...], api: str | None, as_json: bool) -> None:
+def replay(target: tuple[str, ...], api: str | None, as_json: bool) -> None:
     """Put dead letters back on their component's input, for that component only (with a
-    new idempotency key); each is deleted from DEAD once the replay is stored."""
-    answers = [run_async(_call(api, "POST", f"/api/v1/dead/{seq}/replay")) for seq in seqs]
-    click.echo(json.dumps(answers, indent=2) if as_json
-               else "\n".join(a["message"] for a in answers))
+    new idempotency key); each is deleted from DEAD once the replay is stored. Give the
+    letters' SEQs, or KIND NAME for all of a component's letters (oldest first, up to
+    1000 a time; it says how many are left)."""
+    if all(t.isdigit() and int(t) > 0 for t in target):
+        answers = [run_async(_call(api, "POST", f"/api/v1/dead/{seq}/replay")) for seq in target]
+        click.echo(json.dumps(answers, indent=2) if as_json
+                   else "\n".join(a["message"] for a in answers))
+        return
+    if len(target) != 2 or target[0].isdigit():
+        fail("Give dead letters' SEQs, or a component as KIND NAME (for example: output crm).",
+             EXIT_USAGE)
+    answer = run_async(_call(api, "POST", f"/api/v1/dead/replay?{urlencode(_component(target))}"))
+    click.echo(json.dumps(answer, indent=2) if as_json else answer["message"])
 
 
 @dead.command("purge")

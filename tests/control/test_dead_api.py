@@ -100,6 +100,10 @@ async def test_dead_letters_through_the_cli_and_the_api(tmp_path: Path) -> None:
             assert tree["events_in"] == 1
             out = await acli(node, "replay", "output", "hook")
             assert out.returncode == 2 and "--from-seq N or --since TIME" in out.stderr
+            out = await acli(node, "dead", "replay", "output", "hook")  # all of its letters
+            assert out.returncode == 1 and "output 'hook' has no dead letters." in out.stderr
+            out = await acli(node, "dead", "replay", "output")
+            assert out.returncode == 2 and "KIND NAME" in out.stderr
             out = await acli(node, "replay", "tree", "nope", "--from-seq", "1")
             assert out.returncode == 1 and "There is no tree 'nope'." in out.stderr
 
@@ -112,7 +116,8 @@ async def test_dead_letters_through_the_cli_and_the_api(tmp_path: Path) -> None:
             records = json.loads((await acli(node, "audit", "--json")).stdout)
             replays = [r for r in records if r["action"] == "replay"]
             assert [(r["ok"], r["name"]) for r in replays] == [
-                (True, "hook"), (True, "hook"), (False, "nope")]  # dead replay, replay, refused
+                (True, "hook"), (True, "hook"), (False, "hook"), (False, "nope")]
+            # dead replay SEQ, replay, dead replay KIND NAME with none left, refused
             assert any(r["action"] == "purge" for r in records)
             # outputs and sources of every type from the CLI
             (tmp_path / "tick.yaml").write_text("interval: 1h\npayload: {kind: tick}\n")
