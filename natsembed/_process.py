@@ -96,7 +96,7 @@ class Timeouts:
     reload: float = 5.0  # SIGHUP -> config_digest changes
     # a fresh node + witness elect their first meta leader within raft's campaign delay
     # (0.1-0.8 s); one whose first vote was lost would wait raft's election timeout (4-9 s)
-    first_election: float = 1.2
+    first_election: float = 1.0
 
 
 @dataclass(frozen=True)
