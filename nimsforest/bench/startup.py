@@ -98,8 +98,8 @@ def node_round(workdir: Path) -> tuple[float, float, float]:
 
 @click.command("startup")
 @click.option("--rounds", default=15, show_default=True, type=click.IntRange(1, 50),
-              help="Starts of each kind (medians are printed; the node-witness election makes "
-                   "start times bimodal, so use enough rounds).")
+              help="Starts of each kind (medians are printed, and the slowest start: a lost "
+                   "first node-witness election is rare, so use enough rounds).")
 def command(rounds: int) -> None:
     """Time from start to serving: `nimsforest standalone` vs bare `nats-server -js`."""
     binary = find_nats_server()
