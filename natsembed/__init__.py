@@ -56,6 +56,7 @@ from natsembed._supervisor import (
 )
 from natsembed.errors import (
     ConfigInvalid,
+    MonitorUnavailable,
     NatsBinaryNotFound,
     NatsEmbedError,
     NotReady,
@@ -104,6 +105,7 @@ __all__ = [
     "StartFailed",
     "StreamDetail",
     "SystemClient",
+    "MonitorUnavailable",
     "SystemRequestFailed",
     "TLSConfig",
     "Timeouts",

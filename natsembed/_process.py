@@ -94,6 +94,9 @@ class Timeouts:
     interrupt: float = 10.0  # SIGINT -> exit, before we send SIGKILL
     kill: float = 5.0
     reload: float = 5.0  # SIGHUP -> config_digest changes
+    # a fresh node + witness elect their first meta leader within raft's campaign delay
+    # (0.1-0.8 s); one whose first vote was lost would wait raft's election timeout (4-9 s)
+    first_election: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -442,20 +445,23 @@ class ServerProcess:
             )
 
     # --- stop ------------------------------------------------------------------------------
-    async def stop(self) -> None:
-        """Stop in order: lame duck (SIGUSR2), then SIGINT, then SIGKILL, each with a timeout."""
+    async def stop(self, *, at_once: bool = False) -> None:
+        """Stop in order: lame duck (SIGUSR2), then SIGINT, then SIGKILL, each with a timeout;
+        `at_once`: SIGKILL straight away (a server with nothing to hand over or keep)."""
         self._stopping = True
         proc = self._proc
         if proc is not None and proc.returncode is None:
             was_ready = self._state is ProcessState.READY
             self._set_state(ProcessState.STOPPING)
             steps = [(signal.SIGINT, self.timeouts.interrupt), (signal.SIGKILL, self.timeouts.kill)]
-            if was_ready:
+            if at_once:
+                steps = steps[1:]
+            elif was_ready:
                 steps.insert(0, (signal.SIGUSR2, self.timeouts.lame_duck))
             for sig, timeout in steps:
                 if proc.returncode is not None:
                     break
-                if sig is signal.SIGKILL:
+                if sig is signal.SIGKILL and not at_once:
                     log.warning("nats-server %s did not stop in time; killing it", self.name)
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(sig)

@@ -6,7 +6,8 @@
     ├── StartFailed            nats-server exited or never became ready while starting
     ├── ReloadRejected         nats-server kept its old config after SIGHUP
     ├── NotReady               an operation needs a ready server (reload before ready, ...)
-    └── SystemRequestFailed    a $JS.API / $SYS request returned an error
+    ├── SystemRequestFailed    a $JS.API / $SYS request returned an error
+    └── MonitorUnavailable     a monitoring endpoint did not answer, or not with 2xx JSON
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ class SystemRequestFailed(NatsEmbedError):
     def __init__(self, message: str, err_code: int | None = None) -> None:
         super().__init__(message)
         self.err_code = err_code  # JetStream's err_code when the server answered with one
+
+
+class MonitorUnavailable(NatsEmbedError):
+    pass
 
 
 def reason(exc: BaseException) -> str:

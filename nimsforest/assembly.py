@@ -49,6 +49,13 @@ log = logging.getLogger("nimsforest")
 
 REQUIRED_STREAMS = tuple(spec.name for spec in CORE_STREAMS)
 
+# The node's own nats-server has just answered ready when the node connects to it and
+# creates its streams: a failure then is a moment's hiccup, retried at once, not after
+# the NATS_RETRY_INTERVAL meant for a NATS that is elsewhere and may be down (5 s).
+OWN_SERVER_RETRY = 0.2  # first-connection retries (at most NATS_RETRY_INTERVAL)
+OWN_STREAMS_RETRY = 0.1  # the first retry of the stream creation (then doubling)
+OWN_STREAMS_ATTEMPTS = 12  # about the time in all that 10 attempts from 0.5 s took
+
 
 @dataclass(frozen=True)
 class Nats:
@@ -87,11 +94,14 @@ class Assembly:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def connection_options(self) -> ConnectionOptions:
+    def connection_options(self, *, own_server: bool = False) -> ConnectionOptions:
+        """How the node connects; to its `own_server` (embedded, ready) retried at once."""
         s = self.settings
         return ConnectionOptions(
             retry_attempts=s.nats_retry_attempts,
-            retry_interval=s.nats_retry_interval,
+            retry_interval=(
+                min(s.nats_retry_interval, OWN_SERVER_RETRY) if own_server else s.nats_retry_interval
+            ),
             reconnect_wait=s.nats_reconnect_wait,
             max_reconnects=s.nats_max_reconnects,
             name=f"nimsforest-{s.node_name}",
@@ -110,7 +120,7 @@ class Assembly:
         computed here may be stale by the time it lands)."""
         c = embedded.credentials
         conn = ConnectionManager(
-            [embedded.system_url], self.connection_options(), user=c.app_user,
+            [embedded.system_url], self.connection_options(own_server=True), user=c.app_user,
             password=c.app_password,
         )
         stack.push_async_callback(conn.close)
@@ -122,7 +132,8 @@ class Assembly:
         replicas = replication_factor(size)
         log.info("Cluster size: %d, replication factor: %d", size, replicas)
         await ensure_streams(
-            conn.nc.jetstream(), CORE_STREAMS, replicas, (NODE_TAG,), rescale=False
+            conn.nc.jetstream(), CORE_STREAMS, replicas, (NODE_TAG,), rescale=False,
+            interval=OWN_STREAMS_RETRY, attempts=OWN_STREAMS_ATTEMPTS,
         )
         log.info("JetStream initialized with replication factor %d: %s",
                  replicas, describe_streams(CORE_STREAMS))

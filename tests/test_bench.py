@@ -24,6 +24,8 @@ def test_bench_startup_reports_both_starts_and_the_difference() -> None:
     assert re.search(r"bare nats-server -js\s+-> /healthz 200: median \d+\.\d+s", out)
     assert re.search(r"nimsforest standalone -> /health 200:\s+median \d+\.\d+s", out)
     assert re.search(r"added by NimsForest: -?\d+\.\d+s \(target <= 1\.0s: (met|NOT met)\)", out)
+    assert re.search(r"slowest start: \d+\.\d+s \(target: none over 2s: (met|NOT met)\)", out)
+    assert re.search(r"supervisor CPU until ready \(user\+system\): median \d+\.\d+s", out)
     assert re.search(r"supervisor RSS when ready: median \d+\.\d+ MB", out)
 
 

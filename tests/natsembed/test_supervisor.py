@@ -315,3 +315,39 @@ async def test_a_witness_removed_by_its_node_is_not_logged_as_an_error(tmp_path:
             await proc._drain_lines(reader)  # noqa: SLF001 - the drain is the unit here
     levels = {r.name: r.levelno for r in caplog.records if "removed from the cluster" in r.getMessage()}
     assert levels == {"nats-server.n1-witness-1": logging.INFO, "nats-server.n1": logging.ERROR}
+
+
+async def test_a_first_election_that_does_not_conclude_starts_the_fresh_pair_again(
+    embedded: EmbeddedFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lost first vote makes raft wait 4-9 s for the next election; a first boot starts
+    both servers again on empty stores instead. (Forced here with a zero allowance: each
+    watched election counts as lost, then the start timeout applies as always.)"""
+    node = embedded("n1", timeouts=Timeouts(start=20, lame_duck=3, interrupt=5, first_election=0.0))
+    with caplog.at_level(logging.INFO, logger="natsembed"):
+        await node.start()
+    restarts = [r for r in caplog.records if "did not conclude" in r.getMessage()]
+    assert len(restarts) == 3
+    assert "starting both again on empty stores" in restarts[0].getMessage()
+    assert await node.monitor.healthz(js_meta_only=True)
+    nc = await nats.connect(node.client_url)
+    try:
+        info = await ensure_stream(nc.jetstream(), RIVER, 1)
+        assert info.cluster is not None and info.cluster.leader == "n1"
+    finally:
+        await nc.close()
+
+
+async def test_a_restarted_node_is_not_restarted_for_its_election(
+    embedded: EmbeddedFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a first boot may be started again: a node with a log keeps its store."""
+    node = embedded("n1")
+    await node.start()
+    await node.stop()
+    again = embedded("n1", data_dir=node.config.data_dir, client_port=node.config.client_port,
+                     cluster_port=node.config.cluster_port, monitor_port=node.config.monitor_port,
+                     timeouts=Timeouts(start=20, lame_duck=3, interrupt=5, first_election=0.0))
+    with caplog.at_level(logging.INFO, logger="natsembed"):
+        await again.start()
+    assert not [r for r in caplog.records if "did not conclude" in r.getMessage()]
