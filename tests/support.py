@@ -9,10 +9,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from natsembed import EmbeddedNats
 from natsembed import free_port as _free_port
@@ -260,3 +263,29 @@ class RegistryProcess:
                 self.proc.wait()
         if hasattr(self, "_log"):
             self._log.close()
+
+
+class OtlpReceiver(ThreadingHTTPServer):
+    """A real local OTLP/HTTP receiver: keeps every export request it is sent."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _OtlpHandler)
+        self.requests: list[tuple[str, ExportTraceServiceRequest]] = []
+
+    def spans(self) -> list[Span]:
+        return [s for path, req in list(self.requests) for rs in req.resource_spans
+                for ss in rs.scope_spans for s in ss.spans if path == "/v1/traces"]
+
+
+class _OtlpHandler(BaseHTTPRequestHandler):
+    server: OtlpReceiver
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers["content-length"]))
+        self.server.requests.append((self.path, ExportTraceServiceRequest.FromString(body)))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass

@@ -6,13 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
 import nats
 
 from nimsforest.forest import demo_config_path
-from tests.support import NodeProcess, eventually
+from tests.support import NodeProcess, OtlpReceiver, eventually
 
 PAYLOAD = json.loads((demo_config_path().parent / "payloads" / "contact_created.json").read_text())
 
@@ -55,6 +56,32 @@ async def test_demo_node_turns_a_webhook_into_a_qualified_lead(tmp_path: Path) -
         check_component_metrics(node)
     finally:
         node.stop()
+
+
+async def test_a_node_with_an_otlp_endpoint_exports_each_hop_of_the_demo_as_one_trace(
+        tmp_path: Path) -> None:
+    receiver = OtlpReceiver()
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    node = NodeProcess("standalone", tmp_path / "data", extra=["--demo"], env={
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_port}"}).start()
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    try:
+        body = await node.wait_healthy()
+        assert body["forest"]["tracing"]["state"] == "exporting"
+        resp = httpx.post(node.api_url + "/webhooks/contacts", json=PAYLOAD, timeout=5,
+                          headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+        assert resp.status_code == 200, resp.text
+        await eventually(lambda: soil(node, "c-1001"), timeout=30, what="lead c-1001 in Soil")
+    finally:
+        node.stop()  # a graceful stop hands over the last spans and waits for their export
+        receiver.shutdown()
+    spans = [s for s in receiver.spans() if s.trace_id.hex() == trace_id]
+    names = {s.name for s in spans}
+    assert {"tree contacts", "treehouse scoring", "nim qualify"} <= names, names
+    assert any(n.startswith("river ") for n in names), names
+    by_id = {s.span_id: s for s in spans}
+    nim = next(s for s in spans if s.name == "nim qualify")
+    assert by_id[nim.parent_span_id].name == "treehouse scoring"  # one chain of hops
 
 
 def check_component_metrics(node: NodeProcess) -> None:

@@ -5,36 +5,15 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from nimsforest.forest.trace import OtlpTracing, TraceContext, TracingState, tracing_from_env
+from tests.support import OtlpReceiver as Receiver
 from tests.support import eventually
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-
-
-class Receiver(ThreadingHTTPServer):
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.requests: list[tuple[str, ExportTraceServiceRequest]] = []
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Receiver
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        body = self.rfile.read(int(self.headers["content-length"]))
-        self.server.requests.append((self.path, ExportTraceServiceRequest.FromString(body)))
-        self.send_response(200)
-        self.send_header("content-type", "application/x-protobuf")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 @pytest.fixture
@@ -48,8 +27,7 @@ def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
 
 
 def _spans(receiver: Receiver) -> list[Span]:
-    return [s for path, req in list(receiver.requests) for rs in req.resource_spans
-            for ss in rs.scope_spans for s in ss.spans if path == "/v1/traces"]
+    return receiver.spans()
 
 
 async def test_hops_are_exported_as_spans_of_the_incoming_trace(receiver: Receiver) -> None:
