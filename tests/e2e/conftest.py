@@ -11,6 +11,11 @@ from tests.support import NodeProcess, RegistryProcess
 
 SECRET = "e2e-forest-secret"
 GRACE = "6s"
+# Short intervals for every node of these tests: a 1 s registry heartbeat and reconcile
+# cycle, and a 2 s stabilisation time (the default 10 s would delay every join's step up in
+# replicas; what it is for is tested purely in tests/cluster/test_plan.py).
+NODE_ENV = {"REGISTRY_HEARTBEAT_INTERVAL": "1s", "CLUSTER_RECONCILE_INTERVAL": "1s",
+            "CLUSTER_STABILISATION_TIME": "2s"}
 
 
 @pytest.fixture
@@ -41,7 +46,7 @@ class Forest:
                     "--registry-url", self.registry.url, "--cluster-secret", SECRET,
                     "--peer-grace-period", GRACE, "--bind", host, *(extra or []),
                 ],
-                env={"REGISTRY_HEARTBEAT_INTERVAL": "1s", "CLUSTER_RECONCILE_INTERVAL": "1s"},
+                env=dict(NODE_ENV),
             )
             self.nodes[name] = n
         if start:

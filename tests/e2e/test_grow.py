@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from nimsforest.grow.provisioners.local import local_nodes
-from tests.e2e.conftest import SECRET, Forest
+from tests.e2e.conftest import NODE_ENV, SECRET, Forest
 from tests.e2e.test_cluster import wait_cluster
 from tests.grow.support import Load, grow_cli, grow_json_until, schema_errors
 from tests.support import free_port
@@ -59,7 +59,7 @@ async def test_grow_adds_a_local_node_that_joins_then_respects_its_limits(
     await n2.wait_healthy()
     await wait_cluster(n1, 2, 2)
     # The local node inherits grow's environment: the forest's secret and its short intervals.
-    env = {"NATS_CLUSTER_SECRET": SECRET, "REGISTRY_HEARTBEAT_INTERVAL": "1s", "CLUSTER_RECONCILE_INTERVAL": "1s"}
+    env = {"NATS_CLUSTER_SECRET": SECRET, **NODE_ENV}
     state = str(grow_dir / "grow.json")
     common = ("--registry-url", forest.registry.url, "--threshold", LOW, "--state", state)
 
