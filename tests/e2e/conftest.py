@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import signal
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -54,11 +55,19 @@ class Forest:
         return n
 
     def stop_all(self) -> None:
-        """Every node stopped at once (a test's end, not what it tests)."""
-        for n in self.nodes.values():
-            n.signal_stop()
-        for n in self.nodes.values():
-            n.stop(20)
+        """Every node killed at once (a test's end, not what it tests: a graceful stop of
+        all three, each draining towards the others, took 5-10 s a test; the tests that
+        stop a node gracefully do it themselves and check it)."""
+        kill_all(self.nodes.values())
+
+
+def kill_all(nodes: Iterable[NodeProcess]) -> None:
+    """SIGKILL every running node, then reap them (their nats-servers die with them)."""
+    running = [n for n in nodes if n.proc is not None and n.proc.poll() is None]
+    for n in running:
+        n.signal(signal.SIGKILL)
+    for n in running:
+        n.wait(20)
 
 
 @pytest.fixture
