@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import signal
 import statistics
@@ -379,6 +380,7 @@ class Latency:
     p99: float
     acked: int
     missing: int  # acknowledged, never in Soil
+    measured: int  # acknowledged inputs with both store times (the figures are theirs)
 
 
 def latency_figures(river: dict[str, float], soil: dict[str, float], acked: list[str]) -> Latency:
@@ -386,9 +388,9 @@ def latency_figures(river: dict[str, float], soil: dict[str, float], acked: list
     lat = sorted(soil[k] - river[k] for k in acked if k in soil and k in river)
     missing = len([k for k in acked if k not in soil])
     if not lat:
-        return Latency(0.0, 0.0, len(acked), missing)
+        return Latency(0.0, 0.0, len(acked), missing, 0)
     p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
-    return Latency(max(lat), p99, len(acked), missing)
+    return Latency(max(lat), p99, len(acked), missing, len(lat))
 
 
 def _contact(key: str, i: int) -> dict[str, Any]:
@@ -472,8 +474,17 @@ async def river_to_soil(url: str, acked: list[str], timeout: float = 180.0) -> L
         if all(k in soil for k in acked) or time.monotonic() > deadline:
             break
         await asyncio.sleep(1)
-    river = await _stored_times(url, "river.contacts", lambda m: (m.headers or {}).get("Nats-Msg-Id"))
+    river = await _stored_times(url, "river.contacts", _contact_id)
     return latency_figures(river, soil, acked)
+
+
+def _contact_id(msg: Any) -> str | None:
+    """The contact id a River input of `paced_contacts` carries (its Soil key)."""
+    try:
+        value = json.loads(msg.data)["contact"]["id"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def nats_server_pid(node: Proc) -> int:
@@ -644,11 +655,11 @@ def command(rounds: int) -> None:
                        ("kill", "kill -9 of RIVER's leader       "),
                        ("pause", "8 s SIGSTOP of a nats-server    ")):
         lat = soil[key]
-        click.echo(f"River->Soil, {label}  max {lat.max:6.2f}s, p99 {lat.p99:6.2f}s, "
-                   f"{lat.missing} of {lat.acked} not in Soil")
+        click.echo(f"River->Soil, {label}  max {lat.max:6.2f}s, p99 {lat.p99:6.2f}s "
+                   f"(of {lat.measured}), {lat.missing} of {lat.acked} not in Soil")
     faults = [soil["kill"], soil["pause"]]
     click.echo(f"targets: River->Soil max <= 10s through a single fault: "
-               f"{'met' if all(lat.max <= 10 for lat in faults) else 'NOT met'}; "
+               f"{'met' if all(lat.measured and lat.max <= 10 for lat in faults) else 'NOT met'}; "
                f"every acknowledged input in Soil: "
                f"{'met' if all(lat.missing == 0 for lat in soil.values()) else 'NOT met'}")
     click.echo(f"targets: join 1->2 <= 3s: {'met' if nf['join_1_2'] <= 3 else 'NOT met'}; "
