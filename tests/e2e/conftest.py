@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import signal
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,11 @@ from tests.support import NodeProcess, RegistryProcess
 
 SECRET = "e2e-forest-secret"
 GRACE = "6s"
+# Short intervals for every node of these tests: a 1 s registry heartbeat and reconcile
+# cycle, and a 2 s stabilisation time (the default 10 s would delay every join's step up in
+# replicas; what it is for is tested purely in tests/cluster/test_plan.py).
+NODE_ENV = {"REGISTRY_HEARTBEAT_INTERVAL": "1s", "CLUSTER_RECONCILE_INTERVAL": "1s",
+            "CLUSTER_STABILISATION_TIME": "2s"}
 
 
 @pytest.fixture
@@ -41,7 +47,7 @@ class Forest:
                     "--registry-url", self.registry.url, "--cluster-secret", SECRET,
                     "--peer-grace-period", GRACE, "--bind", host, *(extra or []),
                 ],
-                env={"REGISTRY_HEARTBEAT_INTERVAL": "1s", "CLUSTER_RECONCILE_INTERVAL": "1s"},
+                env=dict(NODE_ENV),
             )
             self.nodes[name] = n
         if start:
@@ -49,11 +55,19 @@ class Forest:
         return n
 
     def stop_all(self) -> None:
-        """Every node stopped at once (a test's end, not what it tests)."""
-        for n in self.nodes.values():
-            n.signal_stop()
-        for n in self.nodes.values():
-            n.stop(20)
+        """Every node killed at once (a test's end, not what it tests: a graceful stop of
+        all three, each draining towards the others, took 5-10 s a test; the tests that
+        stop a node gracefully do it themselves and check it)."""
+        kill_all(self.nodes.values())
+
+
+def kill_all(nodes: Iterable[NodeProcess]) -> None:
+    """SIGKILL every running node, then reap them (their nats-servers die with them)."""
+    running = [n for n in nodes if n.proc is not None and n.proc.poll() is None]
+    for n in running:
+        n.signal(signal.SIGKILL)
+    for n in running:
+        n.wait(20)
 
 
 @pytest.fixture

@@ -103,11 +103,11 @@ async def test_grows_to_r2_then_r3_keeping_data(forest: Forest) -> None:
 
     n3 = forest.node("n3", "127.0.0.3")
     await n3.wait_healthy()
-    for node in (n1, n2, n3):
-        await wait_cluster(node, 3, 3)
+    await asyncio.gather(*(wait_cluster(node, 3, 3) for node in (n1, n2, n3)))
     assert "Replication factor adjusted to 3" in n1.log()
-    for node in (n1, n2, n3):
-        assert await stored(node) == list(range(100))
+    # read back through each node at once (each read ends with a 2 s wait for more)
+    for got in await asyncio.gather(*(stored(node) for node in (n1, n2, n3))):
+        assert got == list(range(100))
     check_cluster_status_cli(n1)
 
 

@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from nimsforest.grow.provisioners.local import local_nodes
-from tests.e2e.conftest import SECRET, Forest
+from tests.e2e.conftest import NODE_ENV, SECRET, Forest
 from tests.e2e.test_cluster import wait_cluster
 from tests.grow.support import Load, grow_cli, grow_json_until, schema_errors
 from tests.support import free_port
@@ -36,18 +37,20 @@ def grow_dir(tmp_path: Path, forest: Forest) -> Iterator[Path]:
 
 
 def _stop_pid(pid: int) -> None:
+    """Kill the local node's process group (a test's end: no graceful stop needed) and wait
+    until it is gone."""
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return  # dead, waiting for its parent (not this test) to reap it
+        except psutil.NoSuchProcess:
             return
         time.sleep(0.2)
-    os.killpg(pid, signal.SIGKILL)
 
 
 async def test_grow_adds_a_local_node_that_joins_then_respects_its_limits(
@@ -59,7 +62,7 @@ async def test_grow_adds_a_local_node_that_joins_then_respects_its_limits(
     await n2.wait_healthy()
     await wait_cluster(n1, 2, 2)
     # The local node inherits grow's environment: the forest's secret and its short intervals.
-    env = {"NATS_CLUSTER_SECRET": SECRET, "REGISTRY_HEARTBEAT_INTERVAL": "1s", "CLUSTER_RECONCILE_INTERVAL": "1s"}
+    env = {"NATS_CLUSTER_SECRET": SECRET, **NODE_ENV}
     state = str(grow_dir / "grow.json")
     common = ("--registry-url", forest.registry.url, "--threshold", LOW, "--state", state)
 

@@ -6,18 +6,24 @@ bridge. Cutting one node's link isolates it from the other two and from the regi
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import nats
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from tests.e2e.conftest import SECRET
+from natsembed import REMOVED_PREFIX
+from tests.e2e.conftest import NODE_ENV, SECRET, kill_all
+from tests.e2e.steady import SteadyWriter, lost_or_twice
 from tests.e2e.test_cluster import publish, stored, wait_cluster
 from tests.support import NodeProcess, RegistryProcess, eventually
 
@@ -106,28 +112,47 @@ def publish_inside(ns: str, url: str) -> str:
     return out.stdout.strip()
 
 
-async def test_partitioned_node_stops_writes_majority_serves_healed_node_catches_up(
-    lab: NetLab, tmp_path: Path
-) -> None:
-    registry = RegistryProcess(tmp_path / "registry" / "data", host=lab.gateway).start()
+TOKEN = "partition-test-token"
+
+
+def lab_node(lab: NetLab, i: int, root: Path, registry: RegistryProcess, grace: str,
+             env: dict[str, str] | None = None) -> NodeProcess:
+    """Node n<i> in its own namespace (default ports: the network stack is its own)."""
+    ns = lab.add_host(i)
+    return NodeProcess(
+        "run", root / f"n{i}" / "data", host=lab.address(i), name=f"n{i}",
+        wrapper=["ip", "netns", "exec", ns], ports=(4222, 6222, 8222, 8080),
+        extra=["--registry-url", registry.url, "--cluster-secret", SECRET,
+               "--peer-grace-period", grace, "--bind", lab.address(i)],
+        # the API listens off localhost here, which needs a token
+        env={**NODE_ENV, "NIMSFOREST_API_TOKEN": TOKEN, **(env or {})},
+    )
+
+
+@contextlib.asynccontextmanager
+async def lab_forest(lab: NetLab, root: Path, grace: str,
+                     env: dict[str, str] | None = None) -> AsyncIterator[list[NodeProcess]]:
+    """A registry on the bridge and three nodes, each in its own namespace, healthy and
+    whole at R3; every node and the registry stopped at the end (nodes at once)."""
+    registry = RegistryProcess(root / "registry" / "data", host=lab.gateway).start()
     nodes: list[NodeProcess] = []
     try:
         await registry.wait_ready()
-        for i in (1, 2, 3):
-            ns = lab.add_host(i)
-            n = NodeProcess(
-                "run", tmp_path / f"n{i}" / "data", host=lab.address(i), name=f"n{i}",
-                wrapper=["ip", "netns", "exec", ns], ports=(4222, 6222, 8222, 8080),
-                extra=["--registry-url", registry.url, "--cluster-secret", SECRET,
-                       "--peer-grace-period", "5m", "--bind", lab.address(i)],
-                # the API listens off localhost here, which needs a token
-                env={"REGISTRY_HEARTBEAT_INTERVAL": "1s", "CLUSTER_RECONCILE_INTERVAL": "1s",
-                     "NIMSFOREST_API_TOKEN": "partition-test-token"},
-            )
-            nodes.append(n.start())
+        nodes = [lab_node(lab, i, root, registry, grace, env).start() for i in (1, 2, 3)]
+        for n in nodes:
             await n.wait_healthy(120)
+        await wait_cluster(nodes[0], 3, 3, timeout=120)
+        yield nodes
+    finally:
+        kill_all(nodes)
+        registry.stop()
+
+
+async def test_partitioned_node_stops_writes_majority_serves_healed_node_catches_up(
+    lab: NetLab, tmp_path: Path
+) -> None:
+    async with lab_forest(lab, tmp_path, "5m") as nodes:
         n1, n2, n3 = nodes
-        await wait_cluster(n1, 3, 3, timeout=120)
         await publish(n1, 50)
 
         lab.cut(3)
@@ -147,9 +172,63 @@ async def test_partitioned_node_stops_writes_majority_serves_healed_node_catches
         await eventually(lambda: n3.health()[0] == 200, timeout=60, what="n3 healthy again")
         got = await stored(n3)
         assert sorted(x for x in got if x >= 0) == sorted(list(range(50)) + list(range(100)))
-    finally:
-        for n in nodes:
-            n.signal_stop()
-        for n in nodes:
-            n.stop(20)
-        registry.stop()
+
+
+async def river_keys(node: NodeProcess, subject: str) -> list[str]:
+    """The "key" of every River input on river.<subject>, read through `node`."""
+
+    async def read() -> tuple[list[str]]:
+        nc = await nats.connect(node.client_url())
+        try:
+            sub = await nc.jetstream().pull_subscribe(
+                f"river.{subject}", config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL,
+                                                          ack_policy=AckPolicy.NONE))
+            out: list[str] = []
+            while True:
+                try:
+                    msgs = await sub.fetch(500, timeout=2)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    return (out,)
+                out += [json.loads(m.data)["key"] for m in msgs]
+        finally:
+            await nc.close()
+
+    return (await eventually(read, timeout=30, what=f"read back river.{subject} through {node.name}"))[0]
+
+
+async def test_a_node_partitioned_past_the_grace_period_is_removed_and_heals_itself_on_return(
+    lab: NetLab, tmp_path: Path
+) -> None:
+    """Cut off past the grace period, n3 is removed (a quorum floor of 2 lets the two others
+    do it); back on the network it notices, sets its store aside (kept) and starts afresh,
+    once, while the two others keep serving at R2 and lose nothing acknowledged.
+
+    nats-server admits a removed name again only about 5 minutes after its removal, so the
+    step back to R3 (the node's usual join, tested in test_cluster.py) is not waited for."""
+    async with lab_forest(lab, tmp_path, "4s", {"NIMSFOREST_MIN_QUORUM": "2"}) as nodes:
+        n1, n2, n3 = nodes
+        writer = SteadyWriter(nodes, "heal", lambda i: {"key": f"heal-{i}"}, prefix="heal", token=TOKEN)
+        async with writer:
+            await writer.more(30)
+            lab.cut(3)
+            # the majority removes n3 and goes on at R2, writes still acknowledged
+            await wait_cluster(n1, 2, 2, timeout=120)
+            assert "peer n3 removed" in n1.log() + n2.log()
+            await writer.more(30)
+
+            lab.heal(3)
+            # n3 learns it was removed, sets its store aside and starts afresh as a new peer
+            await eventually(lambda: "set aside and it rejoins as a new peer" in n3.log(),
+                             timeout=120, what="n3 starts afresh")
+            # and says that the meta leader does not count it (yet), not that it is whole
+            await eventually(lambda: "does not count this node" in n3.cluster()["last_sentence"],
+                             timeout=60, what="n3 says it is not counted yet")
+            await writer.more(30)
+            # the two others whole at R2, n3 not (yet) counted among them
+            await wait_cluster(n1, 2, 2, timeout=60)
+        # started afresh once, the old store kept beside the new one, not deleted
+        assert n3.log().count("set aside and it rejoins as a new peer") == 1
+        aside = [p for p in n3.data_dir.iterdir() if p.name.startswith(REMOVED_PREFIX)]
+        assert len(aside) == 1 and any(p.is_file() for p in aside[0].rglob("*")), aside
+        lost, twice = lost_or_twice((writer.key(i) for i in writer.acked), await river_keys(n1, "heal"))
+        assert not lost and not twice, (lost[:10], twice)
