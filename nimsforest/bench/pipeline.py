@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -245,6 +246,16 @@ class Runs:
     posts: list[Result] = field(default_factory=list)  # the output hop's baseline: raw httpx
     outs: list[Result] = field(default_factory=list)  # the output hop
     traced: list[Result] = field(default_factory=list)  # the pipeline exporting its spans
+    # CPU seconds per event: of this process in the untraced and the traced pipeline runs,
+    # and of the span exporter process (a child, counted once it has ended)
+    pipe_cpu: list[float] = field(default_factory=list)
+    traced_cpu: list[float] = field(default_factory=list)
+    exporter_cpu: list[float] = field(default_factory=list)
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 async def _run(events: int, window: int, warmup: int, rounds: int, outputs: int,
@@ -260,11 +271,16 @@ async def _run(events: int, window: int, warmup: int, rounds: int, outputs: int,
             if warmup:
                 await _baseline(url, warmup, window)
             runs.bases.append(await _baseline(url, events, window))
+            cpu = time.process_time()
             runs.pipes.append(await _pipeline(url, events, window))
+            runs.pipe_cpu.append((time.process_time() - cpu) / events)
             if traced:
                 sink = OtlpSink()
                 try:
+                    cpu, children = time.process_time(), _children_cpu()
                     runs.traced.append(await _pipeline(url, events, window, sink.url))
+                    runs.traced_cpu.append((time.process_time() - cpu) / events)
+                    runs.exporter_cpu.append((_children_cpu() - children) / events)
                 finally:
                     sink.stop()
             if outputs:
@@ -284,6 +300,10 @@ def _merge(results: list[Result]) -> Result:
     """Median rate; latencies of every round together."""
     mid = sorted(results, key=lambda r: r.rate)[len(results) // 2]
     return Result(mid.events, mid.seconds, [x for r in results for x in r.latencies])
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def _runner(coro: Awaitable[Any]) -> Any:
@@ -347,6 +367,12 @@ def command(events: int, window: int, warmup: int, rounds: int, outputs: int,
         click.echo(f"pipeline, spans exported over OTLP: {tr.rate:8.0f} events/s   p50 "
                    f"{tr.pct(50):7.1f} ms   p99 {tr.pct(99):7.1f} ms")
         click.echo(f"ratio traced/untraced pipeline: {tr.rate / pipe.rate:.0%} (target at least 85%)")
+        cpu_pipe, cpu_traced = _median(runs.pipe_cpu), _median(runs.traced_cpu)
+        click.echo(f"CPU per event of the forest's process (medians): untraced "
+                   f"{cpu_pipe * 1e6:.0f} us, traced {cpu_traced * 1e6:.0f} us "
+                   f"(+{cpu_traced / cpu_pipe - 1:.0%}); the span exporter process "
+                   f"{_median(runs.exporter_cpu) * 1e6:.0f} us per event, on another core "
+                   "when one is free")
     if not runs.outs:
         return
     post, out = _merge(runs.posts), _merge(runs.outs)
