@@ -7,7 +7,7 @@ else one made for this input. `flow` returns only after JetStream confirmed the 
 
 While the River's leader is being elected (seconds after the server leading it died) a
 publish gets no answer, or no stream answers at all. `flow` holds the input for up to
-`hold` seconds, asking again (attempts of at most ATTEMPT_TIMEOUT) under the same message
+`hold` seconds, asking again (attempts of 0.25 s, 0.5 s, then ATTEMPT_TIMEOUT) under the same message
 id, so an attempt that was stored although its answer was lost is not stored twice: a
 client sees a slower 2xx instead of a 503 it must retry. A 2xx still means stored, once.
 What is a decision of the server (limits, a bad subject) is answered at once; after
@@ -53,6 +53,10 @@ RIVER_HOLD = 15.0  # seconds an input is held while the River cannot store it
 # an attempt unanswered this long is sent again: a leader handing over (a drain's step-down)
 # may drop what it was given, and the client would wait the whole attempt for nothing
 ATTEMPT_TIMEOUT = 1.0
+# An attempt's wait for its answer, growing to ATTEMPT_TIMEOUT: a publish that went to a
+# leader just stepping down (a drain, a rolling restart) is never answered, so the first
+# attempts are short; a stored answer takes milliseconds, and asking again is safe.
+_ATTEMPT_TIMEOUTS = (0.25, 0.5, ATTEMPT_TIMEOUT)
 _PAUSES = (0.05, 0.1, 0.2, 0.4)  # between attempts (then the last, repeated)
 # JetStream's error codes for an answer that is not a decision about the input
 _IN_PROCESS = 10158  # "duplicate message id is in process": this id is being stored
@@ -145,13 +149,16 @@ async def flow(
     started = time.monotonic()
     deadline = started + max(0.0, hold)
     attempt = 0
+    maybe_stored = False  # an attempt of this call may have been stored without an answer
     while True:
         left = deadline - time.monotonic()
+        wait = _ATTEMPT_TIMEOUTS[min(attempt, len(_ATTEMPT_TIMEOUTS) - 1)]
         try:
             ack = await js.publish(subj, data, headers=sent,
-                                   timeout=max(0.2, min(ATTEMPT_TIMEOUT, left)) if hold else 5.0)
+                                   timeout=max(0.2, min(wait, left)) if hold else 5.0)
         except Exception as exc:  # noqa: BLE001 - classified below
             outcome = attempt_outcome(exc)
+            maybe_stored = maybe_stored or outcome in (Attempt.UNKNOWN, Attempt.IN_PROCESS)
             pause = _PAUSES[min(attempt, len(_PAUSES) - 1)]
             if outcome in (Attempt.REFUSED, Attempt.CLOSED) or time.monotonic() + pause >= deadline:
                 raise _given_up(outcome, exc, time.monotonic() - started) from None
@@ -159,8 +166,10 @@ async def flow(
             attempt += 1
             continue
         trace = TraceContext.of(sent)
+        # a duplicate is an input stored by an earlier request, not by this call's own
+        # unanswered attempt
         return FlowReceipt(stream=ack.stream, subject=subj, seq=ack.seq,
-                           duplicate=bool(ack.duplicate) and not ours,
+                           duplicate=bool(ack.duplicate) and not ours and not maybe_stored,
                            trace_id=trace.trace_id if trace else None)
 
 

@@ -4,6 +4,8 @@ failed publish means (classified once)."""
 from __future__ import annotations
 
 import asyncio
+import signal
+from typing import Any
 
 import nats
 import pytest
@@ -59,6 +61,25 @@ async def test_a_clients_key_still_reports_its_duplicate(nc: nats.NATS) -> None:
     first = await flow(nc, js, "orders", {"n": 1}, msg_id="api:k1")
     again = await flow(nc, js, "orders", {"n": 1}, msg_id="api:k1")
     assert not first.duplicate and again.duplicate and again.seq == first.seq
+
+
+async def test_an_unanswered_attempt_stored_after_all_is_not_reported_as_a_duplicate(
+        nc: nats.NATS, plain_nats: Any) -> None:
+    """The server freezes past the first attempt's short wait: the attempt is stored when it
+    resumes and the next attempt is answered "duplicate". That duplicate is this call's own
+    store, so the answer is a first store (what the client sent before was nothing)."""
+    js = nc.jetstream()
+    await ensure_stream(js, RIVER, 1)
+    plain_nats.proc.send_signal(signal.SIGSTOP)
+    try:
+        storing = asyncio.create_task(flow(nc, js, "orders", {"n": 2}, msg_id="api:k2", hold=30))
+        await asyncio.sleep(1.5)  # the first attempts get no answer
+        assert not storing.done()
+    finally:
+        plain_nats.proc.send_signal(signal.SIGCONT)
+    receipt = await storing
+    assert not receipt.duplicate
+    assert (await js.stream_info("RIVER")).state.messages == 1  # stored once
 
 
 async def test_the_river_api_says_when_to_ask_again(forest_factory, nc: nats.NATS) -> None:  # type: ignore[no-untyped-def]
