@@ -13,7 +13,6 @@ import contextlib
 import json
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -24,69 +23,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nimsforest.api.drain import DRAINING_HEADER
 from nimsforest.drain import RESTART_EXIT_STATUS
 from tests.e2e.conftest import Forest
+from tests.e2e.steady import SteadyWriter
 from tests.e2e.test_cluster import wait_cluster
 from tests.support import NodeProcess, eventually
 from tests.test_drain import Supervisor
 
 pytestmark = pytest.mark.e2e
 SUBJECT = "drain"
-
-
-@dataclass
-class Writer:
-    """Writes {"i": n} with Idempotency-Key w-n, round robin over the nodes a load balancer
-    polling /health every 0.5 s would send to; a key is sent again (to the next node) until
-    some node stores it. Every answer but 202 and the documented drain refusal is a failure."""
-
-    nodes: list[NodeProcess]
-    acked: dict[int, str] = field(default_factory=dict)
-    refused_draining: int = 0
-    failures: list[str] = field(default_factory=list)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    ready: set[str] = field(default_factory=set)
-
-    async def balance(self) -> None:
-        async with httpx.AsyncClient(timeout=1) as http:
-            while not self.stop.is_set():
-                for n in self.nodes:
-                    try:
-                        ok = (await http.get(f"{n.api_url}/health")).status_code == 200
-                    except httpx.HTTPError:
-                        ok = False
-                    (self.ready.add if ok else self.ready.discard)(n.name)
-                await asyncio.sleep(0.5)
-
-    async def run(self) -> None:
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self.balance())
-            tasks.create_task(self.write())
-
-    async def write(self) -> None:
-        i = 0
-        async with httpx.AsyncClient(timeout=10) as http:
-            while not self.stop.is_set():
-                turn = i
-                while True:
-                    pool = [n for n in self.nodes if n.name in self.ready] or self.nodes
-                    node = pool[turn % len(pool)]
-                    turn += 1
-                    try:
-                        r = await http.post(f"{node.api_url}/api/v1/river/{SUBJECT}", json={"i": i},
-                                            headers={"Idempotency-Key": f"w-{i}"})
-                    except httpx.HTTPError as exc:
-                        self.failures.append(f"{node.name}: {type(exc).__name__}")
-                        await asyncio.sleep(0.05)
-                        continue
-                    if r.status_code == 202:
-                        self.acked[i] = node.name
-                        break
-                    if r.status_code == 503 and DRAINING_HEADER.lower() in r.headers:
-                        self.refused_draining += 1
-                        continue
-                    self.failures.append(f"{node.name}: {r.status_code} {r.text}")
-                    await asyncio.sleep(0.05)
-                i += 1
-                await asyncio.sleep(0.01)
 
 
 async def stored_counts(node: NodeProcess) -> collections.Counter[int]:
@@ -138,8 +81,7 @@ async def _drain_then_roll(forest: Forest, nodes: list[NodeProcess], pids: Path,
     victim = next(n for n in nodes if n.name == leader)
     others = [n for n in nodes if n is not victim]
 
-    writer = Writer(nodes)
-    task = asyncio.create_task(writer.run())
+    writer = SteadyWriter(nodes, SUBJECT, lambda i: {"i": i}).start()
     try:
         await eventually(lambda: len(writer.acked) >= 50, what="writes flowing")
         done = cli("drain", victim.name, "--registry-url", forest.registry.url, "--json")
@@ -192,8 +134,7 @@ async def _drain_then_roll(forest: Forest, nodes: list[NodeProcess], pids: Path,
         at_roll = len(writer.acked)
         await eventually(lambda: len(writer.acked) >= at_roll + 30, what="writes after the restart")
     finally:
-        writer.stop.set()
-        await task
+        await writer.stop()
     assert writer.failures == [], writer.failures
     counts = await stored_counts(others[0])
     missing = [i for i in writer.acked if counts[i] == 0]
