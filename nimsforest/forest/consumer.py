@@ -26,6 +26,7 @@ consumer (no task per message on the synchronous path).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -47,16 +48,34 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
 PUBLISH_TIMEOUT = 10.0
+# An output stored under a message id and not confirmed after this long is sent again under
+# the same id (the stream drops a second copy): a publish that went to a stream leader that
+# then froze or died is never answered, and waiting PUBLISH_TIMEOUT for it would hold the
+# event seconds after a new leader was elected.
+RESEND_AFTER = 1.0
 
 
 class _Job:
-    __slots__ = ("d", "futures", "hop", "published_at", "t0", "touched")
+    __slots__ = ("d", "futures", "hop", "published_at", "resent_at", "sent", "t0", "touched")
 
     def __init__(self, d: Delivery, t0: float, hop: Hop) -> None:
         self.d, self.t0, self.touched, self.hop = d, t0, time.monotonic(), hop
         self.futures: list[asyncio.Future[Any]] = []
-        self.published_at = 0.0
+        self.sent: list[tuple[str, bytes, dict[str, str]]] = []  # each future's publish
+        self.published_at = self.resent_at = 0.0
         d.trace = hop.context
+
+    def reset(self) -> None:
+        self.futures, self.sent, self.published_at, self.resent_at = [], [], 0.0, 0.0
+
+
+def _adopt(old: asyncio.Future[Any], new: asyncio.Future[Any]) -> None:
+    """A resent output's answer stands for the first send's (a failed resend does not: the
+    first send may yet be answered, and PUBLISH_TIMEOUT still bounds it)."""
+    if new.cancelled():
+        return
+    if new.exception() is None and not old.done():
+        old.set_result(new.result())
 
 
 class _RateLimitedLog:
@@ -192,6 +211,10 @@ class ConsumerRunner:
                             f.set_exception(
                                 TimeoutError("JetStream did not confirm the outputs in time")
                             )
+                elif job.published_at and now - job.resent_at > RESEND_AFTER and not all(
+                        f.done() for f in job.futures):
+                    job.resent_at = now
+                    self._spawn(self._resend(job))
                 elif now - job.touched > self.spec.ack_wait / 3:
                     job.touched = now
                     self._spawn(self._quietly(job.d.msg.in_progress()))
@@ -236,7 +259,19 @@ class ConsumerRunner:
             if o.msg_id:
                 headers["Nats-Msg-Id"] = o.msg_id
             job.futures.append(await publish(o.subject, o.payload, headers))
-        job.published_at = time.monotonic()
+            job.sent.append((o.subject, o.payload, headers))
+        job.published_at = job.resent_at = time.monotonic()
+
+    async def _resend(self, job: _Job) -> None:
+        """Send again, under their message ids, the outputs JetStream has not confirmed."""
+        for old, (subject, payload, headers) in zip(job.futures, job.sent, strict=True):
+            if old.done() or "Nats-Msg-Id" not in headers:
+                continue
+            try:
+                new = await self._pub.publish(subject, payload, headers)
+            except Exception:  # noqa: BLE001 - disconnected: the first send still counts
+                return
+            new.add_done_callback(functools.partial(_adopt, old))
 
     async def _run_async(self, job: _Job) -> None:
         try:
@@ -301,7 +336,7 @@ class ConsumerRunner:
             self._m_lat.observe(time.perf_counter() - job.t0)
             job.hop.end()
         elif self._handler.retry_async(job.d, exc):
-            job.futures, job.published_at = [], 0.0
+            job.reset()
             self._spawn(self._run_async(job))
             return Handoff.ASYNC
         else:
@@ -419,4 +454,4 @@ class ConsumerRunner:
             pass
 
 
-__all__ = ["PUBLISH_TIMEOUT", "ConsumerRunner"]
+__all__ = ["PUBLISH_TIMEOUT", "RESEND_AFTER", "ConsumerRunner"]
