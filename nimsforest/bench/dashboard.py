@@ -65,19 +65,12 @@ def start_node(workdir: Path, config: Path) -> tuple[subprocess.Popen[bytes], st
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{api}"
-    deadline = time.monotonic() + 90
-    with httpx.Client(timeout=2.0, trust_env=False) as client:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise click.ClickException(f"the benchmark's node exited with {proc.returncode}")
-            try:
-                if client.get(url + "/health").status_code == 200:
-                    return proc, url
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-    proc.kill()
-    raise click.ClickException("the benchmark's node did not become healthy in 90 s")
+    try:
+        _healthy(url, proc, "the benchmark's node", 90)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, url
 
 
 def _healthy(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 120.0) -> None:
