@@ -214,11 +214,13 @@ class ConsumerRunner:
                             f.set_exception(
                                 TimeoutError("JetStream did not confirm the outputs in time")
                             )
-                elif job.published_at and now - job.resent_at > RESEND_AFTER and not all(
+                    continue
+                if job.published_at and now - job.resent_at > RESEND_AFTER and not all(
                         f.done() for f in job.futures):
                     job.resent_at = now
                     self._spawn(self._resend(job))
-                elif now - job.touched > self.spec.ack_wait / 3:
+                # a job waiting for its outputs' confirmation is still in progress too
+                if now - job.touched > self.spec.ack_wait / 3:
                     job.touched = now
                     self._spawn(self._quietly(job.d.msg.in_progress()))
 
