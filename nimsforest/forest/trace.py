@@ -260,13 +260,7 @@ class OtlpTracing(Tracing):
     async def _run(self) -> None:
         """Flush every FLUSH_EVERY; start the exporter process again when it stopped."""
         delay = self.RESTART_AFTER[0]
-        while not self._stopping.is_set():
-            try:
-                async with asyncio.timeout(self.FLUSH_EVERY):
-                    await self._stopping.wait()
-                return
-            except TimeoutError:
-                pass
+        while not await self._stopped_within(self.FLUSH_EVERY):
             try:
                 proc = self._proc
                 if proc is None or proc.returncode is not None:
@@ -275,12 +269,8 @@ class OtlpTracing(Tracing):
                               f"the span exporter process stopped (exit {code}); starting it "
                               f"again in {delay:.0f}s, spans are dropped until then",
                               logging.WARNING)
-                    try:
-                        async with asyncio.timeout(delay):
-                            await self._stopping.wait()
+                    if await self._stopped_within(delay):
                         return
-                    except TimeoutError:
-                        pass
                     await self._spawn()
                     self._restarts += 1
                     delay = min(delay * 2, self.RESTART_AFTER[1])
@@ -291,6 +281,15 @@ class OtlpTracing(Tracing):
             except Exception as exc:  # noqa: BLE001 - tracing never stops the node
                 self._set(TracingState.RESTARTING, f"the span exporter failed: {exc}",
                           logging.WARNING)
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        """Wait `seconds`, or less when stop() is called: True when it was."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def stop(self) -> None:
         """Hand over what is recorded, let the exporter process export it, then end it."""
