@@ -16,6 +16,7 @@ import asyncio
 import json
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -302,10 +303,6 @@ def _merge(results: list[Result]) -> Result:
     return Result(mid.events, mid.seconds, [x for r in results for x in r.latencies])
 
 
-def _median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
-
-
 def _runner(coro: Awaitable[Any]) -> Any:
     try:
         import uvloop
@@ -367,11 +364,11 @@ def command(events: int, window: int, warmup: int, rounds: int, outputs: int,
         click.echo(f"pipeline, spans exported over OTLP: {tr.rate:8.0f} events/s   p50 "
                    f"{tr.pct(50):7.1f} ms   p99 {tr.pct(99):7.1f} ms")
         click.echo(f"ratio traced/untraced pipeline: {tr.rate / pipe.rate:.0%} (target at least 85%)")
-        cpu_pipe, cpu_traced = _median(runs.pipe_cpu), _median(runs.traced_cpu)
+        cpu_pipe, cpu_traced = statistics.median(runs.pipe_cpu), statistics.median(runs.traced_cpu)
         click.echo(f"CPU per event of the forest's process (medians): untraced "
                    f"{cpu_pipe * 1e6:.0f} us, traced {cpu_traced * 1e6:.0f} us "
                    f"(+{cpu_traced / cpu_pipe - 1:.0%}); the span exporter process "
-                   f"{_median(runs.exporter_cpu) * 1e6:.0f} us per event, on another core "
+                   f"{statistics.median(runs.exporter_cpu) * 1e6:.0f} us per event, on another core "
                    "when one is free")
     if not runs.outs:
         return
