@@ -104,8 +104,10 @@ async def test_three_nodes_on_the_page_one_killed_and_back(forest: Forest, brows
         wait.until(lambda b, s=stream: b.find_element(
             By.CSS_SELECTOR, f'#streams tr[data-stream="{s}"] td:nth-child(2)').text == "3")
     wait.until(lambda b: "on 3 node(s)" in b.find_element(By.ID, "forest-scope").text)
-    wait.until(lambda b: "in 1 " in b.find_element(
-        By.CSS_SELECTOR, '[data-component="nim/qualify"] .counts').text)
+    # every step's counts, the webhook source's included (it ran on n2: its report)
+    for card in ("source/contacts", "tree/contacts", "treehouse/scoring", "nim/qualify"):
+        wait.until(lambda b, card=card: "in 1 " in b.find_element(
+            By.CSS_SELECTOR, f'[data-component="{card}"] .counts').text)
     # each component's consumer lag, read by the nodes' NATS observers: all caught up
     wait.until(lambda b: b.find_element(
         By.CSS_SELECTOR, '[data-component="nim/qualify"] .lag').get_attribute("data-lag") == "0")
