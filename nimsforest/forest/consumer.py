@@ -38,7 +38,16 @@ from typing import TYPE_CHECKING, Any
 
 from nimsforest import metrics
 from nimsforest.forest.dead import REPLAY_FOR, DeadLetters, DeadReason, new_letter
-from nimsforest.forest.delivery import ConsumerSpec, Delivery, Handler, Handoff, Output, Stats
+from nimsforest.forest.delivery import (
+    PUBLISH_TIMEOUT,
+    RESEND_AFTER,
+    ConsumerSpec,
+    Delivery,
+    Handler,
+    Handoff,
+    Output,
+    Stats,
+)
 from nimsforest.forest.errors import BadEvent, EventError, Refused, RetryLater
 from nimsforest.forest.model import ComponentKind, ComponentRef
 from nimsforest.forest.publisher import Publisher
@@ -50,12 +59,6 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
 
-PUBLISH_TIMEOUT = 10.0
-# An output stored under a message id and not confirmed after this long is sent again under
-# the same id (the stream drops a second copy): a publish that went to a stream leader that
-# then froze or died is never answered, and waiting PUBLISH_TIMEOUT for it would hold the
-# event seconds after a new leader was elected.
-RESEND_AFTER = 1.0
 
 
 class _Job:

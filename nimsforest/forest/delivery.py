@@ -17,6 +17,15 @@ if TYPE_CHECKING:
     from nimsforest.forest.trace import TraceContext
 
 
+# How long a JetStream publish (an output, a Soil write) may take before its event fails.
+PUBLISH_TIMEOUT = 10.0
+# A publish stored under a message id and not confirmed after this long is sent again under
+# the same id (the stream drops a second copy): a publish that went to a stream leader that
+# then froze or died is never answered, and waiting PUBLISH_TIMEOUT for it would hold the
+# event seconds after a new leader was elected.
+RESEND_AFTER = 1.0
+
+
 @dataclass(frozen=True)
 class ConsumerSpec:
     stream: str
@@ -152,4 +161,13 @@ class Handler:
         return False
 
 
-__all__ = ["ConsumerSpec", "Delivery", "Handler", "Handoff", "Output", "Stats"]
+__all__ = [
+    "PUBLISH_TIMEOUT",
+    "RESEND_AFTER",
+    "ConsumerSpec",
+    "Delivery",
+    "Handler",
+    "Handoff",
+    "Output",
+    "Stats",
+]

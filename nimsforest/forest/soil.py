@@ -4,7 +4,11 @@ Each Soil key holds the latest JSON value of one entity. Every write made by the
 Decomposer carries the header `Nimsforest-Humus-Seq` (the HUMUS sequence it applied) and
 `Nats-Expected-Last-Subject-Sequence` (the key's revision it read, 0 for a missing key),
 so two writers can never both succeed from the same revision, and an entry whose
-sequence is not newer than the key's recorded one is known to be applied already.
+sequence is not newer than the key's recorded one is known to be applied already. It is
+stored under the message id `soil:<humus seq>`: JetStream checks the id before the
+expected revision, so a write sent again (its first send unanswered: a KV_SOIL leader
+that froze or died) is dropped as a duplicate if the first was stored after all, and
+stored by the new leader otherwise.
 
 Keys are written through `$KV.SOIL.<key>` directly (not nats-py's KV API) because the
 API cannot attach headers; reads use direct get, which returns them. Values stay plain
@@ -13,11 +17,14 @@ JSON, readable with any KV client (`nats kv get SOIL <key>`).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import APIError, NotFoundError
 
+from nimsforest.forest import delivery
 from nimsforest.forest.delivery import Output
 from nimsforest.forest.leaf import dumps, loads, soil_key
 
@@ -74,14 +81,17 @@ class Soil:
         key: str, value: Any, expected_revision: int, humus_seq: int = 0, *, delete: bool = False
     ) -> Output:
         """The one encoding of a Soil write: the KV subject, the JSON value (empty for a
-        delete, marked `KV-Operation: DEL`), the expected revision and the Humus sequence."""
+        delete, marked `KV-Operation: DEL`), the expected revision, and the Humus sequence
+        with the message id derived from it."""
         headers = {EXPECTED_LAST: str(expected_revision)}
+        msg_id = None
         if humus_seq:
             headers[SEQ_HEADER] = str(humus_seq)
+            msg_id = f"soil:{humus_seq}"
         if delete:
             headers["KV-Operation"] = "DEL"
-            return Output(f"{SOIL_PREFIX}{key}", b"", headers=headers)
-        return Output(f"{SOIL_PREFIX}{key}", dumps(value), headers=headers)
+            return Output(f"{SOIL_PREFIX}{key}", b"", msg_id, headers)
+        return Output(f"{SOIL_PREFIX}{key}", dumps(value), msg_id, headers)
 
     async def bury(
         self,
@@ -93,18 +103,34 @@ class Soil:
         delete: bool = False,
     ) -> int:
         """Write (or delete) the entity if its revision is still `expected_revision`; return
-        the new revision. Raises SoilConflict when another write got there first."""
+        the new revision. Raises SoilConflict when another write got there first.
+
+        A write with a message id that is not answered within RESEND_AFTER is sent again
+        under it, until PUBLISH_TIMEOUT: the new leader stores it, or drops it as a
+        duplicate of the first send and answers with that one's revision."""
         key = soil_key(entity)
         out = self.write(key, value, expected_revision, humus_seq, delete=delete)
-        try:
-            ack = await self._js.publish(out.subject, out.payload, headers=out.headers)
-        except APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                raise SoilConflict(
-                    f"soil key {key} changed since revision {expected_revision}"
-                ) from None
-            raise
-        return int(ack.seq)
+        headers = dict(out.headers or {})
+        if out.msg_id:
+            headers["Nats-Msg-Id"] = out.msg_id
+        give_up = time.monotonic() + delivery.PUBLISH_TIMEOUT
+        while True:
+            left = give_up - time.monotonic()
+            wait = min(delivery.RESEND_AFTER, left) if out.msg_id else left
+            try:
+                ack = await self._js.publish(out.subject, out.payload, timeout=max(wait, 0.01),
+                                             headers=headers)
+            except NatsTimeout:
+                if wait >= left:
+                    raise
+                continue
+            except APIError as exc:
+                if exc.err_code == WRONG_LAST_SEQUENCE:
+                    raise SoilConflict(
+                        f"soil key {key} changed since revision {expected_revision}"
+                    ) from None
+                raise
+            return int(ack.seq)
 
 
 __all__ = [
