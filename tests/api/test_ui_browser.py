@@ -62,6 +62,18 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         driver.quit()
 
 
+def _on_the_page(node: NodeProcess, browser) -> None:  # noqa: ANN001
+    """The dashboard open in `browser`, signed in (a test run alone starts signed out)."""
+    from selenium.webdriver.common.by import By
+
+    if "/ui" in browser.current_url and not browser.find_elements(By.NAME, "token"):
+        return
+    browser.get(node.api_url + "/ui")
+    if browser.find_elements(By.NAME, "token"):
+        browser.find_element(By.NAME, "token").send_keys(TOKEN)
+        browser.find_element(By.CSS_SELECTOR, "form button").click()
+
+
 def test_the_dashboard_shows_the_cluster_the_leaves_and_soil(node: NodeProcess, browser) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -161,8 +173,7 @@ def test_a_dead_letter_is_replayed_from_the_page(node: NodeProcess, browser) -> 
     api = httpx.Client(base_url=node.api_url, headers=AUTH, timeout=15)
     assert api.post("/api/v1/trees", json=LETTER_TREE).status_code in (201, 202)
     wait = WebDriverWait(browser, 30)
-    if "/ui" not in browser.current_url:
-        browser.get(node.api_url + "/ui")
+    _on_the_page(node, browser)
     assert api.post("/api/v1/river/picky", json={"bad": True, "id": "d-7"}).status_code == 202
 
     wait.until(ec.text_to_be_present_in_element((By.ID, "dead-rows"), "bad input"))
@@ -222,6 +233,38 @@ def test_a_dead_letter_is_replayed_from_the_page(node: NodeProcess, browser) -> 
     for i in (8, 9):
         wait.until(lambda b, i=i: any(f"d-{i}" in li.text for li in b.find_elements(
             By.CSS_SELECTOR, '#tail li[data-subject="picky.took"]')))
+    api.close()
+
+
+STUCK_TREE = {"name": "stuck", "watches": "river.stuck", "publishes": "stuck.took",
+              "max_deliver": 100, "script": 'function process(i) error("not yet") end'}
+
+
+def test_a_component_behind_shows_its_lag_until_it_catches_up(node: NodeProcess, browser) -> None:
+    """A tree that keeps failing its events (retried, not given up) holds them unacknowledged:
+    its card shows the consumer's lag, marked as behind; once it is fixed the events are
+    handled and the lag goes back to 0, unmarked."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    api = httpx.Client(base_url=node.api_url, headers=AUTH, timeout=15)
+    assert api.post("/api/v1/trees", json=STUCK_TREE).status_code in (201, 202)
+    _on_the_page(node, browser)
+    for i in range(3):
+        assert api.post("/api/v1/river/stuck", json={"id": f"s-{i}"}).status_code == 202
+    card = '[data-component="tree/stuck"] .lag'
+
+    def lag(b) -> tuple[int, bool] | None:  # noqa: ANN001
+        found = b.find_elements(By.CSS_SELECTOR, card)
+        if not found:
+            return None
+        return int(found[0].get_attribute("data-lag")), "behind" in found[0].get_attribute("class")
+
+    WebDriverWait(browser, 30).until(lambda b: lag(b) == (3, True))
+    assert "lag 3" in browser.find_element(By.CSS_SELECTOR, card).text
+    fixed = {**STUCK_TREE, "script": "function process(i) return i end"}
+    assert api.put("/api/v1/trees/stuck", json=fixed).status_code == 200
+    WebDriverWait(browser, 60).until(lambda b: lag(b) == (0, False))
     api.close()
 
 
