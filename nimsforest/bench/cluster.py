@@ -492,7 +492,14 @@ async def river_to_soil(url: str, acked: list[str], timeout: float = 180.0) -> L
         if all(k in soil for k in acked) or time.monotonic() > deadline:
             break
         await asyncio.sleep(1)
-    river = await _stored_times(url, "river.contacts", _contact_id)
+    while True:
+        try:
+            river = await _stored_times(url, "river.contacts", _contact_id)
+            break
+        except Exception:  # noqa: BLE001 - RIVER's consumer answers 503 while it elects a leader
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1)
     return latency_figures(river, soil, acked)
 
 
