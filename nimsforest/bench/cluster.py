@@ -492,6 +492,7 @@ async def river_to_soil(url: str, acked: list[str], timeout: float = 180.0) -> L
         if all(k in soil for k in acked) or time.monotonic() > deadline:
             break
         await asyncio.sleep(1)
+    deadline = time.monotonic() + 60
     while True:
         try:
             river = await _stored_times(url, "river.contacts", _contact_id)
