@@ -232,3 +232,7 @@ async def test_one_trace_through_every_hop_of_the_demo(demo_api: Api, wind: Wind
     # (whose leaf and Humus entry are two outputs of one hop)
     assert len(spans) == 4 and all(len(inputs) == 1 for inputs in spans.values())
     assert hops["RIVER"][0].headers[HOP_HEADER] == "source:contacts"  # a Forest without a node name
+    # the Soil write names the Humus entry it applied (lineage's way back), no hop headers
+    soil = await nc.jetstream().get_msg("KV_SOIL", subject="$KV.SOIL.c-1001")
+    assert TRACEPARENT not in (soil.headers or {}) and HOP_HEADER not in (soil.headers or {})
+    assert int(soil.headers["Nimsforest-Humus-Seq"]) >= 1
