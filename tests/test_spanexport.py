@@ -22,7 +22,7 @@ SCOPE = InstrumentationScope("nimsforest")
 TREE = {"nimsforest.component": "tree:contacts", "nimsforest.node": "n1",
         "messaging.destination.name": "RIVER"}
 NIM = {"nimsforest.component": "nim:qualify", "nimsforest.node": "n1", "retries": 2,
-       "cached": True, "share": 0.5}
+       "cached": True, "share": 0.5, "tags": ["a", "b"]}  # a list: not kept encoded
 T = "4bf92f3577b34da6a3ce929d0e0e4736"
 BATCH: list[Record] = [
     ("tree contacts", T, "00f067aa0ba902b7", None, 1_000, 2_000, TREE, None),  # a root
