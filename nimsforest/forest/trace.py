@@ -11,8 +11,8 @@ the streams, with or without a collector.
 Spans are exported over OTLP/HTTP only when `OTEL_EXPORTER_OTLP_ENDPOINT` or
 `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (the standard variables, read by the SDK);
 otherwise the SDK is not even imported and a hop costs one random number and a string.
-With an endpoint, the SDK's spans are built and exported in a child process (see
-OtlpTracing), so recording a hop costs the forest's interpreter one tuple.
+With an endpoint, spans are encoded and exported in a child process (see OtlpTracing), so
+recording a hop costs the forest's interpreter one tuple.
 """
 
 from __future__ import annotations
@@ -199,9 +199,9 @@ class Tracing:
 
 class OtlpTracing(Tracing):
     """Spans exported over OTLP/HTTP. A hop records one tuple in the event loop; a child
-    process (`python -m nimsforest.spanexport`) builds the OpenTelemetry SDK's spans from
-    them and exports them with the SDK's OTLP exporter, so the SDK's per-span work (tens
-    of microseconds in Python) is not done by the interpreter that runs the forest.
+    process (`python -m nimsforest.spanexport`) encodes them as OTLP requests and sends
+    them with the SDK's OTLP exporter, so no per-span encoding is done by the interpreter
+    that runs the forest.
 
     The SDK reads the standard variables: `OTEL_EXPORTER_OTLP_*` (in the exporter process)
     for where, `OTEL_TRACES_SAMPLER(_ARG)` (here) for how many. A trace's sampling is
