@@ -39,6 +39,7 @@ def test_bench_pipeline_reports_a_ratio_to_raw_nats_py() -> None:
     assert re.search(r"ratio traced/untraced pipeline: \d+%", out)
     m = re.search(r"untraced (\d+) us, traced (\d+) us .*exporter process (\d+) us per event", out)
     assert m and all(int(x) > 0 for x in m.groups()), out  # the exporter did export
+    assert re.search(r"\(-?\d+ us beyond its start and stop, which take \d+ ms\)", out), out
     assert re.search(r"raw httpx posts:\s+\d+ events/s\s+p50\s+\d+\.\d ms\s+p99\s+\d+\.\d ms", out)
     assert re.search(r"http output \(forest\):\s+\d+ events/s", out)
     assert re.search(r"ratio output/raw httpx: \d+%", out)

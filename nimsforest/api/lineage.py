@@ -5,8 +5,9 @@
     GET /api/v1/trace/{trace_id}?since=1h  every message of one trace (RIVER, WIND, HUMUS,
                                            DEAD) since a time, in time order
 
-Every output a component stores names its input (`Nimsforest-Input: <stream>:<seq>`), its
-component and node (`Nimsforest-Hop`) and its trace (`traceparent`), and the Decomposer
+Every output a component stores names its component, node and input
+(`Nimsforest-Hop: tree:contacts@n1 RIVER:7`; older stores: `Nimsforest-Input`, read too) and
+its trace (`traceparent`), and the Decomposer
 stores the Humus sequence with each Soil write: the walk back is one direct get a step,
 the trace one headers-only ordered consumer a stream (no durable consumer, nothing
 changed). Both need no collector. Same auth as the rest of the API. A step that is no
@@ -29,7 +30,7 @@ from pydantic import BaseModel
 from nimsforest.api.readers import json_value, key_of
 from nimsforest.forest.handlers import SOURCE_HEADER
 from nimsforest.forest.soil import SEQ_HEADER
-from nimsforest.forest.trace import HOP_HEADER, INPUT_HEADER, TraceContext
+from nimsforest.forest.trace import StoredHop, TraceContext
 from nimsforest.settings import parse_duration
 from nimsforest.streams import DEAD, HUMUS, RIVER, SOIL, WIND
 
@@ -89,9 +90,9 @@ def _when(value: Any) -> dt.datetime | None:
 def step_of(stream: str, seq: int, subject: str, when: Any, headers: dict[str, str] | None,
             data: bytes | None = None) -> Step:
     h = headers or {}
-    ctx = TraceContext.of(h)
+    ctx, hop = TraceContext.of(h), StoredHop.of(h)
     return Step(stream=stream, seq=seq, subject=subject, time=_when(when),
-                by=h.get(HOP_HEADER) or h.get(SOURCE_HEADER), input=h.get(INPUT_HEADER),
+                by=hop.by or h.get(SOURCE_HEADER), input=hop.input,
                 trace_id=ctx.trace_id if ctx else None, span_id=ctx.span_id if ctx else None,
                 data=json_value(data) if data else None)
 

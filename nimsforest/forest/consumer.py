@@ -52,7 +52,7 @@ from nimsforest.forest.errors import BadEvent, EventError, Refused, RetryLater
 from nimsforest.forest.model import ComponentKind, ComponentRef
 from nimsforest.forest.publisher import Publisher
 from nimsforest.forest.pull import HEARTBEAT, Puller
-from nimsforest.forest.trace import INPUT_HEADER, NO_TRACING, Hop, TraceContext, Tracing, hop_name
+from nimsforest.forest.trace import NO_TRACING, Hop, TraceContext, Tracing, hop_name, hop_value
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -132,6 +132,9 @@ class ConsumerRunner:
         self._dead = dead
         self._tracing, self._span = tracing, f"{kind} {name}"
         self._who = hop_name(f"{kind}:{name}", node)
+        # Soil writes carry no hop headers: lineage reaches them by the Humus sequence each
+        # write stores, and a trace ends at the Humus entry (two headers fewer per event)
+        self._hop_headers = self._ref.kind is not ComponentKind.DECOMPOSER
         self._attributes = {"nimsforest.component": f"{kind}:{name}", "nimsforest.node": node,
                             "messaging.destination.name": spec.stream}
         self._log = logging.getLogger(f"nimsforest.forest.{kind}")
@@ -258,10 +261,12 @@ class ConsumerRunner:
         self._queue.put_nowait((job, None))
 
     async def _publish(self, job: _Job, outputs: Sequence[Output]) -> None:
-        """Store the outputs, each with this hop's trace context and its input's position
-        (`Nimsforest-Input: <stream>:<seq>`, what lineage walks back along)."""
+        """Store the outputs, each with this hop's trace context, its component and node and
+        its input's position (`Nimsforest-Hop: <who> <stream>:<seq>`, what lineage walks
+        back along); the Decomposer's Soil writes without them."""
         publish = self._pub.publish
-        hop = {**job.hop.headers(self._who), INPUT_HEADER: f"{self.spec.stream}:{job.d.stream_seq}"}
+        hop = (job.hop.headers(hop_value(self._who, self.spec.stream, job.d.stream_seq))
+               if self._hop_headers else {})
         for o in outputs:
             headers = {**o.headers, **hop} if o.headers else dict(hop)
             if o.msg_id:

@@ -4,14 +4,15 @@ Every River input carries a `traceparent` header: the HTTP request's when it sen
 one (its trace goes on through the forest), a new trace otherwise. Each component that
 handles a message is one hop: a span whose parent is the message's `traceparent`, and
 whose own id is the `traceparent` of every output it stores, with `Nimsforest-Hop`
-naming the component and the node. So the stored headers alone are the trace:
-`nimsforest trace ID` reads them back from the streams, with or without a collector.
+naming the component, the node and the input it answers (`tree:contacts@n1 RIVER:7`).
+So the stored headers alone are the trace: `nimsforest trace ID` reads them back from
+the streams, with or without a collector.
 
 Spans are exported over OTLP/HTTP only when `OTEL_EXPORTER_OTLP_ENDPOINT` or
 `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (the standard variables, read by the SDK);
 otherwise the SDK is not even imported and a hop costs one random number and a string.
-With an endpoint, the SDK's spans are built and exported in a child process (see
-OtlpTracing), so recording a hop costs the forest's interpreter one tuple.
+With an endpoint, spans are encoded and exported in a child process (see OtlpTracing), so
+recording a hop costs the forest's interpreter one tuple.
 """
 
 from __future__ import annotations
@@ -30,8 +31,13 @@ from dataclasses import dataclass
 from typing import Any
 
 TRACEPARENT = "traceparent"
-HOP_HEADER = "Nimsforest-Hop"  # who stored the message: <kind>:<name>@<node>, api@<node>, ...
-INPUT_HEADER = "Nimsforest-Input"  # the message a component's output answers: <stream>:<seq>
+# Who stored the message and, for a component's output, the message it answers:
+# `<kind>:<name>@<node> <stream>:<seq>`; a River input names only its way in: `api@<node>`.
+HOP_HEADER = "Nimsforest-Hop"
+# Where messages stored by earlier versions name their input (`<stream>:<seq>`): read, no
+# longer written (one header fewer on every hop: nats-py spends Python calls per header on
+# each message it sends and receives).
+INPUT_HEADER = "Nimsforest-Input"
 OTLP_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
 # version-traceid-parentid-flags (https://www.w3.org/TR/trace-context/#traceparent-header)
@@ -90,9 +96,31 @@ def _nonzero(bits: int) -> int:
 
 
 def hop_name(who: str, node: str) -> str:
-    """`Nimsforest-Hop`'s value: a component (`tree:contacts`) or a way into the River
-    (`api`, `source:github`), at a node."""
+    """Who a hop is: a component (`tree:contacts`) or a way into the River (`api`,
+    `source:github`), at a node."""
     return f"{who}@{node}" if node else who
+
+
+def hop_value(who: str, stream: str, seq: int) -> str:
+    """`Nimsforest-Hop` on a component's output: who stored it and the input it answers."""
+    return f"{who} {stream}:{seq}"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredHop:
+    """What a stored message's headers say of the hop that stored it."""
+
+    by: str | None  # `tree:contacts@n1`, `api@n1`, ...
+    input: str | None  # `<stream>:<seq>` of the message it answers (None: a River input)
+
+    @classmethod
+    def of(cls, headers: Mapping[str, str] | None) -> StoredHop:
+        """Read both formats: `Nimsforest-Hop: <who> <stream>:<seq>`, and the older
+        `Nimsforest-Hop: <who>` with `Nimsforest-Input: <stream>:<seq>` (stores outlive
+        an upgrade)."""
+        h = headers or {}
+        who, _, given = (h.get(HOP_HEADER) or "").strip().partition(" ")
+        return cls(who or None, given.strip() or h.get(INPUT_HEADER) or None)
 
 
 class Hop:
@@ -105,6 +133,7 @@ class Hop:
         self.context = context
 
     def headers(self, hop: str) -> dict[str, str]:
+        """`hop`: the `Nimsforest-Hop` value (hop_name, or hop_value on an output)."""
         return {TRACEPARENT: self.context.header, HOP_HEADER: hop}
 
     def end(self, error: str | None = None) -> None:
@@ -118,7 +147,7 @@ class _RecordedHop(Hop):
 
     def __init__(self, context: TraceContext, parent: str | None, name: str,
                  attributes: Mapping[str, Any], record: Callable[[SpanRecord], None]) -> None:
-        super().__init__(context)
+        self.context = context  # as Hop's __init__, one call fewer on every hop
         self._parent, self._name, self._attributes, self._record = parent, name, attributes, record
         self._start = time.time_ns()
 
@@ -170,9 +199,9 @@ class Tracing:
 
 class OtlpTracing(Tracing):
     """Spans exported over OTLP/HTTP. A hop records one tuple in the event loop; a child
-    process (`python -m nimsforest.spanexport`) builds the OpenTelemetry SDK's spans from
-    them and exports them with the SDK's OTLP exporter, so the SDK's per-span work (tens
-    of microseconds in Python) is not done by the interpreter that runs the forest.
+    process (`python -m nimsforest.spanexport`) encodes them as OTLP requests and sends
+    them with the SDK's OTLP exporter, so no per-span encoding is done by the interpreter
+    that runs the forest.
 
     The SDK reads the standard variables: `OTEL_EXPORTER_OTLP_*` (in the exporter process)
     for where, `OTEL_TRACES_SAMPLER(_ARG)` (here) for how many. A trace's sampling is
@@ -214,12 +243,14 @@ class OtlpTracing(Tracing):
         return self._sampler.should_sample(context, int(trace_id, 16), name).decision.is_sampled()
 
     def hop(self, name: str, parent: TraceContext | None, attributes: Mapping[str, Any]) -> Hop:
-        ctx = parent.child() if parent is not None else TraceContext.new()
-        if not self._sampled(name, parent, ctx.trace_id):
-            return Hop(TraceContext(ctx.trace_id, ctx.span_id, False))
-        return _RecordedHop(TraceContext(ctx.trace_id, ctx.span_id, True),
-                            parent.span_id if parent is not None else None, name, attributes,
-                            self._record)
+        ctx = parent.child() if parent is not None else TraceContext.new()  # parent's flag
+        sampled = self._sampled(name, parent, ctx.trace_id)
+        if sampled is not ctx.sampled:
+            ctx = TraceContext(ctx.trace_id, ctx.span_id, sampled)
+        if not sampled:
+            return Hop(ctx)
+        return _RecordedHop(ctx, parent.span_id if parent is not None else None, name,
+                            attributes, self._record)
 
     def _record(self, span: SpanRecord) -> None:
         self._batch.append(span)
@@ -335,10 +366,12 @@ __all__ = [
     "TRACEPARENT",
     "Hop",
     "OtlpTracing",
+    "StoredHop",
     "TraceContext",
     "Tracing",
     "TracingState",
     "TracingStatus",
     "hop_name",
+    "hop_value",
     "tracing_from_env",
 ]

@@ -199,7 +199,13 @@ async def _stored(nc: Any, stream: str) -> list[Any]:
 
 
 async def test_one_trace_through_every_hop_of_the_demo(demo_api: Api, wind: Wind, nc: Any) -> None:
-    from nimsforest.forest.trace import HOP_HEADER, INPUT_HEADER, TRACEPARENT, TraceContext
+    from nimsforest.forest.trace import (
+        HOP_HEADER,
+        INPUT_HEADER,
+        TRACEPARENT,
+        StoredHop,
+        TraceContext,
+    )
 
     sender = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     async with httpx.AsyncClient(base_url=demo_api.url) as http:
@@ -213,13 +219,20 @@ async def test_one_trace_through_every_hop_of_the_demo(demo_api: Api, wind: Wind
         for m in msgs:
             ctx = TraceContext.of(m.headers)
             assert ctx is not None and ctx.trace_id == "0af7651916cd43dd8448eb211c80319c", (stream, m.headers)
-            spans.setdefault(ctx.span_id, set()).add(m.headers.get(INPUT_HEADER, "sender"))
+            hop = StoredHop.of(m.headers)
+            spans.setdefault(ctx.span_id, set()).add(hop.input or "sender")
+            assert INPUT_HEADER not in m.headers  # the input is named in Nimsforest-Hop
             if stream != "RIVER":  # a component's output names its component, node and input
-                assert m.headers[HOP_HEADER].split("@")[0] in (
+                assert hop.by is not None and hop.by.split("@")[0] in (
                     "tree:contacts", "treehouse:scoring", "nim:qualify"), m.headers
-                src, seq = m.headers[INPUT_HEADER].split(":")
+                assert hop.input is not None, m.headers
+                src, seq = hop.input.split(":")
                 assert src in ("RIVER", "WIND") and int(seq) >= 1
     # each hop is its own span: the River input's, the tree's, the treehouse's and the nim's
     # (whose leaf and Humus entry are two outputs of one hop)
     assert len(spans) == 4 and all(len(inputs) == 1 for inputs in spans.values())
     assert hops["RIVER"][0].headers[HOP_HEADER] == "source:contacts"  # a Forest without a node name
+    # the Soil write names the Humus entry it applied (lineage's way back), no hop headers
+    soil = await nc.jetstream().get_msg("KV_SOIL", subject="$KV.SOIL.c-1001")
+    assert TRACEPARENT not in (soil.headers or {}) and HOP_HEADER not in (soil.headers or {})
+    assert int(soil.headers["Nimsforest-Humus-Seq"]) >= 1

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from nimsforest.forest.trace import (
     HOP_HEADER,
+    INPUT_HEADER,
     TRACEPARENT,
+    StoredHop,
     TraceContext,
     Tracing,
     hop_name,
+    hop_value,
     tracing_from_env,
 )
 
@@ -45,6 +48,17 @@ def test_a_hop_continues_its_parents_trace_with_a_span_of_its_own() -> None:
     fresh = Tracing().hop("river x", None, {}).context
     assert len(fresh.trace_id) == 32 and fresh.trace_id != parent.trace_id
     hop.end("ignored without an exporter")
+
+
+def test_the_hop_header_names_who_stored_a_message_and_its_input_in_either_format() -> None:
+    output = {HOP_HEADER: hop_value(hop_name("tree:t", "n1"), "RIVER", 7)}
+    assert output == {HOP_HEADER: "tree:t@n1 RIVER:7"}
+    assert StoredHop.of(output) == StoredHop("tree:t@n1", "RIVER:7")
+    # what earlier versions stored: the input in a header of its own
+    assert StoredHop.of({HOP_HEADER: "tree:t@n1", INPUT_HEADER: "RIVER:7"}) == StoredHop(
+        "tree:t@n1", "RIVER:7")
+    assert StoredHop.of({HOP_HEADER: "api@n1"}) == StoredHop("api@n1", None)  # a River input
+    assert StoredHop.of(None) == StoredHop.of({}) == StoredHop(None, None)
 
 
 def test_no_exporter_without_the_standard_variables() -> None:
