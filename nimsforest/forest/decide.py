@@ -92,6 +92,10 @@ class Decision:
     usage: Usage = Usage()
 
     def headers(self) -> dict[str, str]:
+        """The leaf's headers: the brain, and the tokens when its server counted any (the
+        rules brain and servers that do not say have no token header)."""
+        if not (self.usage.prompt_tokens or self.usage.completion_tokens):
+            return {"Nimsforest-Brain": self.brain}
         return {"Nimsforest-Brain": self.brain,
                 "Nimsforest-Tokens": f"{self.usage.prompt_tokens}/{self.usage.completion_tokens}"}
 

@@ -21,6 +21,7 @@ from nimsforest.forest.decide import (
     BrainHealth,
     Contract,
     Decider,
+    Decision,
     DecisionFailed,
     SchemaRejected,
     after_failure,
@@ -84,6 +85,8 @@ async def test_schema_is_sent_checked_and_an_invalid_answer_repaired(llm: FakeLL
     assert (stats.prompt_tokens, stats.completion_tokens) == (20, 6)
     assert decision.usage.prompt_tokens == 20
     assert decision.headers() == {"Nimsforest-Brain": "openai/m1", "Nimsforest-Tokens": "20/6"}
+    # a brain that counts no tokens (rules, a server that does not say) gets no token header
+    assert Decision({"pursue": True}, "rules").headers() == {"Nimsforest-Brain": "rules"}
 
 
 async def test_an_answer_that_stays_invalid_is_dead_with_the_answer_kept(llm: FakeLLM) -> None:
