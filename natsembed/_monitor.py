@@ -33,6 +33,8 @@ class MetaCluster(BaseModel):
     leader: str | None = None
     peer: str | None = None
     cluster_size: int = 0
+    quorum_needed: int = 0  # this server's current effective quorum
+    rescue: bool = False  # a quorum rescue ($JS.API.META.RESCUE) is active on this server
     replicas: tuple[MetaPeer, ...] = ()
 
     @property
