@@ -71,6 +71,7 @@ def _witness_name(node: str) -> str:
 ZONE_PREFIX = "zone:"
 _FIRST_ELECTION_RESTARTS = 3  # then the start timeout applies (raft elects in the end)
 _ELECTION_PROMPTS = 3  # a restarted pair asked to elect now; then raft's own timer applies
+_META_LEADING_WAIT = 5.0  # s: a few raft heartbeats for an elected leader to lead (leads_meta)
 _WITNESS_PORT_ATTEMPTS = 3  # a witness' ports are picked free, then bound: another process may win
 
 
@@ -361,6 +362,8 @@ class EmbeddedNats:
                 )
             if self._election is None:
                 self._election = MetaElection.RAFT
+            if self._witness is not None:
+                await self._wait_meta_leading(self._witness)
 
     @property
     def election(self) -> MetaElection | None:
@@ -433,6 +436,27 @@ class EmbeddedNats:
             "The JetStream meta group of %s and witness %s did not elect within %d prompt(s); "
             "waiting for raft's own election", self.name, w.name, prompts,
         )
+
+    async def _wait_meta_leading(self, w: _Witness) -> None:
+        """When the meta leader is this node or its witness, wait until it leads as far as
+        JetStream is concerned (see MonitorClient.leads_meta): a stream or consumer
+        created in between would wait for its request's timeout. Usually at once; about
+        a second (raft's heartbeat) when the new leader's first entry had to be sent again.
+        A leader elsewhere, or no confirmation within _META_LEADING_WAIT, ends the wait."""
+        deadline = time.monotonic() + _META_LEADING_WAIT
+        while time.monotonic() < deadline:
+            try:
+                meta = (await self.monitor.jsz()).meta_cluster
+            except MonitorUnavailable:
+                meta = None
+            leader = meta.leader if meta is not None else None
+            if leader not in (self.name, w.name):
+                return  # a peer leads, or none yet (wait_jetstream has had its say)
+            if await (self.monitor if leader == self.name else w.monitor).leads_meta():
+                return
+            await asyncio.sleep(0.01)
+        log.debug("JetStream on %s did not confirm its meta leader within %gs", self.name,
+                  _META_LEADING_WAIT)
 
     async def _observe_pair(self, w: _Witness) -> PairObservation:
         try:

@@ -354,10 +354,14 @@ async def test_a_restarted_node_is_not_restarted_for_its_election(
     assert not [r for r in caplog.records if "did not conclude" in r.getMessage()]
 
 
-async def _river_count(node: EmbeddedNats) -> int:
+async def _river_count(node: EmbeddedNats, durable: str) -> int:
+    """RIVER's messages, once a consumer is made on it: start() returns when the meta leader
+    answers (a consumer create waits for it), not only when /healthz says there is one."""
     nc = await nats.connect(node.client_url)
     try:
-        info = await nc.jetstream().stream_info(RIVER.name)
+        js = nc.jetstream()
+        await js.add_consumer(RIVER.name, durable_name=durable)
+        info = await js.stream_info(RIVER.name)
         assert info.cluster is not None and info.cluster.leader == node.name
         return info.state.messages
     finally:
@@ -397,7 +401,7 @@ async def test_a_lone_node_restarted_on_its_data_elects_when_asked_and_keeps_its
     # nats-server's "Unsafe quorum rescue applied, quorum lowered 2 -> 2": not a warning here
     assert [r for r in caplog.records if "quorum rescue" in r.getMessage()]
     assert not [r for r in caplog.records if "quorum rescue" in r.getMessage() and r.levelno >= logging.WARNING]
-    assert await _river_count(again) == 3
+    assert await _river_count(again, "after-stop") == 3
 
     # both servers killed -9 (nothing restarts them), then a start on the same directory
     pids = [again.node.pid, again.snapshot().witness.pid if again.snapshot().witness else None]
@@ -409,4 +413,4 @@ async def test_a_lone_node_restarted_on_its_data_elects_when_asked_and_keeps_its
     third = embedded("n1", **same)
     await third.start()
     assert third.election is MetaElection.PROMPTED
-    assert await _river_count(third) == 3
+    assert await _river_count(third, "after-kill") == 3
