@@ -412,8 +412,9 @@ class EmbeddedNats:
                 return
             if decision is Prompt.REFUSE:
                 log.info(
-                    "The JetStream meta group of %s is not just %s and its witness %s: its "
-                    "election is left to raft's own timing", self.name, self.name, w.name,
+                    "The JetStream meta group of %s is not just it and witness %s at quorum 2 "
+                    "(another server, a lowered quorum, or a nats-server older than 2.15): its "
+                    "election is left to raft's own timing", self.name, w.name,
                 )
                 return
             if decision is Prompt.WAIT:
