@@ -33,6 +33,7 @@ from natsembed._drain import (
     leaderships,
     step_down,
 )
+from natsembed._election import MetaElection, PairObservation, Prompt, plan_prompt
 from natsembed._monitor import Jsz, MetaCluster, MonitorClient, Routez, StreamDetail, Varz
 from natsembed._net import advertise_host, detect_address, free_port
 from natsembed._process import (
@@ -91,6 +92,10 @@ __all__ = [
     "Leaderships",
     "Led",
     "MetaCluster",
+    "MetaElection",
+    "PairObservation",
+    "Prompt",
+    "plan_prompt",
     "MonitorClient",
     "NatsBinaryNotFound",
     "NatsEmbedError",

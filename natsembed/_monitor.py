@@ -33,6 +33,8 @@ class MetaCluster(BaseModel):
     leader: str | None = None
     peer: str | None = None
     cluster_size: int = 0
+    quorum_needed: int = 0  # this server's current effective quorum
+    rescue: bool = False  # a quorum rescue ($JS.API.META.RESCUE) is active on this server
     replicas: tuple[MetaPeer, ...] = ()
 
     @property
@@ -215,6 +217,20 @@ class MonitorClient:
             params["js-enabled-only"] = "true"
         try:
             status, _ = await self._request("/healthz", params)
+        except MonitorUnavailable:
+            return False
+        return status == 200
+
+    async def leads_meta(self) -> bool:
+        """True when this server leads the JetStream meta group *as JetStream sees it*.
+
+        Raft tells JetStream of a new leadership only once the leader's first entry of its
+        term is applied (a round trip to a quorum). Until then /healthz?js-meta-only
+        already answers 200, but requests only the meta leader answers (stream and
+        consumer create or info) go unanswered and time out. /jsz?leader-only answers 200
+        on that leader only (400 elsewhere)."""
+        try:
+            status, _ = await self._request("/jsz", {"leader-only": "true"})
         except MonitorUnavailable:
             return False
         return status == 200

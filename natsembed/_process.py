@@ -58,7 +58,11 @@ _BENIGN_RE = re.compile(
     r"Healthcheck failed|Waiting for routing|not established contact with a meta leader|"
     r"Metalayer blocking snapshot|JetStream cluster no metadata leader|Plaintext passwords|"
     r"Error trying to connect to route|connect: connection refused|detected stream remapping|"
-    r"is not current with the meta leader"
+    r"is not current with the meta leader|"
+    # a restarted lone pair asked to elect now: a "rescue" at the unchanged quorum (see
+    # natsembed._election), and its end; a rescue that lowers the quorum stays a warning
+    r"Unsafe quorum rescue applied, quorum lowered (?P<q>\d+) -> (?P=q) for|"
+    r"Unsafe quorum rescue stopped, quorum updated to"
 )
 
 # What nats-server says when it was removed from the meta group (peer-remove).

@@ -42,11 +42,12 @@ from natsembed._config import (
     write_config,
 )
 from natsembed._credentials import Credentials, load_or_create, write_private
+from natsembed._election import PAIR, MetaElection, PairObservation, Prompt, plan_prompt
 from natsembed._monitor import MonitorClient
 from natsembed._net import WILDCARDS, advertise_host, free_port, local_host
 from natsembed._process import ProcessSnapshot, ProcessState, RestartPolicy, ServerProcess, Timeouts
 from natsembed._store import KEEP_REMOVED, set_aside, stored_streams
-from natsembed.errors import NatsEmbedError, StartFailed
+from natsembed.errors import MonitorUnavailable, NatsEmbedError, StartFailed
 
 if TYPE_CHECKING:
     from natsembed._system import SystemClient
@@ -69,6 +70,8 @@ def _witness_name(node: str) -> str:
 
 ZONE_PREFIX = "zone:"
 _FIRST_ELECTION_RESTARTS = 3  # then the start timeout applies (raft elects in the end)
+_ELECTION_PROMPTS = 3  # a restarted pair asked to elect now; then raft's own timer applies
+_META_LEADING_WAIT = 5.0  # s: a few raft heartbeats for an elected leader to lead (leads_meta)
 _WITNESS_PORT_ATTEMPTS = 3  # a witness' ports are picked free, then bound: another process may win
 
 
@@ -111,6 +114,7 @@ class EmbeddedSnapshot:
     client_address: str
     cluster_address: str
     monitor_url: str
+    election: MetaElection | None = None  # how the meta group got its leader at the last start
 
 
 class _Witness:
@@ -213,6 +217,7 @@ class EmbeddedNats:
             timeouts=config.timeouts,
         )
         self._witness: _Witness | None = None
+        self._election: MetaElection | None = None
         self._lock = asyncio.Lock()
 
     # --- addresses ---------------------------------------------------------------------------
@@ -318,6 +323,9 @@ class EmbeddedNats:
             # a first boot of a node with a new witness and no peers: the pair's first meta
             # election is watched (see _first_election)
             fresh = witness_name is None and not self._routes and not self.has_meta_state()
+            # a lone node restarted on its log with its witness: see _prompted_election
+            lone_restart = witness_name is not None and not self._routes and self.has_meta_state()
+            self._election = None
             if witness_name is None and self.config.witness:
                 witness_name = _witness_name(self.config.name)
             if witness_name is not None:
@@ -344,12 +352,23 @@ class EmbeddedNats:
         if wait_jetstream:
             if fresh and self._witness is not None:
                 await self._first_election()
+            elif lone_restart and self._witness is not None:
+                await self._prompted_election(self._witness)
             if not await self.wait_jetstream(self.config.timeouts.start):
                 await self.stop()
                 raise StartFailed(
                     f"JetStream on node {self.name} found no meta leader within "
                     f"{self.config.timeouts.start:g}s (are its peers reachable?)"
                 )
+            if self._election is None:
+                self._election = MetaElection.RAFT
+            if self._witness is not None:
+                await self._wait_meta_leading(self._witness)
+
+    @property
+    def election(self) -> MetaElection | None:
+        """How the meta group got its leader at the last start (None: not waited for)."""
+        return self._election
 
     async def _first_election(self) -> None:
         """A fresh node and witness elect their first meta leader within raft's campaign
@@ -358,8 +377,9 @@ class EmbeddedNats:
         under way), raft waits its election timeout, 4-9 s, before the next. Nothing is
         stored yet on a first boot, so both servers are started again on empty stores
         instead: a new first election costs well under a second."""
-        for _ in range(_FIRST_ELECTION_RESTARTS):
+        for attempt in range(_FIRST_ELECTION_RESTARTS):
             if await self.wait_jetstream(self.config.timeouts.first_election):
+                self._election = MetaElection.FIRST_AGAIN if attempt else MetaElection.FIRST
                 return
             w = self._witness
             assert w is not None
@@ -373,6 +393,92 @@ class EmbeddedNats:
                 shutil.rmtree(self.store_dir, ignore_errors=True)
                 shutil.rmtree(w.dir / "store", ignore_errors=True)
                 await self._spawn_processes()
+
+    async def _prompted_election(self, w: _Witness) -> None:
+        """A lone node and its witness restarted on their logs only recover their meta
+        group, and raft waits its election timeout (4-9 s) before either campaigns. Once
+        both servers are up and routed to each other (and to no other server), both are
+        asked to campaign now: `$JS.API.META.RESCUE` at the group's unchanged quorum of 2,
+        which lowers nothing and only re-arms raft's election timer with its campaign
+        delay (0.1-0.8 s); see natsembed._election for why that is safe, and when it is
+        not asked. A prompt that does not conclude within the first-election allowance is
+        sent again, up to _ELECTION_PROMPTS times; then raft's own timer decides."""
+        prompts = 0
+        deadline = time.monotonic() + self.config.timeouts.start
+        while time.monotonic() < deadline and prompts < _ELECTION_PROMPTS:
+            decision = plan_prompt(await self._observe_pair(w))
+            if decision is Prompt.ELECTED:
+                self._election = MetaElection.PROMPTED if prompts else MetaElection.RAFT
+                return
+            if decision is Prompt.REFUSE:
+                log.info(
+                    "The JetStream meta group of %s is not just it and witness %s at quorum 2 "
+                    "(another server, a lowered quorum, or a nats-server older than 2.15): its "
+                    "election is left to raft's own timing", self.name, w.name,
+                )
+                return
+            if decision is Prompt.WAIT:
+                if self.node.state is ProcessState.FAILED:
+                    return
+                await asyncio.sleep(0.01)
+                continue
+            if not prompts:
+                log.info(
+                    "Node %s and witness %s recovered their JetStream meta log without a leader: "
+                    "asking both to elect one now (META.RESCUE at the unchanged quorum of 2) "
+                    "rather than after raft's 4-9 s election timeout", self.name, w.name,
+                )
+            prompts += 1
+            await self._prompt(w)
+            if await self.wait_jetstream(self.config.timeouts.first_election):
+                self._election = MetaElection.PROMPTED
+                return
+        log.info(
+            "The JetStream meta group of %s and witness %s did not elect within %d prompt(s); "
+            "waiting for raft's own election", self.name, w.name, prompts,
+        )
+
+    async def _wait_meta_leading(self, w: _Witness) -> None:
+        """When the meta leader is this node or its witness, wait until it leads as far as
+        JetStream is concerned (see MonitorClient.leads_meta): a stream or consumer
+        created in between would wait for its request's timeout. Usually at once; about
+        a second (raft's heartbeat) when the new leader's first entry had to be sent again.
+        A leader elsewhere, or no confirmation within _META_LEADING_WAIT, ends the wait."""
+        deadline = time.monotonic() + _META_LEADING_WAIT
+        while time.monotonic() < deadline:
+            try:
+                meta = (await self.monitor.jsz()).meta_cluster
+            except MonitorUnavailable:
+                meta = None
+            leader = meta.leader if meta is not None else None
+            if leader not in (self.name, w.name):
+                return  # a peer leads, or none yet (wait_jetstream has had its say)
+            if await (self.monitor if leader == self.name else w.monitor).leads_meta():
+                return
+            await asyncio.sleep(0.01)
+        log.debug("JetStream on %s did not confirm its meta leader within %gs", self.name,
+                  _META_LEADING_WAIT)
+
+    async def _observe_pair(self, w: _Witness) -> PairObservation:
+        try:
+            node_jsz, witness_jsz, node_routes, witness_routes = await asyncio.gather(
+                self.monitor.jsz(), w.monitor.jsz(), self.monitor.routez(), w.monitor.routez()
+            )
+        except MonitorUnavailable:  # a server still starting its monitor: look again
+            return PairObservation(self.name, w.name, None, None, (), ())
+        return PairObservation(
+            node=self.name, witness=w.name,
+            node_meta=node_jsz.meta_cluster, witness_meta=witness_jsz.meta_cluster,
+            node_routes=node_routes.remote_names, witness_routes=witness_routes.remote_names,
+        )
+
+    async def _prompt(self, w: _Witness) -> None:
+        """Ask the pair's servers (the request reaches both) to campaign now."""
+        try:
+            async with self.system_client(timeout=1.0) as sysc:
+                await sysc.meta_rescue(quorum_needed=PAIR)
+        except NatsEmbedError as exc:  # a leader meanwhile, or a server not listening yet
+            log.debug("Election prompt of %s and witness %s: %s", self.name, w.name, exc)
 
     async def _write_configs(self) -> None:
         writes = [write_config(self.config.binary, self.node.config_path, self.render())]
@@ -549,4 +655,5 @@ class EmbeddedNats:
             client_address=self.client_address,
             cluster_address=self.cluster_address,
             monitor_url=self.monitor_url,
+            election=self._election,
         )

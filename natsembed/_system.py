@@ -13,6 +13,7 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
@@ -30,15 +31,20 @@ class SystemClient:
         self._nc: Client | None = None
 
     async def __aenter__(self) -> SystemClient:
-        self._nc = await nats.connect(
-            self._url,
-            user=self._user,
-            password=self._password,
-            name="nimsforest-system",
-            connect_timeout=self._timeout,
-            max_reconnect_attempts=0,
-            allow_reconnect=False,
-        )
+        try:
+            self._nc = await nats.connect(
+                self._url,
+                user=self._user,
+                password=self._password,
+                name="nimsforest-system",
+                connect_timeout=self._timeout,
+                max_reconnect_attempts=0,
+                allow_reconnect=False,
+            )
+        except (TimeoutError, NatsError, OSError) as exc:
+            raise SystemRequestFailed(
+                f"Could not connect to {self._url} as the system user ({type(exc).__name__})."
+            ) from None
         return self
 
     async def __aexit__(

@@ -106,6 +106,37 @@ async def test_sigkill_of_the_supervisor_leaves_no_orphans(node: NodeProcess) ->
     await eventually(all_gone, what="nats-server children gone")
 
 
+async def test_a_restart_on_its_data_asks_the_pair_to_elect_and_keeps_the_data(node: NodeProcess) -> None:
+    """Restarted on its data directory, after SIGTERM and after kill -9, the node is
+    healthy again with what it stored; its meta pair was asked to elect (not left to
+    raft's 4-9 s election timeout: natsembed._election)."""
+    await node.wait_healthy()
+
+    async def river_messages() -> int:
+        nc = await nats.connect(node.client_url())
+        try:
+            js = nc.jetstream()
+            assert (await js.get_last_msg("RIVER", "river.kept")).data == b"{}"
+            return (await js.stream_info("RIVER")).state.messages
+        finally:
+            await nc.close()
+
+    nc = await nats.connect(node.client_url())
+    try:
+        await nc.jetstream().publish("river.kept", b"{}")
+    finally:
+        await nc.close()
+    stored = await river_messages()
+    assert stored >= 1
+    for stop in (node.stop, node.kill):
+        stop()
+        node.start()
+        await node.wait_healthy()
+        assert await river_messages() >= stored
+    asked = node.log().count("recovered their JetStream meta log without a leader: asking both")
+    assert asked == 2, node.log()
+
+
 async def test_health_answers_503_quickly_when_nats_is_stuck(node: NodeProcess) -> None:
     await node.wait_healthy()
     assert node.proc is not None

@@ -332,6 +332,12 @@ async def test_start_retries_until_jetstream_takes_the_audit_stream(nc: nats.NAT
         await forest.stop()
 
 
+def _all_threads_stopped(pid: int) -> bool:
+    """Every thread of `pid` is in the stopped state (T, or t when traced)."""
+    tasks = Path(f"/proc/{pid}/task")
+    return all((t / "stat").read_text().rsplit(") ", 1)[1][:1] in "Tt" for t in tasks.iterdir())
+
+
 async def test_an_unanswered_write_is_looked_up_not_lost_or_doubled(
     nc: nats.NATS, plain_nats: Any
 ) -> None:
@@ -346,6 +352,11 @@ async def test_an_unanswered_write_is_looked_up_not_lost_or_doubled(
                        origin=Origin.API, by="t", node="a")
     plain_nats.proc.send_signal(signal.SIGSTOP)
     try:
+        # kill() returns before the stop takes effect: each of nats-server's threads stops
+        # when it next handles the signal, and on a busy machine one that still runs
+        # answered the write sent right after (seen: revision 1 within 7 ms of SIGSTOP)
+        await eventually(lambda: _all_threads_stopped(plain_nats.proc.pid), interval=0.001,
+                         what="every thread of nats-server stopped")
         writing = asyncio.create_task(store.create(entry))
         await asyncio.sleep(6)  # past the 5 s JetStream timeout of the first send
         assert not writing.done()

@@ -82,6 +82,15 @@ async def test_an_error_status_or_no_json_raises(http: Callable[[Answer], Awaita
         await garbage.routez()
 
 
+async def test_leads_meta_is_the_leader_only_answer_of_jsz(http: Callable[[Answer], Awaitable[str]]) -> None:
+    # /jsz?leader-only=true: 200 on the meta leader once JetStream acts as one, 400 elsewhere
+    leading = MonitorClient(await http(_response("200 OK", b'{"server_name": "n1"}')))
+    assert await leading.leads_meta()
+    other = MonitorClient(await http(_response("400 Bad Request", b"not leader")))
+    assert not await other.leads_meta()
+    assert not await MonitorClient(f"http://127.0.0.1:{free_port()}").leads_meta()
+
+
 async def test_a_hanging_server_is_bounded_by_the_timeout(http: Callable[[Answer], Awaitable[str]]) -> None:
     monitor = MonitorClient(await http(None), timeout=0.2)
     assert not await monitor.healthz()

@@ -16,6 +16,7 @@ import pytest
 
 from natsembed import (
     EmbeddedNats,
+    MetaElection,
     MonitorClient,
     NotReady,
     ProcessState,
@@ -351,3 +352,65 @@ async def test_a_restarted_node_is_not_restarted_for_its_election(
     with caplog.at_level(logging.INFO, logger="natsembed"):
         await again.start()
     assert not [r for r in caplog.records if "did not conclude" in r.getMessage()]
+
+
+async def _river_count(node: EmbeddedNats, durable: str) -> int:
+    """RIVER's messages, once a consumer is made on it: start() returns when the meta leader
+    answers (a consumer create waits for it), not only when /healthz says there is one."""
+    nc = await nats.connect(node.client_url)
+    try:
+        js = nc.jetstream()
+        await js.add_consumer(RIVER.name, durable_name=durable)
+        info = await js.stream_info(RIVER.name)
+        assert info.cluster is not None and info.cluster.leader == node.name
+        return info.state.messages
+    finally:
+        await nc.close()
+
+
+async def test_a_lone_node_restarted_on_its_data_elects_when_asked_and_keeps_its_data(
+    embedded: EmbeddedFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Restarted on their logs, a node and its witness only recover their meta group, and
+    raft would wait its election timeout (4-9 s); both are asked to elect at once instead
+    (META.RESCUE at the unchanged quorum of 2). After a graceful stop and after both
+    servers were killed -9, the pair elects through that prompt and the stream is whole."""
+    node = embedded("n1")
+    await node.start()
+    assert node.election is MetaElection.FIRST or node.election is MetaElection.FIRST_AGAIN
+    nc = await nats.connect(node.client_url)
+    try:
+        await ensure_stream(nc.jetstream(), RIVER, 1)
+        for i in range(3):
+            await nc.jetstream().publish("river.test", str(i).encode())
+    finally:
+        await nc.close()
+    await node.stop()
+    same = {"data_dir": node.config.data_dir, "client_port": node.config.client_port,
+            "cluster_port": node.config.cluster_port, "monitor_port": node.config.monitor_port}
+
+    # a graceful stop (lame duck, SIGINT), then a start on the same data directory
+    never_restarted = RestartPolicy(max_restarts=0)
+    again = embedded("n1", policy=never_restarted, **same)
+    with caplog.at_level(logging.DEBUG, logger="natsembed"), caplog.at_level(logging.DEBUG, logger="nats-server"):
+        await again.start()
+    assert again.election is MetaElection.PROMPTED
+    assert again.snapshot().election is MetaElection.PROMPTED
+    asked = [r.getMessage() for r in caplog.records if "asking both to elect one now" in r.getMessage()]
+    assert len(asked) == 1 and "at the unchanged quorum of 2" in asked[0]
+    # nats-server's "Unsafe quorum rescue applied, quorum lowered 2 -> 2": not a warning here
+    assert [r for r in caplog.records if "quorum rescue" in r.getMessage()]
+    assert not [r for r in caplog.records if "quorum rescue" in r.getMessage() and r.levelno >= logging.WARNING]
+    assert await _river_count(again, "after-stop") == 3
+
+    # both servers killed -9 (nothing restarts them), then a start on the same directory
+    pids = [again.node.pid, again.snapshot().witness.pid if again.snapshot().witness else None]
+    assert all(pids)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+    await eventually(lambda: again.node.state is ProcessState.FAILED, what="the node's server dead")
+    await again.stop()
+    third = embedded("n1", **same)
+    await third.start()
+    assert third.election is MetaElection.PROMPTED
+    assert await _river_count(third, "after-kill") == 3
