@@ -78,6 +78,25 @@ async def publish_stored(js: Any, subject: str, payload: bytes, *, msg_id: str, 
     return await eventually(lambda: js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id}),
                             timeout=timeout, what=f"{subject} stored")
 
+def freeze(pid: int, timeout: float = 5.0) -> None:
+    """SIGSTOP `pid` and return once every one of its threads has stopped: kill() returns
+    before the stop takes effect (each thread stops when it next handles the signal), and on
+    a busy machine a thread still running answered a request sent right after (seen: a
+    write acknowledged 7 ms after SIGSTOP)."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while not _all_threads_stopped(pid):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} did not stop within {timeout}s of SIGSTOP")
+        time.sleep(0.001)
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    """Every thread of `pid` is in the stopped state (T, or t when traced)."""
+    tasks = Path(f"/proc/{pid}/task")
+    return all((t / "stat").read_text().rsplit(") ", 1)[1][:1] in "Tt" for t in tasks.iterdir())
+
+
 async def routed_servers(
     embedded: EmbeddedFactory, prefix: str, count: int = 3, tags: tuple[tuple[str, ...], ...] = ()
 ) -> list[EmbeddedNats]:

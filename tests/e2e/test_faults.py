@@ -23,7 +23,7 @@ from tests.e2e.conftest import Forest
 from tests.e2e.steady import SteadyWriter, lost_or_twice
 from tests.e2e.test_cluster import cluster_at, wait_cluster
 from tests.e2e.test_control import demo_copy, leaves, soil_keys
-from tests.support import NodeProcess, eventually
+from tests.support import NodeProcess, eventually, freeze
 
 pytestmark = pytest.mark.e2e
 
@@ -83,7 +83,7 @@ async def test_kill9_pause_and_graceful_stop_under_a_steady_writer_lose_nothing_
         # 2. a peer's nats-server frozen for 8 s (SIGSTOP, then SIGCONT)
         frozen = nodes[1]
         server = nats_server_of(frozen)
-        server.send_signal(signal.SIGSTOP)
+        freeze(server.pid)
         try:
             await asyncio.sleep(8)  # the fault itself lasts 8 s; nothing is asserted about time
         finally:

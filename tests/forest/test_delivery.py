@@ -15,7 +15,7 @@ from nimsforest.forest.publisher import Publisher
 from nimsforest.streams import SOIL, ensure_stream
 from tests.forest.conftest import Wind
 from tests.forest.fakellm import FakeLLM
-from tests.support import eventually
+from tests.support import eventually, freeze
 
 
 async def test_publisher_completes_every_future(nc) -> None:  # type: ignore[no-untyped-def]
@@ -152,7 +152,7 @@ async def test_stop_with_outputs_never_confirmed_cancels_every_task(  # type: ig
         )
         await nc.jetstream().publish("wind.ask", _leaf("ask", {"q": "?"}))
         await eventually(lambda: llm.seen, what="the brain asked")
-        plain_nats.proc.send_signal(signal.SIGSTOP)
+        freeze(plain_nats.proc.pid)
         try:
             llm.release()  # the nim publishes its outputs; no publish ack can come now
             await asyncio.sleep(0.5)

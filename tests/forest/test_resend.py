@@ -20,7 +20,7 @@ from nimsforest.forest.leaf import Compost, CompostAction
 from nimsforest.forest.soil import STREAM as SOIL_STREAM
 from nimsforest.forest.soil import Soil
 from tests.forest.conftest import write_forest
-from tests.support import EmbeddedFactory, eventually, routed_servers
+from tests.support import EmbeddedFactory, eventually, freeze, routed_servers
 
 ECHO = "function process(input) return input end"
 
@@ -58,7 +58,7 @@ async def test_an_unanswered_output_is_resent_to_the_new_leader_and_stored_once(
         assert leader != servers[0].name
         frozen = next(s for s in servers if s.name == leader)
         assert frozen.node.pid is not None
-        os.kill(frozen.node.pid, signal.SIGSTOP)
+        freeze(frozen.node.pid)
         await forest.flow("in.b", {"n": 2})  # the tree's output goes to the frozen leader
         await eventually(lambda: _is(stored_leaves(), 2), timeout=40,
                          what="the second leaf stored by WIND's new leader")
@@ -127,7 +127,7 @@ async def test_an_unanswered_soil_write_is_resent_to_the_new_leader_and_stored_o
         await eventually(lambda: lead("CONSUMER", "decomposer", servers[0].name),
                          what="the decomposer's leader")
         assert frozen.node.pid is not None
-        os.kill(frozen.node.pid, signal.SIGSTOP)
+        freeze(frozen.node.pid)
         resumed = False
         await js.publish("humus.n.create", entry("fast"))  # its write goes to the frozen leader
         slow = asyncio.ensure_future(Soil(js).bury("slow", {"n": 1}, expected_revision=0,

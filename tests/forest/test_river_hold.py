@@ -16,6 +16,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 from nimsforest.forest import FlowError
 from nimsforest.forest.river import Attempt, attempt_outcome, flow
 from nimsforest.streams import RIVER, ensure_stream
+from tests.support import freeze
 
 
 def test_each_failed_publish_is_read_once() -> None:
@@ -70,7 +71,7 @@ async def test_an_unanswered_attempt_stored_after_all_is_not_reported_as_a_dupli
     store, so the answer is a first store (what the client sent before was nothing)."""
     js = nc.jetstream()
     await ensure_stream(js, RIVER, 1)
-    plain_nats.proc.send_signal(signal.SIGSTOP)
+    freeze(plain_nats.proc.pid)
     try:
         storing = asyncio.create_task(flow(nc, js, "orders", {"n": 2}, msg_id="api:k2", hold=30))
         await asyncio.sleep(1.5)  # the first attempts get no answer
