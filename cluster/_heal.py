@@ -23,6 +23,8 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from natsembed import node_of
+
 
 class Membership(enum.Enum):
     MEMBER = "member"
@@ -34,7 +36,8 @@ class Membership(enum.Enum):
 def membership(
     node: str, *, disabled: bool, leader: str | None, cluster_size: int, members: Sequence[str]
 ) -> Membership:
-    """This server's place in the meta group, from its own /jsz."""
+    """This server's place in the meta group, from its own /jsz (`node`: its server name,
+    as the meta group names it)."""
     if disabled:
         return Membership.REMOVED
     if not leader:
@@ -62,13 +65,14 @@ class Verdict(enum.Enum):
 def verdict(
     node: str, stored: Sequence[str], elsewhere: Sequence[StreamCopies] | None
 ) -> tuple[Verdict, tuple[str, ...]]:
-    """Whether `node` may set its store aside, and the streams at risk if not."""
+    """Whether `node` may set its store aside, and the streams at risk if not (a copy on
+    any server name of `node`, natsembed._names, is its own)."""
     if elsewhere is None:
         return Verdict.UNKNOWN, ()
     held = {s.name: s for s in elsewhere}
     at_risk = {name for name in stored if name not in held}
     for s in elsewhere:
-        others = [c for c in s.current if c != node]
+        others = [c for c in s.current if node_of(c) != node]
         if s.replicas < 1 or len(others) < s.replicas:
             at_risk.add(s.name)
     if at_risk:

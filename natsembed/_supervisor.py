@@ -15,6 +15,8 @@ Data directory layout:
     <data_dir>/credentials.json   generated users (0600)
     <data_dir>/store/             the node's JetStream store
     <data_dir>/witness/           the witness' name, config and store, while it exists
+    <data_dir>/generation         how many times the node started afresh (its server name,
+                                  natsembed._names); absent until the first time
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from natsembed._config import (
 )
 from natsembed._credentials import Credentials, load_or_create, write_private
 from natsembed._monitor import MonitorClient
+from natsembed._names import server_name as named_server
 from natsembed._net import WILDCARDS, advertise_host, free_port, local_host
 from natsembed._process import ProcessSnapshot, ProcessState, RestartPolicy, ServerProcess, Timeouts
 from natsembed._store import KEEP_REMOVED, set_aside, stored_streams
@@ -168,6 +171,21 @@ class _Witness:
         )
 
 
+GENERATION_FILE = "generation"
+
+
+def _read_generation(path: Path) -> int:
+    """The node's generation from its data directory (0 when absent or unreadable)."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return 0
+    if not text.isdigit():
+        log.warning("%s does not hold a generation number (%r); using 0", path, text[:40])
+        return 0
+    return int(text)
+
+
 def has_meta_state(data_dir: Path) -> bool:
     """True when the node in `data_dir` has JetStream cluster state (a meta log)."""
     return (data_dir / "store" / "jetstream" / SYSTEM_ACCOUNT / "_js_" / "_meta_").is_dir()
@@ -213,6 +231,7 @@ class EmbeddedNats:
             timeouts=config.timeouts,
         )
         self._witness: _Witness | None = None
+        self._generation = _read_generation(config.data_dir / GENERATION_FILE)
         self._lock = asyncio.Lock()
 
     # --- addresses ---------------------------------------------------------------------------
@@ -224,6 +243,12 @@ class EmbeddedNats:
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def server_name(self) -> str:
+        """This node's nats-server name: the node's name, with a generation after each time
+        it started afresh (natsembed._names)."""
+        return named_server(self.config.name, self._generation)
 
     @property
     def cluster_address(self) -> str:
@@ -271,7 +296,7 @@ class EmbeddedNats:
         if self._witness is not None:
             routes.append(self._witness.cluster_address)
         return ServerConfig(
-            server_name=cfg.name,
+            server_name=self.server_name,
             client_listen=hostport(cfg.bind, cfg.client_port),
             client_advertise=self.client_address if cfg.bind in WILDCARDS else None,
             monitor_listen=self._monitor_listen,
@@ -464,7 +489,7 @@ class EmbeddedNats:
                         break
                     if meta.leader == w.name:
                         try:
-                            await sysc.meta_stepdown(preferred=self.name)
+                            await sysc.meta_stepdown(preferred=self.server_name)
                         except NatsEmbedError as exc:
                             log.debug("Meta stepdown of witness %s: %s", w.name, exc)
                     await asyncio.sleep(0.2)
@@ -506,13 +531,21 @@ class EmbeddedNats:
     async def start_afresh(self, keep: int = KEEP_REMOVED) -> Path:
         """Stop the node's nats-server, set its JetStream store aside (renamed into
         removed-<time> in the data directory; the newest `keep` are kept) and start it
-        again on an empty store, so it joins the cluster as a new peer. Returns where the
-        old store now is. The witness, if any, keeps running."""
+        again on an empty store under the next server name (its generation, kept in the
+        data directory), so the meta leader adds it as a new peer at once (a removed name
+        is refused for 5 minutes). Returns where the old store now is. The witness, if
+        any, keeps running."""
         async with self._lock:
             await self.node.stop()
             aside = set_aside(self.store_dir, self.config.data_dir, keep)
+            # the store is aside before the name changes: a crash in between restarts the
+            # old name on an empty store, which heals again (never a new name on an old store)
+            self._generation += 1
+            write_private(self.config.data_dir / GENERATION_FILE, f"{self._generation}\n")
+            await write_config(self.config.binary, self.node.config_path, self.render())
             await self.node.start()
-        log.debug("JetStream store of %s set aside in %s; started on an empty store", self.name, aside)
+        log.debug("JetStream store of %s set aside in %s; started on an empty store as %s",
+                  self.name, aside, self.server_name)
         return aside
 
     def system_client(self, timeout: float = 5.0) -> SystemClient:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
-from natsembed import EmbeddedNats, MonitorClient, ProcessState, is_witness
+from natsembed import EmbeddedNats, MonitorClient, ProcessState, is_witness, node_of
 from natsembed.errors import reason
 from nimsforest import metrics
 from nimsforest.marks import OWNER_KEY, OWNER_VALUE
@@ -285,8 +285,9 @@ class NatsObserver:
             self.refresh_streams()
         view = self._compose()
         if view.members:
-            metrics.cluster_size.set(len(view.members))
-            metrics.nats_cluster_peers.set(len(view.members) - 1)
+            nodes = len({node_of(m) for m in view.members})  # servers as nodes (natsembed._names)
+            metrics.cluster_size.set(nodes)
+            metrics.nats_cluster_peers.set(nodes - 1)
         return view
 
     def _compose(self) -> NatsView:
