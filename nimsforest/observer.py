@@ -267,10 +267,13 @@ class NatsObserver:
                 fields["monitor_ok"] = True
                 fields["routed"] = frozenset(routez.remote_names)
                 fields["jetstream_disabled"] = jsz.disabled
-                fields["server_name"] = jsz.server_name
+                # /jsz has no server name; /routez has it. After a heal it is not the node's
+                # name (natsembed._names)
+                own = routez.server_name or (
+                    self.embedded.server_name if self.embedded else self.node_name)
+                fields["server_name"] = own
                 meta = jsz.meta_cluster
                 if meta is not None:
-                    own = jsz.server_name or self.node_name
                     fields["meta_leader"] = meta.leader
                     fields["meta_size"] = meta.cluster_size
                     names = {own, *meta.members}
