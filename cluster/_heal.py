@@ -14,7 +14,9 @@ nats-server 2.15 shows a removal in one of two ways (both seen on real servers):
 Starting afresh (the old store set aside, never deleted in place) is safe only when every
 stream is held in full by the other nodes: each stream the stale store holds exists on
 them, and every stream they hold has all its replicas current without this node.
-Otherwise this node's copy might be the only one, and an operator decides.
+Otherwise this node's copy might be the only one, and an operator decides. A fresh
+start takes the node's next server name (natsembed._names), which the meta leader adds
+at once; the removed name it would refuse for 5 minutes.
 """
 
 from __future__ import annotations

@@ -3,9 +3,15 @@
 Rules, in order (each one is local to this node or cluster-wide):
 
 0. Removed (local, checked right after the routes). A node the meta group no longer
-   counts (cluster._heal) sets its store aside and rejoins as a new peer when the other
-   nodes hold every stream in full; otherwise it keeps its store and says what to run.
-   No other rule applies to it meanwhile.
+   counts (cluster._heal) sets its store aside and rejoins as a new peer, under its next
+   server name (natsembed._names: the meta leader refuses a removed name for 5 minutes),
+   when the other nodes hold every stream in full; otherwise it keeps its store and says
+   what to run. No other rule applies to it meanwhile.
+
+Meta members, leaders and routes are server names; the registry's peers are nodes.
+`natsembed.node_of` turns one into the other; a server name that a later generation of
+its node replaced (`Observation.stale`) is not that node: it never counts for the size or
+the quorum floor, and it is removed once unreachable for the grace period.
 
 1. Routes (local). With the registry answering, route to exactly its peers; with the
    registry down, change nothing (the cluster keeps running on the routes it has).

@@ -35,7 +35,15 @@ from natsembed._drain import (
     step_down,
 )
 from natsembed._monitor import Jsz, MetaCluster, MonitorClient, Routez, StreamDetail, Varz
-from natsembed._names import GENERATION_MARK, generation_of, label, node_of, server_name, superseded
+from natsembed._names import (
+    GENERATION_MARK,
+    WITNESS_MARK,
+    generation_of,
+    label,
+    node_of,
+    server_name,
+    superseded,
+)
 from natsembed._net import advertise_host, detect_address, free_port
 from natsembed._process import (
     ProcessSnapshot,
@@ -48,7 +56,6 @@ from natsembed._process import (
 from natsembed._store import KEEP_REMOVED, REMOVED_PREFIX, set_aside, stored_streams
 from natsembed._supervisor import (
     NODE_TAG,
-    WITNESS_MARK,
     WITNESS_TAG,
     EmbeddedConfig,
     EmbeddedNats,

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 GENERATION_MARK = "-gen-"  # in the server name of a node that started afresh
-_WITNESS_MARK = "-witness-"  # natsembed._supervisor.WITNESS_MARK (kept equal by a test)
+WITNESS_MARK = "-witness-"  # in every witness server's name, never in a node's name
 
 
 def server_name(node: str, generation: int = 0) -> str:
@@ -30,7 +30,7 @@ def server_name(node: str, generation: int = 0) -> str:
 
 def node_of(server: str) -> str:
     """The node a server name belongs to (a witness' name is returned as it is)."""
-    if _WITNESS_MARK in server:
+    if WITNESS_MARK in server:
         return server
     head, mark, tail = server.rpartition(GENERATION_MARK)
     return head if mark and tail.isdigit() and head else server
@@ -38,7 +38,7 @@ def node_of(server: str) -> str:
 
 def generation_of(server: str) -> int:
     """The generation in a node's server name (0 without a generation suffix)."""
-    if _WITNESS_MARK in server:
+    if WITNESS_MARK in server:
         return 0
     head, mark, tail = server.rpartition(GENERATION_MARK)
     return int(tail) if mark and tail.isdigit() and head else 0

@@ -45,6 +45,7 @@ from natsembed._config import (
 )
 from natsembed._credentials import Credentials, load_or_create, write_private
 from natsembed._monitor import MonitorClient
+from natsembed._names import WITNESS_MARK
 from natsembed._names import server_name as named_server
 from natsembed._net import WILDCARDS, advertise_host, free_port, local_host
 from natsembed._process import ProcessSnapshot, ProcessState, RestartPolicy, ServerProcess, Timeouts
@@ -58,7 +59,6 @@ log = logging.getLogger("natsembed")
 
 NODE_TAG = "role:node"
 WITNESS_TAG = "role:witness"
-WITNESS_MARK = "-witness-"  # in every witness server's name, never in a node's name
 
 
 def is_witness(server_name: str) -> bool:

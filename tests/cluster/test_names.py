@@ -34,7 +34,6 @@ from natsembed import (
     server_name,
     superseded,
 )
-from natsembed._names import _WITNESS_MARK
 from nimsforest.drain import DrainObservation, DrainReason, Home
 from nimsforest.drain import plan as drain_plan
 from nimsforest.observer import MetaPeerView, NatsView
@@ -55,7 +54,6 @@ def test_a_nodes_server_name_and_back() -> None:
     assert node_of("-gen-2") == "-gen-2"
     witness = f"n3{WITNESS_MARK}a1b2c3"
     assert node_of(witness) == witness and generation_of(witness) == 0
-    assert _WITNESS_MARK == WITNESS_MARK
     assert label("n3") == "n3" and label("n3-gen-1") == "n3 (server n3-gen-1)"
 
 
