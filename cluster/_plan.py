@@ -8,11 +8,6 @@ Rules, in order (each one is local to this node or cluster-wide):
    when the other nodes hold every stream in full; otherwise it keeps its store and says
    what to run. No other rule applies to it meanwhile.
 
-Meta members, leaders and routes are server names; the registry's peers are nodes.
-`natsembed.node_of` turns one into the other; a server name that a later generation of
-its node replaced (`Observation.stale`) is not that node: it never counts for the size or
-the quorum floor, and it is removed once unreachable for the grace period.
-
 1. Routes (local). With the registry answering, route to exactly its peers; with the
    registry down, change nothing (the cluster keeps running on the routes it has).
 2. Witness (local). Retire our witness once another node is a meta member (the leader
@@ -52,6 +47,11 @@ RetireWitness, StartWitness; the others wait for the next cycle, which observes 
 cluster after the first one.
 
 The acting node is the meta leader, or the node whose witness is the meta leader.
+
+Meta members, leaders and routes are server names; the registry's peers are nodes.
+`natsembed.node_of` turns one into the other; a server name that a later generation of
+its node replaced (`Observation.stale`) is not that node: it never counts for the size or
+the quorum floor, and it is removed once unreachable for the grace period.
 """
 
 from __future__ import annotations
