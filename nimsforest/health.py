@@ -172,6 +172,8 @@ def node_health(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
             "pid": view.process_pid if view else None,
             "restarts": view.restarts if view else 0,
             "witness": view.witness if view else None,
+            # its nats-server's name: the node's, or <node>-gen-N after a heal (natsembed._names)
+            "server": (view.server_name or None) if view else None,
             "connected": view.connected if view else False,
         },
     }
