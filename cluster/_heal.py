@@ -14,7 +14,9 @@ nats-server 2.15 shows a removal in one of two ways (both seen on real servers):
 Starting afresh (the old store set aside, never deleted in place) is safe only when every
 stream is held in full by the other nodes: each stream the stale store holds exists on
 them, and every stream they hold has all its replicas current without this node.
-Otherwise this node's copy might be the only one, and an operator decides.
+Otherwise this node's copy might be the only one, and an operator decides. A fresh
+start takes the node's next server name (natsembed._names), which the meta leader adds
+at once; the removed name it would refuse for 5 minutes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from natsembed import node_of
 
 
 class Membership(enum.Enum):
@@ -34,7 +38,8 @@ class Membership(enum.Enum):
 def membership(
     node: str, *, disabled: bool, leader: str | None, cluster_size: int, members: Sequence[str]
 ) -> Membership:
-    """This server's place in the meta group, from its own /jsz."""
+    """This server's place in the meta group, from its own /jsz (`node`: its server name,
+    as the meta group names it)."""
     if disabled:
         return Membership.REMOVED
     if not leader:
@@ -62,13 +67,14 @@ class Verdict(enum.Enum):
 def verdict(
     node: str, stored: Sequence[str], elsewhere: Sequence[StreamCopies] | None
 ) -> tuple[Verdict, tuple[str, ...]]:
-    """Whether `node` may set its store aside, and the streams at risk if not."""
+    """Whether `node` may set its store aside, and the streams at risk if not (a copy on
+    any server name of `node`, natsembed._names, is its own)."""
     if elsewhere is None:
         return Verdict.UNKNOWN, ()
     held = {s.name: s for s in elsewhere}
     at_risk = {name for name in stored if name not in held}
     for s in elsewhere:
-        others = [c for c in s.current if c != node]
+        others = [c for c in s.current if node_of(c) != node]
         if s.replicas < 1 or len(others) < s.replicas:
             at_risk.add(s.name)
     if at_risk:

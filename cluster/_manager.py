@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from cluster._heal import Membership, StreamCopies, membership
@@ -38,7 +39,7 @@ from cluster._model import (
 )
 from cluster._plan import Memory, Tuning, gone, plan, target_replicas, unreachable
 from cluster._replication import scale_streams
-from natsembed import is_witness
+from natsembed import is_witness, label, node_of
 from natsembed.errors import reason
 
 if TYPE_CHECKING:
@@ -55,13 +56,14 @@ ZONE_WAIT = 0.3  # seconds to collect every server's tags (asked only for unknow
 def in_transition(obs: Observation) -> bool:
     """A peer registered but not yet in the meta group, a witness beside real peers, or a
     stream not current: the cluster is changing and the next look should come soon."""
-    members = {m.name for m in obs.meta_members}
+    members = obs.member_nodes | {obs.node}
     joining = any(p.name not in members for p in obs.registry_peers or ())
     return joining or bool(obs.witness and obs.nodes) or any(not s.current for s in obs.streams)
 
 
 def view_membership(node: str, view: NatsView) -> Membership:
-    """This server's place in the meta group, from the observer's view of it (pure)."""
+    """This server's place in the meta group, from the observer's view of it (pure;
+    `node`: this node's server name)."""
     if not view.monitor_ok:
         return Membership.UNKNOWN
     if view.meta_leader is None:
@@ -82,6 +84,7 @@ def observation(
     stored: tuple[str, ...] = (),
     elsewhere: tuple[StreamCopies, ...] | None = None,
     counted_elsewhere: bool = False,
+    server: str = "",
 ) -> Observation:
     """The planner's Observation from the node's NATS view and what else the cycle read
     (pure)."""
@@ -109,6 +112,7 @@ def observation(
         stored=stored,
         elsewhere=elsewhere,
         counted_elsewhere=counted_elsewhere,
+        server=server,
     )
 
 
@@ -225,14 +229,15 @@ class ClusterManager:
         waits for it: routes, the witness and departures are decided without delay.
         """
         registry_peers, view = await asyncio.gather(self._observe_registry(), self.observer.look())
-        place = view_membership(self.node, view)
+        server = self.embedded.server_name  # changes when this node starts afresh
+        place = view_membership(server, view)
         stored: tuple[str, ...] = ()
         elsewhere: tuple[StreamCopies, ...] | None = None
         counted = False
         if place in (Membership.REMOVED, Membership.NOT_COUNTED):
             self._stored_seen.update(self.embedded.stored_streams())
             stored = tuple(sorted(self._stored_seen))
-            elsewhere, counted = await self._observe_elsewhere(registry_peers)
+            elsewhere, counted = await self._observe_elsewhere(registry_peers, server)
         elif place is Membership.MEMBER:
             self._stored_seen.clear()
         zone = self.embedded.zone
@@ -243,14 +248,16 @@ class ClusterManager:
             self.node, view, registry_peers, self.embedded.routes,
             zone=zone, zones={name: z for name, z in self._zones.items() if z},
             membership=place, stored=stored, elsewhere=elsewhere, counted_elsewhere=counted,
+            server=server,
         )
 
     async def _observe_elsewhere(
-        self, peers: tuple[RegistryPeer, ...] | None
+        self, peers: tuple[RegistryPeer, ...] | None, server: str
     ) -> tuple[tuple[StreamCopies, ...] | None, bool]:
         """Every stream as the other nodes hold it, from their monitoring ports (None when
         no other node answers; each stream is described by the server that leads it), and
-        whether the meta group, as any of them sees it, still counts this node."""
+        whether the meta group, as any of them sees it, still counts this node's server
+        (`server`, its current name)."""
         from natsembed import MonitorClient
 
         urls = [(p.name, p.monitor_url) for p in peers or () if p.name != self.node and p.monitor_url]
@@ -268,11 +275,11 @@ class ClusterManager:
                 await monitor.close()
             answers += 1
             meta = jsz.meta_cluster
-            if meta is not None and meta.leader and meta.leader != self.node:
-                counted = counted or self.node in meta.members
+            if meta is not None and meta.leader and meta.leader != server:
+                counted = counted or server in meta.members
             for detail in jsz.stream_details():
                 cluster = detail.cluster
-                if cluster is None or cluster.leader != name:
+                if cluster is None or cluster.leader is None or node_of(cluster.leader) != name:
                     continue  # described by its leader
                 current = (cluster.leader, *(r.name for r in cluster.replicas if r.current and not r.offline))
                 copies[detail.name] = StreamCopies(
@@ -345,9 +352,9 @@ class ClusterManager:
         members = {m.name for m in obs.nodes}
         if self._known_members is not None:
             for name in sorted(members - self._known_members):
-                log.info("Peer %s joined cluster (size now %d)", name, obs.size)
+                log.info("Peer %s joined cluster (size now %d)", label(name), obs.size)
             for name in sorted(self._known_members - members):
-                log.info("Peer %s left cluster (size now %d)", name, obs.size)
+                log.info("Peer %s left cluster (size now %d)", label(name), obs.size)
         self._known_members = members
 
     # --- acting ----------------------------------------------------------------------------
@@ -423,24 +430,26 @@ class ClusterManager:
                 state = PeerState.KEPT if obs.at - since >= self.tuning.grace else PeerState.LEAVING
             elif unreachable(obs, member.name):
                 state = PeerState.OFFLINE
-            elif obs.meta_leader != self.node:
+            elif obs.meta_leader != obs.me:
                 state = PeerState.CURRENT if member.name == obs.meta_leader else PeerState.ONLINE
             elif member.current:
                 state = PeerState.CURRENT
             else:
                 state = PeerState.CATCHING_UP
+            node = node_of(member.name)  # users see nodes; the server name goes with it
             peers.append(
                 PeerStatus(
-                    name=member.name,
+                    name=node,
                     state=state,
-                    address=registry_addr.get(member.name),
-                    in_registry=member.name in registry_addr,
+                    address=registry_addr.get(node),
+                    in_registry=node in registry_addr,
                     routed=member.name in obs.routed,
                     gone_for=(obs.at - since) if since is not None else None,
-                    monitor_url=self._monitor_urls.get(member.name),
+                    monitor_url=self._monitor_urls.get(node),
+                    server=member.name,
                 )
             )
-        in_meta = {m.name for m in obs.nodes}
+        in_meta = obs.member_nodes
         for name, addr in sorted(registry_addr.items()):
             if name not in in_meta:
                 peers.append(PeerStatus(name, PeerState.REGISTERED, addr, True, name in obs.routed,
@@ -449,14 +458,16 @@ class ClusterManager:
             node=self.node,
             size=obs.size,
             replication_factor=rf,
-            meta_leader=obs.meta_leader,
+            meta_leader=node_of(obs.meta_leader) if obs.meta_leader else None,
             witness=obs.witness,
             peers=tuple(sorted(peers, key=lambda p: p.name)),
-            streams=obs.streams,
+            streams=tuple(replace(s, leader=node_of(s.leader) if s.leader else None,
+                                  lagging=tuple(map(node_of, s.lagging))) for s in obs.streams),
             sentence=sentence,
             registry_ok=obs.registry_ok,
             cycle_at=time.time(),
             cycles=self._cycles,
             witnesses=tuple(sorted(m.name for m in obs.meta_members if is_witness(m.name))),
             membership=obs.membership,
+            server=obs.me,
         )

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cluster._heal import Membership, StreamCopies
-from natsembed import is_witness
+from natsembed import is_witness, node_of, superseded
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Observation:
     """Everything one reconcile cycle knows, read once at its start."""
 
     at: float  # time.monotonic() of the observation
-    node: str
+    node: str  # this node's name (the registry's, the users')
     nats_ok: bool  # the local monitoring port answered
     registry_peers: tuple[RegistryPeer, ...] | None  # None: the registry did not answer
     routes: tuple[str, ...]  # peer routes in our config (the witness' is not listed)
@@ -56,6 +56,25 @@ class Observation:
     stored: tuple[str, ...] = ()  # streams seen in this node's store while not a member
     elsewhere: tuple[StreamCopies, ...] | None = None  # streams on the other nodes (idem)
     counted_elsewhere: bool = False  # another node's meta group view lists this node (idem)
+    # this node's nats-server name (natsembed._names; "": the node's name). Meta members,
+    # leaders and routes are server names; the registry's are node names (node_of)
+    server: str = ""
+
+    @property
+    def me(self) -> str:
+        """This node's server name, as NATS names it."""
+        return self.server or self.node
+
+    @property
+    def stale(self) -> frozenset[str]:
+        """Meta members that a later generation of their node replaced (this node's own
+        server included): they are not that node any more."""
+        return superseded([self.me, *(m.name for m in self.meta_members)]) - {self.me}
+
+    @property
+    def member_nodes(self) -> frozenset[str]:
+        """The nodes of the other meta members (witnesses and replaced names excluded)."""
+        return frozenset(node_of(m.name) for m in self.nodes)
 
     @property
     def zone_count(self) -> int:
@@ -73,8 +92,10 @@ class Observation:
 
     @property
     def nodes(self) -> tuple[MetaMember, ...]:
-        """Other non-witness members of the meta group."""
-        return tuple(m for m in self.meta_members if not is_witness(m.name))
+        """Other non-witness members of the meta group (a name a later generation of its
+        node replaced does not count: it is not that node any more)."""
+        stale = self.stale
+        return tuple(m for m in self.meta_members if not is_witness(m.name) and m.name not in stale)
 
     @property
     def size(self) -> int:
@@ -145,13 +166,14 @@ class PeerState(enum.Enum):
 
 @dataclass(frozen=True)
 class PeerStatus:
-    name: str
+    name: str  # the node's name
     state: PeerState
     address: str | None
     in_registry: bool
     routed: bool
     gone_for: float | None = None  # seconds since it went offline and left the registry
     monitor_url: str | None = None
+    server: str | None = None  # its nats-server's name in the meta group (natsembed._names)
 
 
 @dataclass(frozen=True)
@@ -171,6 +193,7 @@ class ClusterStatus:
     cycles: int
     witnesses: tuple[str, ...] = ()  # witness servers still in the meta group
     membership: Membership = Membership.MEMBER
+    server: str = ""  # this node's nats-server name (natsembed._names)
 
     @property
     def problems(self) -> tuple[str, ...]:

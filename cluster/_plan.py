@@ -3,9 +3,10 @@
 Rules, in order (each one is local to this node or cluster-wide):
 
 0. Removed (local, checked right after the routes). A node the meta group no longer
-   counts (cluster._heal) sets its store aside and rejoins as a new peer when the other
-   nodes hold every stream in full; otherwise it keeps its store and says what to run.
-   No other rule applies to it meanwhile.
+   counts (cluster._heal) sets its store aside and rejoins as a new peer, under its next
+   server name (natsembed._names: the meta leader refuses a removed name for 5 minutes),
+   when the other nodes hold every stream in full; otherwise it keeps its store and says
+   what to run. No other rule applies to it meanwhile.
 
 1. Routes (local). With the registry answering, route to exactly its peers; with the
    registry down, change nothing (the cluster keeps running on the routes it has).
@@ -46,6 +47,11 @@ RetireWitness, StartWitness; the others wait for the next cycle, which observes 
 cluster after the first one.
 
 The acting node is the meta leader, or the node whose witness is the meta leader.
+
+Meta members, leaders and routes are server names; the registry's peers are nodes.
+`natsembed.node_of` turns one into the other; a server name that a later generation of
+its node replaced (`Observation.stale`) is not that node: it never counts for the size or
+the quorum floor, and it is removed once unreachable for the grace period.
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ from cluster._model import (
     StartAfresh,
     StartWitness,
 )
-from natsembed import WITNESS_MARK, is_witness
+from natsembed import WITNESS_MARK, is_witness, label, node_of
 
 
 @dataclass(frozen=True)
@@ -94,9 +100,9 @@ class Tuning:
     # not counted by the meta leader this long: removed (a joining node is not counted for
     # a moment until the leader adds it)
     not_counted_after: float = 20.0
-    # after starting afresh, wait this long to be admitted before another try (nats-server
-    # admits a removed name again about 5 minutes after its removal)
-    rejoin_wait: float = 600.0
+    # after starting afresh (under a new server name, which the meta leader adds at once),
+    # wait this long to be admitted before another try
+    rejoin_wait: float = 60.0
 
 
 def replication_factor(size: int) -> int:
@@ -112,7 +118,7 @@ def target_replicas(obs: Observation) -> int:
 
 def acting(obs: Observation) -> bool:
     """True when this node makes cluster-wide changes (it, or its witness, leads)."""
-    return obs.meta_leader is not None and obs.meta_leader in (obs.node, obs.witness)
+    return obs.meta_leader is not None and obs.meta_leader in (obs.me, obs.witness)
 
 
 def unreachable(obs: Observation, name: str) -> bool:
@@ -125,13 +131,14 @@ def gone(obs: Observation, name: str) -> bool:
 
     A witness is not registered itself: it is gone when it is unreachable and its owner
     node (the part of its name before `-witness-`) is no longer registered. Our own
-    witness is never gone while we run.
+    witness is never gone while we run. A server name that a later generation of its node
+    replaced (natsembed._names) is gone once unreachable: the node runs under the new one.
     """
     if not obs.registry_ok or not unreachable(obs, name):
         return False
     if is_witness(name):
         return name != obs.witness and owner_of(name) not in obs.registry_names
-    return name not in obs.registry_names
+    return node_of(name) not in obs.registry_names or name in obs.stale
 
 
 def owner_of(witness: str) -> str:
@@ -188,14 +195,14 @@ def plan(obs: Observation, memory: Memory, tuning: Tuning = Tuning()) -> Plan:
             # the same words all through the grace period (logged once; /health/cluster shows
             # each peer's gone_for)
             waiting.append(
-                f"peer {member.name} gone; removed when the {tuning.grace:.0f}s grace period "
+                f"peer {label(member.name)} gone; removed when the {tuning.grace:.0f}s grace period "
                 "ends unless it returns"
             )
-        elif not is_witness(member.name) and voters - 1 < tuning.min_quorum:
+        elif voter(obs, member.name) and voters - 1 < tuning.min_quorum:
             waiting.append(below_floor(member.name, voters, tuning))
         elif acting(obs):
             actions.append(RemovePeer(member.name))
-            voters -= 0 if is_witness(member.name) else 1
+            voters -= 1 if voter(obs, member.name) else 0
         else:
             lost.append(member.name)
 
@@ -234,7 +241,7 @@ def removed_plan(obs: Observation, memory: Memory, tuning: Tuning, actions: list
     how = (
         "JetStream disabled: removed from the cluster"
         if obs.membership is Membership.REMOVED
-        else f"the meta leader {obs.meta_leader} does not count this node"
+        else f"the meta leader {label(obs.meta_leader or '')} does not count this node"
     )
     if obs.counted_elsewhere:  # JetStream off for another reason (a full disk, ...)
         waiting = [(
@@ -248,8 +255,7 @@ def removed_plan(obs: Observation, memory: Memory, tuning: Tuning, actions: list
         return Plan(tuple(actions), sentence(obs, actions, waiting, 1), tuple(waiting))
     if memory.afresh_at is not None and obs.at - memory.afresh_at < tuning.rejoin_wait:
         waiting = [(
-            f"{how}: started afresh, waiting to be admitted as a new peer (nats-server admits a "
-            "removed name about 5 minutes after its removal)"
+            f"{how}: started afresh, waiting to be admitted as a new peer (server name {obs.me})"
         )]
         return Plan(tuple(actions), sentence(obs, actions, waiting, 1), tuple(waiting))
     result, at_risk = verdict(obs.node, obs.stored, obs.elsewhere)
@@ -267,9 +273,15 @@ def removed_plan(obs: Observation, memory: Memory, tuning: Tuning, actions: list
     return Plan(tuple(actions), sentence(obs, actions, waiting, 1), tuple(waiting))
 
 
+def voter(obs: Observation, name: str) -> bool:
+    """A member that counts as a voting node for the quorum floor: neither a witness nor a
+    server name its node replaced."""
+    return not is_witness(name) and name not in obs.stale
+
+
 def below_floor(name: str, voters: int, tuning: Tuning) -> str:
     return (
-        f"peer {name} gone past the grace period but kept: removing it would leave "
+        f"peer {label(name)} gone past the grace period but kept: removing it would leave "
         f"{voters - 1} voting node(s), below the quorum floor of {tuning.min_quorum} "
         "(NIMSFOREST_MIN_QUORUM)"
     )
@@ -314,8 +326,8 @@ def rescue_plan(obs: Observation, memory: Memory, tuning: Tuning, lost: list[str
     survivors = 1 + len(reachable)
     if len(lost) >= quorum(total) or survivors >= quorum(total):
         return None
-    deputy = min([obs.node, *(m.name for m in reachable if not is_witness(m.name))])
-    if deputy != obs.node:  # one survivor asks for all of them
+    deputy = min([obs.me, *(m.name for m in reachable if not is_witness(m.name))])
+    if deputy != obs.me:  # one survivor asks for all of them
         return None
     return Rescue(tuple(sorted(lost)), survivors)
 
@@ -333,13 +345,14 @@ def describe(action: Action) -> str:
     if isinstance(action, StartWitness):
         return "witness started (this node is alone)"
     if isinstance(action, RemovePeer):
-        return f"peer {action.name} removed from the cluster"
+        return f"peer {label(action.name)} removed from the cluster"
     if isinstance(action, Rescue):
-        return f"quorum rescued ({action.quorum} survivor(s)) after losing " + ", ".join(action.lost)
+        return f"quorum rescued ({action.quorum} survivor(s)) after losing " + ", ".join(map(label, action.lost))
     if isinstance(action, StartAfresh):
         return (
             "this node was removed from the cluster and every stream is held in full by the "
-            "other nodes: its JetStream store was set aside and it rejoins as a new peer"
+            "other nodes: its JetStream store was set aside and it rejoins as a new peer under "
+            "its next server name"
         )
     return f"{', '.join(action.streams)} scaled to R{action.replicas}"
 
@@ -353,6 +366,6 @@ def sentence(obs: Observation, actions: list[Action], waiting: list[str], rf: in
     state = "all replicas current" if not behind else f"{', '.join(behind)} catching up"
     registry = "" if obs.registry_ok else " (registry unreachable)"
     return (
-        f"no action: {obs.node} is in a cluster of {obs.size} (meta leader {obs.meta_leader}), "
+        f"no action: {obs.node} is in a cluster of {obs.size} (meta leader {label(obs.meta_leader or 'none')}), "
         f"replication {rf}, {state}{registry}"
     )

@@ -5,6 +5,7 @@ Public API:
     EmbeddedNats(EmbeddedConfig)   a node's clustered nats-server plus its local witness
     ServerProcess                  one supervised nats-server child
     ServerConfig, render_config, check_config, write_config
+    server_name(), node_of(), superseded(), label()   a node's server name and back
     MonitorClient (+ Varz, Jsz, Routez models)
     SystemClient                   $JS.API system requests (server remove, stepdown, rescue)
     hand_over_leaderships(), held(), leaderships(), step_down()   drain: step down every leadership
@@ -35,6 +36,15 @@ from natsembed._drain import (
 )
 from natsembed._election import MetaElection, PairObservation, Prompt, plan_prompt
 from natsembed._monitor import Jsz, MetaCluster, MonitorClient, Routez, StreamDetail, Varz
+from natsembed._names import (
+    GENERATION_MARK,
+    WITNESS_MARK,
+    generation_of,
+    label,
+    node_of,
+    server_name,
+    superseded,
+)
 from natsembed._net import advertise_host, detect_address, free_port
 from natsembed._process import (
     ProcessSnapshot,
@@ -47,7 +57,6 @@ from natsembed._process import (
 from natsembed._store import KEEP_REMOVED, REMOVED_PREFIX, set_aside, stored_streams
 from natsembed._supervisor import (
     NODE_TAG,
-    WITNESS_MARK,
     WITNESS_TAG,
     EmbeddedConfig,
     EmbeddedNats,
@@ -77,6 +86,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "GENERATION_MARK",
     "KEEP_REMOVED",
     "NODE_TAG",
     "REMOVED_PREFIX",
@@ -126,6 +136,11 @@ __all__ = [
     "die_with_parent",
     "find_nats_server",
     "free_port",
+    "generation_of",
+    "label",
+    "node_of",
+    "server_name",
+    "superseded",
     "hand_over_leaderships",
     "has_meta_state",
     "held",

@@ -114,7 +114,7 @@ def leaderships(server: str, jsz: Jsz) -> Leaderships:
 async def held(embedded: EmbeddedNats) -> Leaderships:
     """What this node's nats-server leads right now."""
     jsz = await embedded.monitor.jsz(consumers=True)
-    return leaderships(embedded.name, jsz)
+    return leaderships(embedded.server_name, jsz)
 
 
 async def step_down(embedded: EmbeddedNats, now: Leaderships) -> list[str]:

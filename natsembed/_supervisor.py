@@ -15,6 +15,8 @@ Data directory layout:
     <data_dir>/credentials.json   generated users (0600)
     <data_dir>/store/             the node's JetStream store
     <data_dir>/witness/           the witness' name, config and store, while it exists
+    <data_dir>/generation         how many times the node started afresh (its server name,
+                                  natsembed._names); absent until the first time
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from natsembed._config import (
 from natsembed._credentials import Credentials, load_or_create, write_private
 from natsembed._election import PAIR, MetaElection, PairObservation, Prompt, plan_prompt
 from natsembed._monitor import MonitorClient
+from natsembed._names import WITNESS_MARK
+from natsembed._names import server_name as named_server
 from natsembed._net import WILDCARDS, advertise_host, free_port, local_host
 from natsembed._process import ProcessSnapshot, ProcessState, RestartPolicy, ServerProcess, Timeouts
 from natsembed._store import KEEP_REMOVED, set_aside, stored_streams
@@ -56,7 +60,6 @@ log = logging.getLogger("natsembed")
 
 NODE_TAG = "role:node"
 WITNESS_TAG = "role:witness"
-WITNESS_MARK = "-witness-"  # in every witness server's name, never in a node's name
 
 
 def is_witness(server_name: str) -> bool:
@@ -172,6 +175,21 @@ class _Witness:
         )
 
 
+GENERATION_FILE = "generation"
+
+
+def _read_generation(path: Path) -> int:
+    """The node's generation from its data directory (0 when absent or unreadable)."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return 0
+    if not text.isdigit():
+        log.warning("%s does not hold a generation number (%r); using 0", path, text[:40])
+        return 0
+    return int(text)
+
+
 def has_meta_state(data_dir: Path) -> bool:
     """True when the node in `data_dir` has JetStream cluster state (a meta log)."""
     return (data_dir / "store" / "jetstream" / SYSTEM_ACCOUNT / "_js_" / "_meta_").is_dir()
@@ -218,6 +236,7 @@ class EmbeddedNats:
         )
         self._witness: _Witness | None = None
         self._election: MetaElection | None = None
+        self._generation = _read_generation(config.data_dir / GENERATION_FILE)
         self._lock = asyncio.Lock()
 
     # --- addresses ---------------------------------------------------------------------------
@@ -229,6 +248,12 @@ class EmbeddedNats:
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def server_name(self) -> str:
+        """This node's nats-server name: the node's name, with a generation after each time
+        it started afresh (natsembed._names)."""
+        return named_server(self.config.name, self._generation)
 
     @property
     def cluster_address(self) -> str:
@@ -276,7 +301,7 @@ class EmbeddedNats:
         if self._witness is not None:
             routes.append(self._witness.cluster_address)
         return ServerConfig(
-            server_name=cfg.name,
+            server_name=self.server_name,
             client_listen=hostport(cfg.bind, cfg.client_port),
             client_advertise=self.client_address if cfg.bind in WILDCARDS else None,
             monitor_listen=self._monitor_listen,
@@ -451,9 +476,9 @@ class EmbeddedNats:
             except MonitorUnavailable:
                 meta = None
             leader = meta.leader if meta is not None else None
-            if leader not in (self.name, w.name):
+            if leader not in (self.server_name, w.name):
                 return  # a peer leads, or none yet (wait_jetstream has had its say)
-            if await (self.monitor if leader == self.name else w.monitor).leads_meta():
+            if await (self.monitor if leader == self.server_name else w.monitor).leads_meta():
                 return
             await asyncio.sleep(0.01)
         log.debug("JetStream on %s did not confirm its meta leader within %gs", self.name,
@@ -465,9 +490,9 @@ class EmbeddedNats:
                 self.monitor.jsz(), w.monitor.jsz(), self.monitor.routez(), w.monitor.routez()
             )
         except MonitorUnavailable:  # a server still starting its monitor: look again
-            return PairObservation(self.name, w.name, None, None, (), ())
+            return PairObservation(self.server_name, w.name, None, None, (), ())
         return PairObservation(
-            node=self.name, witness=w.name,
+            node=self.server_name, witness=w.name,
             node_meta=node_jsz.meta_cluster, witness_meta=witness_jsz.meta_cluster,
             node_routes=node_routes.remote_names, witness_routes=witness_routes.remote_names,
         )
@@ -570,7 +595,7 @@ class EmbeddedNats:
                         break
                     if meta.leader == w.name:
                         try:
-                            await sysc.meta_stepdown(preferred=self.name)
+                            await sysc.meta_stepdown(preferred=self.server_name)
                         except NatsEmbedError as exc:
                             log.debug("Meta stepdown of witness %s: %s", w.name, exc)
                     await asyncio.sleep(0.2)
@@ -612,13 +637,21 @@ class EmbeddedNats:
     async def start_afresh(self, keep: int = KEEP_REMOVED) -> Path:
         """Stop the node's nats-server, set its JetStream store aside (renamed into
         removed-<time> in the data directory; the newest `keep` are kept) and start it
-        again on an empty store, so it joins the cluster as a new peer. Returns where the
-        old store now is. The witness, if any, keeps running."""
+        again on an empty store under the next server name (its generation, kept in the
+        data directory), so the meta leader adds it as a new peer at once (a removed name
+        is refused for 5 minutes). Returns where the old store now is. The witness, if
+        any, keeps running."""
         async with self._lock:
             await self.node.stop()
             aside = set_aside(self.store_dir, self.config.data_dir, keep)
+            # the store is aside before the name changes: a crash in between restarts the
+            # old name on an empty store, which heals again (never a new name on an old store)
+            self._generation += 1
+            write_private(self.config.data_dir / GENERATION_FILE, f"{self._generation}\n")
+            await write_config(self.config.binary, self.node.config_path, self.render())
             await self.node.start()
-        log.debug("JetStream store of %s set aside in %s; started on an empty store", self.name, aside)
+        log.debug("JetStream store of %s set aside in %s; started on an empty store as %s",
+                  self.name, aside, self.server_name)
         return aside
 
     def system_client(self, timeout: float = 5.0) -> SystemClient:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fastapi import Request
 
-from natsembed import NODE_TAG, Credentials, EmbeddedNats, is_witness
+from natsembed import NODE_TAG, Credentials, EmbeddedNats, is_witness, node_of
 from nimsforest import metrics
 from nimsforest.api.app import create_app
 from nimsforest.api.dashboard import Dashboard
@@ -128,7 +128,8 @@ class Assembly:
         meta = (await embedded.monitor.jsz()).meta_cluster
         members = meta.members if meta else ()
         node = self.settings.node_name
-        size = 1 + len([m for m in members if m != node and not is_witness(m)])
+        # other nodes: each server name as its node (natsembed._names), this one excluded
+        size = 1 + len({node_of(m) for m in members if not is_witness(m)} - {node})
         replicas = replication_factor(size)
         log.info("Cluster size: %d, replication factor: %d", size, replicas)
         await ensure_streams(

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from nats.js.api import Placement
 
-from natsembed import NODE_TAG, Leaderships, Led, held, is_witness, step_down
+from natsembed import NODE_TAG, Leaderships, Led, held, is_witness, node_of, step_down
 from natsembed.errors import reason
 
 if TYPE_CHECKING:
@@ -167,13 +167,14 @@ def plan(obs: DrainObservation) -> DrainPlan:
             single = tuple(str(x) for x in now.single)
             # successors: current replicas on nodes that do not drain themselves; the meta
             # group never goes to this node's own witness (it stops with the node)
+            # (candidates are server names, the drained peers nodes: natsembed._names)
             avoid = obs.peers_draining | {obs.own_witness or ""}
-            meta_to = next((c for c in now.meta_candidates if c not in avoid), None)
+            meta_to = next((c for c in now.meta_candidates if node_of(c) not in avoid), None)
             meta_stays = now.meta and meta_to is None
             ready: list[Led] = []
             stuck: list[str] = []
             for x in now.movable:
-                to = next((c for c in x.candidates if c not in avoid), None)
+                to = next((c for c in x.candidates if node_of(c) not in avoid), None)
                 if to is None:
                     stuck.append(str(x))
                 else:
@@ -224,7 +225,7 @@ def _evacuate(obs: DrainObservation, now: Leaderships,
         waiting.append(f"cannot read which nodes could take the single-replica stream(s) "
                        f"{', '.join(streams)} ({obs.homes_error or 'no answer'})")
         return (), stays
-    avoid = obs.peers_draining | {now.server, obs.own_witness or ""}
+    avoid = obs.peers_draining | {node_of(now.server), obs.own_witness or ""}
     homes = sorted((h for h in obs.homes if h.takes_streams and h.name not in avoid),
                    key=lambda h: h.name)
     if not homes:
@@ -480,7 +481,8 @@ class Drainer:
             try:
                 async with embedded.system_client() as sysc:
                     tags = await sysc.server_tags()
-                homes = tuple(Home(name, t) for name, t in sorted(tags.items()))
+                # a home is a node (its tag node:<name> places streams), not a server name
+                homes = tuple(Home(node_of(name), t) for name, t in sorted(tags.items()))
             except Exception as exc:  # noqa: BLE001 - reported in the sentence
                 homes_error = reason(exc)
         return DrainObservation(wanted, running, True, held=now, own_witness=witness,

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from natsembed import ProcessState
+from natsembed import ProcessState, node_of
 from nimsforest.drain import DrainState, DrainStatus
 
 if TYPE_CHECKING:
@@ -148,7 +148,8 @@ def node_health(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
             status = (HealthStatus.DRAINED if drain.state is DrainState.DRAINED
                       else HealthStatus.DRAINING)
         reasons.append(f"node is {drain.sentence}")
-    members = view.members if view else ()
+    # users see nodes: each server name (natsembed._names) as its node, once
+    members = sorted({node_of(m) for m in view.members}) if view else []
     sidecar = s.mode is NodeMode.SIDECAR
     body: dict[str, Any] = {
         "status": status.value,
@@ -164,13 +165,15 @@ def node_health(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
         "jetstream": {
             "streams": list(view.stream_names) if view else [],
             "kv_buckets": list(view.kv_buckets) if view else [],
-            "meta_leader": view.meta_leader if view else None,
+            "meta_leader": _node(view.meta_leader) if view else None,
         },
         "nats": {
             "state": view.process_state.value if view and view.process_state else None,
             "pid": view.process_pid if view else None,
             "restarts": view.restarts if view else 0,
             "witness": view.witness if view else None,
+            # its nats-server's name: the node's, or <node>-gen-N after a heal (natsembed._names)
+            "server": (view.server_name or None) if view else None,
             "connected": view.connected if view else False,
         },
     }
@@ -219,6 +222,7 @@ def cluster_health(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
         "size": status.size,
         "replication_factor": status.replication_factor,
         "meta_leader": status.meta_leader,
+        "server": status.server,
         "witness": status.witness,
         "witnesses": list(status.witnesses),
         "peers": [{**asdict(p), "state": p.state.value} for p in status.peers],
@@ -234,9 +238,14 @@ def cluster_health(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
     return (503 if problems_ else 200), body
 
 
+def _node(server: str | None) -> str | None:
+    return node_of(server) if server else None
+
+
 def _stream_doc(x: StreamState | StreamView) -> dict[str, Any]:
-    return {"name": x.name, "replicas": x.replicas, "leader": x.leader, "current": x.current,
-            "lagging": list(x.lagging), "messages": x.messages, "consumers": x.consumers}
+    return {"name": x.name, "replicas": x.replicas, "leader": _node(x.leader), "current": x.current,
+            "lagging": [node_of(n) for n in x.lagging], "messages": x.messages,
+            "consumers": x.consumers}
 
 
 def _unmanaged_cluster(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
@@ -252,9 +261,9 @@ def _unmanaged_cluster(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
     body: dict[str, Any] = {
         "status": (HealthStatus.DEGRADED if problems_ else HealthStatus.HEALTHY).value,
         "node": s.node,
-        "size": max(1, len(view.members)) if view else 1,
+        "size": max(1, len({node_of(m) for m in view.members})) if view else 1,
         "replication_factor": s.replicas,
-        "meta_leader": view.meta_leader if view else None,
+        "meta_leader": _node(view.meta_leader) if view else None,
         "witness": view.witness if view else None,
         "peers": [],
         "streams": [_stream_doc(x) for x in streams if x.owned],

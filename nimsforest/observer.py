@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
-from natsembed import EmbeddedNats, MonitorClient, ProcessState, is_witness
+from natsembed import EmbeddedNats, MonitorClient, ProcessState, is_witness, node_of
 from natsembed.errors import reason
 from nimsforest import metrics
 from nimsforest.marks import OWNER_KEY, OWNER_VALUE
@@ -267,10 +267,13 @@ class NatsObserver:
                 fields["monitor_ok"] = True
                 fields["routed"] = frozenset(routez.remote_names)
                 fields["jetstream_disabled"] = jsz.disabled
-                fields["server_name"] = jsz.server_name
+                # /jsz has no server name; /routez has it. After a heal it is not the node's
+                # name (natsembed._names)
+                own = routez.server_name or (
+                    self.embedded.server_name if self.embedded else self.node_name)
+                fields["server_name"] = own
                 meta = jsz.meta_cluster
                 if meta is not None:
-                    own = jsz.server_name or self.node_name
                     fields["meta_leader"] = meta.leader
                     fields["meta_size"] = meta.cluster_size
                     names = {own, *meta.members}
@@ -285,8 +288,9 @@ class NatsObserver:
             self.refresh_streams()
         view = self._compose()
         if view.members:
-            metrics.cluster_size.set(len(view.members))
-            metrics.nats_cluster_peers.set(len(view.members) - 1)
+            nodes = len({node_of(m) for m in view.members})  # servers as nodes (natsembed._names)
+            metrics.cluster_size.set(nodes)
+            metrics.nats_cluster_peers.set(nodes - 1)
         return view
 
     def _compose(self) -> NatsView:

@@ -31,7 +31,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from natsembed import WITNESS_MARK
+from natsembed import GENERATION_MARK, WITNESS_MARK
 from nimsforest.durations import parse_duration
 from nimsforest.validation import first_error
 
@@ -56,6 +56,9 @@ def check_name(value: str) -> str:
     """A node or cluster name, or ValueError with the reason (the rule of `Name`)."""
     if WITNESS_MARK in value:
         raise ValueError(f"'{value}' contains '{WITNESS_MARK}', which marks witness servers")
+    if GENERATION_MARK in value:
+        raise ValueError(f"'{value}' contains '{GENERATION_MARK}', which marks the server name of "
+                         "a node that started afresh")
     if not NAME_RE.match(value):
         raise ValueError(
             f"'{value}' is not a valid name (letters, digits, '.', '_' and '-', "

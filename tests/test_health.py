@@ -57,3 +57,16 @@ def test_node_health_answers_503_with_the_reason() -> None:
                                        state=NodeState.READY, replicas=3, required_streams=CORE,
                                        ingest_streams=("RIVER",), nats=view("n2")))
     assert code == 200
+
+
+def test_health_names_nodes_when_a_server_carries_a_generation() -> None:
+    """n1 runs as n1-gen-1 after a heal, n3 as n3-gen-2: /health shows nodes."""
+    healed = view("n3-gen-2", routed=frozenset({"n2", "n3-gen-2"}), server_name="n1-gen-1",
+                  meta_leader="n3-gen-2", members=("n1-gen-1", "n2", "n3-gen-2"))
+    assert problems(healed, CORE, False, ("RIVER",)) == []  # its leader is routed, by server name
+    code, body = node_health(NodeSnapshot(node="n1", cluster_name="forest", mode=NodeMode.CLUSTER,
+                                          state=NodeState.READY, replicas=3, required_streams=CORE,
+                                          ingest_streams=("RIVER",), nats=healed))
+    assert code == 200
+    assert body["cluster"]["size"] == 3 and body["cluster"]["peers"] == ["n2", "n3"]
+    assert body["jetstream"]["meta_leader"] == "n3" and body["nats"]["server"] == "n1-gen-1"

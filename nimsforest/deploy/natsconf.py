@@ -32,6 +32,7 @@ from natsembed import (
     check_config,
     hostport,
     render_config,
+    server_name,
     write_config,
 )
 from nimsforest.settings import Host, Name, Port, Size, parse_hostport
@@ -148,7 +149,7 @@ def server_config(spec: SidecarSpec) -> ServerConfig:
     )
     advertise = spec.advertise
     return ServerConfig(
-        server_name=spec.node_name,
+        server_name=server_name(spec.node_name),  # a sidecar never starts afresh: generation 0
         client_listen=hostport(spec.client_bind, spec.client_port),
         client_advertise=hostport(advertise, spec.client_port) if advertise else None,
         monitor_listen=hostport(spec.bind, spec.monitor_port) if spec.monitor_port else None,

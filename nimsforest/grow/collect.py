@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from natsembed import node_of
 from nimsforest.grow.model import ForestRef, ForestSnapshot, NodeSample, NodeTarget, Source
 
 
@@ -112,7 +113,8 @@ async def sample(client: httpx.AsyncClient, target: NodeTarget, timeout: float) 
         return NodeSample(target, target.name, reachable=False, error="not a NATS monitoring endpoint (no JSON)")
     healthy = healthz_r.status_code == 200
     error = None if healthy else f"unhealthy: {health.get('error') or f'/healthz answered {healthz_r.status_code}'}"
-    name = target.name if target.cluster_address else str(varz.get("server_name") or target.name)
+    # a server name after a heal is <node>-gen-N: the node is what the forest counts
+    name = target.name if target.cluster_address else node_of(str(varz.get("server_name") or target.name))
     return NodeSample(
         target=target,
         name=name,

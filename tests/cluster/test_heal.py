@@ -1,14 +1,16 @@
 """A node removed from the cluster heals itself only when no copy can be lost.
 
 The pure part on frozen observations; then real nats-servers: one removed while it runs
-starts afresh when the other two hold every stream in full, and refuses (saying what to
-run) while it holds the only copy of a stream.
+starts afresh under its next server name when the other two hold every stream in full,
+is a meta member again at once and gets its replica back (R3), and refuses (saying what
+to run) while it holds the only copy of a stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from dataclasses import replace
 
 import nats
@@ -194,12 +196,48 @@ async def test_removed_node_sets_its_store_aside_when_the_others_hold_everything
         assert "rejoins as a new peer" in said
         for _ in range(4):  # and then waits to be admitted: no second start afresh
             assert "set aside" not in await manager.cycle()
+        healed_at = time.monotonic()
         aside = [p for p in h3.config.data_dir.iterdir() if p.name.startswith(REMOVED_PREFIX)]
         assert len(aside) == 1 and (aside[0] / "jetstream").is_dir()  # set aside, not deleted
         assert "KEPT" not in stored_streams(h3.store_dir)
         assert not (await h3.monitor.jsz()).disabled  # JetStream runs again, on an empty store
         info = await js.stream_info("KEPT")
         assert info.state.messages == 20
+        # a new server name, which the meta leader admits at once (the old one for 5 minutes)
+        assert h3.server_name == "h3-gen-1" and h3.name == "h3"
+        assert (h3.config.data_dir / "generation").read_text().strip() == "1"
+
+        async def admitted() -> bool:
+            meta = (await h1.monitor.jsz()).meta_cluster
+            return meta is not None and "h3-gen-1" in meta.members and "h3" not in meta.members
+
+        await eventually(admitted, timeout=30, what="h3-gen-1 a meta member on h1")
+
+        async def member() -> str | None:
+            said = await manager.cycle()
+            status = manager.status()
+            return said if status is not None and status.membership is Membership.MEMBER else None
+
+        await eventually(member, timeout=30, interval=0.5, what="h3's manager sees it a member")
+        status = manager.status()
+        assert status is not None and status.node == "h3" and status.server == "h3-gen-1"
+        assert {p.name for p in status.peers} >= {"h1", "h2"}  # nodes, never server names
+
+        async def r3() -> bool:  # what the acting node's manager does once h3 is stable
+            info = await js.stream_info("KEPT")
+            if info.config.num_replicas != 3:
+                await js.update_stream(dataclasses.replace(info.config, num_replicas=3))
+                return False
+            cluster = info.cluster
+            replicas = {r.name: r for r in (cluster.replicas or [])} if cluster else {}
+            on = {cluster.leader if cluster else None, *replicas}
+            return on == {"h1", "h2", "h3-gen-1"} and all(r.current for r in replicas.values())
+
+        await eventually(r3, timeout=60, interval=0.2, what="KEPT back at R3, h3-gen-1 current")
+        print(f"heal to R3 back: {time.monotonic() - healed_at:.1f}s")
+        assert (await js.stream_info("KEPT")).state.messages == 20
+        assert (await h3.monitor.varz()).server_name == "h3-gen-1"
+        assert "KEPT" in stored_streams(h3.store_dir)  # its copy, on the new store
     finally:
         await nc.close()
         for c in closers:
