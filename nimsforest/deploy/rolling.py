@@ -57,6 +57,7 @@ class NodeSeen:
 
 @dataclass(frozen=True)
 class Limits:
+    unreachable: float = 10.0  # a node in turn not answering this long before its restart
     drain: float = 120.0
     come_back: float = 300.0
     catch_up: float = 300.0
@@ -111,7 +112,11 @@ def next_step(p: Progress, seen: NodeSeen, now: float, limits: Limits) -> Step:
     elapsed = now - p.since
     if p.phase is Phase.DRAIN:
         if not seen.reachable:
-            return Step(StepKind.STOP, node, f"{node} does not answer before its restart: {seen.reason}", p)
+            if elapsed <= limits.unreachable:  # one failed read is not a node that is gone
+                return Step(StepKind.WAIT, node, f"{node} does not answer: {seen.reason}", p)
+            return Step(StepKind.STOP, node,
+                        f"{node} does not answer before its restart (for {limits.unreachable:.0f}s): "
+                        f"{seen.reason}", p)
         if seen.drain is DrainState.DRAINED:
             nxt = replace(p, phase=Phase.COME_BACK, since=now, started_before=seen.started_at)
             return Step(StepKind.RESTART, node, f"{node} is drained; restarting it", nxt)

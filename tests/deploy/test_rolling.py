@@ -80,6 +80,20 @@ def test_it_stops_when_a_node_does_not_drain_or_does_not_catch_up() -> None:
     assert s.kind is StepKind.STOP and "peer n3 offline" in s.sentence
 
 
+def test_a_node_that_does_not_answer_once_is_waited_for_before_it_stops_the_restart() -> None:
+    """A read of the node in turn that fails (a reset connection, a slow answer) is looked
+    at again; a node that does not answer for `unreachable` seconds stops the restart."""
+    limits = Limits(unreachable=10, drain=60, come_back=100, catch_up=100)
+    p = Progress(("n1", "n2"), since=0)
+    lost = NodeSeen("n1", False, reason="its API does not answer (ReadError)")
+    s = next_step(p, lost, 3, limits)
+    assert (s.kind, s.node) == (StepKind.WAIT, "n1") and "ReadError" in s.sentence
+    s = next_step(s.progress, fine("n1"), 4, limits)
+    assert s.kind is StepKind.DRAIN
+    s = next_step(s.progress, lost, 11, limits)
+    assert s.kind is StepKind.STOP and "does not answer before its restart" in s.sentence
+
+
 def test_a_node_that_lost_its_undrain_is_undrained_again() -> None:
     p = Progress(("n1",), phase=Phase.CATCH_UP, since=0)
     assert next_step(p, fine("n1", drain=DRAINED), 1, LIMITS).kind is StepKind.UNDRAIN
