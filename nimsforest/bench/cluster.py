@@ -57,6 +57,7 @@ from natsembed import (
     find_nats_server,
     free_port,
     load_or_create,
+    node_of,
     render_config,
 )
 from nimsforest.deploy.rolling import Target, rolling_restart
@@ -209,10 +210,30 @@ async def bare_scaled(url: str, monitor: str, size: int) -> bool:
 
 
 # --- failover ------------------------------------------------------------------------------
+async def _lead_river(nc: NatsClient, server: str) -> None:
+    """Make `server` RIVER's leader (a step-down to it as the preferred successor)."""
+    js = nc.jetstream(timeout=5)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            info = await js.stream_info("RIVER")
+            if info.cluster and info.cluster.leader == server:
+                return
+            await nc.request("$JS.API.STREAM.LEADER.STEPDOWN.RIVER",
+                             json.dumps({"placement": {"preferred": server}}).encode(), timeout=5)
+        except Exception:  # noqa: BLE001 - a leader being elected: ask again
+            pass
+        await asyncio.sleep(0.5)
+    raise click.ClickException(f"{server} did not become RIVER's leader within 30s")
+
+
 async def failover(writer_url: str, victim: Proc, reader_url: str, subject: str) -> tuple[float, int, int]:
-    """Publish from a survivor, kill -9 the victim; (seconds to the next ack, acked, lost)."""
+    """Publish from a survivor, kill -9 the victim; (seconds to the next ack, acked, lost).
+    The victim is made RIVER's leader first, as JetStream itself says (a leader read from a
+    node's /health/cluster a moment earlier may have moved since: the kill then measured 0 s)."""
     nc = await _connect(writer_url)
     js = nc.jetstream()
+    await _lead_river(nc, victim.name)
     acked: list[int] = []
     killed_at = 0.0
     first_after = 0.0
@@ -264,19 +285,32 @@ async def read_all(url: str, subject: str, timeout: float = 60.0) -> set[int]:
             await asyncio.sleep(0.5)
 
 
-def river_leader(nodes: list[Proc]) -> str:
-    """RIVER's leader, as the first node that knows it says."""
+def river_leader(root: Path, nodes: list[Proc]) -> str:
+    """RIVER's leader as JetStream says, asked through the first node that answers (a
+    node's /health/cluster may be a moment old, and a kill of a node that no longer leads
+    measures nothing)."""
+    async def ask(node: Proc) -> str | None:
+        nc = await _connect(node_url(root, node), connect_timeout=2, max_reconnect_attempts=0)
+        try:
+            info = await nc.jetstream(timeout=2).stream_info("RIVER")
+            return node_of(info.cluster.leader) if info.cluster and info.cluster.leader else None
+        finally:
+            await nc.close()
+
     found: list[str] = []
 
-    def ask() -> bool:
+    def known() -> bool:
         for n in nodes:
-            doc = _get(f"{n.api}/health/cluster") or {}
-            found[:] = [s["leader"] for s in doc.get("streams", []) if s["name"] == "RIVER" and s["leader"]]
-            if found:
+            try:
+                leader = asyncio.run(ask(n))
+            except Exception:  # noqa: BLE001 - a node restarting, a leader being elected
+                continue
+            if leader:
+                found[:] = [leader]
                 return True
         return False
 
-    _wait(ask, 60, "a RIVER leader", pause=0.1)
+    _wait(known, 60, "a RIVER leader", pause=0.1)
     return found[0]
 
 
@@ -371,7 +405,7 @@ def write_gaps(root: Path, nodes: list[Proc]) -> dict[str, Gap]:
         return node_url(root, nodes[0])
 
     def stop_leader(kill: bool) -> Callable[[], None]:
-        return lambda: restart_node(nodes, river_leader(nodes), kill=kill)
+        return lambda: restart_node(nodes, river_leader(root, nodes), kill=kill)
 
     def rolling() -> None:
         async def restart(target: Target) -> None:
@@ -533,7 +567,7 @@ def soil_latencies(root: Path, nodes: list[Proc]) -> dict[str, Latency]:
               pause=0.1)
 
     def kill() -> None:
-        restart_node(nodes, river_leader(nodes), kill=True)
+        restart_node(nodes, river_leader(root, nodes), kill=True)
 
     def pause() -> None:
         pid = nats_server_pid(nodes[1])
@@ -571,7 +605,7 @@ def run_nimsforest(root: Path, rounds: int, write_gap_too: bool = True) -> dict[
                                      f"size {size} at R{size}") - t0
         join2, join3 = replicated[2], replicated[3]
         times, acked, lost = failover_rounds(
-            nodes, rounds, leader=lambda r: river_leader(nodes), url=lambda p: node_url(root, p),
+            nodes, rounds, leader=lambda r: river_leader(root, nodes), url=lambda p: node_url(root, p),
             whole=lambda p: _wait(lambda: cluster_ready(p.api, 3), 120, "cluster whole again"),  # type: ignore[arg-type]
             env=_ENV,
         )
