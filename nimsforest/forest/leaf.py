@@ -124,6 +124,7 @@ class CompostAction(StrEnum):
 # to be readable: anything outside it becomes =XX (hex of the UTF-8 byte).
 _KEY_OK = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 _KEY_BAD_CHAR = re.compile(r"[^-/_.a-zA-Z0-9]")
+_DOT_BEFORE_DOT = re.compile(r"\.(?=\.)")
 
 
 def soil_key(entity: str) -> str:
@@ -131,12 +132,14 @@ def soil_key(entity: str) -> str:
     if (
         _KEY_OK.match(entity)
         and "=" not in entity
+        and ".." not in entity
         and not entity.startswith(".")
         and not entity.endswith(".")
     ):
         return entity
     key = _KEY_BAD_CHAR.sub(lambda m: "".join(f"={b:02X}" for b in m.group().encode()), entity)
-    return key.strip(".") or "=2E"
+    # a KV key's tokens are separated by single dots: a dot before another one is escaped
+    return _DOT_BEFORE_DOT.sub("=2E", key.strip(".")) or "=2E"
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,8 @@ def test_a_key_is_taken_as_it_is_or_mapped_from_its_entity() -> None:
     assert key_of("lead.c-1") == "lead.c-1"
     assert key_of("jane@acme.io") == "jane=40acme.io"
     assert key_of("jane=40acme.io") == "jane=40acme.io"
+    # a KV key has no empty token: an entity with ".." gets a valid key (it had none)
+    assert key_of("0..0") == "0=2E.0" and key_of("a...b") == "a=2E=2E.b"
 
 
 async def test_soil_readers_on_an_empty_and_a_changed_bucket(nc: nats.NATS) -> None:
