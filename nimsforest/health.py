@@ -148,8 +148,7 @@ def node_health(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
             status = (HealthStatus.DRAINED if drain.state is DrainState.DRAINED
                       else HealthStatus.DRAINING)
         reasons.append(f"node is {drain.sentence}")
-    # users see nodes: each server name (natsembed._names) as its node, once
-    members = sorted({node_of(m) for m in view.members}) if view else []
+    members = sorted(view.member_nodes) if view else []  # users see nodes
     sidecar = s.mode is NodeMode.SIDECAR
     body: dict[str, Any] = {
         "status": status.value,
@@ -261,7 +260,7 @@ def _unmanaged_cluster(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
     body: dict[str, Any] = {
         "status": (HealthStatus.DEGRADED if problems_ else HealthStatus.HEALTHY).value,
         "node": s.node,
-        "size": max(1, len({node_of(m) for m in view.members})) if view else 1,
+        "size": max(1, len(view.member_nodes)) if view else 1,
         "replication_factor": s.replicas,
         "meta_leader": _node(view.meta_leader) if view else None,
         "witness": view.witness if view else None,

@@ -109,6 +109,12 @@ class NatsView(BaseModel):
     error: str | None = None
 
     @property
+    def member_nodes(self) -> frozenset[str]:
+        """The meta group's members as nodes: each server name as its node, once
+        (natsembed._names: after a heal a node's server is <node>-gen-N)."""
+        return frozenset(node_of(m) for m in self.members)
+
+    @property
     def stream_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.streams if not s.name.startswith("KV_"))
 
@@ -288,9 +294,8 @@ class NatsObserver:
             self.refresh_streams()
         view = self._compose()
         if view.members:
-            nodes = len({node_of(m) for m in view.members})  # servers as nodes (natsembed._names)
-            metrics.cluster_size.set(nodes)
-            metrics.nats_cluster_peers.set(nodes - 1)
+            metrics.cluster_size.set(len(view.member_nodes))
+            metrics.nats_cluster_peers.set(len(view.member_nodes) - 1)
         return view
 
     def _compose(self) -> NatsView:

@@ -132,9 +132,6 @@ class ConsumerRunner:
         self._dead = dead
         self._tracing, self._span = tracing, f"{kind} {name}"
         self._who = hop_name(f"{kind}:{name}", node)
-        # Soil writes carry no hop headers: lineage reaches them by the Humus sequence each
-        # write stores, and a trace ends at the Humus entry (two headers fewer per event)
-        self._hop_headers = self._ref.kind is not ComponentKind.DECOMPOSER
         self._attributes = {"nimsforest.component": f"{kind}:{name}", "nimsforest.node": node,
                             "messaging.destination.name": spec.stream}
         self._log = logging.getLogger(f"nimsforest.forest.{kind}")
@@ -266,7 +263,7 @@ class ConsumerRunner:
         back along); the Decomposer's Soil writes without them."""
         publish = self._pub.publish
         hop = (job.hop.headers(hop_value(self._who, self.spec.stream, job.d.stream_seq))
-               if self._hop_headers else {})
+               if self._handler.hop_headers else {})
         for o in outputs:
             headers = {**o.headers, **hop} if o.headers else dict(hop)
             if o.msg_id:

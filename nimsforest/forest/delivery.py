@@ -139,10 +139,12 @@ class Handler:
 
     Hooks with defaults: `stored(d, pub_acks)` runs after the outputs are stored (no-op);
     `retry_async(d, exc)` says whether a failed publish goes to `handle_async` at once
-    (never, by default).
+    (never, by default). `hop_headers`: whether the outputs carry the hop's trace headers
+    (`traceparent`, `Nimsforest-Hop`; every component's do but the Decomposer's).
     """
 
     is_async: bool = False
+    hop_headers: bool = True
 
     def handle_sync(self, d: Delivery) -> Sequence[Output] | Handoff:
         return Handoff.ASYNC

@@ -202,6 +202,10 @@ class DecomposerHandler(Handler):
     skip that needs confirming takes the slow path: read the key, decide, write, repeat.
     """
 
+    # Soil writes carry no hop headers: lineage reaches them by the Humus sequence each
+    # write stores, and a trace ends at the Humus entry (two headers fewer per event)
+    hop_headers = False
+
     def __init__(self, soil: Soil, stats: Stats, cache_size: int = 10_000) -> None:
         self._soil, self._stats = soil, stats
         self._cache: OrderedDict[str, SoilEntry] = OrderedDict()
