@@ -95,7 +95,6 @@ class Proc:
                 self.kill()
 
 
-
 async def _ignore(exc: Exception) -> None:
     """The bench's connections meet killed and starting servers on purpose; what fails is
     retried or reported by the step, not logged as a traceback by nats-py."""
@@ -210,14 +209,18 @@ async def bare_scaled(url: str, monitor: str, size: int) -> bool:
 
 
 # --- failover ------------------------------------------------------------------------------
+async def _leader(nc: NatsClient) -> str | None:
+    """RIVER's leader's server name, as JetStream says through `nc` (None: none yet)."""
+    info = await nc.jetstream(timeout=5).stream_info("RIVER")
+    return info.cluster.leader if info.cluster and info.cluster.leader else None
+
+
 async def _lead_river(nc: NatsClient, server: str) -> None:
     """Make `server` RIVER's leader (a step-down to it as the preferred successor)."""
-    js = nc.jetstream(timeout=5)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            info = await js.stream_info("RIVER")
-            if info.cluster and info.cluster.leader == server:
+            if await _leader(nc) == server:
                 return
             await nc.request("$JS.API.STREAM.LEADER.STEPDOWN.RIVER",
                              json.dumps({"placement": {"preferred": server}}).encode(), timeout=5)
@@ -285,24 +288,24 @@ async def read_all(url: str, subject: str, timeout: float = 60.0) -> set[int]:
             await asyncio.sleep(0.5)
 
 
-def river_leader(root: Path, nodes: list[Proc]) -> str:
-    """RIVER's leader as JetStream says, asked through the first node that answers (a
-    node's /health/cluster may be a moment old, and a kill of a node that no longer leads
-    measures nothing)."""
-    async def ask(node: Proc) -> str | None:
-        nc = await _connect(node_url(root, node), connect_timeout=2, max_reconnect_attempts=0)
+def river_leader(urls: list[str]) -> str:
+    """RIVER's leader (as a node name) as JetStream says, asked through the first of `urls`
+    that answers (a node's /health/cluster may be a moment old, and a kill of a node that
+    no longer leads measures nothing)."""
+    async def ask(url: str) -> str | None:
+        nc = await _connect(url, connect_timeout=2, max_reconnect_attempts=0)
         try:
-            info = await nc.jetstream(timeout=2).stream_info("RIVER")
-            return node_of(info.cluster.leader) if info.cluster and info.cluster.leader else None
+            leader = await _leader(nc)
+            return node_of(leader) if leader else None
         finally:
             await nc.close()
 
     found: list[str] = []
 
     def known() -> bool:
-        for n in nodes:
+        for url in urls:
             try:
-                leader = asyncio.run(ask(n))
+                leader = asyncio.run(ask(url))
             except Exception:  # noqa: BLE001 - a node restarting, a leader being elected
                 continue
             if leader:
@@ -405,7 +408,7 @@ def write_gaps(root: Path, nodes: list[Proc]) -> dict[str, Gap]:
         return node_url(root, nodes[0])
 
     def stop_leader(kill: bool) -> Callable[[], None]:
-        return lambda: restart_node(nodes, river_leader(root, nodes), kill=kill)
+        return lambda: restart_node(nodes, river_leader([node_url(root, n) for n in nodes]), kill=kill)
 
     def rolling() -> None:
         async def restart(target: Target) -> None:
@@ -567,7 +570,7 @@ def soil_latencies(root: Path, nodes: list[Proc]) -> dict[str, Latency]:
               pause=0.1)
 
     def kill() -> None:
-        restart_node(nodes, river_leader(root, nodes), kill=True)
+        restart_node(nodes, river_leader([node_url(root, n) for n in nodes]), kill=True)
 
     def pause() -> None:
         pid = nats_server_pid(nodes[1])
@@ -605,7 +608,7 @@ def run_nimsforest(root: Path, rounds: int, write_gap_too: bool = True) -> dict[
                                      f"size {size} at R{size}") - t0
         join2, join3 = replicated[2], replicated[3]
         times, acked, lost = failover_rounds(
-            nodes, rounds, leader=lambda r: river_leader(root, nodes), url=lambda p: node_url(root, p),
+            nodes, rounds, leader=lambda r: river_leader([node_url(root, n) for n in nodes]), url=lambda p: node_url(root, p),
             whole=lambda p: _wait(lambda: cluster_ready(p.api, 3), 120, "cluster whole again"),  # type: ignore[arg-type]
             env=_ENV,
         )
@@ -663,7 +666,7 @@ def run_bare(root: Path, rounds: int) -> dict[str, Any]:
         join3 = _wait(lambda: asyncio.run(bare_scaled(procs[0].url, mon(procs[0]), 3)), 60, "bare R3",
                       pause=0.05) - t0
         times, acked, lost = failover_rounds(
-            procs, rounds, leader=lambda r: asyncio.run(bare_leader(procs[(r + 1) % 3].url)),
+            procs, rounds, leader=lambda r: river_leader([p.url for p in procs]),
             url=lambda p: p.url,
             whole=lambda p: _wait(lambda: asyncio.run(bare_scaled(p.url, mon(p), 3)), 120, "bare whole again",
                                   pause=0.1),
@@ -673,15 +676,6 @@ def run_bare(root: Path, rounds: int) -> dict[str, Any]:
     finally:
         for p in procs:
             p.stop()
-
-
-async def bare_leader(url: str) -> str:
-    nc = await _connect(url)
-    try:
-        info = await nc.jetstream().stream_info("RIVER")
-        return info.cluster.leader if info.cluster and info.cluster.leader else "b1"
-    finally:
-        await nc.close()
 
 
 @click.command("cluster")

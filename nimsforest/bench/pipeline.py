@@ -146,19 +146,15 @@ async def _pipeline(url: str, n_events: int, window: int, otlp: str | None = Non
     await forest.start()
     js = nc.jetstream()
     try:
+        def drive(n: int, keys: str) -> Awaitable[Result]:
+            return _drive(nc, n, window,
+                          lambda i: js.publish_async("river.contacts", _contact(i, keys)),
+                          "$KV.SOIL.>", keys)
+
         if warmup:
-            await _drive(nc, warmup, window,
-                         lambda i: js.publish_async("river.contacts", _contact(i, prefix + "w")),
-                         "$KV.SOIL.>", prefix + "w")
+            await drive(warmup, prefix + "w")
         cpu = time.process_time()
-        result = await _drive(
-            nc,
-            n_events,
-            window,
-            lambda i: js.publish_async("river.contacts", _contact(i, prefix)),
-            "$KV.SOIL.>",
-            prefix,
-        )
+        result = await drive(n_events, prefix)
         return result, time.process_time() - cpu
     finally:
         await forest.stop()
