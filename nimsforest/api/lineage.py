@@ -27,7 +27,14 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel
 
-from nimsforest.api.readers import json_value, key_of
+from nimsforest.api.readers import (
+    RETRY,
+    UNAVAILABLE,
+    ReadUnavailable,
+    json_value,
+    key_of,
+    unavailable,
+)
 from nimsforest.forest.handlers import SOURCE_HEADER
 from nimsforest.forest.soil import SEQ_HEADER
 from nimsforest.forest.trace import StoredHop, TraceContext
@@ -74,10 +81,6 @@ class Trace(BaseModel):
     truncated: bool  # MAX_SCANNED reached: older messages of the window were not read
 
 
-class LineageUnavailable(Exception):
-    """JetStream did not answer; the message is one sentence."""
-
-
 def _when(value: Any) -> dt.datetime | None:
     if isinstance(value, dt.datetime):
         return value
@@ -111,6 +114,8 @@ class Lineages:
             raw = await self._js.get_msg(stream, seq)
         except NotFoundError:
             return None
+        except UNAVAILABLE as exc:
+            raise unavailable(stream, exc) from None
         return step_of(stream, int(raw.seq or seq), raw.subject or "", raw.time, raw.headers, raw.data)
 
     async def why(self, key: str) -> Lineage | None:
@@ -119,6 +124,8 @@ class Lineages:
             raw = await self._js.get_msg(SOIL.name, subject=f"$KV.SOIL.{key}", direct=True)
         except NotFoundError:
             return None
+        except UNAVAILABLE as exc:
+            raise unavailable("Soil", exc) from None
         headers = raw.headers or {}
         seq = headers.get(SEQ_HEADER, "")
         out = Lineage(key=key, revision=int(raw.seq or 0), value=json_value(raw.data) if raw.data else None, steps=[],
@@ -162,8 +169,8 @@ class Lineages:
             state = (await self._js.stream_info(stream)).state
         except NotFoundError:
             return [], 0, False  # e.g. no DEAD stream on this forest yet
-        except TimeoutError:
-            raise LineageUnavailable(f"{stream} did not answer in time.") from None
+        except UNAVAILABLE as exc:
+            raise unavailable(stream, exc) from None
         if not state.messages:
             return [], 0, False
         newest = await self._get(stream, state.last_seq)
@@ -178,8 +185,8 @@ class Lineages:
             )
         except NotFoundError:
             return [], 0, False  # e.g. no DEAD stream on this forest yet
-        except TimeoutError:
-            raise LineageUnavailable(f"{stream} did not answer in time.") from None
+        except UNAVAILABLE as exc:
+            raise unavailable(stream, exc) from None
         found: list[Step] = []
         read = 0
         try:
@@ -194,8 +201,8 @@ class Lineages:
                 if msg.metadata.num_pending == 0:
                     return found, read, False
             return found, read, True
-        except TimeoutError:
-            raise LineageUnavailable(f"{stream} did not answer in time.") from None
+        except UNAVAILABLE as exc:
+            raise unavailable(stream, exc) from None
         finally:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -206,7 +213,7 @@ class Lineages:
             401: {"description": "A bearer token is required"},
             404: {"description": "No such key"},
             422: {"description": "Not a trace id or a duration"},
-            503: {"description": "JetStream did not answer"},
+            503: {"description": "JetStream cannot answer now (no leader, too slow)"},
         }
 
         @api.get("/why/{key:path}", response_model=Lineage, operation_id="why", responses=errors,
@@ -214,8 +221,8 @@ class Lineages:
         async def why(key: str = Path(max_length=1024)) -> Any:
             try:
                 found = await self.why(key_of(key))
-            except LineageUnavailable as exc:
-                raise HTTPException(503, str(exc)) from None
+            except ReadUnavailable as exc:
+                raise HTTPException(503, str(exc), headers=RETRY) from None
             if found is None:
                 raise HTTPException(404, f"Soil has no key {key}.")
             return found
@@ -231,10 +238,10 @@ class Lineages:
             start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=float(window))
             try:
                 return await self.trace(trace_id, start)
-            except LineageUnavailable as exc:
-                raise HTTPException(503, str(exc)) from None
+            except ReadUnavailable as exc:
+                raise HTTPException(503, str(exc), headers=RETRY) from None
 
         return api
 
 
-__all__ = ["Lineage", "LineageUnavailable", "Lineages", "Step", "Trace"]
+__all__ = ["Lineage", "Lineages", "Step", "Trace"]

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.js.api import DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -85,12 +86,30 @@ class ReadError(BaseModel):
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {401: "A bearer token is required", 404: "Soil has no such key",
-            422: "An invalid key, prefix or pattern", 503: "Soil did not answer in time"}
+            422: "An invalid key, prefix or pattern", 503: "Soil cannot answer now (no leader, too slow)"}
     return {c: {"model": ReadError, "description": text[c]} for c in codes}
 
 
 class ReadUnavailable(Exception):
-    """Soil did not answer in time (JetStream unavailable or too slow)."""
+    """JetStream cannot answer a read now; the message is one sentence for the reader."""
+
+
+# What a read meets while JetStream cannot answer it now: too slow, no server answering (a
+# stream with no leader, a missing stream), the node's connection closed, the API busy.
+# The readers and the lineage answer each with 503 and a sentence, never with 500.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    TimeoutError, NoRespondersError, ConnectionClosedError, ServiceUnavailableError)
+
+
+def unavailable(what: str, exc: Exception) -> ReadUnavailable:
+    """The sentence for an `UNAVAILABLE` error met while reading `what` (e.g. 'Soil')."""
+    if isinstance(exc, NoRespondersError):
+        return ReadUnavailable(f"{what} has no server answering right now (no leader); try again.")
+    if isinstance(exc, ConnectionClosedError):
+        return ReadUnavailable("NATS is not reachable: the node's connection is closed.")
+    if isinstance(exc, ServiceUnavailableError):
+        return ReadUnavailable(f"JetStream is not available right now ({exc.description or 503}); try again.")
+    return ReadUnavailable(f"{what} did not answer in time.")
 
 
 def key_of(given: str) -> str:
@@ -164,8 +183,8 @@ class Readers:
             raw = await self._js.get_msg(SOIL.name, subject=SOIL_SUBJECT + key, direct=True)
         except NotFoundError:
             return None
-        except TimeoutError:
-            raise ReadUnavailable("Soil did not answer in time.") from None
+        except UNAVAILABLE as exc:
+            raise unavailable("Soil", exc) from None
         return value_of(key, raw.data or b"", int(raw.seq or 0), raw.headers, raw.time)
 
     async def soil_keys(self, prefix: str = "", limit: int = MAX_KEYS) -> list[SoilKey]:
@@ -188,8 +207,8 @@ class Readers:
                 subject, stream=SOIL.name, ordered_consumer=True, deliver_policy=policy,
                 headers_only=headers_only, inactive_threshold=READ_TIMEOUT * 2,
             )
-        except TimeoutError:
-            raise ReadUnavailable("Soil did not answer in time.") from None
+        except UNAVAILABLE as exc:
+            raise unavailable("Soil", exc) from None
         out: list[SoilValue] = []
         try:
             info = await sub.consumer_info()
@@ -200,8 +219,8 @@ class Readers:
                 out.append(_value_from_msg(msg))
                 if msg.metadata.num_pending == 0:
                     return out
-        except TimeoutError:
-            raise ReadUnavailable("Soil did not answer in time.") from None
+        except UNAVAILABLE as exc:
+            raise unavailable("Soil", exc) from None
         finally:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -371,8 +390,10 @@ async def _answer(read: Any) -> Any:
     try:
         return await read
     except ReadUnavailable as exc:
-        raise HTTPException(503, str(exc)) from None
+        raise HTTPException(503, str(exc), headers=RETRY) from None
 
 
-__all__ = ["Readers", "SoilKey", "SoilOperation", "SoilValue", "TailEvent", "key_of", "tail_event",
+RETRY = {"Retry-After": "1"}  # a 503 of a read: JetStream usually answers again within a second
+
+__all__ = ["RETRY", "UNAVAILABLE", "ReadUnavailable", "Readers", "SoilKey", "SoilOperation", "SoilValue", "TailEvent", "key_of", "tail_event",
            "value_of"]
