@@ -3,9 +3,12 @@ same run. What the figures are is not asserted (benchmarks measure; tests do not
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
+
+import nats
 
 from nimsforest.bench.dashboard import browser_missing
 
@@ -37,6 +40,9 @@ def test_bench_pipeline_reports_a_ratio_to_raw_nats_py() -> None:
     assert re.search(r"baseline \(raw nats-py\):\s+\d+ events/s", out)
     assert re.search(r"pipeline \(NimsForest\):\s+\d+ events/s", out)
     assert re.search(r"ratio pipeline/baseline: \d+%", out)
+    # the baseline carrying the forest's header lines, and the pipeline against it
+    assert re.search(r"the baseline carrying the forest's header lines .*: \d+ events/s, \d+% of the "
+                     r"baseline; the pipeline is \d+% of it", out)
     assert re.search(r"pipeline, spans exported over OTLP:\s+\d+ events/s", out)
     assert re.search(r"ratio traced/untraced pipeline: \d+%", out)
     m = re.search(r"untraced (\d+) us, traced (\d+) us .*exporter process (\d+) us per event", out)
@@ -73,3 +79,34 @@ def test_bench_nim_reports_its_rate_against_the_ceiling_and_completes_every_even
     assert re.search(r"clean:\s+\d+\.\d events/s \(\d+% of the ceiling, \d+% of the baseline\)"
                      r".*completed 40/40", out)
     assert re.search(r"with 10% 429:\s+\d+\.\d events/s .*completed 40/40", out)
+
+
+async def test_the_baseline_carries_the_header_lines_the_forest_stores(nc: nats.NATS) -> None:
+    """`bench pipeline`'s baseline with the forest's headers stays faithful: per event, the
+    same header names, hop by hop, as a real Forest stores for the demo's event."""
+    from nimsforest.bench.pipeline import _contact, _forest_headers
+    from nimsforest.forest import Forest, Tracing, load_demo_config
+
+    forest = Forest(nc, load_demo_config().model_copy(update={"sources": {}}), tracing=Tracing())
+    await forest.start()
+    js = nc.jetstream()
+    try:
+        await js.publish("river.contacts", _contact(1, "x"))
+        stored: list[frozenset[str]] = []
+        for _ in range(100):
+            stored = []
+            for stream in ("WIND", "HUMUS", "KV_SOIL"):
+                info = await js.stream_info(stream)
+                if not info.state.messages:
+                    continue
+                for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                    stored.append(frozenset((await js.get_msg(stream, seq)).headers or {}))
+            if len(stored) == 5:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await forest.stop()
+    # the baseline's hops: tree, treehouse, nim (leaf and Humus entry), Decomposer
+    carried = [frozenset(_forest_headers(stage, out, "x-1", 1)) for stage, out in
+               ((0, 0), (1, 0), (2, 0), (2, 1), (3, 0))]
+    assert sorted(stored, key=sorted) == sorted(carried, key=sorted)
