@@ -255,6 +255,14 @@ class DrainStatus:
         """An operator's drain refuses new River input (a load balancer moves clients)."""
         return self.reason is DrainReason.OPERATOR
 
+    @property
+    def closes_connections(self) -> bool:
+        """While any drain is on (an operator's or a stop's), every answer closes its
+        connection, so a client's next request opens a new one (to another node, or refused
+        at once once the listener is closed) instead of racing the stop's close of a kept-alive
+        connection, where a request already sent is lost without an answer."""
+        return self.state is not DrainState.SERVING
+
     def doc(self) -> dict[str, object]:
         return {
             "state": self.state.value,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -171,6 +172,26 @@ def river(node: NodeProcess) -> httpx.Response:
                       headers={"Idempotency-Key": "k1", **AUTH}, timeout=10)
 
 
+def closes_after_answer(node: NodeProcess) -> bool:
+    """Whether the node closes a kept-alive HTTP/1.1 connection after answering GET /health
+    (the server's own doing: the request asks to keep it)."""
+    with socket.create_connection(("127.0.0.1", node.api_port), timeout=5) as conn:
+        conn.sendall(b"GET /health HTTP/1.1\r\nHost: node\r\nConnection: keep-alive\r\n\r\n")
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += conn.recv(65536)
+        head, _, body = got.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")))
+        while len(body) < length:
+            body += conn.recv(65536)
+        conn.settimeout(1.0)
+        try:
+            return conn.recv(1) == b""  # EOF: closed by the server
+        except TimeoutError:
+            return False  # still open, waiting for the next request
+
+
 def audited(node: NodeProcess) -> list[tuple[str, bool, str | None, str | None]]:
     """(action, ok, refusal, name) of the node's drain and undrain audit records."""
     records = httpx.get(f"{node.api_url}/api/v1/audit?limit=50", headers=AUTH, timeout=10).json()
@@ -183,6 +204,7 @@ async def test_a_drained_node_refuses_input_stays_drained_across_a_restart_until
 ) -> None:
     await node.wait_healthy()
     assert river(node).status_code == 202
+    assert not closes_after_answer(node)  # serving: connections are kept alive
 
     anonymous = httpx.post(f"{node.api_url}/api/v1/node/drain", timeout=10)
     assert anonymous.status_code == 401
@@ -204,6 +226,8 @@ async def test_a_drained_node_refuses_input_stays_drained_across_a_restart_until
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert refused.headers["nimsforest-draining"] == node.name
     assert "takes no new input" in refused.json()["error"]
+    # drained: every answer closes its connection, so clients leave before a stop closes it
+    assert refused.headers["connection"] == "close" and closes_after_answer(node)
 
     node.stop()
     node.start()
@@ -219,6 +243,7 @@ async def test_a_drained_node_refuses_input_stays_drained_across_a_restart_until
     await eventually(lambda: node.health()[1]["forest"]["running"], what="the forest running again")
     again = river(node)
     assert again.status_code == 202 and again.json()["duplicate"] is True  # stored once, before
+    assert not closes_after_answer(node)
     assert not (node.data_dir / "drained").exists()
     await eventually(lambda: audited(node)[-1] == ("undrain", True, None, "n1"),
                      what="the undrain audited")

@@ -16,6 +16,12 @@ While an operator's drain is on, new input (POST /api/v1/river/..., POST /webhoo
 is answered 503 with `Retry-After: 1` and `Nimsforest-Draining: <node>`: nothing was
 stored, and sending the same request to another node (or again later) is the right
 retry. A graceful stop's drain keeps taking input until the listener closes.
+
+While any drain is on (an operator's or a graceful stop's), every answer carries
+`Connection: close`: a client's next request opens a new connection, which another node
+(or, once this listener is closed, a refused connect) answers, rather than going out on a
+kept-alive connection just as the stopping server closes it, the one way a request could
+be lost without any answer.
 """
 
 from __future__ import annotations
@@ -102,17 +108,23 @@ def _doc(node: str, status: DrainStatus) -> dict[str, Any]:
 
 
 class DrainGate:
-    """ASGI middleware: while `status()` refuses input, new input is answered 503."""
+    """ASGI middleware: while `status()` refuses input, new input is answered 503; while any
+    drain is on, every answer says `Connection: close`."""
 
     def __init__(self, app: ASGIApp, status: Callable[[], DrainStatus], node: str) -> None:
         self.app, self.status, self.node = app, status, node
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        status = self.status()
+        if status.closes_connections:
+            send = _closing(send)
         if (
-            scope.get("type") == "http"
-            and scope.get("method") == "POST"
+            scope.get("method") == "POST"
             and str(scope.get("path", "")).startswith(INPUT_PATHS)
-            and self.status().refuses_input
+            and status.refuses_input
         ):
             body = json.dumps({
                 "error": f"Node {self.node} is drained and takes no new input; nothing was "
@@ -128,6 +140,17 @@ class DrainGate:
             await send({"type": "http.response.body", "body": body})
             return
         await self.app(scope, receive, send)
+
+
+def _closing(send: Send) -> Send:
+    """`send` with `Connection: close` on the response (the server closes after it)."""
+
+    async def closing(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+        await send(message)
+
+    return closing
 
 
 __all__ = ["DRAINING_HEADER", "RESTART_EXIT_STATUS", "DrainGate", "make_drain_router"]
