@@ -43,6 +43,9 @@ def test_bench_pipeline_reports_a_ratio_to_raw_nats_py() -> None:
     # the baseline carrying the forest's header lines, and the pipeline against it
     assert re.search(r"the baseline carrying the forest's header lines .*: \d+ events/s, \d+% of the "
                      r"baseline; the pipeline is \d+% of it", out)
+    # and without the trace context: what tracing off still costs, its 4 traceparent lines
+    assert re.search(r"tracing off \(no OTLP endpoint\) records nothing; .*\(4 lines an event\): .* "
+                     r"ran \d+ events/s, so they cost -?\d+%", out), out
     assert re.search(r"pipeline, spans exported over OTLP:\s+\d+ events/s", out)
     assert re.search(r"ratio traced/untraced pipeline: \d+%", out)
     m = re.search(r"untraced (\d+) us, traced (\d+) us .*exporter process (\d+) us per event", out)
@@ -84,7 +87,7 @@ def test_bench_nim_reports_its_rate_against_the_ceiling_and_completes_every_even
 async def test_the_baseline_carries_the_header_lines_the_forest_stores(nc: nats.NATS) -> None:
     """`bench pipeline`'s baseline with the forest's headers stays faithful: per event, the
     same header names, hop by hop, as a real Forest stores for the demo's event."""
-    from nimsforest.bench.pipeline import _contact, _forest_headers
+    from nimsforest.bench.pipeline import _HOPS, _contact, _forest_headers
     from nimsforest.forest import Forest, Tracing, load_demo_config
 
     forest = Forest(nc, load_demo_config().model_copy(update={"sources": {}}), tracing=Tracing())
@@ -106,7 +109,8 @@ async def test_the_baseline_carries_the_header_lines_the_forest_stores(nc: nats.
             await asyncio.sleep(0.05)
     finally:
         await forest.stop()
-    # the baseline's hops: tree, treehouse, nim (leaf and Humus entry), Decomposer
-    carried = [frozenset(_forest_headers(stage, out, "x-1", 1)) for stage, out in
-               ((0, 0), (1, 0), (2, 0), (2, 1), (3, 0))]
+    carried = [frozenset(_forest_headers(stage, out, "x-1", 1)) for stage, out in _HOPS]
     assert sorted(stored, key=sorted) == sorted(carried, key=sorted)
+    # with tracing off the forest stores the same lines: the untraced baseline drops only those
+    untraced = [frozenset(_forest_headers(stage, out, "x-1", 1, traced=False)) for stage, out in _HOPS]
+    assert sorted(untraced, key=sorted) == sorted((h - {"traceparent"} for h in stored), key=sorted)

@@ -13,6 +13,7 @@ is done when its Soil write (baseline: its last publish) is seen.
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import resource
 import shutil
@@ -165,17 +166,33 @@ async def _pipeline(url: str, n_events: int, window: int, otlp: str | None = Non
 _TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-{:016x}-01"
 
 
-def _forest_headers(stage: int, output: int, key: str, seq: int) -> dict[str, str]:
+class Carried(enum.Enum):
+    """What a raw baseline's publishes carry."""
+
+    IDS = "ids"  # the event's id alone
+    FOREST = "forest"  # the header lines the forest's publish on that hop carries
+    FOREST_UNTRACED = "forest-untraced"  # those without the trace context (`traceparent`)
+
+
+def _forest_headers(stage: int, output: int, key: str, seq: int,
+                    traced: bool = True) -> dict[str, str]:
     """The header lines the forest's output `output` of hop `stage` carries (a trace context,
     the hop and its input, a message id; the nim's brain; the Soil write's revision, Humus
-    sequence and message id), with the event's key in the message id."""
+    sequence and message id), with the event's key in the message id; without `traced`, all
+    but the trace context."""
     if stage == 3:
         return {"Nats-Expected-Last-Subject-Sequence": "0", "Nimsforest-Humus-Seq": str(seq),
                 "Nats-Msg-Id": f"soil:{seq}:{key}"}
     headers = {"Nimsforest-Brain": "rules"} if (stage, output) == (2, 0) else {}
-    headers.update({"traceparent": _TRACE.format(seq), "Nimsforest-Hop": f"stage:{stage}@n1 B:{seq}",
+    if traced:
+        headers["traceparent"] = _TRACE.format(seq)
+    headers.update({"Nimsforest-Hop": f"stage:{stage}@n1 B:{seq}",
                     "Nats-Msg-Id": f"stage-{stage}-{output}:{seq}:{key}"})
     return headers
+
+
+# the baseline's hops (stage, output): tree, treehouse, nim (leaf and Humus entry), Decomposer
+_HOPS = ((0, 0), (1, 0), (2, 0), (2, 1), (3, 0))
 
 
 def _key(headers: dict[str, str] | None) -> str:
@@ -184,12 +201,13 @@ def _key(headers: dict[str, str] | None) -> str:
     return h.get("id") or h.get("Nats-Msg-Id", "").rpartition(":")[2]
 
 
-async def _baseline(url: str, n_events: int, window: int, carried: bool = False,
+async def _baseline(url: str, n_events: int, window: int, carried: Carried = Carried.IDS,
                     prefix: str = "b") -> Result:
     """Four raw stages with the pipeline's hop shape; they forward bytes unchanged. With
-    `carried`, each publish carries the header lines the forest's does on that hop instead
-    of the event's id alone (what nats-py's header handling costs the forest, measured
-    apart from the forest's own work)."""
+    `carried` FOREST, each publish carries the header lines the forest's does on that hop
+    instead of the event's id alone (what nats-py's header handling costs the forest,
+    measured apart from the forest's own work); FOREST_UNTRACED, those but the trace
+    context (what the trace headers alone cost, with tracing off)."""
     nc = await nats.connect(url)
     js = nc.jetstream()
     for name, subj in (
@@ -218,8 +236,8 @@ async def _baseline(url: str, n_events: int, window: int, carried: bool = False,
             for m in msgs:
                 key = _key(m.headers)
                 for o, out in enumerate(outputs):
-                    headers = (_forest_headers(i, o, key, m.metadata.sequence.stream) if carried
-                               else m.headers)
+                    headers = (m.headers if carried is Carried.IDS else _forest_headers(
+                        i, o, key, m.metadata.sequence.stream, carried is Carried.FOREST))
                     futures.append(
                         await js.publish_async(out.replace("{id}", key), m.data, headers=headers)
                     )
@@ -283,6 +301,7 @@ def _start_server(store: Path) -> tuple[subprocess.Popen[bytes], str]:
 class Runs:
     bases: list[Result] = field(default_factory=list)
     carried: list[Result] = field(default_factory=list)  # the baseline with the forest's headers
+    untraced: list[Result] = field(default_factory=list)  # those without the trace context
     pipes: list[Result] = field(default_factory=list)
     posts: list[Result] = field(default_factory=list)  # the output hop's baseline: raw httpx
     outs: list[Result] = field(default_factory=list)  # the output hop
@@ -322,7 +341,8 @@ async def _run(events: int, window: int, warmup: int, rounds: int, outputs: int,
             if warmup:
                 await _baseline(url, warmup, window)
             runs.bases.append(await _baseline(url, events, window))
-            runs.carried.append(await _baseline(url, events, window, carried=True, prefix="c"))
+            runs.carried.append(await _baseline(url, events, window, Carried.FOREST, "c"))
+            runs.untraced.append(await _baseline(url, events, window, Carried.FOREST_UNTRACED, "u"))
             pipe, cpu = await _pipeline(url, events, window, warmup=warmup)
             runs.pipes.append(pipe)
             runs.pipe_cpu.append(cpu / events)
@@ -425,6 +445,14 @@ def command(events: int, window: int, warmup: int, rounds: int, outputs: int,
                f"{_merge(runs.carried).rate:.0f} events/s, {statistics.median(carried):.0%} of the "
                f"baseline; the pipeline is {statistics.median(apart):.0%} of it (medians of the "
                "rounds')")
+    # tracing off still carries a traceparent on every hop: its price, measured raw
+    lines = sum(1 for st, o in _HOPS if "traceparent" in _forest_headers(st, o, "k", 1))
+    trace_cost = [1 - c.rate / u.rate for u, c in zip(runs.untraced, runs.carried, strict=True)]
+    click.echo(f"tracing off (no OTLP endpoint) records nothing; what it carries is a traceparent "
+               f"on every hop ({lines} lines an event): the baseline with the forest's headers but "
+               f"those ran {_merge(runs.untraced).rate:.0f} events/s, so they cost "
+               f"{statistics.median(trace_cost):.0%} (the median of the rounds'; "
+               f"rounds {', '.join(f'{x:+.0%}' for x in trace_cost)})")
     if runs.traced:
         tr = _merge(runs.traced)
         click.echo(f"pipeline, spans exported over OTLP: {tr.rate:8.0f} events/s   p50 "
