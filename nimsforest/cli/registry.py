@@ -230,6 +230,12 @@ def parse_pairs(pairs: Iterable[str]) -> dict[str, str]:
     return out
 
 
+def shadowed(operator: dict[str, str], record: dict[str, str]) -> list[str]:
+    """The operator's keys that a node's record carries with another value (pure): the
+    node registers its own value for them, which wins (registry.merge_metadata)."""
+    return sorted(k for k, v in operator.items() if k in record and record[k] != v)
+
+
 @registry.command("metadata")
 @click.argument("name")
 @click.argument("pairs", nargs=-1, metavar="[KEY=VALUE | KEY=]...")
@@ -261,7 +267,8 @@ def metadata(
 
     The registry keeps it apart from what the node registers, before the node registers
     and after it leaves. The node's record carries both, the node's own keys winning
-    (except an empty value). A node without NIMSFOREST_ZONE takes its zone from the key
+    (except an empty value): the command says on stderr which keys a registered node
+    gives its own value. A node without NIMSFOREST_ZONE takes its zone from the key
     'zone' when it starts, so restart it to apply a new zone. With a file:// registry the
     keys are those of the node's entry in registry.json, which must exist.
     """
@@ -278,17 +285,20 @@ def metadata(
         raise click.UsageError(str(exc)) from None
     reg = _open(registry_url, registry_service, token, timeout)
 
-    async def act() -> OperatorMetadata:
+    async def act() -> tuple[OperatorMetadata, list[str]]:
         async with reg:
             if clear and not changes:
                 await reg.clear_node_metadata(name)
-                return OperatorMetadata(service=registry_service, name=name)
+                return OperatorMetadata(service=registry_service, name=name), []
             if clear or changes:
-                return await reg.set_node_metadata(name, changes, merge=not clear)
-            return await reg.node_metadata(name)
+                kept = await reg.set_node_metadata(name, changes, merge=not clear)
+            else:
+                kept = await reg.node_metadata(name)
+            record = next((n for n in await reg.list_nodes() if n.name == name), None)
+            return kept, shadowed(kept.metadata, record.metadata if record else {})
 
     try:
-        result = asyncio.run(act())
+        result, hidden = asyncio.run(act())
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
@@ -298,6 +308,12 @@ def metadata(
     else:
         for key, value in sorted(result.metadata.items()):
             click.echo(f"{key}={value}")
+    if hidden:
+        click.echo(
+            f"Node {name} registers its own {', '.join(hidden)}: its record carries the "
+            "node's value instead (a node's own keys win; for the zone: NIMSFOREST_ZONE).",
+            err=True,
+        )
     if ZONE_KEY in changes or clear:
         click.echo(
             f"Node {name} reads its zone when it starts: restart it (one node at a time) "

@@ -13,6 +13,7 @@ import httpx
 
 from nimsforest.node_setup import embedded_config, machine_metadata
 from nimsforest.settings import Settings, ZoneSource, choose_zone, with_zone
+from registry import merge_metadata
 from tests.registry.conftest import RegistryProcess
 from tests.support import NodeProcess, eventually
 
@@ -93,3 +94,13 @@ async def test_a_node_takes_its_zone_from_operator_metadata_in_the_registry_serv
             node.stop()
     finally:
         server.stop()
+
+
+def test_with_nimsforest_zone_the_registrys_zone_is_not_used_and_nothing_warns() -> None:
+    """What docs/DEPLOYMENT.md says: the node registers its own zone, which wins the merge, so
+    the record it reads back carries the setting's zone (no 'not used' warning)."""
+    record = merge_metadata({"zone": "eu-1b"}, machine_metadata("c", "eu-1a"))
+    choice = choose_zone("eu-1a", record)
+    assert (choice.zone, choice.source, choice.note) == ("eu-1a", ZoneSource.SETTING, None)
+    unset = choose_zone(None, merge_metadata({"zone": "eu-1b"}, machine_metadata("c")))
+    assert (unset.zone, unset.source) == ("eu-1b", ZoneSource.REGISTRY)

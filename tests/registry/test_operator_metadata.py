@@ -329,3 +329,19 @@ def test_the_cli_edits_a_morpheus_file_and_says_when_the_entry_is_missing(tmp_pa
     assert json.loads(path.read_text())["nodes"]["f"][0]["metadata"]["zone"] == "eu-1b"
     missing = cli(url, "s", "f9", "zone=eu-1b")
     assert missing.exit_code == 1 and "has no entry for node 'f9'" in missing.output
+
+
+def test_the_cli_says_which_keys_the_node_registers_itself(
+    registry_server: RegistryProcess, service: str
+) -> None:
+    url = registry_server.url
+    httpx.post(
+        f"{url}/v1/services/{service}/nodes",
+        json=node("k3", metadata={"zone": "eu-1a", "rack": ""}),
+    )
+    result = cli(url, service, "k3", "zone=eu-1b", "rack=7")
+    assert result.exit_code == 0 and result.stdout.splitlines() == ["rack=7", "zone=eu-1b"]
+    # its empty rack gives way to the operator's; its zone wins
+    assert "Node k3 registers its own zone: its record carries the node's value" in result.stderr
+    record = httpx.get(f"{url}/v1/services/{service}/nodes/k3").json()
+    assert record["metadata"] == {"zone": "eu-1a", "rack": "7"}
