@@ -294,7 +294,11 @@ def metadata(
                 kept = await reg.set_node_metadata(name, changes, merge=not clear)
             else:
                 kept = await reg.node_metadata(name)
-            record = next((n for n in await reg.list_nodes() if n.name == name), None)
+            try:
+                listed = await reg.list_nodes()
+            except RegistryError:  # the change is made; only the note on its effect is lost
+                return kept, []
+            record = next((n for n in listed if n.name == name), None)
             return kept, shadowed(kept.metadata, record.metadata if record else {})
 
     try:
