@@ -7,6 +7,7 @@
     peers = await reg.list_peers()            # or reg.cached_peers() when unreachable
     asyncio.create_task(reg.run_heartbeat())
     async for event in reg.watch_peers(known=peers): ...
+    await reg.set_node_metadata("n2", {"zone": "eu-1b"}, merge=True)   # an operator's call
 
 Backends by URL scheme: `http(s)://` (the server, `nimsforest registry serve`),
 `file:///path/registry.json?forest=ID` (Morpheus' shared file), `memory://NAME` (tests).
@@ -28,10 +29,14 @@ from registry._memory import MemoryStore, memory_store
 from registry._model import (
     NAME_RE,
     NodeInfo,
+    OperatorMetadata,
     PeerEvent,
     PeerEventType,
     RegistryState,
     RegistryStatus,
+    check_metadata,
+    check_name,
+    merge_metadata,
 )
 from registry._store import StateFileError
 from registry._timing import Timing, plan_timing
@@ -118,6 +123,10 @@ __all__ = [
     "create_app",
     "Registry",
     "NodeInfo",
+    "OperatorMetadata",
+    "check_metadata",
+    "check_name",
+    "merge_metadata",
     "PeerEvent",
     "PeerEventType",
     "RegistryState",

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -16,9 +16,11 @@ from registry._cache import CachedNodes, PeerCache
 from registry._errors import RegistryConflict, RegistryError, RegistryRejected, RegistryUnreachable
 from registry._model import (
     NodeInfo,
+    OperatorMetadata,
     PeerEvent,
     RegistryState,
     RegistryStatus,
+    check_metadata,
     check_name,
 )
 from registry._timing import Timing
@@ -80,6 +82,18 @@ class Registry(abc.ABC):
       state changes. Ends on close(); cancel it to stop earlier.
     - `status()`: a snapshot (no I/O) for health endpoints.
     - `close()`: stops run_heartbeat() and watch_peers(), releases connections.
+
+    An operator's calls (the CLI's `registry metadata`), about any node of the service and
+    apart from this client's own registration (they leave `status()` as it is):
+
+    - `node_metadata(name)`: the operator's metadata of node `name`.
+    - `set_node_metadata(name, metadata, merge=False)`: replace it, or with `merge` merge
+      into it; a key with an empty value is removed. Returns what is kept.
+    - `clear_node_metadata(name)`: remove all of it.
+
+    A node's record carries the operator's metadata under its own (`merge_metadata`: the
+    node's keys win, except an empty value). A bad name or key is a ValueError before any
+    I/O; RegistryUnreachable and RegistryRejected as for the other calls.
     """
 
     backend: ClassVar[str] = "?"
@@ -128,6 +142,16 @@ class Registry(abc.ABC):
         self, index: int | None, wait: float | None
     ) -> tuple[int | None, list[NodeInfo]]:
         """(index or None when the backend has no blocking queries, live nodes)."""
+
+    @abc.abstractmethod
+    async def _metadata(self, name: str) -> dict[str, str]:
+        """The operator's metadata of node `name`."""
+
+    @abc.abstractmethod
+    async def _set_metadata(
+        self, name: str, metadata: dict[str, str], merge: bool
+    ) -> dict[str, str]:
+        """Replace (or merge into) the operator's metadata of `name`; return what is kept."""
 
     async def _aclose(self) -> None:
         return None
@@ -222,6 +246,27 @@ class Registry(abc.ABC):
                         "Unexpected error in the registry heartbeat loop (a bug): %r", exc
                     )
                     reported = repr(exc)
+
+    async def node_metadata(self, name: str) -> OperatorMetadata:
+        self._check_open()
+        _check_node_name(name)
+        return self._operator(name, await self._metadata(name))
+
+    async def set_node_metadata(
+        self, name: str, metadata: Mapping[str, str], *, merge: bool = False
+    ) -> OperatorMetadata:
+        self._check_open()
+        _check_node_name(name)
+        values = check_metadata(metadata)
+        return self._operator(name, await self._set_metadata(name, values, merge))
+
+    async def clear_node_metadata(self, name: str) -> None:
+        self._check_open()
+        _check_node_name(name)
+        await self._set_metadata(name, {}, False)
+
+    def _operator(self, name: str, metadata: dict[str, str]) -> OperatorMetadata:
+        return OperatorMetadata(service=self.service, name=name, metadata=metadata)
 
     def status(self) -> RegistryStatus:
         return RegistryStatus(
@@ -354,6 +399,13 @@ class Registry(abc.ABC):
         except TimeoutError:
             return False
         return True
+
+
+def _check_node_name(name: str) -> None:
+    try:
+        check_name(name)
+    except ValueError as exc:
+        raise ValueError(f"{exc}.") from None
 
 
 __all__ = ["Registry", "display_url"]

@@ -22,6 +22,12 @@ Writing (register, heartbeat, deregister) happens under an exclusive `fcntl.floc
 every entry, field and top-level key it does not understand. An entry with our name and
 no `node_id` is Morpheus' record of this machine: we take it over and add our fields. A
 file that cannot be parsed is never overwritten: every call raises RegistryUnreachable.
+
+Metadata: an entry's `metadata` holds the operator's keys (written into the file, or set
+with the operator calls) and the node's own; a registration merges the node's into it
+with `merge_metadata` (the node's keys win, except an empty value), as the server does.
+The operator calls edit an existing entry only: a node that is not in the file has no
+entry to hold them (the file is Morpheus', which writes an entry per machine).
 """
 
 from __future__ import annotations
@@ -41,8 +47,8 @@ from pydantic import ValidationError
 
 from registry._atomic import write_atomic
 from registry._base import Registry
-from registry._errors import RegistryConflict, RegistryUnreachable
-from registry._model import NAME_RE, NodeInfo, format_hostport
+from registry._errors import RegistryConflict, RegistryRejected, RegistryUnreachable
+from registry._model import NAME_RE, NodeInfo, edit_metadata, format_hostport, merge_metadata
 from registry._timing import Timing
 
 T = TypeVar("T")
@@ -92,6 +98,18 @@ class FileRegistry(Registry):
         data = await asyncio.to_thread(self._read)
         return None, self._nodes(self._entries(data), datetime.now(UTC))
 
+    async def _metadata(self, name: str) -> dict[str, str]:
+        data = await asyncio.to_thread(self._read)
+        entry = self._entry(data, name)
+        return _metadata_of(entry) if entry is not None else {}
+
+    async def _set_metadata(
+        self, name: str, metadata: dict[str, str], merge: bool
+    ) -> dict[str, str]:
+        return await asyncio.to_thread(
+            self._locked, lambda data: self._edit_metadata(data, name, metadata, merge)
+        )
+
     # --- changes (run under the lock, in a thread) -----------------------------------------
     def _put(self, data: dict[str, Any], info: NodeInfo) -> tuple[NodeInfo, bool]:
         entries = self._entries(data, create=True)
@@ -136,6 +154,27 @@ class FileRegistry(Registry):
         entries[:] = keep
         return None, True
 
+    def _edit_metadata(
+        self, data: dict[str, Any], name: str, metadata: dict[str, str], merge: bool
+    ) -> tuple[dict[str, str], bool]:
+        entry = self._entry(data, name)
+        if entry is None:
+            raise RegistryRejected(
+                f"{self.path} has no entry for node '{name}' in forest '{self.forest}': its "
+                "metadata is kept on that entry, so add the machine's entry (id, ip) or let "
+                "the node register first."
+            )
+        old = entry.get("metadata")
+        old = old if isinstance(old, dict) else {}
+        new = edit_metadata(old if merge else {}, metadata)
+        if new == old:
+            return _metadata_of(entry), False
+        if new:
+            entry["metadata"] = new
+        else:
+            entry.pop("metadata", None)
+        return _metadata_of(entry), True
+
     def _fill(self, entry: dict[str, Any], info: NodeInfo, now: datetime, *, new: bool) -> None:
         for key in _OURS:
             value = getattr(info, key)
@@ -148,8 +187,7 @@ class FileRegistry(Registry):
         entry["cluster_port"] = info.port
         if info.metadata:
             old = entry.get("metadata")
-            old = old if isinstance(old, dict) else {}
-            entry["metadata"] = {**old, **info.metadata}
+            entry["metadata"] = merge_metadata(old if isinstance(old, dict) else {}, info.metadata)
         entry["ttl_seconds"] = self.timing.ttl
         entry["registered_at"] = _iso(now)
         entry["last_seen"] = _iso(now)
@@ -188,7 +226,6 @@ class FileRegistry(Registry):
                 port if isinstance(port, int) and not isinstance(port, bool) else self.cluster_port
             )
             address = format_hostport(host.strip("[]"), port)
-        metadata = entry.get("metadata")
         try:
             return NodeInfo(
                 name=name,
@@ -199,9 +236,7 @@ class FileRegistry(Registry):
                 node_id=_str(entry.get("node_id")),
                 registered_at=_when(entry.get("registered_at")) or _when(entry.get("created_at")),
                 create_index=pos,
-                metadata={k: v for k, v in metadata.items() if isinstance(v, str)}
-                if isinstance(metadata, dict)
-                else {},
+                metadata=_metadata_of(entry),
             )
         except ValidationError:
             return None
@@ -220,6 +255,12 @@ class FileRegistry(Registry):
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
             ttl = self.timing.ttl
         return (now - seen).total_seconds() <= ttl
+
+    def _entry(self, data: dict[str, Any], name: str) -> dict[str, Any] | None:
+        """The first entry named `name` (the one the reader takes), or None."""
+        return next(
+            (e for e in self._entries(data) if isinstance(e, dict) and e.get("id") == name), None
+        )
 
     def _entries(self, data: dict[str, Any], create: bool = False) -> list[Any]:
         nodes = data.get("nodes")
@@ -312,6 +353,13 @@ def _when(value: Any) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _metadata_of(entry: dict[str, Any]) -> dict[str, str]:
+    metadata = entry.get("metadata")
+    if not isinstance(metadata, dict):
+        return {}
+    return {k: v for k, v in metadata.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def _str(value: Any) -> str | None:

@@ -13,7 +13,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from registry._base import Registry
 from registry._errors import RegistryConflict, RegistryRejected, RegistryUnreachable
-from registry._model import NodeInfo
+from registry._model import MetadataBody, NodeInfo, OperatorMetadata
 from registry._timing import Timing
 
 log = logging.getLogger("registry")
@@ -99,6 +99,29 @@ class HttpRegistry(Registry):
         except ValidationError as exc:
             raise self._malformed(f"a node list of the wrong shape ({_first_error(exc)})") from None
         return _index(resp), nodes
+
+    async def _metadata(self, name: str) -> dict[str, str]:
+        return await self._metadata_call("GET", name, None, "the metadata read")
+
+    async def _set_metadata(
+        self, name: str, metadata: dict[str, str], merge: bool
+    ) -> dict[str, str]:
+        body = MetadataBody(metadata=metadata).model_dump(mode="json")
+        return await self._metadata_call(
+            "PATCH" if merge else "PUT", name, body, "the metadata change"
+        )
+
+    async def _metadata_call(self, method: str, name: str, body: Any, what: str) -> dict[str, str]:
+        resp = await self._call(method, f"{self._nodes}/{quote(name)}/metadata", json=body)
+        if resp.status_code != 200:
+            self._refuse(resp, what, None)
+        try:
+            answer = OperatorMetadata.model_validate(self._json(resp))
+        except ValidationError as exc:
+            raise self._malformed(f"metadata of the wrong shape ({_first_error(exc)})") from None
+        if answer.name != name:
+            raise self._malformed(f"the metadata of node '{answer.name}' instead of '{name}'")
+        return answer.metadata
 
     async def _aclose(self) -> None:
         await self._client.aclose()

@@ -89,5 +89,17 @@ class MemoryRegistry(Registry):
             self._check()
         return self.store.index, [info for info, _ in self.store.nodes(self.service)]
 
+    async def _metadata(self, name: str) -> dict[str, str]:
+        self._check()
+        return self.store.operator_metadata(self.service, name)
+
+    async def _set_metadata(
+        self, name: str, metadata: dict[str, str], merge: bool
+    ) -> dict[str, str]:
+        self._check()
+        if merge:
+            return self.store.edit_operator_metadata(self.service, name, metadata)
+        return self.store.set_operator_metadata(self.service, name, metadata)
+
 
 __all__ = ["MemoryRegistry", "MemoryStore", "memory_store"]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
@@ -71,6 +72,44 @@ def _normal_hostport(value: str) -> str:
     return format_hostport(*split_hostport(value))
 
 
+MAX_METADATA_KEY = 128
+
+
+def check_metadata(values: Mapping[str, str]) -> dict[str, str]:
+    """`values` as a dict if every key is a valid metadata key, else ValueError (one sentence).
+
+    The one place of the rule: a node's own metadata (NodeInfo), an operator's metadata
+    (the registry server's metadata routes, the CLI) and a restored state file use it.
+    """
+    for key in values:
+        if not isinstance(key, str) or not key or len(key) > MAX_METADATA_KEY:
+            raise ValueError(f"metadata keys must be 1 to {MAX_METADATA_KEY} characters long")
+    return dict(values)
+
+
+Metadata = Annotated[dict[str, str], AfterValidator(check_metadata)]
+"""Metadata of a node: string keys (1 to 128 characters) to string values."""
+
+
+def merge_metadata(operator: Mapping[str, str], own: Mapping[str, str]) -> dict[str, str]:
+    """The metadata a node's record carries (pure): the operator's keys with the node's own
+    on top; a node's key with an empty value gives way to the operator's value."""
+    merged = dict(operator)
+    merged.update((k, v) for k, v in own.items() if v or k not in operator)
+    return merged
+
+
+def edit_metadata(current: Mapping[str, str], changes: Mapping[str, str]) -> dict[str, str]:
+    """`current` with `changes` merged in (pure); a key with an empty value is removed."""
+    edited = dict(current)
+    for key, value in changes.items():
+        if value:
+            edited[key] = value
+        else:
+            edited.pop(key, None)
+    return edited
+
+
 class NodeInfo(BaseModel):
     """One node as the registry knows it.
 
@@ -97,7 +136,7 @@ class NodeInfo(BaseModel):
     node_id: str | None = None
     registered_at: datetime | None = None
     create_index: int | None = Field(default=None, ge=0)
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -141,14 +180,6 @@ class NodeInfo(BaseModel):
             )
         return v
 
-    @field_validator("metadata")
-    @classmethod
-    def _metadata(cls, v: dict[str, str]) -> dict[str, str]:
-        for key in v:
-            if not key or len(key) > 128:
-                raise ValueError("metadata keys must be 1 to 128 characters long")
-        return v
-
     @property
     def host(self) -> str:
         """The cluster host (IPv6 without brackets)."""
@@ -166,6 +197,28 @@ class NodeInfo(BaseModel):
         Other fields (metadata, URLs, create_index, registered_at) are not peer changes.
         """
         return (self.name, self.node_id, self.cluster_address)
+
+
+class MetadataBody(BaseModel):
+    """The body of `PUT` / `PATCH .../nodes/{name}/metadata`: `{"metadata": {KEY: VALUE}}`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    metadata: Metadata
+
+
+class OperatorMetadata(BaseModel):
+    """What an operator gave one node of a service, apart from what the node registers.
+
+    A node's record carries `merge_metadata(operator, own)`; the operator's metadata is
+    kept when the node deregisters, expires or has not registered yet.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    service: str
+    name: str
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class PeerEventType(StrEnum):
@@ -214,6 +267,12 @@ class RegistryStatus(BaseModel):
 
 __all__ = [
     "NAME_RE",
+    "Metadata",
+    "MetadataBody",
+    "OperatorMetadata",
+    "check_metadata",
+    "edit_metadata",
+    "merge_metadata",
     "NodeInfo",
     "PeerEvent",
     "PeerEventType",

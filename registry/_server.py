@@ -7,6 +7,10 @@ API (details and examples in docs/REGISTRY.md):
     GET    /v1/services/{service}/nodes/{name}           one node
     PUT    /v1/services/{service}/nodes/{name}/heartbeat renew the TTL
     DELETE /v1/services/{service}/nodes/{name}           deregister (204)
+    GET    /v1/services/{service}/nodes/{name}/metadata  the operator's metadata of a node
+    PUT    /v1/services/{service}/nodes/{name}/metadata  replace it ({"metadata": {...}})
+    PATCH  /v1/services/{service}/nodes/{name}/metadata  merge into it (an empty value removes)
+    DELETE /v1/services/{service}/nodes/{name}/metadata  clear it (204)
     GET    /v1/services                                  services with live nodes
     GET    /v1/health                                    the registry itself
 
@@ -28,7 +32,7 @@ from pydantic import ValidationError
 
 from registry._atomic import write_atomic
 from registry._errors import RegistryConflict
-from registry._model import NodeInfo
+from registry._model import MetadataBody, NodeInfo, OperatorMetadata
 from registry._store import Store, parse_body_ttl
 from registry._wire import (
     Fail,
@@ -206,6 +210,62 @@ def create_app(
         change(lambda: store.deregister(service, name, request.query_params.get("node_id")))
         await saver.save()
         log.info("Node %s deregistered from service %s.", name, service)
+        return Response(status_code=204, headers={INDEX_HEADER: str(store.index)})
+
+    def metadata_answer(service: str, name: str, kept: dict[str, str]) -> JSONResponse:
+        return answer(
+            OperatorMetadata(service=service, name=name, metadata=kept).model_dump(mode="json")
+        )
+
+    async def metadata_body(service: str, name: str, request: Request) -> MetadataBody:
+        check_path_name(service, "service name")
+        check_path_name(name, "node name")
+        body = await read_json(request, max_body)
+        try:
+            return MetadataBody.model_validate(body)
+        except ValidationError as exc:
+            raise Fail(
+                422,
+                f"Invalid metadata ({explain(exc)}); send "
+                '{"metadata": {"KEY": "VALUE", ...}} with string values.',
+            ) from None
+
+    async def metadata_changed(service: str, name: str, before: dict[str, str]) -> None:
+        await saver.save()
+        kept = store.operator_metadata(service, name)
+        if kept != before:
+            shown = ", ".join(f"{k}={v[:64]}" for k, v in sorted(kept.items())) or "nothing"
+            log.info("Operator metadata of node %s in service %s is now %s.", name, service, shown)
+
+    @app.get("/v1/services/{service}/nodes/{name}/metadata")
+    async def get_metadata(service: str, name: str) -> JSONResponse:
+        check_path_name(service, "service name")
+        check_path_name(name, "node name")
+        return metadata_answer(service, name, store.operator_metadata(service, name))
+
+    @app.put("/v1/services/{service}/nodes/{name}/metadata")
+    async def put_metadata(service: str, name: str, request: Request) -> JSONResponse:
+        body = await metadata_body(service, name, request)
+        before = store.operator_metadata(service, name)
+        kept = store.set_operator_metadata(service, name, body.metadata)
+        await metadata_changed(service, name, before)
+        return metadata_answer(service, name, kept)
+
+    @app.patch("/v1/services/{service}/nodes/{name}/metadata")
+    async def patch_metadata(service: str, name: str, request: Request) -> JSONResponse:
+        body = await metadata_body(service, name, request)
+        before = store.operator_metadata(service, name)
+        kept = store.edit_operator_metadata(service, name, body.metadata)
+        await metadata_changed(service, name, before)
+        return metadata_answer(service, name, kept)
+
+    @app.delete("/v1/services/{service}/nodes/{name}/metadata")
+    async def delete_metadata(service: str, name: str) -> Response:
+        check_path_name(service, "service name")
+        check_path_name(name, "node name")
+        before = store.operator_metadata(service, name)
+        store.set_operator_metadata(service, name, {})
+        await metadata_changed(service, name, before)
         return Response(status_code=204, headers={INDEX_HEADER: str(store.index)})
 
     return app

@@ -9,9 +9,12 @@ registry, so both have the same semantics:
 - heartbeat: renews the record's TTL (the TTL the node asked for, bounded).
 - TTL expiry: a record not renewed within its TTL is removed (an expired record never
   conflicts); removal bumps the index like any other change.
-- index: every change (register, deregister, expiry) takes the next store-wide index
-  and stamps it on its service; `wait()` blocks until the service's index passes the
-  caller's one (Consul-style blocking query).
+- index: every change (register, deregister, expiry, an operator's metadata) takes the
+  next store-wide index and stamps it on its service; `wait()` blocks until the service's
+  index passes the caller's one (Consul-style blocking query).
+- operator metadata: per service and node name, set before or after the node registers
+  and kept when its record goes (deregistration, expiry). Every record the store hands
+  out carries `merge_metadata(operator's, node's own)`; the record keeps the node's own.
 
 Persistence is a JSON snapshot written atomically by the server; on load every TTL clock
 restarts with one full TTL, so a registry restart does not expire every node.
@@ -22,16 +25,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from registry._errors import RegistryConflict
-from registry._model import NodeInfo
+from registry._model import Metadata, NodeInfo, edit_metadata, merge_metadata
 
 STATE_VERSION = 1
 
@@ -44,9 +47,12 @@ class StateFileError(ValueError):
     """The state file cannot be loaded; the message is one sentence."""
 
 
+_OPERATOR_METADATA = TypeAdapter(dict[str, Metadata])
+
+
 @dataclass
 class _Record:
-    info: NodeInfo
+    info: NodeInfo  # as the node registered it: its own metadata only
     ttl: float
     expires_at: float  # on the store's monotonic clock
 
@@ -54,7 +60,15 @@ class _Record:
 @dataclass
 class _Service:
     nodes: dict[str, _Record] = field(default_factory=dict)
+    metadata: dict[str, dict[str, str]] = field(default_factory=dict)  # the operator's, by name
     index: int = 0  # store index of the last change in this service
+
+    def answer(self, info: NodeInfo) -> NodeInfo:
+        """The record as handed out: with the operator's metadata merged in."""
+        operator = self.metadata.get(info.name)
+        if not operator:
+            return info
+        return info.model_copy(update={"metadata": merge_metadata(operator, info.metadata)})
 
 
 class Store:
@@ -87,7 +101,8 @@ class Store:
     def register(
         self, service: str, info: NodeInfo, ttl: float | None = None
     ) -> tuple[NodeInfo, bool]:
-        """Store `info`; return (the stored record, True if it is a new record)."""
+        """Store `info`; return (the stored record, with the operator's metadata merged in,
+        and True if it is a new record)."""
         self.expire()
         svc = self._services.setdefault(service, _Service())
         old = svc.nodes.get(info.name)
@@ -100,7 +115,7 @@ class Store:
         )
         ttl = self.bound_ttl(ttl)
         svc.nodes[info.name] = _Record(stored, ttl, self._clock() + ttl)
-        return stored, old is None
+        return svc.answer(stored), old is None
 
     def heartbeat(
         self, service: str, name: str, node_id: str | None = None
@@ -109,7 +124,7 @@ class Store:
         self.expire()
         rec = self._live(service, name, node_id)
         rec.expires_at = self._clock() + rec.ttl
-        return rec.info, rec.ttl
+        return self._services[service].answer(rec.info), rec.ttl
 
     def deregister(self, service: str, name: str, node_id: str | None = None) -> None:
         """Remove the record. Raises NotRegistered / RegistryConflict (another node's record)."""
@@ -134,7 +149,35 @@ class Store:
                 changed = True
         return changed
 
+    def set_operator_metadata(
+        self, service: str, name: str, metadata: Mapping[str, str]
+    ) -> dict[str, str]:
+        """Replace the operator's metadata of node `name` (registered or not); keys with an
+        empty value are left out, so `{}` clears it. Returns what is kept now."""
+        kept = edit_metadata({}, metadata)
+        svc = self._services.setdefault(service, _Service())
+        if kept != svc.metadata.get(name, {}):
+            if kept:
+                svc.metadata[name] = kept
+            else:
+                del svc.metadata[name]
+            self._bump(svc)
+        return kept
+
+    def edit_operator_metadata(
+        self, service: str, name: str, changes: Mapping[str, str]
+    ) -> dict[str, str]:
+        """Merge `changes` into the operator's metadata of node `name`; a key with an empty
+        value is removed. Returns what is kept now."""
+        current = self.operator_metadata(service, name)
+        return self.set_operator_metadata(service, name, edit_metadata(current, changes))
+
     # --- reading ---------------------------------------------------------------------------
+    def operator_metadata(self, service: str, name: str) -> dict[str, str]:
+        """The operator's metadata of node `name` ({} when none was given)."""
+        svc = self._services.get(service)
+        return dict(svc.metadata.get(name, {})) if svc is not None else {}
+
     def nodes(self, service: str) -> list[tuple[NodeInfo, float]]:
         """Live records of `service` as (record, ttl), sorted by create_index."""
         self.expire()
@@ -142,7 +185,7 @@ class Store:
         if svc is None:
             return []
         recs = sorted(svc.nodes.values(), key=lambda r: (r.info.create_index or 0, r.info.name))
-        return [(r.info, r.ttl) for r in recs]
+        return [(svc.answer(r.info), r.ttl) for r in recs]
 
     def service_index(self, service: str) -> int:
         svc = self._services.get(service)
@@ -197,9 +240,10 @@ class Store:
                     dict(r.info.model_dump(mode="json"), ttl_seconds=r.ttl)
                     for r in svc.nodes.values()
                 ],
+                "metadata": svc.metadata,
             }
             for name, svc in self._services.items()
-            if svc.nodes or svc.index
+            if svc.nodes or svc.index or svc.metadata
         }
         body = {"version": STATE_VERSION, "index": self.index, "services": services}
         return json.dumps(body, indent=1).encode()
@@ -213,7 +257,10 @@ class Store:
             now = self._clock()
             services: dict[str, _Service] = {}
             for name, svc_data in data["services"].items():
-                svc = _Service(index=int(svc_data["index"]))
+                svc = _Service(
+                    index=int(svc_data["index"]),
+                    metadata=_OPERATOR_METADATA.validate_python(svc_data.get("metadata", {})),
+                )
                 for node in svc_data["nodes"]:
                     info = NodeInfo.model_validate(node)
                     ttl = self.bound_ttl(node.get("ttl_seconds"))

@@ -21,6 +21,7 @@ from tests.support import free_port
         (["registry", "--help"], "serve"),
         (["registry", "serve", "--help"], "--data"),
         (["registry", "nodes", "--help"], "--registry-url"),
+        (["registry", "metadata", "--help"], "KEY=VALUE"),
     ],
 )
 def test_help(args: list[str], needle: str) -> None:
