@@ -28,10 +28,12 @@ log = logging.getLogger("nimsforest")
 # a task still running this long after its cancel has lost it (see above): cancelled again.
 # Long enough that a task's own clean-up on cancel (a finally that awaits) is not cut short.
 RECANCEL_AFTER = 0.5
+# seconds a stop waits for the tasks it cancelled (a loop ends in milliseconds once cancelled)
+STOP_WITHIN = 5.0
 
 
 async def cancel_and_wait(
-    tasks: Iterable[asyncio.Task[Any]], within: float, *, what: str = "tasks"
+    tasks: Iterable[asyncio.Task[Any]], within: float = STOP_WITHIN, *, what: str = "tasks"
 ) -> set[asyncio.Task[Any]]:
     """Cancel `tasks` and wait until every one has ended, cancelling again each
     RECANCEL_AFTER seconds one that goes on (a lost cancel), for at most `within` seconds.
@@ -62,8 +64,6 @@ async def cancel_and_wait(
 
 
 class TaskOwner:
-    STOP_WITHIN = 10.0  # seconds close() waits for its tasks (the node's loops end in ms)
-
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
@@ -96,10 +96,10 @@ class TaskOwner:
 
     async def close(self) -> None:
         """Cancel every task and wait for each to end (cancelled again if it goes on, for
-        up to STOP_WITHIN seconds: a stop never hangs on a lost cancel)."""
+        up to STOP_WITHIN seconds: a close never hangs on a lost cancel)."""
         self._closing = True
-        await cancel_and_wait(list(self._tasks), self.STOP_WITHIN, what="node's tasks")
+        await cancel_and_wait(list(self._tasks), what="node's tasks")
         self._tasks.clear()
 
 
-__all__ = ["RECANCEL_AFTER", "TaskOwner", "cancel_and_wait"]
+__all__ = ["RECANCEL_AFTER", "STOP_WITHIN", "TaskOwner", "cancel_and_wait"]

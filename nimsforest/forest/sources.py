@@ -61,7 +61,6 @@ if TYPE_CHECKING:
 # flow(subject, payload, source=..., msg_id=...) -> FlowReceipt (river.flow, bound)
 FlowFn = Callable[..., Awaitable[FlowReceipt]]
 MAX_PAGES = 100  # pages one poll follows before it waits for the next interval
-STOP_WITHIN = 5.0  # seconds a stopping source waits for its tasks (they end in milliseconds)
 
 
 # --- pure: ticks --------------------------------------------------------------------------------
@@ -185,7 +184,7 @@ class SourceLoop:
     async def stop(self) -> None:
         # a cancel can be lost (a KV reply landing in its tick: nimsforest.tasks), so one
         # that goes on is cancelled again, and the stop is bounded
-        await cancel_and_wait(self._tasks, STOP_WITHIN, what=f"tasks of {self.label}")
+        await cancel_and_wait(self._tasks, what=f"tasks of {self.label}")
         self._tasks = []
         await self._close()
         self._state("stopped")
