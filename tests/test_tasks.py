@@ -6,6 +6,7 @@ in bounded time and named."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Any
 
@@ -107,8 +108,6 @@ async def test_errors_of_stopped_tasks_are_retrieved_and_done_tasks_pass() -> No
     loop.set_exception_handler(lambda _loop, ctx: unretrieved.append(ctx))
     assert await cancel_and_wait([failed, finished], 1.0) == set()
     del failed  # a Task whose exception was never retrieved says so when collected
-    import gc
-
     gc.collect()
     assert unretrieved == []
 

@@ -335,5 +335,6 @@ async def test_a_poller_stops_although_a_reply_came_with_its_cancel(plain_nats, 
         async with asyncio.timeout(20):  # a stop that loses its cancel never returns
             await loop.stop()
         assert loop.activity == "stopped"
+        assert [t for t in asyncio.all_tasks() if t.get_name().startswith("source-crm")] == []
         kv = await nc.jetstream().key_value("SOURCES")  # it let its lease go on the way out
         assert json.loads((await kv.get("lease.crm")).value)["until"] == 0  # type: ignore[arg-type]
