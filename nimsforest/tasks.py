@@ -33,12 +33,12 @@ STOP_WITHIN = 5.0
 
 
 async def cancel_and_wait(
-    tasks: Iterable[asyncio.Task[Any]], within: float = STOP_WITHIN, *, what: str = "tasks"
+    tasks: Iterable[asyncio.Task[Any]], within: float = STOP_WITHIN, *, owner: str = "a stop"
 ) -> set[asyncio.Task[Any]]:
     """Cancel `tasks` and wait until every one has ended, cancelling again each
     RECANCEL_AFTER seconds one that goes on (a lost cancel), for at most `within` seconds.
     Returns the tasks still running then (none, unless one ignores cancellation), said in
-    one sentence naming `what` they are; their results and errors are retrieved."""
+    one sentence naming their `owner` and them; their results and errors are retrieved."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     done: set[asyncio.Task[Any]] = set()
@@ -58,8 +58,8 @@ async def cancel_and_wait(
             task.exception()  # retrieved: the owner logs what matters
     if pending:
         names = ", ".join(sorted(t.get_name() for t in pending))
-        log.error("%d of the %s did not stop within %gs of being cancelled: %s",
-                  len(pending), what, within, names)
+        log.error("%s: %d task(s) did not stop within %gs of being cancelled (%s)",
+                  owner, len(pending), within, names)
     return pending
 
 
@@ -98,7 +98,7 @@ class TaskOwner:
         """Cancel every task and wait for each to end (cancelled again if it goes on, for
         up to STOP_WITHIN seconds: a close never hangs on a lost cancel)."""
         self._closing = True
-        await cancel_and_wait(list(self._tasks), what="node's tasks")
+        await cancel_and_wait(list(self._tasks), owner="the node")
         self._tasks.clear()
 
 

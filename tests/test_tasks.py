@@ -50,7 +50,7 @@ async def test_a_task_whose_cancel_came_with_its_reply_is_stopped() -> None:
     await _asked(poller)
     poller.reply()  # the reply arrives, and in the same tick the cancel
     async with asyncio.timeout(20):
-        assert await cancel_and_wait([task], 10, what="pollers") == set()
+        assert await cancel_and_wait([task], 10, owner="the test") == set()
     assert task.cancelled()
 
 
@@ -88,9 +88,9 @@ async def test_a_task_that_refuses_to_stop_is_given_up_on_and_named(
     await asyncio.sleep(0)
     with caplog.at_level(logging.ERROR, logger="nimsforest"):
         async with asyncio.timeout(20):
-            stuck = await cancel_and_wait([task, quick], 1.0, what="tasks of the test")
+            stuck = await cancel_and_wait([task, quick], 1.0, owner="the test")
     assert stuck == {task} and quick.cancelled()
-    assert "1 of the tasks of the test did not stop within 1s of being cancelled: stubborn" in caplog.text
+    assert "the test: 1 task(s) did not stop within 1s of being cancelled (stubborn)" in caplog.text
     release.set()
     await asyncio.wait({task}, timeout=5)
 

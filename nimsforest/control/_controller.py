@@ -163,7 +163,7 @@ class ControllerCore:
     async def stop(self) -> None:
         # the watcher asks NATS: a cancel can be lost (nimsforest.tasks), so bounded
         await cancel_and_wait([t for t in (self._drift, self._task) if t is not None],
-                              what="forest control's tasks")
+                              owner="forest control")
         self._task = self._drift = None
 
     def resync(self) -> None:

@@ -59,7 +59,7 @@ class NatsControl:
                 pass
             self._sub = None
         # each request's task ends here (cancelled again if it lost its cancel in a KV reply)
-        await cancel_and_wait(list(self._tasks), what="forest.control requests")
+        await cancel_and_wait(list(self._tasks), owner="forest.control over NATS")
 
     async def _spawn(self, msg: Msg) -> None:
         # a change waits for this node to apply it: do not hold up the next request

@@ -119,7 +119,7 @@ class ReportBoard:
         not keep it going: the loop also looks at `_stopping`)."""
         self._stopping.set()
         if self._task is not None:
-            await cancel_and_wait([self._task], what="report loop")
+            await cancel_and_wait([self._task], owner="the status report loop")
             self._task = None
         if self._sub is not None:
             with contextlib.suppress(Exception):

@@ -189,7 +189,7 @@ class ConsumerRunner:
             await asyncio.sleep(0.02)
         # cancelled again if one goes on (a lost cancel: nimsforest.tasks); bounded, named
         await cancel_and_wait([*self._tasks, *self._background], max(grace, 1.0),
-                              what=f"tasks of {self._label}")
+                              owner=self._label)
         for job in list(self._inflight.values()):
             await self._quietly(job.d.msg.nak())
         self._inflight.clear()

@@ -121,7 +121,7 @@ class Forest:
 
     async def stop(self) -> None:
         if self._retry_task is not None:  # its retries ask NATS: a cancel can be lost
-            await cancel_and_wait([self._retry_task], what="forest's retry loop")
+            await cancel_and_wait([self._retry_task], owner="the forest's retry loop")
             self._retry_task = None
         async with self._lock:
             if not self._running:

@@ -184,7 +184,7 @@ class SourceLoop:
     async def stop(self) -> None:
         # a cancel can be lost (a KV reply landing in its tick: nimsforest.tasks), so one
         # that goes on is cancelled again, and the stop is bounded
-        await cancel_and_wait(self._tasks, what=f"tasks of {self.label}")
+        await cancel_and_wait(self._tasks, owner=self.label)
         self._tasks = []
         await self._close()
         self._state("stopped")
