@@ -75,6 +75,7 @@ from nimsforest.forest import (
     read_forest_config,
 )
 from nimsforest.streams import NODE_TAG, with_backoff
+from nimsforest.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -160,11 +161,9 @@ class ControllerCore:
             log.warning("The desired forest state is not applied yet; the node goes on")
 
     async def stop(self) -> None:
-        for task in (self._drift, self._task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        # the watcher asks NATS: a cancel can be lost (nimsforest.tasks), so bounded
+        await cancel_and_wait([t for t in (self._drift, self._task) if t is not None],
+                              owner="forest control")
         self._task = self._drift = None
 
     def resync(self) -> None:

@@ -26,6 +26,7 @@ from nimsforest.control._audit import Action, Actor, Refusal, Via
 from nimsforest.control._dead import nats_request as dead_request
 from nimsforest.control._schemas import MAX_BODY
 from nimsforest.control.errors import ControlError, Invalid, NotFound, TooLarge
+from nimsforest.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -57,10 +58,8 @@ class NatsControl:
             except Exception:  # noqa: BLE001 - the connection may be closing
                 pass
             self._sub = None
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)  # each request's task ends here
+        # each request's task ends here (cancelled again if it lost its cancel in a KV reply)
+        await cancel_and_wait(list(self._tasks), owner="forest.control over NATS")
 
     async def _spawn(self, msg: Msg) -> None:
         # a change waits for this node to apply it: do not hold up the next request

@@ -35,6 +35,7 @@ from nimsforest.control._schemas import (
     StatusOut,
 )
 from nimsforest.streams import NODE_TAG, ensure_stream, kv_spec
+from nimsforest.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -118,8 +119,7 @@ class ReportBoard:
         not keep it going: the loop also looks at `_stopping`)."""
         self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task], owner="the status report loop")
             self._task = None
         if self._sub is not None:
             with contextlib.suppress(Exception):

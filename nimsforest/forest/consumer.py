@@ -53,6 +53,7 @@ from nimsforest.forest.model import ComponentKind, ComponentRef
 from nimsforest.forest.publisher import Publisher
 from nimsforest.forest.pull import HEARTBEAT, Puller
 from nimsforest.forest.trace import NO_TRACING, Hop, TraceContext, Tracing, hop_name, hop_value
+from nimsforest.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -186,13 +187,9 @@ class ConsumerRunner:
         deadline = time.monotonic() + grace
         while (self._tasks or self._inflight) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        tasks = [*self._tasks, *self._background]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _, stuck = await asyncio.wait(tasks, timeout=max(grace, 1.0))
-            if stuck:  # never expected; a stop must not hang the forest for it
-                self._log.error("%s: %d task(s) did not stop when cancelled", self._label, len(stuck))
+        # cancelled again if one goes on (a lost cancel: nimsforest.tasks); bounded, named
+        await cancel_and_wait([*self._tasks, *self._background], max(grace, 1.0),
+                              owner=self._label)
         for job in list(self._inflight.values()):
             await self._quietly(job.d.msg.nak())
         self._inflight.clear()

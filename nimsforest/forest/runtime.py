@@ -41,6 +41,7 @@ from nimsforest.forest.soil import Soil
 from nimsforest.forest.specs import USER_KINDS, ComponentSpec
 from nimsforest.forest.trace import NO_TRACING, TraceContext, Tracing, hop_name
 from nimsforest.streams import CORE_STREAMS, NIM_CACHE, NIM_RATE, ensure_stream, ensure_streams
+from nimsforest.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -119,9 +120,8 @@ class Forest:
             self._retry_task = asyncio.create_task(self._retry_loop(), name="forest-retry")
 
     async def stop(self) -> None:
-        if self._retry_task is not None:
-            self._retry_task.cancel()
-            await asyncio.gather(self._retry_task, return_exceptions=True)
+        if self._retry_task is not None:  # its retries ask NATS: a cancel can be lost
+            await cancel_and_wait([self._retry_task], owner="the forest's retry loop")
             self._retry_task = None
         async with self._lock:
             if not self._running:

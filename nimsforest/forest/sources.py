@@ -50,6 +50,7 @@ from nimsforest.forest.leaf import dumps, loads, utc_now
 from nimsforest.forest.model import FlowReceipt
 from nimsforest.forest.specs import CatchUp, SourceSpec, SourceType, SplitMode
 from nimsforest.streams import SOURCES
+from nimsforest.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -181,10 +182,9 @@ class SourceLoop:
                        for i, run in enumerate(self._runs())]
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        # a cancel can be lost (a KV reply landing in its tick: nimsforest.tasks), so one
+        # that goes on is cancelled again, and the stop is bounded
+        await cancel_and_wait(self._tasks, owner=self.label)
         self._tasks = []
         await self._close()
         self._state("stopped")

@@ -26,6 +26,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from nimsforest.forest import FlowError, Forest, load_forest_config
+from nimsforest.forest.delivery import Stats
+from nimsforest.forest.model import FlowReceipt
 from nimsforest.forest.sources import (
     extract,
     item_id,
@@ -33,8 +35,10 @@ from nimsforest.forest.sources import (
     missed_tick,
     next_cursor,
     next_tick,
+    source_loop,
 )
 from nimsforest.forest.specs import SourceSpec
+from nimsforest.streams import SOURCES, ensure_streams
 from tests.forest.conftest import write_forest
 from tests.support import eventually, free_port
 
@@ -295,3 +299,42 @@ async def test_a_page_fetched_again_is_stored_once(forest_factory, nc) -> None: 
         assert forest.get("source", "items").events_out == 2
         # each was offered again (events_in) and stored once (events_out)
         assert forest.get("source", "pages").events_out == 1
+
+
+# --- stopping -------------------------------------------------------------------------------------
+class AnsweredWithTheCancel:
+    """A flow whose answer the test gives in the very loop tick the stop's cancel lands in,
+    awaited through asyncio.wait_for as nats-py awaits every reply (each KV read and
+    JetStream publish a poller makes). On Python 3.11 wait_for then returns the answer and
+    loses the cancel (cpython#86296): the poller goes on polling. This is what hung the
+    teardown of test_a_page_fetched_again_is_stored_once (a kv.get in poll_once)."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+        self.answer: asyncio.Future[None] | None = None
+
+    async def __call__(self, subject: str, payload: Any, **kw: Any) -> FlowReceipt:
+        self.answer = asyncio.get_running_loop().create_future()
+        self.asked.set()
+        await asyncio.wait_for(self.answer, 5)
+        return FlowReceipt(stream="RIVER", subject=f"river.{subject}", seq=1)
+
+
+async def test_a_poller_stops_although_a_reply_came_with_its_cancel(plain_nats, nc) -> None:  # type: ignore[no-untyped-def]
+    async with paged_api(3) as api:
+        spec = _spec(type="http_poll", url=f"http://127.0.0.1:{api.port}/items",
+                     interval="100ms", items="items")
+        loop = source_loop("crm", spec, Stats())
+        assert loop is not None
+        flow = AnsweredWithTheCancel()
+        await ensure_streams(nc.jetstream(), (SOURCES,), 1, None)
+        await loop.start(nc, nc.jetstream(), "n1", flow)
+        await asyncio.wait_for(flow.asked.wait(), 20)
+        assert flow.answer is not None
+        flow.answer.set_result(None)  # the reply arrives, and in the same tick the stop's cancel
+        async with asyncio.timeout(20):  # a stop that loses its cancel never returns
+            await loop.stop()
+        assert loop.activity == "stopped"
+        assert [t for t in asyncio.all_tasks() if t.get_name().startswith("source-crm")] == []
+        kv = await nc.jetstream().key_value("SOURCES")  # it let its lease go on the way out
+        assert json.loads((await kv.get("lease.crm")).value)["until"] == 0  # type: ignore[arg-type]
