@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -243,21 +243,22 @@ def create_app(
         check_path_name(name, "node name")
         return metadata_answer(service, name, store.operator_metadata(service, name))
 
-    @app.put("/v1/services/{service}/nodes/{name}/metadata")
-    async def put_metadata(service: str, name: str, request: Request) -> JSONResponse:
+    async def change_metadata(service: str, name: str, request: Request,
+                              change: Callable[[str, str, Mapping[str, str]], dict[str, str]],
+                              ) -> JSONResponse:
         body = await metadata_body(service, name, request)
         before = store.operator_metadata(service, name)
-        kept = store.set_operator_metadata(service, name, body.metadata)
+        kept = change(service, name, body.metadata)
         await metadata_changed(service, name, before)
         return metadata_answer(service, name, kept)
 
+    @app.put("/v1/services/{service}/nodes/{name}/metadata")
+    async def put_metadata(service: str, name: str, request: Request) -> JSONResponse:
+        return await change_metadata(service, name, request, store.set_operator_metadata)
+
     @app.patch("/v1/services/{service}/nodes/{name}/metadata")
     async def patch_metadata(service: str, name: str, request: Request) -> JSONResponse:
-        body = await metadata_body(service, name, request)
-        before = store.operator_metadata(service, name)
-        kept = store.edit_operator_metadata(service, name, body.metadata)
-        await metadata_changed(service, name, before)
-        return metadata_answer(service, name, kept)
+        return await change_metadata(service, name, request, store.edit_operator_metadata)
 
     @app.delete("/v1/services/{service}/nodes/{name}/metadata")
     async def delete_metadata(service: str, name: str) -> Response:
