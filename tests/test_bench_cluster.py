@@ -5,11 +5,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import httpx
+
+from natsembed import free_port
 from nimsforest.bench.cluster import (
     Election,
+    FailedWrite,
+    Failure,
     HopTime,
     Latency,
     election_of,
+    failed_answer,
+    failed_request,
+    failures_line,
     hop_times,
     latency_figures,
     slowest,
@@ -65,3 +73,28 @@ def test_a_leader_elected_advisory_names_its_group_node_and_time() -> None:
     assert stream is not None and (stream.group, stream.leader) == ("RIVER", "n1")
     assert election_of("$JS.EVENT.ADVISORY.STREAM.CREATED.RIVER", b"{}") is None
     assert election_of("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.RIVER", b"not json") is None
+
+
+def test_failed_writes_are_grouped_by_cause() -> None:
+    try:  # a real refusal: nothing listens on a port just freed
+        httpx.post(f"http://127.0.0.1:{free_port()}/api/v1/river/x", content=b"1", timeout=2)
+    except httpx.HTTPError as exc:
+        refused = failed_request(exc)
+    assert refused == FailedWrite(Failure.REFUSED)
+    assert failed_request(httpx.ConnectError("no route")) == FailedWrite(Failure.CONNECT)
+    assert failed_request(httpx.ReadTimeout("slow")) == FailedWrite(Failure.TIMEOUT)
+    assert failed_request(httpx.ReadError("reset")) == FailedWrite(Failure.RESET)
+    assert failed_request(httpx.RemoteProtocolError("closed")) == FailedWrite(Failure.CLOSED)
+
+    def answer(sentence: str) -> bytes:
+        return json.dumps({"error": sentence}).encode()
+
+    no_river = "The River is not available (no JetStream stream answers on river.>)"
+    first = failed_answer(503, answer(f"{no_river} (held 15.0s); try again."))
+    assert first == FailedWrite(Failure.UNAVAILABLE, no_river)
+    assert failed_answer(503, answer(f"{no_river}; try again.")) == first  # held or not: alike
+    assert failed_answer(500, b"oops") == FailedWrite(Failure.STATUS, "500")
+    assert failed_answer(503, b"<html>") == FailedWrite(Failure.UNAVAILABLE, "")
+    line = failures_line([first, refused, first, failed_answer(500, b""), first, refused])
+    assert line == f"6 failed (3 x 503 {no_river}, 2 x connection refused, 1 x status 500)"
+    assert failures_line([]) == "0 failed"

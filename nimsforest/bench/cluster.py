@@ -16,7 +16,8 @@ write gap  what an HTTP client of the River sees (POST /api/v1/river with an
          Idempotency-Key, sent to the nodes a load balancer polling /health every 0.5 s
          would use, sent again to the next node until stored): the longest time between
          two stored inputs and the failed requests (anything but 202 and a drained node's
-         documented 503), during a drain-based stop (SIGTERM) of RIVER's leader, a rolling
+         documented 503; counted by cause: connection refused, reset or closed, timeout,
+         503 by its sentence, other status), during a drain-based stop (SIGTERM) of RIVER's leader, a rolling
          restart of all three nodes, and a kill -9 of RIVER's leader, in the same run
          (targets: 0 failed and a gap <= 1 s for the planned two).
 River->Soil  the demo forest (n1 runs it; River -> Tree -> TreeHouse -> Nim (rules) ->
@@ -26,14 +27,21 @@ River->Soil  the demo forest (n1 runs it; River -> Tree -> TreeHouse -> Nim (rul
          clock). Max and p99 with no fault, through a kill -9 of RIVER's leader and through
          a SIGSTOP of a node's nats-server for 8 s, in the same run (target: max <= 10 s
          through any single fault), and how many acknowledged inputs never reached Soil.
+         For each fault: what the faulty node's nats-server led, the stream and consumer
+         leaders elected meanwhile (JetStream's LEADER_ELECTED advisories) and the slowest
+         inputs hop by hop (each hop's store time and node, from their stored headers).
+         `--soil-only` runs this part alone, `--rounds` times each fault.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import enum
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -320,12 +328,89 @@ def river_leader(urls: list[str]) -> str:
 
 
 # --- the write gap seen by an HTTP client -------------------------------------------------
+class Failure(enum.Enum):
+    """Why one write of the write gap failed (the client then sent it to the next node)."""
+
+    REFUSED = "connection refused"
+    CONNECT = "could not connect"  # a connect error other than a refusal
+    RESET = "connection reset"  # the connection broke while the request was sent or read
+    CLOSED = "closed without an answer"  # the server closed the connection before answering
+    TIMEOUT = "timeout"
+    UNAVAILABLE = "503"  # with the answer's sentence
+    STATUS = "status"  # any other status but 202 (the status is the detail)
+    OTHER = "other error"
+
+
+@dataclasses.dataclass(frozen=True)
+class FailedWrite:
+    kind: Failure
+    detail: str = ""  # a 503's sentence (up to its first ';', no "(held 1.2s)"), or the status
+
+    def label(self) -> str:
+        return f"{self.kind.value} {self.detail}".strip() if self.detail else self.kind.value
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: set[int] = set()
+    at: BaseException | None = exc
+    while at is not None and id(at) not in seen:
+        if isinstance(at, kind):
+            return True
+        seen.add(id(at))
+        at = at.__cause__ or at.__context__
+    return False
+
+
+def failed_request(exc: httpx.HTTPError) -> FailedWrite:
+    """A request that got no answer, by the exception's type (pure)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return FailedWrite(Failure.TIMEOUT)
+    if isinstance(exc, httpx.ConnectError):
+        refused = _caused_by(exc, ConnectionRefusedError)
+        return FailedWrite(Failure.REFUSED if refused else Failure.CONNECT)
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return FailedWrite(Failure.CLOSED)
+    if isinstance(exc, (httpx.ReadError, httpx.WriteError, httpx.CloseError)):
+        return FailedWrite(Failure.RESET)
+    return FailedWrite(Failure.OTHER, type(exc).__name__)
+
+
+_HELD = re.compile(r"\s*\(held [0-9.]+s\)")
+
+
+def failed_answer(status: int, body: bytes) -> FailedWrite:
+    """An answer that is not 202 (nor a drained node's 503), by its status; a 503 with its
+    sentence, shortened to group alike answers (pure)."""
+    if status != 503:
+        return FailedWrite(Failure.STATUS, str(status))
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    sentence = str(doc.get("error") or doc.get("detail") or "") if isinstance(doc, dict) else ""
+    return FailedWrite(Failure.UNAVAILABLE, _HELD.sub("", sentence).split(";")[0].strip())
+
+
+def failures_line(failures: tuple[FailedWrite, ...] | list[FailedWrite]) -> str:
+    """`26 failed (20 x 503 The River is not available, 6 x connection refused)`, the most
+    frequent first (pure)."""
+    if not failures:
+        return "0 failed"
+    counts = collections.Counter(f.label() for f in failures)
+    return f"{len(failures)} failed (" + ", ".join(
+        f"{n} x {label}" for label, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) + ")"
+
+
 @dataclasses.dataclass
 class Gap:
     longest: float  # seconds between two stored inputs around the operation
-    failed: int
+    failures: tuple[FailedWrite, ...]
     acked: int
     lost: int
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
 
 
 async def write_gap(nodes: list[Proc], action: Callable[[], Any], reader: Callable[[], str],
@@ -335,7 +420,7 @@ async def write_gap(nodes: list[Proc], action: Callable[[], Any], reader: Callab
     stop = asyncio.Event()
     stored: list[float] = []
     acked: list[int] = []
-    failed = 0
+    failed: list[FailedWrite] = []
 
     async def balance() -> None:
         async with httpx.AsyncClient(timeout=1, trust_env=False) as http:
@@ -349,7 +434,6 @@ async def write_gap(nodes: list[Proc], action: Callable[[], Any], reader: Callab
                 await asyncio.sleep(0.5)
 
     async def write() -> None:
-        nonlocal failed
         i = 0
         async with httpx.AsyncClient(timeout=10, trust_env=False) as http:
             while not stop.is_set():
@@ -362,8 +446,8 @@ async def write_gap(nodes: list[Proc], action: Callable[[], Any], reader: Callab
                         r = await http.post(f"{node.api}/api/v1/river/{tag}", content=str(i),
                                             headers={"Idempotency-Key": f"{tag}-{i}",
                                                      "Content-Type": "application/json"})
-                    except httpx.HTTPError:
-                        failed += 1
+                    except httpx.HTTPError as exc:
+                        failed.append(failed_request(exc))
                         await asyncio.sleep(0.02)
                         continue
                     if r.status_code == 202:
@@ -371,7 +455,7 @@ async def write_gap(nodes: list[Proc], action: Callable[[], Any], reader: Callab
                         acked.append(i)
                         break
                     if r.status_code != 503 or "nimsforest-draining" not in r.headers:
-                        failed += 1
+                        failed.append(failed_answer(r.status_code, r.content))
                         await asyncio.sleep(0.02)
                 i += 1
 
@@ -388,7 +472,7 @@ async def write_gap(nodes: list[Proc], action: Callable[[], Any], reader: Callab
     around = [t for t in stored if t >= began - 1]
     longest = max((b - a for a, b in zip(around, around[1:], strict=False)), default=0.0)
     got = await read_all(reader(), f"river.{tag}")
-    return Gap(longest, failed, len(acked), len([a for a in acked if a not in got]))
+    return Gap(longest, tuple(failed), len(acked), len([a for a in acked if a not in got]))
 
 
 def restart_node(nodes: list[Proc], name: str, *, kill: bool) -> None:
@@ -921,7 +1005,7 @@ def command(rounds: int, soil_only: bool) -> None:
                        ("rolling", "rolling restart of three nodes  "),
                        ("kill", "kill -9 of RIVER's leader        ")):
         g = gaps[key]
-        click.echo(f"HTTP write gap, {label}  {g.longest:6.2f}s, {g.failed} failed, "
+        click.echo(f"HTTP write gap, {label}  {g.longest:6.2f}s, {failures_line(g.failures)}, "
                    f"{g.lost} of {g.acked} lost")
     planned = [gaps["drain"], gaps["rolling"]]
     click.echo(f"targets: planned stops 0 failed and gap <= 1s: "
