@@ -8,9 +8,9 @@ Delivery contract (the same for trees, treehouses, nims and the decomposer):
   (publish acks received). Outputs carry `Nats-Msg-Id = <consumer>:<stream seq>[:n]`,
   so a redelivered message does not store its outputs twice within the stream's
   duplicate window (2 minutes). For the same reason an output not confirmed after
-  RESEND_AFTER (1 s) is sent again under its id, until PUBLISH_TIMEOUT (10 s): a publish
-  to a stream leader that froze or died is never answered, and the new leader stores the
-  resend.
+  RESEND_AFTER (1 s), or when any stream elects a leader (its LEADER_ELECTED advisory), is
+  sent again under its id, until PUBLISH_TIMEOUT (10 s): a publish to a stream leader that
+  froze or died is never answered, and the new leader stores the resend.
 - A node that dies mid-way never acks: JetStream redelivers after `ack_wait` to any node.
   Slow handlers send in-progress acks so they are not redelivered while still working.
 - A failed attempt is nak'd with a growing delay (0.5 s, 1 s, 2 s ... 60 s, or the
