@@ -16,7 +16,8 @@ write gap  what an HTTP client of the River sees (POST /api/v1/river with an
          Idempotency-Key, sent to the nodes a load balancer polling /health every 0.5 s
          would use, sent again to the next node until stored): the longest time between
          two stored inputs and the failed requests (anything but 202 and a drained node's
-         documented 503), during a drain-based stop (SIGTERM) of RIVER's leader, a rolling
+         documented 503; counted by cause: connection refused, reset or closed, timeout,
+         503 by its sentence, other status), during a drain-based stop (SIGTERM) of RIVER's leader, a rolling
          restart of all three nodes, and a kill -9 of RIVER's leader, in the same run
          (targets: 0 failed and a gap <= 1 s for the planned two).
 River->Soil  the demo forest (n1 runs it; River -> Tree -> TreeHouse -> Nim (rules) ->
@@ -26,23 +27,30 @@ River->Soil  the demo forest (n1 runs it; River -> Tree -> TreeHouse -> Nim (rul
          clock). Max and p99 with no fault, through a kill -9 of RIVER's leader and through
          a SIGSTOP of a node's nats-server for 8 s, in the same run (target: max <= 10 s
          through any single fault), and how many acknowledged inputs never reached Soil.
+         For each fault: what the faulty node's nats-server led, the stream and consumer
+         leaders elected meanwhile (JetStream's LEADER_ELECTED advisories) and the slowest
+         inputs hop by hop (each hop's store time and node, from their stored headers).
+         `--soil-only` runs this part alone, `--rounds` times each fault.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import enum
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import httpx
@@ -62,12 +70,14 @@ from natsembed import (
 )
 from nimsforest.deploy.rolling import Target, rolling_restart
 from nimsforest.durations import parse_duration
+from nimsforest.streams import HUMUS, RIVER, SOIL, WIND
 
 SECRET = "bench-secret"
 # Default settings, except a 1 s registry heartbeat: joins do not depend on it, but the
 # failover rounds restart the killed node, which must re-register quickly.
 _ENV = {**os.environ, "REGISTRY_HEARTBEAT_INTERVAL": "1s"}
 HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+T = TypeVar("T")
 
 
 # --- processes ---------------------------------------------------------------------------
@@ -318,12 +328,89 @@ def river_leader(urls: list[str]) -> str:
 
 
 # --- the write gap seen by an HTTP client -------------------------------------------------
+class Failure(enum.Enum):
+    """Why one write of the write gap failed (the client then sent it to the next node)."""
+
+    REFUSED = "connection refused"
+    CONNECT = "could not connect"  # a connect error other than a refusal
+    RESET = "connection reset"  # the connection broke while the request was sent or read
+    CLOSED = "closed without an answer"  # the server closed the connection before answering
+    TIMEOUT = "timeout"
+    UNAVAILABLE = "503"  # with the answer's sentence
+    STATUS = "status"  # any other status but 202 (the status is the detail)
+    OTHER = "other error"
+
+
+@dataclasses.dataclass(frozen=True)
+class FailedWrite:
+    kind: Failure
+    detail: str = ""  # a 503's sentence (up to its first ';', no "(held 1.2s)"), or the status
+
+    def label(self) -> str:
+        return f"{self.kind.value} {self.detail}".strip() if self.detail else self.kind.value
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: set[int] = set()
+    at: BaseException | None = exc
+    while at is not None and id(at) not in seen:
+        if isinstance(at, kind):
+            return True
+        seen.add(id(at))
+        at = at.__cause__ or at.__context__
+    return False
+
+
+def failed_request(exc: httpx.HTTPError) -> FailedWrite:
+    """A request that got no answer, by the exception's type (pure)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return FailedWrite(Failure.TIMEOUT)
+    if isinstance(exc, httpx.ConnectError):
+        refused = _caused_by(exc, ConnectionRefusedError)
+        return FailedWrite(Failure.REFUSED if refused else Failure.CONNECT)
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return FailedWrite(Failure.CLOSED)
+    if isinstance(exc, (httpx.ReadError, httpx.WriteError, httpx.CloseError)):
+        return FailedWrite(Failure.RESET)
+    return FailedWrite(Failure.OTHER, type(exc).__name__)
+
+
+_HELD = re.compile(r"\s*\(held [0-9.]+s\)")
+
+
+def failed_answer(status: int, body: bytes) -> FailedWrite:
+    """An answer that is not 202 (nor a drained node's 503), by its status; a 503 with its
+    sentence, shortened to group alike answers (pure)."""
+    if status != 503:
+        return FailedWrite(Failure.STATUS, str(status))
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    sentence = str(doc.get("error") or doc.get("detail") or "") if isinstance(doc, dict) else ""
+    return FailedWrite(Failure.UNAVAILABLE, _HELD.sub("", sentence).split(";")[0].strip())
+
+
+def failures_line(failures: tuple[FailedWrite, ...] | list[FailedWrite]) -> str:
+    """`26 failed (20 x 503 The River is not available, 6 x connection refused)`, the most
+    frequent first (pure)."""
+    if not failures:
+        return "0 failed"
+    counts = collections.Counter(f.label() for f in failures)
+    return f"{len(failures)} failed (" + ", ".join(
+        f"{n} x {label}" for label, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) + ")"
+
+
 @dataclasses.dataclass
 class Gap:
     longest: float  # seconds between two stored inputs around the operation
-    failed: int
+    failures: tuple[FailedWrite, ...]
     acked: int
     lost: int
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
 
 
 async def write_gap(nodes: list[Proc], action: Callable[[], Any], reader: Callable[[], str],
@@ -333,7 +420,7 @@ async def write_gap(nodes: list[Proc], action: Callable[[], Any], reader: Callab
     stop = asyncio.Event()
     stored: list[float] = []
     acked: list[int] = []
-    failed = 0
+    failed: list[FailedWrite] = []
 
     async def balance() -> None:
         async with httpx.AsyncClient(timeout=1, trust_env=False) as http:
@@ -347,7 +434,6 @@ async def write_gap(nodes: list[Proc], action: Callable[[], Any], reader: Callab
                 await asyncio.sleep(0.5)
 
     async def write() -> None:
-        nonlocal failed
         i = 0
         async with httpx.AsyncClient(timeout=10, trust_env=False) as http:
             while not stop.is_set():
@@ -360,8 +446,8 @@ async def write_gap(nodes: list[Proc], action: Callable[[], Any], reader: Callab
                         r = await http.post(f"{node.api}/api/v1/river/{tag}", content=str(i),
                                             headers={"Idempotency-Key": f"{tag}-{i}",
                                                      "Content-Type": "application/json"})
-                    except httpx.HTTPError:
-                        failed += 1
+                    except httpx.HTTPError as exc:
+                        failed.append(failed_request(exc))
                         await asyncio.sleep(0.02)
                         continue
                     if r.status_code == 202:
@@ -369,7 +455,7 @@ async def write_gap(nodes: list[Proc], action: Callable[[], Any], reader: Callab
                         acked.append(i)
                         break
                     if r.status_code != 503 or "nimsforest-draining" not in r.headers:
-                        failed += 1
+                        failed.append(failed_answer(r.status_code, r.content))
                         await asyncio.sleep(0.02)
                 i += 1
 
@@ -386,7 +472,7 @@ async def write_gap(nodes: list[Proc], action: Callable[[], Any], reader: Callab
     around = [t for t in stored if t >= began - 1]
     longest = max((b - a for a, b in zip(around, around[1:], strict=False)), default=0.0)
     got = await read_all(reader(), f"river.{tag}")
-    return Gap(longest, failed, len(acked), len([a for a in acked if a not in got]))
+    return Gap(longest, tuple(failed), len(acked), len([a for a in acked if a not in got]))
 
 
 def restart_node(nodes: list[Proc], name: str, *, kill: bool) -> None:
@@ -446,6 +532,84 @@ def latency_figures(river: dict[str, float], soil: dict[str, float], acked: list
         return Latency(0.0, 0.0, len(acked), missing, 0)
     p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
     return Latency(max(lat), p99, len(acked), missing, len(lat))
+
+
+@dataclasses.dataclass(frozen=True)
+class HopTime:
+    """One hop of an input on its way to Soil: where its output was stored, by whom, and
+    how long after the previous store (the River input's own hop: 0)."""
+
+    stream: str  # RIVER, WIND, HUMUS, KV_SOIL
+    by: str  # `api@n2`, `tree:contacts@n1`, ...; "decomposer" for the Soil write
+    after: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SlowInput:
+    key: str
+    at: float  # the River input's store time (epoch seconds)
+    total: float  # River -> Soil
+    hops: tuple[HopTime, ...]  # River first, Soil last
+
+    def line(self, began: float) -> str:
+        """One line: the total, when the input was stored relative to `began` (the fault's
+        start, epoch seconds) and each hop's store, by whom, and how long after the last."""
+        return f"{self.total:6.2f}s {self.key} (River at {self.at - began:+.2f}s): " + " -> ".join(
+            f"{h.stream} {h.by}" + (f" +{h.after:.2f}s" if i else "") for i, h in enumerate(self.hops))
+
+
+def hop_times(key: str, lineage: dict[str, Any], soil_at: float) -> SlowInput | None:
+    """An input's hops from its `GET /api/v1/why/KEY` answer (steps newest first, each with
+    its store time) and its Soil store time (epoch seconds), pure; None when the walk did
+    not reach the River input."""
+    steps = list(reversed(lineage.get("steps") or []))
+    if not lineage.get("complete") or not steps or any(not s.get("time") for s in steps):
+        return None
+    times = [_epoch(s["time"]) for s in steps] + [soil_at]
+    names = [(s["stream"], s.get("by") or "?") for s in steps] + [("KV_SOIL", "decomposer")]
+    hops = tuple(HopTime(stream, by, t - times[i - 1] if i else 0.0)
+                 for i, ((stream, by), t) in enumerate(zip(names, times, strict=True)))
+    return SlowInput(key, times[0], soil_at - times[0], hops)
+
+
+@dataclasses.dataclass(frozen=True)
+class Election:
+    """A raft group of a stream or consumer elected a leader (JetStream's advisory)."""
+
+    group: str  # `RIVER`, `WIND > treehouse-scoring`
+    leader: str  # its node
+    at: float  # the advisory's timestamp (epoch seconds)
+
+
+ELECTIONS = ("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.>", "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.>")
+
+
+def election_of(subject: str, data: bytes) -> Election | None:
+    """A LEADER_ELECTED advisory read (pure): `$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.<stream>`
+    or `...CONSUMER.LEADER_ELECTED.<stream>.<consumer>`, JSON with `leader` and `timestamp`;
+    None for anything else."""
+    tokens = subject.split(".")
+    if len(tokens) < 6 or tokens[4] != "LEADER_ELECTED" or tokens[3] not in ("STREAM", "CONSUMER"):
+        return None
+    group = tokens[5] if tokens[3] == "STREAM" else " > ".join(tokens[5:7])
+    try:
+        doc = json.loads(data)
+        return Election(group, node_of(str(doc["leader"])), _epoch(str(doc["timestamp"])))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _epoch(value: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def slowest(river: dict[str, float], soil: dict[str, float], acked: list[str],
+            n: int) -> list[str]:
+    """The `n` acknowledged keys with the longest River -> Soil, slowest first (pure)."""
+    measured = [k for k in acked if k in soil and k in river]
+    return sorted(measured, key=lambda k: soil[k] - river[k], reverse=True)[:n]
 
 
 def _contact(key: str, i: int) -> dict[str, Any]:
@@ -518,8 +682,10 @@ async def _stored_times(url: str, subject: str, key: Callable[[Any], str | None]
         await nc.close()
 
 
-async def river_to_soil(url: str, acked: list[str], timeout: float = 180.0) -> Latency:
-    """Wait (up to `timeout`) for every acknowledged key in Soil, then the figures."""
+async def river_to_soil(url: str, acked: list[str],
+                        timeout: float = 180.0) -> tuple[dict[str, float], dict[str, float]]:
+    """Wait (up to `timeout`) for every acknowledged key in Soil; each key's River and Soil
+    store times."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -538,7 +704,69 @@ async def river_to_soil(url: str, acked: list[str], timeout: float = 180.0) -> L
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(1)
-    return latency_figures(river, soil, acked)
+    return river, soil
+
+
+async def lineages(api: str, keys: list[str], soil: dict[str, float]) -> list[SlowInput]:
+    """Each key's hops, from the node's `GET /api/v1/why/KEY` (the stored hop headers)."""
+    out: list[SlowInput] = []
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as http:
+        for key in keys:
+            r = await http.get(f"{api}/api/v1/why/{key}")
+            found = hop_times(key, r.json(), soil[key]) if r.status_code == 200 else None
+            if found is not None:
+                out.append(found)
+    return out
+
+
+async def watching_elections(urls: list[str], work: Awaitable[T]) -> tuple[T, list[Election]]:
+    """`work`'s result, and the leader elections of the forest's streams and consumers seen
+    while it ran (through every node, once each, in time order)."""
+    seen: dict[tuple[str, str, float], Election] = {}
+
+    async def on_advisory(msg: Any) -> None:
+        e = election_of(msg.subject, msg.data)
+        if e is not None and e.group.split(" > ")[0] in FOREST_STREAMS:
+            seen.setdefault((e.group, e.leader, round(e.at, 2)), e)
+
+    conns = []
+    for url in urls:
+        try:
+            nc = await _connect(url, connect_timeout=2, max_reconnect_attempts=-1)
+        except Exception:  # noqa: BLE001 - a node being restarted: the others see the advisories
+            continue
+        conns.append(nc)
+        for subject in ELECTIONS:
+            await nc.subscribe(subject, cb=on_advisory)
+    try:
+        result = await work
+        await asyncio.sleep(0.5)
+    finally:
+        for nc in conns:
+            await nc.close()
+    return result, sorted(seen.values(), key=lambda e: e.at)
+
+
+FOREST_STREAMS = (RIVER.name, WIND.name, HUMUS.name, SOIL.name)
+
+
+async def led_by(url: str, node: str) -> list[str]:
+    """The raft groups of the forest's streams and their consumers that `node` leads
+    (`WIND`, `WIND > treehouse-scoring`), as JetStream says through `url`."""
+    nc = await _connect(url)
+    try:
+        js = nc.jetstream(timeout=5)
+        out: list[str] = []
+        for stream in FOREST_STREAMS:
+            info = await js.stream_info(stream)
+            if info.cluster and info.cluster.leader and node_of(info.cluster.leader) == node:
+                out.append(stream)
+            for c in await js.consumers_info(stream):
+                if c.cluster and c.cluster.leader and node_of(c.cluster.leader) == node:
+                    out.append(f"{stream} > {c.name}")
+        return out
+    finally:
+        await nc.close()
 
 
 def _contact_id(msg: Any) -> str | None:
@@ -561,35 +789,71 @@ def nats_server_pid(node: Proc) -> int:
     return kids[0].pid
 
 
-def soil_latencies(root: Path, nodes: list[Proc]) -> dict[str, Latency]:
-    """River -> Soil with no fault, through a kill -9 of RIVER's leader (started again) and
-    through an 8 s SIGSTOP of a nats-server, one after the other, the cluster whole between."""
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """River -> Soil through one fault: the figures, the slowest inputs hop by hop, and
+    what the faulty node's nats-server led when the fault began."""
+
+    latency: Latency
+    slowest: tuple[SlowInput, ...]
+    led: tuple[str, ...]
+    victim: str  # the node the fault hit ("" with no fault)
+    began: float  # the fault's start (epoch seconds; 0 with no fault)
+    elections: tuple[Election, ...]  # of the forest's groups during the phase, in time order
+
+
+SLOWEST = 5  # inputs broken down hop by hop per phase
+
+
+def soil_latencies(root: Path, nodes: list[Proc], rounds: int = 1) -> dict[str, list[Phase]]:
+    """River -> Soil with no fault, then `rounds` times through a kill -9 of RIVER's leader
+    (started again) and through an 8 s SIGSTOP of nodes[1]'s nats-server, one after the
+    other, the cluster whole between."""
+    victim: list[str] = [""]
+    led: list[list[str]] = [[]]
+    began: list[float] = [0.0]
 
     def whole() -> None:
         _wait(lambda: all(cluster_ready(n.api, 3) for n in nodes), 120, "cluster whole again",  # type: ignore[arg-type]
               pause=0.1)
 
+    def note(node: str) -> None:
+        victim[0] = node
+        led[0] = asyncio.run(led_by(node_url(root, nodes[0]), node))
+        began[0] = time.time()
+
     def kill() -> None:
-        restart_node(nodes, river_leader([node_url(root, n) for n in nodes]), kill=True)
+        name = river_leader([node_url(root, n) for n in nodes])
+        note(name)
+        restart_node(nodes, name, kill=True)
 
     def pause() -> None:
         pid = nats_server_pid(nodes[1])
+        note(nodes[1].name)
         os.kill(pid, signal.SIGSTOP)
         try:
             time.sleep(8)
         finally:
             os.kill(pid, signal.SIGCONT)
 
-    out: dict[str, Latency] = {}
-    for key, fault in (("none", None), ("kill", kill), ("pause", pause)):
+    out: dict[str, list[Phase]] = {"none": [], "kill": [], "pause": []}
+    plan: list[tuple[str, Callable[[], None] | None]] = [("none", None)]
+    plan += [phase for _ in range(rounds) for phase in (("kill", kill), ("pause", pause))]
+    for i, (key, fault) in enumerate(plan):
         whole()
-        acked = asyncio.run(paced_contacts(nodes, f"soil{key}", fault))
-        out[key] = asyncio.run(river_to_soil(node_url(root, nodes[0]), acked))
+        victim[0], led[0], began[0] = "", [], 0.0
+        acked, elected = asyncio.run(watching_elections(
+            [node_url(root, n) for n in nodes], paced_contacts(nodes, f"soil{key}{i}", fault)))
+        river, soil = asyncio.run(river_to_soil(node_url(root, nodes[0]), acked))
+        slow = asyncio.run(lineages(nodes[0].api or "", slowest(river, soil, acked, SLOWEST), soil))
+        out[key].append(Phase(latency_figures(river, soil, acked), tuple(slow), tuple(led[0]),
+                              victim[0], began[0], tuple(elected)))
     return out
 
 
 # --- the benchmark -------------------------------------------------------------------------
-def run_nimsforest(root: Path, rounds: int, write_gap_too: bool = True) -> dict[str, Any]:
+def run_nimsforest(root: Path, rounds: int, write_gap_too: bool = True,
+                   soil_only: bool = False) -> dict[str, Any]:
     from nimsforest.forest import demo_config_path
 
     reg, reg_url = start_registry(root)
@@ -607,6 +871,8 @@ def run_nimsforest(root: Path, rounds: int, write_gap_too: bool = True) -> dict[
             replicated[size] = _wait(lambda s=size: cluster_ready(nodes[0].api, s), 60,  # type: ignore[misc, arg-type]
                                      f"size {size} at R{size}") - t0
         join2, join3 = replicated[2], replicated[3]
+        if soil_only:
+            return {"soil": soil_latencies(root, nodes, rounds)}
         times, acked, lost = failover_rounds(
             nodes, rounds, leader=lambda r: river_leader([node_url(root, n) for n in nodes]), url=lambda p: node_url(root, p),
             whole=lambda p: _wait(lambda: cluster_ready(p.api, 3), 120, "cluster whole again"),  # type: ignore[arg-type]
@@ -678,16 +944,48 @@ def run_bare(root: Path, rounds: int) -> dict[str, Any]:
             p.stop()
 
 
+def _soil_lines(soil: dict[str, list[Phase]]) -> None:
+    for key, label in (("none", "no fault                        "),
+                       ("kill", "kill -9 of RIVER's leader       "),
+                       ("pause", "8 s SIGSTOP of a nats-server    ")):
+        for phase in soil[key]:
+            lat = phase.latency
+            click.echo(f"River->Soil, {label}  max {lat.max:6.2f}s, p99 {lat.p99:6.2f}s "
+                       f"(of {lat.measured}), {lat.missing} of {lat.acked} not in Soil")
+            if key == "none":
+                continue
+            click.echo(f"  {phase.victim}'s nats-server led: {', '.join(phase.led) or 'nothing'}")
+            click.echo("  leaders elected (time after the fault began): " + (", ".join(
+                f"{e.group} {e.leader} {e.at - phase.began:+.2f}s" for e in phase.elections) or "none"))
+            click.echo("  the slowest inputs, hop by hop:")
+            for slow in phase.slowest:
+                click.echo(f"    {slow.line(phase.began)}")
+    faults = [p.latency for key in ("kill", "pause") for p in soil[key]]
+    every = [p.latency for phases in soil.values() for p in phases]
+    click.echo(f"targets: River->Soil max <= 10s through a single fault: "
+               f"{'met' if all(lat.measured and lat.max <= 10 for lat in faults) else 'NOT met'}; "
+               f"every acknowledged input in Soil: "
+               f"{'met' if all(lat.missing == 0 for lat in every) else 'NOT met'}")
+
+
 @click.command("cluster")
 @click.option("--rounds", default=9, show_default=True, type=click.IntRange(1, 20),
               help="Failovers of each kind (the killed node rejoins between rounds; medians "
                    "printed). A failover waits for NATS's randomised raft election timer "
                    "(seconds apart from one kill to the next), so a median wants several rounds.")
-def command(rounds: int) -> None:
+@click.option("--soil-only", is_flag=True,
+              help="Only River->Soil through the demo forest: no fault, then --rounds times a "
+                   "kill -9 and an 8 s SIGSTOP, each with what the faulty node led, the "
+                   "leaders elected and the slowest inputs hop by hop (no bare nats-server, "
+                   "failovers or write gaps; about a minute a round).")
+def command(rounds: int, soil_only: bool) -> None:
     """Peer join latency, failover after kill -9 and the write gap of planned stops, with
-    bare nats-server figures."""
+    bare nats-server figures; River->Soil through faults."""
     with tempfile.TemporaryDirectory(prefix="nimsforest-bench-cluster-") as tmp:
         root = Path(tmp)
+        if soil_only:
+            _soil_lines(run_nimsforest(root / "nf", rounds, soil_only=True)["soil"])
+            return
         bare = run_bare(root / "bare", rounds)
         nf = run_nimsforest(root / "nf", rounds)
     fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
@@ -707,25 +1005,14 @@ def command(rounds: int) -> None:
                        ("rolling", "rolling restart of three nodes  "),
                        ("kill", "kill -9 of RIVER's leader        ")):
         g = gaps[key]
-        click.echo(f"HTTP write gap, {label}  {g.longest:6.2f}s, {g.failed} failed, "
+        click.echo(f"HTTP write gap, {label}  {g.longest:6.2f}s, {failures_line(g.failures)}, "
                    f"{g.lost} of {g.acked} lost")
     planned = [gaps["drain"], gaps["rolling"]]
     click.echo(f"targets: planned stops 0 failed and gap <= 1s: "
                f"{'met' if all(g.failed == 0 and g.longest <= 1 for g in planned) else 'NOT met'}; "
                f"kill -9 gap <= bare failover: "
                f"{'met' if gaps['kill'].longest <= bare['failover'] else 'NOT met'}")
-    soil: dict[str, Latency] = nf["soil"]
-    for key, label in (("none", "no fault                        "),
-                       ("kill", "kill -9 of RIVER's leader       "),
-                       ("pause", "8 s SIGSTOP of a nats-server    ")):
-        lat = soil[key]
-        click.echo(f"River->Soil, {label}  max {lat.max:6.2f}s, p99 {lat.p99:6.2f}s "
-                   f"(of {lat.measured}), {lat.missing} of {lat.acked} not in Soil")
-    faults = [soil["kill"], soil["pause"]]
-    click.echo(f"targets: River->Soil max <= 10s through a single fault: "
-               f"{'met' if all(lat.measured and lat.max <= 10 for lat in faults) else 'NOT met'}; "
-               f"every acknowledged input in Soil: "
-               f"{'met' if all(lat.missing == 0 for lat in soil.values()) else 'NOT met'}")
+    _soil_lines(nf["soil"])
     joins = (nf["joined_1_2"], nf["joined_2_3"])
     click.echo(f"targets: join <= 3s: {'met' if max(joins) <= 3 else 'NOT met'}; "
                f"failover <= bare + 1s: {'met' if nf['failover'] <= bare['failover'] + 1 else 'NOT met'}; "

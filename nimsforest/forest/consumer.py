@@ -8,9 +8,9 @@ Delivery contract (the same for trees, treehouses, nims and the decomposer):
   (publish acks received). Outputs carry `Nats-Msg-Id = <consumer>:<stream seq>[:n]`,
   so a redelivered message does not store its outputs twice within the stream's
   duplicate window (2 minutes). For the same reason an output not confirmed after
-  RESEND_AFTER (1 s) is sent again under its id, until PUBLISH_TIMEOUT (10 s): a publish
-  to a stream leader that froze or died is never answered, and the new leader stores the
-  resend.
+  RESEND_AFTER (1 s), or when any stream elects a leader (its LEADER_ELECTED advisory), is
+  sent again under its id, until PUBLISH_TIMEOUT (10 s): a publish to a stream leader that
+  froze or died is never answered, and the new leader stores the resend.
 - A node that dies mid-way never acks: JetStream redelivers after `ack_wait` to any node.
   Slow handlers send in-progress acks so they are not redelivered while still working.
 - A failed attempt is nak'd with a growing delay (0.5 s, 1 s, 2 s ... 60 s, or the
@@ -60,6 +60,10 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
 
+
+
+# Any stream's new leader: the outputs a job waits for may be on their way to the old one.
+STREAM_ELECTED = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*"
 
 
 class _Job:
@@ -142,8 +146,10 @@ class ConsumerRunner:
         self._m_err = metrics.component_errors.labels(kind, name)
         self._m_lat = metrics.component_latency.labels(kind, name)
         self._m_dead = metrics.component_dead.labels(kind, name)
-        self._pull = Puller(nc, js, spec, self._on_msg, self._spawn, self._log, label)
+        self._pull = Puller(nc, js, spec, self._on_msg, self._spawn, self._log, label,
+                            self._request_more)
         self._advisory: Any = None
+        self._elected: Any = None
         self._inflight: dict[int, _Job] = {}  # id(msg) -> job
         self._queue: asyncio.Queue[tuple[_Job, BaseException | None]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -165,6 +171,7 @@ class ConsumerRunner:
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.spec.stream}.{self.spec.durable}",
             cb=self._on_max_deliveries,
         )
+        self._elected = await self._nc.subscribe(STREAM_ELECTED, cb=self._on_stream_elected)
         self._background = [
             asyncio.create_task(self._complete_loop(), name=f"complete-{self.spec.durable}"),
             asyncio.create_task(self._watch(), name=f"watch-{self.spec.durable}"),
@@ -175,7 +182,7 @@ class ConsumerRunner:
         """Stop pulling; let in-flight events finish for up to `grace` seconds; nak the rest
         so another node (or the next start) gets them at once."""
         self._stopping = True
-        for sub in (self._pull.subscription, self._advisory):
+        for sub in (*self._pull.subscriptions, self._advisory, self._elected):
             if sub is None:
                 continue
             try:  # no more pull interest; already-queued messages get nak'd
@@ -183,7 +190,7 @@ class ConsumerRunner:
             except Exception:  # noqa: BLE001, S110 - connection may be gone already
                 pass
         self._pull.detach()
-        self._advisory = None
+        self._advisory = self._elected = None
         deadline = time.monotonic() + grace
         while (self._tasks or self._inflight) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -205,7 +212,7 @@ class ConsumerRunner:
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
-            await self._pull.check(now)
+            self._pull.check(now)
             self._request_more()
             for job in list(self._inflight.values()):
                 if job.published_at and now - job.published_at > PUBLISH_TIMEOUT:
@@ -223,6 +230,15 @@ class ConsumerRunner:
                 if now - job.touched > self.spec.ack_wait / 3:
                     job.touched = now
                     self._spawn(self._quietly(job.d.msg.in_progress()))
+
+    async def _on_stream_elected(self, msg: Msg) -> None:
+        """A stream elected a leader: outputs not confirmed yet may have gone to the old one
+        (frozen, dead), so they are sent again now rather than at their next RESEND_AFTER."""
+        now = time.monotonic()
+        for job in list(self._inflight.values()):
+            if job.published_at and not all(f.done() for f in job.futures):
+                job.resent_at = now
+                self._spawn(self._resend(job))
 
     # handling -------------------------------------------------------------------------
     async def _on_msg(self, msg: Msg) -> None:

@@ -1,7 +1,14 @@
 """Continuous pulling from one durable consumer: pull requests stay outstanding for up
 to `max_inflight` messages and are renewed as messages complete; server heartbeats are
 watched so that a lost request (reconnect, server restart) is replaced, and a consumer
-deleted under us is recreated."""
+deleted under us is recreated.
+
+A pull request lives only on the consumer's leader: a new leader (the old one died or
+froze, a step-down) knows none of them. So when JetStream says the consumer elected a
+leader (its LEADER_ELECTED advisory) the requests are asked again at once; the heartbeat
+watch is the fallback, and it never waits for JetStream itself (making sure the consumer
+exists runs on the side: with the meta leader frozen that request takes its whole
+timeout)."""
 
 from __future__ import annotations
 
@@ -21,13 +28,20 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
 
-EXPIRES = 30.0
+# How long one pull request lives on the consumer's leader. Short, because a request from a
+# node whose own nats-server froze (SIGSTOP, a stalled VM) stays on a healthy leader, which
+# keeps handing it messages that reach nobody until the server resumes (each redelivered
+# only after ack_wait, perhaps to the same dead request). A request that expires is
+# replaced at once, so a short life costs one small request and one 408 status per
+# consumer and node every EXPIRES seconds; the idle heartbeat must stay <= half of it.
+EXPIRES = 2.5
 # The server's idle heartbeat on an outstanding pull. A pull dies with its consumer's
 # leader (a node killed, a leader change); after STALLED_AFTER without a word it is asked
 # again, so a consumer resumes within seconds of a new leader, not at the next expiry.
 # The cost is one tiny status message a second per idle consumer.
 HEARTBEAT = 1.0
 STALLED_AFTER = 3 * HEARTBEAT
+LEADER_ELECTED = "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{stream}.{consumer}"
 
 
 class PullStatus(enum.Enum):
@@ -58,12 +72,16 @@ class Puller:
         spawn: Callable[[Awaitable[Any]], None],
         log: logging.Logger,
         label: str,
+        ask: Callable[[], None],
     ) -> None:
+        """`ask`: request more now (the runner's request with its in-flight count)."""
         self._nc, self._js, self.spec = nc, js, spec
         self._on_message, self._spawn, self._log, self._label = on_message, spawn, log, label
+        self._ask = ask
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"
         self._inbox = ""
         self._sub: Any = None
+        self._elected: Any = None
         self.credits = 0  # messages asked for and not yet received
         self.last_seen = time.monotonic()
 
@@ -85,14 +103,30 @@ class Puller:
         self._sub = await self._nc.subscribe(
             self._inbox, cb=self._on_raw, pending_msgs_limit=-1, pending_bytes_limit=-1
         )
+        self._elected = await self._nc.subscribe(
+            LEADER_ELECTED.format(stream=self.spec.stream, consumer=self.spec.durable),
+            cb=self._on_elected,
+        )
         self.last_seen = time.monotonic()
 
     @property
-    def subscription(self) -> Any:
-        return self._sub
+    def subscriptions(self) -> tuple[Any, ...]:
+        return tuple(s for s in (self._sub, self._elected) if s is not None)
 
     def detach(self) -> None:
-        self._sub = None
+        self._sub = self._elected = None
+
+    async def _on_elected(self, msg: Msg) -> None:
+        """The consumer has a new leader, which knows none of our requests: ask it."""
+        try:
+            leader = str(json.loads(msg.data).get("leader", "?"))
+        except (ValueError, AttributeError):
+            leader = "?"
+        self._log.info("%s: consumer %s elected a leader (%s); asking it for messages",
+                       self._label, self.spec.durable, leader)
+        self.last_seen = time.monotonic()
+        self.credits = 0
+        self._ask()
 
     def request(self, inflight: int) -> None:
         """Ask for more when at least half the room is free (or nothing is asked for)."""
@@ -144,20 +178,28 @@ class Puller:
                 "%s: its consumer %s was deleted; recreating it", self._label, self.spec.durable
             )
             self._spawn(self.recreate())
-        elif kind is PullStatus.OTHER:  # e.g. 409 Exceeded MaxWaiting: the watchdog asks again
+            return
+        if kind is PullStatus.OTHER:  # e.g. 409 Exceeded MaxWaiting: the watchdog asks again
             self._log.debug("%s: pull status %s %s", self._label, status, desc)
+        elif kind is PullStatus.REQUEST_TIMEOUT:
+            self._ask()  # an expired request: replace it now
 
-    async def recreate(self) -> None:
+    async def _ensure_quietly(self) -> None:
         try:
             await self.ensure_consumer()
         except Exception as exc:  # noqa: BLE001 - the watchdog retries
             self._log.warning(
                 "%s: cannot recreate consumer %s: %s", self._label, self.spec.durable, exc
             )
+
+    async def recreate(self) -> None:
+        await self._ensure_quietly()
         self.credits = 0
 
-    async def check(self, now: float) -> bool:
-        """Called by the watchdog; True when pulling had to be restarted."""
+    def check(self, now: float) -> bool:
+        """Called by the watchdog; True when pulling had to be restarted: the requests are
+        written off (the caller asks again at once) and the consumer is made sure of on the
+        side."""
         if self.credits > 0 and now - self.last_seen > STALLED_AFTER:
             self._log.info(
                 "%s: no word from JetStream for %.0fs; asking again",
@@ -165,9 +207,10 @@ class Puller:
                 now - self.last_seen,
             )
             self.last_seen = now
-            await self.recreate()
+            self.credits = 0
+            self._spawn(self._ensure_quietly())
             return True
         return False
 
 
-__all__ = ["EXPIRES", "HEARTBEAT", "STALLED_AFTER", "Puller"]
+__all__ = ["EXPIRES", "HEARTBEAT", "LEADER_ELECTED", "STALLED_AFTER", "Puller"]

@@ -1,6 +1,7 @@
 """An output sent to a stream leader that then freezes (SIGSTOP: never answered) is sent
-again under its message id, so it is stored by the newly elected leader, once, without
-waiting for the publish timeout. The same for Soil's compare-and-set writes, on the
+again under its message id (every RESEND_AFTER, and as soon as the stream elects a
+leader), so it is stored by the newly elected leader, once, without waiting for the
+publish timeout. The same for Soil's compare-and-set writes, on the
 decomposer's fast path (an output) and its slow path (`Soil.bury`)."""
 
 from __future__ import annotations
@@ -25,10 +26,15 @@ from tests.support import EmbeddedFactory, eventually, freeze, routed_servers
 ECHO = "function process(input) return input end"
 
 
+@pytest.mark.parametrize("by", ["timer", "election"])
 async def test_an_unanswered_output_is_resent_to_the_new_leader_and_stored_once(
-        embedded: EmbeddedFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        by: str, embedded: EmbeddedFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resent every RESEND_AFTER, and at once when JetStream says the stream elected a
+    leader (`election`: the timer is out of the way)."""
     monkeypatch.setattr(consumer_module, "PUBLISH_TIMEOUT", 3600.0)  # only a resend can help
-    servers = await routed_servers(embedded, "rs", count=3)
+    if by == "election":
+        monkeypatch.setattr(consumer_module, "RESEND_AFTER", 3600.0)
+    servers = await routed_servers(embedded, "rs" if by == "timer" else "re", count=3)
     nc = await nats.connect(servers[0].client_url)
     js = nc.jetstream()
     forest = Forest(nc, load_forest_config(write_forest(tmp_path / "forest", {"trees": {"t": {
