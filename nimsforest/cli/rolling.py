@@ -73,7 +73,8 @@ def restart(rolling: bool, command: str | None, registry_url: str, only: tuple[s
     """Restart every node, one at a time, without a client noticing (also for upgrades).
 
     \b
-    Only from a whole cluster (every node healthy, every stream current). For each
+    Only from a whole cluster (every node healthy, every stream current; one not
+    whole yet is waited for up to 60 s, one with a drained node refused). For each
     node, the meta leader last: drain it (nimsforest drain) -> run CMD (without
     --command: ask the node to restart itself, through its API) -> wait until a new
     process answers (it starts drained) -> undrain it -> wait until it is healthy and

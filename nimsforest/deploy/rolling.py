@@ -57,6 +57,9 @@ class NodeSeen:
 
 @dataclass(frozen=True)
 class Limits:
+    # a cluster not whole at the start (a replica behind under writes, a node still catching
+    # up) is waited for this long before the restart is refused
+    whole: float = 60.0
     unreachable: float = 10.0  # a node in turn not answering this long before its restart
     drain: float = 120.0
     come_back: float = 300.0
@@ -92,16 +95,41 @@ def restart_order(seen: Sequence[NodeSeen], only: frozenset[str] | None = None) 
     return tuple(sorted(names, key=lambda n: (n in leaders, n)))
 
 
-def precheck(seen: Sequence[NodeSeen]) -> str | None:
-    """Why a rolling restart must not begin (None: it may). It begins only from a whole
-    cluster: a node restarted while another is behind could cost the quorum."""
+class Begin(enum.Enum):
+    GO = "go"
+    WAIT = "wait"  # not whole yet, and it may become so: look again
+    REFUSE = "refuse"
+
+
+@dataclass(frozen=True)
+class Start:
+    kind: Begin
+    sentence: str = ""
+
+
+def precheck(seen: Sequence[NodeSeen], waited: float = 0.0, limits: Limits = Limits()) -> Start:
+    """Whether a rolling restart may begin, `waited` seconds after it was asked for (pure).
+    It begins only from a whole cluster: a node restarted while another is behind could
+    cost the quorum. A cluster not whole yet (a replica behind under writes, a node still
+    catching up) is waited for up to `limits.whole`; too few nodes or a node an operator
+    drained will not change by waiting."""
     if len(seen) < 2:
-        return "a rolling restart needs at least two nodes (a lone node has no one to hand over to)"
-    bad = [f"{s.name}: {s.reason or 'not healthy'}" for s in seen
+        return Start(Begin.REFUSE, "a rolling restart needs at least two nodes (a lone node has "
+                                   "no one to hand over to)")
+    bad = [s for s in seen
            if not (s.reachable and s.healthy and s.whole and s.drain is DrainState.SERVING)]
-    if bad:
-        return "the cluster is not whole, so no node is restarted: " + "; ".join(bad)
-    return None
+    if not bad:
+        return Start(Begin.GO)
+    why = "; ".join(f"{s.name}: {s.reason or 'not healthy'}" for s in bad)
+    drained = [s.name for s in bad if s.reachable and s.drain in (DrainState.DRAINING,
+                                                                    DrainState.DRAINED)]
+    if drained:
+        return Start(Begin.REFUSE, f"{', '.join(drained)} drained, so no node is restarted "
+                                   f"(`nimsforest undrain` first): {why}")
+    if waited > limits.whole:
+        return Start(Begin.REFUSE, f"the cluster is not whole (for {limits.whole:.0f}s), so no "
+                                   f"node is restarted: {why}")
+    return Start(Begin.WAIT, f"waiting for the cluster to be whole: {why}")
 
 
 def next_step(p: Progress, seen: NodeSeen, now: float, limits: Limits) -> Step:
@@ -212,10 +240,18 @@ async def rolling_restart(
     by_name = {t.name: t for t in targets}
     restarted: list[str] = []
     async with httpx.AsyncClient(timeout=5, headers=headers or {}, trust_env=False) as http:
-        seen = await asyncio.gather(*(observe(http, t) for t in (*targets, *others)))
-        refusal = precheck(seen)
-        if refusal:
-            return RollResult(False, refusal, ())
+        asked, said = time.monotonic(), ""
+        while True:
+            seen = await asyncio.gather(*(observe(http, t) for t in (*targets, *others)))
+            start = precheck(seen, time.monotonic() - asked, limits)
+            if start.kind is Begin.GO:
+                break
+            if start.kind is Begin.REFUSE:
+                return RollResult(False, start.sentence, ())
+            if start.sentence != said:
+                say(start.sentence)
+                said = start.sentence
+            await asyncio.sleep(poll)
         p = Progress(restart_order(seen, frozenset(by_name)), since=time.monotonic())
         say(f"restarting one at a time: {', '.join(p.order)}")
         said = ""
@@ -300,6 +336,8 @@ __all__ = [
     "api_restart",
     "next_step",
     "observe",
+    "Begin",
+    "Start",
     "precheck",
     "restart_order",
     "rolling_restart",

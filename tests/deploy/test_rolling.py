@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from nimsforest.deploy.rolling import (
+    Begin,
     Limits,
     NodeSeen,
     Phase,
@@ -15,7 +16,7 @@ from nimsforest.deploy.rolling import (
 from nimsforest.drain import DrainState
 
 SERVING, DRAINING, DRAINED = DrainState.SERVING, DrainState.DRAINING, DrainState.DRAINED
-LIMITS = Limits(drain=60, come_back=100, catch_up=100)
+LIMITS = Limits(whole=30, drain=60, come_back=100, catch_up=100)
 
 
 def fine(name: str, meta: str = "n2", **kw: object) -> NodeSeen:
@@ -31,12 +32,19 @@ def test_the_meta_leader_goes_last() -> None:
 
 
 def test_a_rolling_restart_begins_only_from_a_whole_cluster() -> None:
-    assert precheck([fine("n1"), fine("n2"), fine("n3")]) is None
+    assert precheck([fine("n1"), fine("n2"), fine("n3")]).kind is Begin.GO
     lagging = fine("n3", whole=False, reason="stream RIVER is not current")
-    why = precheck([fine("n1"), fine("n2"), lagging])
-    assert why is not None and "n3: stream RIVER is not current" in why
-    assert precheck([fine("n1")]) is not None
-    assert precheck([fine("n1"), fine("n2", drain=DRAINED)]) is not None
+    # not whole yet: looked at again, up to limits.whole, then refused with the reason
+    wait = precheck([fine("n1"), fine("n2"), lagging], 1, LIMITS)
+    assert wait.kind is Begin.WAIT and "n3: stream RIVER is not current" in wait.sentence
+    gone = precheck([fine("n1"), fine("n2"), NodeSeen("n3", False, reason="refused")], 1, LIMITS)
+    assert gone.kind is Begin.WAIT
+    late = precheck([fine("n1"), fine("n2"), lagging], LIMITS.whole + 1, LIMITS)
+    assert late.kind is Begin.REFUSE and "n3: stream RIVER is not current" in late.sentence
+    # what waiting will not change is refused at once
+    assert precheck([fine("n1")]).kind is Begin.REFUSE
+    drained = precheck([fine("n1"), fine("n2", drain=DRAINED, healthy=False)], 0, LIMITS)
+    assert drained.kind is Begin.REFUSE and "n2 drained" in drained.sentence
 
 
 def test_one_node_walks_drain_restart_come_back_undrain_catch_up_then_the_next() -> None:
