@@ -172,12 +172,22 @@ class StackRound:
     caddy_down_live: float
 
 
+def _said(log: Path) -> str:
+    """The last line the stack supervisor wrote to `log` (its stderr): why it stopped."""
+    try:
+        lines = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return f": {lines[-1][:500]}" if lines else ""
+
+
 def _wait_status(paths: StackPaths, proc: subprocess.Popen[bytes],
                  ok: Callable[[StackStatus], bool], timeout: float = 120.0) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise click.ClickException(f"the stack supervisor exited with code {proc.returncode}")
+            raise click.ClickException(f"the stack supervisor exited with code {proc.returncode}"
+                                       f"{_said(_stderr(paths))}")
         status = read_status(paths.stack)
         if status is not None and status.supervisor_pid == proc.pid and ok(status):
             return time.monotonic()
@@ -194,13 +204,19 @@ def _has_route(admin: str, path: str) -> bool:
         return False
 
 
+def _stderr(paths: StackPaths) -> Path:
+    return paths.root / "stack-up.stderr"
+
+
 def stack_round(workdir: Path) -> StackRound:
     paths = _root(workdir)
     specs = desired_services(paths, _env()).by_name()
     started = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nimsforest", "stack", "up", "--root", str(paths.root)],
-        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with _stderr(paths).open("wb") as stderr:  # the supervisor's sentences, if it stops
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nimsforest", "stack", "up", "--root", str(paths.root)],
+            env=_env(), stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     try:
         three = _wait_status(paths, proc, lambda s: all(
             (svc := s.service(n)) is not None and svc.settled for n in BARE)) - started
