@@ -76,3 +76,16 @@ async def forest_factory(
 SCORING = (
     Path(__file__).resolve().parents[2] / "nimsforest" / "demo" / "treehouses" / "scoring.lua"
 ).read_text()
+
+
+async def stored_leaves(js: Any, subject: str = "wind.got.it") -> int | None:
+    """How many leaves on `subject` WIND holds (None while it has no leader to answer)."""
+    try:
+        return (await js.stream_info("WIND", subjects_filter=subject)).state.messages
+    except Exception:  # noqa: BLE001 - no leader yet: ask again
+        return None
+
+
+async def holds(count: Awaitable[int | None], expected: int) -> bool:
+    """For `eventually`: whether a count read (e.g. stored_leaves) is `expected`."""
+    return await count == expected

@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import nats
@@ -24,11 +25,28 @@ import pytest
 from natsembed import NODE_TAG
 from nimsforest.forest import Forest, load_forest_config
 from nimsforest.forest import pull as pull_module
-from tests.forest.conftest import write_forest
+from tests.forest.conftest import holds, stored_leaves, write_forest
 from tests.support import EmbeddedFactory, eventually, freeze, routed_servers
 
 ECHO = "function process(input) return input end"
 FROZEN_FOR = 4.0  # seconds before events are sent: longer than a pull request lives
+
+
+async def led(nc: nats.NATS, kind: str, name: str, ok: Callable[[str], bool],
+              preferred: str) -> bool:
+    """Whether stream `name` (`kind` STREAM) or RIVER's consumer `name` (CONSUMER) has a
+    leader that is `ok`; if not, ask its leader to step down in favour of `preferred`."""
+    js = nc.jetstream()
+    if kind == "CONSUMER":
+        info = (await js.consumer_info("RIVER", name)).cluster
+        subject = f"$JS.API.CONSUMER.LEADER.STEPDOWN.RIVER.{name}"
+    else:
+        info = (await js.stream_info(name)).cluster
+        subject = f"$JS.API.STREAM.LEADER.STEPDOWN.{name}"
+    if info is not None and info.leader and ok(info.leader):
+        return True
+    await nc.request(subject, json.dumps({"placement": {"preferred": preferred}}).encode(), timeout=5)
+    return False
 
 
 async def test_a_new_consumer_leader_is_asked_for_messages_at_once(
@@ -42,45 +60,28 @@ async def test_a_new_consumer_leader_is_asked_for_messages_at_once(
         replicas=3, placement_tags=(NODE_TAG,), stop_grace=1.0)
     frozen, resumed = servers[1], True
 
-    async def leads(kind: str, name: str, on: str) -> bool:
-        """Ask for the leader of stream `name` (or RIVER's consumer `name`) to be `on`."""
-        if kind == "CONSUMER":
-            info = (await js.consumer_info("RIVER", name)).cluster
-            subject = f"$JS.API.CONSUMER.LEADER.STEPDOWN.RIVER.{name}"
-        else:
-            info = (await js.stream_info(name)).cluster
-            subject = f"$JS.API.STREAM.LEADER.STEPDOWN.{name}"
-        if info is not None and info.leader == on:
-            return True
-        await nc.request(subject, json.dumps({"placement": {"preferred": on}}).encode(), timeout=5)
-        return False
-
-    async def leaves() -> int | None:
-        try:
-            return (await js.stream_info("WIND", subjects_filter="wind.got.it")).state.messages
-        except Exception:  # noqa: BLE001 - no leader yet: ask again
-            return None
-
     try:
         await forest.start()
         await forest.flow("in.a", {"n": 1})
-        await eventually(lambda: _is(leaves(), 1), what="the first leaf")
+        await eventually(lambda: holds(stored_leaves(js), 1), what="the first leaf")
         durable = next(c.name for c in await js.consumers_info("RIVER"))
         # the tree's consumer led by the server about to freeze; its streams elsewhere
-        await eventually(lambda: leads("CONSUMER", durable, frozen.name), what="the consumer's leader")
+        await eventually(lambda: led(nc, "CONSUMER", durable, lambda x: x == frozen.name, frozen.name),
+                         what="the consumer's leader")
         for stream in ("RIVER", "WIND"):
-            await eventually(lambda s=stream: leads("STREAM", s, servers[0].name),  # type: ignore[misc]
+            await eventually(lambda s=stream: led(  # type: ignore[misc]
+                nc, "STREAM", s, lambda x: x == servers[0].name, servers[0].name),
                              what=f"{stream}'s leader")
         assert frozen.node.pid is not None
         freeze(frozen.node.pid)
         resumed = False
         await forest.flow("in.b", {"n": 2})  # stored; the only pull request is on the frozen leader
-        await eventually(lambda: _is(leaves(), 2), timeout=40,
+        await eventually(lambda: holds(stored_leaves(js), 2), timeout=40,
                          what="the second leaf, pulled from the consumer's new leader")
         os.kill(frozen.node.pid, signal.SIGCONT)
         resumed = True
         await forest.flow("in.c", {"n": 3})
-        await eventually(lambda: _is(leaves(), 3), timeout=30, what="the third leaf after SIGCONT")
+        await eventually(lambda: holds(stored_leaves(js), 3), timeout=30, what="the third leaf after SIGCONT")
     finally:
         if not resumed and frozen.node.pid is not None:
             os.kill(frozen.node.pid, signal.SIGCONT)
@@ -101,34 +102,15 @@ async def test_a_frozen_nodes_pull_requests_expire_and_take_no_more_events(
                for nc in ncs]
     frozen, resumed = servers[1], True
 
-    async def leaves() -> int | None:
-        try:
-            return (await js.stream_info("WIND", subjects_filter="wind.got.it")).state.messages
-        except Exception:  # noqa: BLE001 - no leader yet: ask again
-            return None
-
-    async def led_elsewhere(kind: str, name: str) -> bool:
-        """The stream `name` (or RIVER's consumer `name`) is led by servers[0] or [2]."""
-        if kind == "CONSUMER":
-            info = (await js.consumer_info("RIVER", name)).cluster
-            subject = f"$JS.API.CONSUMER.LEADER.STEPDOWN.RIVER.{name}"
-        else:
-            info = (await js.stream_info(name)).cluster
-            subject = f"$JS.API.STREAM.LEADER.STEPDOWN.{name}"
-        if info is not None and info.leader and info.leader != frozen.name:
-            return True
-        await ncs[0].request(subject, json.dumps({"placement": {"preferred": servers[2].name}}).encode(),
-                             timeout=5)
-        return False
-
     try:
         for forest in forests:
             await forest.start()
         await forests[0].flow("in.a", {"n": 0})
-        await eventually(lambda: _is(leaves(), 1), what="the first leaf")
+        await eventually(lambda: holds(stored_leaves(js), 1), what="the first leaf")
         durable = next(c.name for c in await js.consumers_info("RIVER"))
         for kind, name in (("CONSUMER", durable), ("STREAM", "RIVER"), ("STREAM", "WIND")):
-            await eventually(lambda k=kind, n=name: led_elsewhere(k, n),  # type: ignore[misc]
+            await eventually(lambda k=kind, n=name: led(  # type: ignore[misc]
+                ncs[0], k, n, lambda x: x != frozen.name, servers[2].name),
                              what=f"{name}'s leader off the server to freeze")
         assert frozen.node.pid is not None
         freeze(frozen.node.pid)
@@ -136,7 +118,7 @@ async def test_a_frozen_nodes_pull_requests_expire_and_take_no_more_events(
         await asyncio.sleep(FROZEN_FOR)  # the frozen node's requests expired meanwhile
         for i in range(1, 21):
             await forests[0].flow(f"in.{i}", {"n": i})
-        await eventually(lambda: _is(leaves(), 21), timeout=30,
+        await eventually(lambda: holds(stored_leaves(js), 21), timeout=30,
                          what="every event handled by the node that can, none by the frozen one")
     finally:
         if not resumed and frozen.node.pid is not None:
@@ -145,7 +127,3 @@ async def test_a_frozen_nodes_pull_requests_expire_and_take_no_more_events(
             await forest.stop()
         for nc in ncs:
             await nc.close()
-
-
-async def _is(value: object, expected: int) -> bool:
-    return await value == expected  # type: ignore[misc]

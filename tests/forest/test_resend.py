@@ -20,7 +20,7 @@ from nimsforest.forest import consumer as consumer_module
 from nimsforest.forest.leaf import Compost, CompostAction
 from nimsforest.forest.soil import STREAM as SOIL_STREAM
 from nimsforest.forest.soil import Soil
-from tests.forest.conftest import write_forest
+from tests.forest.conftest import holds, stored_leaves, write_forest
 from tests.support import EmbeddedFactory, eventually, freeze, routed_servers
 
 ECHO = "function process(input) return input end"
@@ -46,16 +46,10 @@ async def test_an_unanswered_output_is_resent_to_the_new_leader_and_stored_once(
         info = await js.stream_info("WIND")
         return info.cluster.leader if info.cluster else None
 
-    async def stored_leaves() -> int | None:
-        try:
-            return (await js.stream_info("WIND", subjects_filter="wind.got.it")).state.messages
-        except Exception:  # noqa: BLE001 - no leader yet: ask again
-            return None
-
     try:
         await forest.start()
         await forest.flow("in.a", {"n": 1})
-        await eventually(lambda: _is(stored_leaves(), 1), what="the first leaf")
+        await eventually(lambda: holds(stored_leaves(js), 1), what="the first leaf")
         for _ in range(10):  # WIND led by a server other than the one this client uses
             leader = await eventually(wind_leader, what="WIND's leader")
             if leader != servers[0].name:
@@ -66,7 +60,7 @@ async def test_an_unanswered_output_is_resent_to_the_new_leader_and_stored_once(
         assert frozen.node.pid is not None
         freeze(frozen.node.pid)
         await forest.flow("in.b", {"n": 2})  # the tree's output goes to the frozen leader
-        await eventually(lambda: _is(stored_leaves(), 2), timeout=40,
+        await eventually(lambda: holds(stored_leaves(js), 2), timeout=40,
                          what="the second leaf stored by WIND's new leader")
         os.kill(frozen.node.pid, signal.SIGCONT)
         frozen = None
@@ -77,7 +71,7 @@ async def test_an_unanswered_output_is_resent_to_the_new_leader_and_stored_once(
                 r.current for r in info.cluster.replicas or [])
 
         await eventually(caught_up, timeout=30, what="every WIND replica current again")
-        assert await stored_leaves() == 2  # the first send and its resend: stored once
+        assert await stored_leaves(js) == 2  # the first send and its resend: stored once
     finally:
         if frozen is not None and frozen.node.pid is not None:
             os.kill(frozen.node.pid, signal.SIGCONT)
@@ -126,7 +120,7 @@ async def test_an_unanswered_soil_write_is_resent_to_the_new_leader_and_stored_o
     try:
         await forest.start()
         await js.publish("humus.n.create", entry("warm"))  # the decomposer's consumer exists
-        await eventually(lambda: _is(history("warm"), 1), what="the first Soil write")
+        await eventually(lambda: holds(history("warm"), 1), what="the first Soil write")
         # Soil led by the server about to freeze; Humus and its consumer elsewhere
         await eventually(lambda: lead("STREAM", SOIL_STREAM, frozen.name), what="KV_SOIL's leader")
         await eventually(lambda: lead("STREAM", "HUMUS", servers[0].name), what="HUMUS's leader")
@@ -138,7 +132,7 @@ async def test_an_unanswered_soil_write_is_resent_to_the_new_leader_and_stored_o
         await js.publish("humus.n.create", entry("fast"))  # its write goes to the frozen leader
         slow = asyncio.ensure_future(Soil(js).bury("slow", {"n": 1}, expected_revision=0,
                                                    humus_seq=10**9))
-        await eventually(lambda: _is(history("fast"), 1), timeout=40,
+        await eventually(lambda: holds(history("fast"), 1), timeout=40,
                          what="the decomposer's Soil write stored by KV_SOIL's new leader")
         revision = await asyncio.wait_for(slow, 40)
         os.kill(frozen.node.pid, signal.SIGCONT)
@@ -160,7 +154,3 @@ async def test_an_unanswered_soil_write_is_resent_to_the_new_leader_and_stored_o
             os.kill(frozen.node.pid, signal.SIGCONT)
         await forest.stop()
         await nc.close()
-
-
-async def _is(value: object, expected: int) -> bool:
-    return await value == expected  # type: ignore[misc]
