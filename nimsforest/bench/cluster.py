@@ -809,18 +809,15 @@ def soil_latencies(root: Path, nodes: list[Proc], rounds: int = 1) -> dict[str, 
     """River -> Soil with no fault, then `rounds` times through a kill -9 of RIVER's leader
     (started again) and through an 8 s SIGSTOP of nodes[1]'s nats-server, one after the
     other, the cluster whole between."""
-    victim: list[str] = [""]
-    led: list[list[str]] = [[]]
-    began: list[float] = [0.0]
+    victim, led, began = "", [], 0.0  # of the fault under way (note())
 
     def whole() -> None:
         _wait(lambda: all(cluster_ready(n.api, 3) for n in nodes), 120, "cluster whole again",  # type: ignore[arg-type]
               pause=0.1)
 
     def note(node: str) -> None:
-        victim[0] = node
-        led[0] = asyncio.run(led_by(node_url(root, nodes[0]), node))
-        began[0] = time.time()
+        nonlocal victim, led, began
+        victim, led, began = node, asyncio.run(led_by(node_url(root, nodes[0]), node)), time.time()
 
     def kill() -> None:
         name = river_leader([node_url(root, n) for n in nodes])
@@ -841,13 +838,13 @@ def soil_latencies(root: Path, nodes: list[Proc], rounds: int = 1) -> dict[str, 
     plan += [phase for _ in range(rounds) for phase in (("kill", kill), ("pause", pause))]
     for i, (key, fault) in enumerate(plan):
         whole()
-        victim[0], led[0], began[0] = "", [], 0.0
+        victim, led, began = "", [], 0.0
         acked, elected = asyncio.run(watching_elections(
             [node_url(root, n) for n in nodes], paced_contacts(nodes, f"soil{key}{i}", fault)))
         river, soil = asyncio.run(river_to_soil(node_url(root, nodes[0]), acked))
         slow = asyncio.run(lineages(nodes[0].api or "", slowest(river, soil, acked, SLOWEST), soil))
-        out[key].append(Phase(latency_figures(river, soil, acked), tuple(slow), tuple(led[0]),
-                              victim[0], began[0], tuple(elected)))
+        out[key].append(Phase(latency_figures(river, soil, acked), tuple(slow), tuple(led),
+                              victim, began, tuple(elected)))
     return out
 
 

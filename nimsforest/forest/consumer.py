@@ -79,6 +79,11 @@ class _Job:
     def reset(self) -> None:
         self.futures, self.sent, self.published_at, self.resent_at = [], [], 0.0, 0.0
 
+    @property
+    def unconfirmed(self) -> bool:
+        """Published, and JetStream has not answered every output yet."""
+        return bool(self.published_at) and not all(f.done() for f in self.futures)
+
 
 def _adopt(old: asyncio.Future[Any], new: asyncio.Future[Any]) -> None:
     """A resent output's answer stands for the first send's (a failed resend does not: the
@@ -222,10 +227,8 @@ class ConsumerRunner:
                                 TimeoutError("JetStream did not confirm the outputs in time")
                             )
                     continue
-                if job.published_at and now - job.resent_at > RESEND_AFTER and not all(
-                        f.done() for f in job.futures):
-                    job.resent_at = now
-                    self._spawn(self._resend(job))
+                if job.unconfirmed and now - job.resent_at > RESEND_AFTER:
+                    self._resend_now(job, now)
                 # a job waiting for its outputs' confirmation is still in progress too
                 if now - job.touched > self.spec.ack_wait / 3:
                     job.touched = now
@@ -236,9 +239,12 @@ class ConsumerRunner:
         (frozen, dead), so they are sent again now rather than at their next RESEND_AFTER."""
         now = time.monotonic()
         for job in list(self._inflight.values()):
-            if job.published_at and not all(f.done() for f in job.futures):
-                job.resent_at = now
-                self._spawn(self._resend(job))
+            if job.unconfirmed:
+                self._resend_now(job, now)
+
+    def _resend_now(self, job: _Job, now: float) -> None:
+        job.resent_at = now
+        self._spawn(self._resend(job))
 
     # handling -------------------------------------------------------------------------
     async def _on_msg(self, msg: Msg) -> None:
