@@ -36,7 +36,7 @@ from nimsforest.api.readers import (
     unavailable,
 )
 from nimsforest.forest.handlers import SOURCE_HEADER
-from nimsforest.forest.soil import SEQ_HEADER
+from nimsforest.forest.soil import humus_seq_of
 from nimsforest.forest.trace import StoredHop, TraceContext
 from nimsforest.settings import parse_duration
 from nimsforest.streams import DEAD, HUMUS, RIVER, SOIL, WIND
@@ -127,13 +127,13 @@ class Lineages:
         except UNAVAILABLE as exc:
             raise unavailable("Soil", exc) from None
         headers = raw.headers or {}
-        seq = headers.get(SEQ_HEADER, "")
+        seq = humus_seq_of(headers)
         out = Lineage(key=key, revision=int(raw.seq or 0), value=json_value(raw.data) if raw.data else None, steps=[],
                       complete=False)
-        if not seq.isdigit():
+        if seq is None:
             out.gap = "This value was not written by the Decomposer (no Humus entry is named)."
             return out
-        at: tuple[str, int] | None = (HUMUS.name, int(seq))
+        at: tuple[str, int] | None = (HUMUS.name, seq)
         while at is not None and len(out.steps) < MAX_STEPS:
             step = await self._get(*at)
             if step is None:

@@ -35,7 +35,7 @@ from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from nimsforest.forest.leaf import loads, soil_key
-from nimsforest.forest.soil import SEQ_HEADER
+from nimsforest.forest.soil import humus_seq_of
 from nimsforest.forest.subjects import WIND_PREFIX, river_subject, wind_subject
 from nimsforest.streams import SOIL
 
@@ -131,17 +131,12 @@ def json_value(raw: bytes) -> Any:
         return raw.decode(errors="replace")
 
 
-def _humus_seq(headers: dict[str, str] | None) -> int | None:
-    seq = (headers or {}).get(SEQ_HEADER, "")
-    return int(seq) if seq.isdigit() else None
-
-
 def value_of(key: str, raw: bytes, seq: int, headers: dict[str, str] | None,
              when: dt.datetime | None) -> SoilValue:
     op = _operation(headers)
     return SoilValue(
         key=key, value=json_value(raw) if op is SoilOperation.PUT and raw else None, revision=seq,
-        operation=op, updated=when, humus_seq=_humus_seq(headers),
+        operation=op, updated=when, humus_seq=humus_seq_of(headers),
     )
 
 

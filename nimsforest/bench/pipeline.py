@@ -177,12 +177,11 @@ class Carried(enum.Enum):
 def _forest_headers(stage: int, output: int, key: str, seq: int,
                     traced: bool = True) -> dict[str, str]:
     """The header lines the forest's output `output` of hop `stage` carries (a trace context,
-    the hop and its input, a message id; the nim's brain; the Soil write's revision, Humus
-    sequence and message id), with the event's key in the message id; without `traced`, all
+    the hop and its input, a message id; the nim's brain; the Soil write's revision and
+    message id, which names the Humus sequence), with the event's key in the message id; without `traced`, all
     but the trace context."""
     if stage == 3:
-        return {"Nats-Expected-Last-Subject-Sequence": "0", "Nimsforest-Humus-Seq": str(seq),
-                "Nats-Msg-Id": f"soil:{seq}:{key}"}
+        return {"Nats-Expected-Last-Subject-Sequence": "0", "Nats-Msg-Id": f"soil:{seq}:{key}"}
     headers = {"Nimsforest-Brain": "rules"} if (stage, output) == (2, 0) else {}
     if traced:
         headers["traceparent"] = _TRACE.format(seq)
@@ -441,7 +440,9 @@ def command(events: int, window: int, warmup: int, rounds: int, outputs: int,
                "rounds' (target at least 70%)")
     carried = [c.rate / b.rate for b, c in zip(bases, runs.carried, strict=True)]
     apart = [p.rate / c.rate for c, p in zip(runs.carried, pipes, strict=True)]
-    click.echo(f"the baseline carrying the forest's header lines (17 an event: the forest's 16 and the event's id; the baseline's 6 are ids): "
+    forest_lines = sum(len(_forest_headers(st, o, "k", 1)) for st, o in _HOPS)
+    click.echo(f"the baseline carrying the forest's header lines ({forest_lines + 1} an event: "
+               f"the forest's {forest_lines} and the event's id; the baseline's 6 are ids): "
                f"{_merge(runs.carried).rate:.0f} events/s, {statistics.median(carried):.0%} of the "
                f"baseline; the pipeline is {statistics.median(apart):.0%} of it (medians of the "
                "rounds')")

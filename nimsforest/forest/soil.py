@@ -1,14 +1,15 @@
 """Soil: current state in the KV bucket SOIL, written with optimistic locking.
 
 Each Soil key holds the latest JSON value of one entity. Every write made by the
-Decomposer carries the header `Nimsforest-Humus-Seq` (the HUMUS sequence it applied) and
-`Nats-Expected-Last-Subject-Sequence` (the key's revision it read, 0 for a missing key),
-so two writers can never both succeed from the same revision, and an entry whose
-sequence is not newer than the key's recorded one is known to be applied already. It is
-stored under the message id `soil:<humus seq>`: JetStream checks the id before the
+Decomposer carries `Nats-Expected-Last-Subject-Sequence` (the key's revision it read, 0
+for a missing key), so two writers can never both succeed from the same revision, and is
+stored under the message id `soil:<humus seq>` (the HUMUS sequence it applied), which
+the stored value keeps among its headers: an entry whose sequence is not newer than the
+key's recorded one is known to be applied already. JetStream checks the id before the
 expected revision, so a write sent again (its first send unanswered: a KV_SOIL leader
 that froze or died) is dropped as a duplicate if the first was stored after all, and
-stored by the new leader otherwise.
+stored by the new leader otherwise. Values written by earlier versions name the sequence
+in a header of its own, `Nimsforest-Humus-Seq`, read too.
 
 Keys are written through `$KV.SOIL.<key>` directly (not nats-py's KV API) because the
 API cannot attach headers; reads use direct get, which returns them. Values stay plain
@@ -18,6 +19,7 @@ JSON, readable with any KV client (`nats kv get SOIL <key>`).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +35,10 @@ if TYPE_CHECKING:
 
 BUCKET = "SOIL"
 STREAM = f"KV_{BUCKET}"
+# where values stored by earlier versions name their Humus sequence: read, no longer
+# written (the message id says it; one header line fewer on every Soil write)
 SEQ_HEADER = "Nimsforest-Humus-Seq"
+_MSG_ID_PREFIX = "soil:"
 EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 SOIL_PREFIX = f"$KV.{BUCKET}."
 WRONG_LAST_SEQUENCE = 10071
@@ -41,6 +46,16 @@ WRONG_LAST_SEQUENCE = 10071
 
 class SoilConflict(Exception):
     """The key changed since it was read (optimistic lock lost)."""
+
+
+def humus_seq_of(headers: Mapping[str, str] | None) -> int | None:
+    """The HUMUS sequence a stored Soil value applied (its message id `soil:<seq>`, or an
+    older value's `Nimsforest-Humus-Seq`); None for a value the Decomposer did not write."""
+    h = headers or {}
+    msg_id = h.get("Nats-Msg-Id", "")
+    seq = msg_id[len(_MSG_ID_PREFIX):] if msg_id.startswith(_MSG_ID_PREFIX) else h.get(
+        SEQ_HEADER, "")
+    return int(seq) if seq.isdigit() else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +81,12 @@ class Soil:
         headers = raw.headers or {}
         op = headers.get("KV-Operation")
         deleted = op in ("DEL", "PURGE")
-        seq = headers.get(SEQ_HEADER, "0")
         value = None if deleted or not raw.data else loads(raw.data)
         return SoilEntry(
             key=key,
             value=value,
             revision=int(raw.seq or 0),
-            humus_seq=int(seq) if seq.isdigit() else 0,
+            humus_seq=humus_seq_of(headers) or 0,
             deleted=deleted,
         )
 
@@ -81,13 +95,12 @@ class Soil:
         key: str, value: Any, expected_revision: int, humus_seq: int = 0, *, delete: bool = False
     ) -> Output:
         """The one encoding of a Soil write: the KV subject, the JSON value (empty for a
-        delete, marked `KV-Operation: DEL`), the expected revision, and the Humus sequence
-        with the message id derived from it."""
+        delete, marked `KV-Operation: DEL`), the expected revision, and the message id
+        derived from the Humus sequence."""
         headers = {EXPECTED_LAST: str(expected_revision)}
         msg_id = None
         if humus_seq:
-            headers[SEQ_HEADER] = str(humus_seq)
-            msg_id = f"soil:{humus_seq}"
+            msg_id = f"{_MSG_ID_PREFIX}{humus_seq}"
         if delete:
             headers["KV-Operation"] = "DEL"
             return Output(f"{SOIL_PREFIX}{key}", b"", msg_id, headers)
@@ -142,5 +155,6 @@ __all__ = [
     "Soil",
     "SoilConflict",
     "SoilEntry",
+    "humus_seq_of",
     "soil_key",
 ]

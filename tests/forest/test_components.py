@@ -211,8 +211,8 @@ def test_decomposer_fast_path_decisions() -> None:
     (out,) = h.handle_sync(_delivery(5, entry("update", {"v": 1})))
     assert out.subject == "$KV.SOIL.k" and out.headers == {
         "Nats-Expected-Last-Subject-Sequence": "0",
-        "Nimsforest-Humus-Seq": "5",
     }
+    assert out.msg_id == "soil:5"  # the Humus sequence it applies, kept with the value
     h.stored(_delivery(5, entry("update", {"v": 1})), [SimpleNamespace(seq=17)])
     (out,) = h.handle_sync(_delivery(6, entry("delete")))
     assert (
@@ -227,6 +227,16 @@ def test_decomposer_fast_path_decisions() -> None:
     conflict = APIError(code=400, err_code=10071, description="wrong last sequence")
     assert h.retry_async(_delivery(8, entry("update")), conflict)
     assert not h.retry_async(_delivery(8, entry("update")), TimeoutError())
+
+
+def test_a_soil_value_names_its_humus_entry_by_message_id_or_the_older_header() -> None:
+    from nimsforest.forest.soil import humus_seq_of
+
+    assert humus_seq_of({"Nats-Msg-Id": "soil:42", "KV-Operation": "DEL"}) == 42
+    assert humus_seq_of({"Nimsforest-Humus-Seq": "7"}) == 7  # stored by an earlier version
+    assert humus_seq_of({"Nats-Msg-Id": "api:k"}) is None  # not the Decomposer's write
+    assert humus_seq_of({"Nats-Msg-Id": "soil:x"}) is None
+    assert humus_seq_of(None) is None
 
 
 async def test_two_decomposers_converge_on_the_newest_entry_per_key(

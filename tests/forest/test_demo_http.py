@@ -24,6 +24,7 @@ from nimsforest.forest import (
     load_forest_config,
 )
 from nimsforest.forest.http import make_router
+from nimsforest.forest.soil import humus_seq_of
 from nimsforest.forest.webhooks import sign_sha256
 from tests.forest.conftest import Wind, write_forest
 from tests.support import eventually, free_port
@@ -235,4 +236,5 @@ async def test_one_trace_through_every_hop_of_the_demo(demo_api: Api, wind: Wind
     # the Soil write names the Humus entry it applied (lineage's way back), no hop headers
     soil = await nc.jetstream().get_msg("KV_SOIL", subject="$KV.SOIL.c-1001")
     assert TRACEPARENT not in (soil.headers or {}) and HOP_HEADER not in (soil.headers or {})
-    assert int(soil.headers["Nimsforest-Humus-Seq"]) >= 1
+    assert soil.headers["Nats-Msg-Id"].startswith("soil:")
+    assert (humus_seq_of(soil.headers) or 0) >= 1
