@@ -128,7 +128,8 @@ class OtlpSink:
 
 
 async def _pipeline(url: str, n_events: int, window: int, otlp: str | None = None,
-                    prefix: str = "p", warmup: int = 0) -> tuple[Result, float]:
+                    prefix: str = "p", warmup: int = 0,
+                    carried: bool = True) -> tuple[Result, float]:
     """The demo pipeline, and the CPU seconds this process spent on the counted events;
     with `otlp`, every hop's span exported to that receiver. `warmup` events go through
     first, not counted, as the baseline's do. Each run on one server has its own `prefix`:
@@ -141,7 +142,8 @@ async def _pipeline(url: str, n_events: int, window: int, otlp: str | None = Non
     nc = await nats.connect(url)
     cfg = load_demo_config()
     cfg = cfg.model_copy(update={"sources": {}})
-    tracing = OtlpTracing("nimsforest-bench", "bench", otlp) if otlp else Tracing()
+    tracing = (OtlpTracing("nimsforest-bench", "bench", otlp, carried) if otlp
+               else Tracing(carried))
     await tracing.start()
     forest = Forest(nc, cfg, tracing=tracing)
     await forest.start()
@@ -171,21 +173,16 @@ class Carried(enum.Enum):
 
     IDS = "ids"  # the event's id alone
     FOREST = "forest"  # the header lines the forest's publish on that hop carries
-    FOREST_UNTRACED = "forest-untraced"  # those without the trace context (`traceparent`)
 
 
-def _forest_headers(stage: int, output: int, key: str, seq: int,
-                    traced: bool = True) -> dict[str, str]:
+def _forest_headers(stage: int, output: int, key: str, seq: int) -> dict[str, str]:
     """The header lines the forest's output `output` of hop `stage` carries (a trace context,
     the hop and its input, a message id; the nim's brain; the Soil write's revision and
-    message id, which names the Humus sequence), with the event's key in the message id; without `traced`, all
-    but the trace context."""
+    message id, which names the Humus sequence), with the event's key in the message id."""
     if stage == 3:
         return {"Nats-Expected-Last-Subject-Sequence": "0", "Nats-Msg-Id": f"soil:{seq}:{key}"}
     headers = {"Nimsforest-Brain": "rules"} if (stage, output) == (2, 0) else {}
-    if traced:
-        headers["traceparent"] = _TRACE.format(seq)
-    headers.update({"Nimsforest-Hop": f"stage:{stage}@n1 B:{seq}",
+    headers.update({"traceparent": _TRACE.format(seq), "Nimsforest-Hop": f"stage:{stage}@n1 B:{seq}",
                     "Nats-Msg-Id": f"stage-{stage}-{output}:{seq}:{key}"})
     return headers
 
@@ -205,8 +202,7 @@ async def _baseline(url: str, n_events: int, window: int, carried: Carried = Car
     """Four raw stages with the pipeline's hop shape; they forward bytes unchanged. With
     `carried` FOREST, each publish carries the header lines the forest's does on that hop
     instead of the event's id alone (what nats-py's header handling costs the forest,
-    measured apart from the forest's own work); FOREST_UNTRACED, those but the trace
-    context (what the trace headers alone cost, with tracing off)."""
+    measured apart from the forest's own work)."""
     nc = await nats.connect(url)
     js = nc.jetstream()
     for name, subj in (
@@ -236,7 +232,7 @@ async def _baseline(url: str, n_events: int, window: int, carried: Carried = Car
                 key = _key(m.headers)
                 for o, out in enumerate(outputs):
                     headers = (m.headers if carried is Carried.IDS else _forest_headers(
-                        i, o, key, m.metadata.sequence.stream, carried is Carried.FOREST))
+                        i, o, key, m.metadata.sequence.stream))
                     futures.append(
                         await js.publish_async(out.replace("{id}", key), m.data, headers=headers)
                     )
@@ -300,8 +296,9 @@ def _start_server(store: Path) -> tuple[subprocess.Popen[bytes], str]:
 class Runs:
     bases: list[Result] = field(default_factory=list)
     carried: list[Result] = field(default_factory=list)  # the baseline with the forest's headers
-    untraced: list[Result] = field(default_factory=list)  # those without the trace context
     pipes: list[Result] = field(default_factory=list)
+    # the pipeline whose hops carry no trace context (OTEL_PROPAGATORS=none)
+    uncarried: list[Result] = field(default_factory=list)
     posts: list[Result] = field(default_factory=list)  # the output hop's baseline: raw httpx
     outs: list[Result] = field(default_factory=list)  # the output hop
     traced: list[Result] = field(default_factory=list)  # the pipeline exporting its spans
@@ -341,10 +338,17 @@ async def _run(events: int, window: int, warmup: int, rounds: int, outputs: int,
                 await _baseline(url, warmup, window)
             runs.bases.append(await _baseline(url, events, window))
             runs.carried.append(await _baseline(url, events, window, Carried.FOREST, "c"))
-            runs.untraced.append(await _baseline(url, events, window, Carried.FOREST_UNTRACED, "u"))
-            pipe, cpu = await _pipeline(url, events, window, warmup=warmup)
-            runs.pipes.append(pipe)
-            runs.pipe_cpu.append(cpu / events)
+            # the default and the one without a trace context, in turn first (the later
+            # runs on a server meet a fuller store)
+            first_default = len(runs.pipes) % 2 == 0
+            for carried in (True, False) if first_default else (False, True):
+                pipe, cpu = await _pipeline(url, events, window, prefix="p" if carried else "n",
+                                            warmup=warmup, carried=carried)
+                if carried:
+                    runs.pipes.append(pipe)
+                    runs.pipe_cpu.append(cpu / events)
+                else:
+                    runs.uncarried.append(pipe)
             if traced:
                 sink = OtlpSink()
                 try:
@@ -427,8 +431,9 @@ def command(events: int, window: int, warmup: int, rounds: int, outputs: int,
             t = runs.traced[i - 1]
             traced_round = f", traced {t.rate:6.0f}/s ({t.rate / p.rate:.0%} of untraced)"
         c = runs.carried[i - 1]
+        n = runs.uncarried[i - 1]
         click.echo(f"  round {i}: baseline {b.rate:6.0f}/s (with the forest's headers {c.rate:6.0f}/s), "
-                   f"pipeline {p.rate:6.0f}/s ({ratio:.0%})"
+                   f"pipeline {p.rate:6.0f}/s ({ratio:.0%}; without trace context {n.rate:6.0f}/s)"
                    + traced_round)
     for label, r in (("baseline (raw nats-py):", base), ("pipeline (NimsForest): ", pipe)):
         click.echo(
@@ -446,14 +451,14 @@ def command(events: int, window: int, warmup: int, rounds: int, outputs: int,
                f"{_merge(runs.carried).rate:.0f} events/s, {statistics.median(carried):.0%} of the "
                f"baseline; the pipeline is {statistics.median(apart):.0%} of it (medians of the "
                "rounds')")
-    # tracing off still carries a traceparent on every hop: its price, measured raw
+    # tracing off still carries a traceparent on every hop: its price, in the forest
     lines = sum(1 for st, o in _HOPS if "traceparent" in _forest_headers(st, o, "k", 1))
-    trace_cost = [1 - c.rate / u.rate for u, c in zip(runs.untraced, runs.carried, strict=True)]
-    click.echo(f"tracing off (no OTLP endpoint) records nothing; what it carries is a traceparent "
-               f"on every hop ({lines} lines an event): the baseline with the forest's headers but "
-               f"those ran {_merge(runs.untraced).rate:.0f} events/s, so they cost "
-               f"{statistics.median(trace_cost):.0%} (the median of the rounds'; "
-               f"rounds {', '.join(f'{x:+.0%}' for x in trace_cost)})")
+    trace_cost = [1 - p.rate / n.rate for n, p in zip(runs.uncarried, pipes, strict=True)]
+    click.echo(f"tracing off (no OTLP endpoint) records nothing; what it carries is the trace "
+               f"context, a traceparent on every hop ({lines} lines an event): the pipeline whose "
+               f"hops carry none (OTEL_PROPAGATORS=none) ran {_merge(runs.uncarried).rate:.0f} "
+               f"events/s, so it costs {statistics.median(trace_cost):.0%} (the median of the "
+               f"rounds'; rounds {', '.join(f'{x:+.0%}' for x in trace_cost)})")
     if runs.traced:
         tr = _merge(runs.traced)
         click.echo(f"pipeline, spans exported over OTLP: {tr.rate:8.0f} events/s   p50 "

@@ -52,7 +52,7 @@ from nimsforest.forest.errors import BadEvent, EventError, Refused, RetryLater
 from nimsforest.forest.model import ComponentKind, ComponentRef
 from nimsforest.forest.publisher import Publisher
 from nimsforest.forest.pull import HEARTBEAT, Puller
-from nimsforest.forest.trace import NO_TRACING, Hop, TraceContext, Tracing, hop_name, hop_value
+from nimsforest.forest.trace import NO_TRACING, Hop, Tracing, hop_name, hop_value
 from nimsforest.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class _Job:
         self.futures: list[asyncio.Future[Any]] = []
         self.sent: list[tuple[str, bytes, dict[str, str]]] = []  # each future's publish
         self.published_at = self.resent_at = 0.0
-        d.trace = hop.context
+        d.trace = hop.sent_on
 
     def reset(self) -> None:
         self.futures, self.sent, self.published_at, self.resent_at = [], [], 0.0, 0.0
@@ -259,7 +259,7 @@ class ConsumerRunner:
         except (ValueError, IndexError):  # not a JetStream delivery
             return
         job = _Job(d, time.perf_counter(), self._tracing.hop(
-            self._span, TraceContext.of(d.headers), self._attributes))
+            self._span, self._tracing.parent(d.headers), self._attributes))
         self._inflight[id(msg)] = job
         self.stats.events_in += 1
         if self._handler.is_async:

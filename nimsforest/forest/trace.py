@@ -11,6 +11,10 @@ the streams, with or without a collector.
 Spans are exported over OTLP/HTTP only when `OTEL_EXPORTER_OTLP_ENDPOINT` or
 `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (the standard variables, read by the SDK);
 otherwise the SDK is not even imported and a hop costs one random number and a string.
+The standard `OTEL_PROPAGATORS` says whether hops carry the trace context: unset, or
+naming `tracecontext`, they do; `none` (or a list without `tracecontext`) and they carry
+only `Nimsforest-Hop`: nothing of tracing is left on the way (`why` still walks back;
+`trace` and W3C propagation to receivers are gone; spans exported are one root per hop).
 With an endpoint, spans are encoded and exported in a child process (see OtlpTracing), so
 recording a hop costs the forest's interpreter one tuple.
 """
@@ -39,6 +43,10 @@ HOP_HEADER = "Nimsforest-Hop"
 # each message it sends and receives).
 INPUT_HEADER = "Nimsforest-Input"
 OTLP_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+PROPAGATORS_VARIABLE = "OTEL_PROPAGATORS"
+# what the variable may name besides `tracecontext` and `none`: OpenTelemetry's other
+# propagators, which hops do not carry (`baggage` is in its default list)
+_OTHER_PROPAGATORS = frozenset({"baggage", "b3", "b3multi", "jaeger", "xray", "ottrace"})
 
 # version-traceid-parentid-flags (https://www.w3.org/TR/trace-context/#traceparent-header)
 _TRACEPARENT_RE = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
@@ -124,17 +132,24 @@ class StoredHop:
 
 
 class Hop:
-    """One component handling one message: `context` goes on its outputs; `end` once the
-    message is acked or failed."""
+    """One component handling one message: `context` goes on its outputs (when `carried`:
+    hops carry the trace context); `end` once the message is acked or failed."""
 
-    __slots__ = ("context",)
+    __slots__ = ("carried", "context")
 
-    def __init__(self, context: TraceContext) -> None:
-        self.context = context
+    def __init__(self, context: TraceContext, carried: bool = True) -> None:
+        self.context, self.carried = context, carried
+
+    @property
+    def sent_on(self) -> TraceContext | None:
+        """The context an output hands on to what it calls (an http output's receiver)."""
+        return self.context if self.carried else None
 
     def headers(self, hop: str) -> dict[str, str]:
         """`hop`: the `Nimsforest-Hop` value (hop_name, or hop_value on an output)."""
-        return {TRACEPARENT: self.context.header, HOP_HEADER: hop}
+        if self.carried:
+            return {TRACEPARENT: self.context.header, HOP_HEADER: hop}
+        return {HOP_HEADER: hop}
 
     def end(self, error: str | None = None) -> None:
         """Nothing to record without an exporter."""
@@ -145,9 +160,9 @@ class _RecordedHop(Hop):
 
     __slots__ = ("_attributes", "_name", "_parent", "_record", "_start")
 
-    def __init__(self, context: TraceContext, parent: str | None, name: str,
+    def __init__(self, context: TraceContext, carried: bool, parent: str | None, name: str,
                  attributes: Mapping[str, Any], record: Callable[[SpanRecord], None]) -> None:
-        self.context = context  # as Hop's __init__, one call fewer on every hop
+        self.context, self.carried = context, carried  # as Hop's, one call fewer a hop
         self._parent, self._name, self._attributes, self._record = parent, name, attributes, record
         self._start = time.time_ns()
 
@@ -174,17 +189,28 @@ class TracingState(enum.Enum):
 class TracingStatus:
     state: TracingState
     sentence: str
+    carried: bool = True  # hops carry the trace context (OTEL_PROPAGATORS)
     spans: int = 0  # spans handed to the exporter process
     dropped: int = 0  # spans dropped because the exporter was behind or down
     restarts: int = 0  # times the exporter process was started again after it stopped
 
 
 class Tracing:
-    """The node's tracing: without an exporter, hops only carry the headers."""
+    """The node's tracing: without an exporter, hops only carry the headers (with
+    `carried`, the trace context; else not even that)."""
 
     enabled = False
 
+    def __init__(self, carried: bool = True) -> None:
+        self.carried = carried
+
+    def parent(self, headers: Mapping[str, str] | None) -> TraceContext | None:
+        """The trace context a message or request came with, when hops carry one."""
+        return TraceContext.of(headers) if self.carried else None
+
     def hop(self, name: str, parent: TraceContext | None, attributes: Mapping[str, Any]) -> Hop:
+        if not self.carried:
+            return _NOT_CARRIED
         return Hop(parent.child() if parent is not None else TraceContext.new())
 
     async def start(self) -> None:
@@ -194,7 +220,12 @@ class Tracing:
         """Nothing to flush."""
 
     def status(self) -> TracingStatus:
-        return TracingStatus(TracingState.OFF, "tracing is off (no OTLP endpoint is set)")
+        if not self.carried:
+            return TracingStatus(TracingState.OFF, "tracing is off: no OTLP endpoint is set, "
+                                 f"and hops carry no trace context ({PROPAGATORS_VARIABLE})",
+                                 carried=False)
+        return TracingStatus(TracingState.OFF, "tracing is off (no OTLP endpoint is set); hops "
+                             "carry their trace context")
 
 
 class OtlpTracing(Tracing):
@@ -214,8 +245,10 @@ class OtlpTracing(Tracing):
     MAX_BUFFERED = 4 << 20  # bytes waiting for the exporter process before spans are dropped
     RESTART_AFTER = (1.0, 30.0)  # the exporter process's restart delay: first, longest
 
-    def __init__(self, service: str, node: str, endpoint: str | None = None) -> None:
+    def __init__(self, service: str, node: str, endpoint: str | None = None,
+                 carried: bool = True) -> None:
         """`endpoint`: the traces URL (…/v1/traces); else the standard variables say."""
+        super().__init__(carried)
         from opentelemetry import trace
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.sampling import ParentBased
@@ -243,14 +276,16 @@ class OtlpTracing(Tracing):
         return self._sampler.should_sample(context, int(trace_id, 16), name).decision.is_sampled()
 
     def hop(self, name: str, parent: TraceContext | None, attributes: Mapping[str, Any]) -> Hop:
+        if not self.carried:  # nothing is taken from what came in: each hop a trace
+            parent = None
         ctx = parent.child() if parent is not None else TraceContext.new()  # parent's flag
         sampled = self._sampled(name, parent, ctx.trace_id)
         if sampled is not ctx.sampled:
             ctx = TraceContext(ctx.trace_id, ctx.span_id, sampled)
         if not sampled:
-            return Hop(ctx)
-        return _RecordedHop(ctx, parent.span_id if parent is not None else None, name,
-                            attributes, self._record)
+            return Hop(ctx, self.carried)
+        return _RecordedHop(ctx, self.carried, parent.span_id if parent is not None else None,
+                            name, attributes, self._record)
 
     def _record(self, span: SpanRecord) -> None:
         self._batch.append(span)
@@ -344,18 +379,48 @@ class OtlpTracing(Tracing):
         return self._proc.pid if self._proc is not None else None
 
     def status(self) -> TracingStatus:
-        return TracingStatus(self._state, self._sentence, self._spans, self._dropped,
-                             self._restarts)
+        return TracingStatus(self._state, self._sentence, self.carried, self._spans,
+                             self._dropped, self._restarts)
 
 
 NO_TRACING = Tracing()
+# a hop whose outputs carry no trace context and which records nothing: one for all
+_NOT_CARRIED = Hop(TraceContext("0" * 31 + "1", "0" * 15 + "1", sampled=False), carried=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Propagation:
+    """What `OTEL_PROPAGATORS` says: whether hops carry the W3C trace context, and the
+    sentence for what it names that they do not carry (None: nothing to say)."""
+
+    carried: bool
+    unknown: str | None = None
+
+    @classmethod
+    def of(cls, value: str | None) -> Propagation:
+        names = [n.strip().lower() for n in (value or "").split(",") if n.strip()]
+        if not names:  # unset or empty: OpenTelemetry's default, which has tracecontext
+            return cls(True)
+        carried = "tracecontext" in names
+        others = [n for n in names if n not in ("tracecontext", "none", "baggage")]
+        if not others:
+            return cls(carried)
+        unknown = [n for n in others if n not in _OTHER_PROPAGATORS]
+        what = (f"names {', '.join(unknown)}, which OpenTelemetry has no propagator of"
+                if unknown else f"names {', '.join(others)}, which hops do not carry")
+        return cls(carried, f"{PROPAGATORS_VARIABLE}={value} {what}; hops carry "
+                            f"{'the W3C trace context only' if carried else 'no trace context'}.")
 
 
 def tracing_from_env(env: Mapping[str, str], service: str, node: str) -> Tracing:
-    """OTLP export when one of the standard endpoint variables is set; headers only else."""
+    """OTLP export when one of the standard endpoint variables is set; headers only else;
+    the trace context on every hop unless `OTEL_PROPAGATORS` leaves `tracecontext` out."""
+    propagation = Propagation.of(env.get(PROPAGATORS_VARIABLE))
+    if propagation.unknown is not None:
+        logging.getLogger("nimsforest.forest.trace").warning("%s", propagation.unknown)
     if any(env.get(v) for v in OTLP_VARIABLES):
-        return OtlpTracing(service, node)
-    return Tracing()
+        return OtlpTracing(service, node, carried=propagation.carried)
+    return Tracing(propagation.carried)
 
 
 __all__ = [
@@ -363,9 +428,11 @@ __all__ = [
     "INPUT_HEADER",
     "NO_TRACING",
     "OTLP_VARIABLES",
+    "PROPAGATORS_VARIABLE",
     "TRACEPARENT",
     "Hop",
     "OtlpTracing",
+    "Propagation",
     "StoredHop",
     "TraceContext",
     "Tracing",

@@ -64,3 +64,48 @@ def test_the_hop_header_names_who_stored_a_message_and_its_input_in_either_forma
 def test_no_exporter_without_the_standard_variables() -> None:
     assert not tracing_from_env({}, "nimsforest", "n1").enabled
     assert not tracing_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": ""}, "nimsforest", "n1").enabled
+
+
+def test_otel_propagators_says_whether_hops_carry_the_trace_context() -> None:
+    from nimsforest.forest.trace import Propagation
+
+    for carried in (None, "", "tracecontext,baggage", " TraceContext ", "baggage,tracecontext"):
+        assert Propagation.of(carried) == Propagation(True), carried
+    assert Propagation.of("none") == Propagation(False)
+    assert Propagation.of("baggage") == Propagation(False)  # a list without tracecontext
+    b3 = Propagation.of("tracecontext,b3")
+    assert b3.carried and b3.unknown is not None and "b3, which hops do not carry" in b3.unknown
+    typo = Propagation.of("tracecontex")
+    assert not typo.carried and typo.unknown is not None
+    assert "tracecontex, which OpenTelemetry has no propagator of" in typo.unknown
+    assert typo.unknown.endswith("hops carry no trace context.")
+    assert tracing_from_env({"OTEL_PROPAGATORS": "none"}, "nimsforest", "n1").carried is False
+    assert tracing_from_env({}, "nimsforest", "n1").carried is True
+
+
+def test_a_hop_that_carries_no_trace_context_names_only_itself() -> None:
+    parent = TraceContext.parse(VALID)
+    off = Tracing(carried=False)
+    assert off.parent({TRACEPARENT: VALID}) is None  # nothing is taken from what came in
+    assert Tracing().parent({TRACEPARENT: VALID}) == parent
+    hop = off.hop("tree t", parent, {})
+    assert hop.headers(hop_name("tree:t", "n1")) == {HOP_HEADER: "tree:t@n1"}
+    assert hop.sent_on is None  # an http output sends its receiver no traceparent either
+    assert Tracing().hop("tree t", parent, {}).sent_on is not None
+    assert not off.status().carried and "no trace context" in off.status().sentence
+    hop.end()
+
+
+def test_an_exporter_under_no_propagation_records_each_hop_as_a_trace_of_its_own() -> None:
+    from nimsforest.forest.trace import OtlpTracing
+
+    parent = TraceContext.parse(VALID)
+    assert parent is not None
+    recorded: list[tuple] = []
+    tracing = OtlpTracing("nimsforest", "n1", "http://127.0.0.1:9/v1/traces", carried=False)
+    tracing._record = recorded.append  # type: ignore[method-assign]  # the batch, not the process
+    hop = tracing.hop("tree t", parent, {"k": "v"})
+    assert hop.headers("tree:t@n1") == {HOP_HEADER: "tree:t@n1"} and hop.sent_on is None
+    hop.end()
+    ((name, trace_id, _span, parent_span, *_),) = recorded
+    assert name == "tree t" and trace_id != parent.trace_id and parent_span is None
