@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 TRACEPARENT = "traceparent"
 # Who stored the message and, for a component's output, the message it answers:
@@ -50,13 +50,16 @@ _OTHER_PROPAGATORS = frozenset({"baggage", "b3", "b3multi", "jaeger", "xray", "o
 
 # version-traceid-parentid-flags (https://www.w3.org/TR/trace-context/#traceparent-header)
 _TRACEPARENT_RE = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+# what every hop's own headers hold: version 00, lowercase, sampled or not (read first)
+_OURS_RE = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-0([01])")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 _rand = random.Random()  # ids need to be unique, not secret (as the OpenTelemetry SDK's)
 
 
-@dataclass(frozen=True, slots=True)
-class TraceContext:
-    """One position in a trace: the trace and the span that a message's producer was."""
+class TraceContext(NamedTuple):
+    """One position in a trace: the trace and the span that a message's producer was.
+    (Immutable and typed; a named tuple rather than a frozen dataclass because every hop
+    makes two, and a tuple is built in a third of the time.)"""
 
     trace_id: str  # 32 lowercase hex digits, not all zero
     span_id: str  # 16 lowercase hex digits, not all zero
@@ -68,6 +71,12 @@ class TraceContext:
         the receiver starts a new trace, as the W3C rules say)."""
         if not value:
             return None
+        m = _OURS_RE.fullmatch(value)
+        if m is not None:
+            trace_id, span_id, flag = m.groups()
+            if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+                return None
+            return cls(trace_id, span_id, flag == "1")
         m = _TRACEPARENT_RE.match(value) or _TRACEPARENT_RE.match(value.strip().lower())
         if m is None:
             return None
@@ -92,7 +101,7 @@ class TraceContext:
 
     def child(self) -> TraceContext:
         """The same trace, a new span: the context of what this hop stores."""
-        return TraceContext(self.trace_id, f"{_nonzero(64):016x}", self.sampled)
+        return TraceContext(self.trace_id, f"{_rand.getrandbits(64) or 1:016x}", self.sampled)
 
     @property
     def header(self) -> str:
