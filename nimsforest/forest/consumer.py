@@ -52,7 +52,7 @@ from nimsforest.forest.errors import BadEvent, EventError, Refused, RetryLater
 from nimsforest.forest.model import ComponentKind, ComponentRef
 from nimsforest.forest.publisher import Publisher
 from nimsforest.forest.pull import HEARTBEAT, Puller
-from nimsforest.forest.trace import NO_TRACING, Hop, Tracing, hop_name, hop_value
+from nimsforest.forest.trace import NO_HOP, NO_TRACING, Hop, Tracing, hop_name, hop_value
 from nimsforest.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -141,6 +141,9 @@ class ConsumerRunner:
         self._ref = ComponentRef(kind=ComponentKind(kind), name=name)
         self._dead = dead
         self._tracing, self._span = tracing, f"{kind} {name}"
+        # a hop that records nothing (no exporter) and whose outputs carry no trace context
+        # (the Decomposer's Soil writes) has nothing to read the parent for
+        self._quiet = not (tracing.enabled or handler.hop_headers)
         self._who = hop_name(f"{kind}:{name}", node)
         self._attributes = {"nimsforest.component": f"{kind}:{name}", "nimsforest.node": node,
                             "messaging.destination.name": spec.stream}
@@ -258,7 +261,7 @@ class ConsumerRunner:
             d = Delivery(msg)
         except (ValueError, IndexError):  # not a JetStream delivery
             return
-        job = _Job(d, time.perf_counter(), self._tracing.hop(
+        job = _Job(d, time.perf_counter(), NO_HOP if self._quiet else self._tracing.hop(
             self._span, self._tracing.parent(d.headers), self._attributes))
         self._inflight[id(msg)] = job
         self.stats.events_in += 1

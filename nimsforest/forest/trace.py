@@ -219,7 +219,7 @@ class Tracing:
 
     def hop(self, name: str, parent: TraceContext | None, attributes: Mapping[str, Any]) -> Hop:
         if not self.carried:
-            return _NOT_CARRIED
+            return NO_HOP
         return Hop(parent.child() if parent is not None else TraceContext.new())
 
     async def start(self) -> None:
@@ -394,7 +394,7 @@ class OtlpTracing(Tracing):
 
 NO_TRACING = Tracing()
 # a hop whose outputs carry no trace context and which records nothing: one for all
-_NOT_CARRIED = Hop(TraceContext("0" * 31 + "1", "0" * 15 + "1", sampled=False), carried=False)
+NO_HOP = Hop(TraceContext("0" * 31 + "1", "0" * 15 + "1", sampled=False), carried=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,6 +435,7 @@ def tracing_from_env(env: Mapping[str, str], service: str, node: str) -> Tracing
 __all__ = [
     "HOP_HEADER",
     "INPUT_HEADER",
+    "NO_HOP",
     "NO_TRACING",
     "OTLP_VARIABLES",
     "PROPAGATORS_VARIABLE",
