@@ -265,12 +265,24 @@ def removed_plan(obs: Observation, memory: Memory, tuning: Tuning, actions: list
     if result is Verdict.UNKNOWN:
         waiting = [f"{how}; the other nodes' streams could not be read, so its store is kept"]
     else:
+        held = "; ".join(_held_elsewhere(name, obs) for name in at_risk)
         waiting = [(
             f"{how}; its store is kept because its copy of {', '.join(at_risk)} might be the "
-            f"only one (not held in full by the other nodes). To rejoin without it: {COMMAND}"
+            f"only one (not held in full by the other nodes: {held}). To rejoin without it: "
+            f"{COMMAND}"
         )]
         return Plan(tuple(actions), sentence(obs, actions, waiting, 1), tuple(waiting), operator=True)
     return Plan(tuple(actions), sentence(obs, actions, waiting, 1), tuple(waiting))
+
+
+def _held_elsewhere(stream: str, obs: Observation) -> str:
+    """How the other nodes hold a stream this node's store might hold the only copy of."""
+    copies = next((c for c in obs.elsewhere or () if c.name == stream), None)
+    if copies is None:
+        return f"{stream} is led by none of them"
+    others = [label(c) for c in copies.current if node_of(c) != obs.node]
+    return (f"{stream} is R{copies.replicas}, current on "
+            f"{', '.join(others) if others else 'none of them'}")
 
 
 def voter(obs: Observation, name: str) -> bool:

@@ -87,7 +87,10 @@ def test_a_removed_node_keeps_a_store_that_might_hold_the_only_copy() -> None:
     p = plan(removed(stored=("ONLY", "RIVER")), Memory({}, None))
     assert p.actions == () and p.operator  # logged as a warning
     assert "its copy of ONLY might be the only one" in p.sentence
+    assert "(not held in full by the other nodes: ONLY is led by none of them)" in p.sentence
     assert "mv store removed-by-hand" in p.sentence  # the command to run
+    short = plan(removed(elsewhere=(StreamCopies("RIVER", 2, ("n1", "n3")),)), Memory({}, None))
+    assert "RIVER is R2, current on n1)" in short.sentence  # its own copy does not count
     unknown = plan(removed(elsewhere=None), Memory({}, None))
     assert unknown.actions == () and "could not be read, so its store is kept" in unknown.sentence
 
