@@ -6,7 +6,8 @@ hops the node recorded (`nimsforest.forest.trace.SpanRecord`), and exports them 
 OpenTelemetry SDK's OTLP/HTTP exporter, which reads the standard `OTEL_EXPORTER_OTLP_*`
 variables (endpoint, headers, certificate, compression, timeout) and retries. It exits
 when stdin closes (the node stopped, or died), after exporting what it holds. It imports
-nothing of the node, so it starts in a fraction of a second.
+nothing of the node, so it starts in a fraction of a second, and says `ready` on stdout
+once it has (nothing else is written there).
 
 A frame becomes one OTLP request built straight from the tuples (`Encoder`): the SDK's
 own way, one ReadableSpan per hop and its `encode_spans`, costs about 25 us of Python per
@@ -171,6 +172,8 @@ def main(argv: list[str]) -> int:
     scope = InstrumentationScope("nimsforest")
     exporter = OTLPSpanExporter(endpoint=argv[2]) if len(argv) == 3 else OTLPSpanExporter()
     send = sender(exporter, resource, scope)
+    sys.stdout.write("ready\n")  # imports done: the node counts it as exporting from now on
+    sys.stdout.flush()
     log = logging.getLogger("nimsforest.spanexport")
     try:
         for batch in _frames(sys.stdin.buffer):

@@ -47,6 +47,7 @@ def test_bench_pipeline_reports_a_ratio_to_raw_nats_py() -> None:
     assert re.search(r"tracing off \(no OTLP endpoint\) records nothing; .*\(4 lines an event\): .* "
                      r"\(OTEL_PROPAGATORS=none\) ran \d+ events/s, so it costs -?\d+%", out), out
     assert re.search(r"pipeline, spans exported over OTLP:\s+\d+ events/s", out)
+    assert out.startswith("hops per event"), out  # nothing of its child processes' own
     assert re.search(r"ratio traced/untraced pipeline: \d+%", out)
     m = re.search(r"untraced (\d+) us, traced (\d+) us .*exporter process (\d+) us per event", out)
     assert m and all(int(x) > 0 for x in m.groups()), out  # the exporter did export

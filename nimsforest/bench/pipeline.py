@@ -147,6 +147,8 @@ async def _pipeline(url: str, n_events: int, window: int, otlp: str | None = Non
     tracing = (OtlpTracing("nimsforest-bench", "bench", otlp, carried) if otlp
                else Tracing(carried))
     await tracing.start()
+    if not await tracing.ready(30):  # its start would be counted as the forest's
+        raise click.ClickException("the span exporter process did not start within 30s")
     forest = Forest(nc, cfg, tracing=tracing)
     await forest.start()
     js = nc.jetstream()
@@ -322,7 +324,7 @@ def _exporter_idle(sink: OtlpSink) -> float:
     imports and set-up, which each traced run's exporter figure includes once."""
     before = _children_cpu()
     subprocess.run([sys.executable, "-m", "nimsforest.spanexport", "nimsforest-bench", "bench",
-                    sink.url], stdin=subprocess.DEVNULL, check=False)
+                    sink.url], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=False)
     return _children_cpu() - before
 
 

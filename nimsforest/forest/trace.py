@@ -225,6 +225,11 @@ class Tracing:
     async def start(self) -> None:
         """Nothing to start."""
 
+    async def ready(self, timeout: float) -> bool:
+        """Whether spans are being exported (waiting up to `timeout` for the exporter to
+        have started): nothing to wait for here."""
+        return True
+
     async def stop(self) -> None:
         """Nothing to flush."""
 
@@ -253,6 +258,7 @@ class OtlpTracing(Tracing):
     FLUSH_EVERY = 0.5  # seconds: the longest a recorded span waits for its frame
     MAX_BUFFERED = 4 << 20  # bytes waiting for the exporter process before spans are dropped
     RESTART_AFTER = (1.0, 30.0)  # the exporter process's restart delay: first, longest
+    READY_WITHIN = 30.0  # seconds for a started exporter process to say it is ready
 
     def __init__(self, service: str, node: str, endpoint: str | None = None,
                  carried: bool = True) -> None:
@@ -274,6 +280,7 @@ class OtlpTracing(Tracing):
         self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._exporting = asyncio.Event()
         self._state, self._sentence = TracingState.STARTING, "starting the span exporter"
         self._spans = self._dropped = self._restarts = 0
         self._log = logging.getLogger("nimsforest.forest.trace")
@@ -319,22 +326,56 @@ class OtlpTracing(Tracing):
 
     async def _spawn(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
-            *self._argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+            *self._argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             start_new_session=True)  # a terminal's ^C stops the node, which then ends it
+
+    async def _ready(self) -> bool:
+        """Wait for the exporter process's `ready` (its imports take a few hundred ms of a
+        core; spans recorded meanwhile wait in its stdin): False when it stopped, stayed
+        silent for READY_WITHIN, or the node is stopping."""
+        proc = self._proc
+        if proc is None or proc.stdout is None:
+            return False
+        said = asyncio.ensure_future(proc.stdout.readline())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait((said, stopping), timeout=self.READY_WITHIN,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not said.done():
+                said.cancel()
+        return (said.done() and not said.cancelled() and said.exception() is None
+                and said.result().strip() == b"ready")
 
     def _set(self, state: TracingState, sentence: str, level: int = logging.INFO) -> None:
         if state is not self._state:
             self._log.log(level, "%s", sentence)
         self._state, self._sentence = state, sentence
+        if state is TracingState.EXPORTING:
+            self._exporting.set()
+        else:
+            self._exporting.clear()
 
     async def start(self) -> None:
+        """Start the exporter process; the node does not wait for it to be ready."""
         await self._spawn()
-        self._set(TracingState.EXPORTING, "exporting spans over OTLP")
         self._task = asyncio.create_task(self._run(), name="span-export")
 
+    async def ready(self, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._exporting.wait()
+        except TimeoutError:
+            return False
+        return True
+
     async def _run(self) -> None:
-        """Flush every FLUSH_EVERY; start the exporter process again when it stopped."""
+        """Start the exporter process; flush every FLUSH_EVERY; start it again when it
+        stopped."""
         delay = self.RESTART_AFTER[0]
+        if await self._ready():
+            self._set(TracingState.EXPORTING, "exporting spans over OTLP")
         while not await self._stopped_within(self.FLUSH_EVERY):
             try:
                 proc = self._proc
@@ -347,9 +388,11 @@ class OtlpTracing(Tracing):
                     if await self._stopped_within(delay):
                         return
                     await self._spawn()
+                    ready = await self._ready()
                     self._restarts += 1
                     delay = min(delay * 2, self.RESTART_AFTER[1])
-                    self._set(TracingState.EXPORTING, "exporting spans over OTLP again")
+                    if ready:
+                        self._set(TracingState.EXPORTING, "exporting spans over OTLP again")
                 else:
                     delay = self.RESTART_AFTER[0]
                 self._flush()

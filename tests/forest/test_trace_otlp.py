@@ -81,6 +81,9 @@ async def test_a_dead_exporter_process_is_started_again(receiver: Receiver) -> N
     assert isinstance(tracing, OtlpTracing)
     tracing.RESTART_AFTER = (0.2, 0.2)
     await tracing.start()
+    # exporting once the process says it is ready (its imports done), not before
+    assert tracing.status().state is TracingState.STARTING
+    assert await tracing.ready(30) and tracing.status().state is TracingState.EXPORTING
     try:
         tracing.hop("tree before", None, {}).end()
         await eventually(lambda: tracing.status().spans == 1)  # handed over by the flusher
