@@ -363,16 +363,11 @@ class OtlpTracing(Tracing):
         self._task = asyncio.create_task(self._run(), name="span-export")
 
     async def ready(self, timeout: float) -> bool:
-        try:
-            async with asyncio.timeout(timeout):
-                await self._exporting.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await _set_within(self._exporting, timeout)
 
     async def _run(self) -> None:
-        """Start the exporter process; flush every FLUSH_EVERY; start it again when it
-        stopped."""
+        """Wait for the exporter process to be ready; flush every FLUSH_EVERY; start it
+        again when it stopped."""
         delay = self.RESTART_AFTER[0]
         if await self._ready():
             self._set(TracingState.EXPORTING, "exporting spans over OTLP")
@@ -402,12 +397,7 @@ class OtlpTracing(Tracing):
 
     async def _stopped_within(self, seconds: float) -> bool:
         """Wait `seconds`, or less when stop() is called: True when it was."""
-        try:
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await _set_within(self._stopping, seconds)
 
     async def stop(self) -> None:
         """Hand over what is recorded, let the exporter process export it, then end it."""
@@ -433,6 +423,16 @@ class OtlpTracing(Tracing):
     def status(self) -> TracingStatus:
         return TracingStatus(self._state, self._sentence, self.carried, self._spans,
                              self._dropped, self._restarts)
+
+
+async def _set_within(event: asyncio.Event, seconds: float) -> bool:
+    """Whether `event` is set within `seconds` (waiting no longer than it takes)."""
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 NO_TRACING = Tracing()
