@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 from nats.aio.client import Client, Server
 
 from natsembed.errors import reason
-from nimsforest import metrics
+from nimsforest import metrics, natsclient
 from nimsforest.settings import redact
 
 log = logging.getLogger("nimsforest.connection")
@@ -78,7 +78,7 @@ class ConnectionManager:
         self.options = options
         self._user = user
         self._password = password
-        self.nc: Client = Client()
+        self.nc: Client = natsclient.Client()
         self._state = ConnectionState.CONNECTING
         self._since = time.time()
         self._reconnects = 0
@@ -176,7 +176,7 @@ class ConnectionManager:
         attempts = max(1, opts.retry_attempts)
         bound = opts.connect_timeout * max(1, len(self.servers)) + 0.5
         for attempt in range(1, attempts + 1):
-            nc = Client()
+            nc = natsclient.Client()
             self._connecting = True
             try:
                 await asyncio.wait_for(

@@ -14,6 +14,7 @@ import pytest
 
 from natsembed import EmbeddedConfig, EmbeddedNats, Timeouts
 from natsembed._binary import find_nats_server
+from nimsforest import natsclient
 from tests.grow.support import Load
 from tests.support import EmbeddedFactory, free_port
 
@@ -57,6 +58,11 @@ class PlainNats:
             time.sleep(0.02)
         raise RuntimeError("plain nats-server did not become healthy")
 
+    def subscribed(self) -> set[str]:
+        """The subjects the server has a subscription on (its /subsz)."""
+        subs = httpx.get(f"http://127.0.0.1:{self.monitor_port}/subsz?subs=1", timeout=5).json()
+        return {s["subject"] for s in subs.get("subscriptions_list") or ()}
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
@@ -84,7 +90,7 @@ def plain_nats(tmp_path: Path, nats_server_bin: Path) -> Iterator[PlainNats]:
 
 @pytest.fixture
 async def nc(plain_nats: PlainNats) -> AsyncIterator[nats.NATS]:
-    conn = await nats.connect(plain_nats.url)
+    conn = await natsclient.connect(plain_nats.url)  # the node's client, as the node runs
     try:
         yield conn
     finally:

@@ -32,6 +32,7 @@ import httpx
 import nats
 
 from natsembed import find_nats_server, free_port
+from nimsforest import natsclient
 from nimsforest.bench.outputs import Receiver, output_hop, raw_posts
 from nimsforest.bench.results import Result
 from nimsforest.streams import StreamSpec, ensure_stream
@@ -139,7 +140,8 @@ async def _pipeline(url: str, n_events: int, window: int, otlp: str | None = Non
     from nimsforest.forest import Forest, Tracing, load_demo_config
     from nimsforest.forest.trace import OtlpTracing
 
-    nc = await nats.connect(url)
+    nc = natsclient.Client()  # the node's client, as a node's forest runs on
+    await nc.connect(url)
     cfg = load_demo_config()
     cfg = cfg.model_copy(update={"sources": {}})
     tracing = (OtlpTracing("nimsforest-bench", "bench", otlp, carried) if otlp

@@ -508,9 +508,8 @@ async def run_test_file_live(path: Path, *, settle: float = 15.0) -> list[CaseRe
     arrived on the Wind, in Humus and in Soil. HTTP brains ask their real servers."""
     import tempfile
 
-    import nats
-
     from natsembed import EmbeddedConfig, EmbeddedNats, find_nats_server, free_port
+    from nimsforest import natsclient
     from nimsforest.forest.runtime import Forest
 
     began = time.perf_counter()
@@ -526,7 +525,7 @@ async def run_test_file_live(path: Path, *, settle: float = 15.0) -> list[CaseRe
             name="test", data_dir=Path(tmp), binary=find_nats_server(), client_port=free_port(),
             cluster_port=free_port(), monitor_port=0))
         await node.start()
-        nc = await nats.connect(node.client_url)
+        nc = await natsclient.connect(node.client_url)
         forest = Forest(nc, config, stop_grace=1.0)
         try:
             await forest.start()

@@ -28,7 +28,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 from nats.js.kv import KV_DEL, KV_PURGE
 from pydantic import Field, SecretStr
@@ -36,6 +35,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from natsembed import load_or_create
 from natsembed.errors import reason
+from nimsforest import natsclient
 from nimsforest.stack._pocketbase import PocketBase
 
 log = logging.getLogger("nimsforest.stack.mirror")
@@ -172,7 +172,7 @@ class SoilMirror:
                 log.info("Soil mirror reconnected to NATS")
             lost = False
 
-        return await nats.connect(self.settings.nats_url, user=creds.app_user,
+        return await natsclient.connect(self.settings.nats_url, user=creds.app_user,
                                   password=creds.app_password, name="soil-mirror",
                                   max_reconnect_attempts=-1, connect_timeout=2,
                                   error_cb=error_cb, reconnected_cb=reconnected_cb)

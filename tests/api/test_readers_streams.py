@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
 import nats
 
 from nimsforest.api.readers import QUEUE_SIZE, Readers, _bounded_queue, key_of
@@ -14,17 +13,12 @@ from tests.conftest import PlainNats
 from tests.support import eventually
 
 
-def server_subjects(server: PlainNats) -> set[str]:
-    subs = httpx.get(f"http://127.0.0.1:{server.monitor_port}/subsz?subs=1", timeout=5).json()
-    return {s["subject"] for s in subs.get("subscriptions_list") or ()}
-
-
 async def test_a_tail_sees_new_messages_and_ends_on_close(nc: nats.NATS, plain_nats: PlainNats) -> None:
     readers = Readers(nc)
     stream = readers.tail("wind.lead.*")
     opened = await anext(stream)
     assert (opened.event, opened.data) == ("open", "wind.lead.*")
-    assert "wind.lead.*" in server_subjects(plain_nats)  # "open" comes once the server has it
+    assert "wind.lead.*" in plain_nats.subscribed()  # "open" comes once the server has it
     await nc.publish("wind.contact.created", b'{"not": "matched"}')
     await nc.publish("wind.lead.scored", b'{"subject": "lead.scored", "data": {"score": 5}}',
                      headers={"Nats-Msg-Id": "m-1"})
@@ -39,7 +33,7 @@ async def test_a_tail_sees_new_messages_and_ends_on_close(nc: nats.NATS, plain_n
     assert await asyncio.wait_for(waiting, 10) is None  # the stream ended
     # and it unsubscribed: nothing listens on the subject any more
     await nc.flush()
-    await eventually(lambda: "wind.lead.*" not in server_subjects(plain_nats) or None,
+    await eventually(lambda: "wind.lead.*" not in plain_nats.subscribed() or None,
                      timeout=10, what="the tail's subscription gone")
 
 
