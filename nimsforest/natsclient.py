@@ -21,12 +21,12 @@ receives the same bytes and the same dicts for less:
 - receiving, each distinct raw name is decoded and checked once (cached).
 
 PRIVATE API: `Client._send_ping`, `Client._send_publish` and `Client._parse_header_lines`
-are nats-py's internals. The overrides are used only while nats-py's own methods are the ones they were
-written against (their source is fingerprinted); with any other version `Client` is
-nats-py's own, unchanged. tests/test_natsclient.py holds the bytes on the wire and the
-parsed dicts equal to nats-py's for generated headers and a flush's PING behind its SUB,
-and fails when the fingerprint no
-longer matches, so an upgrade of nats-py is looked at rather than slowed down silently.
+are nats-py's internals. The overrides are used only while nats-py's own methods are the
+ones they were written against (their source is fingerprinted); with any other version
+`Client` is nats-py's own, unchanged. tests/test_natsclient.py holds the bytes on the wire
+and the parsed dicts equal to nats-py's for generated headers and a flush's PING behind its
+SUB, and fails when the fingerprint no longer matches, so an upgrade of nats-py is looked
+at rather than slowed down silently.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def fingerprint(name: str) -> str:
 
 
 def matches() -> bool:
-    """Whether the installed nats-py's header methods are those the overrides mirror."""
+    """Whether the installed nats-py's methods are those the overrides mirror."""
     return all(want and fingerprint(name) == want for name, want in WRITTEN_AGAINST.items())
 
 
@@ -68,7 +68,7 @@ _names_ok: set[str] = set()
 _raw_names: dict[bytes, str | None] = {}
 
 
-class FastHeadersClient(_nats.Client):
+class NodeClient(_nats.Client):
     """nats-py's Client whose flush keeps order and whose header lines cost less (the
     same bytes, the same dicts)."""
 
@@ -148,12 +148,11 @@ def _name(raw: bytes) -> str | None:
 
 
 ACTIVE = matches()
-Client: type[_nats.Client] = FastHeadersClient if ACTIVE else _nats.Client
+Client: type[_nats.Client] = NodeClient if ACTIVE else _nats.Client
 if not ACTIVE:
     logging.getLogger("nimsforest.natsclient").info(
         "nats-py's methods are not those the ordered flush and the cheaper header path "
         "were written against (nats-py 2.16.0); its own are used")
-
 
 
 async def connect(servers: str | list[str] = "nats://localhost:4222", **options: Any) -> _nats.Client:
@@ -164,5 +163,5 @@ async def connect(servers: str | list[str] = "nats://localhost:4222", **options:
     return nc
 
 
-__all__ = ["ACTIVE", "WRITTEN_AGAINST", "Client", "FastHeadersClient", "connect", "fingerprint",
+__all__ = ["ACTIVE", "WRITTEN_AGAINST", "Client", "NodeClient", "connect", "fingerprint",
            "matches"]

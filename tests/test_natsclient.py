@@ -45,17 +45,17 @@ def test_the_node_s_client_is_in_use_with_the_installed_nats_py() -> None:
     compare them with the overrides (nats-py may have fixed its flush), mend those, then
     update WRITTEN_AGAINST."""
     assert natsclient.matches(), {n: natsclient.fingerprint(n) for n in natsclient.WRITTEN_AGAINST}
-    assert natsclient.Client is natsclient.FastHeadersClient
+    assert natsclient.Client is natsclient.NodeClient
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.dictionaries(NAMES, VALUES, max_size=5))
 def test_a_publish_writes_what_nats_py_writes(headers: dict[str, str]) -> None:
-    ours = asyncio.run(_sent(natsclient.FastHeadersClient(), headers))
+    ours = asyncio.run(_sent(natsclient.NodeClient(), headers))
     theirs = asyncio.run(_sent(stock.Client(), headers))
     assert ours == theirs
     # and again, now that its names are known (the cache must not change the answer)
-    assert asyncio.run(_sent(natsclient.FastHeadersClient(), headers)) == theirs
+    assert asyncio.run(_sent(natsclient.NodeClient(), headers)) == theirs
 
 
 @settings(max_examples=400, deadline=None)
@@ -68,13 +68,12 @@ def test_a_publish_writes_what_nats_py_writes(headers: dict[str, str]) -> None:
 def test_a_header_block_parses_as_nats_py_parses_it(lines: list[bytes]) -> None:
     raw = b"\r\n".join(lines) + b"\r\n\r\n"
     expected = stock.Client._parse_header_lines(raw)
-    assert natsclient.FastHeadersClient._parse_header_lines(raw) == expected
-    assert natsclient.FastHeadersClient._parse_header_lines(raw) == expected  # names cached
+    assert natsclient.NodeClient._parse_header_lines(raw) == expected
+    assert natsclient.NodeClient._parse_header_lines(raw) == expected  # names cached
 
 
 async def test_headers_go_through_a_real_server_both_ways(plain_nats: PlainNats) -> None:
-    ours = natsclient.Client()
-    await ours.connect(plain_nats.url)
+    ours = await natsclient.connect(plain_nats.url)
     theirs = await nats.connect(plain_nats.url)
     sent = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "Nimsforest-Hop": "tree:contacts@n1 RIVER:7", "X-Value": " a\nb ", "X-Text": "é"}

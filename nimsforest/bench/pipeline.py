@@ -140,8 +140,7 @@ async def _pipeline(url: str, n_events: int, window: int, otlp: str | None = Non
     from nimsforest.forest import Forest, Tracing, load_demo_config
     from nimsforest.forest.trace import OtlpTracing
 
-    nc = natsclient.Client()  # the node's client, as a node's forest runs on
-    await nc.connect(url)
+    nc = await natsclient.connect(url)  # the node's client, as a node's forest runs on
     cfg = load_demo_config()
     cfg = cfg.model_copy(update={"sources": {}})
     tracing = (OtlpTracing("nimsforest-bench", "bench", otlp, carried) if otlp
