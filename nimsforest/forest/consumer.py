@@ -74,7 +74,7 @@ class _Job:
         self.futures: list[asyncio.Future[Any]] = []
         self.sent: list[tuple[str, bytes, dict[str, str]]] = []  # each future's publish
         self.published_at = self.resent_at = 0.0
-        d.trace = hop.sent_on
+        d.traceparent = hop.traceparent
 
     def reset(self) -> None:
         self.futures, self.sent, self.published_at, self.resent_at = [], [], 0.0, 0.0
@@ -261,8 +261,8 @@ class ConsumerRunner:
             d = Delivery(msg)
         except (ValueError, IndexError):  # not a JetStream delivery
             return
-        job = _Job(d, time.perf_counter(), NO_HOP if self._quiet else self._tracing.hop(
-            self._span, self._tracing.parent(d.headers), self._attributes))
+        job = _Job(d, time.perf_counter(), NO_HOP if self._quiet else self._tracing.hop_on(
+            self._span, d.headers, self._attributes))
         self._inflight[id(msg)] = job
         self.stats.events_in += 1
         if self._handler.is_async:

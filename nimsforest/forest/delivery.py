@@ -14,8 +14,6 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
-    from nimsforest.forest.trace import TraceContext
-
 
 # How long a JetStream publish (an output, a Soil write) may take before its event fails.
 PUBLISH_TIMEOUT = 10.0
@@ -72,11 +70,12 @@ class Delivery:
     subject ($JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>,
     or the longer form with domain and account hash)."""
 
-    __slots__ = ("data", "headers", "msg", "num_delivered", "stream_seq", "subject", "trace")
+    __slots__ = ("data", "headers", "msg", "num_delivered", "stream_seq", "subject", "traceparent")
 
     def __init__(self, msg: Msg) -> None:
         self.msg = msg
-        self.trace: TraceContext | None = None  # this hop's, set by the runner (outputs send it on)
+        # this hop's W3C `traceparent`, set by the runner (outputs send it on); None: none
+        self.traceparent: str | None = None
         self.data: bytes = msg.data
         self.subject: str = msg.subject
         self.headers: dict[str, str] = msg.headers or {}

@@ -170,8 +170,8 @@ class OutputHandler(Handler):
                    "X-Nimsforest-Subject": leaf.subject}
         if spec.secret is not None:
             headers[spec.signature_header] = signature(spec.secret.get_secret_value(), body)
-        if d.trace is not None:  # the receiver's work joins the event's trace
-            headers[TRACEPARENT] = d.trace.header
+        if d.traceparent is not None:  # the receiver's work joins the event's trace
+            headers[TRACEPARENT] = d.traceparent
         return headers
 
     async def handle_async(self, d: Delivery) -> tuple[Output, ...]:

@@ -10,7 +10,9 @@ the streams, with or without a collector.
 
 Spans are exported over OTLP/HTTP only when `OTEL_EXPORTER_OTLP_ENDPOINT` or
 `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (the standard variables, read by the SDK);
-otherwise the SDK is not even imported and a hop costs one random number and a string.
+otherwise the SDK is not even imported, and a hop that continues one of the forest's own
+`traceparent`s checks it with one regular expression and puts a new span id in it (the
+parent is not parsed into a context: nothing without an exporter needs it).
 The standard `OTEL_PROPAGATORS` says whether hops carry the trace context: unset, or
 naming `tracecontext`, they do; `none` (or a list without `tracecontext`) and they carry
 only `Nimsforest-Hop`: nothing of tracing is left on the way (`why` still walks back;
@@ -52,14 +54,16 @@ _OTHER_PROPAGATORS = frozenset({"baggage", "b3", "b3multi", "jaeger", "xray", "o
 _TRACEPARENT_RE = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 # what every hop's own headers hold: version 00, lowercase, sampled or not (read first)
 _OURS_RE = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-0([01])")
+# the same, checked only, ids not all zero (in the expression: a slice costs as much)
+_OURS = re.compile(r"00-(?!0{32}-)[0-9a-f]{32}-(?!0{16}-)[0-9a-f]{16}-0[01]")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 _rand = random.Random()  # ids need to be unique, not secret (as the OpenTelemetry SDK's)
 
 
 class TraceContext(NamedTuple):
     """One position in a trace: the trace and the span that a message's producer was.
-    (Immutable and typed; a named tuple rather than a frozen dataclass because every hop
-    makes two, and a tuple is built in a third of the time.)"""
+    (Immutable and typed; a named tuple rather than a frozen dataclass because a hop under
+    an exporter makes two, and a tuple is built in a third of the time.)"""
 
     trace_id: str  # 32 lowercase hex digits, not all zero
     span_id: str  # 16 lowercase hex digits, not all zero
@@ -97,19 +101,33 @@ class TraceContext(NamedTuple):
 
     @classmethod
     def new(cls) -> TraceContext:
-        return cls(f"{_nonzero(128):032x}", f"{_nonzero(64):016x}")
+        return cls(f"{_rand.getrandbits(128) or 1:032x}", _span_id())
 
     def child(self) -> TraceContext:
         """The same trace, a new span: the context of what this hop stores."""
-        return TraceContext(self.trace_id, f"{_rand.getrandbits(64) or 1:016x}", self.sampled)
+        return TraceContext(self.trace_id, _span_id(), self.sampled)
 
     @property
     def header(self) -> str:
         return f"00-{self.trace_id}-{self.span_id}-{'01' if self.sampled else '00'}"
 
 
-def _nonzero(bits: int) -> int:
-    return _rand.getrandbits(bits) or 1
+def _span_id() -> str:
+    return f"{_rand.getrandbits(64) or 1:016x}"
+
+
+def started() -> str:
+    """The `traceparent` of a hop that starts a trace (sampled), built in one string."""
+    return f"00-{_rand.getrandbits(128) or 1:032x}-{_rand.getrandbits(64) or 1:016x}-01"
+
+
+def continued(traceparent: str | None) -> str | None:
+    """The `traceparent` of what a hop stores, from one of the forest's own (version 00,
+    lowercase, flags 00 or 01: what every hop writes) without parsing it: the same trace
+    and flags, a new span id. None for any other value (TraceContext.parse reads those)."""
+    if traceparent is None or _OURS.fullmatch(traceparent) is None:
+        return None
+    return f"{traceparent[:36]}{_rand.getrandbits(64) or 1:016x}{traceparent[52:]}"
 
 
 def hop_name(who: str, node: str) -> str:
@@ -141,24 +159,24 @@ class StoredHop:
 
 
 class Hop:
-    """One component handling one message: `context` goes on its outputs (when `carried`:
-    hops carry the trace context); `end` once the message is acked or failed."""
+    """One component handling one message: `traceparent` goes on its outputs (None: hops
+    carry no trace context); `end` once the message is acked or failed."""
 
-    __slots__ = ("carried", "context")
+    __slots__ = ("traceparent",)
 
-    def __init__(self, context: TraceContext, carried: bool = True) -> None:
-        self.context, self.carried = context, carried
+    def __init__(self, traceparent: str | None) -> None:
+        self.traceparent = traceparent
 
     @property
-    def sent_on(self) -> TraceContext | None:
-        """The context an output hands on to what it calls (an http output's receiver)."""
-        return self.context if self.carried else None
+    def context(self) -> TraceContext | None:
+        """The trace context this hop's outputs carry, read from their `traceparent`."""
+        return TraceContext.parse(self.traceparent)
 
     def headers(self, hop: str) -> dict[str, str]:
         """`hop`: the `Nimsforest-Hop` value (hop_name, or hop_value on an output)."""
-        if self.carried:
-            return {TRACEPARENT: self.context.header, HOP_HEADER: hop}
-        return {HOP_HEADER: hop}
+        if self.traceparent is None:
+            return {HOP_HEADER: hop}
+        return {TRACEPARENT: self.traceparent, HOP_HEADER: hop}
 
     def end(self, error: str | None = None) -> None:
         """Nothing to record without an exporter."""
@@ -167,16 +185,17 @@ class Hop:
 class _RecordedHop(Hop):
     """A sampled hop under an exporter: `end` hands one tuple to the tracing's batch."""
 
-    __slots__ = ("_attributes", "_name", "_parent", "_record", "_start")
+    __slots__ = ("_attributes", "_context", "_name", "_parent", "_record", "_start")
 
     def __init__(self, context: TraceContext, carried: bool, parent: str | None, name: str,
                  attributes: Mapping[str, Any], record: Callable[[SpanRecord], None]) -> None:
-        self.context, self.carried = context, carried  # as Hop's, one call fewer a hop
-        self._parent, self._name, self._attributes, self._record = parent, name, attributes, record
+        self.traceparent = context.header if carried else None  # as Hop's, one call fewer
+        self._context, self._parent, self._name = context, parent, name
+        self._attributes, self._record = attributes, record
         self._start = time.time_ns()
 
     def end(self, error: str | None = None) -> None:
-        c = self.context
+        c = self._context
         self._record((self._name, c.trace_id, c.span_id, self._parent, self._start,
                       time.time_ns(), self._attributes, error))
 
@@ -218,9 +237,21 @@ class Tracing:
         return TraceContext.of(headers) if self.carried else None
 
     def hop(self, name: str, parent: TraceContext | None, attributes: Mapping[str, Any]) -> Hop:
+        """A hop whose parent is `parent` (a request's context; None: it starts a trace)."""
         if not self.carried:
             return NO_HOP
-        return Hop(parent.child() if parent is not None else TraceContext.new())
+        return Hop(parent.child().header if parent is not None else started())
+
+    def hop_on(self, name: str, headers: Mapping[str, str] | None,
+               attributes: Mapping[str, Any]) -> Hop:
+        """A component's hop on a message with these headers: it continues their trace (or
+        starts one). Without an exporter the forest's own `traceparent` is not parsed."""
+        if not self.carried:
+            return NO_HOP
+        mine = continued(headers.get(TRACEPARENT)) if headers else None
+        if mine is not None:
+            return Hop(mine)
+        return self.hop(name, TraceContext.of(headers), attributes)
 
     async def start(self) -> None:
         """Nothing to start."""
@@ -299,9 +330,13 @@ class OtlpTracing(Tracing):
         if sampled is not ctx.sampled:
             ctx = TraceContext(ctx.trace_id, ctx.span_id, sampled)
         if not sampled:
-            return Hop(ctx, self.carried)
+            return Hop(ctx.header if self.carried else None)
         return _RecordedHop(ctx, self.carried, parent.span_id if parent is not None else None,
                             name, attributes, self._record)
+
+    def hop_on(self, name: str, headers: Mapping[str, str] | None,
+               attributes: Mapping[str, Any]) -> Hop:
+        return self.hop(name, self.parent(headers), attributes)  # the span needs its parent
 
     def _record(self, span: SpanRecord) -> None:
         self._batch.append(span)
@@ -437,7 +472,7 @@ async def _set_within(event: asyncio.Event, seconds: float) -> bool:
 
 NO_TRACING = Tracing()
 # a hop whose outputs carry no trace context and which records nothing: one for all
-NO_HOP = Hop(TraceContext("0" * 31 + "1", "0" * 15 + "1", sampled=False), carried=False)
+NO_HOP = Hop(None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,6 +526,7 @@ __all__ = [
     "Tracing",
     "TracingState",
     "TracingStatus",
+    "continued",
     "hop_name",
     "hop_value",
     "tracing_from_env",

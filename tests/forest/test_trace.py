@@ -5,10 +5,12 @@ from __future__ import annotations
 from nimsforest.forest.trace import (
     HOP_HEADER,
     INPUT_HEADER,
+    NO_HOP,
     TRACEPARENT,
     StoredHop,
     TraceContext,
     Tracing,
+    continued,
     hop_name,
     hop_value,
     tracing_from_env,
@@ -48,6 +50,33 @@ def test_a_hop_continues_its_parents_trace_with_a_span_of_its_own() -> None:
     fresh = Tracing().hop("river x", None, {}).context
     assert len(fresh.trace_id) == 32 and fresh.trace_id != parent.trace_id
     hop.end("ignored without an exporter")
+
+
+def test_a_components_hop_continues_the_trace_its_message_carries() -> None:
+    parent = TraceContext.parse(VALID)
+    assert parent is not None
+    tracing = Tracing()
+    seen = set()
+    for _ in range(200):
+        mine = TraceContext.parse(tracing.hop_on("tree t", {TRACEPARENT: VALID}, {}).traceparent)
+        assert mine is not None and mine.trace_id == parent.trace_id and mine.sampled
+        assert mine.span_id not in (parent.span_id, "0" * 16)
+        seen.add(mine.span_id)
+    assert len(seen) == 200  # a new span id every hop
+    unsampled = TraceContext.parse(continued(VALID[:-2] + "00"))
+    assert unsampled is not None and not unsampled.sampled  # the flags go on as they came
+    # any other form is read by the W3C rules: another case, a later version, "Traceparent"
+    for other in (VALID.upper(), "01" + VALID[2:] + "-more", VALID[:-2] + "03"):
+        assert continued(other) is None, other
+        mine = TraceContext.parse(tracing.hop_on("tree t", {TRACEPARENT: other}, {}).traceparent)
+        assert mine is not None and mine.trace_id == parent.trace_id, other
+    mine = TraceContext.parse(tracing.hop_on("tree t", {"Traceparent": VALID}, {}).traceparent)
+    assert mine is not None and mine.trace_id == parent.trace_id
+    # none, or an invalid one (ids all zero, too short): the hop starts a trace
+    for headers in (None, {}, {TRACEPARENT: "00-" + "0" * 32 + VALID[35:]},
+                    {TRACEPARENT: VALID[:36] + "0" * 16 + "-01"}, {TRACEPARENT: VALID[:-3]}):
+        mine = TraceContext.parse(tracing.hop_on("tree t", headers, {}).traceparent)
+        assert mine is not None and mine.trace_id != parent.trace_id, headers
 
 
 def test_the_hop_header_names_who_stored_a_message_and_its_input_in_either_format() -> None:
@@ -90,8 +119,9 @@ def test_a_hop_that_carries_no_trace_context_names_only_itself() -> None:
     assert Tracing().parent({TRACEPARENT: VALID}) == parent
     hop = off.hop("tree t", parent, {})
     assert hop.headers(hop_name("tree:t", "n1")) == {HOP_HEADER: "tree:t@n1"}
-    assert hop.sent_on is None  # an http output sends its receiver no traceparent either
-    assert Tracing().hop("tree t", parent, {}).sent_on is not None
+    assert hop.traceparent is None  # an http output sends its receiver no traceparent either
+    assert off.hop_on("tree t", {TRACEPARENT: VALID}, {}) is NO_HOP
+    assert Tracing().hop("tree t", parent, {}).traceparent is not None
     assert not off.status().carried and "no trace context" in off.status().sentence
     hop.end()
 
@@ -105,7 +135,7 @@ def test_an_exporter_under_no_propagation_records_each_hop_as_a_trace_of_its_own
     tracing = OtlpTracing("nimsforest", "n1", "http://127.0.0.1:9/v1/traces", carried=False)
     tracing._record = recorded.append  # type: ignore[method-assign]  # the batch, not the process
     hop = tracing.hop("tree t", parent, {"k": "v"})
-    assert hop.headers("tree:t@n1") == {HOP_HEADER: "tree:t@n1"} and hop.sent_on is None
+    assert hop.headers("tree:t@n1") == {HOP_HEADER: "tree:t@n1"} and hop.traceparent is None
     hop.end()
     ((name, trace_id, _span, parent_span, *_),) = recorded
     assert name == "tree t" and trace_id != parent.trace_id and parent_span is None

@@ -36,7 +36,7 @@ async def test_hops_are_exported_as_spans_of_the_incoming_trace(receiver: Receiv
     await tracing.start()
     parent = TraceContext.parse(PARENT)
     tree = tracing.hop("tree qualify", parent, {"nimsforest.node": "n1"})
-    nim = tracing.hop("nim scorer", tree.context, {})
+    nim = tracing.hop_on("nim scorer", tree.headers("tree:qualify@n1 RIVER:1"), {})  # its output
     nim.end("the brain did not answer")
     tree.end()
     await tracing.stop()  # hands over the batch; the exporter process exports it, then ends
