@@ -113,6 +113,8 @@ class TraceContext(NamedTuple):
 
 
 def _span_id() -> str:
+    """16 random hex digits, not all zero (started and continued draw theirs inline: a
+    call is a tenth of a hop's cost)."""
     return f"{_rand.getrandbits(64) or 1:016x}"
 
 

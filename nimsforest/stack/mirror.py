@@ -173,9 +173,9 @@ class SoilMirror:
             lost = False
 
         return await natsclient.connect(self.settings.nats_url, user=creds.app_user,
-                                  password=creds.app_password, name="soil-mirror",
-                                  max_reconnect_attempts=-1, connect_timeout=2,
-                                  error_cb=error_cb, reconnected_cb=reconnected_cb)
+                                        password=creds.app_password, name="soil-mirror",
+                                        max_reconnect_attempts=-1, connect_timeout=2,
+                                        error_cb=error_cb, reconnected_cb=reconnected_cb)
 
     async def _mirror(self, pb: SoilCollection) -> None:
         nc = await self._connect()
