@@ -67,8 +67,11 @@ async def test_a_node_with_an_otlp_endpoint_exports_each_hop_of_the_demo_as_one_
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_port}"}).start()
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     try:
-        body = await node.wait_healthy()
-        assert body["forest"]["tracing"]["state"] == "exporting"
+        await node.wait_healthy()
+        # the node does not wait for its exporter process (its imports take a while on a
+        # busy machine): exporting once that process says it is ready
+        await eventually(lambda: node.health()[1]["forest"]["tracing"]["state"] == "exporting",
+                         what="the span exporter exporting")
         resp = httpx.post(node.api_url + "/webhooks/contacts", json=PAYLOAD, timeout=5,
                           headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
         assert resp.status_code == 200, resp.text
