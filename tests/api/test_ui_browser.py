@@ -74,6 +74,44 @@ def _on_the_page(node: NodeProcess, browser) -> None:  # noqa: ANN001
         browser.find_element(By.CSS_SELECTOR, "form button").click()
 
 
+def _text(browser, css: str) -> str | None:  # noqa: ANN001
+    """The text `css` finds on the page now, read in one step in the page (the panes are
+    drawn again as the page updates, so an element found first and read later can be gone)."""
+    return browser.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;", css)
+
+
+def _until_text(browser, css: str, *needles: str, timeout: float = 30) -> str:  # noqa: ANN001
+    """Wait until what `css` finds shows every one of `needles`; its text, or an assertion
+    naming what it showed last."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    seen: list[str | None] = [None]
+
+    def shown(b) -> str | bool:  # noqa: ANN001
+        seen[0] = text = _text(b, css)
+        return text if text is not None and all(n in text for n in needles) else False
+
+    try:
+        return WebDriverWait(browser, timeout).until(shown)
+    except TimeoutException:
+        raise AssertionError(f"{css} never showed {needles}; it last showed {seen[0]!r}") from None
+
+
+def _click(browser, css: str) -> None:  # noqa: ANN001
+    """Click what `css` finds, found again if the page drew it again meanwhile."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def clicked(b) -> bool:  # noqa: ANN001
+        b.find_element(By.CSS_SELECTOR, css).click()
+        return True
+
+    WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(clicked)
+
+
 def test_the_dashboard_shows_the_cluster_the_leaves_and_soil(node: NodeProcess, browser) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -89,22 +127,17 @@ def test_the_dashboard_shows_the_cluster_the_leaves_and_soil(node: NodeProcess, 
     wait.until(ec.text_to_be_present_in_element((By.ID, "node-name"), "n1"))
     wait.until(ec.text_to_be_present_in_element((By.ID, "node-status"), "healthy"))
     # the node's own status report: CPU, memory, when it reported (the STATUS bucket)
-    me = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, '#nodes tr[data-node="n1"]')))
-    wait.until(lambda b: "MiB" in me.text and "s ago" in me.text and "%" in me.text)
+    _until_text(browser, '#nodes tr[data-node="n1"]', "MiB", "s ago", "%")
     for stream in ("RIVER", "WIND", "HUMUS", "KV_SOIL"):
-        row = wait.until(ec.presence_of_element_located(
-            (By.CSS_SELECTOR, f'#streams tr[data-stream="{stream}"]')))
-        assert "n1" in row.text  # its leader
+        _until_text(browser, f'#streams tr[data-stream="{stream}"]', "n1")  # its leader
     # the forest: the demo's four components, running
     for comp in ("source/contacts", "tree/contacts", "treehouse/scoring", "nim/qualify"):
-        card = wait.until(ec.presence_of_element_located(
-            (By.CSS_SELECTOR, f'[data-component="{comp}"]')))
-        assert "running" in card.text
+        _until_text(browser, f'[data-component="{comp}"]', "running")
     # each card names the components its output feeds (the graph's edges)
     edges = {"source/contacts": "→ tree contacts", "tree/contacts": "→ treehouse scoring",
              "treehouse/scoring": "→ nim qualify"}
     for comp, edge in edges.items():
-        assert edge in browser.find_element(By.CSS_SELECTOR, f'[data-component="{comp}"]').text
+        _until_text(browser, f'[data-component="{comp}"]', edge)
 
     # a posted event appears in the leaf tail, live
     wait.until(ec.text_to_be_present_in_element((By.ID, "tail-status"), "listening on wind.>"))
@@ -113,31 +146,28 @@ def test_the_dashboard_shows_the_cluster_the_leaves_and_soil(node: NodeProcess, 
     qualified = wait.until(ec.presence_of_element_located(
         (By.CSS_SELECTOR, '#tail li[data-subject="lead.qualified"]')))
     assert "c-1001" in qualified.text and "nim:qualify" in qualified.text
-    qualified.click()  # opens its JSON
+    qualified.click()  # opens its JSON (the tail adds rows and never draws one again)
     assert '"pursue": true' in qualified.find_element(By.CSS_SELECTOR, "pre").text
 
     # the Soil key the nim wrote shows up (the page watches Soil) and opens
-    key = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, '#soil-keys li[data-key="c-1001"]')))
-    key.click()
-    value = wait.until(ec.presence_of_element_located((By.ID, "soil-value")))
-    assert json.loads(value.text)["contact_id"] == "c-1001"
-    assert "Humus entry #1" in browser.find_element(By.ID, "soil-entry").text
+    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, '#soil-keys li[data-key="c-1001"]')))
+    _click(browser, '#soil-keys li[data-key="c-1001"]')
+    value = _until_text(browser, "#soil-value", "c-1001")
+    assert json.loads(value)["contact_id"] == "c-1001"
+    _until_text(browser, "#soil-entry", "Humus entry #1")
     # the counts the page shows are those of /api/v1/status
-    wait.until(ec.text_to_be_present_in_element(
-        (By.CSS_SELECTOR, '[data-component="nim/qualify"] .counts'), "in 1 "))
+    _until_text(browser, '[data-component="nim/qualify"] .counts', "in 1 ")
 
     # the cluster pane follows too: the three leaves are in WIND's message count
-    wait.until(lambda b: b.find_element(
-        By.CSS_SELECTOR, '#streams tr[data-stream="WIND"] td:nth-child(6)').text == "3")
+    wait.until(lambda b: _text(b, '#streams tr[data-stream="WIND"] td:nth-child(6)') == "3")
     # a click on the node: the forest as that node alone runs it (?node=n1), again: all
-    browser.find_element(By.CSS_SELECTOR, '#nodes tr[data-node="n1"]').click()
+    _click(browser, '#nodes tr[data-node="n1"]')
     wait.until(ec.text_to_be_present_in_element((By.ID, "forest-scope"), "as node n1 alone"))
     assert "node=n1" in browser.current_url
-    browser.find_element(By.CSS_SELECTOR, '#nodes tr[data-node="n1"]').click()
+    _click(browser, '#nodes tr[data-node="n1"]')
     wait.until(ec.text_to_be_present_in_element((By.ID, "forest-scope"), "on 1 node(s)"))
     # the audit log: the demo forest seeded from forest.yaml at start-up
-    audit = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#audit-rows tr")))
-    assert "seed" in audit.text and "4 components" in audit.text, audit.text
+    _until_text(browser, "#audit-rows tr", "seed", "4 components")
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
@@ -156,19 +186,12 @@ def test_a_dead_letter_is_replayed_from_the_page(node: NodeProcess, browser) -> 
     the API); Replay on the page puts the event back: the tree takes it (its leaf in the
     tail) and the letter is gone. The page's POST carries the cookie and the page's header:
     the same POST without the header, or from another origin, is refused."""
-    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     def click(css: str) -> None:
-        """Click what `css` finds (the pane is drawn again when a letter comes or goes)."""
-        def clicked(b) -> bool:  # noqa: ANN001
-            b.find_element(By.CSS_SELECTOR, css).click()
-            return True
-
-        WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)
-                      ).until(clicked)
+        _click(browser, css)  # the pane is drawn again when a letter comes or goes
 
     api = httpx.Client(base_url=node.api_url, headers=AUTH, timeout=15)
     assert api.post("/api/v1/trees", json=LETTER_TREE).status_code in (201, 202)
@@ -177,9 +200,9 @@ def test_a_dead_letter_is_replayed_from_the_page(node: NodeProcess, browser) -> 
     assert api.post("/api/v1/river/picky", json={"bad": True, "id": "d-7"}).status_code == 202
 
     wait.until(ec.text_to_be_present_in_element((By.ID, "dead-rows"), "bad input"))
-    row = browser.find_element(By.CSS_SELECTOR, "#dead tr.letter")
-    assert "tree picky" in row.text, row.text
-    seq = row.get_attribute("data-dead")
+    row, seq = browser.execute_script(  # read in one step: the pane is drawn again as it updates
+        'const r = document.querySelector("#dead tr.letter"); return [r.innerText, r.dataset.dead];')
+    assert "tree picky" in row, row
     wait.until(ec.text_to_be_present_in_element(
         (By.CSS_SELECTOR, '[data-dead-component="tree/picky"]'), "tree picky: 1"))
     click(f'#dead tr[data-dead="{seq}"]')  # its event as JSON
@@ -244,7 +267,6 @@ def test_a_component_behind_shows_its_lag_until_it_catches_up(node: NodeProcess,
     """A tree that keeps failing its events (retried, not given up) holds them unacknowledged:
     its card shows the consumer's lag, marked as behind; once it is fixed the events are
     handled and the lag goes back to 0, unmarked."""
-    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     api = httpx.Client(base_url=node.api_url, headers=AUTH, timeout=15)
@@ -254,17 +276,20 @@ def test_a_component_behind_shows_its_lag_until_it_catches_up(node: NodeProcess,
         assert api.post("/api/v1/river/stuck", json={"id": f"s-{i}"}).status_code == 202
     card = '[data-component="tree/stuck"] .lag'
 
-    def lag(b) -> tuple[int, bool] | None:  # noqa: ANN001
-        found = b.find_elements(By.CSS_SELECTOR, card)
-        if not found:
-            return None
-        return int(found[0].get_attribute("data-lag")), "behind" in found[0].get_attribute("class")
+    def lag(b) -> tuple[int, bool, str] | None:  # noqa: ANN001
+        """The card's lag, whether it is marked behind, and its text: read in one step (the
+        cards are drawn again on every status update)."""
+        found = b.execute_script(
+            "const e = document.querySelector(arguments[0]);"
+            "return e ? [Number(e.dataset.lag), e.classList.contains('behind'), e.innerText] : null;",
+            card)
+        return None if found is None else (found[0], found[1], found[2])
 
-    WebDriverWait(browser, 30).until(lambda b: lag(b) == (3, True))
-    assert "lag 3" in browser.find_element(By.CSS_SELECTOR, card).text
+    WebDriverWait(browser, 30).until(
+        lambda b: (got := lag(b)) is not None and got[:2] == (3, True) and "lag 3" in got[2])
     fixed = {**STUCK_TREE, "script": "function process(i) return i end"}
     assert api.put("/api/v1/trees/stuck", json=fixed).status_code == 200
-    WebDriverWait(browser, 60).until(lambda b: lag(b) == (0, False))
+    WebDriverWait(browser, 60).until(lambda b: (got := lag(b)) is not None and got[:2] == (0, False))
     api.close()
 
 
