@@ -39,11 +39,11 @@ from cluster._model import (
 )
 from cluster._plan import Memory, Tuning, gone, plan, target_replicas, unreachable
 from cluster._replication import scale_streams
-from natsembed import is_witness, label, node_of
+from natsembed import SystemRequestUnanswered, is_witness, label, node_of
 from natsembed.errors import reason
 
 if TYPE_CHECKING:
-    from natsembed import EmbeddedNats
+    from natsembed import EmbeddedNats, SystemClient
     from nimsforest.observer import NatsObserver, NatsView
     from registry import Registry
 
@@ -51,6 +51,7 @@ log = logging.getLogger("cluster")
 
 FOLLOW_UP = 0.25  # seconds to the next cycle after one that acted
 ZONE_WAIT = 0.3  # seconds to collect every server's tags (asked only for unknown zones)
+RESCUE_REMOVE_FOR = 20.0  # seconds a rescue asks again to remove a lost peer that got no answer
 
 
 def in_transition(obs: Observation) -> bool:
@@ -401,8 +402,26 @@ class ClusterManager:
             raise RuntimeError("no meta leader after the quorum rescue")
         async with self.embedded.system_client() as sysc:
             for name in action.lost:
-                await sysc.server_remove(name)
+                await self._remove_lost(sysc, name)
                 self._gone_since.pop(name, None)
+
+    async def _remove_lost(self, sysc: SystemClient, name: str) -> None:
+        """Remove a peer a rescue left behind. The leader the rescue has just elected can be
+        too busy to answer at first (seen on a loaded machine): a removal that got no answer
+        is asked again until it is answered or the peer is no longer a member (its answer
+        was lost), for up to RESCUE_REMOVE_FOR seconds."""
+        deadline = time.monotonic() + RESCUE_REMOVE_FOR
+        while True:
+            try:
+                await sysc.server_remove(name)
+                return
+            except SystemRequestUnanswered:
+                meta = (await self.embedded.monitor.jsz()).meta_cluster
+                if meta is not None and meta.leader and name not in meta.members:
+                    return
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.5)
 
     # --- status ----------------------------------------------------------------------------
     @property

@@ -14,6 +14,8 @@ Public API:
     errors: NatsEmbedError and its subclasses
 """
 
+from typing import TYPE_CHECKING
+
 from natsembed._binary import find_nats_server
 from natsembed._config import (
     ClusterConfig,
@@ -73,7 +75,11 @@ from natsembed.errors import (
     ReloadRejected,
     StartFailed,
     SystemRequestFailed,
+    SystemRequestUnanswered,
 )
+
+if TYPE_CHECKING:
+    from natsembed._system import SystemClient
 
 
 def __getattr__(name: str) -> object:
@@ -122,6 +128,7 @@ __all__ = [
     "SystemClient",
     "MonitorUnavailable",
     "SystemRequestFailed",
+    "SystemRequestUnanswered",
     "TLSConfig",
     "Timeouts",
     "Varz",

@@ -17,7 +17,7 @@ from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from natsembed.errors import SystemRequestFailed
+from natsembed.errors import SystemRequestFailed, SystemRequestUnanswered
 
 
 class SystemClient:
@@ -59,7 +59,7 @@ class SystemClient:
         try:
             msg = await self._nc.request(subject, payload, timeout=self._timeout)
         except (NatsTimeout, NoRespondersError) as exc:
-            raise SystemRequestFailed(f"{subject} got no answer ({type(exc).__name__}).") from None
+            raise SystemRequestUnanswered(f"{subject} got no answer ({type(exc).__name__}).") from None
         try:
             answer: dict[str, Any] = json.loads(msg.data or b"{}")
         except ValueError:

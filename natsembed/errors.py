@@ -7,6 +7,7 @@
     ├── ReloadRejected         nats-server kept its old config after SIGHUP
     ├── NotReady               an operation needs a ready server (reload before ready, ...)
     ├── SystemRequestFailed    a $JS.API / $SYS request returned an error
+    │   └── SystemRequestUnanswered   ... or got no answer in time
     └── MonitorUnavailable     a monitoring endpoint did not answer, or not with 2xx JSON
 """
 
@@ -46,6 +47,10 @@ class SystemRequestFailed(NatsEmbedError):
     def __init__(self, message: str, err_code: int | None = None) -> None:
         super().__init__(message)
         self.err_code = err_code  # JetStream's err_code when the server answered with one
+
+
+class SystemRequestUnanswered(SystemRequestFailed):
+    """The request got no answer in time: the server may still have done what it asked."""
 
 
 class MonitorUnavailable(NatsEmbedError):
