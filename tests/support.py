@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import psutil
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -77,6 +78,15 @@ async def publish_stored(js: Any, subject: str, payload: bytes, *, msg_id: str, 
     id makes a retry after a lost ack a duplicate the stream drops."""
     return await eventually(lambda: js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id}),
                             timeout=timeout, what=f"{subject} stored")
+
+def nats_children(pid: int) -> list[psutil.Process]:
+    """The nats-server processes under `pid` (a node's own server and its witness)."""
+    try:
+        kids = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [k for k in kids if "nats-server" in " ".join(k.cmdline())]
+
 
 def freeze(pid: int, timeout: float = 5.0) -> None:
     """SIGSTOP `pid` and return once every one of its threads has stopped: kill() returns

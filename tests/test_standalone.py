@@ -15,7 +15,7 @@ import nats
 import psutil
 import pytest
 
-from tests.support import NodeProcess, eventually
+from tests.support import NodeProcess, eventually, nats_children
 
 
 @pytest.fixture
@@ -26,14 +26,6 @@ def node(tmp_path: Path) -> Iterator[NodeProcess]:
         yield n
     finally:
         n.stop()
-
-
-def nats_children(pid: int) -> list[psutil.Process]:
-    try:
-        kids = psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-    return [k for k in kids if "nats-server" in " ".join(k.cmdline())]
 
 
 async def test_standalone_serves_health_and_r1_streams(node: NodeProcess) -> None:

@@ -83,6 +83,7 @@ if TYPE_CHECKING:
     from nimsforest.forest import Forest
 
 log = logging.getLogger("nimsforest.control")
+SIGNAL_RELOAD_FOR = 120.0  # seconds a SIGHUP reload keeps trying while NATS is out of reach
 MAX_ENTRY = 900 * 1024  # NATS refuses messages over 1 MB by default
 
 
@@ -238,14 +239,29 @@ class ControllerCore:
         return out
 
     async def reload_from_signal(self) -> ReloadOut | None:
-        """SIGHUP: reload the configuration file; refusals are logged, never raised."""
-        try:
-            out = await self.reload_file(Actor(via=Via.SIGNAL))
-        except ControlError as exc:
-            log.error("Forest reload refused, nothing changed: %s", exc.message)
-            return None
-        log.info("Forest reload: %s", out.message)
-        return out
+        """SIGHUP: reload the configuration file; refusals are logged, never raised. A
+        signal has nobody to answer who could try again, so a reload that found the
+        desired-state bucket out of reach (NATS restarting, frozen or overloaded) is tried
+        again, after 1 s and then up to 10 s, for SIGNAL_RELOAD_FOR seconds."""
+        deadline = time.monotonic() + SIGNAL_RELOAD_FOR
+        delay = 1.0
+        while True:
+            try:
+                out = await self.reload_file(Actor(via=Via.SIGNAL))
+            except Unavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    log.error("Forest reload given up after %.0f s, nothing changed: %s",
+                              SIGNAL_RELOAD_FOR, exc.message)
+                    return None
+                log.warning("Forest reload tries again in %.0f s: %s", delay, exc.message)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            except ControlError as exc:
+                log.error("Forest reload refused, nothing changed: %s", exc.message)
+                return None
+            log.info("Forest reload: %s", out.message)
+            return out
 
     def check_rate(self, client: str) -> None:
         self.limiter.check(client)
@@ -579,9 +595,11 @@ class ControllerCore:
             for e in plan.remove:
                 prev = stored[e.key]
                 done.append((e.key, prev, await self._nats_call(self.store.delete(prev))))
-        except ControlError:
+        except ControlError as exc:
             for key, before, after in reversed(done):
                 await self.store.put_back(key, before, after)
+            if isinstance(exc, Unavailable):  # NATS out of reach, not a lost race
+                raise
             raise Conflict(
                 "The desired state was changed by someone else during the reload; nothing was "
                 "changed, retry."
