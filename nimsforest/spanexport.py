@@ -5,9 +5,10 @@ It reads frames from stdin, each a 4-byte big-endian length and a pickled list o
 hops the node recorded (`nimsforest.forest.trace.SpanRecord`), and exports them with the
 OpenTelemetry SDK's OTLP/HTTP exporter, which reads the standard `OTEL_EXPORTER_OTLP_*`
 variables (endpoint, headers, certificate, compression, timeout) and retries. It exits
-when stdin closes (the node stopped, or died), after exporting what it holds. It imports
-nothing of the node, so it starts in a fraction of a second, and says `ready` on stdout
-once it has (nothing else is written there).
+when stdin closes (the node stopped, or died), after exporting what it holds. It runs at
+a lower CPU priority than the node (NICENESS). It imports nothing of the node, so it
+starts in a fraction of a second, and says `ready` on stdout once it has (nothing else is
+written there).
 
 A frame becomes one OTLP request built straight from the tuples (`Encoder`): the SDK's
 own way, one ReadableSpan per hop and its `encode_spans`, costs about 25 us of Python per
@@ -18,7 +19,9 @@ scope, each distinct set of attributes), with its public encoder; the request is
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import pickle
 import struct
 import sys
@@ -30,6 +33,12 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+# Exporting spans must not take the CPU from the work they describe: on a machine with no
+# core to spare, this process runs at a lower priority than the node and its nats-server
+# (10 on Linux's 0..19 scale: it gets about a tenth of a contended core, and all of an idle
+# one). Behind, its spans wait in its stdin (4 MiB), then are dropped and counted.
+NICENESS = 10
 
 # one hop (nimsforest.forest.trace.SpanRecord, not imported: this process stays small)
 Record = tuple[str, str, str, str | None, int, int, Mapping[str, Any], str | None]
@@ -167,6 +176,8 @@ def main(argv: list[str]) -> int:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+    with contextlib.suppress(OSError):  # a busy machine runs the forest and NATS first
+        os.nice(NICENESS)
     service, node = argv[0], argv[1]
     resource = Resource.create({"service.name": service, "service.instance.id": node})
     scope = InstrumentationScope("nimsforest")

@@ -52,6 +52,9 @@ def test_bench_pipeline_reports_a_ratio_to_raw_nats_py() -> None:
     m = re.search(r"untraced (\d+) us, traced (\d+) us .*exporter process (\d+) us per event", out)
     assert m and all(int(x) > 0 for x in m.groups()), out  # the exporter did export
     assert re.search(r"\(-?\d+ us beyond its start and stop, which take \d+ ms\)", out), out
+    spans = re.search(r"spans recorded (\d+), dropped \(the exporter process behind\) (\d+)", out)
+    # every hop of the traced run (tree, treehouse, nim, Decomposer), warm-up included
+    assert spans and int(spans[1]) == (200 + 20) * 4 and spans[2] == "0", out
     assert re.search(r"raw httpx posts:\s+\d+ events/s\s+p50\s+\d+\.\d ms\s+p99\s+\d+\.\d ms", out)
     assert re.search(r"http output \(forest\):\s+\d+ events/s", out)
     assert re.search(r"ratio output/raw httpx: \d+%", out)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 import httpx
@@ -128,11 +128,18 @@ class OtlpSink:
         self._proc.wait(10)
 
 
+class PipelineRun(NamedTuple):
+    result: Result
+    cpu: float  # CPU seconds this process spent on the counted events
+    spans: int  # spans the tracing recorded: handed to its exporter process, or dropped
+    dropped: int  # spans it dropped (its exporter process behind or down)
+
+
 async def _pipeline(url: str, n_events: int, window: int, otlp: str | None = None,
                     prefix: str = "p", warmup: int = 0,
-                    carried: bool = True) -> tuple[Result, float]:
-    """The demo pipeline, and the CPU seconds this process spent on the counted events;
-    with `otlp`, every hop's span exported to that receiver. `warmup` events go through
+                    carried: bool = True) -> PipelineRun:
+    """The demo pipeline, the CPU seconds this process spent on the counted events and the
+    spans dropped; with `otlp`, every hop's span exported to that receiver. `warmup` events go through
     first, not counted, as the baseline's do. Each run on one server has its own `prefix`:
     its events' Soil keys are new, as the first run's are (a key an earlier run wrote costs
     the Decomposer a failed compare-and-set, a read and a second write, which would make
@@ -161,11 +168,13 @@ async def _pipeline(url: str, n_events: int, window: int, otlp: str | None = Non
             await drive(warmup, prefix + "w")
         cpu = time.process_time()
         result = await drive(n_events, prefix)
-        return result, time.process_time() - cpu
+        cpu = time.process_time() - cpu
     finally:
         await forest.stop()
         await nc.close()
         await tracing.stop()
+    st = tracing.status()
+    return PipelineRun(result, cpu, st.spans + st.dropped, st.dropped)
 
 
 _TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-{:016x}-01"
@@ -311,6 +320,7 @@ class Runs:
     traced_cpu: list[float] = field(default_factory=list)
     exporter_cpu: list[float] = field(default_factory=list)
     exporter_idle: list[float] = field(default_factory=list)  # CPU s of its start and stop alone
+    spans: list[tuple[int, int]] = field(default_factory=list)  # a traced run's: recorded, dropped
 
 
 def _children_cpu() -> float:
@@ -327,6 +337,40 @@ def _exporter_idle(sink: OtlpSink) -> float:
     return _children_cpu() - before
 
 
+class Kind(enum.Enum):
+    """The pipeline runs of a round."""
+
+    DEFAULT = "default"  # tracing off: hops carry the trace context
+    UNCARRIED = "uncarried"  # OTEL_PROPAGATORS=none: hops carry none
+    TRACED = "traced"  # spans exported to a local OTLP receiver
+
+
+async def _pipeline_run(kind: Kind, runs: Runs, url: str, events: int, window: int,
+                        warmup: int) -> None:
+    if kind is not Kind.TRACED:
+        carried = kind is Kind.DEFAULT
+        run = await _pipeline(url, events, window, prefix="p" if carried else "n",
+                              warmup=warmup, carried=carried)
+        if carried:
+            runs.pipes.append(run.result)
+            runs.pipe_cpu.append(run.cpu / events)
+        else:
+            runs.uncarried.append(run.result)
+        return
+    sink = OtlpSink()
+    try:
+        runs.exporter_idle.append(_exporter_idle(sink))
+        children = _children_cpu()
+        run = await _pipeline(url, events, window, sink.url, "t", warmup)
+        runs.traced.append(run.result)
+        runs.traced_cpu.append(run.cpu / events)
+        runs.spans.append((run.spans, run.dropped))
+        # the exporter exported the warm-up's spans too
+        runs.exporter_cpu.append((_children_cpu() - children) / (events + warmup))
+    finally:
+        sink.stop()
+
+
 async def _run(events: int, window: int, warmup: int, rounds: int, outputs: int,
                concurrency: int, traced: bool = True) -> Runs:
     """`rounds` times, on a fresh nats-server each: a baseline run, then a pipeline run;
@@ -341,29 +385,12 @@ async def _run(events: int, window: int, warmup: int, rounds: int, outputs: int,
                 await _baseline(url, warmup, window)
             runs.bases.append(await _baseline(url, events, window))
             runs.carried.append(await _baseline(url, events, window, Carried.FOREST, "c"))
-            # the default and the one without a trace context, in turn first (the later
-            # runs on a server meet a fuller store)
-            first_default = len(runs.pipes) % 2 == 0
-            for carried in (True, False) if first_default else (False, True):
-                pipe, cpu = await _pipeline(url, events, window, prefix="p" if carried else "n",
-                                            warmup=warmup, carried=carried)
-                if carried:
-                    runs.pipes.append(pipe)
-                    runs.pipe_cpu.append(cpu / events)
-                else:
-                    runs.uncarried.append(pipe)
-            if traced:
-                sink = OtlpSink()
-                try:
-                    runs.exporter_idle.append(_exporter_idle(sink))
-                    children = _children_cpu()
-                    pipe, cpu = await _pipeline(url, events, window, sink.url, "t", warmup)
-                    runs.traced.append(pipe)
-                    runs.traced_cpu.append(cpu / events)
-                    # the exporter exported the warm-up's spans too
-                    runs.exporter_cpu.append((_children_cpu() - children) / (events + warmup))
-                finally:
-                    sink.stop()
+            # the default, the one without a trace context and the traced one, each first,
+            # second and third in turn (the later runs on a server meet a fuller store)
+            kinds = (Kind.DEFAULT, Kind.UNCARRIED, *((Kind.TRACED,) if traced else ()))
+            turn = len(runs.pipes) % len(kinds)
+            for kind in kinds[turn:] + kinds[:turn]:
+                await _pipeline_run(kind, runs, url, events, window, warmup)
             if outputs:
                 if warmup:
                     await raw_posts(receiver, warmup, window, concurrency)
@@ -477,6 +504,8 @@ def command(events: int, window: int, warmup: int, rounds: int, outputs: int,
                    f"{exporter * 1e6:.0f} us per event, on another core when one is free "
                    f"({(exporter - idle / (events + warmup)) * 1e6:.0f} us beyond its start and stop, "
                    f"which take {idle * 1e3:.0f} ms)")
+        click.echo(f"spans recorded {sum(n for n, _ in runs.spans)}, dropped (the exporter "
+                   f"process behind) {sum(d for _, d in runs.spans)}")
     if not runs.outs:
         return
     post, out = _merge(runs.posts), _merge(runs.outs)

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from natsembed import load_or_create
 from nimsforest.deploy import natsconf
 from tests.deploy.conftest import Cert, nimsforest, one_sentence, verify
-from tests.support import NodeProcess, eventually, free_port
+from tests.support import NodeProcess, eventually, free_port, publish_stored
 
 SECRET = {"NATS_CLUSTER_SECRET": "sidecar-test-secret"}
 
@@ -198,7 +198,8 @@ async def test_two_rendered_sidecars_form_a_jetstream_cluster(
             return True
 
         await eventually(created, timeout=30, what="an R2 stream placed on role:node")
-        ack = await js.publish("side.x", b"hello", timeout=5)
+        # the new stream's interest reaches this server a moment later (no responders)
+        ack = await publish_stored(js, "side.x", b"hello", msg_id="side-1")
         assert ack.stream == "SIDE"
         info = await js.stream_info("SIDE")
         assert info.config.num_replicas == 2 and info.state.messages == 1

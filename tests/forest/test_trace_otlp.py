@@ -95,3 +95,22 @@ async def test_a_dead_exporter_process_is_started_again(receiver: Receiver) -> N
     finally:
         await tracing.stop()
     assert {"tree before", "tree after"} <= {s.name for s in _spans(receiver)}
+
+
+async def test_the_exporter_process_runs_at_a_lower_priority_than_the_node(
+    receiver: Receiver
+) -> None:
+    """On a machine with no core to spare, the forest and NATS get the CPU before spans do."""
+    import psutil
+
+    from nimsforest.spanexport import NICENESS
+
+    tracing = tracing_from_env(os.environ, "nimsforest", "n1")
+    assert isinstance(tracing, OtlpTracing)
+    await tracing.start()
+    try:
+        assert await tracing.ready(30)
+        exporter = psutil.Process(tracing.exporter_pid or 0)
+        assert exporter.nice() == min(19, psutil.Process().nice() + NICENESS) > psutil.Process().nice()
+    finally:
+        await tracing.stop()
