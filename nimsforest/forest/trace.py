@@ -187,18 +187,18 @@ class Hop:
 class _RecordedHop(Hop):
     """A sampled hop under an exporter: `end` hands one tuple to the tracing's batch."""
 
-    __slots__ = ("_attributes", "_context", "_name", "_parent", "_record", "_start")
+    __slots__ = ("_attributes", "_name", "_parent", "_record", "_span", "_start", "_trace")
 
-    def __init__(self, context: TraceContext, carried: bool, parent: str | None, name: str,
-                 attributes: Mapping[str, Any], record: Callable[[SpanRecord], None]) -> None:
-        self.traceparent = context.header if carried else None  # as Hop's, one call fewer
-        self._context, self._parent, self._name = context, parent, name
+    def __init__(self, traceparent: str | None, trace_id: str, span_id: str, parent: str | None,
+                 name: str, attributes: Mapping[str, Any],
+                 record: Callable[[SpanRecord], None]) -> None:
+        self.traceparent = traceparent  # as Hop's, one call fewer
+        self._trace, self._span, self._parent, self._name = trace_id, span_id, parent, name
         self._attributes, self._record = attributes, record
         self._start = time.time_ns()
 
     def end(self, error: str | None = None) -> None:
-        c = self._context
-        self._record((self._name, c.trace_id, c.span_id, self._parent, self._start,
+        self._record((self._name, self._trace, self._span, self._parent, self._start,
                       time.time_ns(), self._attributes, error))
 
 
@@ -331,13 +331,25 @@ class OtlpTracing(Tracing):
         sampled = self._sampled(name, parent, ctx.trace_id)
         if sampled is not ctx.sampled:
             ctx = TraceContext(ctx.trace_id, ctx.span_id, sampled)
+        header = ctx.header if self.carried else None
         if not sampled:
-            return Hop(ctx.header if self.carried else None)
-        return _RecordedHop(ctx, self.carried, parent.span_id if parent is not None else None,
-                            name, attributes, self._record)
+            return Hop(header)
+        return _RecordedHop(header, ctx.trace_id, ctx.span_id,
+                            parent.span_id if parent is not None else None, name, attributes,
+                            self._record)
 
     def hop_on(self, name: str, headers: Mapping[str, str] | None,
                attributes: Mapping[str, Any]) -> Hop:
+        value = headers.get(TRACEPARENT) if headers and self.carried else None
+        if value is not None and self._parent_based and _OURS.fullmatch(value):
+            # one of the forest's own under a parent-based sampler (the default): its flag
+            # decides, and its ids are sliced out of it rather than parsed into a context
+            span = f"{_rand.getrandbits(64) or 1:016x}"
+            header = f"{value[:36]}{span}{value[52:]}"
+            if value[54] == "0":  # sampled out where the trace started: ids go on
+                return Hop(header)
+            return _RecordedHop(header, value[3:35], span, value[36:52], name, attributes,
+                                self._record)
         return self.hop(name, self.parent(headers), attributes)  # the span needs its parent
 
     def _record(self, span: SpanRecord) -> None:

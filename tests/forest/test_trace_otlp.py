@@ -72,8 +72,24 @@ async def test_under_the_default_sampler_a_hop_follows_its_parents_flag(receiver
     unsampled = TraceContext.parse(PARENT[:-2] + "00")
     tracing.hop("tree dropped", unsampled, {}).end()
     tracing.hop("tree kept", TraceContext.parse(PARENT), {}).end()
+    # a component's hop on a message (the forest's own form is sliced, others parsed)
+    dropped = tracing.hop_on("nim dropped", {"traceparent": PARENT[:-2] + "00"}, {})
+    assert dropped.traceparent is not None and dropped.traceparent.endswith("-00")
+    assert dropped.traceparent[3:35] == PARENT[3:35] and dropped.traceparent[36:52] != PARENT[36:52]
+    dropped.end()
+    kept = tracing.hop_on("nim kept", {"traceparent": PARENT}, {"k": "v"})
+    kept.end("no brain")
+    other = tracing.hop_on("nim other form", {"traceparent": PARENT.upper()}, {})
+    other.end()
     await tracing.stop()
-    assert [s.name for s in _spans(receiver)] == ["tree kept"]
+    spans = {s.name: s for s in _spans(receiver)}
+    assert set(spans) == {"tree kept", "nim kept", "nim other form"}
+    for name, hop in (("nim kept", kept), ("nim other form", other)):
+        span = spans[name]
+        assert span.trace_id.hex() == PARENT[3:35] and span.parent_span_id.hex() == PARENT[36:52]
+        assert hop.traceparent == f"00-{span.trace_id.hex()}-{span.span_id.hex()}-01"
+    assert spans["nim kept"].status.message == "no brain"
+    assert [(a.key, a.value.string_value) for a in spans["nim kept"].attributes] == [("k", "v")]
 
 
 async def test_a_dead_exporter_process_is_started_again(receiver: Receiver) -> None:
