@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import random
 import socket
 from collections.abc import Collection
@@ -28,8 +29,18 @@ _handed_out: dict[int, None] = {}  # ports this process returned recently, oldes
 _REMEMBER = 512
 
 
+SHARE_VARIABLE = "NATSEMBED_PORT_SHARE"  # `i/n`: this process and its children's share
+
+
+def _share_from_env() -> tuple[int, int]:
+    i, _, n = os.environ.get(SHARE_VARIABLE, "").partition("/")
+    if i.isdigit() and n.isdigit() and int(i) < int(n):
+        return int(i), int(n)
+    return 0, 1
+
+
 def free_port(
-    host: str = "127.0.0.1", *, avoid: Collection[int] = (), share: tuple[int, int] = (0, 1)
+    host: str = "127.0.0.1", *, avoid: Collection[int] = (), share: tuple[int, int] | None = None
 ) -> int:
     """A TCP port that is free right now on `host`, not in `avoid`.
 
@@ -40,13 +51,15 @@ def free_port(
     0 gives) may be handed to an outgoing connection before the server meant to listen on
     it binds it; at random, so that processes picking ports at the same moment rarely pick
     the same one. Processes that pick ports all the time side by side (parallel test
-    workers) can each take a `share` (i, n): the i-th of n equal slices of the pool.
+    workers) can each take a `share` (i, n): the i-th of n equal slices of the pool; by
+    default the one NATSEMBED_PORT_SHARE names (`i/n`, so that a process and the servers
+    and nodes it starts pick from the same slice), else the whole pool.
     Raises OSError when `host` cannot be bound.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     low, high = _ephemeral_range()
     pool = range(_LOWEST, low) if low - _LOWEST >= 1000 else range(high + 1, 65536)
-    i, n = share
+    i, n = share if share is not None else _share_from_env()
     pool = pool[i * len(pool) // n:(i + 1) * len(pool) // n]
     skip = set(avoid) | _handed_out.keys()
     candidates = [p for p in pool if p not in skip]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -16,7 +17,17 @@ from natsembed import EmbeddedConfig, EmbeddedNats, Timeouts
 from natsembed._binary import find_nats_server
 from nimsforest import natsclient
 from tests.grow.support import Load
-from tests.support import EmbeddedFactory, free_port
+from tests.support import EmbeddedFactory, _worker_share, free_port
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _port_share() -> None:
+    """The servers and nodes a test starts pick their own ports (a witness's, a private
+    monitor port) from this worker's share of the pool, as the test's do: another worker
+    never takes a port one of them was given but has not bound yet."""
+    from natsembed._net import SHARE_VARIABLE
+
+    os.environ[SHARE_VARIABLE] = "{}/{}".format(*_worker_share())
 
 
 @pytest.fixture(scope="session")

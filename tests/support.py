@@ -37,7 +37,9 @@ def _worker_share() -> tuple[int, int]:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A free port from this test worker's share of the pool (see natsembed.free_port)."""
+    """A free port from this test worker's share of the pool (see natsembed.free_port; the
+    conftest puts the share in NATSEMBED_PORT_SHARE, so the nodes and servers a test starts
+    pick their own ports from it too)."""
     return _free_port(host, share=_worker_share())
 
 

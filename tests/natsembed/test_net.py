@@ -50,3 +50,16 @@ def test_shares_of_the_pool_do_not_overlap() -> None:
     firsts = {free_port("127.0.0.1", share=(0, 2)) for _ in range(20)}
     seconds = {free_port("127.0.0.1", share=(1, 2)) for _ in range(20)}
     assert max(firsts) < min(seconds)
+
+
+def test_the_share_is_taken_from_the_environment_by_default(monkeypatch) -> None:  # noqa: ANN001
+    """What the servers and nodes a process starts inherit: they pick from its slice."""
+    from natsembed._net import SHARE_VARIABLE
+
+    monkeypatch.setenv(SHARE_VARIABLE, "1/2")
+    seconds = {free_port("127.0.0.1") for _ in range(20)}
+    monkeypatch.setenv(SHARE_VARIABLE, "0/2")
+    firsts = {free_port("127.0.0.1") for _ in range(20)}
+    assert max(firsts) < min(seconds)
+    monkeypatch.setenv(SHARE_VARIABLE, "2/2")  # not a share: the whole pool
+    assert free_port("127.0.0.1") > 0
