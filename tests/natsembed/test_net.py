@@ -39,10 +39,12 @@ def test_avoided_and_recently_handed_out_ports_are_never_picked() -> None:
     low, _ = _ephemeral_range()
     pool = range(net._LOWEST, low)
     keep = pool[len(pool) // 2]
-    # Everything but `keep` avoided: the pick is `keep`, whatever the random draw.
-    assert free_port("127.0.0.1", avoid=[p for p in pool if p != keep]) == keep
+    # Everything but `keep` avoided: the pick is `keep`, whatever the random draw (in the
+    # whole pool: not the share of the pool the test session gives this worker).
+    whole = (0, 1)
+    assert free_port("127.0.0.1", avoid=[p for p in pool if p != keep], share=whole) == keep
     # ...and now that `keep` was handed out, this process does not hand it out again.
-    again = free_port("127.0.0.1", avoid=[p for p in pool if p != keep])
+    again = free_port("127.0.0.1", avoid=[p for p in pool if p != keep], share=whole)
     assert again != keep and not pool.start <= again < pool.stop  # the kernel chose one
 
 
