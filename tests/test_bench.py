@@ -46,6 +46,9 @@ def test_bench_pipeline_reports_a_ratio_to_raw_nats_py() -> None:
     # and without the trace context: what tracing off still costs, its 4 traceparent lines
     assert re.search(r"tracing off \(no OTLP endpoint\) records nothing; .*\(4 lines an event\): .* "
                      r"\(OTEL_PROPAGATORS=none\) ran \d+ events/s, so it costs -?\d+%", out), out
+    cpu = re.search(r"the forest's process (\d+) us against (\d+) us \([+-]\d+%\), nats-server "
+                    r"(\d+) us against (\d+) us", out)
+    assert cpu and all(int(x) > 0 for x in cpu.groups()), out  # both processes measured
     assert re.search(r"pipeline, spans exported over OTLP:\s+\d+ events/s", out)
     assert out.startswith("hops per event"), out  # nothing of its child processes' own
     assert re.search(r"ratio traced/untraced pipeline: \d+%", out)

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import click
 import httpx
 import nats
+import psutil
 
 from natsembed import find_nats_server, free_port
 from nimsforest import natsclient
@@ -131,13 +132,14 @@ class OtlpSink:
 class PipelineRun(NamedTuple):
     result: Result
     cpu: float  # CPU seconds this process spent on the counted events
+    server_cpu: float  # CPU seconds nats-server spent on them (0: not measured)
     spans: int  # spans the tracing recorded: handed to its exporter process, or dropped
     dropped: int  # spans it dropped (its exporter process behind or down)
 
 
 async def _pipeline(url: str, n_events: int, window: int, otlp: str | None = None,
                     prefix: str = "p", warmup: int = 0,
-                    carried: bool = True) -> PipelineRun:
+                    carried: bool = True, server: psutil.Process | None = None) -> PipelineRun:
     """The demo pipeline, the CPU seconds this process spent on the counted events and the
     spans dropped; with `otlp`, every hop's span exported to that receiver. `warmup` events go through
     first, not counted, as the baseline's do. Each run on one server has its own `prefix`:
@@ -166,15 +168,23 @@ async def _pipeline(url: str, n_events: int, window: int, otlp: str | None = Non
 
         if warmup:
             await drive(warmup, prefix + "w")
-        cpu = time.process_time()
+        cpu, server_cpu = time.process_time(), _cpu_of(server)
         result = await drive(n_events, prefix)
-        cpu = time.process_time() - cpu
+        cpu, server_cpu = time.process_time() - cpu, _cpu_of(server) - server_cpu
     finally:
         await forest.stop()
         await nc.close()
         await tracing.stop()
     st = tracing.status()
-    return PipelineRun(result, cpu, st.spans + st.dropped, st.dropped)
+    return PipelineRun(result, cpu, server_cpu, st.spans + st.dropped, st.dropped)
+
+
+def _cpu_of(process: psutil.Process | None) -> float:
+    """The CPU seconds `process` has spent so far (0 when none is given)."""
+    if process is None:
+        return 0.0
+    t = process.cpu_times()
+    return float(t.user + t.system)
 
 
 _TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-{:016x}-01"
@@ -318,6 +328,10 @@ class Runs:
     # and of the span exporter process (a child, counted once it has ended)
     pipe_cpu: list[float] = field(default_factory=list)
     traced_cpu: list[float] = field(default_factory=list)
+    uncarried_cpu: list[float] = field(default_factory=list)
+    # CPU seconds per event of nats-server, in the pipeline runs with and without the context
+    pipe_server_cpu: list[float] = field(default_factory=list)
+    uncarried_server_cpu: list[float] = field(default_factory=list)
     exporter_cpu: list[float] = field(default_factory=list)
     exporter_idle: list[float] = field(default_factory=list)  # CPU s of its start and stop alone
     spans: list[tuple[int, int]] = field(default_factory=list)  # a traced run's: recorded, dropped
@@ -346,16 +360,19 @@ class Kind(enum.Enum):
 
 
 async def _pipeline_run(kind: Kind, runs: Runs, url: str, events: int, window: int,
-                        warmup: int) -> None:
+                        warmup: int, server: psutil.Process) -> None:
     if kind is not Kind.TRACED:
         carried = kind is Kind.DEFAULT
         run = await _pipeline(url, events, window, prefix="p" if carried else "n",
-                              warmup=warmup, carried=carried)
+                              warmup=warmup, carried=carried, server=server)
         if carried:
             runs.pipes.append(run.result)
             runs.pipe_cpu.append(run.cpu / events)
+            runs.pipe_server_cpu.append(run.server_cpu / events)
         else:
             runs.uncarried.append(run.result)
+            runs.uncarried_cpu.append(run.cpu / events)
+            runs.uncarried_server_cpu.append(run.server_cpu / events)
         return
     sink = OtlpSink()
     try:
@@ -390,7 +407,8 @@ async def _run(events: int, window: int, warmup: int, rounds: int, outputs: int,
             kinds = (Kind.DEFAULT, Kind.UNCARRIED, *((Kind.TRACED,) if traced else ()))
             turn = len(runs.pipes) % len(kinds)
             for kind in kinds[turn:] + kinds[:turn]:
-                await _pipeline_run(kind, runs, url, events, window, warmup)
+                await _pipeline_run(kind, runs, url, events, window, warmup,
+                                    psutil.Process(proc.pid))
             if outputs:
                 if warmup:
                     await raw_posts(receiver, warmup, window, concurrency)
@@ -489,6 +507,13 @@ def command(events: int, window: int, warmup: int, rounds: int, outputs: int,
                f"hops carry none (OTEL_PROPAGATORS=none) ran {_merge(runs.uncarried).rate:.0f} "
                f"events/s, so it costs {statistics.median(trace_cost):.0%} (the median of the "
                f"rounds'; rounds {', '.join(f'{x:+.0%}' for x in trace_cost)})")
+    us = {name: statistics.median(v) * 1e6 for name, v in (
+        ("forest", runs.pipe_cpu), ("forest none", runs.uncarried_cpu),
+        ("server", runs.pipe_server_cpu), ("server none", runs.uncarried_server_cpu))}
+    click.echo(f"CPU per event with the trace context and without it (medians): the forest's "
+               f"process {us['forest']:.0f} us against {us['forest none']:.0f} us "
+               f"({us['forest'] / us['forest none'] - 1:+.0%}), nats-server {us['server']:.0f} us "
+               f"against {us['server none']:.0f} us ({us['server'] / us['server none'] - 1:+.0%})")
     if runs.traced:
         tr = _merge(runs.traced)
         click.echo(f"pipeline, spans exported over OTLP: {tr.rate:8.0f} events/s   p50 "
