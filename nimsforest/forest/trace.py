@@ -52,9 +52,8 @@ _OTHER_PROPAGATORS = frozenset({"baggage", "b3", "b3multi", "jaeger", "xray", "o
 
 # version-traceid-parentid-flags (https://www.w3.org/TR/trace-context/#traceparent-header)
 _TRACEPARENT_RE = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
-# what every hop's own headers hold: version 00, lowercase, sampled or not (read first)
-_OURS_RE = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-0([01])")
-# the same, checked only, ids not all zero (in the expression: a slice costs as much)
+# what every hop's own headers hold: version 00, lowercase, sampled or not, ids not all
+# zero (checked in the expression: a slice costs as much); read first, its parts sliced out
 _OURS = re.compile(r"00-(?!0{32}-)[0-9a-f]{32}-(?!0{16}-)[0-9a-f]{16}-0[01]")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 _rand = random.Random()  # ids need to be unique, not secret (as the OpenTelemetry SDK's)
@@ -75,12 +74,8 @@ class TraceContext(NamedTuple):
         the receiver starts a new trace, as the W3C rules say)."""
         if not value:
             return None
-        m = _OURS_RE.fullmatch(value)
-        if m is not None:
-            trace_id, span_id, flag = m.groups()
-            if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
-                return None
-            return cls(trace_id, span_id, flag == "1")
+        if _OURS.fullmatch(value) is not None:
+            return cls(value[3:35], value[36:52], value[54] == "1")
         m = _TRACEPARENT_RE.match(value) or _TRACEPARENT_RE.match(value.strip().lower())
         if m is None:
             return None
@@ -341,16 +336,15 @@ class OtlpTracing(Tracing):
     def hop_on(self, name: str, headers: Mapping[str, str] | None,
                attributes: Mapping[str, Any]) -> Hop:
         value = headers.get(TRACEPARENT) if headers and self.carried else None
-        if value is not None and self._parent_based and _OURS.fullmatch(value):
-            # one of the forest's own under a parent-based sampler (the default): its flag
-            # decides, and its ids are sliced out of it rather than parsed into a context
-            span = f"{_rand.getrandbits(64) or 1:016x}"
-            header = f"{value[:36]}{span}{value[52:]}"
-            if value[54] == "0":  # sampled out where the trace started: ids go on
-                return Hop(header)
-            return _RecordedHop(header, value[3:35], span, value[36:52], name, attributes,
-                                self._record)
-        return self.hop(name, self.parent(headers), attributes)  # the span needs its parent
+        # one of the forest's own under a parent-based sampler (the default): its flag
+        # decides, and its ids are sliced out of it rather than parsed into a context
+        header = continued(value) if self._parent_based else None
+        if header is None or value is None:
+            return self.hop(name, self.parent(headers), attributes)  # the span needs its parent
+        if header[54] == "0":  # sampled out where the trace started: ids go on
+            return Hop(header)
+        return _RecordedHop(header, header[3:35], header[36:52], value[36:52], name, attributes,
+                            self._record)
 
     def _record(self, span: SpanRecord) -> None:
         self._batch.append(span)
