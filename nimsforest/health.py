@@ -195,7 +195,7 @@ def node_health(s: NodeSnapshot) -> tuple[int, dict[str, Any]]:
             # the span exporter (OTLP): its state, spans handed to it and spans dropped
             "tracing": {"state": s.forest.tracing.state.value,
                         "sentence": s.forest.tracing.sentence,
-                        "carried": s.forest.tracing.carried,
+                        "carries": s.forest.tracing.carries.value,
                         "spans": s.forest.tracing.spans, "dropped": s.forest.tracing.dropped,
                         "restarts": s.forest.tracing.restarts},
         }

@@ -43,8 +43,8 @@ def test_bench_pipeline_reports_a_ratio_to_raw_nats_py() -> None:
     # the baseline carrying the forest's header lines, and the pipeline against it
     assert re.search(r"the baseline carrying the forest's header lines .*: \d+ events/s, \d+% of the "
                      r"baseline; the pipeline is \d+% of it", out)
-    # and without the trace context: what tracing off still costs, its 4 traceparent lines
-    assert re.search(r"tracing off \(no OTLP endpoint\) records nothing; .*\(4 lines an event\): .* "
+    # and without the trace context: what tracing off still costs, the River input's line
+    assert re.search(r"tracing off \(no OTLP endpoint\) records nothing; .*\(1 line an event\): .* "
                      r"\(OTEL_PROPAGATORS=none\) ran \d+ events/s, so it costs -?\d+%", out), out
     cpu = re.search(r"the forest's process (\d+) us against (\d+) us \([+-]\d+%\), nats-server "
                     r"(\d+) us against (\d+) us", out)
@@ -56,8 +56,9 @@ def test_bench_pipeline_reports_a_ratio_to_raw_nats_py() -> None:
     assert m and all(int(x) > 0 for x in m.groups()), out  # the exporter did export
     assert re.search(r"\(-?\d+ us beyond its start and stop, which take \d+ ms\)", out), out
     spans = re.search(r"spans recorded (\d+), dropped \(the exporter process behind\) (\d+)", out)
-    # every hop of the traced run (tree, treehouse, nim, Decomposer), warm-up included
-    assert spans and int(spans[1]) == (200 + 20) * 4 and spans[2] == "0", out
+    # every hop of the traced run (River input, tree, treehouse, nim, Decomposer), warm-up
+    # included
+    assert spans and int(spans[1]) == (200 + 20) * 5 and spans[2] == "0", out
     assert re.search(r"raw httpx posts:\s+\d+ events/s\s+p50\s+\d+\.\d ms\s+p99\s+\d+\.\d ms", out)
     assert re.search(r"http output \(forest\):\s+\d+ events/s", out)
     assert re.search(r"ratio output/raw httpx: \d+%", out)

@@ -38,8 +38,10 @@ async def test_demo_node_turns_a_webhook_into_a_qualified_lead(tmp_path: Path) -
         assert body["forest"] == {"running": True, "components": 4, "failed": [], "dead": {},
                                   "sources": {}, "tracing": {
                                       "state": "off", "sentence": "tracing is off (no OTLP "
-                                      "endpoint is set); hops carry their trace context",
-                                      "carried": True, "spans": 0, "dropped": 0, "restarts": 0}}
+                                      "endpoint is set); River inputs carry their trace "
+                                      "context, and the hop headers lead from them",
+                                      "carries": "river inputs", "spans": 0, "dropped": 0,
+                                      "restarts": 0}}
         resp = httpx.post(node.api_url + "/webhooks/contacts", json=PAYLOAD, timeout=5)
         assert resp.status_code == 200, resp.text
         lead = await eventually(lambda: soil(node, "c-1001"), timeout=30, what="lead c-1001 in Soil")

@@ -6,11 +6,13 @@
                                            DEAD) since a time, in time order
 
 Every output a component stores names its component, node and input
-(`Nimsforest-Hop: tree:contacts@n1 RIVER:7`; older stores: `Nimsforest-Input`, read too) and
-its trace (`traceparent`), and the Decomposer
-stores the Humus sequence with each Soil write: the walk back is one direct get a step,
-the trace one headers-only ordered consumer a stream (no durable consumer, nothing
-changed). Both need no collector. Same auth as the rest of the API. A step that is no
+(`Nimsforest-Hop: tree:contacts@n1 RIVER:7`; older stores: `Nimsforest-Input`, read too), a
+River input its trace (`traceparent`; every hop's own too when tracing is on), and the
+Decomposer stores the Humus sequence with each Soil write: the walk back is one direct get
+a step, the trace one headers-only ordered consumer a stream, in the order the hops go
+(RIVER, WIND, HUMUS, DEAD): a message is of the trace when its `traceparent` says so, or
+when it carries none and answers a message of the trace. No durable consumer, nothing
+changed, no collector needed. Same auth as the rest of the API. A step that is no
 longer stored (a stream's limits dropped it) ends the walk with a sentence saying so.
 """
 
@@ -60,8 +62,8 @@ class Step(BaseModel):
     time: dt.datetime | None
     by: str | None  # the component (`tree:contacts@n1`) or the way in (`api@n1`)
     input: str | None = None  # `<stream>:<seq>` of the message this one answers
-    trace_id: str | None = None
-    span_id: str | None = None
+    trace_id: str | None = None  # its own traceparent's, else that of the input it answers
+    span_id: str | None = None  # None: it carries no traceparent of its own
     data: Any = None
 
 
@@ -98,6 +100,17 @@ def step_of(stream: str, seq: int, subject: str, when: Any, headers: dict[str, s
                 by=hop.by or h.get(SOURCE_HEADER), input=hop.input,
                 trace_id=ctx.trace_id if ctx else None, span_id=ctx.span_id if ctx else None,
                 data=json_value(data) if data else None)
+
+
+def _inherit_traces(steps: list[Step]) -> None:
+    """Steps newest first, one way back: a step that carries no trace context of its own
+    is of its input's trace."""
+    trace_id = None
+    for step in reversed(steps):
+        if step.trace_id is None:
+            step.trace_id = trace_id
+        else:
+            trace_id = step.trace_id
 
 
 def _position(value: str) -> tuple[str, int] | None:
@@ -138,12 +151,15 @@ class Lineages:
             step = await self._get(*at)
             if step is None:
                 out.gap = f"{at[0]} #{at[1]} is no longer stored (the stream's limits dropped it)."
+                _inherit_traces(out.steps)
                 return out
             out.steps.append(step)
             at = _position(step.input) if step.input else None
             if step.input and at is None:
                 out.gap = f"{step.stream} #{step.seq} names an input that cannot be read: {step.input}."
+                _inherit_traces(out.steps)
                 return out
+        _inherit_traces(out.steps)
         out.complete = at is None and out.steps[-1].stream == RIVER.name
         if not out.complete and out.gap is None:
             out.gap = (f"The walk stopped after {MAX_STEPS} steps." if at is not None else
@@ -155,16 +171,18 @@ class Lineages:
         steps: list[Step] = []
         scanned = 0
         truncated = False
-        for stream in TRACED:
-            found, read, cut = await self._scan(stream, trace_id, since, MAX_SCANNED - scanned)
+        reached: set[str] = set()  # `<stream>:<seq>` of the trace's messages found so far
+        for stream in TRACED:  # in the order the hops go: an input is read before its outputs
+            found, read, cut = await self._scan(stream, trace_id, since, MAX_SCANNED - scanned,
+                                                reached)
             steps += found
             scanned += read
             truncated = truncated or cut
         steps.sort(key=lambda s: (s.time or dt.datetime.min.replace(tzinfo=dt.UTC), s.stream, s.seq))
         return Trace(trace_id=trace_id, steps=steps, scanned=scanned, truncated=truncated)
 
-    async def _scan(self, stream: str, trace_id: str, since: dt.datetime,
-                    budget: int) -> tuple[list[Step], int, bool]:
+    async def _scan(self, stream: str, trace_id: str, since: dt.datetime, budget: int,
+                    reached: set[str]) -> tuple[list[Step], int, bool]:
         try:
             state = (await self._js.stream_info(stream)).state
         except NotFoundError:
@@ -194,10 +212,14 @@ class Lineages:
                 msg: Msg = await sub.next_msg(timeout=READ_TIMEOUT)
                 read += 1
                 ctx = TraceContext.of(msg.headers)
-                if ctx is not None and ctx.trace_id == trace_id:
+                if ctx.trace_id == trace_id if ctx is not None else (
+                        StoredHop.of(msg.headers).input in reached):
                     meta = msg.metadata
-                    found.append(step_of(stream, meta.sequence.stream, msg.subject, meta.timestamp,
-                                         msg.headers))
+                    step = step_of(stream, meta.sequence.stream, msg.subject, meta.timestamp,
+                                   msg.headers)
+                    step.trace_id = trace_id
+                    reached.add(f"{stream}:{step.seq}")
+                    found.append(step)
                 if msg.metadata.num_pending == 0:
                     return found, read, False
             return found, read, True

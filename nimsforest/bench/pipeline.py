@@ -138,22 +138,26 @@ class PipelineRun(NamedTuple):
 
 
 async def _pipeline(url: str, n_events: int, window: int, otlp: str | None = None,
-                    prefix: str = "p", warmup: int = 0,
-                    carried: bool = True, server: psutil.Process | None = None) -> PipelineRun:
+                    prefix: str = "p", warmup: int = 0, carried: bool = True,
+                    server: psutil.Process | None = None) -> PipelineRun:
     """The demo pipeline, the CPU seconds this process spent on the counted events and the
-    spans dropped; with `otlp`, every hop's span exported to that receiver. `warmup` events go through
+    spans dropped; with `otlp`, every hop's span exported to that receiver (the trace
+    context on every hop), else tracing off (on the River inputs; with `carried` False on
+    none). The River inputs carry what the forest's River stores (a hop of the tracing
+    under test: its trace context, `Nimsforest-Hop`). `warmup` events go through
     first, not counted, as the baseline's do. Each run on one server has its own `prefix`:
     its events' Soil keys are new, as the first run's are (a key an earlier run wrote costs
     the Decomposer a failed compare-and-set, a read and a second write, which would make
     the later run look slower for nothing of its own)."""
-    from nimsforest.forest import Forest, Tracing, load_demo_config
-    from nimsforest.forest.trace import OtlpTracing
+    from nimsforest.forest import Carry, Forest, Tracing, load_demo_config
+    from nimsforest.forest.trace import OtlpTracing, hop_name
 
     nc = await natsclient.connect(url)  # the node's client, as a node's forest runs on
     cfg = load_demo_config()
     cfg = cfg.model_copy(update={"sources": {}})
     tracing = (OtlpTracing("nimsforest-bench", "bench", otlp, carried) if otlp
-               else Tracing(carried))
+               else Tracing(Carry.RIVER if carried else Carry.NOTHING))
+    way_in = hop_name("api", "bench")
     await tracing.start()
     if not await tracing.ready(30):  # its start would be counted as the forest's
         raise click.ClickException("the span exporter process did not start within 30s")
@@ -161,10 +165,13 @@ async def _pipeline(url: str, n_events: int, window: int, otlp: str | None = Non
     await forest.start()
     js = nc.jetstream()
     try:
+        def river(i: int, keys: str) -> Awaitable[Any]:
+            hop = tracing.hop("river river.contacts", None, {})
+            hop.end()
+            return js.publish_async("river.contacts", _contact(i, keys), headers=hop.headers(way_in))
+
         def drive(n: int, keys: str) -> Awaitable[Result]:
-            return _drive(nc, n, window,
-                          lambda i: js.publish_async("river.contacts", _contact(i, keys)),
-                          "$KV.SOIL.>", keys)
+            return _drive(nc, n, window, lambda i: river(i, keys), "$KV.SOIL.>", keys)
 
         if warmup:
             await drive(warmup, prefix + "w")
@@ -198,15 +205,23 @@ class Carried(enum.Enum):
 
 
 def _forest_headers(stage: int, output: int, key: str, seq: int) -> dict[str, str]:
-    """The header lines the forest's output `output` of hop `stage` carries (a trace context,
-    the hop and its input, a message id; the nim's brain; the Soil write's revision and
+    """The header lines the forest's output `output` of hop `stage` carries with tracing off
+    (the hop and its input, a message id; the nim's brain; the Soil write's revision and
     message id, which names the Humus sequence), with the event's key in the message id."""
     if stage == 3:
         return {"Nats-Expected-Last-Subject-Sequence": "0", "Nats-Msg-Id": f"soil:{seq}:{key}"}
     headers = {"Nimsforest-Brain": "rules"} if (stage, output) == (2, 0) else {}
-    headers.update({"traceparent": _TRACE.format(seq), "Nimsforest-Hop": f"stage:{stage}@n1 B:{seq}",
+    headers.update({"Nimsforest-Hop": f"stage:{stage}@n1 B:{seq}",
                     "Nats-Msg-Id": f"stage-{stage}-{output}:{seq}:{key}"})
     return headers
+
+
+def _river_headers(carried: Carried, key: str, seq: int) -> dict[str, str]:
+    """What a baseline's River input carries: the event's id, and with FOREST what the
+    forest's River stores besides (its trace context and `Nimsforest-Hop`)."""
+    if carried is Carried.IDS:
+        return {"id": key}
+    return {"id": key, "traceparent": _TRACE.format(seq), "Nimsforest-Hop": "api@n1"}
 
 
 # the baseline's hops (stage, output): tree, treehouse, nim (leaf and Humus entry), Decomposer
@@ -269,7 +284,8 @@ async def _baseline(url: str, n_events: int, window: int, carried: Carried = Car
             nc,
             n_events,
             window,
-            lambda i: js.publish_async("b.river.contacts", _contact(i), headers={"id": f"{prefix}-{i}"}),
+            lambda i: js.publish_async("b.river.contacts", _contact(i),
+                                       headers=_river_headers(carried, f"{prefix}-{i}", i)),
             "b.soil.>",
             prefix,
         )
@@ -319,7 +335,7 @@ class Runs:
     bases: list[Result] = field(default_factory=list)
     carried: list[Result] = field(default_factory=list)  # the baseline with the forest's headers
     pipes: list[Result] = field(default_factory=list)
-    # the pipeline whose hops carry no trace context (OTEL_PROPAGATORS=none)
+    # the pipeline whose messages carry no trace context (OTEL_PROPAGATORS=none)
     uncarried: list[Result] = field(default_factory=list)
     posts: list[Result] = field(default_factory=list)  # the output hop's baseline: raw httpx
     outs: list[Result] = field(default_factory=list)  # the output hop
@@ -354,7 +370,7 @@ def _exporter_idle(sink: OtlpSink) -> float:
 class Kind(enum.Enum):
     """The pipeline runs of a round."""
 
-    DEFAULT = "default"  # tracing off: hops carry the trace context
+    DEFAULT = "default"  # tracing off: River inputs carry the trace context
     UNCARRIED = "uncarried"  # OTEL_PROPAGATORS=none: hops carry none
     TRACED = "traced"  # spans exported to a local OTLP receiver
 
@@ -493,18 +509,19 @@ def command(events: int, window: int, warmup: int, rounds: int, outputs: int,
                "rounds' (target at least 70%)")
     carried = [c.rate / b.rate for b, c in zip(bases, runs.carried, strict=True)]
     apart = [p.rate / c.rate for c, p in zip(runs.carried, pipes, strict=True)]
-    forest_lines = sum(len(_forest_headers(st, o, "k", 1)) for st, o in _HOPS)
+    river_lines = len(_river_headers(Carried.FOREST, "k", 1)) - 1
+    forest_lines = sum(len(_forest_headers(st, o, "k", 1)) for st, o in _HOPS) + river_lines
     click.echo(f"the baseline carrying the forest's header lines ({forest_lines + 1} an event: "
                f"the forest's {forest_lines} and the event's id; the baseline's 6 are ids): "
                f"{_merge(runs.carried).rate:.0f} events/s, {statistics.median(carried):.0%} of the "
                f"baseline; the pipeline is {statistics.median(apart):.0%} of it (medians of the "
                "rounds')")
-    # tracing off still carries a traceparent on every hop: its price, in the forest
-    lines = sum(1 for st, o in _HOPS if "traceparent" in _forest_headers(st, o, "k", 1))
+    # tracing off still carries a traceparent on the River inputs: its price
+    lines = sum(1 for st, o in _HOPS if "traceparent" in _forest_headers(st, o, "k", 1)) + 1
     trace_cost = [1 - p.rate / n.rate for n, p in zip(runs.uncarried, pipes, strict=True)]
     click.echo(f"tracing off (no OTLP endpoint) records nothing; what it carries is the trace "
-               f"context, a traceparent on every hop ({lines} lines an event): the pipeline whose "
-               f"hops carry none (OTEL_PROPAGATORS=none) ran {_merge(runs.uncarried).rate:.0f} "
+               f"context of the River inputs ({lines} line an event): the pipeline whose "
+               f"messages carry none (OTEL_PROPAGATORS=none) ran {_merge(runs.uncarried).rate:.0f} "
                f"events/s, so it costs {statistics.median(trace_cost):.0%} (the median of the "
                f"rounds'; rounds {', '.join(f'{x:+.0%}' for x in trace_cost)})")
     us = {name: statistics.median(v) * 1e6 for name, v in (

@@ -14,7 +14,7 @@ Public API:
     ReplayReceipt, entry_json      the DEAD stream (dead.py)
     ReplayRange, ReplayDone, NothingToReplay      Forest.replay: one component re-fed
     demo_config_path(), load_demo_config()                   the demo forest
-    tracing_from_env(env, service, node) -> Tracing, TraceContext   trace context on every hop
+    tracing_from_env(env, service, node) -> Tracing, TraceContext, Carry   the trace context
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ from nimsforest.forest.specs import (
     ComponentSpec,
     Spec,
 )
-from nimsforest.forest.trace import TraceContext, Tracing, tracing_from_env
+from nimsforest.forest.trace import Carry, TraceContext, Tracing, tracing_from_env
 
 
 def demo_config_path() -> Path:
@@ -80,6 +80,7 @@ def load_demo_config() -> ForestConfig:
 
 
 __all__ = [
+    "Carry",
     "TraceContext",
     "Tracing",
     "tracing_from_env",

@@ -26,7 +26,7 @@ from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ConfigDict, Field
 
 from nimsforest.forest.model import ComponentKind, ComponentRef
-from nimsforest.forest.trace import TRACEPARENT
+from nimsforest.forest.trace import HOP_HEADER, TRACEPARENT, hop_name, hop_value
 from nimsforest.streams import DEAD
 
 if TYPE_CHECKING:
@@ -136,9 +136,13 @@ def new_letter(
 
 
 def _traced(letter: DeadLetter) -> dict[str, str]:
-    """The event's trace context, on the dead letter itself (`nimsforest trace` finds it)."""
+    """The event's trace context and who gave up on which message, on the dead letter
+    itself (`nimsforest trace` finds it by either)."""
+    ref = letter.component
+    hop = {HOP_HEADER: hop_value(hop_name(f"{ref.kind.value}:{ref.name}", letter.node),
+                                 letter.stream, letter.stream_seq)}
     parent = letter.headers.get(TRACEPARENT)
-    return {TRACEPARENT: parent} if parent else {}
+    return {TRACEPARENT: parent, **hop} if parent else hop
 
 
 def replay_headers(letter: DeadLetter, replay_id: str) -> dict[str, str]:

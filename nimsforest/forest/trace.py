@@ -1,24 +1,29 @@
-"""W3C trace context on every hop; OpenTelemetry spans only when an OTLP endpoint is set.
+"""W3C trace context on the forest's messages; OpenTelemetry spans only when an OTLP
+endpoint is set.
 
 Every River input carries a `traceparent` header: the HTTP request's when it sent a valid
 one (its trace goes on through the forest), a new trace otherwise. Each component that
-handles a message is one hop: a span whose parent is the message's `traceparent`, and
-whose own id is the `traceparent` of every output it stores, with `Nimsforest-Hop`
-naming the component, the node and the input it answers (`tree:contacts@n1 RIVER:7`).
-So the stored headers alone are the trace: `nimsforest trace ID` reads them back from
-the streams, with or without a collector.
+handles a message is one hop, and every message a component stores names it, its node and
+the input it answers (`Nimsforest-Hop: tree:contacts@n1 RIVER:7`). So the stored headers
+alone are the trace: `nimsforest trace ID` finds the River inputs of the trace and follows
+the hop headers from them, with or without a collector.
 
-Spans are exported over OTLP/HTTP only when `OTEL_EXPORTER_OTLP_ENDPOINT` or
-`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (the standard variables, read by the SDK);
-otherwise the SDK is not even imported, and a hop that continues one of the forest's own
-`traceparent`s checks it with one regular expression and puts a new span id in it (the
-parent is not parsed into a context: nothing without an exporter needs it).
-The standard `OTEL_PROPAGATORS` says whether hops carry the trace context: unset, or
-naming `tracecontext`, they do; `none` (or a list without `tracecontext`) and they carry
-only `Nimsforest-Hop`: nothing of tracing is left on the way (`why` still walks back;
-`trace` and W3C propagation to receivers are gone; spans exported are one root per hop).
-With an endpoint, spans are encoded and exported in a child process (see OtlpTracing), so
-recording a hop costs the forest's interpreter one tuple.
+What the components' outputs carry (Carry):
+- with an exporter (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+  set: the standard variables, read by the SDK), or with `OTEL_PROPAGATORS` naming
+  `tracecontext`, every hop: a span whose parent is the message's `traceparent` and whose
+  own id is the `traceparent` of every output it stores (an http output sends it on);
+- with neither (tracing off), only the River inputs: a hop stores no trace context of its
+  own, since nothing would read it that the hop header does not already say (a trace
+  context on every hop costs about 3% of an event's CPU, in the forest and in nats-server;
+  set `OTEL_PROPAGATORS=tracecontext` for receivers that record spans of their own);
+- with `OTEL_PROPAGATORS` leaving `tracecontext` out (`none`), nothing: not even the River
+  input's (`why` still walks back; `trace` and W3C propagation to receivers are gone;
+  spans exported are one root per hop).
+Without an exporter the SDK is not even imported. With one, spans are encoded and exported
+in a child process (see OtlpTracing), so recording a hop costs the forest's interpreter
+one tuple, and a hop that continues one of the forest's own `traceparent`s checks it with
+one regular expression and slices its ids out of it.
 """
 
 from __future__ import annotations
@@ -202,8 +207,16 @@ class _RecordedHop(Hop):
 SpanRecord = tuple[str, str, str, str | None, int, int, Mapping[str, Any], str | None]
 
 
+class Carry(enum.Enum):
+    """What of the W3C trace context the forest's messages carry."""
+
+    EVERY_HOP = "every hop"  # River inputs and every component's outputs
+    RIVER = "river inputs"  # River inputs only: tracing off (`trace` follows the hop headers)
+    NOTHING = "nothing"  # OTEL_PROPAGATORS without tracecontext
+
+
 class TracingState(enum.Enum):
-    OFF = "off"  # no OTLP endpoint: hops carry the headers, nothing is recorded
+    OFF = "off"  # no OTLP endpoint: messages carry the headers, nothing is recorded
     STARTING = "starting"
     EXPORTING = "exporting"
     RESTARTING = "restarting"  # the exporter process stopped; it is started again shortly
@@ -214,36 +227,40 @@ class TracingState(enum.Enum):
 class TracingStatus:
     state: TracingState
     sentence: str
-    carried: bool = True  # hops carry the trace context (OTEL_PROPAGATORS)
+    carries: Carry = Carry.RIVER  # what of the trace context messages carry
     spans: int = 0  # spans handed to the exporter process
     dropped: int = 0  # spans dropped because the exporter was behind or down
     restarts: int = 0  # times the exporter process was started again after it stopped
 
 
 class Tracing:
-    """The node's tracing: without an exporter, hops only carry the headers (with
-    `carried`, the trace context; else not even that)."""
+    """The node's tracing: without an exporter, messages only carry the headers (the trace
+    context as `carry` says)."""
 
     enabled = False
 
-    def __init__(self, carried: bool = True) -> None:
-        self.carried = carried
+    def __init__(self, carry: Carry = Carry.RIVER) -> None:
+        self.carry = carry
+        self.carried = carry is not Carry.NOTHING  # a sender's trace context is taken on
+        self._on_hops = carry is Carry.EVERY_HOP  # components' outputs carry theirs
 
     def parent(self, headers: Mapping[str, str] | None) -> TraceContext | None:
-        """The trace context a message or request came with, when hops carry one."""
+        """The trace context a message or request came with, when one is taken on."""
         return TraceContext.of(headers) if self.carried else None
 
     def hop(self, name: str, parent: TraceContext | None, attributes: Mapping[str, Any]) -> Hop:
-        """A hop whose parent is `parent` (a request's context; None: it starts a trace)."""
+        """A hop whose parent is `parent` (a request's context; None: it starts a trace):
+        a River input's, which carries a trace context unless `carry` is NOTHING."""
         if not self.carried:
             return NO_HOP
         return Hop(parent.child().header if parent is not None else started())
 
     def hop_on(self, name: str, headers: Mapping[str, str] | None,
                attributes: Mapping[str, Any]) -> Hop:
-        """A component's hop on a message with these headers: it continues their trace (or
-        starts one). Without an exporter the forest's own `traceparent` is not parsed."""
-        if not self.carried:
+        """A component's hop on a message with these headers: with EVERY_HOP it continues
+        their trace (or starts one; the forest's own `traceparent` is not parsed), else its
+        outputs name only the hop."""
+        if not self._on_hops:
             return NO_HOP
         mine = continued(headers.get(TRACEPARENT)) if headers else None
         if mine is not None:
@@ -262,12 +279,15 @@ class Tracing:
         """Nothing to flush."""
 
     def status(self) -> TracingStatus:
-        if not self.carried:
-            return TracingStatus(TracingState.OFF, "tracing is off: no OTLP endpoint is set, "
-                                 f"and hops carry no trace context ({PROPAGATORS_VARIABLE})",
-                                 carried=False)
-        return TracingStatus(TracingState.OFF, "tracing is off (no OTLP endpoint is set); hops "
-                             "carry their trace context")
+        sentence = {
+            Carry.NOTHING: "tracing is off: no OTLP endpoint is set, and messages carry no "
+                           f"trace context ({PROPAGATORS_VARIABLE})",
+            Carry.RIVER: "tracing is off (no OTLP endpoint is set); River inputs carry their "
+                         "trace context, and the hop headers lead from them",
+            Carry.EVERY_HOP: "tracing is off (no OTLP endpoint is set); every hop carries its "
+                             f"trace context ({PROPAGATORS_VARIABLE})",
+        }[self.carry]
+        return TracingStatus(TracingState.OFF, sentence, carries=self.carry)
 
 
 class OtlpTracing(Tracing):
@@ -290,8 +310,10 @@ class OtlpTracing(Tracing):
 
     def __init__(self, service: str, node: str, endpoint: str | None = None,
                  carried: bool = True) -> None:
-        """`endpoint`: the traces URL (…/v1/traces); else the standard variables say."""
-        super().__init__(carried)
+        """`endpoint`: the traces URL (…/v1/traces); else the standard variables say.
+        `carried`: every hop carries its trace context (else none does, and each span is
+        the root of a trace of its own)."""
+        super().__init__(Carry.EVERY_HOP if carried else Carry.NOTHING)
         from opentelemetry import trace
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.sampling import ParentBased
@@ -464,7 +486,7 @@ class OtlpTracing(Tracing):
         return self._proc.pid if self._proc is not None else None
 
     def status(self) -> TracingStatus:
-        return TracingStatus(self._state, self._sentence, self.carried, self._spans,
+        return TracingStatus(self._state, self._sentence, self.carry, self._spans,
                              self._dropped, self._restarts)
 
 
@@ -485,10 +507,12 @@ NO_HOP = Hop(None)
 
 @dataclass(frozen=True, slots=True)
 class Propagation:
-    """What `OTEL_PROPAGATORS` says: whether hops carry the W3C trace context, and the
-    sentence for what it names that they do not carry (None: nothing to say)."""
+    """What `OTEL_PROPAGATORS` says: whether the W3C trace context is carried, whether the
+    variable names it (then on every hop, even without an exporter), and the sentence for
+    what it names that is not carried (None: nothing to say)."""
 
     carried: bool
+    named: bool = False
     unknown: str | None = None
 
     @classmethod
@@ -499,23 +523,30 @@ class Propagation:
         carried = "tracecontext" in names
         others = [n for n in names if n not in ("tracecontext", "none", "baggage")]
         if not others:
-            return cls(carried)
+            return cls(carried, carried)
         unknown = [n for n in others if n not in _OTHER_PROPAGATORS]
         what = (f"names {', '.join(unknown)}, which OpenTelemetry has no propagator of"
                 if unknown else f"names {', '.join(others)}, which hops do not carry")
-        return cls(carried, f"{PROPAGATORS_VARIABLE}={value} {what}; hops carry "
-                            f"{'the W3C trace context only' if carried else 'no trace context'}.")
+        return cls(carried, carried, f"{PROPAGATORS_VARIABLE}={value} {what}; hops carry "
+                                     f"{'the W3C trace context only' if carried else 'no trace context'}.")
+
+    def carry(self, exporting: bool) -> Carry:
+        """What messages carry, with an exporter or without one."""
+        if not self.carried:
+            return Carry.NOTHING
+        return Carry.EVERY_HOP if exporting or self.named else Carry.RIVER
 
 
 def tracing_from_env(env: Mapping[str, str], service: str, node: str) -> Tracing:
-    """OTLP export when one of the standard endpoint variables is set; headers only else;
-    the trace context on every hop unless `OTEL_PROPAGATORS` leaves `tracecontext` out."""
+    """OTLP export when one of the standard endpoint variables is set, and the trace
+    context on every hop; headers only else, the trace context on River inputs (on every
+    hop when `OTEL_PROPAGATORS` names `tracecontext`); none when it leaves it out."""
     propagation = Propagation.of(env.get(PROPAGATORS_VARIABLE))
     if propagation.unknown is not None:
         logging.getLogger("nimsforest.forest.trace").warning("%s", propagation.unknown)
     if any(env.get(v) for v in OTLP_VARIABLES):
         return OtlpTracing(service, node, carried=propagation.carried)
-    return Tracing(propagation.carried)
+    return Tracing(propagation.carry(exporting=False))
 
 
 __all__ = [
@@ -526,6 +557,7 @@ __all__ = [
     "OTLP_VARIABLES",
     "PROPAGATORS_VARIABLE",
     "TRACEPARENT",
+    "Carry",
     "Hop",
     "OtlpTracing",
     "Propagation",

@@ -229,6 +229,8 @@ async def test_why_walks_a_soil_value_back_to_its_river_input_and_trace_shows_ev
     assert by == ["nim:qualify", "treehouse:scoring", "tree:contacts", "source:contacts"]
     assert all(s["by"].endswith("@n1") for s in found["steps"])
     assert {s["trace_id"] for s in found["steps"]} == {"5e1f9a3c2b7d4e8f9a0b1c2d3e4f5a6b"}
+    # tracing off: the River input carries the trace context, the others are of its trace
+    assert [s["span_id"] is None for s in found["steps"]] == [True, True, True, False]
     assert found["steps"][-1]["data"]["body"]["contact"]["id"] == "c-why"  # the River input itself
     text = cli(node, "why", "c-why")
     assert text.returncode == 0 and "source:contacts@n1" in text.stdout and "trace: 5e1f9a3c" in text.stdout

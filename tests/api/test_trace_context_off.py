@@ -44,7 +44,7 @@ def why(node: NodeProcess, key: str) -> dict | None:
 
 async def test_no_hop_carries_a_trace_context_and_why_still_walks_back(node: NodeProcess) -> None:
     health = httpx.get(node.api_url + "/health", timeout=5).json()
-    assert health["forest"]["tracing"]["carried"] is False, health["forest"]["tracing"]
+    assert health["forest"]["tracing"]["carries"] == "nothing", health["forest"]["tracing"]
     assert "no trace context" in health["forest"]["tracing"]["sentence"]
 
     resp = httpx.post(node.api_url + "/webhooks/contacts", json=PAYLOAD, timeout=5,

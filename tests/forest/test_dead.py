@@ -49,6 +49,10 @@ async def test_a_failing_event_is_kept_then_replayed_to_its_component_only(  # t
     assert failed.consumer == "tree-picky" and failed.stream == "RIVER"
     assert failed.subject == "river.in" and failed.headers["X-Trace"] == "t-1"
     assert json.loads(failed.data) == {"id": "a", "boom": True}
+    # the stored letter names who gave up on which message (a trace finds it by that)
+    stored = await js.get_msg("DEAD", by_reason[DeadReason.MAX_DELIVERIES].seq)
+    assert stored.headers is not None
+    assert stored.headers["Nimsforest-Hop"] == f"tree:picky@n-test RIVER:{failed.stream_seq}"
     malformed = by_reason[DeadReason.MALFORMED].letter
     assert malformed.attempts == 1 and malformed.data == b"not json"
     assert entry_json(by_reason[DeadReason.MALFORMED])["data"] == "not json"

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from nimsforest.forest import (
+    Carry,
     ComponentKind,
     Forest,
+    Tracing,
     demo_config_path,
     load_demo_config,
     load_forest_config,
@@ -39,7 +42,10 @@ class Api:
 
 
 @pytest.fixture
-async def demo_api(nc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
+async def demo_api(nc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+                   request: pytest.FixtureRequest) -> AsyncIterator[Api]:
+    """The demo forest behind its HTTP router; parametrized indirectly: what the trace
+    context is carried on (Carry; tracing off by default)."""
     monkeypatch.setenv("NF_TEST_GH_SECRET", "gh-secret")
     demo = load_demo_config()
     # the demo forest plus a signed GitHub-style source, to exercise verification over HTTP
@@ -58,7 +64,8 @@ async def demo_api(nc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Async
         },
     )
     cfg = demo.with_spec(ComponentKind.SOURCE, "gh", load_forest_config(path).sources["gh"])
-    forest = Forest(nc, cfg, stop_grace=1.0)
+    forest = Forest(nc, cfg, stop_grace=1.0,
+                    tracing=Tracing(getattr(request, "param", Carry.RIVER)))
     await forest.start()
     app = FastAPI()
     app.include_router(make_router(forest))
@@ -199,7 +206,9 @@ async def _stored(nc: Any, stream: str) -> list[Any]:
     return [await js.get_msg(stream, seq) for seq in range(1, last + 1)]
 
 
+@pytest.mark.parametrize("demo_api", [Carry.EVERY_HOP], indirect=True)
 async def test_one_trace_through_every_hop_of_the_demo(demo_api: Api, wind: Wind, nc: Any) -> None:
+    """Under an exporter or OTEL_PROPAGATORS=tracecontext: every hop's outputs carry it."""
     from nimsforest.forest.trace import (
         HOP_HEADER,
         INPUT_HEADER,
@@ -233,6 +242,50 @@ async def test_one_trace_through_every_hop_of_the_demo(demo_api: Api, wind: Wind
     # (whose leaf and Humus entry are two outputs of one hop)
     assert len(spans) == 4 and all(len(inputs) == 1 for inputs in spans.values())
     assert hops["RIVER"][0].headers[HOP_HEADER] == "source:contacts"  # a Forest without a node name
+    await _soil_names_its_humus_entry(nc)
+
+
+async def test_tracing_off_puts_the_trace_on_the_river_input_and_the_hops_lead_from_it(
+        demo_api: Api, wind: Wind, nc: Any) -> None:
+    """Tracing off (the default): the River input carries the sender's trace context, the
+    components' outputs name only their hop and input, and the trace read back from the
+    stored headers still has every hop, in the sender's trace."""
+    from nimsforest.api.lineage import Lineages
+    from nimsforest.forest.trace import HOP_HEADER, TRACEPARENT, StoredHop, TraceContext
+
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    async with httpx.AsyncClient(base_url=demo_api.url) as http:
+        resp = await http.post("/webhooks/contacts", json=PAYLOAD,
+                               headers={TRACEPARENT: f"00-{trace_id}-b7ad6b7169203331-01"})
+        other = await http.post("/webhooks/contacts", json={
+            **PAYLOAD, "contact": {**PAYLOAD["contact"], "id": "c-other"}})
+    assert resp.status_code == 200 and resp.json()["trace_id"] == trace_id
+    assert other.status_code == 200 and other.json()["trace_id"] not in (None, trace_id)
+    for key in ("c-1001", "c-other"):
+        await eventually(lambda k=key: soil_value(demo_api.forest, k), what=f"Soil {key}")
+    (river, second) = await _stored(nc, "RIVER")
+    river_ctx = TraceContext.of(river.headers)
+    assert river_ctx is not None and river_ctx.trace_id == trace_id
+    assert TraceContext.of(second.headers) is not None  # every River input gets one
+    outputs = [*await _stored(nc, "WIND"), *await _stored(nc, "HUMUS")]
+    assert len(outputs) == 8  # per event 3 leaves and a Humus entry
+    for m in outputs:
+        assert TRACEPARENT not in m.headers and set(m.headers) >= {HOP_HEADER}, m.headers
+        assert StoredHop.of(m.headers).input is not None, m.headers
+
+    found = await Lineages(nc).trace(trace_id, datetime.now(UTC) - timedelta(minutes=5))
+    assert found.steps[0].stream == "RIVER" and sorted((s.stream, s.by) for s in found.steps) == [
+        ("HUMUS", "nim:qualify"), ("RIVER", "source:contacts"), ("WIND", "nim:qualify"),
+        ("WIND", "tree:contacts"), ("WIND", "treehouse:scoring")]
+    assert {s.trace_id for s in found.steps} == {trace_id}
+    assert [s.span_id for s in found.steps if s.stream != "RIVER"] == [None] * 4
+    assert all(s.seq != second.seq for s in found.steps if s.stream == "RIVER")
+    await _soil_names_its_humus_entry(nc)
+
+
+async def _soil_names_its_humus_entry(nc: Any) -> None:
+    from nimsforest.forest.trace import HOP_HEADER, TRACEPARENT
+
     # the Soil write names the Humus entry it applied (lineage's way back), no hop headers
     soil = await nc.jetstream().get_msg("KV_SOIL", subject="$KV.SOIL.c-1001")
     assert TRACEPARENT not in (soil.headers or {}) and HOP_HEADER not in (soil.headers or {})

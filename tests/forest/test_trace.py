@@ -7,6 +7,7 @@ from nimsforest.forest.trace import (
     INPUT_HEADER,
     NO_HOP,
     TRACEPARENT,
+    Carry,
     StoredHop,
     TraceContext,
     Tracing,
@@ -55,7 +56,7 @@ def test_a_hop_continues_its_parents_trace_with_a_span_of_its_own() -> None:
 def test_a_components_hop_continues_the_trace_its_message_carries() -> None:
     parent = TraceContext.parse(VALID)
     assert parent is not None
-    tracing = Tracing()
+    tracing = Tracing(Carry.EVERY_HOP)
     seen = set()
     for _ in range(200):
         mine = TraceContext.parse(tracing.hop_on("tree t", {TRACEPARENT: VALID}, {}).traceparent)
@@ -98,8 +99,9 @@ def test_no_exporter_without_the_standard_variables() -> None:
 def test_otel_propagators_says_whether_hops_carry_the_trace_context() -> None:
     from nimsforest.forest.trace import Propagation
 
-    for carried in (None, "", "tracecontext,baggage", " TraceContext ", "baggage,tracecontext"):
-        assert Propagation.of(carried) == Propagation(True), carried
+    assert Propagation.of(None) == Propagation.of("") == Propagation(True)  # not named
+    for named in ("tracecontext,baggage", " TraceContext ", "baggage,tracecontext"):
+        assert Propagation.of(named) == Propagation(True, named=True), named
     assert Propagation.of("none") == Propagation(False)
     assert Propagation.of("baggage") == Propagation(False)  # a list without tracecontext
     b3 = Propagation.of("tracecontext,b3")
@@ -108,13 +110,37 @@ def test_otel_propagators_says_whether_hops_carry_the_trace_context() -> None:
     assert not typo.carried and typo.unknown is not None
     assert "tracecontex, which OpenTelemetry has no propagator of" in typo.unknown
     assert typo.unknown.endswith("hops carry no trace context.")
-    assert tracing_from_env({"OTEL_PROPAGATORS": "none"}, "nimsforest", "n1").carried is False
-    assert tracing_from_env({}, "nimsforest", "n1").carried is True
+    # tracing off: River inputs carry it, every hop when the variable names it; with an
+    # exporter every hop does unless the variable leaves it out
+    for env, carry in (({}, Carry.RIVER), ({"OTEL_PROPAGATORS": "tracecontext"}, Carry.EVERY_HOP),
+                       ({"OTEL_PROPAGATORS": "none"}, Carry.NOTHING)):
+        tracing = tracing_from_env(env, "nimsforest", "n1")
+        assert tracing.carry is carry and tracing.status().carries is carry, env
+        assert tracing.carried is (carry is not Carry.NOTHING)
+    for propagators, exporting in (("", True), ("tracecontext", True), ("tracecontext", False)):
+        assert Propagation.of(propagators).carry(exporting) is Carry.EVERY_HOP
+    assert Propagation.of("").carry(exporting=False) is Carry.RIVER
+    assert Propagation.of("none").carry(exporting=True) is Carry.NOTHING
+
+
+def test_tracing_off_puts_the_trace_context_on_river_inputs_only() -> None:
+    parent = TraceContext.parse(VALID)
+    off = Tracing()  # the default: no exporter, OTEL_PROPAGATORS unset
+    assert off.carry is Carry.RIVER and off.parent({TRACEPARENT: VALID}) == parent
+    river = off.hop("river x", parent, {})  # a River input continues its sender's trace
+    assert river.context is not None and river.context.trace_id == parent.trace_id
+    assert set(river.headers("api@n1")) == {TRACEPARENT, HOP_HEADER}
+    assert off.hop("river x", None, {}).traceparent is not None  # or starts one
+    # a component's outputs name the hop and its input, which lead back to that River input
+    hop = off.hop_on("tree t", {TRACEPARENT: VALID}, {})
+    assert hop is NO_HOP and hop.traceparent is None  # an http output sends none either
+    assert hop.headers(hop_value("tree:t@n1", "RIVER", 7)) == {HOP_HEADER: "tree:t@n1 RIVER:7"}
+    assert "River inputs carry" in off.status().sentence
 
 
 def test_a_hop_that_carries_no_trace_context_names_only_itself() -> None:
     parent = TraceContext.parse(VALID)
-    off = Tracing(carried=False)
+    off = Tracing(Carry.NOTHING)
     assert off.parent({TRACEPARENT: VALID}) is None  # nothing is taken from what came in
     assert Tracing().parent({TRACEPARENT: VALID}) == parent
     hop = off.hop("tree t", parent, {})
@@ -122,7 +148,7 @@ def test_a_hop_that_carries_no_trace_context_names_only_itself() -> None:
     assert hop.traceparent is None  # an http output sends its receiver no traceparent either
     assert off.hop_on("tree t", {TRACEPARENT: VALID}, {}) is NO_HOP
     assert Tracing().hop("tree t", parent, {}).traceparent is not None
-    assert not off.status().carried and "no trace context" in off.status().sentence
+    assert off.status().carries is Carry.NOTHING and "no trace context" in off.status().sentence
     hop.end()
 
 
