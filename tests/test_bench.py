@@ -46,6 +46,8 @@ def test_bench_pipeline_reports_a_ratio_to_raw_nats_py() -> None:
     # and without the trace context: what tracing off still costs, the River input's line
     assert re.search(r"tracing off \(no OTLP endpoint\) records nothing; .*\(1 line an event\): .* "
                      r"\(OTEL_PROPAGATORS=none\) ran \d+ events/s, so it costs -?\d+%", out), out
+    assert re.search(r"the same \(tracing off\) pipeline run again in each round, its noise here: "
+                     r"[+-]\d+% .*; CPU per event the forest's process \d+ us against \d+ us", out), out
     cpu = re.search(r"the forest's process (\d+) us against (\d+) us \([+-]\d+%\), nats-server "
                     r"(\d+) us against (\d+) us", out)
     assert cpu and all(int(x) > 0 for x in cpu.groups()), out  # both processes measured

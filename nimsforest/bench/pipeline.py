@@ -337,6 +337,10 @@ class Runs:
     pipes: list[Result] = field(default_factory=list)
     # the pipeline whose messages carry no trace context (OTEL_PROPAGATORS=none)
     uncarried: list[Result] = field(default_factory=list)
+    # the default pipeline once more in the round: the difference two runs of it show
+    again: list[Result] = field(default_factory=list)
+    again_cpu: list[float] = field(default_factory=list)
+    again_server_cpu: list[float] = field(default_factory=list)
     posts: list[Result] = field(default_factory=list)  # the output hop's baseline: raw httpx
     outs: list[Result] = field(default_factory=list)  # the output hop
     traced: list[Result] = field(default_factory=list)  # the pipeline exporting its spans
@@ -371,6 +375,7 @@ class Kind(enum.Enum):
     """The pipeline runs of a round."""
 
     DEFAULT = "default"  # tracing off: River inputs carry the trace context
+    AGAIN = "again"  # the same once more: how far two runs of one pipeline differ here
     UNCARRIED = "uncarried"  # OTEL_PROPAGATORS=none: hops carry none
     TRACED = "traced"  # spans exported to a local OTLP receiver
 
@@ -378,13 +383,18 @@ class Kind(enum.Enum):
 async def _pipeline_run(kind: Kind, runs: Runs, url: str, events: int, window: int,
                         warmup: int, server: psutil.Process) -> None:
     if kind is not Kind.TRACED:
-        carried = kind is Kind.DEFAULT
-        run = await _pipeline(url, events, window, prefix="p" if carried else "n",
-                              warmup=warmup, carried=carried, server=server)
-        if carried:
+        carried = kind is not Kind.UNCARRIED
+        run = await _pipeline(url, events, window, prefix={
+            Kind.DEFAULT: "p", Kind.AGAIN: "a", Kind.UNCARRIED: "n"}[kind],
+            warmup=warmup, carried=carried, server=server)
+        if kind is Kind.DEFAULT:
             runs.pipes.append(run.result)
             runs.pipe_cpu.append(run.cpu / events)
             runs.pipe_server_cpu.append(run.server_cpu / events)
+        elif kind is Kind.AGAIN:
+            runs.again.append(run.result)
+            runs.again_cpu.append(run.cpu / events)
+            runs.again_server_cpu.append(run.server_cpu / events)
         else:
             runs.uncarried.append(run.result)
             runs.uncarried_cpu.append(run.cpu / events)
@@ -418,9 +428,9 @@ async def _run(events: int, window: int, warmup: int, rounds: int, outputs: int,
                 await _baseline(url, warmup, window)
             runs.bases.append(await _baseline(url, events, window))
             runs.carried.append(await _baseline(url, events, window, Carried.FOREST, "c"))
-            # the default, the one without a trace context and the traced one, each first,
-            # second and third in turn (the later runs on a server meet a fuller store)
-            kinds = (Kind.DEFAULT, Kind.UNCARRIED, *((Kind.TRACED,) if traced else ()))
+            # the default, the one without a trace context, the default again and the
+            # traced one, each first, second ... in turn (later runs meet a fuller store)
+            kinds = (Kind.DEFAULT, Kind.UNCARRIED, Kind.AGAIN, *((Kind.TRACED,) if traced else ()))
             turn = len(runs.pipes) % len(kinds)
             for kind in kinds[turn:] + kinds[:turn]:
                 await _pipeline_run(kind, runs, url, events, window, warmup,
@@ -531,6 +541,16 @@ def command(events: int, window: int, warmup: int, rounds: int, outputs: int,
                f"process {us['forest']:.0f} us against {us['forest none']:.0f} us "
                f"({us['forest'] / us['forest none'] - 1:+.0%}), nats-server {us['server']:.0f} us "
                f"against {us['server none']:.0f} us ({us['server'] / us['server none'] - 1:+.0%})")
+    # the noise: the same pipeline twice in a round, measured as the two above are
+    same = [1 - a.rate / p.rate for p, a in zip(pipes, runs.again, strict=True)]
+    again = {name: statistics.median(v) * 1e6 for name, v in (
+        ("forest", runs.again_cpu), ("server", runs.again_server_cpu))}
+    click.echo(f"the same (tracing off) pipeline run again in each round, its noise here: "
+               f"{statistics.median(same):+.0%} (the median of the rounds'; rounds "
+               f"{', '.join(f'{x:+.0%}' for x in same)}); CPU per event the forest's process "
+               f"{again['forest']:.0f} us against {us['forest']:.0f} us "
+               f"({again['forest'] / us['forest'] - 1:+.0%}), nats-server {again['server']:.0f} us "
+               f"against {us['server']:.0f} us ({again['server'] / us['server'] - 1:+.0%})")
     if runs.traced:
         tr = _merge(runs.traced)
         click.echo(f"pipeline, spans exported over OTLP: {tr.rate:8.0f} events/s   p50 "
