@@ -330,31 +330,39 @@ def _start_server(store: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise click.ClickException("nats-server did not become healthy for the benchmark.")
 
 
+class Kind(enum.Enum):
+    """The pipeline runs of a round."""
+
+    DEFAULT = "default"  # tracing off: River inputs carry the trace context
+    AGAIN = "again"  # the same once more: how far two runs of one pipeline differ here
+    UNCARRIED = "uncarried"  # OTEL_PROPAGATORS=none: hops carry none
+    TRACED = "traced"  # spans exported to a local OTLP receiver
+
+
 @dataclass
 class Runs:
     bases: list[Result] = field(default_factory=list)
     carried: list[Result] = field(default_factory=list)  # the baseline with the forest's headers
-    pipes: list[Result] = field(default_factory=list)
-    # the pipeline whose messages carry no trace context (OTEL_PROPAGATORS=none)
-    uncarried: list[Result] = field(default_factory=list)
-    # the default pipeline once more in the round: the difference two runs of it show
-    again: list[Result] = field(default_factory=list)
-    again_cpu: list[float] = field(default_factory=list)
-    again_server_cpu: list[float] = field(default_factory=list)
+    # each kind's pipeline runs, one a round
+    pipelines: dict[Kind, list[PipelineRun]] = field(
+        default_factory=lambda: {kind: [] for kind in Kind})
     posts: list[Result] = field(default_factory=list)  # the output hop's baseline: raw httpx
     outs: list[Result] = field(default_factory=list)  # the output hop
-    traced: list[Result] = field(default_factory=list)  # the pipeline exporting its spans
-    # CPU seconds per event: of this process in the untraced and the traced pipeline runs,
-    # and of the span exporter process (a child, counted once it has ended)
-    pipe_cpu: list[float] = field(default_factory=list)
-    traced_cpu: list[float] = field(default_factory=list)
-    uncarried_cpu: list[float] = field(default_factory=list)
-    # CPU seconds per event of nats-server, in the pipeline runs with and without the context
-    pipe_server_cpu: list[float] = field(default_factory=list)
-    uncarried_server_cpu: list[float] = field(default_factory=list)
+    # CPU seconds per event of the span exporter process (a child, counted once it has
+    # ended), and of its start and stop alone
     exporter_cpu: list[float] = field(default_factory=list)
-    exporter_idle: list[float] = field(default_factory=list)  # CPU s of its start and stop alone
-    spans: list[tuple[int, int]] = field(default_factory=list)  # a traced run's: recorded, dropped
+    exporter_idle: list[float] = field(default_factory=list)
+
+    def results(self, kind: Kind) -> list[Result]:
+        return [run.result for run in self.pipelines[kind]]
+
+    def cpu_us(self, kind: Kind, events: int) -> float:
+        """The median CPU an event of this process in that kind's runs, in microseconds."""
+        return statistics.median(run.cpu for run in self.pipelines[kind]) / events * 1e6
+
+    def server_cpu_us(self, kind: Kind, events: int) -> float:
+        """The same for nats-server."""
+        return statistics.median(run.server_cpu for run in self.pipelines[kind]) / events * 1e6
 
 
 def _children_cpu() -> float:
@@ -371,43 +379,18 @@ def _exporter_idle(sink: OtlpSink) -> float:
     return _children_cpu() - before
 
 
-class Kind(enum.Enum):
-    """The pipeline runs of a round."""
-
-    DEFAULT = "default"  # tracing off: River inputs carry the trace context
-    AGAIN = "again"  # the same once more: how far two runs of one pipeline differ here
-    UNCARRIED = "uncarried"  # OTEL_PROPAGATORS=none: hops carry none
-    TRACED = "traced"  # spans exported to a local OTLP receiver
-
-
 async def _pipeline_run(kind: Kind, runs: Runs, url: str, events: int, window: int,
                         warmup: int, server: psutil.Process) -> None:
     if kind is not Kind.TRACED:
-        carried = kind is not Kind.UNCARRIED
-        run = await _pipeline(url, events, window, prefix={
-            Kind.DEFAULT: "p", Kind.AGAIN: "a", Kind.UNCARRIED: "n"}[kind],
-            warmup=warmup, carried=carried, server=server)
-        if kind is Kind.DEFAULT:
-            runs.pipes.append(run.result)
-            runs.pipe_cpu.append(run.cpu / events)
-            runs.pipe_server_cpu.append(run.server_cpu / events)
-        elif kind is Kind.AGAIN:
-            runs.again.append(run.result)
-            runs.again_cpu.append(run.cpu / events)
-            runs.again_server_cpu.append(run.server_cpu / events)
-        else:
-            runs.uncarried.append(run.result)
-            runs.uncarried_cpu.append(run.cpu / events)
-            runs.uncarried_server_cpu.append(run.server_cpu / events)
+        runs.pipelines[kind].append(await _pipeline(
+            url, events, window, prefix={Kind.DEFAULT: "p", Kind.AGAIN: "a", Kind.UNCARRIED: "n"}[kind],
+            warmup=warmup, carried=kind is not Kind.UNCARRIED, server=server))
         return
     sink = OtlpSink()
     try:
         runs.exporter_idle.append(_exporter_idle(sink))
         children = _children_cpu()
-        run = await _pipeline(url, events, window, sink.url, "t", warmup)
-        runs.traced.append(run.result)
-        runs.traced_cpu.append(run.cpu / events)
-        runs.spans.append((run.spans, run.dropped))
+        runs.pipelines[kind].append(await _pipeline(url, events, window, sink.url, "t", warmup))
         # the exporter exported the warm-up's spans too
         runs.exporter_cpu.append((_children_cpu() - children) / (events + warmup))
     finally:
@@ -431,7 +414,7 @@ async def _run(events: int, window: int, warmup: int, rounds: int, outputs: int,
             # the default, the one without a trace context, the default again and the
             # traced one, each first, second ... in turn (later runs meet a fuller store)
             kinds = (Kind.DEFAULT, Kind.UNCARRIED, Kind.AGAIN, *((Kind.TRACED,) if traced else ()))
-            turn = len(runs.pipes) % len(kinds)
+            turn = len(runs.pipelines[Kind.DEFAULT]) % len(kinds)
             for kind in kinds[turn:] + kinds[:turn]:
                 await _pipeline_run(kind, runs, url, events, window, warmup,
                                     psutil.Process(proc.pid))
@@ -489,7 +472,9 @@ def command(events: int, window: int, warmup: int, rounds: int, outputs: int,
     hop: an http output delivering leaves to a local receiver, next to raw httpx posting
     the same bodies with the same concurrency."""
     runs = _runner(_run(events, window, warmup, rounds, outputs, concurrency, traced))
-    bases, pipes = runs.bases, runs.pipes
+    bases, pipes = runs.bases, runs.results(Kind.DEFAULT)
+    uncarried, again, traced_runs = (runs.results(Kind.UNCARRIED), runs.results(Kind.AGAIN),
+                                     runs.results(Kind.TRACED))
     base, pipe = _merge(bases), _merge(pipes)
     click.echo(
         f"hops per event: {PUBLISHES} JetStream publishes + {CONSUMES} pull fetch/ack consumptions"
@@ -501,11 +486,11 @@ def command(events: int, window: int, warmup: int, rounds: int, outputs: int,
     for i, (b, p) in enumerate(zip(bases, pipes, strict=True), 1):
         ratio = p.rate / b.rate
         traced_round = ""
-        if runs.traced:
-            t = runs.traced[i - 1]
+        if traced_runs:
+            t = traced_runs[i - 1]
             traced_round = f", traced {t.rate:6.0f}/s ({t.rate / p.rate:.0%} of untraced)"
         c = runs.carried[i - 1]
-        n = runs.uncarried[i - 1]
+        n = uncarried[i - 1]
         click.echo(f"  round {i}: baseline {b.rate:6.0f}/s (with the forest's headers {c.rate:6.0f}/s), "
                    f"pipeline {p.rate:6.0f}/s ({ratio:.0%}; without trace context {n.rate:6.0f}/s)"
                    + traced_round)
@@ -528,46 +513,48 @@ def command(events: int, window: int, warmup: int, rounds: int, outputs: int,
                "rounds')")
     # tracing off still carries a traceparent on the River inputs: its price
     lines = sum(1 for st, o in _HOPS if "traceparent" in _forest_headers(st, o, "k", 1)) + 1
-    trace_cost = [1 - p.rate / n.rate for n, p in zip(runs.uncarried, pipes, strict=True)]
+    trace_cost = [1 - p.rate / n.rate for n, p in zip(uncarried, pipes, strict=True)]
     click.echo(f"tracing off (no OTLP endpoint) records nothing; what it carries is the trace "
                f"context of the River inputs ({lines} line an event): the pipeline whose "
-               f"messages carry none (OTEL_PROPAGATORS=none) ran {_merge(runs.uncarried).rate:.0f} "
+               f"messages carry none (OTEL_PROPAGATORS=none) ran {_merge(uncarried).rate:.0f} "
                f"events/s, so it costs {statistics.median(trace_cost):.0%} (the median of the "
                f"rounds'; rounds {', '.join(f'{x:+.0%}' for x in trace_cost)})")
-    us = {name: statistics.median(v) * 1e6 for name, v in (
-        ("forest", runs.pipe_cpu), ("forest none", runs.uncarried_cpu),
-        ("server", runs.pipe_server_cpu), ("server none", runs.uncarried_server_cpu))}
+    us = {"forest": runs.cpu_us(Kind.DEFAULT, events),
+          "forest none": runs.cpu_us(Kind.UNCARRIED, events),
+          "server": runs.server_cpu_us(Kind.DEFAULT, events),
+          "server none": runs.server_cpu_us(Kind.UNCARRIED, events)}
     click.echo(f"CPU per event with the trace context and without it (medians): the forest's "
                f"process {us['forest']:.0f} us against {us['forest none']:.0f} us "
                f"({us['forest'] / us['forest none'] - 1:+.0%}), nats-server {us['server']:.0f} us "
                f"against {us['server none']:.0f} us ({us['server'] / us['server none'] - 1:+.0%})")
     # the noise: the same pipeline twice in a round, measured as the two above are
-    same = [1 - a.rate / p.rate for p, a in zip(pipes, runs.again, strict=True)]
-    again = {name: statistics.median(v) * 1e6 for name, v in (
-        ("forest", runs.again_cpu), ("server", runs.again_server_cpu))}
+    same = [1 - a.rate / p.rate for p, a in zip(pipes, again, strict=True)]
+    twice = {"forest": runs.cpu_us(Kind.AGAIN, events),
+             "server": runs.server_cpu_us(Kind.AGAIN, events)}
     click.echo(f"the same (tracing off) pipeline run again in each round, its noise here: "
                f"{statistics.median(same):+.0%} (the median of the rounds'; rounds "
                f"{', '.join(f'{x:+.0%}' for x in same)}); CPU per event the forest's process "
-               f"{again['forest']:.0f} us against {us['forest']:.0f} us "
-               f"({again['forest'] / us['forest'] - 1:+.0%}), nats-server {again['server']:.0f} us "
-               f"against {us['server']:.0f} us ({again['server'] / us['server'] - 1:+.0%})")
-    if runs.traced:
-        tr = _merge(runs.traced)
+               f"{twice['forest']:.0f} us against {us['forest']:.0f} us "
+               f"({twice['forest'] / us['forest'] - 1:+.0%}), nats-server {twice['server']:.0f} us "
+               f"against {us['server']:.0f} us ({twice['server'] / us['server'] - 1:+.0%})")
+    if traced_runs:
+        tr = _merge(traced_runs)
         click.echo(f"pipeline, spans exported over OTLP: {tr.rate:8.0f} events/s   p50 "
                    f"{tr.pct(50):7.1f} ms   p99 {tr.pct(99):7.1f} ms")
-        traced_ratios = [t.rate / p.rate for p, t in zip(pipes, runs.traced, strict=True)]
+        traced_ratios = [t.rate / p.rate for p, t in zip(pipes, traced_runs, strict=True)]
         click.echo(f"ratio traced/untraced pipeline: {statistics.median(traced_ratios):.0%}, the "
                    "median of the rounds' (target at least 85%)")
-        cpu_pipe, cpu_traced = statistics.median(runs.pipe_cpu), statistics.median(runs.traced_cpu)
+        cpu_pipe, cpu_traced = us["forest"], runs.cpu_us(Kind.TRACED, events)
         exporter, idle = statistics.median(runs.exporter_cpu), statistics.median(runs.exporter_idle)
         click.echo(f"CPU per event of the forest's process (medians): untraced "
-                   f"{cpu_pipe * 1e6:.0f} us, traced {cpu_traced * 1e6:.0f} us "
+                   f"{cpu_pipe:.0f} us, traced {cpu_traced:.0f} us "
                    f"({cpu_traced / cpu_pipe - 1:+.0%}); the span exporter process "
                    f"{exporter * 1e6:.0f} us per event, on another core when one is free "
                    f"({(exporter - idle / (events + warmup)) * 1e6:.0f} us beyond its start and stop, "
                    f"which take {idle * 1e3:.0f} ms)")
-        click.echo(f"spans recorded {sum(n for n, _ in runs.spans)}, dropped (the exporter "
-                   f"process behind) {sum(d for _, d in runs.spans)}")
+        spans = runs.pipelines[Kind.TRACED]
+        click.echo(f"spans recorded {sum(r.spans for r in spans)}, dropped (the exporter "
+                   f"process behind) {sum(r.dropped for r in spans)}")
     if not runs.outs:
         return
     post, out = _merge(runs.posts), _merge(runs.outs)
