@@ -207,7 +207,7 @@ def _sandbox(ctx: BuildContext, spec: TreeSpec | TreeHouseSpec) -> tuple[LuaSand
     if spec.script is not None:
         source, chunk = _read(ctx, spec.script, field), str(spec.script)
     else:
-        source, chunk = spec.code or "", f"{ctx.ref.kind.value}:{ctx.ref.name}"
+        source, chunk = spec.code or "", ctx.ref.token
     limits = LuaLimits(
         instructions=spec.limits.instructions, seconds=spec.limits.time, memory=spec.limits.memory
     )

@@ -144,8 +144,8 @@ class ConsumerRunner:
         # a hop that records nothing (no exporter) and whose outputs carry no trace context
         # (the Decomposer's Soil writes) has nothing to read the parent for
         self._quiet = not (tracing.enabled or handler.hop_headers)
-        self._who = hop_name(f"{kind}:{name}", node)
-        self._attributes = {"nimsforest.component": f"{kind}:{name}", "nimsforest.node": node,
+        self._who = hop_name(self._ref.token, node)
+        self._attributes = {"nimsforest.component": self._ref.token, "nimsforest.node": node,
                             "messaging.destination.name": spec.stream}
         self._log = logging.getLogger(f"nimsforest.forest.{kind}")
         self._rl = _RateLimitedLog(self._log)

@@ -138,9 +138,8 @@ def new_letter(
 def _traced(letter: DeadLetter) -> dict[str, str]:
     """The event's trace context and who gave up on which message, on the dead letter
     itself (`nimsforest trace` finds it by either)."""
-    ref = letter.component
-    hop = {HOP_HEADER: hop_value(hop_name(f"{ref.kind.value}:{ref.name}", letter.node),
-                                 letter.stream, letter.stream_seq)}
+    hop = {HOP_HEADER: hop_value(hop_name(letter.component.token, letter.node), letter.stream,
+                                 letter.stream_seq)}
     parent = letter.headers.get(TRACEPARENT)
     return {TRACEPARENT: parent, **hop} if parent else hop
 

@@ -42,6 +42,12 @@ class ComponentRef(_Frozen):
         """The one way a component is named in sentences: `tree 'contacts'`."""
         return f"{self.kind.value} '{self.name}'"
 
+    @property
+    def token(self) -> str:
+        """The one way a component is named in headers, span attributes and Lua chunk
+        names: `tree:contacts`."""
+        return f"{self.kind.value}:{self.name}"
+
 
 def component_label(kind: ComponentKind, name: str) -> str:
     return str(ComponentRef(kind=kind, name=name))

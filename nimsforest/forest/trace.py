@@ -544,9 +544,11 @@ def tracing_from_env(env: Mapping[str, str], service: str, node: str) -> Tracing
     propagation = Propagation.of(env.get(PROPAGATORS_VARIABLE))
     if propagation.unknown is not None:
         logging.getLogger("nimsforest.forest.trace").warning("%s", propagation.unknown)
-    if any(env.get(v) for v in OTLP_VARIABLES):
-        return OtlpTracing(service, node, carried=propagation.carried)
-    return Tracing(propagation.carry(exporting=False))
+    exporting = any(env.get(v) for v in OTLP_VARIABLES)
+    carry = propagation.carry(exporting)
+    if exporting:  # EVERY_HOP or NOTHING
+        return OtlpTracing(service, node, carried=carry is Carry.EVERY_HOP)
+    return Tracing(carry)
 
 
 __all__ = [

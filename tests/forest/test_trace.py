@@ -117,6 +117,11 @@ def test_otel_propagators_says_whether_hops_carry_the_trace_context() -> None:
         tracing = tracing_from_env(env, "nimsforest", "n1")
         assert tracing.carry is carry and tracing.status().carries is carry, env
         assert tracing.carried is (carry is not Carry.NOTHING)
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}  # built, never started
+    for env, carry in ((endpoint, Carry.EVERY_HOP),
+                       ({**endpoint, "OTEL_PROPAGATORS": "none"}, Carry.NOTHING)):
+        tracing = tracing_from_env(env, "nimsforest", "n1")
+        assert tracing.enabled and tracing.carry is carry, env
     for propagators, exporting in (("", True), ("tracecontext", True), ("tracecontext", False)):
         assert Propagation.of(propagators).carry(exporting) is Carry.EVERY_HOP
     assert Propagation.of("").carry(exporting=False) is Carry.RIVER
