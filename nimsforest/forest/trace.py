@@ -302,7 +302,7 @@ class OtlpTracing(Tracing):
     (a hop sampled out costs what a hop without an exporter does, its ids still go on)."""
 
     enabled = True
-    BATCH = 512  # spans per frame to the exporter process
+    BATCH = 2048  # spans per frame to the exporter process
     FLUSH_EVERY = 0.5  # seconds: the longest a recorded span waits for its frame
     MAX_BUFFERED = 4 << 20  # bytes waiting for the exporter process before spans are dropped
     RESTART_AFTER = (1.0, 30.0)  # the exporter process's restart delay: first, longest
