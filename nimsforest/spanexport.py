@@ -103,9 +103,10 @@ class Encoder:
         self._encoded: dict[tuple[tuple[str, Any], ...], bytes] = {}
 
     def _attributes(self, attributes: Mapping[str, Any]) -> bytes:
-        """The SDK's encoding of a set of attributes (its public encoder, on one span):
-        the serialized span holding only them, to merge into each span that has them, kept
-        for the next span with the same."""
+        """What every span with this set of attributes has in common, serialized to merge
+        into each: the attributes as the SDK encodes them (its public encoder, on one
+        span), the kind and the SDK's UNSET status (present, code 0); kept for the next
+        span with the same set."""
         key: tuple[tuple[str, Any], ...] | None = tuple(attributes.items())
         try:
             return self._encoded[key]  # type: ignore[index]
@@ -116,7 +117,9 @@ class Encoder:
         one = self._encode(readable_spans([("", "1", "1", None, 0, 0, attributes, None)],
                                           self._resource, self._scope))
         span = one.resource_spans[0].scope_spans[0].spans[0]
-        kvs = type(span)(attributes=span.attributes).SerializeToString()
+        common = type(span)(attributes=span.attributes, kind=self._kind)
+        common.status.SetInParent()
+        kvs = common.SerializeToString()
         if key is not None:
             if len(self._encoded) >= self.KEPT:
                 self._encoded.clear()
@@ -133,16 +136,20 @@ class Encoder:
         resource_spans = req.resource_spans.add()
         resource_spans.CopyFrom(self._template)
         add, encoded = resource_spans.scope_spans[0].spans.add, self._attributes
+        # the hops of one component share one attributes object (pickled once per frame):
+        # its encoding is looked up once per object in the batch, by identity
+        common: dict[int, bytes] = {}
+        root, child, fromhex = self._root, self._child, bytes.fromhex
         for name, trace_id, span_id, parent, start, end, attributes, error in batch:
-            span = add(trace_id=bytes.fromhex(trace_id), span_id=bytes.fromhex(span_id),
-                       name=name, kind=self._kind, start_time_unix_nano=start,
-                       end_time_unix_nano=end, flags=self._root if parent is None else self._child)
-            if parent is not None:
-                span.parent_span_id = bytes.fromhex(parent)
-            span.MergeFromString(encoded(attributes))  # appends them to the span's
-            if error is None:
-                span.status.SetInParent()  # the SDK's UNSET status: present, code 0
-            else:
+            span = add(trace_id=fromhex(trace_id), span_id=fromhex(span_id),
+                       parent_span_id=fromhex(parent) if parent is not None else b"",
+                       name=name, start_time_unix_nano=start, end_time_unix_nano=end,
+                       flags=root if parent is None else child)
+            kvs = common.get(id(attributes))
+            if kvs is None:
+                kvs = common[id(attributes)] = encoded(attributes)
+            span.MergeFromString(kvs)  # its attributes, kind and status
+            if error is not None:
                 span.status.code, span.status.message = self._error, error
         return req.SerializePartialToString()
 
